@@ -1,0 +1,5 @@
+"""The one exception type of the MFSC builder: messages name the file and say what to do."""
+
+
+class BuildError(Exception):
+    """A build step could not go on (bad input, bad backend answer, bad configuration)."""

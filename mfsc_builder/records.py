@@ -1,0 +1,370 @@
+"""MFSC records: the typed, JSON-safe form of a caption record and the Hugging Face `Features`.
+
+The three MFSC levels (image view, foreground view, component view), the whole-image caption, the defect
+view of anomalous images and the detector's texts. `IMAGES_FEATURES` and `CLASSES_FEATURES` are the
+dataset contract with the detector (docs/CONTRACTS.md, schema_version 1); keep them in step with it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+REGION_KINDS = ("foreground", "background", "component", "defect")
+TEXT_LEVELS = ("image", "background", "component", "relation", "colour", "texture", "shape")
+PROVENANCE_STATUSES = ("ok", "retried", "fallback")
+LABEL_NAMES = ["normal", "anomaly"]
+
+
+def _from(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass `cls` from a dict, ignoring unknown keys (newer writers may add fields)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ImageView:
+    """Level 1: the foreground object and the background."""
+
+    foreground: str = ""
+    background: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageView:
+        return _from(cls, data)
+
+
+@dataclass
+class ForegroundView:
+    """Level 2: how many components the foreground holds and one sentence on how they relate."""
+
+    count: int = 0
+    relation: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": int(self.count), "relation": self.relation}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ForegroundView:
+        return _from(cls, data)
+
+
+@dataclass
+class ComponentView:
+    """Level 3: one visual component with its attributes and a sentence describing it."""
+
+    name: str = ""
+    count: int = 1
+    location: str = ""
+    colour: str = ""
+    texture: str = ""
+    shape: str = ""
+    direction: str = ""
+    area: float = 0.0
+    sentence: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["count"] = int(self.count)
+        d["area"] = float(self.area)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComponentView:
+        c = _from(cls, data)
+        c.area = round(float(c.area), 6)  # float32 storage noise must not change a record
+        return c
+
+
+@dataclass
+class DefectView:
+    """The defect of an anomalous image; all fields are empty strings for normal images."""
+
+    type: str = ""
+    location: str = ""
+    size: str = ""
+    colour: str = ""
+    sentence: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DefectView:
+        return _from(cls, data)
+
+
+@dataclass
+class RegionView:
+    """A cropped region as stored in the dataset (the mask itself is not stored, only its box and area)."""
+
+    kind: str = "component"
+    name: str = ""
+    box: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    area: float = 0.0
+    location: str = ""
+    orientation: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "box": [int(v) for v in self.box],
+            "area": float(self.area),
+            "location": self.location,
+            "orientation": self.orientation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegionView:
+        r = _from(cls, data)
+        r.box = [int(v) for v in r.box]
+        r.area = round(float(r.area), 6)
+        return r
+
+
+@dataclass
+class Provenance:
+    """Who wrote the level fields: backend, model id and revision, prompt version, and ok/retried/fallback."""
+
+    backend: str = "attributes"
+    model: str = ""
+    revision: str = ""
+    prompt_version: str = ""
+    status: str = "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        return _from(cls, data)
+
+
+@dataclass
+class PromptText:
+    """One text group for the detector: normal descriptions and their handcrafted abnormal variants."""
+
+    level: str
+    group: str
+    normal: list[str] = field(default_factory=list)
+    abnormal: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "group": self.group, "normal": list(self.normal),
+                "abnormal": list(self.abnormal)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptText:
+        t = _from(cls, data)
+        t.normal, t.abnormal = list(t.normal), list(t.abnormal)
+        return t
+
+
+def _image_value(value: str | Path | bytes | None) -> dict[str, Any] | None:
+    """A value that `datasets.Image()` encodes: raw bytes or a file path (re-encoded as PNG by the writer)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bytes):
+        return {"bytes": value, "path": None}
+    return {"bytes": None, "path": str(value)}
+
+
+@dataclass
+class ImageRecord:
+    """The MFSC record of one image (train or test), with its regions and, if anomalous, a defect view."""
+
+    id: str
+    class_name: str
+    object_name: str
+    split: str
+    label: int
+    defect_type: str
+    file_name: str
+    image_path: str
+    mask_path: str | None
+    width: int
+    height: int
+    is_reference: bool = False
+    image_view: ImageView = field(default_factory=ImageView)
+    foreground_view: ForegroundView = field(default_factory=ForegroundView)
+    components: list[ComponentView] = field(default_factory=list)
+    caption: str = ""
+    regions: list[RegionView] = field(default_factory=list)
+    defect: DefectView = field(default_factory=DefectView)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for the stage store (paths as strings, nested records as dicts)."""
+        return {
+            "id": self.id,
+            "class_name": self.class_name,
+            "object_name": self.object_name,
+            "split": self.split,
+            "label": int(self.label),
+            "defect_type": self.defect_type,
+            "file_name": self.file_name,
+            "image_path": str(self.image_path),
+            "mask_path": None if self.mask_path is None else str(self.mask_path),
+            "width": int(self.width),
+            "height": int(self.height),
+            "is_reference": bool(self.is_reference),
+            "image_view": self.image_view.to_dict(),
+            "foreground_view": self.foreground_view.to_dict(),
+            "components": [c.to_dict() for c in self.components],
+            "caption": self.caption,
+            "regions": [r.to_dict() for r in self.regions],
+            "defect": self.defect.to_dict(),
+            "provenance": self.provenance.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
+        d = dict(data)
+        d["image_view"] = ImageView.from_dict(d.get("image_view") or {})
+        d["foreground_view"] = ForegroundView.from_dict(d.get("foreground_view") or {})
+        d["components"] = [ComponentView.from_dict(c) for c in d.get("components") or []]
+        d["regions"] = [RegionView.from_dict(r) for r in d.get("regions") or []]
+        d["defect"] = DefectView.from_dict(d.get("defect") or {})
+        d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
+        return _from(cls, d)
+
+    def to_row(self, image: bytes | str | Path | None = None, mask: bytes | str | Path | None = None
+               ) -> dict[str, Any]:
+        """The `images` dataset row. `image`/`mask` default to the record's paths; `datasets.Image()`
+        embeds them (as PNG when bytes are given; pass PNG bytes to be independent of the source files)."""
+        d = self.to_dict()
+        image_path, mask_path = d.pop("image_path"), d.pop("mask_path")
+        d["image"] = _image_value(image if image is not None else image_path)
+        d["mask"] = _image_value(mask if mask is not None else mask_path)
+        return {name: d[name] for name in _get("IMAGES_FEATURES")}
+
+
+@dataclass
+class ClassRecord:
+    """The merged MFSC record of one class, built from its reference normal images, plus detector texts."""
+
+    class_name: str
+    object_name: str
+    source_layout: str = "mvtec"
+    reference_images: list[str] = field(default_factory=list)
+    reference_selection: str = ""
+    image_view: ImageView = field(default_factory=ImageView)
+    foreground_view: ForegroundView = field(default_factory=ForegroundView)
+    components: list[ComponentView] = field(default_factory=list)
+    caption: str = ""
+    defect_states: list[str] = field(default_factory=list)
+    defect_vocab: str = "generic"
+    texts: list[PromptText] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "class_name": self.class_name,
+            "object_name": self.object_name,
+            "source_layout": self.source_layout,
+            "reference_images": list(self.reference_images),
+            "reference_selection": self.reference_selection,
+            "image_view": self.image_view.to_dict(),
+            "foreground_view": self.foreground_view.to_dict(),
+            "components": [c.to_dict() for c in self.components],
+            "caption": self.caption,
+            "defect_states": list(self.defect_states),
+            "defect_vocab": self.defect_vocab,
+            "texts": [t.to_dict() for t in self.texts],
+            "provenance": self.provenance.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassRecord:
+        d = dict(data)
+        d["image_view"] = ImageView.from_dict(d.get("image_view") or {})
+        d["foreground_view"] = ForegroundView.from_dict(d.get("foreground_view") or {})
+        d["components"] = [ComponentView.from_dict(c) for c in d.get("components") or []]
+        d["texts"] = [PromptText.from_dict(t) for t in d.get("texts") or []]
+        d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
+        d["reference_images"] = list(d.get("reference_images") or [])
+        d["defect_states"] = list(d.get("defect_states") or [])
+        return _from(cls, d)
+
+    def to_row(self) -> dict[str, Any]:
+        """The `classes` dataset row (same keys as `CLASSES_FEATURES`)."""
+        d = self.to_dict()
+        return {name: d[name] for name in _get("CLASSES_FEATURES")}
+
+
+def _features() -> tuple[Any, Any]:
+    """Build both `Features` objects (datasets is imported lazily: importing records stays cheap)."""
+    from datasets import ClassLabel, Features, Image, List, Value
+
+    s = Value("string")
+    image_view = {"foreground": s, "background": s}
+    foreground_view = {"count": Value("int32"), "relation": s}
+    components = List({
+        "name": s, "count": Value("int32"), "location": s, "colour": s, "texture": s, "shape": s,
+        "direction": s, "area": Value("float32"), "sentence": s,
+    })
+    provenance = {"backend": s, "model": s, "revision": s, "prompt_version": s, "status": s}
+    images = Features({
+        "id": s,
+        "class_name": s,
+        "object_name": s,
+        "split": s,
+        "label": ClassLabel(names=LABEL_NAMES),
+        "defect_type": s,
+        "file_name": s,
+        "image": Image(),
+        "mask": Image(),
+        "width": Value("int32"),
+        "height": Value("int32"),
+        "is_reference": Value("bool"),
+        "image_view": image_view,
+        "foreground_view": foreground_view,
+        "components": components,
+        "caption": s,
+        "regions": List({
+            "kind": s, "name": s, "location": s, "orientation": s,
+            "box": List(Value("int32")), "area": Value("float32"),
+        }),
+        "defect": {"type": s, "location": s, "size": s, "colour": s, "sentence": s},
+        "provenance": provenance,
+    })
+    classes = Features({
+        "schema_version": Value("int32"),
+        "class_name": s,
+        "object_name": s,
+        "source_layout": s,
+        "reference_images": List(s),
+        "reference_selection": s,
+        "image_view": image_view,
+        "foreground_view": foreground_view,
+        "components": components,
+        "caption": s,
+        "defect_states": List(s),
+        "defect_vocab": s,
+        "texts": List({"level": s, "group": s, "normal": List(s), "abnormal": List(s)}),
+        "provenance": provenance,
+    })
+    return images, classes
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _get(name: str) -> Any:
+    if not _CACHE:
+        _CACHE["IMAGES_FEATURES"], _CACHE["CLASSES_FEATURES"] = _features()
+    return _CACHE[name]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy module attributes IMAGES_FEATURES / CLASSES_FEATURES (avoid importing datasets at import)."""
+    if name in ("IMAGES_FEATURES", "CLASSES_FEATURES"):
+        return _get(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
