@@ -1,0 +1,93 @@
+"""The stage store: atomic parts, damaged parts never read back, manifest refusal, lock."""
+import json
+import os
+
+import pytest
+
+from mfsc_builder.errors import BuildError
+from mfsc_builder.store import StageStore, WorkStore, atomic_write_bytes, fingerprint
+
+
+def test_append_and_load_round_trip(tmp_path):
+    st = StageStore(tmp_path / "crop")
+    assert st.load() == {}
+    p0 = st.append([("a/train/good/000", {"x": 1, "f": 0.1}), ("a/train/good/001", {"x": 2})])
+    p1 = st.append([("b/test/crack/000", {"s": "é"})])
+    assert (p0.name, p1.name) == ("part-00000.jsonl", "part-00001.jsonl")
+    assert st.load() == {"a/train/good/000": {"x": 1, "f": 0.1}, "a/train/good/001": {"x": 2},
+                         "b/test/crack/000": {"s": "é"}}
+    assert st.last_report.parts == 2 and st.last_report.corrupt == ()
+    assert st.append([]) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "drop_footer", "empty"])
+def test_damaged_part_is_set_aside_and_never_read(tmp_path, damage):
+    st = StageStore(tmp_path / "caption")
+    st.append([("a", {"v": 1})])
+    last = st.append([("b", {"v": 2}), ("c", {"v": 3})])
+    raw = last.read_bytes()
+    if damage == "truncate":
+        last.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":  # same length, one changed byte in the body: checksum catches it
+        i = raw.index(b'"v":2')
+        last.write_bytes(raw[: i + 4] + b"7" + raw[i + 5:])
+    elif damage == "drop_footer":
+        last.write_bytes(b"".join(raw.splitlines(keepends=True)[:-1]))
+    else:
+        last.write_bytes(b"")
+    assert st.load() == {"a": {"v": 1}}
+    assert [p.name for p in st.last_report.corrupt] == ["part-00001.jsonl.corrupt"]
+    assert (st.dir / "part-00001.jsonl.corrupt").exists()  # kept for inspection, not deleted
+    # a new part never reuses the set-aside name
+    assert st.append([("b", {"v": 2})]).name == "part-00002.jsonl"
+    assert st.load() == {"a": {"v": 1}, "b": {"v": 2}}
+
+
+def test_atomic_write_failure_leaves_no_file_and_says_what_to_do(tmp_path, monkeypatch):
+    target = tmp_path / "d" / "part-00000.jsonl"
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(BuildError, match="part-00000.jsonl.*No space left.*rerun"):
+        atomic_write_bytes(target, b"data")
+    assert list(target.parent.iterdir()) == []  # no temp, no half file
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    d = tmp_path / "work"
+    (d / "fill").mkdir(parents=True)
+    (d / "fill" / ".part-00000.jsonl.abc.tmp").write_text("half")
+    st = WorkStore(d).stage("fill")
+    assert st.load() == {} and not list(st.dir.iterdir())
+
+
+def test_manifest_refuses_a_changed_configuration(tmp_path):
+    ws = WorkStore(tmp_path / "work")
+    cfg = {"captioner": "attributes", "shots": 1}
+    man = {"config": cfg, "fingerprint": fingerprint(cfg)}
+    assert ws.open(man) is False
+    assert ws.open(man) is True  # same config: resume
+    cfg2 = {"captioner": "attributes", "shots": 2}
+    with pytest.raises(BuildError, match=r"changed: shots.*new --out.*--force"):
+        ws.open({"config": cfg2, "fingerprint": fingerprint(cfg2)})
+    assert json.loads(ws.manifest_path.read_text())["config"] == cfg  # untouched
+
+
+def test_fingerprint_is_order_independent():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    ws = WorkStore(tmp_path / "work")
+    ws.dir.mkdir()
+    (ws.dir / ".lock").write_text(str(os.getppid()))  # a live process that is not us
+    with pytest.raises(BuildError, match="in use by process"):
+        ws.lock()
+    (ws.dir / ".lock").write_text("999999999")  # no such process
+    ws.lock()
+    assert (ws.dir / ".lock").read_text() == str(os.getpid())
+    ws.unlock()
+    assert not (ws.dir / ".lock").exists()
