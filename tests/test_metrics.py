@@ -1,0 +1,167 @@
+"""Metrics against scikit-learn, hand-computed cases and a slow reimplementation of the MVTec AUPRO."""
+from bisect import bisect
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
+
+from detector import metrics
+from detector.errors import DetectorError
+
+
+def _random_case(seed: int, n: int = 300, ties: bool = True):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < rng.uniform(0.1, 0.6)
+    scores = rng.normal(size=n) + labels * rng.uniform(0, 2)
+    if ties:
+        scores = np.round(scores, 1)  # many equal scores, across both classes
+    return scores.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("ties", [True, False])
+def test_image_metrics_match_sklearn(seed, ties):
+    scores, labels = _random_case(seed, ties=ties)
+    got = metrics.image_metrics(scores, labels)
+    assert got["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    p, r, _ = precision_recall_curve(labels, scores)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0)
+    assert got["image_f1_max"] == pytest.approx(f1.max(), abs=1e-12)
+    # the threshold reproduces the F1-max with "score >= threshold"
+    pred = scores >= got["image_f1_threshold"]
+    assert f1_score(labels, pred) == pytest.approx(got["image_f1_max"], abs=1e-12)
+
+
+def test_hand_computed_small_case():
+    # scores 0.8(+) 0.6(-) 0.6(+) 0.2(-): the tie at 0.6 is one step
+    scores = np.array([0.8, 0.6, 0.6, 0.2])
+    labels = np.array([1, 0, 1, 0])
+    # ROC points (0,0) (0,.5) (.5,1) (1,1): the tie is a diagonal, area .5 * (.5 + 1) / 2 + .5
+    assert metrics.auroc(scores, labels) == pytest.approx(0.875)
+    # AP: recall .5 at precision 1, recall 1 at precision 2/3 -> .5 + .5 * 2/3
+    assert metrics.average_precision(scores, labels) == pytest.approx(0.5 + 1 / 3)
+    f1, thr = metrics.f1_max(scores, labels)
+    assert (f1, thr) == (pytest.approx(0.8), 0.6)  # P=2/3, R=1
+
+
+def test_constant_detector_ap_is_positive_rate():
+    rng = np.random.default_rng(3)
+    labels = rng.random(1000) < 0.23
+    scores = np.full(1000, 0.7)
+    assert metrics.average_precision(scores, labels) == pytest.approx(labels.mean())
+    assert metrics.auroc(scores, labels) == pytest.approx(0.5)
+    maps = np.full((3, 8, 8), 0.5, np.float32)
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, 2:5, 2:5] = True
+    got = metrics.pixel_metrics(maps, masks)
+    assert got["pixel_ap"] == pytest.approx(masks.mean())
+    assert got["pixel_auroc"] == pytest.approx(0.5)
+
+
+def test_undefined_metrics_are_nan_and_bad_input_raises():
+    assert np.isnan(metrics.auroc(np.arange(4.0), np.zeros(4)))
+    assert np.isnan(metrics.average_precision(np.arange(4.0), np.zeros(4)))
+    with pytest.raises(DetectorError):
+        metrics.auroc(np.array([0.1, np.nan]), np.array([0, 1]))
+    with pytest.raises(DetectorError):
+        metrics.auroc(np.arange(3.0), np.arange(4))
+    with pytest.raises(DetectorError):
+        metrics.pixel_metrics(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), bool))
+
+
+# ---- AUPRO --------------------------------------------------------------------------------------
+
+
+def _reference_trapezoid(x, y, x_max):
+    """Independent restatement of the reference integration: cut at x_max, interpolate the last piece."""
+    x, y = list(x), list(y)
+    correction = 0.0
+    if x_max not in x:
+        ins = bisect(x, x_max)
+        y_at = y[ins - 1] + (y[ins] - y[ins - 1]) * (x_max - x[ins - 1]) / (x[ins] - x[ins - 1])
+        correction = 0.5 * (y_at + y[ins - 1]) * (x_max - x[ins - 1])
+    keep = [i for i in range(len(x)) if x[i] <= x_max]
+    xs, ys = [x[i] for i in keep], [y[i] for i in keep]
+    return sum(0.5 * (ys[i] + ys[i + 1]) * (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)) + correction
+
+
+def _slow_aupro(maps, masks, limit=0.3):
+    """Threshold sweep over every distinct score: binarise, measure FPR and mean region overlap."""
+    regions = []
+    for m in masks:
+        lab, n = ndimage.label(m, structure=np.ones((3, 3), dtype=int))
+        regions.append([lab == k for k in range(1, n + 1)])
+    normal = ~masks
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        pred = maps >= t
+        fprs.append((pred & normal).sum() / normal.sum())
+        overlaps = [(pred[i] & r).sum() / r.sum() for i in range(len(maps)) for r in regions[i]]
+        pros.append(float(np.mean(overlaps)))
+    fprs.append(1.0)
+    pros.append(1.0)
+    return _reference_trapezoid(fprs, pros, limit) / limit
+
+
+def test_aupro_hand_computed_with_interpolation_and_ties():
+    # image A: region of 2 pixels (0.9, 0.5); image B: region of 1 pixel (0.2); 5 normal pixels.
+    maps = np.array([[[0.9, 0.5, 0.5, 0.1]], [[0.6, 0.4, 0.5, 0.2]]])
+    masks = np.array([[[1, 1, 0, 0]], [[0, 0, 0, 1]]], bool)
+    # curve (0,0) (0,.25) (.2,.25) (.6,.5) ...: .25*.2 + .5*(.25 + .3125)*.1, divided by .3
+    expected = (0.05 + 0.028125) / 0.3
+    assert metrics.aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
+    assert _slow_aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aupro_uses_8_connectivity_like_the_reference():
+    # a diagonal neighbour joins the region: one region of 3 pixels (two with 4-connectivity)
+    maps = np.full((1, 3, 3), 0.1)
+    masks = np.zeros((1, 3, 3), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = masks[0, 1, 2] = True
+    maps[0, 0, 0], maps[0, 0, 1], maps[0, 1, 1], maps[0, 1, 2] = 0.9, 0.85, 0.5, 0.4
+    # curve (0,0) (0,1/3) (1/6,1/3) (1/6,2/3) (1/6,1) (1,1): 1/18 + (0.3 - 1/6), over 0.3
+    assert metrics.aupro(maps, masks) == pytest.approx(17 / 27, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aupro_and_pixel_metrics_match_references(seed):
+    rng = np.random.default_rng(seed)
+    n, h, w = 5, 12, 14
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n - 1):  # the last image stays normal
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+            masks[i, y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
+    maps = rng.random((n, h, w)) + masks * rng.uniform(0, 1)
+    maps = np.round(maps, 1).astype(np.float32)  # heavy ties
+    got = metrics.pixel_metrics(maps, masks)
+    assert got["aupro"] == pytest.approx(_slow_aupro(maps, masks), abs=1e-9)
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert got["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    p, r, _ = precision_recall_curve(masks.ravel(), maps.ravel())
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0)
+    assert got["pixel_f1_max"] == pytest.approx(f1.max(), abs=1e-12)
+    assert got["aupro"] == pytest.approx(metrics.aupro(maps, masks), abs=1e-15)
+
+
+def test_aupro_perfect_and_inverted():
+    masks = np.zeros((2, 6, 6), bool)
+    masks[0, 1:3, 1:4] = True
+    perfect = masks.astype(np.float32)
+    assert metrics.aupro(perfect, masks) == pytest.approx(1.0)
+    assert metrics.aupro(1 - perfect, masks) == pytest.approx(0.0)
+
+
+def test_evaluate_returns_every_metric():
+    scores, labels = _random_case(0, n=20)
+    maps = np.random.default_rng(0).random((20, 8, 8)).astype(np.float32)
+    masks = np.zeros((20, 8, 8), bool)
+    masks[labels, 2:4, 2:4] = True
+    out = metrics.evaluate(scores, labels, maps, masks)
+    assert set(out) == {"image_auroc", "image_ap", "image_f1_max", "image_f1_threshold", "pixel_auroc",
+                        "pixel_ap", "pixel_f1_max", "pixel_f1_threshold", "aupro"}
+    assert all(np.isfinite(v) for v in out.values())
+    assert set(metrics.evaluate(scores, labels, None, None)) == {
+        "image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
