@@ -1,0 +1,373 @@
+"""MFSC stage 1, mask cropping: foreground/background, component and defect regions of one image.
+
+Foreground: a background colour model from the image border (median Lab colour of a border strip), the
+per-pixel Lab distance to it thresholded by Otsu (never below `min_delta`), cleaned by morphology and
+optionally refined by GrabCut. When the border itself is not one colour (a textured surface such as carpet
+or wood), the whole image is the foreground (the textured fallback). Components: the foreground's colours
+are clustered (k-means in Lab, close centres merged), and each colour's connected parts above a minimum
+area become one component region. Defects: connected parts of the ground-truth mask.
+
+Boxes are (x0, y0, x1, y1) with x1, y1 exclusive (slice bounds); areas are fractions of the image.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mfsc_builder.errors import BuildError
+
+LOCATION_WORDS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+ORIENTATIONS = ("horizontal", "vertical", "diagonal", "none")
+# MVTec-AD / VisA classes that are a surface filling the whole frame (no background to separate).
+TEXTURED_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
+
+
+@dataclass
+class CropConfig:
+    """Thresholds of the cropping stage (Lab distances are in CIE Lab units, areas are image fractions)."""
+
+    border: float = 0.03            # width of the border strip that models the background, fraction of side
+    min_delta: float = 12.0         # a pixel this far (Lab) from the background colour may be foreground
+    border_spread: float = 14.0     # median Lab distance of border pixels above this: textured, no background
+    min_foreground: float = 0.005   # less foreground than this: textured fallback (nothing found)
+    max_foreground: float = 0.97    # more than this: textured fallback
+    textured: bool = False          # force the textured fallback (e.g. for TEXTURED_CLASSES)
+    grabcut: bool = False           # refine the Otsu mask with a few GrabCut iterations (slower)
+    n_colours: int = 4              # k of the k-means colour clustering inside the foreground
+    merge_delta: float = 18.0       # colour cluster centres closer than this (Lab) are one colour
+    min_component: float = 0.004    # component regions smaller than this are dropped
+    max_components: int = 6         # keep the largest ones
+    sam_model: str | None = None    # local path of a transformers SAM model (optional component masks)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def location_word(cx: float, cy: float, width: int, height: int) -> str:
+    """The 3x3 grid word of a point: thirds of the width and height."""
+    col = min(2, max(0, int(3 * cx / max(width, 1))))
+    row = min(2, max(0, int(3 * cy / max(height, 1))))
+    return LOCATION_WORDS[row][col]
+
+
+def orientation_of(mask: np.ndarray, min_elongation: float = 1.6) -> str:
+    """Main-axis direction from second moments; "none" when the region is not elongated."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 3:
+        return "none"
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64))
+    evals, evecs = np.linalg.eigh(cov)
+    if evals[0] <= 1e-9:
+        ratio = np.inf
+    else:
+        ratio = float(np.sqrt(evals[1] / evals[0]))
+    if ratio < min_elongation:
+        return "none"
+    vx, vy = evecs[:, 1]
+    angle = np.degrees(np.arctan2(abs(vy), abs(vx)))  # 0 = horizontal, 90 = vertical
+    if angle < 22.5:
+        return "horizontal"
+    if angle > 67.5:
+        return "vertical"
+    return "diagonal"
+
+
+@dataclass
+class Region:
+    """One region of an image: its mask and where it is."""
+
+    kind: str                  # foreground | background | component | defect
+    name: str
+    mask: np.ndarray           # (H, W) bool
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    area: float = 0.0
+    location: str = ""
+    orientation: str = "none"
+
+    @classmethod
+    def from_mask(cls, kind: str, name: str, mask: np.ndarray) -> Region:
+        """Measure box, area, location and orientation of a mask."""
+        mask = np.asarray(mask, dtype=bool)
+        h, w = mask.shape
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return cls(kind, name, mask, (0, 0, 0, 0), 0.0, "", "none")
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        return cls(kind, name, mask, box, float(len(xs)) / float(h * w),
+                   location_word(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, w, h), orientation_of(mask))
+
+    @property
+    def empty(self) -> bool:
+        return self.area <= 0.0
+
+    def crop(self, image: np.ndarray, masked: bool = False) -> np.ndarray:
+        """The box crop of `image`; with `masked`, pixels outside the region are set to 0."""
+        x0, y0, x1, y1 = self.box
+        out = np.array(image[y0:y1, x0:x1], copy=True)
+        if masked:
+            out[~self.mask[y0:y1, x0:x1]] = 0
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "mask": encode_mask(self.mask), "box": list(self.box),
+                "area": self.area, "location": self.location, "orientation": self.orientation}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Region:
+        return cls(d["kind"], d["name"], decode_mask(d["mask"]), tuple(int(v) for v in d["box"]),
+                   float(d["area"]), d["location"], d["orientation"])
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A bool mask as base64 of a 1-bit-content PNG (lossless, small, JSON-safe)."""
+    ok, buf = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255)
+    if not ok:
+        raise BuildError("could not PNG-encode a region mask; this is a bug, please report it")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def decode_mask(text: str) -> np.ndarray:
+    buf = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    m = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise BuildError("a stored region mask is not a valid PNG; delete the crop stage store and rebuild")
+    return m > 0
+
+
+@dataclass
+class ImageRegions:
+    """All regions of one image, as the captioner and the template filler see them."""
+
+    foreground: Region
+    background: Region
+    components: list[Region] = field(default_factory=list)
+    defects: list[Region] = field(default_factory=list)
+    textured: bool = False
+
+    def all(self) -> list[Region]:
+        return [self.foreground, self.background, *self.components, *self.defects]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"foreground": self.foreground.to_dict(), "background": self.background.to_dict(),
+                "components": [r.to_dict() for r in self.components],
+                "defects": [r.to_dict() for r in self.defects], "textured": bool(self.textured)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageRegions:
+        return cls(Region.from_dict(d["foreground"]), Region.from_dict(d["background"]),
+                   [Region.from_dict(r) for r in d["components"]], [Region.from_dict(r) for r in d["defects"]],
+                   bool(d["textured"]))
+
+
+def to_lab(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> CIE Lab float32 with L in 0..100 and a, b in about -128..127."""
+    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        raise BuildError(f"crop_regions needs an RGB uint8 (H, W, 3) array, got "
+                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}; "
+                         "load images with fsad_data.images.load_rgb")
+    if min(image.shape[:2]) < 8:
+        raise BuildError(f"image of size {image.shape[1]}x{image.shape[0]} is too small to crop (need >= 8 px)")
+
+
+def _border_pixels(lab: np.ndarray, frac: float) -> np.ndarray:
+    h, w = lab.shape[:2]
+    b = max(1, round(frac * min(h, w)))
+    return np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3),
+                           lab[b:-b, :b].reshape(-1, 3), lab[b:-b, -b:].reshape(-1, 3)])
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes (background pockets not connected to the image border) become foreground."""
+    inv = (~mask).astype(np.uint8)
+    _n, lab = cv2.connectedComponents(inv, connectivity=4)
+    border_labels = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])).tolist())
+    holes = (lab > 0) & ~np.isin(lab, list(border_labels))
+    return mask | holes
+
+
+def foreground_mask(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, bool]:
+    """(foreground mask, textured) by the border colour model; textured means the whole image."""
+    h, w = image.shape[:2]
+    full = np.ones((h, w), bool)
+    if config.textured:
+        return full, True
+    lab = to_lab(image)
+    border = _border_pixels(lab, config.border)
+    ref = np.median(border, axis=0)
+    if float(np.median(np.linalg.norm(border - ref, axis=1))) > config.border_spread:
+        return full, True
+    dist = np.linalg.norm(lab - ref, axis=2)
+    scaled = np.clip(dist * (255.0 / max(float(dist.max()), 1e-6)), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(float(otsu) * max(float(dist.max()), 1e-6) / 255.0, config.min_delta)
+    mask = dist > thr
+    k = max(1, round(min(h, w) / 100))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    m8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, kernel)
+    mask = _fill_holes(m8 > 0)
+    if config.grabcut and mask.any() and not mask.all():
+        mask = _grabcut(image, mask, config.seed)
+    frac = float(mask.mean())
+    if frac < config.min_foreground or frac > config.max_foreground:
+        return full, True
+    return mask, False
+
+
+def _grabcut(image: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+    cv2.setRNGSeed(seed)
+    gc = np.where(mask, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    er = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    gc[er] = cv2.GC_FGD
+    b = max(1, min(mask.shape) // 50)
+    gc[:b], gc[-b:], gc[:, :b], gc[:, -b:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
+    return (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+
+
+def colour_clusters(image: np.ndarray, mask: np.ndarray, config: CropConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(label map, Lab centres): k-means in Lab on the masked pixels, centres closer than merge_delta merged.
+    The label map is -1 outside the mask; labels are ordered by pixel count, largest first."""
+    lab = to_lab(image)
+    pix = lab[mask]
+    labels = np.full(mask.shape, -1, np.int32)
+    if len(pix) == 0:
+        return labels, np.zeros((0, 3), np.float32)
+    rng = np.random.default_rng(config.seed)
+    sample = pix if len(pix) <= 6000 else pix[rng.choice(len(pix), 6000, replace=False)]
+    k = max(1, min(config.n_colours, len(np.unique(sample.round(0), axis=0))))
+    if k > 1:
+        cv2.setRNGSeed(config.seed)
+        crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.1)
+        _, _, centres = cv2.kmeans(sample.astype(np.float32), k, None, crit, 3, cv2.KMEANS_PP_CENTERS)
+    else:
+        centres = sample.mean(axis=0, keepdims=True)
+    centres = _merge_centres(sample, centres, config.merge_delta)
+    d = np.linalg.norm(pix[:, None, :] - centres[None, :, :], axis=2)
+    lbl = d.argmin(axis=1)
+    counts = np.bincount(lbl, minlength=len(centres))
+    order = np.argsort(-counts, kind="stable")
+    remap = np.empty_like(order)
+    remap[order] = np.arange(len(order))
+    labels[mask] = remap[lbl]
+    # final centres: the mean Lab colour of each cluster's pixels
+    final = np.stack([pix[remap[lbl] == i].mean(axis=0) for i in range(len(order)) if (remap[lbl] == i).any()])
+    return labels, final.astype(np.float32)
+
+
+def _merge_centres(sample: np.ndarray, centres: np.ndarray, delta: float) -> np.ndarray:
+    """Agglomerate centres closer than `delta`, re-estimating each merged centre from its pixels."""
+    centres = np.asarray(centres, np.float64)
+    while len(centres) > 1:
+        d = np.linalg.norm(centres[:, None] - centres[None], axis=2)
+        np.fill_diagonal(d, np.inf)
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] >= delta:
+            break
+        lbl = np.linalg.norm(sample[:, None] - centres[None], axis=2).argmin(axis=1)
+        merged = sample[(lbl == i) | (lbl == j)]
+        new = merged.mean(axis=0) if len(merged) else (centres[i] + centres[j]) / 2
+        centres = np.vstack([np.delete(centres, [i, j], axis=0), new[None]])
+    return centres
+
+
+def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfig) -> list[np.ndarray]:
+    """Component masks: connected parts of each foreground colour, largest first, small ones dropped."""
+    labels, _ = colour_clusters(image, foreground, config)
+    h, w = foreground.shape
+    min_px = max(1, int(np.ceil(config.min_component * h * w)))
+    k = max(1, round(min(h, w) / 150))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    parts: list[np.ndarray] = []
+    for c in range(int(labels.max()) + 1):
+        m = cv2.morphologyEx((labels == c).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+        n, cc, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        for i in range(1, n):
+            if stats[i, cv2.CC_STAT_AREA] >= min_px:
+                parts.append(cc == i)
+    parts.sort(key=lambda m: (-int(m.sum()), *_first_pixel(m)))
+    return parts[: config.max_components]
+
+
+def _first_pixel(mask: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(mask)
+    return (int(ys[0]), int(xs[0])) if len(ys) else (0, 0)
+
+
+def defect_regions(defect_mask: np.ndarray) -> list[Region]:
+    """One region per 8-connected part of the ground-truth mask, largest first."""
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(defect_mask.astype(np.uint8), connectivity=8)
+    idx = sorted(range(1, n), key=lambda i: (-int(stats[i, cv2.CC_STAT_AREA]), i))
+    return [Region.from_mask("defect", f"defect {j + 1}", cc == i) for j, i in enumerate(idx)]
+
+
+def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfig) -> list[np.ndarray]:
+    """Component masks from a local transformers SAM model (automatic mask generation), kept inside the
+    foreground; used only when `config.sam_model` is set."""
+    from pathlib import Path
+
+    if not Path(str(config.sam_model)).exists():
+        raise BuildError(f"SAM model folder not found: {config.sam_model}. Pass a local folder saved with "
+                         "save_pretrained (e.g. facebook/sam-vit-base downloaded beforehand), or drop --sam-model")
+    try:
+        from PIL import Image
+        from transformers import pipeline
+
+        gen = pipeline("mask-generation", model=str(config.sam_model), device="cpu")
+        out = gen(Image.fromarray(image), points_per_batch=64)
+    except Exception as exc:
+        raise BuildError(f"SAM model at {config.sam_model} could not run ({exc}); check the folder holds a "
+                         "transformers SAM checkpoint, or drop --sam-model") from exc
+    h, w = foreground.shape
+    min_px = max(1, int(np.ceil(config.min_component * h * w)))
+    parts = []
+    for m in out.get("masks", []):
+        m = np.asarray(m, bool) & foreground
+        if m.sum() >= min_px:
+            parts.append(m)
+    parts.sort(key=lambda m: -int(m.sum()))
+    return parts[: config.max_components]
+
+
+def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
+                 config: CropConfig | None = None) -> ImageRegions:
+    """Stage 1 for one image: foreground, background, components and (with a mask) defect regions."""
+    config = config or CropConfig()
+    _check_image(image)
+    h, w = image.shape[:2]
+    if defect_mask is not None:
+        defect_mask = np.asarray(defect_mask)
+        if defect_mask.shape[:2] != (h, w):
+            raise BuildError(f"defect mask of size {defect_mask.shape[1]}x{defect_mask.shape[0]} does not match "
+                             f"its image of size {w}x{h}; fix or re-export the mask")
+        defect_mask = defect_mask.astype(bool)
+    fg, textured = foreground_mask(image, config)
+    foreground = Region.from_mask("foreground", "foreground", fg)
+    background = Region.from_mask("background", "background", ~fg)
+    if config.sam_model:
+        comps = _sam_components(image, fg, config)
+    elif textured:
+        comps = [fg]
+    else:
+        comps = component_masks(image, fg, config)
+    if not comps:
+        comps = [fg]
+    components = [Region.from_mask("component", f"component {i + 1}", m) for i, m in enumerate(comps)]
+    defects = defect_regions(defect_mask) if defect_mask is not None and defect_mask.any() else []
+    return ImageRegions(foreground, background, components, defects, textured)

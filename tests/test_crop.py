@@ -1,0 +1,104 @@
+"""MFSC stage 1: regions of drawn scenes whose truth is known by construction."""
+import cv2
+import numpy as np
+import pytest
+
+from mfsc_builder.crop import CropConfig, ImageRegions, Region, crop_regions, location_word, orientation_of
+from mfsc_builder.errors import BuildError
+
+
+def _scene():
+    img = np.full((120, 180, 3), 250, np.uint8)
+    cv2.circle(img, (30, 20), 15, (220, 20, 20), -1)              # red disc, top left cell
+    cv2.rectangle(img, (120, 85), (170, 105), (20, 20, 220), -1)  # blue box, bottom right cell
+    return img
+
+
+def test_location_words_on_thirds():
+    assert location_word(10, 10, 90, 90) == "top left"
+    assert location_word(45, 45, 90, 90) == "center"
+    assert location_word(80, 45, 90, 90) == "right"
+    assert location_word(45, 89, 90, 90) == "bottom"
+
+
+def test_orientation():
+    m = np.zeros((50, 50), bool)
+    m[20:24, 5:45] = True
+    assert orientation_of(m) == "horizontal"
+    assert orientation_of(m.T) == "vertical"
+    assert orientation_of(np.eye(50, dtype=bool) | np.eye(50, k=1, dtype=bool)) == "diagonal"
+    d = np.zeros((50, 50), np.uint8)
+    cv2.circle(d, (25, 25), 10, 1, -1)
+    assert orientation_of(d > 0) == "none"
+
+
+def test_two_objects_on_plain_background():
+    img = _scene()
+    r = crop_regions(img)
+    assert not r.textured
+    truth = np.any(img != 250, axis=2)
+    assert (r.foreground.mask == truth).mean() > 0.995
+    assert len(r.components) == 2
+    by_loc = {c.location: c for c in r.components}
+    assert set(by_loc) == {"top left", "bottom right"}
+    box = by_loc["bottom right"]
+    assert box.box == (120, 85, 171, 106)
+    assert box.area == pytest.approx(51 * 21 / (120 * 180), rel=0.02)
+    assert box.orientation == "horizontal"
+    assert by_loc["top left"].orientation == "none"
+    assert (box.crop(img) == (20, 20, 220)).all()
+    assert r.background.area == pytest.approx(1 - r.foreground.area)
+
+
+def test_two_colour_object_splits_into_components():
+    img = np.full((100, 100, 3), 0, np.uint8)
+    cv2.circle(img, (50, 50), 40, (200, 200, 200), -1)   # gray disc
+    cv2.circle(img, (50, 50), 12, (230, 200, 0), -1)     # yellow centre
+    r = crop_regions(img)
+    assert r.foreground.location == "center" and r.foreground.area == pytest.approx(np.pi * 40**2 / 1e4, rel=0.03)
+    assert len(r.components) == 2
+    assert r.components[0].area > r.components[1].area
+    inner = r.components[1]
+    assert inner.area == pytest.approx(np.pi * 12**2 / 1e4, rel=0.08)
+
+
+def test_textured_fallback():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    r = crop_regions(img)
+    assert r.textured and r.foreground.mask.all() and r.background.empty
+    assert len(r.components) == 1 and r.components[0].area == 1.0
+    forced = crop_regions(_scene(), config=CropConfig(textured=True))
+    assert forced.textured and forced.foreground.area == 1.0
+
+
+def test_defect_regions_and_mask_checks():
+    img = _scene()
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[10:20, 10:30] = 255
+    mask[100:104, 100:102] = 1
+    r = crop_regions(img, mask)
+    assert [d.name for d in r.defects] == ["defect 1", "defect 2"]
+    assert r.defects[0].box == (10, 10, 30, 20) and r.defects[0].location == "top left"
+    assert r.defects[1].area == pytest.approx(8 / (120 * 180))
+    with pytest.raises(BuildError, match="does not match"):
+        crop_regions(img, np.zeros((10, 10), bool))
+    with pytest.raises(BuildError, match="RGB uint8"):
+        crop_regions(img.astype(np.float32))
+    assert crop_regions(img, np.zeros(img.shape[:2], bool)).defects == []
+
+
+def test_regions_json_round_trip():
+    import json
+
+    r = crop_regions(_scene(), np.pad(np.ones((5, 5), bool), ((0, 115), (0, 175))))
+    back = ImageRegions.from_dict(json.loads(json.dumps(r.to_dict())))
+    for a, b in zip(r.all(), back.all(), strict=True):
+        assert isinstance(b, Region)
+        assert (a.mask == b.mask).all() and a.box == b.box and a.location == b.location
+        assert a.area == b.area and a.kind == b.kind and a.name == b.name
+
+
+def test_sam_path_missing_is_clear_error():
+    with pytest.raises(BuildError, match="SAM model folder not found"):
+        crop_regions(_scene(), config=CropConfig(sam_model="/nonexistent/sam"))
