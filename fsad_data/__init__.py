@@ -1,0 +1,14 @@
+"""fsad_data: data set layouts, the Sample record, RGB image/mask decoding, shot selection, the synthetic set.
+
+Shared by `mfsc_builder` and `detector`; imports neither. The one error type is `DataError`.
+"""
+from fsad_data.errors import DataError
+from fsad_data.images import load_mask, load_rgb
+from fsad_data.names import readable_name
+from fsad_data.samples import Sample, samples_frame
+from fsad_data.synthetic import make_demo_data, to_visa_raw
+
+__all__ = [
+    "DataError", "Sample", "load_mask", "load_rgb", "make_demo_data", "readable_name", "samples_frame",
+    "to_visa_raw",
+]

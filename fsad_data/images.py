@@ -1,0 +1,150 @@
+"""Image and mask decoding: every image leaves here as RGB uint8, every mask as a bool array.
+
+Conversions (Pillow decodes; one rule per case so results are the same on every machine):
+- grayscale and 1-bit: the gray value is copied to R, G and B;
+- palette: looked up in its palette (transparency is ignored);
+- alpha (RGBA, LA, PA): the alpha channel is DROPPED, colours are kept as stored (no compositing), the same
+  as ``cv2.imread(..., IMREAD_COLOR)`` and ``PIL.Image.convert("RGB")`` do; anomaly data sets do not use alpha
+  as a matte, and keeping the stored colour keeps defects visible in transparent areas;
+- 16 bit (grayscale or RGB, PNG or TIFF): the high byte is kept (``v >> 8``, so 257*k -> k and 65535 -> 255),
+  which is what Pillow does for 48-bit RGB; 32-bit integer images are clipped to 0..65535 first;
+- float images: values in [0, 1] are scaled by 255, anything else is clipped to 0..255;
+- CMYK / YCbCr / LAB: Pillow's conversion to RGB.
+EXIF orientation is NOT applied: masks are stored in the pixel order of their images, and rotating one
+without the other would misalign them.
+
+Masks: any value > 0 is defect (VisA masks hold small label values, MVTec-AD masks 0/255); a palette mask is
+read as its indices (a label map), colour masks count a pixel when any colour channel is > 0.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fsad_data.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for files whose suffix is one of the supported image formats (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}. Check the data set path, or re-download the file.")
+    if not path.is_file():
+        raise DataError(f"{what} is not a file: {path}. Point to an image file, not a folder.")
+    if path.stat().st_size == 0:
+        raise DataError(
+            f"{what} is empty (0 bytes): {path}. Re-download or re-export it, or remove it from the data set "
+            "(or read the data set with on_error='skip')."
+        )
+
+
+def _open(path: Path, what: str):
+    """Open and fully decode with Pillow, turning every decoder failure into a DataError naming the file."""
+    from PIL import Image
+
+    _check_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(path)
+            im.load()  # forces the full decode: truncated files fail here, not later
+        return im
+    except DataError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise DataError(
+            f"cannot decode {what} {path}: {exc.__class__.__name__}: {exc}. The file is truncated, corrupt or "
+            "not an image (PNG/JPEG/BMP/TIFF); re-download or re-export it, or read the data set with "
+            "on_error='skip'."
+        ) from exc
+
+
+def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
+    return (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _float_to_eight(arr: np.ndarray) -> np.ndarray:
+    arr = np.nan_to_num(arr.astype(np.float64))
+    if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def to_rgb_array(im) -> np.ndarray:
+    """Convert a decoded Pillow image to an (H, W, 3) uint8 RGB array by the rules in the module docstring."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        gray = _sixteen_to_eight(np.asarray(im))
+    elif mode == "F":
+        gray = _float_to_eight(np.asarray(im))
+    else:
+        if mode != "RGB":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im = im.convert("RGB")
+        return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Load any PNG/JPEG/BMP/TIFF as (H, W, 3) uint8 RGB; a missing, empty or undecodable file is a DataError."""
+    path = Path(path)
+    im = _open(path, "image")
+    try:
+        return to_rgb_array(im)
+    finally:
+        im.close()
+
+
+def mask_to_bool(im) -> np.ndarray:
+    """(H, W) bool: True where the decoded mask is > 0 (palette: index > 0; colour: any channel > 0)."""
+    mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBX", "RGBa", "La"):
+        im = im.convert("RGB" if mode in ("RGBA", "RGBX", "RGBa") else ("L" if mode in ("LA", "La") else "P"))
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        return np.ascontiguousarray((arr > 0).any(axis=2))
+    return np.ascontiguousarray(arr > 0)
+
+
+def load_mask(
+    path: str | Path, size: tuple[int, int] | None = None, *, image_path: str | Path | None = None
+) -> np.ndarray:
+    """Load a defect mask as (H, W) bool (> 0 is defect). ``size`` is the image's (W, H); a mismatch is a
+    DataError naming the mask (and ``image_path`` when given), both sizes and the fix."""
+    path = Path(path)
+    im = _open(path, "mask")
+    try:
+        if size is not None and (im.width, im.height) != (int(size[0]), int(size[1])):
+            of = f" of image {image_path}" if image_path is not None else ""
+            raise DataError(
+                f"mask {path} is {im.width}x{im.height} (WxH) but the image{of} is {int(size[0])}x{int(size[1])}. "
+                "The mask belongs to another image or was resized: re-export it at the image size (nearest "
+                "neighbour), fix the pairing, or read the data set with on_error='skip'."
+            )
+        return mask_to_bool(im)
+    finally:
+        im.close()
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(W, H) of an image from its header only (cheap; used by validate_samples). DataError if unreadable."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_file(path, "image")
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except Exception as exc:
+        raise DataError(
+            f"cannot read the header of {path}: {exc}. The file is corrupt or not an image; re-download or "
+            "re-export it, or read the data set with on_error='skip'."
+        ) from exc
