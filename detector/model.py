@@ -1,0 +1,293 @@
+"""FineGrainedAD: the trained few-shot anomaly detector and its inference (PAD, VAD, fusion).
+
+One object per class holds
+- the frozen Backbone (open_clip CLIP with the V-V path and the intermediate taps),
+- two MLLP prompt sets: ``pixel_prompts`` (n_pro = 1, trained on region-weighted patch tokens) and
+  ``image_prompts`` (n_pro = 3, trained on the CLS feature), as in the paper,
+- the MLSA region weights of the shots (kept for the record, used in training),
+- the visual memory: the shots' tap tokens, L2-normalised, one (M, C) tensor per tapped block,
+- the cached text features of both prompt sets (computed once after training; inference never runs
+  the text encoder).
+
+Inference, for a batch of RGB images:
+- textual map (PAD): every V-V patch token is matched to the region group whose NORMAL prototype is
+  the most similar (dynamic token-wise matching without any extra parameters, so nothing untrained
+  can leak in), then scored softmax(tau * [<f, t_n^g>, <f, t_a^g>])[abnormal] with that group's
+  normal and abnormal prototypes;
+- visual map (VAD): per tapped block, min over the memory of (1 - cos) / 2, averaged over blocks;
+- fused map: harmonic mean of the two maps on the patch grid, bilinear upsampling to the evaluation
+  resolution, Gaussian smoothing with sigma 4 (separable torch convolution, kernel 33 = 2 * round(4
+  sigma) + 1, reflect padding);
+- image score: harmonic mean of the CLS text score (softmax(tau * [<cls, t_n^image>, <cls,
+  t_a^image>])[abnormal] with the image prompts) and the max of the visual map on the patch grid
+  (before smoothing, so it does not depend on the evaluation resolution).
+The fusion rule is fixed here, never chosen on test data. ``branch`` = "text" | "visual" scores one
+branch alone (maps from that branch; scores: the CLS text score, resp. the visual max).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detector.errors import DetectorError
+
+FORMAT_VERSION = 1
+BRANCHES = ("fused", "text", "visual")
+SMOOTH_SIGMA = 4.0
+EPS = 1e-8
+
+
+@dataclass
+class Prediction:
+    """Image scores (B,) and anomaly maps (B, R, R) float32, both higher = more anomalous."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+
+
+def harmonic_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise 2ab / (a + b); 0 where both are 0."""
+    return 2.0 * a * b / (a + b).clamp_min(EPS)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius round(4 sigma) (scipy's default truncation): 33 taps for sigma 4."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps with reflect padding (replicate when too small)."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
+    r = (k.numel() - 1) // 2
+    x = maps[:, None]
+    mode = "reflect" if min(maps.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def two_way_abnormal_prob(sim_normal: torch.Tensor, sim_abnormal: torch.Tensor, tau: float) -> torch.Tensor:
+    """softmax(tau * [s_n, s_a])[1], written as the equivalent sigmoid(tau * (s_a - s_n))."""
+    return torch.sigmoid(tau * (sim_abnormal - sim_normal))
+
+
+class FineGrainedAD(nn.Module):
+    """The detector for one class; build it with ``detector.train.train`` or ``load_detector``."""
+
+    def __init__(self, backbone: Any, pixel_prompts: nn.Module, image_prompts: nn.Module,
+                 region_weights: torch.Tensor, memory: list[torch.Tensor], tau: float,
+                 meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone  # frozen wrapper (not a submodule: its weights are never trained or saved)
+        self.pixel_prompts = pixel_prompts
+        self.image_prompts = image_prompts
+        self.tau = float(tau)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.register_buffer("region_weights", region_weights.detach().float().clone())
+        self.memory = [F.normalize(m.detach().float(), dim=-1) for m in memory]
+        self.pixel_names: list[str] = []
+        self.image_names: list[str] = []
+        self.register_buffer("pixel_normal", torch.zeros(0))
+        self.register_buffer("pixel_abnormal", torch.zeros(0))
+        self.register_buffer("image_normal", torch.zeros(0))
+        self.register_buffer("image_abnormal", torch.zeros(0))
+
+    # ---- text features -------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh_text_features(self) -> None:
+        """Encode both prompt sets once and cache their (normalised) group prototypes."""
+        px = self.pixel_prompts()
+        im = self.image_prompts()
+        self.pixel_names, self.image_names = list(px.names), list(im.names)
+        self.pixel_normal = px.normal.detach().float().clone()
+        self.pixel_abnormal = px.abnormal.detach().float().clone()
+        self.image_normal = im.normal.detach().float().clone()
+        self.image_abnormal = im.abnormal.detach().float().clone()
+
+    def _check_ready(self) -> None:
+        if self.pixel_normal.numel() == 0 or self.image_normal.numel() == 0:
+            raise DetectorError("the detector has no text features yet: train it or load a checkpoint")
+
+    # ---- branches ------------------------------------------------------------------------------
+    def match_groups(self, patches: torch.Tensor) -> torch.Tensor:
+        """Dynamic token-wise matching: index (B, N) of the region group with the most similar normal prototype."""
+        f = F.normalize(patches.float(), dim=-1)
+        return (f @ self.pixel_normal.T).argmax(-1)
+
+    def textual_map(self, patches: torch.Tensor) -> torch.Tensor:
+        """PAD: abnormal probability (B, N) of each V-V patch token against its matched group's prototypes."""
+        self._check_ready()
+        f = F.normalize(patches.float(), dim=-1)
+        sim_n = f @ self.pixel_normal.T  # (B, N, G)
+        sim_a = f @ self.pixel_abnormal.T
+        g = sim_n.argmax(-1, keepdim=True)
+        return two_way_abnormal_prob(sim_n.gather(-1, g)[..., 0], sim_a.gather(-1, g)[..., 0], self.tau)
+
+    def visual_map(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """VAD: mean over tapped blocks of min over the shots' memory of (1 - cos) / 2, shape (B, N)."""
+        if len(taps) != len(self.memory):
+            raise DetectorError(f"{len(taps)} tapped blocks but a memory of {len(self.memory)}")
+        out = []
+        for tok, mem in zip(taps, self.memory):
+            q = F.normalize(tok.float(), dim=-1)
+            best = torch.stack([(qi @ mem.to(q.device).T).max(-1).values for qi in q])  # one image at a time
+            out.append((1.0 - best) / 2.0)
+        return torch.stack(out).mean(0)
+
+    def image_text_score(self, cls: torch.Tensor) -> torch.Tensor:
+        """CLS text score (B,): abnormal probability against the image prompts' "image" group."""
+        self._check_ready()
+        i = self.image_names.index("image") if "image" in self.image_names else 0
+        f = F.normalize(cls.float(), dim=-1)
+        return two_way_abnormal_prob(f @ self.image_normal[i], f @ self.image_abnormal[i], self.tau)
+
+    # ---- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_features(self, out: Any, resolution: int = 256, branch: str = "fused"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch)."""
+        if branch not in BRANCHES:
+            raise DetectorError(f"unknown branch {branch!r}: use one of {', '.join(BRANCHES)}")
+        h, w = out.grid
+        b = out.patches.shape[0]
+        text_grid = self.textual_map(out.patches).reshape(b, h, w) if branch != "visual" else None
+        vis_grid = self.visual_map(out.taps).reshape(b, h, w) if branch != "text" else None
+        cls_score = self.image_text_score(out.cls) if branch != "visual" else None
+        if branch == "text":
+            grid, score = text_grid, cls_score
+        elif branch == "visual":
+            grid, score = vis_grid, vis_grid.flatten(1).max(1).values
+        else:
+            grid = harmonic_mean(text_grid, vis_grid)
+            score = harmonic_mean(cls_score, vis_grid.flatten(1).max(1).values)
+        maps = F.interpolate(grid[:, None], size=(resolution, resolution), mode="bilinear",
+                             align_corners=False)[:, 0]
+        return score, gaussian_smooth(maps, SMOOTH_SIGMA)
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
+                batch_size: int = 8) -> Prediction:
+        """Score RGB uint8 images (H, W, 3): image scores (B,) and maps (B, R, R) float32, batched."""
+        self._check_ready()
+        scores, maps = [], []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            for img in batch:
+                if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3
+                        and img.dtype == np.uint8):
+                    raise DetectorError("predict expects RGB uint8 arrays (H, W, 3); load images with "
+                                        "fsad_data.load_rgb")
+            pixels = self.backbone.preprocess(batch)
+            s, m = self.score_features(self.backbone.encode(pixels), resolution, branch)
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        if not scores:
+            return Prediction(np.zeros(0, np.float32), np.zeros((0, resolution, resolution), np.float32))
+        return Prediction(torch.cat(scores).numpy().astype(np.float32),
+                          torch.cat(maps).numpy().astype(np.float32))
+
+    # ---- checkpoint ----------------------------------------------------------------------------
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Every trained parameter, the region weights, the visual memory and the cached text features."""
+        self._check_ready()
+        t: dict[str, torch.Tensor] = {}
+        for prefix, mod in (("pixel_prompts.", self.pixel_prompts), ("image_prompts.", self.image_prompts)):
+            for name, p in mod.named_parameters():
+                if p.requires_grad:
+                    t[prefix + name] = p.detach()
+        t["region_weights"] = self.region_weights
+        for i, m in enumerate(self.memory):
+            t[f"memory.{i}"] = m
+        for name in ("pixel_normal", "pixel_abnormal", "image_normal", "image_abnormal"):
+            t[f"text.{name}"] = getattr(self, name)
+        return {k: v.detach().float().cpu().contiguous().clone() for k, v in t.items()}
+
+    def save(self, ckpt_dir: str | Path) -> Path:
+        """Write the checkpoint folder atomically (safetensors + JSON meta) through checkpoint_io."""
+        from detector.checkpoint_io import save_checkpoint
+
+        meta = dict(self.meta)
+        meta.update(format_version=FORMAT_VERSION, tau=self.tau, pixel_names=self.pixel_names,
+                    image_names=self.image_names, n_memory=len(self.memory))
+        json.dumps(meta)  # fail before writing anything if the meta is not JSON
+        save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta)
+        return Path(ckpt_dir)
+
+
+def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, baseline: str | None,
+                      drop_levels: list[str], pixel_config: dict, image_config: dict
+                      ) -> tuple[nn.Module, nn.Module]:
+    """The two MLLP prompt sets for a class: from the MFSC record, or from the class name (PromptAD)."""
+    from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
+
+    if baseline == "promptad":
+        groups = groups_from_class_name(object_name)
+    elif baseline is None:
+        if record is None:
+            raise DetectorError("no caption record: pass --captions, or --baseline promptad for class-name prompts")
+        groups = groups_from_record(record, list(drop_levels))
+    else:
+        raise DetectorError(f"unknown baseline {baseline!r}: use 'promptad' or none")
+    sets = []
+    for cfg in (pixel_config, image_config):
+        sets.append(MultiLevelPrompts(backbone.model, backbone.tokenizer, groups, PromptConfig(**cfg)))
+    return sets[0], sets[1]
+
+
+def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
+    """Load the frozen backbone named in a checkpoint; random-weight backbones are rebuilt from seed 0."""
+    from detector.backbone import load_backbone
+
+    pretrained = meta_backbone.get("pretrained") or "none"
+    taps = meta_backbone.get("tap_layers")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(meta_backbone.get("init_seed", 0)))
+        return load_backbone(meta_backbone["name"], pretrained, device, precision, taps=taps)
+
+
+def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> FineGrainedAD:
+    """Rebuild a trained detector from its checkpoint folder (no pickles; bit-exact predictions)."""
+    from detector.checkpoint_io import load_checkpoint
+
+    ckpt_dir = Path(ckpt_dir)
+    tensors, meta = load_checkpoint(ckpt_dir)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DetectorError(f"{ckpt_dir}: checkpoint format {version!r}, this detector reads {FORMAT_VERSION}; "
+                            "retrain with this version")
+    backbone = load_backbone_for(meta["backbone"], device, precision)
+    pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
+                                     meta.get("drop_levels", []), meta["prompt_config_pixel"],
+                                     meta["prompt_config_image"])
+    for prefix, mod in (("pixel_prompts.", pixel), ("image_prompts.", image)):
+        for name, p in mod.named_parameters():
+            key = prefix + name
+            if p.requires_grad:
+                if key not in tensors:
+                    raise DetectorError(f"{ckpt_dir}: parameter {key} missing; the checkpoint does not match "
+                                        "this code version, retrain")
+                with torch.no_grad():
+                    p.copy_(tensors[key].to(p.dtype))
+            p.requires_grad_(False)
+    memory = [tensors[f"memory.{i}"] for i in range(int(meta["n_memory"]))]
+    model = FineGrainedAD(backbone, pixel, image, tensors["region_weights"], memory, meta["tau"], meta)
+    model.pixel_names, model.image_names = list(meta["pixel_names"]), list(meta["image_names"])
+    model.pixel_normal = tensors["text.pixel_normal"]
+    model.pixel_abnormal = tensors["text.pixel_abnormal"]
+    model.image_normal = tensors["text.image_normal"]
+    model.image_abnormal = tensors["text.image_abnormal"]
+    model.memory = [m.to(device) for m in memory]
+    return model.to(device).eval()
