@@ -1,0 +1,369 @@
+"""Evaluation protocol: score a class's test split, compute every metric, write metrics, overlays, report.
+
+``detector eval`` runs ``run_eval``. What it writes into OUT:
+- ``metrics.json`` (atomic): the metrics (NaN as null), the evaluation resolution and branch, counts,
+  the checkpoint's meta (class, shots, seed, backbone) and whether the weights make the figures meaningful;
+- ``metrics.csv``: one row for the class (the same numbers);
+- ``overlays/*.png``: image with the ground-truth contour | heat-map overlay, for up to 8 anomalous and 4
+  normal images picked evenly along the id-sorted list (deterministic, independent of the scores);
+- ``report.html``: the self-contained page (tables + those overlays inline).
+It also stores the pixel and image F1-max thresholds in the checkpoint folder (``threshold.json``, keyed
+by branch, atomic) for ``detector predict --threshold auto``. The threshold is picked on the test split,
+so it is a convenience for inspection, never used for any reported metric.
+
+Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
+bilinearly and binarised at 0.5 afterwards. Maps are kept as one float32 (N, R, R) array: 256 KiB per
+image at R = 256 (200 images: 52 MB), so the metrics are exact for the scores the model produced.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from detector.errors import DetectorError
+
+METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
+RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test the wiring and are not meaningful"
+
+
+class Predictor(Protocol):
+    """What evaluation needs from a model: FineGrainedAD.predict's signature."""
+
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
+                batch_size: int = 8) -> Any: ...
+
+
+@dataclass
+class EvalConfig:
+    """Flags of ``detector eval``."""
+
+    checkpoint: Path
+    data: Path
+    out: Path
+    resolution: int = 256
+    branch: str = "fused"
+    batch_size: int = 8
+    device: str = "cpu"
+    precision: str = "fp32"
+    layout: str = "auto"
+    class_name: str | None = None  # default: the class the checkpoint was trained for
+    n_anomalous_figures: int = 8
+    n_normal_figures: int = 4
+    write_threshold: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Where the outputs went, and the metrics."""
+
+    metrics: dict[str, float]
+    out: Path
+    metrics_path: Path
+    csv_path: Path
+    report_path: Path | None
+    overlays: list[Path] = field(default_factory=list)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, recursively, so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def eval_mask(sample: Any, resolution: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The sample's ground truth at R x R: bilinear resize of the 0/1 mask, then binarised at 0.5."""
+    import cv2
+
+    from fsad_data import load_mask
+
+    if sample.mask_path is None:
+        if sample.label:
+            raise DetectorError(f"{sample.image_path}: anomalous test image without a mask; add the mask "
+                                "or evaluate image metrics only")
+        return np.zeros((resolution, resolution), bool)
+    size = None if image_shape is None else (image_shape[1], image_shape[0])
+    m = load_mask(sample.mask_path, size, image_path=sample.image_path).astype(np.float32)
+    m = cv2.resize(m, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    return m > 0.5
+
+
+def load_images(samples: Sequence[Any]) -> list[np.ndarray]:
+    """RGB uint8 images of the samples (fsad_data.load_rgb: the one decoder of the project)."""
+    from fsad_data import load_rgb
+
+    return [load_rgb(s.image_path) for s in samples]
+
+
+def pick_figures(samples: Sequence[Any], n_anomalous: int = 8, n_normal: int = 4) -> list[int]:
+    """Indices of the images to draw: evenly spaced along the id order, anomalous first (deterministic)."""
+    chosen: list[int] = []
+    for label, n in ((1, n_anomalous), (0, n_normal)):
+        idx = sorted((i for i, s in enumerate(samples) if int(s.label) == label), key=lambda i: samples[i].id)
+        if n <= 0 or not idx:
+            continue
+        if len(idx) <= n:
+            chosen += idx
+        else:
+            chosen += [idx[round(j * (len(idx) - 1) / (n - 1))] if n > 1 else idx[0] for j in range(n)]
+    return chosen
+
+
+@dataclass
+class Collected:
+    """Scores, labels, maps and masks of a test split, all in sample order."""
+
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) bool
+    maps: np.ndarray  # (N, R, R) float32
+    masks: np.ndarray  # (N, R, R) bool
+
+
+def collect(model: Predictor, samples: Sequence[Any], resolution: int = 256, branch: str = "fused",
+            batch_size: int = 8, progress: bool = False) -> Collected:
+    """Run the model over the samples in batches; only one batch of images is in memory at a time."""
+    n = len(samples)
+    scores = np.zeros(n, np.float32)
+    maps = np.zeros((n, resolution, resolution), np.float32)
+    masks = np.zeros((n, resolution, resolution), bool)
+    labels = np.array([bool(s.label) for s in samples], bool)
+    bar = _progress(progress, n, "evaluating")
+    for start in range(0, n, batch_size):
+        batch = samples[start : start + batch_size]
+        images = load_images(batch)
+        pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
+        if pred.maps.shape != (len(batch), resolution, resolution):
+            raise DetectorError(f"the model returned maps of shape {pred.maps.shape}, expected "
+                                f"({len(batch)}, {resolution}, {resolution})")
+        scores[start : start + len(batch)] = pred.scores
+        maps[start : start + len(batch)] = pred.maps
+        for j, (s, img) in enumerate(zip(batch, images)):
+            masks[start + j] = eval_mask(s, resolution, img.shape[:2])
+        bar(len(batch))
+    bar(0, done=True)
+    return Collected(scores, labels, maps, masks)
+
+
+def _progress(enabled: bool, total: int, what: str):
+    """A tiny rich progress callback (no-op when disabled)."""
+    if not enabled:
+        return lambda k, done=False: None
+    from rich.progress import Progress
+
+    prog = Progress(transient=True)
+    task = prog.add_task(what, total=total)
+    prog.start()
+
+    def step(k: int, done: bool = False) -> None:
+        prog.advance(task, k)
+        if done:
+            prog.stop()
+
+    return step
+
+
+def figure_images(samples: Sequence[Any], col: Collected, indices: list[int], resolution: int
+                  ) -> list[tuple[str, str, np.ndarray]]:
+    """(file stem, caption, panel RGB) per picked image, heat maps on one colour scale for the class."""
+    import cv2
+
+    from detector import report
+
+    vmin, vmax = float(col.maps.min()), float(col.maps.max())
+    out = []
+    for i in indices:
+        s = samples[i]
+        img = load_images([s])[0]
+        img = cv2.resize(img, (resolution, resolution), interpolation=cv2.INTER_AREA)
+        pic = report.panel(img, col.maps[i], col.masks[i] if col.masks[i].any() else None, vmin, vmax)
+        stem = s.id.replace("/", "__")
+        caption = f"{s.id} ({'anomalous' if s.label else 'normal'}) score {float(col.scores[i]):.4f}"
+        out.append((stem, caption, pic))
+    return out
+
+
+def write_threshold(ckpt_dir: Path, branch: str, metrics: dict[str, float], resolution: int,
+                    class_name: str) -> Path:
+    """Merge this branch's F1-max thresholds into CKPT/threshold.json (atomic)."""
+    from fsad_data.atomic import write_json_atomic
+
+    path = Path(ckpt_dir) / "threshold.json"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data[branch] = json_safe({
+        "pixel_threshold": metrics.get("pixel_f1_threshold"),
+        "image_threshold": metrics.get("image_f1_threshold"),
+        "pixel_f1_max": metrics.get("pixel_f1_max"),
+        "image_f1_max": metrics.get("image_f1_max"),
+        "resolution": resolution,
+        "source": f"F1-max on the test split of {class_name} (detector eval); for inspection only",
+    })
+    write_json_atomic(path, data)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write dict rows as CSV atomically (columns from the first row)."""
+    from fsad_data.atomic import write_text_atomic
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
+    write_text_atomic(path, buf.getvalue())
+    return path
+
+
+def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class_name: str,
+                   resolution: int = 256, branch: str = "fused", batch_size: int = 8,
+                   info: dict[str, Any] | None = None, ckpt_dir: Path | None = None,
+                   n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
+                   html: bool = True) -> EvalResult:
+    """Score the samples with the model and write metrics.json, metrics.csv, overlays and the report."""
+    from detector import metrics as M
+    from detector import report
+    from fsad_data.atomic import write_json_atomic, write_png_atomic
+
+    if not samples:
+        raise DetectorError(f"no test images for class {class_name!r}; check --data and the class name")
+    if resolution < 8:
+        raise DetectorError(f"--resolution {resolution} is too small; use 256 (default) or 400 (the paper)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    col = collect(model, samples, resolution, branch, batch_size, progress)
+    has_masks = bool(col.masks.any())
+    values = M.evaluate(col.scores, col.labels, col.maps if has_masks else None,
+                        col.masks if has_masks else None)
+    info = dict(info or {})
+    meaningful = bool(info.get("meaningful", True))
+    record = {
+        "class_name": class_name,
+        "branch": branch,
+        "resolution": resolution,
+        "aupro_limit": M.AUPRO_LIMIT,
+        "n_images": len(samples),
+        "n_anomalous": int(col.labels.sum()),
+        "n_normal": int((~col.labels).sum()),
+        "meaningful": meaningful,
+        "note": "" if meaningful else RANDOM_WEIGHTS_NOTE,
+        "metrics": values,
+        **{k: v for k, v in info.items() if k != "meaningful"},
+    }
+    metrics_path = out / "metrics.json"
+    csv_path = write_csv(out / "metrics.csv", [{"class_name": class_name, "branch": branch,
+                                                 "resolution": resolution, "n_images": len(samples),
+                                                 **{k: values.get(k) for k in METRIC_COLUMNS}}])
+    overlays: list[Path] = []
+    figures = []
+    for stem, caption, pic in figure_images(samples, col, pick_figures(samples, n_anomalous_figures,
+                                                                       n_normal_figures), resolution):
+        path = out / "overlays" / f"{stem}.png"
+        write_png_atomic(path, pic)
+        overlays.append(path)
+        figures.append(report.Figure(caption, pic))
+    report_path = None
+    if html:
+        table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
+                             ["class", *METRIC_COLUMNS], [[class_name, *(values.get(k) for k in METRIC_COLUMNS)]])
+        notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
+        details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
+                   f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
+                   f"{values.get('pixel_f1_threshold', float('nan')):.4g}")]
+        report_path = report.write_report(out / "report.html", report.Report(
+            f"FineGrainedAD evaluation: {class_name}", notes + details, [table], figures))
+    if ckpt_dir is not None:
+        write_threshold(ckpt_dir, branch, values, resolution, class_name)
+    write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
+    return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
+
+
+def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config.json meta (class, shots, backbone...), read without loading any weights."""
+    path = Path(ckpt_dir) / "config.json"
+    if not path.is_file():
+        raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DetectorError(f"{path} is not valid JSON ({exc}); retrain or restore the checkpoint") from exc
+    return data.get("meta", data) if isinstance(data, dict) else {}
+
+
+def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json records about the model: shots k, seed, method, backbone, shot files, meaningful."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
+    pretrained = backbone.get("pretrained", cfg.get("pretrained"))
+    shots = cfg.get("shots", meta.get("shots"))
+    shot_files = meta.get("shots") if isinstance(meta.get("shots"), list) else None
+    if isinstance(shots, list):
+        shots = len(shots)
+    return json_safe({
+        "shots": shots,
+        "seed": cfg.get("seed", meta.get("seed")),
+        "method": meta.get("baseline") or "finegrainedad",
+        "backbone": backbone.get("name", cfg.get("backbone")),
+        "pretrained": pretrained,
+        "shot_files": shot_files,
+        "meaningful": pretrained not in (None, "", "none"),
+    })
+
+
+def meta_class_name(meta: dict[str, Any], ckpt_dir: Path) -> str:
+    """The class a checkpoint was trained for."""
+    for key in ("class_name", "class"):
+        if meta.get(key):
+            return str(meta[key])
+    raise DetectorError(f"{ckpt_dir}/config.json names no class; pass --class")
+
+
+def class_test_samples(data: Path, class_name: str, layout: str = "auto") -> list[Any]:
+    """The class's test split, sorted by id."""
+    from fsad_data import read_dataset
+
+    samples = [s for s in read_dataset(data, layout=layout, classes=[class_name]) if s.split == "test"]
+    if not samples:
+        raise DetectorError(f"{data}: no test images for class {class_name!r} (layout {layout}); check --data "
+                            "and that the class folder has a test split")
+    return sorted(samples, key=lambda s: s.id)
+
+
+def run_eval(config: EvalConfig) -> EvalResult:
+    """``detector eval``: load the checkpoint, evaluate its class's test split, write everything."""
+    from detector.model import load_detector
+
+    ckpt = Path(config.checkpoint)
+    meta = checkpoint_meta(ckpt)
+    class_name = config.class_name or meta_class_name(meta, ckpt)
+    samples = class_test_samples(Path(config.data), class_name, config.layout)
+    model = load_detector(ckpt, device=config.device, precision=config.precision)
+    info = checkpoint_info(meta)
+    info.update(checkpoint=str(ckpt), data=str(config.data), config={
+        k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
+    return evaluate_model(model, samples, Path(config.out), class_name=class_name,
+                          resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
+                          info=info, ckpt_dir=ckpt if config.write_threshold else None,
+                          n_anomalous_figures=config.n_anomalous_figures,
+                          n_normal_figures=config.n_normal_figures, progress=config.progress)
