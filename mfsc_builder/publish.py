@@ -1,0 +1,289 @@
+"""Publishing an MFSC build: the dataset card, the Hub's parquet layout (dry run), and the Hub push.
+
+Why a dry run: what goes to the Hub is exactly the dry-run folder (``README.md`` plus
+``data/<config>/<split>-XXXXX-of-XXXXX.parquet``), so it can be inspected and loaded offline with
+``datasets.load_dataset(OUT, "classes")`` before anything is uploaded. The card's YAML names the two
+configurations (``images`` with the splits present, ``classes`` with one ``train`` split), the license
+of the source data set, the task categories and the size category.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import string
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfsc_builder.errors import BuildError
+
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "mfsc.md"
+BUILD_INFO_NAME = "build_info.json"
+DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
+
+# Source data set -> (Hub license id, extra YAML lines, words for the card body).
+LICENSES: dict[str, tuple[str, str, str]] = {
+    "mvtec": ("cc-by-nc-sa-4.0", "", "MVTec-AD: CC BY-NC-SA 4.0, non-commercial use"),
+    "visa": ("cc-by-4.0", "", "VisA: CC BY 4.0"),
+    "visa_raw": ("cc-by-4.0", "", "VisA: CC BY 4.0"),
+    "realiad": (
+        "other",
+        "license_name: real-iad-terms\nlicense_link: https://realiad4ad.github.io/Real-IAD/\n",
+        "Real-IAD: per the Real-IAD terms of use (research only; accept them on the Real-IAD page)",
+    ),
+    "synthetic": ("cc0-1.0", "", "synthetic images drawn by this project (fsad_data.synthetic): CC0 1.0"),
+    "folder": (
+        "other",
+        "license_name: see-source\n",
+        "the license of the source folder (unknown to the builder: pass --license when publishing)",
+    ),
+}
+
+
+@dataclass
+class CardInfo:
+    """Everything the card template needs, read from a build folder."""
+
+    repo_id: str
+    source_name: str
+    source_layout: str
+    license: str
+    license_extra: str
+    license_text: str
+    splits: dict[str, int]
+    classes: list[str]
+    backend: str
+    model: str
+    revision: str
+    prompt_version: str
+    defect_vocab: str
+    reference_selection: str
+    status_counts: dict[str, int] = field(default_factory=dict)
+    schema_version: int = 1
+
+    @property
+    def n_images(self) -> int:
+        return sum(self.splits.values())
+
+
+def size_category(n: int) -> str:
+    """The Hub's size bucket for ``n`` rows."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    for limit, name in bounds:
+        if n < limit:
+            return name
+    return "n>1T" if n > 10**12 else "1B<n<10B"
+
+
+def license_for(layout: str, synthetic: bool = False, override: str | None = None) -> tuple[str, str, str]:
+    """(license id, extra YAML, card text) of the source data set; ``override`` is a Hub license id."""
+    if override:
+        return override, "", f"{override} (set by the publisher)"
+    key = "synthetic" if synthetic else layout
+    if key not in LICENSES:
+        return LICENSES["folder"]
+    return LICENSES[key]
+
+
+def _load_build(build_dir: Path) -> tuple[Any, Any, dict]:
+    """(images DatasetDict, classes Dataset, build info) of a build folder, with clear errors."""
+    import datasets
+
+    build_dir = Path(build_dir)
+    for sub in ("images", "classes"):
+        if not (build_dir / sub).is_dir():
+            raise BuildError(f"{build_dir / sub} not found; run `mfsc build SOURCE --out {build_dir}` first")
+    try:
+        images = datasets.load_from_disk(str(build_dir / "images"))
+        classes = datasets.load_from_disk(str(build_dir / "classes"))
+    except Exception as exc:  # datasets raises several types for a damaged folder
+        raise BuildError(f"{build_dir} does not hold a readable MFSC build ({exc}); rebuild it") from exc
+    if not isinstance(images, datasets.DatasetDict) or not isinstance(classes, datasets.Dataset):
+        raise BuildError(f"{build_dir}: images must be a DatasetDict and classes a Dataset; rebuild it")
+    info_path = build_dir / BUILD_INFO_NAME
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    return images, classes, info
+
+
+def _one(values: list[str], default: str = "") -> str:
+    """The single value of a column, or the distinct values joined (mixed builds say so)."""
+    distinct = sorted({v for v in values if v})
+    return ", ".join(distinct) if distinct else default
+
+
+def card_info(build_dir: Path, repo_id: str, license: str | None = None) -> CardInfo:
+    """Read what the card says from the build itself (records carry their provenance)."""
+    images, classes, info = _load_build(build_dir)
+    rows = classes.select_columns(
+        ["class_name", "source_layout", "defect_vocab", "reference_selection", "provenance"]).to_list()
+    layout = _one([r["source_layout"] for r in rows], info.get("source_layout", "folder"))
+    lic, extra, text = license_for(layout, bool(info.get("synthetic")), license)
+    statuses: Counter[str] = Counter()
+    for split in images:
+        statuses.update(p["status"] for p in images[split]["provenance"])
+    prov = [r["provenance"] for r in rows]
+    return CardInfo(
+        repo_id=repo_id,
+        source_name=str(info.get("source_name") or Path(build_dir).resolve().name),
+        source_layout=layout,
+        license=lic,
+        license_extra=extra,
+        license_text=text,
+        splits={s: images[s].num_rows for s in images},
+        classes=sorted(r["class_name"] for r in rows),
+        backend=_one([p["backend"] for p in prov], "unknown"),
+        model=_one([p["model"] for p in prov], "none"),
+        revision=_one([p["revision"] for p in prov], "none"),
+        prompt_version=_one([p["prompt_version"] for p in prov], "none"),
+        defect_vocab=_one([r["defect_vocab"] for r in rows], "generic"),
+        reference_selection=_one([r["reference_selection"] for r in rows], "unknown"),
+        status_counts=dict(sorted(statuses.items())),
+        schema_version=int(info.get("schema_version", 1)),
+    )
+
+
+def _configs_yaml(splits: list[str]) -> str:
+    lines = ["configs:", "- config_name: images", "  data_files:"]
+    for s in splits:
+        lines += [f"  - split: {s}", f"    path: data/images/{s}-*"]
+    lines += ["- config_name: classes", "  data_files:", "  - split: train", "    path: data/classes/train-*"]
+    return "\n".join(lines)
+
+
+LEAK_WARNING = (
+    "> **Warning: test information leak.** The defect states were taken from the test folders' defect\n"
+    "> names (`--defect-vocab dataset`). Abnormal texts therefore name the real test defects; results of\n"
+    "> a detector trained on them are not few-shot results without auxiliary knowledge. Use the `generic`\n"
+    "> vocabulary for clean comparisons.\n\n"
+)
+
+
+def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
+    """Fill the card template; the YAML header is checked to parse."""
+    import yaml
+
+    if not Path(template).exists():
+        raise BuildError(f"card template {template} is missing; reinstall the project from its repository")
+    q = json.dumps  # a JSON string is a valid YAML scalar: no quoting surprises
+    values = {
+        "license": info.license,
+        "license_extra": info.license_extra,
+        "pretty_name": q(f"MFSC captions for {info.source_name}"),
+        "size_category": size_category(info.n_images),
+        "configs": _configs_yaml(list(info.splits)),
+        "title": f"MFSC captions for {info.source_name}",
+        "source_name": info.source_name,
+        "source_layout": info.source_layout,
+        "license_text": info.license_text,
+        "image_splits": ", ".join(f"{s} ({n})" for s, n in info.splits.items()),
+        "n_images": info.n_images,
+        "n_classes": len(info.classes),
+        "repo_id": info.repo_id,
+        "class_list": ", ".join(f"`{c}`" for c in info.classes) or "none",
+        "schema_version": info.schema_version,
+        "backend": info.backend,
+        "model": info.model,
+        "revision": info.revision,
+        "prompt_version": info.prompt_version,
+        "status_counts": ", ".join(f"{k}: {v}" for k, v in info.status_counts.items()) or "none",
+        "reference_selection": info.reference_selection,
+        "defect_vocab": info.defect_vocab,
+        "leak_warning": LEAK_WARNING if "dataset" in info.defect_vocab.split(", ") else "",
+    }
+    text = string.Template(Path(template).read_text(encoding="utf-8")).substitute(values)
+    try:
+        meta = yaml.safe_load(text.split("---\n", 2)[1])
+    except yaml.YAMLError as exc:  # a bug here, not a user error; still say where
+        raise BuildError(f"the card rendered from {template} has invalid YAML metadata: {exc}") from exc
+    assert isinstance(meta, dict) and "configs" in meta
+    return text
+
+
+def _write_parquet(ds: Any, folder: Path, split: str, max_shard_bytes: int) -> list[Path]:
+    """``<split>-XXXXX-of-XXXXX.parquet`` shards of at most about ``max_shard_bytes`` each."""
+    n = max(1, math.ceil(ds.data.nbytes / max_shard_bytes)) if ds.num_rows else 1
+    n = min(n, max(1, ds.num_rows))
+    out = []
+    for i in range(n):
+        path = folder / f"{split}-{i:05d}-of-{n:05d}.parquet"
+        ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(path))
+        out.append(path)
+    return out
+
+
+def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str | None = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write exactly what ``publish`` would upload into ``out`` (replaced atomically as a whole)."""
+    import datasets
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "README.md").exists():
+        raise BuildError(f"{out} exists and is not an earlier dry run; choose an empty or new folder")
+    info = card_info(build_dir, repo_id, license)
+    images, classes, _ = _load_build(build_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        was = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            for split in images:
+                (tmp / "data" / "images").mkdir(parents=True, exist_ok=True)
+                _write_parquet(images[split], tmp / "data" / "images", split, max_shard_bytes)
+            (tmp / "data" / "classes").mkdir(parents=True, exist_ok=True)
+            _write_parquet(classes, tmp / "data" / "classes", "train", max_shard_bytes)
+        finally:
+            if was:
+                datasets.enable_progress_bars()
+        (tmp / "README.md").write_text(render_card(info), encoding="utf-8")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BuildError(f"could not write the dry run to {out}: {exc}; check free space and permissions") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push(build_dir: Path, repo_id: str, private: bool = False, license: str | None = None,
+         token: str | None = None, api: Any = None) -> str:
+    """Create the dataset repo (if needed) and upload the dry-run folder; returns the repo URL.
+
+    Old parquet files under ``data/`` are deleted in the same commit, so a smaller rebuild leaves no
+    stale shards behind. The token comes from the environment or the Hub login, never from arguments
+    that would end up in shell history, and is never printed.
+    """
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise BuildError(f"--repo-id {repo_id!r} must look like ORG/NAME")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="mfsc-publish-") as tmp:
+        folder = dry_run(build_dir, Path(tmp) / "upload", repo_id=repo_id, license=license)
+        try:
+            url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                commit_message="Upload MFSC captions (mfsc publish)", delete_patterns=["data/**"],
+            )
+        except BuildError:
+            raise
+        except Exception as exc:  # network/auth errors of huggingface_hub: one clear line
+            raise BuildError(
+                f"upload of {build_dir} to {repo_id} failed: {type(exc).__name__}: {exc}; "
+                "check `hf auth login` / HF_TOKEN and the network, or use --dry-run OUT"
+            ) from exc
+    return str(url)
