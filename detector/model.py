@@ -27,7 +27,6 @@ branch alone (maps from that branch; scores: the CLS text score, resp. the visua
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +143,7 @@ class FineGrainedAD(nn.Module):
         for tok, mem in zip(taps, self.memory):
             q = F.normalize(tok.float(), dim=-1)
             best = torch.stack([(qi @ mem.to(q.device).T).max(-1).values for qi in q])  # one image at a time
-            out.append((1.0 - best) / 2.0)
+            out.append((1.0 - best).clamp(0.0, 2.0) / 2.0)  # rounding can push cos past 1
         return torch.stack(out).mean(0)
 
     def image_text_score(self, cls: torch.Tensor) -> torch.Tensor:
@@ -205,9 +204,8 @@ class FineGrainedAD(nn.Module):
         self._check_ready()
         t: dict[str, torch.Tensor] = {}
         for prefix, mod in (("pixel_prompts.", self.pixel_prompts), ("image_prompts.", self.image_prompts)):
-            for name, p in mod.named_parameters():
-                if p.requires_grad:
-                    t[prefix + name] = p.detach()
+            for name, p in mod.state_dict().items():  # the prompt modules hold only trained tensors
+                t[prefix + name] = p
         t["region_weights"] = self.region_weights
         for i, m in enumerate(self.memory):
             t[f"memory.{i}"] = m
@@ -222,9 +220,20 @@ class FineGrainedAD(nn.Module):
         meta = dict(self.meta)
         meta.update(format_version=FORMAT_VERSION, tau=self.tau, pixel_names=self.pixel_names,
                     image_names=self.image_names, n_memory=len(self.memory))
-        json.dumps(meta)  # fail before writing anything if the meta is not JSON
+        meta = json.loads(json.dumps(meta, default=_json_default))  # numpy/tuples/paths -> plain JSON
         save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta)
         return Path(ckpt_dir)
+
+
+def _json_default(obj: Any) -> Any:
+    """Plain JSON for the values a caption record or config may carry (numpy scalars/arrays, paths)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, baseline: str | None,
@@ -273,15 +282,13 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
                                      meta.get("drop_levels", []), meta["prompt_config_pixel"],
                                      meta["prompt_config_image"])
     for prefix, mod in (("pixel_prompts.", pixel), ("image_prompts.", image)):
-        for name, p in mod.named_parameters():
-            key = prefix + name
-            if p.requires_grad:
-                if key not in tensors:
-                    raise DetectorError(f"{ckpt_dir}: parameter {key} missing; the checkpoint does not match "
-                                        "this code version, retrain")
-                with torch.no_grad():
-                    p.copy_(tensors[key].to(p.dtype))
-            p.requires_grad_(False)
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            mod.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise DetectorError(f"{ckpt_dir}: prompt tensors do not fit ({str(e).splitlines()[0]}); the "
+                                "checkpoint comes from another code version, retrain") from e
+        mod.requires_grad_(False)
     memory = [tensors[f"memory.{i}"] for i in range(int(meta["n_memory"]))]
     model = FineGrainedAD(backbone, pixel, image, tensors["region_weights"], memory, meta["tau"], meta)
     model.pixel_names, model.image_names = list(meta["pixel_names"]), list(meta["image_names"])

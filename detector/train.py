@@ -85,7 +85,7 @@ class TrainConfig:
             self.taps = list(self.taps)
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Load a YAML or JSON config; keyword overrides that are not None win (the CLI's flags)."""
         p = Path(path)
         try:
@@ -99,7 +99,7 @@ class TrainConfig:
                 import yaml
 
                 raw = yaml.safe_load(text)
-        except Exception as e:  # noqa: BLE001 - JSON and YAML raise different types
+        except Exception as e:
             raise DetectorError(f"config {p} is not valid YAML/JSON: {e}; fix the file") from e
         raw = dict(raw or {})
         if not isinstance(raw, dict):
@@ -107,7 +107,7 @@ class TrainConfig:
         return cls.from_dict(raw, source=str(p), **overrides)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config", **overrides: Any) -> "TrainConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config", **overrides: Any) -> TrainConfig:
         """Build from a mapping (unknown keys are an error), then apply non-None overrides."""
         known = {f.name for f in fields(cls)}
         data = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
@@ -306,5 +306,5 @@ class _null:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: object) -> bool:
         return False

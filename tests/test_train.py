@@ -1,0 +1,130 @@
+"""Training: the loss goes down, gradients reach exactly the prompts, determinism, baseline, config, checkpoint."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector.errors import DetectorError
+from detector.train import TrainConfig, train, train_model
+
+RECORD = {
+    "class_name": "widget",
+    "object_name": "widget",
+    "texts": [
+        {"level": "image", "group": "image", "normal": ["a photo of a grey widget"],
+         "abnormal": ["a photo of a broken widget"]},
+        {"level": "background", "group": "background", "normal": ["white background"],
+         "abnormal": ["dirty white background"]},
+        {"level": "component", "group": "cap", "normal": ["a round cap on the top"],
+         "abnormal": ["a round cap on the bottom"]},
+        {"level": "colour", "group": "colour", "normal": ["grey colour"], "abnormal": ["red colour"]},
+    ],
+}
+
+
+def make_image(square: tuple[int, int, int] | None = None, size: int = 64) -> np.ndarray:
+    """Constant light-grey image, optionally with a red square (y, x, side)."""
+    a = np.full((size, size, 3), 200, np.uint8)
+    if square is not None:
+        y, x, s = square
+        a[y : y + s, x : x + s] = (220, 30, 30)
+    return a
+
+
+SHOTS = [make_image(), make_image()]
+NAMES = ["good/000.png", "good/001.png"]
+
+
+def _cfg(tiny_clip_name, **kw) -> TrainConfig:
+    base = {"class_name": "widget", "backbone": tiny_clip_name, "pretrained": "none", "epochs": 6,
+            "image_epochs": 4, "shots": 2}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train(cfg, record=RECORD):
+    return train_model(cfg, progress=False, shot_images=SHOTS, shot_names=NAMES, record=record)
+
+
+def test_loss_goes_down(tiny_clip_name):
+    m = _train(_cfg(tiny_clip_name, lr=0.01))
+    px, im = m.meta["history"]["pixel_loss"], m.meta["history"]["image_loss"]
+    assert len(px) == 6 and len(im) == 4
+    assert px[-1] < 0.8 * px[0] and im[-1] < 0.8 * im[0]
+    assert m.meta["regions"] == "dpc-knn" and m.region_weights.shape == (2, 3, 8, 8)
+
+
+def test_gradients_reach_exactly_the_prompts(tiny_clip_name):
+    """One loss step: ctx, abnormal tokens and gates (of the attributes present) get gradients, CLIP none."""
+    import torch.nn.functional as F
+
+    from detector.losses import mlsa_loss
+    from detector.model import build_prompt_sets, load_backbone_for
+
+    cfg = _cfg(tiny_clip_name)
+    bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
+    pixel, _ = build_prompt_sets(bb, RECORD, "widget", None, [], cfg.prompt_config(1), cfg.prompt_config(3))
+    out = bb.encode(bb.preprocess(SHOTS))
+    tokens = F.normalize(out.patches, dim=-1).reshape(-1, out.patches.shape[-1])
+    loss, _ = mlsa_loss(tokens, None, pixel(), 14.0, 0.001)
+    loss.backward()
+    trainable = dict(pixel.named_parameters())
+    assert set(trainable) == {"ctx", "abnormal_tokens", "gates"}
+    assert trainable["ctx"].grad is not None and trainable["ctx"].grad.abs().sum() > 0
+    assert trainable["abnormal_tokens"].grad.abs().sum() > 0
+    g = trainable["gates"].grad
+    colour = 1  # gate columns: relation, colour, texture, shape; the record only has a colour level
+    assert g[:, colour].abs().sum() > 0 and g[:, [0, 2, 3]].abs().sum() == 0
+    assert all(p.grad is None and not p.requires_grad for p in bb.parameters())
+
+
+def test_deterministic_for_a_seed(tiny_clip_name):
+    a = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2))
+    b = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2))
+    c = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, seed=1))
+    assert a.meta["history"] == b.meta["history"]
+    for (_, p), (_, q) in zip(a.pixel_prompts.state_dict().items(), b.pixel_prompts.state_dict().items()):
+        assert torch.equal(p, q)
+    assert torch.equal(a.image_normal, b.image_normal) and torch.equal(a.region_weights, b.region_weights)
+    assert not torch.equal(a.pixel_prompts.ctx, c.pixel_prompts.ctx)
+
+
+def test_promptad_baseline_trains(tiny_clip_name):
+    m = _train(_cfg(tiny_clip_name, baseline="promptad", lr=0.01), record=None)
+    assert m.pixel_names == ["image"] and m.meta["regions"] == "uniform" and m.meta["record"] is None
+    assert bool((m.region_weights == 1).all()) and m.region_weights.shape == (2, 1, 8, 8)
+    px = m.meta["history"]["pixel_loss"]
+    assert px[-1] < px[0]
+    pred = m.predict([make_image((40, 8, 16))], resolution=32)
+    assert pred.maps.shape == (1, 32, 32)
+
+
+def test_config_file_and_overrides(tmp_path):
+    p = tmp_path / "train.yaml"
+    p.write_text("class_name: bottle\nshots: 2\nepochs: 7\ndrop_levels: [component]\n")
+    cfg = TrainConfig.from_file(p, epochs=3, seed=None)
+    assert (cfg.class_name, cfg.shots, cfg.epochs, cfg.seed, cfg.drop_levels) == ("bottle", 2, 3, 0, ["component"])
+    j = tmp_path / "train.json"
+    j.write_text(json.dumps({"class_name": "x", "baseline": "promptad", "lr": 0.01}))
+    assert TrainConfig.from_file(j).lr == 0.01
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("class_name: x\nepoch: 3\n")
+    with pytest.raises(DetectorError, match="epoch"):
+        TrainConfig.from_file(bad)
+    with pytest.raises(DetectorError):
+        TrainConfig(baseline="winclip")
+
+
+def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
+    import detector.train as tr
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_fit", boom)
+    out = tmp_path / "ckpt"
+    monkeypatch.setattr(tr, "_load_shots", lambda cfg: (SHOTS, NAMES))
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_clip_name, out=str(out), baseline="promptad"), progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
