@@ -2,8 +2,9 @@
 
 Foreground: a background colour model from the image border (median Lab colour of a border strip), the
 per-pixel Lab distance to it thresholded by Otsu (never below `min_delta`), cleaned by morphology and
-optionally refined by GrabCut. When the border itself is not one colour (a textured surface such as carpet
-or wood), the whole image is the foreground (the textured fallback). Components: the foreground's colours
+optionally refined by GrabCut. When the border itself is not one colour, or the "foreground" covers much of
+the border (stripes of a surface such as carpet, wood or fabric), or almost nothing / almost everything is
+foreground, the whole image is the foreground (the textured fallback). Components: the foreground's colours
 are clustered (k-means in Lab, close centres merged), and each colour's connected parts above a minimum
 area become one component region. Defects: connected parts of the ground-truth mask.
 
@@ -27,7 +28,12 @@ LOCATION_WORDS = (
 )
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "none")
 # MVTec-AD / VisA classes that are a surface filling the whole frame (no background to separate).
-TEXTURED_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
+TEXTURED_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood", "fabric"})
+
+
+def is_textured_class(class_name: str) -> bool:
+    """True for known surface classes (the whole image is the foreground); others are decided per image."""
+    return class_name.strip().lower() in TEXTURED_CLASSES
 
 
 @dataclass
@@ -37,6 +43,7 @@ class CropConfig:
     border: float = 0.03            # width of the border strip that models the background, fraction of side
     min_delta: float = 12.0         # a pixel this far (Lab) from the background colour may be foreground
     border_spread: float = 14.0     # median Lab distance of border pixels above this: textured, no background
+    border_touch: float = 0.08      # foreground on more than this fraction of the border strip: textured
     min_foreground: float = 0.005   # less foreground than this: textured fallback (nothing found)
     max_foreground: float = 0.97    # more than this: textured fallback
     textured: bool = False          # force the textured fallback (e.g. for TEXTURED_CLASSES)
@@ -187,8 +194,9 @@ def _check_image(image: np.ndarray) -> None:
 def _border_pixels(lab: np.ndarray, frac: float) -> np.ndarray:
     h, w = lab.shape[:2]
     b = max(1, round(frac * min(h, w)))
-    return np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3),
-                           lab[b:-b, :b].reshape(-1, 3), lab[b:-b, -b:].reshape(-1, 3)])
+    c = lab.shape[2]
+    return np.concatenate([lab[:b].reshape(-1, c), lab[-b:].reshape(-1, c),
+                           lab[b:-b, :b].reshape(-1, c), lab[b:-b, -b:].reshape(-1, c)])
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -200,8 +208,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | holes
 
 
-def foreground_mask(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, bool]:
-    """(foreground mask, textured) by the border colour model; textured means the whole image."""
+def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, bool]:
+    """(foreground mask, textured) by the border colour model; textured means the whole image.
+    Pixels in `ignore` (a known defect) do not take part in the decision and are foreground afterwards
+    unless the image is textured, so a defect cannot turn a surface into an "object" or cut a notch."""
     h, w = image.shape[:2]
     full = np.ones((h, w), bool)
     if config.textured:
@@ -212,6 +223,8 @@ def foreground_mask(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, 
     if float(np.median(np.linalg.norm(border - ref, axis=1))) > config.border_spread:
         return full, True
     dist = np.linalg.norm(lab - ref, axis=2)
+    if ignore is not None and ignore.any():
+        dist[ignore] = 0.0
     scaled = np.clip(dist * (255.0 / max(float(dist.max()), 1e-6)), 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thr = max(float(otsu) * max(float(dist.max()), 1e-6) / 255.0, config.min_delta)
@@ -221,10 +234,15 @@ def foreground_mask(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, 
     m8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, kernel)
     mask = _fill_holes(m8 > 0)
+    if ignore is not None and ignore.any():
+        touch_ignored = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
+        if mask.any() and touch_ignored <= config.border_touch:
+            mask = _fill_holes(mask | ignore)
     if config.grabcut and mask.any() and not mask.all():
         mask = _grabcut(image, mask, config.seed)
     frac = float(mask.mean())
-    if frac < config.min_foreground or frac > config.max_foreground:
+    touch = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
+    if frac < config.min_foreground or frac > config.max_foreground or touch > config.border_touch:
         return full, True
     return mask, False
 
@@ -345,6 +363,19 @@ def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfi
     return parts[: config.max_components]
 
 
+def class_is_textured(class_name: str, reference_images: list[np.ndarray], config: CropConfig | None = None
+                      ) -> bool:
+    """One decision per class (so all its images get the same kind of record): a known surface class, or
+    the textured fallback on at least half of the reference normal images."""
+    config = config or CropConfig()
+    if config.textured or is_textured_class(class_name):
+        return True
+    if not reference_images:
+        return False
+    votes = [foreground_mask(img, config)[1] for img in reference_images]
+    return 2 * sum(votes) >= len(votes)
+
+
 def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
                  config: CropConfig | None = None) -> ImageRegions:
     """Stage 1 for one image: foreground, background, components and (with a mask) defect regions."""
@@ -357,17 +388,21 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
             raise BuildError(f"defect mask of size {defect_mask.shape[1]}x{defect_mask.shape[0]} does not match "
                              f"its image of size {w}x{h}; fix or re-export the mask")
         defect_mask = defect_mask.astype(bool)
-    fg, textured = foreground_mask(image, config)
+    fg, textured = foreground_mask(image, config, ignore=defect_mask)
     foreground = Region.from_mask("foreground", "foreground", fg)
     background = Region.from_mask("background", "background", ~fg)
+    # components describe the normal parts: defect pixels are left out of them
+    normal_fg = fg & ~defect_mask if defect_mask is not None and not textured else fg
+    if not normal_fg.any():
+        normal_fg = fg
     if config.sam_model:
-        comps = _sam_components(image, fg, config)
+        comps = _sam_components(image, normal_fg, config)
     elif textured:
         comps = [fg]
     else:
-        comps = component_masks(image, fg, config)
+        comps = component_masks(image, normal_fg, config)
     if not comps:
-        comps = [fg]
+        comps = [normal_fg]
     components = [Region.from_mask("component", f"component {i + 1}", m) for i, m in enumerate(comps)]
     defects = defect_regions(defect_mask) if defect_mask is not None and defect_mask.any() else []
     return ImageRegions(foreground, background, components, defects, textured)

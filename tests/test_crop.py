@@ -102,3 +102,20 @@ def test_regions_json_round_trip():
 def test_sam_path_missing_is_clear_error():
     with pytest.raises(BuildError, match="SAM model folder not found"):
         crop_regions(_scene(), config=CropConfig(sam_model="/nonexistent/sam"))
+
+
+def test_class_textured_decision_and_defect_on_surface():
+    from mfsc_builder.crop import class_is_textured
+
+    yy, xx = np.mgrid[:96, :96]
+    plaid = np.full((96, 96, 3), (215, 195, 150), np.uint8)
+    plaid[((xx % 24) < 3) | ((yy % 24) < 3)] = (120, 75, 40)
+    assert class_is_textured("my_cloth", [plaid, plaid])
+    assert class_is_textured("carpet", [])
+    assert not class_is_textured("toy", [_scene()])
+    # a dark blob on the surface must not turn the surface into an "object"
+    hole = plaid.copy()
+    m = (xx - 48) ** 2 + (yy - 48) ** 2 < 15**2
+    hole[m] = 0
+    r = crop_regions(hole, m)
+    assert r.textured and len(r.defects) == 1 and r.defects[0].location == "center"

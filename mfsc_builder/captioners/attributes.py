@@ -1,0 +1,332 @@
+"""The offline attribute captioner (MFSC stage 2 without a model): measured, not guessed.
+
+- Colour: the median CIE Lab colour of a region, named by the nearest entry of `COLOUR_TABLE` (sRGB values
+  converted to Lab with OpenCV's D65 conversion; plain Euclidean distance, CIE76).
+- Texture, from the lightness channel L inside the eroded region:
+  smooth    mean gradient magnitude (L units per pixel, after a sigma-1 blur) below `SMOOTH_GRADIENT`;
+  striped   the region's summed structure tensor is coherent (one dominant gradient direction, coherence
+            above `STRIPE_COHERENCE`), or row means + column means explain more than `STRIPE_SEPARABLE` of
+            the variance (axis-aligned stripes crossing each other: plaid);
+  granular  fine-scale: a sigma-1 Gaussian blur keeps less than `GRANULAR_KEEP` of the L variance;
+  textured  anything else (coarse, multi-directional pattern).
+- Shape, from the outer contour, first rule that holds: elongated (min-area-rectangle aspect >= 2.5),
+  rectangular (area / min-area-rectangle area >= 0.85), circular (circularity 4*pi*A/P^2 >= 0.75 and
+  aspect < 1.35; a square has 0.785 but is caught by the rule before), irregular.
+- Count (regions of the same colour and shape are one component with a count), location (3x3 grid word of
+  each region) and direction (orientation of the main axis) come from stage 1.
+- Names: the class's object noun for the main (largest) part, "<colour> <shape noun>" for the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from mfsc_builder.captioners.base import CaptionRequest, CaptionResult, LevelFields
+from mfsc_builder.crop import ImageRegions, Region, to_lab
+from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
+
+ATTRIBUTES_VERSION = "attributes-v1"
+
+# Named colours (sRGB). Gray levels are spread so that lightness decides among the achromatic names.
+COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
+    "black": (10, 10, 10),
+    "dark grey": (70, 70, 70),
+    "grey": (128, 128, 128),
+    "silver": (190, 190, 190),
+    "white": (250, 250, 250),
+    "red": (210, 30, 30),
+    "dark red": (120, 15, 20),
+    "orange": (245, 135, 20),
+    "yellow": (240, 215, 30),
+    "beige": (225, 205, 160),
+    "brown": (130, 80, 40),
+    "green": (40, 170, 50),
+    "dark green": (20, 85, 35),
+    "cyan": (30, 200, 210),
+    "blue": (40, 90, 200),
+    "navy": (20, 30, 100),
+    "purple": (125, 45, 160),
+    "pink": (240, 140, 185),
+}
+SMOOTH_GRADIENT = 1.5
+STRIPE_COHERENCE = 0.6
+STRIPE_SEPARABLE = 0.6
+GRANULAR_KEEP = 0.35
+SHAPE_NOUNS = {"circular": "round part", "rectangular": "rectangular part", "elongated": "strip",
+               "irregular": "part"}
+NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def _table_lab() -> tuple[list[str], np.ndarray]:
+    names = list(COLOUR_TABLE)
+    rgb = np.array([COLOUR_TABLE[n] for n in names], np.uint8)[None]
+    return names, to_lab(rgb)[0]
+
+
+_NAMES, _LAB = _table_lab()
+
+
+def colour_name_lab(lab: np.ndarray) -> str:
+    """The nearest named colour of one Lab triple."""
+    return _NAMES[int(np.linalg.norm(_LAB - np.asarray(lab, np.float32)[None], axis=1).argmin())]
+
+
+def colour_name(image: np.ndarray, mask: np.ndarray) -> str:
+    """Name of the median Lab colour of the masked pixels."""
+    pix = to_lab(image)[mask]
+    if len(pix) == 0:
+        return ""
+    return colour_name_lab(np.median(pix, axis=0))
+
+
+def _inner(mask: np.ndarray, px: int = 2) -> np.ndarray:
+    """The mask eroded by `px` pixels (so object edges do not count as texture), or the mask if that empties."""
+    er = cv2.erode(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    er = er > 0
+    return er if er.sum() >= 16 else mask
+
+
+def texture_measures(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """gradient (mean |grad L|), coherence (structure tensor), keep (variance kept after a sigma-2 blur)."""
+    L = to_lab(image)[..., 0].astype(np.float32)
+    inner = _inner(mask)
+    Ls = cv2.GaussianBlur(L, (0, 0), 1.0)
+    gx = cv2.Sobel(Ls, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(Ls, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    gx_raw = cv2.Sobel(L, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy_raw = cv2.Sobel(L, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    grad = float(np.hypot(gx, gy)[inner].mean())
+    jxx, jyy, jxy = (gx_raw**2)[inner].sum(), (gy_raw**2)[inner].sum(), (gx_raw * gy_raw)[inner].sum()
+    tr = jxx + jyy
+    coherence = float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / tr) if tr > 1e-9 else 0.0
+    var = float(L[inner].var())
+    blurred = cv2.GaussianBlur(L, (0, 0), 1.0)
+    keep = float(blurred[inner].var() / var) if var > 1e-9 else 1.0
+    return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": _separable(L, inner)}
+
+
+def _separable(L: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the L variance explained by row means + column means (1 for axis-aligned stripes or plaid,
+    ~0 for a checkerboard or noise)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 16:
+        return 0.0
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    v, m = L[y0:y1, x0:x1].astype(np.float64), mask[y0:y1, x0:x1]
+    mu = v[m].mean()
+    d = np.where(m, v - mu, 0.0)
+    rows = d.sum(1) / np.maximum(m.sum(1), 1)
+    cols = d.sum(0) / np.maximum(m.sum(0), 1)
+    resid = (d - rows[:, None] - cols[None, :])[m]
+    total = (d[m] ** 2).mean()
+    return float(1.0 - (resid**2).mean() / total) if total > 1e-9 else 0.0
+
+
+def texture_name(image: np.ndarray, mask: np.ndarray) -> str:
+    m = texture_measures(image, mask)
+    if m["gradient"] < SMOOTH_GRADIENT:
+        return "smooth"
+    if m["coherence"] > STRIPE_COHERENCE or m["separable"] > STRIPE_SEPARABLE:
+        return "striped"
+    if m["keep"] < GRANULAR_KEEP:
+        return "granular"
+    return "textured"
+
+
+def shape_measures(mask: np.ndarray) -> dict[str, float]:
+    """circularity, aspect (long/short side of the min-area rectangle) and rectangularity of the outer contour."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return {"circularity": 0.0, "aspect": 1.0, "rectangularity": 0.0}
+    c = max(contours, key=cv2.contourArea)
+    area = float(cv2.contourArea(c))
+    perim = float(cv2.arcLength(c, True))
+    (_, _), (rw, rh), _ = cv2.minAreaRect(c)
+    rw, rh = max(rw, 1.0), max(rh, 1.0)
+    return {"circularity": 4 * np.pi * area / perim**2 if perim > 0 else 0.0,
+            "aspect": max(rw, rh) / min(rw, rh), "rectangularity": area / (rw * rh)}
+
+
+def shape_name(mask: np.ndarray) -> str:
+    m = shape_measures(mask)
+    if m["aspect"] >= 2.5:
+        return "elongated"
+    if m["rectangularity"] >= 0.85:
+        return "rectangular"
+    if m["circularity"] >= 0.75 and m["aspect"] < 1.35:
+        return "circular"
+    return "irregular"
+
+
+def number_word(n: int) -> str:
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def plural(noun: str, n: int) -> str:
+    """English plural of the last word for n != 1 ("round part" -> "round parts", "brush" -> "brushes")."""
+    if n == 1:
+        return noun
+    if noun.endswith(("s", "x", "sh", "ch", "z")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def join_words(words: list[str]) -> str:
+    words = [w for w in words if w]
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def size_word(area_of_foreground: float) -> str:
+    """small / medium / large relative to the foreground."""
+    if area_of_foreground < 0.02:
+        return "small"
+    if area_of_foreground < 0.1:
+        return "medium"
+    return "large"
+
+
+@dataclass
+class _Part:
+    region: Region
+    colour: str
+    texture: str
+    shape: str
+
+
+class AttributeCaptioner:
+    """Offline captioner from image measurements (see the module docstring for every rule)."""
+
+    name = "attributes"
+    model = "opencv"
+    revision = ATTRIBUTES_VERSION
+    prompt_version = ""
+
+    def caption(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        return [CaptionResult(self.fields(r), self.provenance()) for r in requests]
+
+    def propose_defects(self, object_name: str, image: np.ndarray) -> list[str] | None:
+        return None
+
+    def provenance(self, status: str = "ok") -> Provenance:
+        return Provenance(self.name, self.model, self.revision, self.prompt_version, status)
+
+    def fields(self, req: CaptionRequest) -> LevelFields:
+        """The level fields of one request."""
+        img, regs, obj = req.image, req.regions, req.object_name
+        parts = [_Part(r, colour_name(img, r.mask), texture_name(img, r.mask), shape_name(r.mask))
+                 for r in regs.components]
+        background = self._background(img, regs)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(parts):
+            groups.setdefault((p.colour, p.shape), []).append(i)
+        main_key = (parts[0].colour, parts[0].shape) if parts else None
+        components: list[ComponentView] = []
+        region_names = [""] * len(parts)
+        used: set[str] = set()
+        for key, idx in groups.items():
+            first = parts[idx[0]]
+            if regs.textured:
+                name = f"{obj} surface"
+            elif key == main_key and len(groups) == 1 and len(idx) == 1:
+                name = obj
+            elif key == main_key and len(idx) == 1:
+                name = f"{obj} body"
+            else:
+                name = f"{first.colour} {SHAPE_NOUNS[first.shape]}"
+            base, k = name, 2
+            while name in used:
+                name, k = f"{base} {k}", k + 1
+            used.add(name)
+            for i in idx:
+                region_names[i] = name
+            n = len(idx)
+            union = np.any([parts[i].region.mask for i in idx], axis=0)
+            locations = list(dict.fromkeys(parts[i].region.location for i in idx))
+            location = join_words(locations[:3])
+            directions = list(dict.fromkeys(parts[i].region.orientation for i in idx))
+            direction = directions[0] if len(directions) == 1 else "mixed"
+            texture = first.texture if n == 1 else texture_name(img, union)
+            area = float(sum(parts[i].region.area for i in idx))
+            noun = plural(name, n)
+            name_words = set(name.split())
+            adjs = [texture]
+            if first.colour not in name:
+                adjs.append(first.colour)
+            if not (name_words & set(SHAPE_NOUNS[first.shape].split())) or first.shape == "irregular":
+                adjs.append(first.shape)
+            phrase = " ".join([*adjs, noun])
+            article = number_word(n) if n > 1 else ("an" if phrase[:1] in "aeiou" else "a")
+            where = "filling the image" if regs.textured else f"at the {location}"
+            sentence = f"{article} {phrase} {where}"
+            if direction not in ("none", "mixed") and not regs.textured:
+                sentence += f", {direction}"
+            components.append(ComponentView(name, n, location, first.colour, texture, first.shape, direction,
+                                            round(area, 6), sentence))
+        relation = self._relation(obj, components, parts, region_names, regs)
+        fg = ForegroundView(count=sum(c.count for c in components), relation=relation)
+        listing = join_words([c.sentence.split(" at the ")[0].split(" filling")[0] for c in components])
+        if regs.textured:
+            caption = f"a {obj} surface: {listing}, filling the whole image"
+        else:
+            caption = f"a {obj} made of {listing}, on a {background} background"
+        defect = self._defect(req) if req.is_anomalous else None
+        return LevelFields(ImageView(obj, background), fg, components, caption, defect, region_names)
+
+    def _background(self, img: np.ndarray, regs: ImageRegions) -> str:
+        if regs.textured or regs.background.empty:
+            return "none"
+        colour = colour_name(img, regs.background.mask)
+        tex = texture_name(img, regs.background.mask)
+        return f"plain {colour}" if tex == "smooth" else f"{tex} {colour}"
+
+    def _relation(self, obj: str, comps: list[ComponentView], parts: list[_Part], names: list[str],
+                  regs: ImageRegions) -> str:
+        if regs.textured:
+            return f"one continuous {comps[0].texture if comps else ''} {obj} surface".replace("  ", " ")
+        if len(parts) <= 1:
+            return f"a single {comps[0].name if comps else obj} in the {regs.foreground.location or 'center'}"
+        main = parts[0].region
+        out = []
+        for comp in comps[: 4]:
+            if comp.name == names[0]:
+                continue
+            union = np.any([parts[i].region.mask for i, n in enumerate(names) if n == comp.name], axis=0)
+            rel = _relative(Region.from_mask("component", comp.name, union), main)
+            verb = "is" if comp.count == 1 else "are"
+            out.append(f"the {plural(comp.name, comp.count)} {verb} {rel} the {names[0]}")
+        return "; ".join(out) if out else f"{number_word(len(parts))} {plural(names[0], len(parts))} side by side"
+
+    def _defect(self, req: CaptionRequest) -> DefectView:
+        kind = (req.defect_type or "defect").replace("_", " ")
+        defects = req.regions.defects
+        if not defects:
+            return DefectView(kind, "", "", "", f"a {kind} defect")
+        union = np.any([d.mask for d in defects], axis=0)
+        whole = Region.from_mask("defect", "defect", union)
+        fg_area = max(req.regions.foreground.area, 1e-9)
+        size = size_word(whole.area / fg_area)
+        colour = colour_name(req.image, union)
+        count = f"{number_word(len(defects))} " if len(defects) > 1 else "a "
+        noun = "areas" if len(defects) > 1 else "area"
+        sentence = f"{count}{size} {colour} {kind} {noun} at the {whole.location} of the {req.object_name}"
+        return DefectView(kind, whole.location, size, colour, sentence)
+
+
+def _relative(a: Region, b: Region) -> str:
+    """Where region a lies relative to region b: inside / on top of / above / below / left of / right of."""
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    if ax0 >= bx0 and ay0 >= by0 and ax1 <= bx1 and ay1 <= by1:
+        return "inside"
+    acx, acy = (ax0 + ax1) / 2, (ay0 + ay1) / 2
+    bcx, bcy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    dx, dy = acx - bcx, acy - bcy
+    if abs(dx) >= abs(dy):
+        return "right of" if dx > 0 else "left of"
+    return "below" if dy > 0 else "above"
