@@ -14,6 +14,11 @@ starts a section. Blank lines and other ``#`` comments are ignored. A stem may c
 and a numeric stem also matches the same number with other zero padding (``48`` = ``048``) when that is
 unambiguous. Any stem that is not a normal training image of the class is a DataError naming the file and
 the stem.
+
+``shots_file`` may also be a folder laid out as PromptAD ships its seeds
+(``seeds_mvtec/<class>/selected_samples_per_run.txt``): the class's file inside it is used. Note that
+PromptAD reads those numbers as positions in an unsorted directory listing (so its shots differ between
+machines); here they are file stems, which is what the numbers were meant to name.
 """
 from __future__ import annotations
 
@@ -70,6 +75,23 @@ def parse_shots_file(path: str | Path) -> dict[str | None, list[list[str]]]:
     if not any(sections.values()):
         raise DataError(f"shots file {path} lists no shots. Expected lines like '#1: 131' and '#2: 101 048'.")
     return sections
+
+
+SEED_FILE_NAME = "selected_samples_per_run.txt"
+
+
+def resolve_shots_file(shots_file: str | Path, class_name: str) -> Path:
+    """The shots file to read: the path itself, or ``<folder>/<class>/selected_samples_per_run.txt``."""
+    path = Path(shots_file)
+    if path.is_dir():
+        inner = path / class_name / SEED_FILE_NAME
+        if not inner.is_file():
+            raise DataError(
+                f"shots folder {path} has no {class_name}/{SEED_FILE_NAME}. Pass the class's file, or a folder "
+                "with one sub-folder per class (PromptAD's seeds_mvtec / seeds_visa)."
+            )
+        return inner
+    return path
 
 
 def _match(stem: str, pool: Sequence[Sample], path: Path, class_name: str) -> Sample:
@@ -137,7 +159,7 @@ def select_shots(
             "that the data set has a train split."
         )
     if shots_file is not None:
-        return _from_file(pool, class_name, k, seed, Path(shots_file))
+        return _from_file(pool, class_name, k, seed, resolve_shots_file(shots_file, class_name))
     if k > len(pool):
         raise DataError(
             f"class {class_name!r} has {len(pool)} normal training images, fewer than k={k}. Choose a smaller k."

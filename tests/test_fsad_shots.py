@@ -105,3 +105,15 @@ def test_demo_shots_stable(demo_root: Path) -> None:
     samples = read_dataset(demo_root)
     # fixed expectation: changing the rule changes every recorded output, so it must be deliberate
     assert shots_record(select_shots(samples, "pill_box", 2, 0)) == ["train/good/002.png", "train/good/007.png"]
+
+
+def test_promptad_seed_folder(samples: list[Sample], tmp_path: Path) -> None:
+    # the exact format of PromptAD's datasets/seeds_mvtec/<class>/selected_samples_per_run.txt
+    seeds = tmp_path / "seeds_mvtec"
+    (seeds / "widget").mkdir(parents=True)
+    (seeds / "widget" / "selected_samples_per_run.txt").write_text("#1: 008\n#2: 009 04\n#4: 001 002 003 000\n")
+    assert [s.stem for s in select_shots(samples, "widget", 1, 0, seeds)] == ["008"]
+    assert [s.stem for s in select_shots(samples, "widget", 2, 0, seeds)] == ["004", "009"]
+    assert [s.stem for s in select_shots(samples, "widget", 4, 0, seeds)] == ["000", "001", "002", "003"]
+    with pytest.raises(DataError, match="no gadget/selected_samples_per_run.txt"):
+        select_shots(samples, "gadget", 1, 0, seeds)
