@@ -4,6 +4,7 @@
 - ``metrics.json`` (atomic): the metrics (NaN as null), the evaluation resolution and branch, counts,
   the checkpoint's meta (class, shots, seed, backbone) and whether the weights make the figures meaningful;
 - ``metrics.csv``: one row for the class (the same numbers);
+- ``scores.csv``: one row per test image (id, label, defect type, image score, map max);
 - ``overlays/*.png``: image with the ground-truth contour | heat-map overlay, for up to 8 anomalous and 4
   normal images picked evenly along the id-sorted list (deterministic, independent of the scores);
 - ``report.html``: the self-contained page (tables + those overlays inline).
@@ -275,6 +276,9 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
     csv_path = write_csv(out / "metrics.csv", [{"class_name": class_name, "branch": branch,
                                                  "resolution": resolution, "n_images": len(samples),
                                                  **{k: values.get(k) for k in METRIC_COLUMNS}}])
+    write_csv(out / "scores.csv", [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
+                                    "score": float(col.scores[i]), "map_max": float(col.maps[i].max())}
+                                   for i, s in enumerate(samples)])
     overlays: list[Path] = []
     figures = []
     for stem, caption, pic in figure_images(samples, col, pick_figures(samples, n_anomalous_figures,

@@ -143,7 +143,7 @@ def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     if x[last] < x_max and last + 1 < x.size:
         x0, x1, y0, y1 = x[last], x[last + 1], y[last], y[last + 1]
         y_at = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
-        area += 0.5 * (y0 + y_at) * (x_max - x0)
+        area += float(0.5 * (y0 + y_at) * (x_max - x0))
     return area
 
 
@@ -162,7 +162,7 @@ def aupro_from_curve(c: Curve, weights: np.ndarray, n_regions: int, limit: float
     if n_regions == 0 or int(c.fps[-1]) == 0:
         return float("nan")
     fpr, pro = pro_curve_from_curve(c, weights, n_regions)
-    return integrate_to(fpr, pro, limit) / limit
+    return float(integrate_to(fpr, pro, limit) / limit)
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMIT) -> float:

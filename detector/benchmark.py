@@ -1,0 +1,361 @@
+"""The paper's protocol in one command: train + evaluate every (class, shots, seed) cell, then tables.
+
+Cells live in ``OUT/cells/<method>/<class>/k<shots>_s<seed>/`` (``checkpoint/``, metrics.json, overlays,
+report). A cell is finished when its metrics.json exists (written atomically, last), so a rerun skips it:
+the benchmark resumes after a crash or Ctrl-C. ``method`` is ``finegrainedad``, plus ``promptad`` (the
+class-name-only baseline) with ``--baseline promptad``.
+
+Shards: the cell list is sorted (method, class, shots, seed) and cell i belongs to shard i mod N, so N
+machines with ``--num-shards N --shard-index I`` share the work without talking; ``--merge`` then
+assembles the tables from whatever OUT/cells holds (copy the cell folders together first).
+
+Tables (``OUT/tables``): per method and shot count, one row per class and a mean row, each metric as
+mean ± sample std (ddof 1; 0 for one seed) over seeds, in percent. The mean row averages the classes
+within each seed first, then takes mean ± std of those per-seed means. ``summary.md`` sets the mean
+image / pixel AUROC next to the paper's reported numbers (marked "paper") when the data set is
+MVTec-AD or VisA. ``report.html`` shows the same tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.errors import DetectorError
+
+METHOD = "finegrainedad"
+BASELINES = ("promptad",)
+TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
+METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+                 "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max", "image_ap": "image AP",
+                 "pixel_ap": "pixel AP"}
+# METHOD.md, "Numbers to reach": (image AUROC, pixel AUROC) in %, from the paper's project page
+PAPER = {
+    ("finegrainedad", "mvtec"): {1: (91.04, 95.49), 2: (93.66, 96.08), 4: (94.51, 96.71)},
+    ("finegrainedad", "visa"): {1: (84.16, 96.42), 2: (86.16, 96.97), 4: (86.95, 97.54)},
+    ("promptad", "mvtec"): {4: (94.17, 95.73)},
+    ("promptad", "visa"): {4: (86.02, 96.96)},
+}
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One (method, class, shots, seed) experiment."""
+
+    method: str
+    class_name: str
+    shots: int
+    seed: int
+
+    def folder(self, out: Path) -> Path:
+        return Path(out) / "cells" / self.method / self.class_name / f"k{self.shots}_s{self.seed}"
+
+
+@dataclass
+class BenchmarkConfig:
+    """Flags of ``detector benchmark``; ``train`` holds TrainConfig overrides (backbone, epochs, ...)."""
+
+    data: Path
+    out: Path
+    captions: str | None = None
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    classes: list[str] | None = None
+    baseline: str | None = None
+    num_shards: int = 1
+    shard_index: int = 0
+    merge: bool = False  # only assemble the tables
+    resolution: int = 256
+    batch_size: int = 8
+    layout: str = "auto"
+    dataset_name: str | None = None  # default: the data folder's name
+    train_config: Path | None = None  # a TrainConfig YAML/JSON the flags override
+    train: dict[str, Any] = field(default_factory=dict)
+    main: bool = True  # run FineGrainedAD itself (False: only the baseline)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.baseline not in (None, *BASELINES):
+            raise DetectorError(f"--baseline {self.baseline!r}: use one of {', '.join(BASELINES)} or leave it out")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise DetectorError(f"--shard-index {self.shard_index} must be in 0..{self.num_shards - 1} "
+                                f"(--num-shards {self.num_shards})")
+        if not self.main and not self.baseline:
+            raise DetectorError("nothing to run: --no-main needs --baseline promptad")
+        if self.main and not self.merge and not self.captions and not self.train_config:
+            raise DetectorError("FineGrainedAD needs captions: pass --captions DIR (from `mfsc build`) or a Hub "
+                                "id; for the class-name baseline alone pass --baseline promptad --no-main")
+        if not self.shots or not self.seeds:
+            raise DetectorError("--shots and --seeds need at least one value each, e.g. --shots 1,2,4 --seeds 0,1,2")
+
+
+def parse_int_list(text: str | list[int] | None, flag: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4] (a clear error otherwise)."""
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return [int(v) for v in text]
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise DetectorError(f"{flag} {text!r}: give comma-separated integers, e.g. 1,2,4") from exc
+
+
+def dataset_key(name: str) -> str | None:
+    """'mvtec' / 'visa' when the data set name says so (for the paper's reference numbers)."""
+    low = name.lower().replace("-", "").replace("_", "")
+    if "mvtec" in low:
+        return "mvtec"
+    if "visa" in low:
+        return "visa"
+    return None
+
+
+def all_cells(config: BenchmarkConfig, classes: list[str]) -> list[Cell]:
+    """Every cell, in the fixed sorted order the shards split."""
+    methods = ([METHOD] if config.main else []) + ([config.baseline] if config.baseline else [])
+    return sorted(Cell(m, c, int(k), int(s)) for m in methods for c in classes
+                  for k in config.shots for s in config.seeds)
+
+
+def shard_cells(cells: list[Cell], num_shards: int, shard_index: int) -> list[Cell]:
+    """Cell i goes to shard i mod N (deterministic, balanced across classes and seeds)."""
+    return [c for i, c in enumerate(sorted(cells)) if i % num_shards == shard_index]
+
+
+def is_finished(cell: Cell, out: Path) -> bool:
+    return (cell.folder(out) / "metrics.json").is_file()
+
+
+def train_config_for(cell: Cell, config: BenchmarkConfig) -> Any:
+    """The TrainConfig of one cell: file < flags < the cell's own class/shots/seed/baseline/out."""
+    from detector.train import TrainConfig
+
+    own = {"captions": config.captions, "data": str(config.data), "class_name": cell.class_name,
+           "shots": cell.shots, "seed": cell.seed, "layout": config.layout,
+           "out": str(cell.folder(config.out) / "checkpoint"),
+           "baseline": None if cell.method == METHOD else cell.method}
+    overrides = {k: v for k, v in config.train.items() if v is not None}
+    base: dict[str, Any] = {}
+    if config.train_config is not None:
+        from dataclasses import asdict
+
+        base = asdict(TrainConfig.from_file(config.train_config))
+    merged = {**base, **overrides, **own}
+    return TrainConfig.from_dict(merged, source="benchmark")
+
+
+def default_trainer(train_config: Any) -> Any:
+    """Train one cell and save its checkpoint; returns the in-memory model (no reload needed)."""
+    from detector.train import train_model
+
+    model = train_model(train_config, progress=False)
+    model.save(Path(train_config.out))
+    return model
+
+
+def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
+             trainer: Callable[[Any], Any] = default_trainer) -> dict[str, Any]:
+    """Train and evaluate one cell into its folder; returns the metrics."""
+    from detector.evaluate import checkpoint_info, evaluate_model
+
+    tc = train_config_for(cell, config)
+    t0 = time.perf_counter()
+    model = trainer(tc)
+    t1 = time.perf_counter()
+    meta = getattr(model, "meta", {}) or {}
+    info = checkpoint_info(meta) if meta else {"meaningful": tc.pretrained not in (None, "", "none")}
+    info.update(method=cell.method, shots=cell.shots, seed=cell.seed, dataset=dataset_name(config),
+                checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
+    res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
+                         resolution=config.resolution, branch="fused", batch_size=config.batch_size,
+                         info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None)
+    return res.metrics
+
+
+def dataset_name(config: BenchmarkConfig) -> str:
+    return config.dataset_name or Path(config.data).resolve().name
+
+
+def discover_classes(config: BenchmarkConfig) -> list[str]:
+    """The classes to run: --classes, else every class of the data set."""
+    from fsad_data import read_dataset
+
+    if config.classes:
+        return list(config.classes)
+    found = sorted({s.class_name for s in read_dataset(config.data, layout=config.layout)})
+    if not found:
+        raise DetectorError(f"{config.data}: no classes found; check --data and --layout")
+    return found
+
+
+def run_benchmark(config: BenchmarkConfig, trainer: Callable[[Any], Any] = default_trainer,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run this shard's unfinished cells, then (single shard, or --merge) write the tables."""
+    from detector.evaluate import class_test_samples
+
+    out = Path(config.out)
+    if config.merge:
+        return merge(out, dataset_name(config), log=log)
+    classes = discover_classes(config)
+    cells = shard_cells(all_cells(config, classes), config.num_shards, config.shard_index)
+    todo = [c for c in cells if not is_finished(c, out)]
+    log(f"shard {config.shard_index + 1}/{config.num_shards}: {len(cells)} cells, {len(cells) - len(todo)} "
+        f"already finished, {len(todo)} to run")
+    samples_by_class: dict[str, list[Any]] = {}
+    failures: list[str] = []
+    for i, cell in enumerate(todo, 1):
+        if cell.class_name not in samples_by_class:
+            samples_by_class[cell.class_name] = class_test_samples(Path(config.data), cell.class_name,
+                                                                   config.layout)
+        t0 = time.perf_counter()
+        try:
+            m = run_cell(cell, config, samples_by_class[cell.class_name], trainer)
+        except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+            from fsad_data.atomic import write_text_atomic
+
+            write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
+            failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
+            log(f"[{i}/{len(todo)}] {cell} FAILED: {exc}")
+            continue
+        log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: image AUROC "
+            f"{_pct(m.get('image_auroc'))}, pixel AUROC {_pct(m.get('pixel_auroc'))} "
+            f"({time.perf_counter() - t0:.1f} s)")
+    result: dict[str, Any] = {"cells": len(cells), "ran": len(todo) - len(failures), "failures": failures}
+    if config.num_shards == 1:
+        result.update(merge(out, dataset_name(config), log=log))
+    else:
+        log("shard done; after all shards finish run the same command with --merge to write the tables")
+    if failures:
+        raise DetectorError(f"{len(failures)} cell(s) failed (see error.txt in their folders): "
+                            + "; ".join(failures[:3]))
+    return result
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
+
+
+# ---- merge ---------------------------------------------------------------------------------------
+
+
+def collect_cells(out: Path) -> list[dict[str, Any]]:
+    """Every finished cell's metrics.json under OUT/cells, as flat rows."""
+    rows = []
+    for path in sorted((Path(out) / "cells").glob("*/*/k*_s*/metrics.json")):
+        data = json.loads(path.read_text())
+        method, class_name, ks = path.parts[-4], path.parts[-3], path.parts[-2]
+        k, s = ks[1:].split("_s")
+        row = {"method": method, "class_name": class_name, "shots": int(k), "seed": int(s),
+               "meaningful": bool(data.get("meaningful", True))}
+        for m in TABLE_METRICS:
+            v = (data.get("metrics") or {}).get(m)
+            row[m] = float("nan") if v is None else float(v)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (method, shots, class), plus a 'mean' class (classes averaged per seed)."""
+    out: list[dict[str, Any]] = []
+    keys = sorted({(r["method"], r["shots"]) for r in rows})
+    for method, k in keys:
+        sub = [r for r in rows if r["method"] == method and r["shots"] == k]
+        classes = sorted({r["class_name"] for r in sub})
+        for c in classes:
+            cr = [r for r in sub if r["class_name"] == c]
+            entry: dict[str, Any] = {"method": method, "shots": k, "class_name": c, "n_seeds": len(cr)}
+            for m in TABLE_METRICS:
+                entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in cr])
+            out.append(entry)
+        seeds = sorted({r["seed"] for r in sub})
+        entry = {"method": method, "shots": k, "class_name": "mean", "n_seeds": len(seeds)}
+        for m in TABLE_METRICS:
+            per_seed = []
+            for s in seeds:
+                vals = [r[m] for r in sub if r["seed"] == s and not math.isnan(r[m])]
+                if vals:
+                    per_seed.append(sum(vals) / len(vals))
+            entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std(per_seed)
+        out.append(entry)
+    return out
+
+
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Assemble OUT/tables/*.csv|md, OUT/summary.md and OUT/report.html from the finished cells."""
+    from detector import report
+    from detector.evaluate import write_csv
+    from fsad_data.atomic import write_text_atomic
+
+    out = Path(out)
+    rows = collect_cells(out)
+    if not rows:
+        raise DetectorError(f"{out}/cells holds no finished cell (metrics.json); run the benchmark first")
+    agg = aggregate(rows)
+    meaningful = all(r["meaningful"] for r in rows)
+    tables_dir = out / "tables"
+    write_csv(out / "cells.csv", rows)
+    md_parts = [f"# Benchmark: {dataset}", ""]
+    if not meaningful:
+        md_parts += ["**Random (untrained) backbone weights: these figures are not meaningful.**", ""]
+    html_tables = []
+    header = ["class", "seeds", *(METRIC_TITLES[m] for m in TABLE_METRICS)]
+    for method, k in sorted({(a["method"], a["shots"]) for a in agg}):
+        sub = [a for a in agg if a["method"] == method and a["shots"] == k]
+        name = f"{dataset}_{method}_k{k}"
+        write_csv(tables_dir / f"{name}.csv", sub)
+        body = [[a["class_name"], str(a["n_seeds"]), *(_pm(a[f"{m}_mean"], a[f"{m}_std"]) for m in TABLE_METRICS)]
+                for a in sub]
+        table_md = markdown_table(header, body)
+        write_text_atomic(tables_dir / f"{name}.md", f"## {dataset}, {method}, {k}-shot (%, mean ± std over seeds)\n\n"
+                          f"{table_md}\n")
+        md_parts += [f"## {method}, {k}-shot (%, mean ± std over seeds)", "", table_md, ""]
+        html_tables.append(report.Table(f"{method}, {k}-shot (%, mean ± std over seeds)", header, body))
+    # summary: mean image / pixel AUROC per method and shots, next to the paper's numbers
+    key = dataset_key(dataset)
+    s_header = ["method", "shots", "image AUROC", "pixel AUROC", "paper image AUROC", "paper pixel AUROC"]
+    s_rows = []
+    for a in agg:
+        if a["class_name"] != "mean":
+            continue
+        ref = PAPER.get((a["method"], key), {}).get(a["shots"]) if key else None
+        s_rows.append([a["method"], str(a["shots"]), _pm(a["image_auroc_mean"], a["image_auroc_std"]),
+                       _pm(a["pixel_auroc_mean"], a["pixel_auroc_std"]),
+                       f"{ref[0]:.2f} (paper)" if ref else "–", f"{ref[1]:.2f} (paper)" if ref else "–"])
+    summary_md = markdown_table(s_header, s_rows)
+    md_parts[2:2] = ["## Summary (mean over classes)", "", summary_md, ""]
+    write_text_atomic(out / "summary.md", "\n".join(md_parts) + "\n")
+    notes = [] if meaningful else ["random (untrained) backbone weights: these figures are not meaningful"]
+    report.write_report(out / "report.html", report.Report(
+        f"FineGrainedAD benchmark: {dataset}", notes,
+        [report.Table("Summary (mean over classes)", s_header, s_rows), *html_tables]))
+    log(f"tables written to {tables_dir}, summary {out / 'summary.md'}, report {out / 'report.html'}")
+    return {"rows": rows, "aggregate": agg, "summary": s_rows, "summary_md": summary_md,
+            "meaningful": meaningful}

@@ -1,0 +1,191 @@
+"""``detector predict``: anomaly maps and scores for new images with a trained checkpoint.
+
+For each input image (files, or folders searched recursively, sorted) it writes into OUT:
+- ``maps/<name>.npy``: the anomaly map resized (bilinear) to the image's own size, float32 (H, W);
+- ``overlays/<name>.png``: the image with the heat map blended in, one colour scale for the whole run;
+- ``masks/<name>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
+- ``scores.csv`` and ``scores.json``: per image the score (and, with ``--threshold auto``, the
+  anomalous/normal decision at the image F1-max threshold of ``detector eval``).
+``<name>`` is the path relative to the folder given (``/`` -> ``__``) or the file stem; clashes get a
+numeric suffix. Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in batches; one
+batch of images is held in memory at a time.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.errors import DetectorError
+
+
+@dataclass
+class PredictConfig:
+    """Flags of ``detector predict``."""
+
+    checkpoint: Path
+    inputs: list[Path]
+    out: Path
+    batch_size: int = 8
+    threshold: str = "none"  # "auto" (CKPT/threshold.json), "none", or a number
+    resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
+    branch: str = "fused"
+    device: str = "cpu"
+    precision: str = "fp32"
+    progress: bool = True
+
+
+@dataclass
+class Thresholds:
+    """Pixel threshold for masks; image threshold for the decision column (auto only)."""
+
+    pixel: float | None
+    image: float | None
+    resolution: int | None
+    source: str
+
+
+def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
+    """(output name, path) for every image: files as given, folders recursively in sorted order."""
+    from fsad_data.images import is_image_file
+
+    found: list[tuple[str, Path]] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            found += [("__".join(f.relative_to(p).with_suffix("").parts), f) for f in files]
+        elif p.is_file():
+            if not is_image_file(p):
+                raise DetectorError(f"{p} is not an image (PNG/JPEG/BMP/TIFF); pass images or folders of images")
+            found.append((p.stem, p))
+        else:
+            raise DetectorError(f"{p} not found; pass image files or folders that exist")
+    if not found:
+        raise DetectorError(f"no images found in {', '.join(map(str, inputs))}; pass image files or folders")
+    names: dict[str, int] = {}
+    out = []
+    for name, path in found:
+        k = names.get(name, 0)
+        names[name] = k + 1
+        out.append((name if k == 0 else f"{name}_{k}", path))
+    return out
+
+
+def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = "fused") -> Thresholds:
+    """Parse ``--threshold``: auto reads CKPT/threshold.json (written by eval), none, or a float."""
+    if spec is None or str(spec).lower() == "none":
+        return Thresholds(None, None, None, "none")
+    if str(spec).lower() == "auto":
+        path = Path(ckpt_dir) / "threshold.json"
+        if not path.is_file():
+            raise DetectorError(f"{path} not found: run `detector eval --checkpoint {ckpt_dir} ...` first, or "
+                                "pass --threshold FLOAT / none")
+        data = json.loads(path.read_text())
+        entry = data.get(branch)
+        if not entry or entry.get("pixel_threshold") is None:
+            raise DetectorError(f"{path} has no pixel threshold for branch {branch!r}; run `detector eval "
+                                f"--branch {branch}` first, or pass --threshold FLOAT")
+        return Thresholds(float(entry["pixel_threshold"]),
+                          None if entry.get("image_threshold") is None else float(entry["image_threshold"]),
+                          entry.get("resolution"), f"auto ({path})")
+    try:
+        value = float(spec)
+    except ValueError as exc:
+        raise DetectorError(f"--threshold {spec!r}: use auto, none or a number") from exc
+    if not math.isfinite(value):
+        raise DetectorError(f"--threshold {spec!r} is not a finite number")
+    return Thresholds(value, None, None, "value")
+
+
+def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (R, R) map to (H, W) float32 (the map covers the whole image)."""
+    import cv2
+
+    amap = np.asarray(amap, dtype=np.float32)
+    if amap.shape == (height, width):
+        return amap.copy()
+    return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def predict_paths(model: Any, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
+                  resolution: int = 256, branch: str = "fused", batch_size: int = 8,
+                  info: dict[str, Any] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Score the images in batches and write maps, overlays, masks, scores.csv and scores.json."""
+    from detector import report
+    from detector.evaluate import _progress, json_safe, write_csv
+    from fsad_data import load_rgb
+    from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
+
+    out = Path(out)
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    lo, hi = math.inf, -math.inf
+    bar = _progress(progress, len(items), "predicting")
+    for start in range(0, len(items), max(1, batch_size)):
+        batch = items[start : start + batch_size]
+        images = [load_rgb(p) for _, p in batch]
+        pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
+        for (name, path), img, score, amap in zip(batch, images, pred.scores, pred.maps):
+            full = map_to_image_size(amap, img.shape[0], img.shape[1])
+            buf = _npy_bytes(full)
+            write_bytes_atomic(out / "maps" / f"{name}.npy", buf)
+            lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
+            row: dict[str, Any] = {"name": name, "path": str(path), "width": img.shape[1], "height": img.shape[0],
+                                   "score": float(score), "map_max": float(amap.max())}
+            if thresholds.image is not None:
+                row["anomalous"] = bool(score >= thresholds.image)
+            if thresholds.pixel is not None:
+                mask = full >= thresholds.pixel
+                row["mask_fraction"] = float(mask.mean())
+                write_png_atomic(out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+            rows.append(row)
+        bar(len(batch))
+    bar(0, done=True)
+    # second pass: overlays on one colour scale for the run (maps read back, one image at a time)
+    for row in rows:
+        img = load_rgb(row["path"])
+        full = np.load(out / "maps" / f"{row['name']}.npy")
+        write_png_atomic(out / "overlays" / f"{row['name']}.png", report.overlay(img, full, None, lo, hi))
+    write_csv(out / "scores.csv", rows)
+    write_json_atomic(out / "scores.json", json_safe({
+        **(info or {}),
+        "branch": branch,
+        "resolution": resolution,
+        "threshold": {"pixel": thresholds.pixel, "image": thresholds.image, "source": thresholds.source},
+        "colour_scale": [lo, hi],
+        "images": rows,
+    }))
+    return rows
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
+    """``detector predict``: load the checkpoint once, then score every input image."""
+    from detector.evaluate import checkpoint_info, checkpoint_meta
+    from detector.model import load_detector
+
+    ckpt = Path(config.checkpoint)
+    meta = checkpoint_meta(ckpt)
+    items = list_inputs(list(config.inputs))
+    thresholds = resolve_threshold(config.threshold, ckpt, config.branch)
+    resolution = config.resolution or thresholds.resolution or 256
+    if thresholds.resolution and resolution != thresholds.resolution:
+        raise DetectorError(f"--resolution {resolution} differs from the resolution {thresholds.resolution} "
+                            f"the threshold was picked at ({ckpt}/threshold.json); drop --resolution or "
+                            "pass a threshold value")
+    model = load_detector(ckpt, device=config.device, precision=config.precision)
+    info = {"checkpoint": str(ckpt), "class_name": meta.get("class_name"), **checkpoint_info(meta)}
+    return predict_paths(model, items, Path(config.out), thresholds=thresholds, resolution=resolution,
+                         branch=config.branch, batch_size=config.batch_size, info=info,
+                         progress=config.progress)
