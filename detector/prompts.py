@@ -284,7 +284,7 @@ class MultiLevelPrompts(torch.nn.Module):
                 spans.append((start, len(texts)))
             self.slices.append(spans)
 
-        ids = tokenize_with_placeholders(tokenizer, tower, texts, n_ph)
+        ids, self.offset = tokenize_with_placeholders(tokenizer, tower, texts, n_ph)
         pool = tower.pool_positions(ids)
         length = ids.shape[1]
         if c.truncate and tower.can_truncate():
@@ -348,8 +348,8 @@ class MultiLevelPrompts(torch.nn.Module):
         c = self.config
         x = tower.embed(self.token_ids)
         ctx = self.ctx.to(x.dtype)[self.ctx_index]  # (B, n_ctx, W)
-        parts = [x[:, :1], ctx]
-        end = 1 + c.n_ctx
+        parts = [x[:, : self.offset], ctx]
+        end = self.offset + c.n_ctx
         if self.has_learned_rows:
             ab = self.abnormal_tokens.to(x.dtype)[self.ab_index]  # (B, n_ctx_ab, W)
             here = x[:, end : end + c.n_ctx_ab]

@@ -66,6 +66,11 @@ class TextTower:
                 "the backbone's text tower appends a CLS embedding, which the spliced prompt encoding does not "
                 "support; choose a CLIP backbone with EOT pooling (e.g. ViT-B-16-plus-240)"
             )
+        if getattr(src, "use_pad_mask", False):
+            raise DetectorError(
+                "the backbone's text tower masks padding tokens (bidirectional text encoder), which the spliced "
+                "prompt encoding does not support; choose a CLIP backbone with a causal text encoder"
+            )
         pool_type = getattr(src, "text_pool_type", None) or getattr(src, "pool_type", None) or "argmax"
         if pool_type not in _POOL_TYPES:
             raise DetectorError(
@@ -209,12 +214,28 @@ def fit_text(tokenizer: Any, text: str, budget: int) -> str:
     return text
 
 
+def placeholder_offset(tokenizer: Any) -> int:
+    """Position of the first placeholder in a tokenized prompt (1 for CLIP: after the start token)."""
+    x_id = placeholder_id(tokenizer)
+    row = tokenizer([PLACEHOLDER])[0].tolist()
+    if x_id not in row:
+        raise DetectorError(
+            "the tokenizer drops the placeholder word; learnable prompts need an open_clip CLIP tokenizer"
+        )
+    return row.index(x_id)
+
+
 def tokenize_with_placeholders(
     tokenizer: Any, tower: TextTower, texts: list[str], n_placeholders: list[int]
-) -> torch.Tensor:
-    """Token ids (B, context) of ``"X" * n + text`` per row, checking the placeholders sit at positions 1..n."""
+) -> tuple[torch.Tensor, int]:
+    """Token ids (B, context) of ``"X" * n + text`` per row, and the position of the first placeholder.
+
+    Texts too long for the context (after the placeholders and the special tokens) lose words at the
+    end, with a warning. Every row is checked to carry its placeholders at the same position.
+    """
     x_id = placeholder_id(tokenizer)
-    budget_base = tower.context_length - 2
+    offset = placeholder_offset(tokenizer)
+    budget_base = tower.context_length - offset - 1  # start tokens before, one end token after
     strings = []
     for text, n in zip(texts, n_placeholders):
         text = fit_text(tokenizer, text, budget_base - n)
@@ -226,9 +247,9 @@ def tokenize_with_placeholders(
             "load the tokenizer of the same backbone"
         )
     for row, n in zip(ids, n_placeholders):
-        if n and not bool((row[1 : 1 + n] == x_id).all()):
+        if n and not bool((row[offset : offset + n] == x_id).all()):
             raise DetectorError(
-                "the tokenizer does not put one start token before the prompt text; learnable prompts need an "
-                "open_clip CLIP tokenizer"
+                "the tokenizer does not keep the placeholder tokens in front of the prompt text; learnable "
+                "prompts need an open_clip CLIP tokenizer"
             )
-    return ids.long()
+    return ids.long(), offset

@@ -265,3 +265,52 @@ def test_clip_stays_out_of_the_module(clip):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         p.describe()
+
+
+@pytest.mark.parametrize("pool", ["eos", "last"])
+def test_pooling_mirrors_open_clip(tiny_clip_name, pool):
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny_clip_name, pretrained=None)
+    tok = open_clip.get_tokenizer(tiny_clip_name)
+    model.text_pool_type = pool
+    model.text_eos_id = tok.eot_token_id
+    p = MultiLevelPrompts(model, tok, groups_from_class_name("screw"), PromptConfig())
+    assert (p.seq_len == 77) == (pool == "last")  # the last position is pooled: nothing may be cut
+    x = model.token_embedding.weight[placeholder_id(tok)]
+    with torch.no_grad():
+        p.ctx.copy_(x.expand_as(p.ctx))
+    s, e = p.slices[0][HANDCRAFTED]
+    ref = model.encode_text(tok(["X X X X " + t for t in p.texts[s:e]]), normalize=True)
+    assert torch.allclose(p.encode_prompts()[s:e], ref, atol=1e-5)
+
+
+def test_custom_text_tower_is_found_and_unsupported_ones_refused(clip):
+    model, tok = clip
+
+    class Custom(torch.nn.Module):  # the CustomTextCLIP layout: the text tower under .text
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Module()
+            for name in ("token_embedding", "transformer", "ln_final"):
+                setattr(self.text, name, getattr(model, name))
+            self.text.positional_embedding = model.positional_embedding
+            self.text.text_projection = model.text_projection
+            self.text.attn_mask = model.attn_mask
+            self.text.pool_type = "argmax"
+
+    custom = MultiLevelPrompts(Custom(), tok, groups_from_class_name("screw"), PromptConfig())
+    plain = MultiLevelPrompts(model, tok, groups_from_class_name("screw"), PromptConfig())
+    with torch.no_grad():
+        custom.ctx.copy_(plain.ctx)
+        custom.abnormal_tokens.copy_(plain.abnormal_tokens)
+    assert torch.allclose(custom.encode_prompts(), plain.encode_prompts(), atol=1e-6)
+    bad = Custom()
+    bad.text.use_pad_mask = True
+    with pytest.raises(DetectorError, match="padding"):
+        MultiLevelPrompts(bad, tok, groups_from_class_name("screw"), PromptConfig())
+    bad = Custom()
+    bad.text.cls_emb = torch.nn.Parameter(torch.zeros(32))
+    with pytest.raises(DetectorError, match="CLS"):
+        MultiLevelPrompts(bad, tok, groups_from_class_name("screw"), PromptConfig())
