@@ -39,7 +39,13 @@ def read_dataset(
             f"unknown layout {layout!r} for {root}. Choose one of {', '.join(LAYOUTS)} ({accepted()})."
         )
     name = detect_layout(root) if layout == "auto" else layout
-    samples = READERS[name].read(root, classes, issues)
+    try:
+        samples = READERS[name].read(root, classes, issues)
+    except OSError as exc:
+        raise DataError(
+            f"cannot read {exc.filename or root}: {exc.strerror or exc}. Check that the data set folder is "
+            "readable (permissions, unmounted drive, broken links)."
+        ) from exc
     if not samples and not samples.skipped:
         raise DataError(
             f"no images found in {root} as a {name} data set (expected {DESCRIPTIONS[name]}). Check the root "

@@ -125,3 +125,11 @@ def test_shots_file_with_missing_stem(tmp_path: Path) -> None:
     assert [s.stem for s in select_shots(samples, "widget", 1, 0, seeds)] == ["002"]
     with pytest.raises(DataError, match=r"widget_seeds.txt names '017'"):
         select_shots(samples, "widget", 2, 0, seeds)
+
+
+def test_broken_link(tmp_path: Path) -> None:
+    make_mvtec(tmp_path, defects={})
+    (tmp_path / "widget" / "train" / "good" / "009.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match="cannot read image .*009.png"):
+        read_dataset(tmp_path)
+    assert len(read_dataset(tmp_path, on_error="skip").skipped) == 1

@@ -105,6 +105,22 @@ def test_realiad_reader(tmp_path: Path) -> None:
     assert all(s.mask_path is None for s in samples if s.label == 0)
 
 
+def test_realiad_paths_with_class_prefix(tmp_path: Path) -> None:
+    import json
+
+    root = make_realiad(tmp_path)
+    jfile = root / "realiad_jsons" / "realiad_jsons" / "audiojack.json"
+    data = json.loads(jfile.read_text())
+    for entry in data["train"] + data["test"]:
+        entry["image_path"] = "audiojack/" + entry["image_path"]
+        if entry["mask_path"]:
+            entry["mask_path"] = "audiojack/" + entry["mask_path"]
+    jfile.write_text(json.dumps(data))
+    again = read_dataset(root)
+    assert [s.file_name for s in again] == [s.file_name for s in read_dataset(make_realiad(tmp_path / "b"))]
+    assert all(s.mask_path.is_file() for s in again if s.label == 1)
+
+
 def test_folder_reader_alternating_split(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "my_part2", n_normal=5)
     samples = read_dataset(root)

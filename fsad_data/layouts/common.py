@@ -59,7 +59,8 @@ def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder`` (sorted by name; hidden files and other suffixes ignored)."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)), key=lambda p: p.name)
+    files = (p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and is_image_file(p))
+    return sorted(files, key=lambda p: p.name)
 
 
 def subdirs(folder: Path) -> list[Path]:
@@ -109,7 +110,16 @@ class Builder:
         mask_hint: str = "",
     ) -> Sample | None:
         """Add one sample, or report why it cannot be used (then return None)."""
-        if image_path.stat().st_size == 0:
+        try:
+            size = image_path.stat().st_size
+        except OSError as exc:
+            self.issues.problem(
+                image_path,
+                f"cannot read image {image_path}: {exc.strerror or exc}. Check that the file (or the link) "
+                "exists and is readable, or read with on_error='skip'.",
+            )
+            return None
+        if size == 0:
             self.issues.problem(
                 image_path,
                 f"image is empty (0 bytes): {image_path}. Re-download or re-export it, or delete it "

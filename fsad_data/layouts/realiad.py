@@ -112,7 +112,7 @@ def read(root: Path, classes: Iterable[str] | None, issues: Issues) -> SampleLis
                         )
                         continue
                 builder.add(
-                    class_name=cls, class_root=found, split=split, label=int(is_anomaly),
+                    class_name=cls, class_root=images / cls, split=split, label=int(is_anomaly),
                     defect_type=DEFECT_CODES.get(code, code.lower()) if is_anomaly else "good",
                     image_path=found / rel, mask_path=mask, mask_required=False,
                 )
