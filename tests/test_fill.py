@@ -1,0 +1,150 @@
+"""MFSC stage 3: image and class records, defect vocabularies and the detector texts' contract."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fsad_data import Sample
+from mfsc_builder.captioners import CaptionRequest, make_captioner
+from mfsc_builder.crop import crop_regions
+from mfsc_builder.errors import BuildError
+from mfsc_builder.fill import (
+    GENERIC_DEFECTS,
+    MAX_TOKENS,
+    class_record,
+    defect_vocab_label,
+    defect_vocabulary,
+    detector_texts,
+    fit_tokens,
+    image_record,
+    swap_locations,
+    token_length,
+    with_state,
+)
+from mfsc_builder.records import TEXT_LEVELS, ComponentView, ForegroundView, ImageView
+
+
+def _sample(i, label=0, defect="good", mask=None):
+    split = "train" if label == 0 and i < 10 else "test"
+    return Sample(id=f"toy/{split}/{defect}/{i:03d}", class_name="toy", split=split, label=label,
+                  defect_type=defect, image_path=f"/data/toy/{split}/{defect}/{i:03d}.png", mask_path=mask,
+                  file_name=f"{split}/{defect}/{i:03d}.png")
+
+
+def _scene(shift=0):
+    img = np.full((120, 180, 3), 250, np.uint8)
+    cv2.rectangle(img, (60 + shift, 45), (120 + shift, 110), (40, 90, 200), -1)
+    cv2.circle(img, (30 + shift, 20), 12, (210, 30, 30), -1)
+    return img
+
+
+def _record(i, shift=0, defect_mask=None, label=0, defect="good"):
+    img = _scene(shift)
+    if defect_mask is not None:
+        img[defect_mask] = (10, 10, 10)
+    regs = crop_regions(img, defect_mask)
+    res = make_captioner("attributes").caption([CaptionRequest(str(i), "toy", img, regs, label == 1, defect)])[0]
+    rec = image_record(_sample(i, label, defect, "/m.png" if label else None), regs, res, object_name="toy",
+                       is_reference=label == 0)
+    return rec
+
+
+def test_image_record_regions_and_defect():
+    m = np.zeros((120, 180), bool)
+    m[60:70, 80:90] = True
+    rec = _record(20, defect_mask=m, label=1, defect="color_spot")
+    kinds = [r.kind for r in rec.regions]
+    assert kinds == ["foreground", "background", "component", "component", "defect"]
+    assert {r.name for r in rec.regions if r.kind == "component"} == {"toy body", "red round part"}
+    assert rec.defect.type == "color spot" and rec.defect.location == "center"
+    assert (rec.width, rec.height, rec.label, rec.split) == (180, 120, 1, "test")
+    assert rec.regions[-1].box == [80, 60, 90, 70]
+    normal = _record(0)
+    assert normal.defect.type == "" and normal.defect.sentence == "" and normal.is_reference
+
+
+def _check_texts(texts, n_components):
+    levels = [t.level for t in texts]
+    assert levels.count("image") == 1 and levels.count("background") == 1
+    assert levels.count("component") == n_components
+    assert all(levels.count(lv) <= 1 for lv in ("relation", "colour", "texture", "shape"))
+    assert set(levels) <= set(TEXT_LEVELS)
+    for t in texts:
+        assert t.normal and t.abnormal
+        for a in t.abnormal:
+            assert a and a not in t.normal
+        for x in t.normal + t.abnormal:
+            assert x.strip() and token_length(x) <= MAX_TOKENS
+
+
+def test_class_record_merges_references_and_texts_follow_contract():
+    refs = [_record(0), _record(1, shift=3), _record(2, shift=-3)]
+    cr = class_record("toy", "toy", refs, defect_states=["color_spot", "scratch"], defect_vocab="dataset",
+                      source_layout="mvtec", reference_selection="k=3 seed=0")
+    assert cr.reference_images == ["train/good/000.png", "train/good/001.png", "train/good/002.png"]
+    assert [c.name for c in cr.components] == ["toy body", "red round part"]
+    assert cr.components[0].colour == "blue" and cr.components[1].location == "top left"
+    assert cr.foreground_view.count == 2 and cr.image_view.background == "plain white"
+    assert cr.defect_states == ["color spot", "scratch"]
+    _check_texts(cr.texts, 2)
+    groups = [t.group for t in cr.texts if t.level == "component"]
+    assert groups == [c.name for c in cr.components]
+    img = next(t for t in cr.texts if t.level == "image")
+    assert any("toy with color spot" in a for a in img.abnormal)
+    body = next(t for t in cr.texts if t.group == "toy body")
+    assert "a smooth blue rectangular toy body at the center" in body.normal
+    assert "a smooth blue rectangular toy body at the top left" in body.abnormal   # location swap
+    assert any("purple" in a or "green" in a for a in body.abnormal)              # colour the class lacks
+    colour = next(t for t in cr.texts if t.level == "colour")
+    assert colour.normal == ["a toy in blue and red"]
+    assert all("blue and red" not in a and ("blue, red and" in a) for a in colour.abnormal)
+
+
+def test_majority_merge_drops_rare_components():
+    a, b, c = _record(0), _record(1), _record(2)
+    c.components.append(ComponentView("odd part", 1, "top", "green", "smooth", "irregular", "none", 0.01, "x"))
+    cr = class_record("toy", "toy", [a, b, c], defect_states=["crack"], defect_vocab="generic",
+                      source_layout="mvtec", reference_selection="k=3 seed=0")
+    assert "odd part" not in [x.name for x in cr.components]
+    with pytest.raises(BuildError, match="no reference"):
+        class_record("toy", "toy", [], defect_states=[], defect_vocab="generic", source_layout="mvtec",
+                     reference_selection="")
+
+
+def test_replacements():
+    assert with_state("a red cap on a bottle", "bottle", "crack") == "a red cap on a bottle with crack"
+    assert with_state("a red cap", "bottle", "crack") == "bottle with crack, a red cap"
+    assert swap_locations("a cap at the top left and a ring at the center") == \
+        "a cap at the bottom right and a ring at the top left"
+    long = "a bottle, " + ", ".join(f"part number {i} in red" for i in range(40))
+    short = fit_tokens(long)
+    assert token_length(short) <= MAX_TOKENS and short.startswith("a bottle")
+
+
+def test_texts_of_textured_class_and_long_texts():
+    comps = [ComponentView("carpet surface", 1, "center", "beige", "granular", "rectangular", "none", 1.0,
+                           "a granular beige rectangular carpet surface filling the image " * 8)]
+    texts = detector_texts("carpet", ImageView("carpet", "none"), ForegroundView(1, "one continuous surface"),
+                           comps, "a carpet surface " * 30, ["hole", "cut"])
+    _check_texts(texts, 1)
+    bg = next(t for t in texts if t.level == "background")
+    assert bg.normal == ["no background, the carpet fills the whole image"]
+
+
+def test_defect_vocabulary(tmp_path):
+    samples = [_sample(0), _sample(20, 1, "color_spot"), _sample(21, 1, "broken_large"), _sample(22, 1, "color_spot")]
+    assert defect_vocabulary("dataset", samples, "toy") == ["broken large", "color spot"]
+    assert defect_vocabulary("generic", samples, "toy") == list(GENERIC_DEFECTS)
+    with pytest.raises(BuildError, match="no anomalous"):
+        defect_vocabulary("dataset", samples[:1], "toy")
+    txt = tmp_path / "states.txt"
+    txt.write_text("# my states\nbent_lead\n\ncut  # comment\nbent_lead\n")
+    assert defect_vocabulary(str(txt), [], "toy") == ["bent lead", "cut"]
+    js = tmp_path / "states.json"
+    js.write_text(json.dumps({"toy": ["dent"], "*": ["crack"]}))
+    assert defect_vocabulary(f"file:{js}", [], "toy") == ["dent"]
+    assert defect_vocabulary(str(js), [], "other") == ["crack"]
+    assert defect_vocab_label(str(js)) == "file:states.json" and defect_vocab_label("dataset") == "dataset"
+    with pytest.raises(BuildError, match="neither"):
+        defect_vocabulary("/no/such/file.txt", [], "toy")
