@@ -128,3 +128,57 @@ def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_clip_name, out=str(out), baseline="promptad"), progress=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _pill_box_record() -> dict:
+    """A hand-written MFSC classes row for the synthetic pill_box class (schema_version 1)."""
+    parts = [("red pill", "top left", "red"), ("yellow pill", "center", "yellow"),
+             ("green pill", "bottom right", "green")]
+    texts = [
+        {"level": "image", "group": "image", "normal": ["a blue pill box"], "abnormal": ["a broken blue pill box"]},
+        {"level": "background", "group": "background", "normal": ["white background"],
+         "abnormal": ["stained white background"]},
+    ]
+    for n, loc, _ in parts:
+        moved = "bottom" if loc == "top left" else "top"
+        texts.append({"level": "component", "group": n, "normal": [f"a {n} at the {loc}"],
+                      "abnormal": [f"a {n} at the {moved}"]})
+    return {
+        "schema_version": 1, "class_name": "pill_box", "object_name": "pill box",
+        "image_view": {"foreground": "pill box", "background": "white"},
+        "foreground_view": {"count": 3, "relation": "three pills on a blue box"},
+        "components": [{"name": n, "count": 1, "location": loc, "colour": c, "texture": "smooth", "shape": "round",
+                        "direction": "none", "area": 0.02, "sentence": f"a {n} at the {loc}"} for n, loc, c in parts],
+        "caption": "a blue pill box with three pills on a white background", "defect_states": ["broken"],
+        "texts": texts,
+    }
+
+
+def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, tmp_path):
+    """train() from the data root and a caption dataset; the reloaded model's visual map finds the defects."""
+    import cv2
+    import datasets
+    from sklearn.metrics import roc_auc_score
+
+    import fsad_data
+    from detector.model import load_detector
+
+    datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
+    cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=4,
+                      epochs=2, image_epochs=2, backbone=tiny_clip_name, pretrained="none",
+                      out=str(tmp_path / "ckpt"))
+    ckpt = train(cfg, progress=False)
+    model = load_detector(ckpt)
+    samples = fsad_data.read_dataset(demo_root, classes=["pill_box"])
+    expected = [s.file_name for s in fsad_data.select_shots(samples, "pill_box", 4, 0)]
+    assert model.meta["shots"] == expected
+    assert model.meta["region_groups"] == ["image", "background", "red pill", "yellow pill", "green pill"]
+    test = [s for s in samples if s.split == "test"]
+    pred = model.predict([fsad_data.load_rgb(s.image_path) for s in test], resolution=64, branch="visual")
+    masks = [cv2.resize(fsad_data.load_mask(s.mask_path).astype(np.uint8), (64, 64),
+                        interpolation=cv2.INTER_NEAREST) > 0 if s.mask_path else np.zeros((64, 64), bool)
+             for s in test]
+    gt = np.concatenate([m.ravel() for m in masks])
+    auroc = roc_auc_score(gt, np.concatenate([m.ravel() for m in pred.maps]))
+    transposed = roc_auc_score(gt, np.concatenate([m.T.ravel() for m in pred.maps]))
+    assert auroc > 0.85 and auroc > transposed + 0.1  # measured 0.90 vs 0.67 with this tiny random CLIP
