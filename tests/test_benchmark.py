@@ -39,9 +39,10 @@ class CountingTrainer:
 
 
 def _config(demo_root, out, **kw):
-    base = dict(data=demo_root, out=out, captions="unused-by-the-fake-trainer", shots=[1, 2], seeds=[0, 1], classes=["pill_box", "hex_nut"],
-                baseline="promptad", resolution=32, dataset_name="MVTec-AD-mini",
-                train={"epochs": 3, "backbone": "fgad-tiny-test", "pretrained": "none"}, progress=False)
+    base = {"data": demo_root, "out": out, "captions": "unused-by-the-fake-trainer", "shots": [1, 2],
+            "seeds": [0, 1], "classes": ["pill_box", "hex_nut"], "baseline": "promptad", "resolution": 32,
+            "dataset_name": "MVTec-AD-mini", "progress": False,
+            "train": {"epochs": 3, "backbone": "fgad-tiny-test", "pretrained": "none"}}
     base.update(kw)
     return B.BenchmarkConfig(**base)
 

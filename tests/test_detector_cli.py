@@ -1,0 +1,120 @@
+"""`detector` CLI: instant help, one-line errors, train -> eval -> predict on the synthetic set (tiny CLIP)."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from detector import predict as P
+from detector.cli import app
+from detector.errors import DetectorError
+from detector.model import Prediction
+from fsad_data import load_rgb
+
+runner = CliRunner()
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = ("import sys; sys.argv = ['detector', '--help']\n"
+            "from detector.cli import app\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'open_clip', 'transformers', 'datasets', 'cv2') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    for cmd in ("train", "eval", "predict", "benchmark"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--checkpoint", "{tmp}/nope", "--data", "{tmp}", "--out", "{tmp}/o"],
+    ["predict", "{tmp}/missing.png", "--checkpoint", "{tmp}/nope", "--out", "{tmp}/o"],
+    ["train", "--data", "{tmp}/no-data", "--class", "x", "--baseline", "promptad", "--out", "{tmp}/c"],
+    ["benchmark", "--data", "{tmp}", "--out", "{tmp}/b"],
+])
+def test_user_errors_are_one_red_line(tmp_path, args):
+    res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "Traceback" not in res.output + res.stderr
+    assert len(err.splitlines()) == 1 or len(err) > 100  # one logical line (the terminal may wrap it)
+
+
+class RecordingModel:
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, images, resolution=256, branch="fused", batch_size=8):
+        self.seen += images
+        maps = np.stack([np.linspace(0, 1, resolution * resolution, dtype=np.float32).reshape(resolution, -1)
+                         for _ in images])
+        return Prediction(np.arange(len(images), dtype=np.float32), maps)
+
+
+def test_predict_loader_feeds_rgb_and_writes_outputs(demo_root, tmp_path):
+    folder = demo_root / "pill_box" / "test"
+    items = P.list_inputs([folder, demo_root / "hex_nut" / "test" / "good" / "000.png"])
+    assert items[0][0] == "color_spot__000" and items[-1][0] == "000"
+    model = RecordingModel()
+    thr = P.Thresholds(0.5, 1.0, None, "value")
+    rows = P.predict_paths(model, items[:3] + items[-1:], tmp_path, thresholds=thr, resolution=32, batch_size=3)
+    for (_, path), seen in zip(items[:3] + items[-1:], model.seen):
+        np.testing.assert_array_equal(seen, load_rgb(path))  # the exact RGB decode of fsad_data
+    assert model.seen[0][64, 64, 0] > 150 and model.seen[0][64, 64, 2] < 100  # red part stays red
+    amap = np.load(tmp_path / "maps" / "color_spot__000.npy")
+    assert amap.shape == (256, 256) and amap.dtype == np.float32
+    mask = load_rgb(tmp_path / "masks" / "color_spot__000.png")[..., 0] > 0
+    np.testing.assert_array_equal(mask, amap >= 0.5)
+    assert load_rgb(tmp_path / "overlays" / "000.png").shape == (256, 256, 3)
+    table = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [r["name"] for r in table] == [r["name"] for r in rows] and table[1]["anomalous"] == "True"
+    data = json.loads((tmp_path / "scores.json").read_text())
+    assert data["threshold"]["pixel"] == 0.5 and len(data["images"]) == 4
+
+
+def test_threshold_parsing(tmp_path):
+    assert P.resolve_threshold("none", tmp_path).pixel is None
+    assert P.resolve_threshold("0.25", tmp_path).pixel == 0.25
+    with pytest.raises(DetectorError, match="detector eval"):
+        P.resolve_threshold("auto", tmp_path)
+    with pytest.raises(DetectorError):
+        P.resolve_threshold("high", tmp_path)
+    (tmp_path / "threshold.json").write_text(json.dumps(
+        {"fused": {"pixel_threshold": 0.3, "image_threshold": 0.6, "resolution": 64}}))
+    t = P.resolve_threshold("auto", tmp_path)
+    assert (t.pixel, t.image, t.resolution) == (0.3, 0.6, 64)
+    with pytest.raises(DetectorError, match="branch"):
+        P.resolve_threshold("auto", tmp_path, branch="visual")
+
+
+def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
+    ckpt, ev, pr = tmp_path / "ckpt", tmp_path / "eval", tmp_path / "pred"
+    res = runner.invoke(app, ["train", "--data", str(demo_root), "--class", "pill_box", "--shots", "1",
+                              "--seed", "0", "--out", str(ckpt), "--backbone", tiny_clip_name, "--pretrained",
+                              "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert (ckpt / "config.json").exists()
+    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(demo_root), "--out", str(ev),
+                              "--resolution", "64", "--batch-size", "5"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "not meaningful" in res.output
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["class_name"] == "pill_box" and metrics["resolution"] == 64 and metrics["shots"] == 1
+    assert (ev / "report.html").exists() and (ckpt / "threshold.json").exists()
+    folder = demo_root / "pill_box" / "test" / "color_spot"
+    res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
+                              "--threshold", "auto", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output + res.stderr
+    # predict and eval score the same images identically (same loader, same model, same resolution)
+    ev_scores = {r["id"]: float(r["score"]) for r in csv.DictReader((ev / "scores.csv").open())}
+    pr_rows = list(csv.DictReader((pr / "scores.csv").open()))
+    assert len(pr_rows) == 3 and all("anomalous" in r for r in pr_rows)
+    for r in pr_rows:
+        assert float(r["score"]) == pytest.approx(ev_scores[f"pill_box/test/color_spot/{r['name']}"], abs=1e-5)
+    assert np.load(pr / "maps" / "000.npy").shape == (256, 256)
+    assert (pr / "masks" / "000.png").exists()
+    res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
+                              "--threshold", "auto", "--resolution", "128"])
+    assert res.exit_code == 1 and "resolution" in res.stderr
