@@ -124,8 +124,6 @@ class Backbone(nn.Module):
         tokenizer: Any,
         name: str,
         pretrained: str,
-        device: torch.device,
-        dtype: torch.dtype,
         taps: Sequence[float | int] | None = None,
         vv_blocks: int | None = None,
     ) -> None:
@@ -136,8 +134,6 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = pretrained
-        self.device = device
-        self.dtype = dtype
         size = tuple(visual.image_size)
         if size[0] != size[1]:
             raise DetectorError(f"model {name} has a non-square input {size}; use a square-input CLIP")
@@ -161,6 +157,16 @@ class Backbone(nn.Module):
         self.interpolation: str = str(cfg.get("interpolation", "bicubic"))
         self.model.requires_grad_(False)
         self.model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the CLIP's weights are (follows ``.to()``)."""
+        return self.model.visual.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the image tower (fp32, bf16 or fp16; layer norms may stay fp32)."""
+        return self.model.visual.conv1.weight.dtype
 
     # -- mode ---------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Backbone:
@@ -457,5 +463,4 @@ def load_backbone(
         oc_log.setLevel(level)
     model = model.to(dev)
     tokenizer = open_clip.get_tokenizer(model_name)
-    dtype = model.visual.conv1.weight.dtype
-    return Backbone(model, tokenizer, model_name, tag, dev, dtype, taps=taps, vv_blocks=vv_blocks)
+    return Backbone(model, tokenizer, model_name, tag, taps=taps, vv_blocks=vv_blocks)
