@@ -9,6 +9,7 @@ lazily by ``load_rgb``/``load_mask``.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def read_dataset(
     on_error: str = "raise",
 ) -> SampleList:
     """Read a data set tree into Samples sorted by id (a ``SampleList``: a list with ``.skipped``/``.layout``)."""
-    root = Path(root).expanduser()
+    root = Path(os.path.abspath(Path(root).expanduser()))  # "." gets its real folder name as class name
     issues = Issues(on_error)
     if not root.exists():
         raise DataError(f"data set root not found: {root}. Check the path (or make the demo set: mfsc demo-data).")

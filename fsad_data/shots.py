@@ -31,7 +31,7 @@ from fsad_data.errors import DataError
 from fsad_data.samples import Sample
 
 _LINE = re.compile(r"^#\s*(\d+)\s*[:=]\s*(.*)$")
-_HEADER = re.compile(r"^(?:#\s*|\[\s*)?([A-Za-z_][\w\-]*)\s*\]?\s*:?\s*$")
+_HEADER = re.compile(r"^(?:#\s*|\[\s*)?(\w[\w\-]*)\s*\]?\s*:?\s*$")
 
 
 def shot_candidates(samples: Iterable[Sample], class_name: str) -> list[Sample]:

@@ -211,3 +211,10 @@ def test_samples_frame(tmp_path: Path) -> None:
     assert frame.loc[frame.label == 0, "mask_path"].isna().all()
     assert isinstance(frame.loc[0, "image_path"], str)
     assert np.array_equal(frame["id"].to_numpy(), np.array(_ids(samples)))
+
+
+def test_relative_root_dot_names_the_class(tmp_path: Path, monkeypatch) -> None:
+    make_folder(tmp_path / "gear")
+    monkeypatch.chdir(tmp_path / "gear")
+    samples = read_dataset(".")
+    assert {s.class_name for s in samples} == {"gear"} and samples[0].image_path.is_absolute()
