@@ -224,10 +224,8 @@ class MultiLevelPrompts(torch.nn.Module):
         super().__init__()
         self.config = config
         groups = [g for g in groups if g.level not in config.drop_levels]
-        if not groups or groups[0].level != IMAGE or sum(g.level == IMAGE for g in groups) != 1:
-            raise DetectorError(
-                "prompt groups must start with exactly one 'image' group (use groups_from_record)"
-            )
+        if sum(g.level == IMAGE for g in groups) != 1:
+            raise DetectorError("prompt groups need exactly one 'image' group (use groups_from_record)")
         for g in groups:
             if g.level not in LEVELS:
                 raise DetectorError(f"prompt group {g.name!r} has unknown level {g.level!r}")
@@ -288,7 +286,8 @@ class MultiLevelPrompts(torch.nn.Module):
         pool = tower.pool_positions(ids)
         length = ids.shape[1]
         if c.truncate and tower.can_truncate():
-            length = int(pool.max()) + 1
+            # keep the spliced positions even where pooling comes earlier ("first")
+            length = max(int(pool.max()) + 1, self.offset + max(n_ph))
             ids = ids[:, :length]
         self.seq_len = length
         self.register_buffer("token_ids", ids, persistent=False)

@@ -173,3 +173,29 @@ def test_gradients_reach_exactly_the_prompt_parameters(tiny_clip_name, mode):
     assert (grads[:, 2] != 0).all()  # texture gates used (normal and abnormal)
     assert (grads[:, [0, 1, 3]] == 0).all()  # absent levels: unused gates
     assert all(q.grad is None for q in model.parameters())
+
+
+def test_training_steps_lower_the_loss_deterministically(tiny_clip_name):
+    import open_clip
+
+    def run() -> tuple[list[float], torch.Tensor]:
+        torch.manual_seed(0)
+        model = open_clip.create_model(tiny_clip_name, pretrained=None).eval()
+        prompts = MultiLevelPrompts(
+            model, open_clip.get_tokenizer(tiny_clip_name), groups_from_record(RECORD), PromptConfig()
+        )
+        tokens = torch.nn.functional.normalize(torch.randn(12, 32), dim=-1)
+        opt = torch.optim.SGD(prompts.parameters(), lr=0.05, momentum=0.9)
+        history = []
+        for _ in range(8):
+            loss, _ = mlsa_loss(tokens, None, prompts(), tau=logit_scale_of(model))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+        return history, prompts.ctx.detach().clone()
+
+    h1, ctx1 = run()
+    h2, ctx2 = run()
+    assert h1[-1] < h1[0]
+    assert h1 == h2 and torch.equal(ctx1, ctx2)

@@ -241,9 +241,11 @@ def test_long_text_is_cut_with_warning(clip):
     assert torch.isfinite(p().normal).all()
 
 
-def test_groups_must_start_with_image(clip):
+def test_groups_need_one_image_group_and_are_reordered(clip):
     with pytest.raises(DetectorError, match="image"):
         make(clip, groups=[PromptGroup("background", "background", ["white background"], [])])
+    shuffled = list(reversed(groups_from_record(RECORD)))
+    assert make(clip, groups=shuffled)().names == ["image", "background", "label", "cap"]
 
 
 def test_non_clip_text_tower_raises(clip):
@@ -267,7 +269,7 @@ def test_clip_stays_out_of_the_module(clip):
         p.describe()
 
 
-@pytest.mark.parametrize("pool", ["eos", "last"])
+@pytest.mark.parametrize("pool", ["eos", "last", "first"])
 def test_pooling_mirrors_open_clip(tiny_clip_name, pool):
     import open_clip
 
