@@ -7,6 +7,7 @@ group's region weights:
   normal, where t_n is the group's normal prototype and t_a^m its handcrafted and learned abnormal features;
 - triplet (MLSA "L_tri"): ``max(0, ||f - t_n|| - ||f - mean t_a|| + margin)``, the distances taken over
   the FEATURE axis (the public code summed over the token axis, which compares token sets, not tokens);
+  ``mean t_a`` is the group's abnormal prototype (normalised mean of handcrafted and learned features);
 - abnormal matching (MLLP "L_match", weight lambda1 = 0.001): squared distance between the mean
   handcrafted and the mean learned abnormal feature, for the image group and the components;
 - composition regulariser (weight lambda_comp): the learned abnormal image feature should point where
