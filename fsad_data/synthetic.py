@@ -273,8 +273,9 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
     """Convert an MVTec-AD-layout folder (e.g. the demo set) to the VisA raw layout, for tests of that reader.
 
     Writes ``<out>/<class>/Data/Images/{Normal,Anomaly}/NNNN.png``, ``<out>/<class>/Data/Masks/Anomaly/NNNN.png``
-    and ``<out>/split_csv/1cls.csv`` (object,split,label,image,mask; paths relative to ``out``). Masks are written
-    with small label values (1 or 38, alternating), as VisA's are not 0/255, so readers must binarise.
+    and ``<out>/split_csv/1cls.csv`` (object,split,label,image,mask; paths relative to ``out``), plus VisA's
+    per-class ``image_anno.csv`` (image,label,mask) naming each defect type in words. Masks are written with
+    small label values (1 or 38, alternating), as VisA's are not 0/255, so readers must binarise.
     """
     from PIL import Image
 
@@ -285,6 +286,7 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
     classes = sorted(p.name for p in src.iterdir() if (p / "train").is_dir() and (p / "test").is_dir())
     for cls in classes:
         normal_i = anomaly_i = 0
+        anno: list[list[str]] = []
         for split in ("train", "test"):
             for defect_dir in sorted(p for p in (src / cls / split).iterdir() if p.is_dir()):
                 for img in sorted(p for p in defect_dir.iterdir() if p.suffix.lower() == ".png"):
@@ -293,6 +295,7 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
                         normal_i += 1
                         write_bytes_atomic(dst / rel, img.read_bytes())
                         rows.append([cls, split, "normal", rel, ""])
+                        anno.append([rel, "normal", ""])
                         continue
                     rel = f"{cls}/Data/Images/Anomaly/{anomaly_i:04d}.png"
                     mrel = f"{cls}/Data/Masks/Anomaly/{anomaly_i:04d}.png"
@@ -306,9 +309,15 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
                     Image.fromarray(arr).save(buf, format="PNG")
                     write_bytes_atomic(dst / mrel, buf.getvalue())
                     rows.append([cls, split, "anomaly", rel, mrel])
+                    anno.append([rel, defect_dir.name.replace("_", " "), mrel])
+        _write_csv(dst / cls / "image_anno.csv", ["image", "label", "mask"], anno)
+    _write_csv(dst / "split_csv" / "1cls.csv", ["object", "split", "label", "image", "mask"], rows)
+    return dst
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["object", "split", "label", "image", "mask"])
+    writer.writerow(header)
     writer.writerows(rows)
-    write_text_atomic(dst / "split_csv" / "1cls.csv", text.getvalue())
-    return dst
+    write_text_atomic(path, text.getvalue())

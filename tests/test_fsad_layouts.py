@@ -83,11 +83,26 @@ def test_visa_raw_reader_binarises_masks(tmp_path: Path) -> None:
     assert mask.sum() == 4 and mask[:2, :2].all()
 
 
+def test_visa_raw_defect_types_from_image_anno(tmp_path: Path) -> None:
+    from fsad_data.layouts.visa_raw import defect_slug
+
+    root = make_visa_raw(tmp_path / "raw")
+    (root / "candle" / "image_anno.csv").write_text(
+        "image,label,mask\n"
+        "candle/Data/Images/Normal/0000.JPG,normal,\n"
+        "candle/Data/Images/Anomaly/000.JPG,\"chunk of wax missing, Weird  wick\",candle/Data/Masks/Anomaly/000.png\n"
+    )
+    bad = [s for s in read_dataset(root) if s.label == 1]
+    assert [s.defect_type for s in bad] == ["bad", "chunk_of_wax_missing_and_weird_wick"]
+    assert defect_slug("") == "bad" and defect_slug("melt, scratch") == "melt_and_scratch"
+
+
 def test_visa_raw_from_demo_matches_mvtec(demo_root: Path, tmp_path: Path) -> None:
     raw = read_dataset(to_visa_raw(demo_root, tmp_path / "visa"))
     mv = read_dataset(demo_root)
     assert raw.layout == "visa_raw" and len(raw) == len(mv)
     assert sum(s.label for s in raw) == sum(s.label for s in mv)
+    assert {(s.class_name, s.defect_type) for s in raw} == {(s.class_name, s.defect_type) for s in mv}
     for s in [s for s in raw if s.label == 1][:4]:
         assert load_mask(s.mask_path).any()
 

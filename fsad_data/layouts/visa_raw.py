@@ -3,12 +3,16 @@
 
 The split comes only from ``split_csv/1cls.csv`` (columns ``object,split,label,image,mask``; paths relative to
 the root; ``label`` is ``normal`` or ``anomaly``). Normal images get defect type ``good`` and anomalies ``bad``,
-the names VisA's own conversion uses, so ids match the converted layout. Masks hold small label values, not
-0/255: ``load_mask`` binarises them (> 0).
+the names VisA's own conversion uses, so ids match the converted layout. When the class folder holds VisA's
+``image_anno.csv`` (columns ``image,label,mask``; label ``normal`` or defect words such as ``"melt, scratch"``),
+an anomaly's defect type is taken from it instead: words lower-cased, spaces -> ``_``, several defects joined
+by ``_and_`` (``melt_and_scratch``). Masks hold small label values, not 0/255: ``load_mask`` binarises them
+(> 0).
 """
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,6 +49,30 @@ def _rows(csv_path: Path) -> list[dict[str, str]]:
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
+def defect_slug(label: str) -> str:
+    """``"melt, scratch"`` -> ``"melt_and_scratch"``; empty -> ``"bad"``."""
+    parts = [re.sub(r"[^0-9a-z]+", "_", p.strip().lower()).strip("_") for p in label.split(",")]
+    parts = [p for p in parts if p]
+    return "_and_".join(parts) or "bad"
+
+
+def _annotations(class_root: Path) -> dict[tuple[str, ...], str]:
+    """Defect type by the last two path parts of the image (``("Anomaly", "000.JPG")``), from image_anno.csv."""
+    path = class_root / "image_anno.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"image", "label"} <= {h.strip() for h in (reader.fieldnames or [])}:
+            return {}
+        out = {}
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            if row["label"].lower() != "normal" and row["image"]:
+                out[Path(row["image"]).parts[-2:]] = defect_slug(row["label"])
+        return out
+
+
 def read(root: Path, classes: Iterable[str] | None, issues: Issues) -> SampleList:
     """Read the raw VisA download through its split CSV."""
     csv_path = root / SPLIT_CSV
@@ -52,6 +80,7 @@ def read(root: Path, classes: Iterable[str] | None, issues: Issues) -> SampleLis
     available = sorted({r["object"] for r in rows if r["object"]})
     wanted = set(check_classes(classes, available, root, NAME))
     builder = Builder(issues)
+    annotations = {cls: _annotations(root / cls) for cls in wanted}
     for line, row in enumerate(rows, start=2):
         cls = row["object"]
         if cls not in wanted:
@@ -80,7 +109,8 @@ def read(root: Path, classes: Iterable[str] | None, issues: Issues) -> SampleLis
                 mask = None
         builder.add(
             class_name=cls, class_root=root / cls, split=split, label=int(is_anomaly),
-            defect_type="bad" if is_anomaly else "good", image_path=image, mask_path=mask,
+            defect_type=annotations[cls].get(image.parts[-2:], "bad") if is_anomaly else "good",
+            image_path=image, mask_path=mask,
             mask_hint=f"{root / row['mask']}" if row["mask"] else f"the mask column of {csv_path} line {line}",
         )
     for cls in sorted(wanted):
