@@ -1,0 +1,281 @@
+"""The versioned MFSC prompt, the JSON answer schema and its validation, and the flow shared by the model
+backends: ask, validate, retry once with the validation errors, else fall back to the attribute fields.
+
+The schema is checked by hand (no extra dependency); every error names the field, so the retry message
+tells the model what to fix.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from mfsc_builder.captioners.base import CaptionRequest, CaptionResult, LevelFields
+from mfsc_builder.crop import LOCATION_WORDS, ORIENTATIONS
+from mfsc_builder.errors import BuildError
+from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
+
+PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPT = "mfsc_v1"
+LOCATIONS = tuple(w for row in LOCATION_WORDS for w in row)
+DIRECTIONS = (*ORIENTATIONS, "mixed")
+MAX_COMPONENTS = 12
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A loaded prompt file: its version string and its sections."""
+
+    version: str
+    sections: dict[str, str]
+
+    def render(self, section: str, **values: Any) -> str:
+        if section not in self.sections:
+            raise BuildError(f"prompt {self.version} has no '### {section}' section; fix the prompt file")
+        return Template(self.sections[section]).safe_substitute(**{k: str(v) for k, v in values.items()}).strip()
+
+
+@lru_cache(maxsize=8)
+def load_prompt(name: str = DEFAULT_PROMPT) -> Prompt:
+    """Load `prompts/<name>.txt` (or a path): a '# version: X' line, comments, '### section' blocks."""
+    path = Path(name) if name.endswith(".txt") else PROMPT_DIR / f"{name}.txt"
+    if not path.is_file():
+        raise BuildError(f"prompt file not found: {path}; use one of {sorted(p.stem for p in PROMPT_DIR.glob('*.txt'))}")
+    version, sections, current = "", {}, None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"#\s*version:\s*(\S+)", line)
+        if m and current is None:
+            version = m.group(1)
+            continue
+        if line.startswith("### "):
+            current = line[4:].strip()
+            sections[current] = ""
+            continue
+        if current is None:
+            continue  # header comments
+        sections[current] += line + "\n"
+    if not version or "caption" not in sections:
+        raise BuildError(f"prompt file {path} needs a '# version: NAME' line and a '### caption' section")
+    return Prompt(version, sections)
+
+
+def measured_summary(req: CaptionRequest) -> str:
+    """Stage-1 facts given to the model as a hint (regions with location and size)."""
+    r = req.regions
+    parts = [f"{len(r.components)} region(s) inside the foreground"]
+    for c in r.components[:MAX_COMPONENTS]:
+        parts.append(f"a region at the {c.location} covering {100 * c.area:.1f}% of the image")
+    if r.textured:
+        parts.append("the object fills the whole image (no background)")
+    return "; ".join(parts) + "."
+
+
+def caption_prompt(prompt: Prompt, req: CaptionRequest) -> str:
+    defect_schema = ('{"type": "<defect kind>", "location": "<grid cell>", "size": "<small, medium or large>", '
+                     '"colour": "<colour name>", "sentence": "<one sentence describing the defect>"}'
+                     if req.is_anomalous else "null")
+    if req.is_anomalous:
+        where = ", ".join(d.location for d in req.regions.defects[:4]) or "unknown"
+        hint = (f"This image is anomalous: it shows a {req.defect_type or 'defect'} at the {where}; describe the "
+                "normal parts as they should be and the defect in \"defect\".")
+    else:
+        hint = "This image is normal: \"defect\" must be null."
+    return prompt.render("caption", object_name=req.object_name, locations=", ".join(LOCATIONS),
+                         defect_schema=defect_schema, measured=measured_summary(req), defect_hint=hint)
+
+
+# ------------------------------------------------------------------------------------------- parsing
+def extract_json(text: str) -> Any:
+    """The JSON value in a model answer (code fences and text around the outermost braces are ignored)."""
+    t = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", t, re.DOTALL)
+    if fence:
+        t = fence.group(1).strip()
+    try:
+        return json.loads(t)
+    except json.JSONDecodeError:
+        pass
+    for open_, close in (("{", "}"), ("[", "]")):
+        i, j = t.find(open_), t.rfind(close)
+        if 0 <= i < j:
+            try:
+                return json.loads(t[i:j + 1])
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("the answer is not valid JSON")
+
+
+def _str(obj: dict, key: str, where: str, errors: list[str], choices: tuple[str, ...] | None = None) -> str:
+    v = obj.get(key)
+    if not isinstance(v, str) or not v.strip():
+        errors.append(f"{where}.{key} must be a non-empty string")
+        return ""
+    v = " ".join(v.strip().lower().split()) if choices else " ".join(v.strip().split())
+    if choices and v not in choices:
+        errors.append(f"{where}.{key} is {v!r}; it must be one of: {', '.join(choices)}")
+    return v
+
+
+def _int(obj: dict, key: str, where: str, errors: list[str], minimum: int) -> int:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        errors.append(f"{where}.{key} must be an integer >= {minimum}")
+        return minimum
+    return v
+
+
+def _location(obj: dict, where: str, errors: list[str]) -> str:
+    """One grid word, or several joined by ' and ' / ', ' (a repeated component)."""
+    v = _str(obj, "location", where, errors)
+    words = [w.strip() for w in re.split(r",| and ", v) if w.strip()] if v else []
+    bad = [w for w in words if w not in LOCATIONS]
+    if v and (bad or not words):
+        errors.append(f"{where}.location is {v!r}; use grid words: {', '.join(LOCATIONS)}")
+    return v
+
+
+def validate_answer(data: Any, *, anomalous: bool) -> tuple[LevelFields | None, list[str]]:
+    """(fields, []) for a valid answer, (None, errors) otherwise."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        return None, ["the answer must be a JSON object"]
+    iv, fv = data.get("image_view"), data.get("foreground_view")
+    if not isinstance(iv, dict):
+        errors.append("image_view must be an object with foreground and background")
+        iv = {}
+    if not isinstance(fv, dict):
+        errors.append("foreground_view must be an object with count and relation")
+        fv = {}
+    image_view = ImageView(_str(iv, "foreground", "image_view", errors), _str(iv, "background", "image_view", errors))
+    count = _int(fv, "count", "foreground_view", errors, 0)
+    relation = _str(fv, "relation", "foreground_view", errors)
+    comps_raw = data.get("components")
+    components: list[ComponentView] = []
+    if not isinstance(comps_raw, list) or not comps_raw:
+        errors.append("components must be a non-empty list")
+        comps_raw = []
+    if len(comps_raw) > MAX_COMPONENTS:
+        errors.append(f"components lists {len(comps_raw)} entries; give at most {MAX_COMPONENTS}")
+    names: set[str] = set()
+    for i, c in enumerate(comps_raw[:MAX_COMPONENTS]):
+        w = f"components[{i}]"
+        if not isinstance(c, dict):
+            errors.append(f"{w} must be an object")
+            continue
+        name = _str(c, "name", w, errors).lower()
+        if name in names:
+            errors.append(f"{w}.name {name!r} is used twice; names must be unique")
+        names.add(name)
+        components.append(ComponentView(
+            name=name, count=_int(c, "count", w, errors, 1), location=_location(c, w, errors),
+            colour=_str(c, "colour", w, errors).lower(),
+            texture=_str(c, "texture", w, errors, ("smooth", "textured", "striped", "granular")),
+            shape=_str(c, "shape", w, errors, ("circular", "rectangular", "elongated", "irregular")),
+            direction=_str(c, "direction", w, errors, DIRECTIONS), area=0.0,
+            sentence=_str(c, "sentence", w, errors)))
+    caption = _str(data, "caption", "answer", errors)
+    defect = None
+    d = data.get("defect")
+    if anomalous:
+        if not isinstance(d, dict):
+            errors.append("defect must be an object with type, location, size, colour, sentence (the image is "
+                          "anomalous)")
+        else:
+            defect = DefectView(_str(d, "type", "defect", errors), _location(d, "defect", errors),
+                                _str(d, "size", "defect", errors, ("small", "medium", "large")),
+                                _str(d, "colour", "defect", errors).lower(), _str(d, "sentence", "defect", errors))
+    elif d not in (None, {}):
+        errors.append("defect must be null: the image is normal")
+    if errors:
+        return None, errors
+    fg = ForegroundView(count or sum(c.count for c in components), relation)
+    return LevelFields(image_view, fg, components, caption, defect), []
+
+
+def align_regions(fields: LevelFields, req: CaptionRequest, fallback: LevelFields) -> LevelFields:
+    """Give a model answer region names and areas: each stage-1 component region takes the model component
+    at its location (else the attribute name); a component's area is the sum of its regions'."""
+    by_loc: dict[str, str] = {}
+    for c in fields.components:
+        for w in re.split(r",| and ", c.location):
+            by_loc.setdefault(w.strip(), c.name)
+    names = []
+    for i, r in enumerate(req.regions.components):
+        fb = fallback.region_names[i] if i < len(fallback.region_names) else r.name
+        names.append(by_loc.get(r.location, fb))
+    for c in fields.components:
+        c.area = round(float(sum(r.area for r, n in zip(req.regions.components, names, strict=False)
+                                 if n == c.name)), 6)
+    fields.region_names = names
+    return fields
+
+
+# ------------------------------------------------------------------------------------- the shared flow
+Turn = tuple[str, str]  # (role, text); the image goes with the first user turn
+Generate = Callable[[list[tuple[np.ndarray, list[Turn]]]], list[str]]
+
+
+def run_with_validation(requests: list[CaptionRequest], generate: Generate, prompt: Prompt,
+                        provenance: Callable[[str], Provenance]) -> list[CaptionResult]:
+    """Ask for every request, validate, retry the invalid ones once with their errors, fall back to the
+    attribute captioner for what is still invalid; provenance status ok / retried / fallback."""
+    from mfsc_builder.captioners.attributes import AttributeCaptioner
+
+    attrs = AttributeCaptioner()
+    convs = [[("user", caption_prompt(prompt, r))] for r in requests]
+    answers = generate([(r.image, c) for r, c in zip(requests, convs, strict=True)])
+    results: list[CaptionResult | None] = [None] * len(requests)
+    retry: list[tuple[int, list[Turn]]] = []
+    for i, (req, ans) in enumerate(zip(requests, answers, strict=True)):
+        fields, errors = _check(ans, req)
+        if fields is not None:
+            results[i] = CaptionResult(align_regions(fields, req, attrs.fields(req)), provenance("ok"))
+        else:
+            msg = prompt.render("retry", errors="; ".join(errors[:8])) if "retry" in prompt.sections else \
+                "Your answer was invalid: " + "; ".join(errors[:8])
+            retry.append((i, [*convs[i], ("assistant", ans or ""), ("user", msg)]))
+    if retry:
+        again = generate([(requests[i].image, conv) for i, conv in retry])
+        for (i, _), ans in zip(retry, again, strict=True):
+            req = requests[i]
+            fb = attrs.fields(req)
+            fields, _errors = _check(ans, req)
+            if fields is not None:
+                results[i] = CaptionResult(align_regions(fields, req, fb), provenance("retried"))
+            else:
+                results[i] = CaptionResult(fb, provenance("fallback"))
+    return [r for r in results if r is not None]
+
+
+def _check(answer: str | None, req: CaptionRequest) -> tuple[LevelFields | None, list[str]]:
+    if answer is None:
+        return None, ["no answer (request failed)"]
+    try:
+        data = extract_json(answer)
+    except ValueError as exc:
+        return None, [str(exc)]
+    return validate_answer(data, anomalous=req.is_anomalous)
+
+
+def parse_defect_list(answer: str | None) -> list[str] | None:
+    """A model's list of plausible defects, cleaned; None when the answer is not a list of strings."""
+    if not answer:
+        return None
+    try:
+        data = extract_json(answer)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        return None
+    out = [" ".join(s.lower().replace("_", " ").split()) for s in data if isinstance(s, str)]
+    out = [s for s in dict.fromkeys(out) if s and len(s) <= 40]
+    return out[:8] or None
