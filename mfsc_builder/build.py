@@ -146,7 +146,8 @@ class BuildConfig:
             raise BuildError("--batch-size, --concurrency and part_size must be at least 1")
         if self.shots_file and not Path(self.shots_file).is_file():
             raise BuildError(f"shots file {self.shots_file} not found; check the --shots-file path")
-        if self.defect_vocab not in ("generic", "dataset", "model") and not Path(self.defect_vocab).is_file():
+        if (self.defect_vocab not in ("generic", "dataset", "model")
+                and not Path(self.defect_vocab.removeprefix("file:")).is_file()):
             raise BuildError(f"--defect-vocab {self.defect_vocab!r}: use generic, dataset, model or an existing "
                              "file with one defect state per line")
         self.crop_config()
@@ -222,16 +223,12 @@ def _source_layout(cfg: BuildConfig, samples: list[Any]) -> str:
     """The layout name recorded in class records (mvtec, visa, visa_raw, realiad, folder)."""
     if cfg.layout != "auto":
         return cfg.layout
-    try:
-        from fsad_data import detect_layout  # type: ignore[attr-defined]
+    layout = getattr(samples, "layout", "")  # fsad_data's SampleList says which reader ran
+    if layout:
+        return str(layout)
+    from fsad_data import detect_layout
 
-        return str(detect_layout(Path(cfg.source)))
-    except ImportError:
-        pass
-    root = Path(cfg.source)
-    if (root / "split_csv").is_dir():
-        return "visa_raw"
-    return "mvtec"
+    return str(detect_layout(Path(cfg.source)))
 
 
 def _is_synthetic(source: Path) -> bool:
@@ -257,7 +254,7 @@ def _manifest(cfg: BuildConfig, samples: list[Any], captioner: Any) -> dict[str,
     config["crop"] = cfg.crop_config().to_dict()
     config["classes"] = sorted(cfg.classes) if cfg.classes else None
     config["shots_file_sha256"] = _file_sha(cfg.shots_file)
-    config["defect_vocab_sha256"] = (_file_sha(cfg.defect_vocab)
+    config["defect_vocab_sha256"] = (_file_sha(cfg.defect_vocab.removeprefix("file:"))
                                      if cfg.defect_vocab not in ("generic", "dataset", "model") else None)
     config["source_listing_sha256"] = _listing_digest(samples)
     config["schema_version"] = SCHEMA_VERSION
@@ -385,7 +382,8 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
 
 def _class_records(ctx: _Context, work: WorkStore, fills: dict[str, dict]) -> dict[str, dict]:
     """One merged record per class from its reference images' stored records (stage "classes")."""
-    from mfsc_builder.fill import class_record, defect_vocabulary
+    from fsad_data import shots_selection
+    from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary
     from mfsc_builder.records import ImageRecord
 
     cfg = ctx.cfg
@@ -405,13 +403,10 @@ def _class_records(ctx: _Context, work: WorkStore, fills: dict[str, dict]) -> di
         object_name = _object_name(cls)
         if cfg.defect_vocab == "model":
             states = _model_defects(ctx, refs[0], object_name) or defect_vocabulary("generic", ctx.samples, cls)
-            vocab_label = "model"
         else:
             states = defect_vocabulary(cfg.defect_vocab, ctx.samples, cls)
-            vocab_label = (cfg.defect_vocab if cfg.defect_vocab in ("generic", "dataset")
-                           else f"file:{Path(cfg.defect_vocab).name}")
-        selection = (f"file:{Path(cfg.shots_file).name}" if cfg.shots_file else f"k={cfg.shots} seed={cfg.seed}")
-        rec = class_record(cls, object_name, recs, defect_states=states, defect_vocab=vocab_label,
+        selection = shots_selection(cfg.shots, cfg.seed, cfg.shots_file)
+        rec = class_record(cls, object_name, recs, defect_states=states, defect_vocab=defect_vocab_label(cfg.defect_vocab),
                            source_layout=ctx.source_layout, reference_selection=selection)
         new.append((cls, rec.to_dict()))
     st.append(new)

@@ -1,0 +1,340 @@
+"""`mfsc`: build, merge, publish and inspect MFSC caption datasets, and make the synthetic demo set.
+
+Heavy libraries (datasets, torch, transformers, OpenCV) are imported inside the commands so that
+`mfsc --help` is instant. A `BuildError` or `DataError` becomes one red line on stderr and exit code 1
+(usage errors: 2, from typer), never a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="mfsc",
+    help="Build Multi-Level Fine-Grained Semantic Caption (MFSC) datasets for few-shot anomaly detection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+T = TypeVar("T")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from mfsc_builder.errors import BuildError
+
+    types: list[type[BaseException]] = [BuildError]
+    try:
+        from fsad_data.errors import DataError
+
+        types.append(DataError)
+    except ImportError:  # pragma: no cover - fsad_data is part of the project
+        pass
+    return tuple(types)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors become one red line and exit 1, Ctrl-C a resume hint and 130."""
+    from mfsc_builder.build import BuildInterrupted
+
+    try:
+        return fn()
+    except BuildInterrupted as exc:
+        err.print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; finished work is kept: run the same command again to resume[/yellow]")
+        raise typer.Exit(130) from None
+    except _user_error_types() as exc:
+        err.print(f"[red]error: {exc}[/red]", soft_wrap=True, markup=True, emoji=False)
+        raise typer.Exit(1) from None
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
+    for noisy in ("datasets", "huggingface_hub", "transformers", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _parse_crop(items: list[str] | None) -> dict[str, Any] | None:
+    import yaml
+
+    from mfsc_builder.errors import BuildError
+
+    if not items:
+        return None
+    values: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise BuildError(f"--crop {item!r}: use KEY=VALUE, e.g. --crop grabcut=true")
+        k, v = item.split("=", 1)
+        values[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return values
+
+
+# --------------------------------------------------------------------------- build
+@app.command()
+def build(
+    source: Annotated[Path | None, typer.Argument(help="Data set root (MVTec-AD, VisA, Real-IAD or folder layout).")]
+    = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (images/, classes/, work/).")]
+    = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file of build settings; flags override it.")]
+    = None,
+    layout: Annotated[str | None, typer.Option(help="auto, mvtec, visa, visa_raw, realiad, folder.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: all).")] = None,
+    captioner: Annotated[str | None, typer.Option(help="attributes | hf:<model id or dir> | openai:<model>.")]
+    = None,
+    api_base: Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.")] = None,
+    device: Annotated[str | None, typer.Option(help="Device of an hf: model (cpu, cuda, cuda:1, mps).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per captioner call.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Parallel requests of the openai backend.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per openai request.")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries of a failed openai request.")] = None,
+    trust_remote_code: Annotated[bool | None, typer.Option(help="Allow an hf: model's own code.")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", "-k", help="Reference normal images per class.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the reference selection.")] = None,
+    shots_file: Annotated[str | None, typer.Option(help="PromptAD/WinCLIP-style seed file of shots.")] = None,
+    defect_vocab: Annotated[str | None, typer.Option(help="generic | dataset (leaks test info) | model | FILE.")]
+    = None,
+    num_shards: Annotated[int | None, typer.Option(help="Split the work over N machines.")] = None,
+    shard_index: Annotated[int | None, typer.Option(help="Which of the N parts this run builds (0-based).")]
+    = None,
+    on_error: Annotated[str | None, typer.Option(help="raise (stop) or skip (record and go on).")] = None,
+    crop: Annotated[list[str] | None, typer.Option(help="Cropping setting KEY=VALUE (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build the `images` and `classes` datasets of a data set (resumes an interrupted build)."""
+
+    def body() -> None:
+        from mfsc_builder.build import BuildConfig, run_build
+
+        _setup_logging(quiet)
+        cfg = BuildConfig.from_file(config) if config else BuildConfig()
+        cfg = cfg.override(
+            source=str(source) if source else None, out=str(out_dir) if out_dir else None, layout=layout,
+            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+            captioner=captioner, api_base=api_base, device=device, dtype=dtype, batch_size=batch_size,
+            concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+            trust_remote_code=trust_remote_code, shots=shots, seed=seed, shots_file=shots_file,
+            defect_vocab=defect_vocab, num_shards=num_shards, shard_index=shard_index, on_error=on_error,
+        )
+        extra = _parse_crop(crop)
+        if extra:
+            cfg.crop = {**cfg.crop, **extra}
+        summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
+        counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
+        out.print(f"[green]wrote[/green] {summary.out}/images ({counts}) and {summary.out}/classes "
+                  f"({len(summary.classes)} classes)" + (" [dim](resumed)[/dim]" if summary.resumed else ""))
+        if summary.skipped:
+            err.print(f"[yellow]{len(summary.skipped)} image(s) skipped; listed in {summary.out}/build_info.json"
+                      "[/yellow]")
+
+    _guard(body)
+
+
+def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] | None], T]) -> T:
+    """Run ``run(callback)`` under a rich progress bar (or none when quiet / not a terminal)."""
+    if quiet:
+        return run(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def cb(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        return run(cb)
+
+
+# --------------------------------------------------------------------------- merge
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Output folders of `mfsc build --num-shards N --shard-index I`.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder of the joined build.")],
+) -> None:
+    """Join the parts of a sharded build into one build (equal to a single-machine build)."""
+
+    def body() -> None:
+        from mfsc_builder.build import merge_builds
+
+        _setup_logging(False)
+        s = merge_builds(list(parts), out_dir)
+        counts = ", ".join(f"{k}: {v}" for k, v in s.images.items())
+        out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)")
+
+    _guard(body)
+
+
+# --------------------------------------------------------------------------- publish
+@app.command()
+def publish(
+    build_dir: Annotated[Path, typer.Argument(help="Output folder of `mfsc build`.")],
+    repo_id: Annotated[str, typer.Option(help="Hub dataset repository, ORG/NAME.")] = "ORG/NAME",
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    dry_run: Annotated[Path | None, typer.Option(help="Write what would be uploaded into this folder instead.")]
+    = None,
+    license: Annotated[str | None, typer.Option(help="Hub license id, overriding the source's.")] = None,
+) -> None:
+    """Push both configs and the card to the Hub, or write them locally with --dry-run OUT."""
+
+    def body() -> None:
+        from mfsc_builder import publish as pub
+
+        _setup_logging(False)
+        if dry_run is not None:
+            folder = pub.dry_run(build_dir, dry_run, repo_id=repo_id, license=license)
+            out.print(f"[green]dry run[/green] written to {folder} (README.md + data/<config>/<split>-*.parquet)")
+            return
+        if repo_id == "ORG/NAME":
+            raise _build_error("give --repo-id ORG/NAME (or --dry-run OUT to only write the files)")
+        url = pub.push(build_dir, repo_id, private=private, license=license)
+        out.print(f"[green]published[/green] {url}")
+
+    _guard(body)
+
+
+def _build_error(msg: str) -> Exception:
+    from mfsc_builder.errors import BuildError
+
+    return BuildError(msg)
+
+
+# --------------------------------------------------------------------------- show
+@app.command()
+def show(
+    build_dir: Annotated[Path, typer.Argument(help="Output folder of `mfsc build` (or of `mfsc merge`).")],
+    class_name: Annotated[str | None, typer.Option("--class", help="Class to show (default: the first).")] = None,
+    image_id: Annotated[str | None, typer.Option("--image", help="Image id to show (default: an anomalous one).")]
+    = None,
+) -> None:
+    """Print a class record and one image record of a build, readably."""
+
+    _guard(lambda: show_build(build_dir, class_name=class_name, image_id=image_id, console=out))
+
+
+def _attrs(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in d.items() if v not in ("", None))
+
+
+def show_build(build_dir: Path, class_name: str | None = None, image_id: str | None = None,
+               console: Console | None = None) -> None:
+    """Print the class record of ``class_name`` and one of its image records (no pixels)."""
+    import datasets
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from mfsc_builder.errors import BuildError
+
+    console = console or out
+    build_dir = Path(build_dir)
+    for sub in ("classes", "images"):
+        if not (build_dir / sub).is_dir():
+            raise BuildError(f"{build_dir / sub} not found; run `mfsc build SOURCE --out {build_dir}` first")
+    datasets.disable_progress_bars()
+    classes = datasets.load_from_disk(str(build_dir / "classes"))
+    names = classes["class_name"]
+    if not names:
+        raise BuildError(f"{build_dir / 'classes'} holds no class record; rebuild")
+    name = class_name or names[0]
+    if name not in names:
+        raise BuildError(f"class {name!r} is not in {build_dir}; it has: {', '.join(names)}")
+    c = classes[names.index(name)]
+
+    head = Table.grid(padding=(0, 2))
+    head.add_row("object", c["object_name"])
+    head.add_row("source layout", c["source_layout"])
+    head.add_row("references", f"{', '.join(c['reference_images'])} ({c['reference_selection']})")
+    head.add_row("image view", _attrs(c["image_view"]))
+    head.add_row("foreground view", _attrs(c["foreground_view"]))
+    head.add_row("caption", c["caption"])
+    head.add_row("defect states", f"{', '.join(c['defect_states'])} ({c['defect_vocab']})")
+    head.add_row("provenance", _attrs(c["provenance"]))
+    console.print(Panel(head, title=f"class {name}", expand=False))
+    comps = Table("component", "count", "location", "colour", "texture", "shape", "direction", "area",
+                  "sentence", title="components")
+    for k in c["components"]:
+        comps.add_row(k["name"], str(k["count"]), k["location"], k["colour"], k["texture"], k["shape"],
+                      k["direction"], f"{k['area']:.3f}", k["sentence"])
+    console.print(comps)
+    texts = Table("level", "group", "normal", "abnormal", title="texts for the detector")
+    for t in c["texts"]:
+        texts.add_row(t["level"], t["group"], "\n".join(t["normal"]),
+                      "\n".join(t["abnormal"][:3]) + (f"\n(+{len(t['abnormal']) - 3} more)"
+                                                      if len(t["abnormal"]) > 3 else ""))
+    console.print(texts)
+
+    images = datasets.load_from_disk(str(build_dir / "images"))
+    best: tuple[int, str, int] | None = None  # (priority, split, index): an anomalous image first
+    for split in images:
+        cols = images[split].select_columns(["id", "class_name", "label"])
+        for i, (sid, cn, lab) in enumerate(zip(cols["id"], cols["class_name"], cols["label"])):
+            prio = (0 if sid == image_id else None) if image_id else (
+                (0 if lab == 1 else 1) if cn == name else None)
+            if prio is not None and (best is None or prio < best[0]):
+                best = (prio, split, i)
+    if best is None:
+        raise BuildError(f"no image record {image_id or 'of class ' + name} in {build_dir / 'images'}")
+    row = images[best[1]].remove_columns(["image", "mask"])[best[2]]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("split / label", f"{row['split']} / {'anomaly' if row['label'] else 'normal'} ({row['defect_type']})")
+    grid.add_row("file", f"{row['file_name']} ({row['width']}x{row['height']})"
+                 + (" reference" if row["is_reference"] else ""))
+    grid.add_row("image view", _attrs(row["image_view"]))
+    grid.add_row("foreground view", _attrs(row["foreground_view"]))
+    grid.add_row("caption", row["caption"])
+    for k in row["components"]:
+        grid.add_row(f"component {k['name']}", _attrs({x: k[x] for x in ("count", "location", "colour", "texture",
+                                                                          "shape", "direction", "sentence")}))
+    if row["label"]:
+        grid.add_row("defect", _attrs(row["defect"]))
+    grid.add_row("provenance", _attrs(row["provenance"]))
+    console.print(Panel(grid, title=f"image {row['id']}", expand=False))
+    regs = Table("kind", "name", "location", "orientation", "box", "area", title="regions")
+    for r in row["regions"]:
+        regs.add_row(r["kind"], r["name"], r["location"], r["orientation"], str(list(r["box"])), f"{r['area']:.3f}")
+    console.print(regs)
+
+
+# --------------------------------------------------------------------------- demo data
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the synthetic data set (MVTec-AD layout).")],
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes.")] = 0,
+    visa_raw: Annotated[Path | None, typer.Option(help="Also convert it to the VisA raw layout here.")] = None,
+) -> None:
+    """Write the project's small synthetic data set (seconds, a few MB)."""
+
+    def body() -> None:
+        from fsad_data import make_demo_data, to_visa_raw
+
+        root = make_demo_data(out_dir, seed=seed)
+        out.print(f"[green]demo data[/green] written to {root}")
+        if visa_raw is not None:
+            out.print(f"[green]VisA raw layout[/green] written to {to_visa_raw(root, visa_raw)}")
+
+    _guard(body)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

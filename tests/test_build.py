@@ -1,0 +1,191 @@
+"""The staged build on the synthetic set: schema, resume equivalence, config refusal, shards + merge."""
+import json
+from pathlib import Path
+
+import pytest
+
+from mfsc_builder.build import BuildConfig, BuildInterrupted, merge_builds, run_build, shard_of
+from mfsc_builder.errors import BuildError
+from mfsc_builder.store import StageStore
+
+CLASSES = ["pill_box"]  # one object class keeps the file fast; the CLI test builds fabric
+
+
+def _cfg(demo_root: Path, out: Path, **kw) -> BuildConfig:
+    kw.setdefault("part_size", 5)  # 20 images -> 4 parts per stage
+    return BuildConfig(source=str(demo_root), out=str(out), classes=CLASSES, **kw)
+
+
+def _tables(out: Path) -> dict[str, list[dict]]:
+    """Every row of both datasets as plain Python (image/mask PNG bytes included)."""
+    import datasets
+
+    images = datasets.load_from_disk(str(out / "images"))
+    classes = datasets.load_from_disk(str(out / "classes"))
+    res = {f"images/{s}": images[s].data.to_pylist() for s in images}
+    res["classes"] = classes.data.to_pylist()
+    return res
+
+
+@pytest.fixture(scope="module")
+def reference(demo_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "build"
+    run_build(_cfg(demo_root, out))
+    return out
+
+
+def test_build_writes_both_datasets_with_the_documented_schema(reference, demo_root):
+    import datasets
+
+    from mfsc_builder.records import CLASSES_FEATURES, IMAGES_FEATURES
+
+    images = datasets.load_from_disk(str(reference / "images"))
+    classes = datasets.load_from_disk(str(reference / "classes"))
+    assert isinstance(images, datasets.DatasetDict) and list(images) == ["train", "test"]
+    assert images["train"].features == IMAGES_FEATURES and classes.features == CLASSES_FEATURES
+    # 8 train/good + (6 good + 6 anomalous) test images per class in the synthetic set
+    assert images["train"].num_rows == 8 and images["test"].num_rows == 12
+    ids = images["test"]["id"]
+    assert ids == sorted(ids)
+    raw = images["test"].cast_column("image", datasets.Image(decode=False)).cast_column(
+        "mask", datasets.Image(decode=False))
+    row = next(r for r in raw if r["label"] == 1)
+    assert row["image"]["path"] is None and row["image"]["bytes"].startswith(b"\x89PNG")
+    assert row["mask"]["bytes"].startswith(b"\x89PNG") and row["defect"]["type"]
+    assert any(r["kind"] == "defect" for r in row["regions"])
+    assert all(r["mask"] is None for r in raw if r["label"] == 0)
+    # the class record merges exactly the selected reference image and says so
+    from fsad_data import read_dataset, select_shots
+
+    samples = read_dataset(demo_root, classes=CLASSES)
+    for c in classes:
+        shots = select_shots(samples, c["class_name"], 1, 0)
+        assert c["reference_images"] == [s.file_name for s in shots]
+        assert c["reference_selection"] == "k=1 seed=0" and c["source_layout"] == "mvtec"
+        assert [t["level"] for t in c["texts"]].count("image") == 1
+    refs = [r["id"] for r in images["train"] if r["is_reference"]]
+    assert len(refs) == 1
+    info = json.loads((reference / "build_info.json").read_text())
+    assert info["synthetic"] is True and info["images"] == {"train": 8, "test": 12}
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashingCaptioner:
+    """The real attribute captioner that dies (like a killed process) after `after` images."""
+
+    def __init__(self, after: int) -> None:
+        from mfsc_builder.captioners import make_captioner
+
+        self.inner = make_captioner("attributes")
+        self.name, self.model = self.inner.name, self.inner.model
+        self.revision, self.prompt_version = self.inner.revision, self.inner.prompt_version
+        self.left = after
+
+    def caption(self, requests):
+        if self.left < len(requests):
+            raise _Crash("killed")
+        self.left -= len(requests)
+        return self.inner.caption(requests)
+
+    def propose_defects(self, object_name, image):
+        return self.inner.propose_defects(object_name, image)
+
+
+def test_resume_after_a_crash_gives_the_same_datasets(reference, demo_root, tmp_path):
+    out = tmp_path / "b"
+    with pytest.raises(_Crash):
+        run_build(_cfg(demo_root, out), captioner=_CrashingCaptioner(after=13))
+    assert not (out / "images").exists()
+    before = len(StageStore(out / "work" / "caption").load())
+    assert before == 10  # parts of 5 in batches of 4+1: 10 images were captioned and stored before the crash
+    summary = run_build(_cfg(demo_root, out))
+    assert summary.resumed and summary.computed["caption"] == 20 - before
+    assert _tables(out) == _tables(reference)
+
+
+def test_resume_after_a_truncated_shard(reference, demo_root, tmp_path):
+    out = tmp_path / "b"
+    run_build(_cfg(demo_root, out))
+    last = max((out / "work" / "fill").glob("part-*.jsonl"))
+    last.write_bytes(last.read_bytes()[:100])  # a half-written part (e.g. copied from a dying disk)
+    max((out / "work" / "crop").glob("part-*.jsonl")).unlink()  # its crops are lost too
+    summary = run_build(_cfg(demo_root, out))
+    assert summary.computed["fill"] == 5 and summary.computed["crop"] == 5 and summary.computed["caption"] == 0
+    assert (out / "work" / "fill" / (last.name + ".corrupt")).exists()
+    assert _tables(out) == _tables(reference)
+
+
+def test_changed_configuration_is_refused_then_forced(reference, demo_root, tmp_path):
+    out = tmp_path / "b"
+    run_build(_cfg(demo_root, out, part_size=64))
+    with pytest.raises(BuildError, match=r"changed: .*shots.*new --out.*--force"):
+        run_build(_cfg(demo_root, out, shots=2))
+    with pytest.raises(BuildError, match=r"changed: crop"):
+        run_build(_cfg(demo_root, out, crop={"min_delta": 20.0}))
+    # settings that do not change the output (device, batch size, part size) resume fine
+    assert run_build(_cfg(demo_root, out, batch_size=2, part_size=5)).resumed
+    s = run_build(_cfg(demo_root, out, shots=2), force=True)
+    assert not s.resumed
+
+
+def test_shards_and_merge_equal_a_single_build(reference, demo_root, tmp_path):
+    parts = []
+    for i in range(2):
+        p = tmp_path / f"part{i}"
+        run_build(_cfg(demo_root, p, num_shards=2, shard_index=i))
+        parts.append(p)
+    import datasets
+
+    sizes = [sum(d.num_rows for d in datasets.load_from_disk(str(p / "images")).values()) for p in parts]
+    assert sum(sizes) == 20 and min(sizes) > 0
+    with pytest.raises(BuildError, match="exactly once"):
+        merge_builds([parts[0], parts[0]], tmp_path / "bad")
+    merged = tmp_path / "merged"
+    merge_builds(list(reversed(parts)), merged)
+    assert _tables(merged) == _tables(reference)
+
+
+def test_shard_of_is_stable_and_balanced():
+    ids = [f"c/test/good/{i:03d}" for i in range(400)]
+    counts = [sum(shard_of(i, 4) == k for i in ids) for k in range(4)]
+    assert min(counts) > 70
+    assert shard_of("bottle/train/good/000", 3) == shard_of("bottle/train/good/000", 3)
+    assert all(shard_of(i, 1) == 0 for i in ids)
+
+
+def test_ctrl_c_stores_work_and_says_how_to_resume(reference, demo_root, tmp_path):
+    import os
+    import signal
+
+    class _CtrlC(_CrashingCaptioner):
+        def caption(self, requests):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C during the first captioner call
+            return self.inner.caption(requests)
+
+    out = tmp_path / "b"
+    with pytest.raises(BuildInterrupted, match="4 of 20 images are stored.*run the same command again to resume"):
+        run_build(_cfg(demo_root, out), captioner=_CtrlC(after=0))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert len(StageStore(out / "work" / "fill").load()) == 4  # the batch in flight was finished and stored
+    assert run_build(_cfg(demo_root, out)).computed["caption"] == 16
+    assert _tables(out) == _tables(reference)
+
+
+def test_config_file_and_overrides(tmp_path, demo_root):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {demo_root}\nout: {tmp_path / 'o'}\nshots: 2\ncrop:\n  grabcut: true\nbatch-size: 8\n")
+    cfg = BuildConfig.from_file(f)
+    assert (cfg.shots, cfg.batch_size, cfg.crop) == (2, 8, {"grabcut": True})
+    cfg2 = cfg.override(shots=4, seed=None)
+    assert (cfg2.shots, cfg2.seed) == (4, 0)
+    assert cfg2.crop_config("carpet").textured and cfg2.crop_config("hex_nut").grabcut
+    (tmp_path / "bad.yaml").write_text("shot: 2\n")
+    with pytest.raises(BuildError, match="bad.yaml: unknown key.*shot"):
+        BuildConfig.from_file(tmp_path / "bad.yaml")
+    with pytest.raises(BuildError, match="shard-index 2 must be in 0..1"):
+        BuildConfig(source=str(demo_root), out="x", num_shards=2, shard_index=2).validate()
+    with pytest.raises(BuildError, match="unknown crop setting.*nope"):
+        BuildConfig(source=str(demo_root), out="x", crop={"nope": 1}).validate()
