@@ -262,9 +262,12 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
 
     pretrained = meta_backbone.get("pretrained") or "none"
     taps = meta_backbone.get("tap_layers")
+    name = str(meta_backbone["name"])
+    if name.endswith(".json") and not Path(name).is_file() and meta_backbone.get("model_name"):
+        name = str(meta_backbone["model_name"])  # config file gone: the name may still be registered
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(meta_backbone.get("init_seed", 0)))
-        return load_backbone(meta_backbone["name"], pretrained, device, precision, taps=taps)
+        return load_backbone(name, pretrained, device, precision, taps=taps)
 
 
 def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> FineGrainedAD:

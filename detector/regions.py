@@ -59,18 +59,19 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long)
     d2 = pairwise_sq_dist(x)
     k = max(1, min(knn, n - 1))
-    # k nearest neighbours excluding the point itself: sort each row, skip position 0 (the zero diagonal)
-    nearest = torch.sort(d2, dim=1, stable=True).values[:, 1 : k + 1]
+    # k nearest neighbours excluding the point itself: the k + 1 smallest of each row minus the zero diagonal
+    # (only the values are used, so topk's order among equal values does not matter)
+    nearest = torch.topk(d2, k + 1, dim=1, largest=False, sorted=True).values[:, 1 : k + 1]
     rho = torch.exp(-nearest.mean(1))
     order = torch.sort(-rho, stable=True).indices  # densest first, ties by index
     rank = torch.empty(n, dtype=torch.long)
     rank[order] = torch.arange(n)
-    dist = d2.sqrt()
     higher = rank[None, :] < rank[:, None]  # higher[i, j]: j ranks before i
-    masked = torch.where(higher, dist, torch.full_like(dist, math.inf))
-    delta, parent = masked.min(1)
+    masked = torch.where(higher, d2, torch.full_like(d2, math.inf))
+    delta2, parent = masked.min(1)  # squared distance to the nearest higher-ranked point (first index on ties)
     top = order[0]
-    delta[top] = dist[top].max()
+    delta2[top] = d2[top].max()
+    delta = delta2.sqrt()
     parent[top] = top
     gamma = rho * delta
     gamma[top] = math.inf  # the densest point has no higher neighbour: it must be a centre

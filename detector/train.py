@@ -212,8 +212,11 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         bb_meta = {"name": config.backbone, "pretrained": config.pretrained, "tap_layers": config.taps,
                    "init_seed": 0}
         backbone = load_backbone_for(bb_meta, config.device, config.precision)
-        bb_meta.update(name=backbone.name, pretrained=backbone.pretrained, tap_layers=list(backbone.tap_layers))
+        # "name" stays as given (an open_clip name or a JSON config path); "model_name" is open_clip's name
+        bb_meta.update(model_name=backbone.name, pretrained=backbone.pretrained,
+                       tap_layers=list(backbone.tap_layers))
         tau = resolve_tau(config, backbone)
+        t_load = time.perf_counter() - t0
 
         use_regions = config.baseline is None and "background" not in config.drop_levels
         feats = encode_shots(backbone, shot_images, tiles=4 if use_regions else None)
@@ -265,7 +268,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
             "region_groups": names,
             "regions": "dpc-knn" if use_regions else "uniform",
             "history": {"pixel_loss": pixel_hist, "image_loss": image_hist},
-            "timing_s": {"encode": t_encode, "pixel": t2 - t1, "image": t3 - t2},
+            "timing_s": {"load": t_load, "encode_and_regions": t_encode - t_load, "pixel": t2 - t1,
+                         "image": t3 - t2},
         }
         model = FineGrainedAD(backbone, pixel, image, weights.cpu(), memory, tau, meta)
         model.refresh_text_features()
