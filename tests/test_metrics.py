@@ -165,3 +165,25 @@ def test_evaluate_returns_every_metric():
     assert all(np.isfinite(v) for v in out.values())
     assert set(metrics.evaluate(scores, labels, None, None)) == {
         "image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
+
+
+def test_packed_float32_sort_matches_argsort_with_negatives_zeros_and_ties():
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(size=5000), 2).astype(np.float32)
+    scores[:10] = -0.0
+    scores[10:20] = 0.0
+    scores[20:25] = np.float32(-3.4e38)
+    scores[25:30] = np.float32(3.4e38)
+    payload = rng.integers(0, 1000, 5000).astype(np.uint32)
+    got_s, got_p = metrics.sort_descending(scores, payload)
+    ref_s, ref_p = metrics.sort_descending(scores.astype(np.float64), payload)  # argsort path
+    np.testing.assert_array_equal(got_s, ref_s.astype(np.float32))
+    assert not np.any(np.diff(got_s) > 0)
+    # payloads agree as multisets within each run of equal scores
+    assert sorted(zip(got_s.tolist(), got_p.tolist())) == sorted(zip(ref_s.tolist(), ref_p.tolist()))
+    labels = payload[30:] > 500
+    for dtype in (np.float16, np.float32, np.float64):
+        s = scores[30:].astype(dtype)
+        assert metrics.auroc(s, labels) == pytest.approx(roc_auc_score(labels, s.astype(np.float64)), abs=1e-12)
+        assert metrics.average_precision(s, labels) == pytest.approx(
+            average_precision_score(labels, s.astype(np.float64)), abs=1e-12)
