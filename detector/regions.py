@@ -191,7 +191,9 @@ def region_weights(hr_tokens: torch.Tensor, hr_grid: tuple[int, int], normal_pro
     if BACKGROUND_GROUP not in group_names:
         raise ValueError(f"region groups {group_names} lack '{BACKGROUND_GROUP}'")
     comp_idx = [i for i, g in enumerate(group_names) if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
-    guide = normal_prototypes[[group_names.index(BACKGROUND_GROUP), *comp_idx]]
+    # clustering runs on the CPU in float64 whatever the training device: cheap, and the same result everywhere
+    hr_tokens = hr_tokens.detach().float().cpu()
+    guide = normal_prototypes.detach().float().cpu()[[group_names.index(BACKGROUND_GROUP), *comp_idx]]
     hh, ww = hr_grid
     out, assignments = [], []
     for tokens in hr_tokens:
