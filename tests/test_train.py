@@ -182,3 +182,12 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
     auroc = roc_auc_score(gt, np.concatenate([m.ravel() for m in pred.maps]))
     transposed = roc_auc_score(gt, np.concatenate([m.T.ravel() for m in pred.maps]))
     assert auroc > 0.85 and auroc > transposed + 0.1  # measured 0.90 vs 0.67 with this tiny random CLIP
+
+
+def test_tau_is_the_exponentiated_logit_scale(tiny_clip_name):
+    from detector.model import load_backbone_for
+    from detector.train import resolve_tau
+
+    bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
+    assert abs(resolve_tau(_cfg(tiny_clip_name), bb) - 1 / 0.07) < 1e-3  # open_clip's init: log(1 / 0.07)
+    assert resolve_tau(_cfg(tiny_clip_name, tau=50.0), bb) == 50.0
