@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -53,6 +54,10 @@ class CropConfig:
     min_component: float = 0.004    # component regions smaller than this are dropped
     max_components: int = 6         # keep the largest ones
     sam_model: str | None = None    # local path of a transformers SAM model (optional component masks)
+    sam_device: str = "cpu"
+    sam_points_per_side: int = 32   # prompt grid of automatic mask generation
+    sam_iou_thresh: float = 0.88    # SAM's predicted-IoU filter
+    sam_stability_thresh: float = 0.95
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,9 +340,17 @@ def defect_regions(defect_mask: np.ndarray) -> list[Region]:
     return [Region.from_mask("defect", f"defect {j + 1}", cc == i) for j, i in enumerate(idx)]
 
 
+@lru_cache(maxsize=2)
+def _sam_pipeline(path: str, device: str) -> Any:
+    """The mask-generation pipeline of a local SAM model, loaded once per process."""
+    from transformers import pipeline
+
+    return pipeline("mask-generation", model=path, device=device)
+
+
 def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfig) -> list[np.ndarray]:
-    """Component masks from a local transformers SAM model (automatic mask generation), kept inside the
-    foreground; used only when `config.sam_model` is set."""
+    """Component masks from a local transformers SAM model (automatic mask generation), clipped to the
+    foreground, small ones dropped, largest first; used only when `config.sam_model` is set."""
     from pathlib import Path
 
     if not Path(str(config.sam_model)).exists():
@@ -345,21 +358,30 @@ def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfi
                          "save_pretrained (e.g. facebook/sam-vit-base downloaded beforehand), or drop --sam-model")
     try:
         from PIL import Image
-        from transformers import pipeline
 
-        gen = pipeline("mask-generation", model=str(config.sam_model), device="cpu")
-        out = gen(Image.fromarray(image), points_per_batch=64)
-    except Exception as exc:
+        gen = _sam_pipeline(str(config.sam_model), config.sam_device)
+        out = gen(Image.fromarray(image), points_per_batch=64, points_per_crop=config.sam_points_per_side,
+                  pred_iou_thresh=config.sam_iou_thresh, stability_score_thresh=config.sam_stability_thresh)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise BuildError(f"SAM model at {config.sam_model} could not run ({exc}); check the folder holds a "
                          "transformers SAM checkpoint, or drop --sam-model") from exc
     h, w = foreground.shape
     min_px = max(1, int(np.ceil(config.min_component * h * w)))
-    parts = []
+    proposals = []
     for m in out.get("masks", []):
-        m = np.asarray(m, bool) & foreground
+        m = np.asarray(m, bool)
+        if m.shape != (h, w):
+            m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        proposals.append(m & foreground)
+    proposals.sort(key=lambda x: -int(x.sum()))
+    parts: list[np.ndarray] = []
+    taken = np.zeros((h, w), bool)
+    for m in proposals:  # overlapping proposals: each pixel stays in the larger one
+        m = m & ~taken
         if m.sum() >= min_px:
             parts.append(m)
-    parts.sort(key=lambda m: -int(m.sum()))
+            taken |= m
+    parts.sort(key=lambda x: -int(x.sum()))
     return parts[: config.max_components]
 
 

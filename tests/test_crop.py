@@ -119,3 +119,41 @@ def test_class_textured_decision_and_defect_on_surface():
     hole[m] = 0
     r = crop_regions(hole, m)
     assert r.textured and len(r.defects) == 1 and r.defects[0].location == "center"
+
+
+def test_sam_components_with_tiny_random_sam(tmp_path):
+    """The SAM path end to end with a tiny random SAM saved to a temporary folder (real loading path)."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                                      image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1],
+                                      num_pos_feats=8, mlp_dim=32),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=8,
+                                                     mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_attention_heads=2,
+                                                 iou_head_hidden_dim=16))
+    torch.manual_seed(0)
+    SamModel(cfg).save_pretrained(tmp_path)
+    SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16})).save_pretrained(tmp_path)
+    img = _scene()
+    conf = CropConfig(sam_model=str(tmp_path), sam_points_per_side=6, sam_iou_thresh=0.0, sam_stability_thresh=0.0,
+                      min_component=0.001)
+    r = crop_regions(img, config=conf)
+    assert 1 <= len(r.components) <= conf.max_components
+    taken = np.zeros(img.shape[:2], int)
+    for c in r.components:   # inside the foreground, disjoint, large enough
+        assert (c.mask <= r.foreground.mask).all() and c.mask.sum() >= 0.001 * img.shape[0] * img.shape[1]
+        taken += c.mask
+    assert taken.max() <= 1
