@@ -148,3 +148,32 @@ def test_defect_vocabulary(tmp_path):
     assert defect_vocab_label(str(js)) == "file:states.json" and defect_vocab_label("dataset") == "dataset"
     with pytest.raises(BuildError, match="neither"):
         defect_vocabulary("/no/such/file.txt", [], "toy")
+
+
+def test_text_contract_holds_for_any_fields():
+    """Property: whatever the level fields, the texts keep the contract (hypothesis, few examples)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mfsc_builder.crop import LOCATION_WORDS
+
+    words = st.sampled_from(["red", "blue", "smooth", "striped", "part", "cap", "ring", "body", "thin", "x"])
+    locs = st.sampled_from([w for row in LOCATION_WORDS for w in row])
+    comp = st.builds(
+        lambda name, loc, col, tex, shp, extra: ComponentView(
+            name, 1, loc, col, tex, shp, "none", 0.1, f"a {tex} {col} {shp} {name} at the {loc} {extra}"),
+        st.lists(words, min_size=1, max_size=3).map(" ".join), locs,
+        st.sampled_from(["red", "blue", "white", "grey"]), st.sampled_from(["smooth", "striped", "granular"]),
+        st.sampled_from(["circular", "rectangular", "irregular"]), st.lists(words, max_size=40).map(" ".join))
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(comp, min_size=1, max_size=4, unique_by=lambda c: c.name),
+           st.sampled_from(["plain white", "none", "textured black"]),
+           st.lists(st.sampled_from(["crack", "hole", "bent lead", "missing part"]), max_size=3, unique=True),
+           st.lists(words, max_size=60).map(" ".join))
+    def check(comps, bg, states, caption):
+        texts = detector_texts("widget", ImageView("widget", bg), ForegroundView(len(comps), "parts side by side"),
+                               comps, caption, states)
+        _check_texts(texts, len(comps))
+
+    check()
