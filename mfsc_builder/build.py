@@ -17,7 +17,10 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
@@ -202,6 +205,7 @@ class BuildSummary:
     resumed: bool
     computed: dict[str, int]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (crop includes decoding)
 
 
 @dataclass
@@ -294,7 +298,8 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag,
-                progress: Progress | None) -> tuple[dict[str, dict], dict[str, int], list[tuple[str, str]]]:
+                progress: Progress | None
+                ) -> tuple[dict[str, dict], dict[str, int], list[tuple[str, str]], dict[str, float]]:
     """Crop, caption and fill every sample of ``todo`` not stored yet; returns the fill results."""
     from fsad_data import DataError
     from mfsc_builder.captioners import CaptionResult
@@ -306,6 +311,7 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
     crops, caps, fills = crop_st.load(), cap_st.load(), fill_st.load()
     ref_ids = {s.id for refs in ctx.ref_ids.values() for s in refs}
     computed = {"crop": 0, "caption": 0, "fill": 0}
+    seconds = dict.fromkeys(("crop", "crop_wait", "caption", "fill", "store"), 0.0)
     skipped: list[tuple[str, str]] = []
     pending = [s for s in todo if s.id not in fills]
     total, done = len(todo), len(todo) - len(pending)
@@ -318,11 +324,16 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
         skipped.append((sample.id, str(exc)))
         log.warning("skipped %s: %s", sample.id, exc)
 
-    for chunk in _chunks(pending, cfg.part_size):
+    def prepare(batch: list[Any]) -> tuple[dict[str, tuple[Any, Any]], list[tuple[str, dict]], float]:
+        """Decode and crop a few samples; runs in a helper thread, ahead of the captioner."""
+        t0 = time.perf_counter()
         loaded: dict[str, tuple[Any, Any]] = {}
         new_crops: list[tuple[str, dict]] = []
-        for s in chunk:
+        for s in batch:
             try:
+                if s.id in crops and s.id in caps:  # only the fill is missing: no pixels needed
+                    loaded[s.id] = (None, ImageRegions.from_dict(crops[s.id]))
+                    continue
                 image, mask = _load_sample(s)
                 if s.id in crops:
                     regions = ImageRegions.from_dict(crops[s.id])
@@ -333,51 +344,88 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
                 fail(s, exc)
                 continue
             loaded[s.id] = (image, regions)
-        crop_st.append(new_crops)
-        crops.update(new_crops)
-        computed["crop"] += len(new_crops)
+        return loaded, new_crops, time.perf_counter() - t0
 
-        need = [s for s in chunk if s.id in loaded and s.id not in caps]
-        for batch in _chunks(need, cfg.batch_size):
+    # parts of `part_size` samples, each cut into captioner batches; the helper thread decodes and
+    # crops up to about one part ahead, so a model backend never waits for the CPU stages
+    chunks = list(_chunks(pending, cfg.part_size))
+    batches = [b for c in chunks for b in _chunks(c, cfg.batch_size)]
+    lookahead = max(2, -(-cfg.part_size // cfg.batch_size))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
+    queue: deque[Any] = deque(pool.submit(prepare, b) for b in batches[:lookahead])
+    next_batch = len(queue)
+    try:
+        for chunk in chunks:
+            new_crops: list[tuple[str, dict]] = []
+            loaded: dict[str, tuple[Any, Any]] = {}
+            for batch in _chunks(chunk, cfg.batch_size):
+                t0 = time.perf_counter()
+                got_loaded, got_crops, crop_secs = queue.popleft().result()
+                seconds["crop_wait"] += time.perf_counter() - t0
+                seconds["crop"] += crop_secs
+                if next_batch < len(batches) and not stop.requested:
+                    queue.append(pool.submit(prepare, batches[next_batch]))
+                    next_batch += 1
+                loaded.update(got_loaded)
+                new_crops += got_crops
+                need = [s for s in batch if s.id in got_loaded and s.id not in caps]
+                if not need or stop.requested:
+                    continue
+                reqs = [_caption_request(s, *loaded[s.id]) for s in need]
+                t0 = time.perf_counter()
+                try:
+                    results = ctx.captioner.caption(reqs)
+                    if len(results) != len(reqs):
+                        raise BuildError(f"captioner {ctx.captioner.name} returned {len(results)} results for "
+                                         f"{len(reqs)} images; this is a backend bug, please report it")
+                except BuildError:
+                    if cfg.on_error == "raise":
+                        raise
+                    results = []
+                    for s, r in zip(need, reqs):  # find the sample that fails, keep the others
+                        try:
+                            results.append(ctx.captioner.caption([r])[0])
+                        except BuildError as one:
+                            fail(s, one)
+                            results.append(None)
+                got = [(s.id, r.to_dict()) for s, r in zip(need, results) if r is not None]
+                t1 = time.perf_counter()
+                seconds["caption"] += t1 - t0
+                cap_st.append(got)
+                seconds["store"] += time.perf_counter() - t1
+                caps.update(got)
+                computed["caption"] += len(got)
+
+            t0 = time.perf_counter()
+            crop_st.append(new_crops)
+            crops.update(new_crops)
+            computed["crop"] += len(new_crops)
+            seconds["store"] += time.perf_counter() - t0
+            new_fills: list[tuple[str, dict]] = []
+            t0 = time.perf_counter()
+            for s in chunk:
+                if s.id not in loaded or s.id not in caps:
+                    continue
+                rec = image_record(s, loaded[s.id][1], CaptionResult.from_dict(caps[s.id]),
+                                   object_name=_object_name(s.class_name), is_reference=s.id in ref_ids)
+                new_fills.append((s.id, rec.to_dict()))
+            t1 = time.perf_counter()
+            seconds["fill"] += t1 - t0
+            fill_st.append(new_fills)
+            seconds["store"] += time.perf_counter() - t1
+            fills.update(new_fills)
+            computed["fill"] += len(new_fills)
+            done += len(chunk)
+            if progress:
+                progress("images", done, total)
             if stop.requested:
-                break
-            reqs = [_caption_request(s, *loaded[s.id]) for s in batch]
-            try:
-                results = ctx.captioner.caption(reqs)
-            except BuildError:
-                if cfg.on_error == "raise":
-                    raise
-                results = []
-                for s, r in zip(batch, reqs):  # find the sample that fails, keep the others
-                    try:
-                        results.append(ctx.captioner.caption([r])[0])
-                    except BuildError as one:
-                        fail(s, one)
-                        results.append(None)
-            got = [(s.id, r.to_dict()) for s, r in zip(batch, results) if r is not None]
-            cap_st.append(got)
-            caps.update(got)
-            computed["caption"] += len(got)
-
-        new_fills: list[tuple[str, dict]] = []
-        for s in chunk:
-            if s.id not in loaded or s.id not in caps:
-                continue
-            rec = image_record(s, loaded[s.id][1], CaptionResult.from_dict(caps[s.id]),
-                               object_name=_object_name(s.class_name), is_reference=s.id in ref_ids)
-            new_fills.append((s.id, rec.to_dict()))
-        fill_st.append(new_fills)
-        fills.update(new_fills)
-        computed["fill"] += len(new_fills)
-        done += len(chunk)
-        if progress:
-            progress("images", done, total)
-        if stop.requested:
-            raise BuildInterrupted(
-                f"interrupted: {len(fills)} of {total} images are stored in {work.dir}; "
-                "run the same command again to resume"
-            )
-    return fills, computed, skipped
+                raise BuildInterrupted(
+                    f"interrupted: {len(fills)} of {total} images are stored in {work.dir}; "
+                    "run the same command again to resume"
+                )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return fills, computed, skipped, seconds
 
 
 def _class_records(ctx: _Context, work: WorkStore, fills: dict[str, dict]) -> dict[str, dict]:
@@ -477,7 +525,7 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
     tmp = Path(tempfile.mkdtemp(prefix=".write-", dir=out))
     try:
         splits = {}
-        for split in sorted(image_records, key=lambda s: (SPLIT_ORDER + (s,)).index(s)):
+        for split in sorted(image_records, key=_split_key):
             recs = image_records[split]
             if not recs:
                 continue
@@ -502,11 +550,16 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
             datasets.enable_progress_bars()
 
 
+def _split_key(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
 def _group_by_split(records: list[dict]) -> dict[str, list[dict]]:
+    """Records per split (train, test, then others), each sorted by id: the datasets' row order."""
     out: dict[str, list[dict]] = {}
     for d in sorted(records, key=lambda r: r["id"]):
         out.setdefault(d["split"], []).append(d)
-    return out
+    return {k: out[k] for k in sorted(out, key=_split_key)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -544,13 +597,17 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     try:
         resumed = work.open(manifest)
         with _StopFlag() as stop:
-            fills, computed, skipped = _run_stages(ctx, work, todo, stop, progress)
+            fills, computed, skipped, seconds = _run_stages(ctx, work, todo, stop, progress)
+        skipped = [(str(k.path), k.message) for k in getattr(samples, "skipped", [])] + skipped
+        t0 = time.perf_counter()
         classes = _class_records(ctx, work, fills)
+        t1 = time.perf_counter()
         mine_ids = {s.id for s in mine}
         image_recs = _group_by_split([fills[i] for i in sorted(mine_ids) if i in fills])
         if progress:
             progress("writing", 0, 1)
         write_datasets(out, image_recs, [classes[c] for c in sorted(classes)])
+        seconds.update({"classes": t1 - t0, "write": time.perf_counter() - t1})
         info = {
             "schema_version": SCHEMA_VERSION,
             "source_name": Path(cfg.source).resolve().name,
@@ -571,7 +628,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             progress("writing", 1, 1)
     finally:
         work.unlock()
-    return BuildSummary(out, info["images"], info["classes"], resumed, computed, skipped)
+    return BuildSummary(out, info["images"], info["classes"], resumed, computed, skipped, seconds)
 
 
 # --------------------------------------------------------------------------- merge
@@ -610,7 +667,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out))
     try:
         splits = {}
-        present = sorted({s for d in images for s in d}, key=lambda s: (SPLIT_ORDER + (s,)).index(s))
+        present = sorted({s for d in images for s in d}, key=_split_key)
         for split in present:
             joined = datasets.concatenate_datasets([d[split] for d in images if split in d])
             ids = joined["id"]

@@ -137,7 +137,8 @@ def build(
         summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
         counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
         out.print(f"[green]wrote[/green] {summary.out}/images ({counts}) and {summary.out}/classes "
-                  f"({len(summary.classes)} classes)" + (" [dim](resumed)[/dim]" if summary.resumed else ""))
+                  f"({len(summary.classes)} classes)" + (" [dim](resumed)[/dim]" if summary.resumed else ""),
+                  soft_wrap=True)
         if summary.skipped:
             err.print(f"[yellow]{len(summary.skipped)} image(s) skipped; listed in {summary.out}/build_info.json"
                       "[/yellow]")
@@ -177,7 +178,8 @@ def merge(
         _setup_logging(False)
         s = merge_builds(list(parts), out_dir)
         counts = ", ".join(f"{k}: {v}" for k, v in s.images.items())
-        out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)")
+        out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)",
+                  soft_wrap=True)
 
     _guard(body)
 
