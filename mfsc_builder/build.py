@@ -449,12 +449,15 @@ def _class_records(ctx: _Context, work: WorkStore, fills: dict[str, dict]) -> di
             log.warning(msg)
             continue
         object_name = _object_name(cls)
-        if cfg.defect_vocab == "model":
-            states = _model_defects(ctx, refs[0], object_name) or defect_vocabulary("generic", ctx.samples, cls)
-        else:
-            states = defect_vocabulary(cfg.defect_vocab, ctx.samples, cls)
+        vocab = cfg.defect_vocab
+        states = _model_defects(ctx, refs[0], object_name) if vocab == "model" else None
+        if vocab == "model" and not states:  # the backend cannot propose: say honestly what was used
+            log.warning("class %s: the captioner proposed no defect states; using the generic list", cls)
+            vocab = "generic"
+        if states is None or not states:
+            states = defect_vocabulary(vocab, ctx.samples, cls)
         selection = shots_selection(cfg.shots, cfg.seed, cfg.shots_file)
-        rec = class_record(cls, object_name, recs, defect_states=states, defect_vocab=defect_vocab_label(cfg.defect_vocab),
+        rec = class_record(cls, object_name, recs, defect_states=list(states), defect_vocab=defect_vocab_label(vocab),
                            source_layout=ctx.source_layout, reference_selection=selection)
         new.append((cls, rec.to_dict()))
     st.append(new)
@@ -571,10 +574,6 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     cfg.validate()
     out = Path(cfg.out)
     work = WorkStore(out / "work")
-    if force:
-        for sub in ("work", "images", "classes"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / BUILD_INFO_NAME).unlink(missing_ok=True)
     samples = read_dataset(Path(cfg.source), layout=cfg.layout, classes=cfg.classes, on_error=cfg.on_error)
     if not samples:
         raise BuildError(f"no images found in {cfg.source} (layout {cfg.layout}); check the path and --layout")
@@ -593,8 +592,17 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
-    work.lock()
+    work.lock()  # before --force wipes anything: never pull the floor from under a running build
     try:
+        if force:
+            for p in work.dir.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.name != ".lock":
+                    p.unlink()
+            for sub in ("images", "classes"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+            (out / BUILD_INFO_NAME).unlink(missing_ok=True)
         resumed = work.open(manifest)
         with _StopFlag() as stop:
             fills, computed, skipped, seconds = _run_stages(ctx, work, todo, stop, progress)

@@ -189,3 +189,18 @@ def test_config_file_and_overrides(tmp_path, demo_root):
         BuildConfig(source=str(demo_root), out="x", num_shards=2, shard_index=2).validate()
     with pytest.raises(BuildError, match="unknown crop setting.*nope"):
         BuildConfig(source=str(demo_root), out="x", crop={"nope": 1}).validate()
+
+
+def test_model_defect_vocabulary_and_its_honest_fallback(demo_root, tmp_path):
+    class _Proposing(_CrashingCaptioner):
+        def propose_defects(self, object_name, image):
+            assert image.ndim == 3 and object_name == "pill box"
+            return ["dent", "burn mark"]
+
+    run_build(_cfg(demo_root, tmp_path / "m", defect_vocab="model"), captioner=_Proposing(after=10**6))
+    rec = _tables(tmp_path / "m")["classes"][0]
+    assert (rec["defect_states"], rec["defect_vocab"]) == (["dent", "burn mark"], "model")
+    # the attribute captioner cannot propose: the record says "generic", not "model"
+    run_build(_cfg(demo_root, tmp_path / "g", defect_vocab="model"))
+    rec = _tables(tmp_path / "g")["classes"][0]
+    assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]

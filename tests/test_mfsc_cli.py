@@ -114,3 +114,28 @@ def test_merge_via_cli_refuses_an_unfinished_part(tmp_path):
     (tmp_path / "p0").mkdir()
     res = runner.invoke(app, ["merge", str(tmp_path / "p0"), "--out", str(tmp_path / "m")])
     assert res.exit_code == 1 and "not a finished `mfsc build` output" in res.stderr
+
+
+def test_publish_push_via_cli_with_a_mocked_hub(cli_build, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw["private"]))
+            return f"https://huggingface.co/datasets/{repo_id}"
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", sorted(p.name for p in Path(kw["folder_path"]).rglob("*.parquet"))))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    res = runner.invoke(app, ["publish", str(cli_build), "--repo-id", "me/mfsc-demo", "--private"])
+    assert res.exit_code == 0, res.output
+    assert "published https://huggingface.co/datasets/me/mfsc-demo" in res.stdout
+    assert calls[1] == ("create_repo", "me/mfsc-demo", True)
+    assert calls[2] == ("upload_folder", ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
+                                          "train-00000-of-00001.parquet"])
