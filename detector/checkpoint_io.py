@@ -163,6 +163,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         tensors = load_file(str(weights), device=str(device))
     except Exception as e:
         raise DetectorError(f"cannot read {weights}: {e}; the checkpoint is damaged, retrain it") from e
-    if sorted(tensors) != sorted(config.get("tensors", [])):
+    listed = config.get("tensors")
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        raise DetectorError(f"{cfg_path} has no list of tensor names ('tensors'); the checkpoint is damaged, retrain it")
+    if sorted(tensors) != sorted(listed):
         raise DetectorError(f"{weights} tensor names differ from those listed in {cfg_path}; the checkpoint is damaged")
     return tensors, meta
