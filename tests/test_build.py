@@ -204,3 +204,21 @@ def test_model_defect_vocabulary_and_its_honest_fallback(demo_root, tmp_path):
     run_build(_cfg(demo_root, tmp_path / "g", defect_vocab="model"))
     rec = _tables(tmp_path / "g")["classes"][0]
     assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]
+
+
+def test_bad_image_is_skipped_and_listed_or_stops_the_build(demo_root, tmp_path):
+    import shutil
+
+    from fsad_data import DataError
+
+    src = tmp_path / "src"
+    shutil.copytree(demo_root / "pill_box", src / "pill_box")
+    bad = src / "pill_box" / "test" / "good" / "003.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match="003.png"):
+        run_build(BuildConfig(source=str(src), out=str(tmp_path / "r")))
+    s = run_build(BuildConfig(source=str(src), out=str(tmp_path / "s"), on_error="skip"))
+    assert s.images == {"train": 8, "test": 11}
+    assert [sid for sid, _ in s.skipped] == ["pill_box/test/good/003"]
+    info = json.loads((tmp_path / "s" / "build_info.json").read_text())
+    assert info["skipped"][0][0] == "pill_box/test/good/003" and "003.png" in info["skipped"][0][1]
