@@ -148,7 +148,7 @@ def build(
 
 def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] | None], T]) -> T:
     """Run ``run(callback)`` under a rich progress bar (or none when quiet / not a terminal)."""
-    if quiet:
+    if quiet or not err.is_terminal:  # no bar in logs and pipes: they get the summary line only
         return run(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
