@@ -35,7 +35,7 @@ LICENSES: dict[str, tuple[str, str, str]] = {
         "license_name: real-iad-terms\nlicense_link: https://realiad4ad.github.io/Real-IAD/\n",
         "Real-IAD: per the Real-IAD terms of use (research only; accept them on the Real-IAD page)",
     ),
-    "synthetic": ("cc0-1.0", "", "synthetic images drawn by this project (fsad_data.synthetic): CC0 1.0"),
+    "synthetic": ("cc0-1.0", "", "synthetic images drawn by this project with fsad_data.synthetic, CC0 1.0"),
     "folder": (
         "other",
         "license_name: see-source\n",
