@@ -532,10 +532,20 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
             recs = image_records[split]
             if not recs:
                 continue
-            splits[split] = datasets.Dataset.from_generator(
-                _image_rows, features=IMAGES_FEATURES, gen_kwargs={"records": recs},
-                cache_dir=str(tmp / "cache" / split), split=datasets.NamedSplit(split),
-            )
+            try:
+                splits[split] = datasets.Dataset.from_generator(
+                    _image_rows, features=IMAGES_FEATURES, gen_kwargs={"records": recs},
+                    cache_dir=str(tmp / "cache" / split), split=datasets.NamedSplit(split),
+                )
+            except Exception as exc:  # datasets wraps errors of the generator: show the user's one
+                from fsad_data import DataError
+
+                cause: BaseException | None = exc
+                while cause is not None and not isinstance(cause, DataError | BuildError):
+                    cause = cause.__cause__
+                if cause is not None:
+                    raise cause from None
+                raise
         if not splits:
             raise BuildError(f"nothing to write to {out}: no image was captioned (see the warnings above)")
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "images"))

@@ -222,3 +222,20 @@ def test_bad_image_is_skipped_and_listed_or_stops_the_build(demo_root, tmp_path)
     assert [sid for sid, _ in s.skipped] == ["pill_box/test/good/003"]
     info = json.loads((tmp_path / "s" / "build_info.json").read_text())
     assert info["skipped"][0][0] == "pill_box/test/good/003" and "003.png" in info["skipped"][0][1]
+
+
+def test_an_image_lost_before_writing_is_named(demo_root, tmp_path):
+    import shutil
+
+    from fsad_data import DataError
+
+    src = tmp_path / "src"
+    shutil.copytree(demo_root / "pill_box", src / "pill_box")
+    cfg = BuildConfig(source=str(src), out=str(tmp_path / "o"))
+    run_build(cfg)
+    shutil.rmtree(tmp_path / "o" / "images")
+    # stages are done; the write step reads the pixels again and must name the file that went bad
+    bad = src / "pill_box" / "train" / "good" / "005.png"
+    bad.write_bytes(b"x" * bad.stat().st_size)  # same size: the listing check cannot see it
+    with pytest.raises(DataError, match="005.png"):
+        run_build(cfg)
