@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_captioner_hf import tiny_vlm  # noqa: F401  (the fixture: a tiny random LLaVA in a folder)
 
 from mfsc_builder.build import BuildConfig, BuildInterrupted, merge_builds, run_build, shard_of
 from mfsc_builder.errors import BuildError
@@ -239,3 +240,29 @@ def test_an_image_lost_before_writing_is_named(demo_root, tmp_path):
     bad.write_bytes(b"x" * bad.stat().st_size)  # same size: the listing check cannot see it
     with pytest.raises(DataError, match="005.png"):
         run_build(cfg)
+
+
+def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, tiny_vlm):  # noqa: F811
+    """Real transformers loading and generation inside the staged build: a random model's answers are
+    invalid, so every record falls back to the attribute fields and says so in its provenance."""
+    import shutil
+
+    from mfsc_builder.captioners import make_captioner
+
+    src = tmp_path / "src" / "pill_box"  # 2 normal train images, 1 anomalous test image
+    for rel in ("train/good/000.png", "train/good/001.png", "test/color_spot/000.png",
+                "ground_truth/color_spot/000_mask.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_root / "pill_box" / rel, src / rel)
+    cap = make_captioner(f"hf:{tiny_vlm}", device="cpu", dtype="float32", batch_size=2)
+    cap.max_new_tokens = 8
+    out = tmp_path / "hf"
+    cfg = BuildConfig(source=str(src.parent), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32")
+    s = run_build(cfg, captioner=cap)
+    assert s.images == {"train": 2, "test": 1}
+    t = _tables(out)
+    provs = [r["provenance"] for r in t["images/train"] + t["images/test"]]
+    assert {p["backend"] for p in provs} == {"hf"} and {p["status"] for p in provs} == {"fallback"}
+    assert t["classes"][0]["provenance"]["backend"] == "hf"
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["captioner"]["name"] == "hf" and info["captioner"]["prompt_version"]
