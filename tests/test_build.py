@@ -17,6 +17,20 @@ def _cfg(demo_root: Path, out: Path, **kw) -> BuildConfig:
     return BuildConfig(source=str(demo_root), out=str(out), classes=CLASSES, **kw)
 
 
+MINI = ("train/good/000.png", "train/good/001.png", "train/good/002.png", "test/good/003.png",
+        "test/color_spot/000.png", "ground_truth/color_spot/000_mask.png")
+
+
+def _mini(demo_root: Path, dest: Path) -> Path:
+    """A 5-image pill_box data set (3 train, 2 test, one anomalous) for tests that need no volume."""
+    import shutil
+
+    for rel in MINI:
+        (dest / "pill_box" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_root / "pill_box" / rel, dest / "pill_box" / rel)
+    return dest
+
+
 def _tables(out: Path) -> dict[str, list[dict]]:
     """Every row of both datasets as plain Python (image/mask PNG bytes included)."""
     import datasets
@@ -119,16 +133,17 @@ def test_resume_after_a_truncated_shard(reference, demo_root, tmp_path):
     assert _tables(out) == _tables(reference)
 
 
-def test_changed_configuration_is_refused_then_forced(reference, demo_root, tmp_path):
+def test_changed_configuration_is_refused_then_forced(demo_root, tmp_path):
+    src = _mini(demo_root, tmp_path / "src")
     out = tmp_path / "b"
-    run_build(_cfg(demo_root, out, part_size=64))
+    run_build(_cfg(src, out, part_size=64))
     with pytest.raises(BuildError, match=r"changed: .*shots.*new --out.*--force"):
-        run_build(_cfg(demo_root, out, shots=2))
+        run_build(_cfg(src, out, shots=2))
     with pytest.raises(BuildError, match=r"changed: crop"):
-        run_build(_cfg(demo_root, out, crop={"min_delta": 20.0}))
+        run_build(_cfg(src, out, crop={"min_delta": 20.0}))
     # settings that do not change the output (device, batch size, part size) resume fine
-    assert run_build(_cfg(demo_root, out, batch_size=2, part_size=5)).resumed
-    s = run_build(_cfg(demo_root, out, shots=2), force=True)
+    assert run_build(_cfg(src, out, batch_size=2, part_size=5)).resumed
+    s = run_build(_cfg(src, out, shots=2), force=True)
     assert not s.resumed
 
 
@@ -198,28 +213,27 @@ def test_model_defect_vocabulary_and_its_honest_fallback(demo_root, tmp_path):
             assert image.ndim == 3 and object_name == "pill box"
             return ["dent", "burn mark"]
 
-    run_build(_cfg(demo_root, tmp_path / "m", defect_vocab="model"), captioner=_Proposing(after=10**6))
+    src = _mini(demo_root, tmp_path / "src")
+    run_build(_cfg(src, tmp_path / "m", defect_vocab="model"), captioner=_Proposing(after=10**6))
     rec = _tables(tmp_path / "m")["classes"][0]
     assert (rec["defect_states"], rec["defect_vocab"]) == (["dent", "burn mark"], "model")
     # the attribute captioner cannot propose: the record says "generic", not "model"
-    run_build(_cfg(demo_root, tmp_path / "g", defect_vocab="model"))
+    run_build(_cfg(src, tmp_path / "g", defect_vocab="model"))
     rec = _tables(tmp_path / "g")["classes"][0]
     assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]
 
 
 def test_bad_image_is_skipped_and_listed_or_stops_the_build(demo_root, tmp_path):
-    import shutil
 
     from fsad_data import DataError
 
-    src = tmp_path / "src"
-    shutil.copytree(demo_root / "pill_box", src / "pill_box")
+    src = _mini(demo_root, tmp_path / "src")
     bad = src / "pill_box" / "test" / "good" / "003.png"
     bad.write_bytes(b"this is not a png")
     with pytest.raises(DataError, match="003.png"):
         run_build(BuildConfig(source=str(src), out=str(tmp_path / "r")))
     s = run_build(BuildConfig(source=str(src), out=str(tmp_path / "s"), on_error="skip"))
-    assert s.images == {"train": 8, "test": 11}
+    assert s.images == {"train": 3, "test": 1}
     assert [sid for sid, _ in s.skipped] == ["pill_box/test/good/003"]
     info = json.loads((tmp_path / "s" / "build_info.json").read_text())
     assert info["skipped"][0][0] == "pill_box/test/good/003" and "003.png" in info["skipped"][0][1]
@@ -230,36 +244,30 @@ def test_an_image_lost_before_writing_is_named(demo_root, tmp_path):
 
     from fsad_data import DataError
 
-    src = tmp_path / "src"
-    shutil.copytree(demo_root / "pill_box", src / "pill_box")
+    src = _mini(demo_root, tmp_path / "src")
     cfg = BuildConfig(source=str(src), out=str(tmp_path / "o"))
     run_build(cfg)
     shutil.rmtree(tmp_path / "o" / "images")
     # stages are done; the write step reads the pixels again and must name the file that went bad
-    bad = src / "pill_box" / "train" / "good" / "005.png"
+    bad = src / "pill_box" / "train" / "good" / "001.png"
     bad.write_bytes(b"x" * bad.stat().st_size)  # same size: the listing check cannot see it
-    with pytest.raises(DataError, match="005.png"):
+    with pytest.raises(DataError, match="001.png"):
         run_build(cfg)
 
 
 def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, tiny_vlm):  # noqa: F811
     """Real transformers loading and generation inside the staged build: a random model's answers are
     invalid, so every record falls back to the attribute fields and says so in its provenance."""
-    import shutil
 
     from mfsc_builder.captioners import make_captioner
 
-    src = tmp_path / "src" / "pill_box"  # 2 normal train images, 1 anomalous test image
-    for rel in ("train/good/000.png", "train/good/001.png", "test/color_spot/000.png",
-                "ground_truth/color_spot/000_mask.png"):
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(demo_root / "pill_box" / rel, src / rel)
+    src = _mini(demo_root, tmp_path / "src")
     cap = make_captioner(f"hf:{tiny_vlm}", device="cpu", dtype="float32", batch_size=2)
     cap.max_new_tokens = 8
     out = tmp_path / "hf"
-    cfg = BuildConfig(source=str(src.parent), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32")
+    cfg = BuildConfig(source=str(src), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32")
     s = run_build(cfg, captioner=cap)
-    assert s.images == {"train": 2, "test": 1}
+    assert s.images == {"train": 3, "test": 2}
     t = _tables(out)
     provs = [r["provenance"] for r in t["images/train"] + t["images/test"]]
     assert {p["backend"] for p in provs} == {"hf"} and {p["status"] for p in provs} == {"fallback"}
