@@ -116,6 +116,11 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # disk full, permissions: the old checkpoint (if any) is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DetectorError(
+            f"could not write checkpoint {out}: {e.strerror or e}; free disk space or fix permissions and run again"
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

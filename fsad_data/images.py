@@ -58,7 +58,13 @@ def _open(path: Path, what: str):
         return im
     except DataError:
         raise
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except Image.DecompressionBombError as exc:  # a valid but huge image is not "corrupt": say what to do
+        raise DataError(
+            f"{what} {path} is too large to decode safely ({exc}). Downscale it (e.g. to at most 8192 px per "
+            "side), or if you trust the file raise PIL.Image.MAX_IMAGE_PIXELS; or read the data set with "
+            "on_error='skip'."
+        ) from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
         raise DataError(
             f"cannot decode {what} {path}: {exc.__class__.__name__}: {exc}. The file is truncated, corrupt or "
             "not an image (PNG/JPEG/BMP/TIFF); re-download or re-export it, or read the data set with "
