@@ -20,8 +20,9 @@ test: setup
 test-all: setup
 	$(OFFLINE) $(PY) -m pytest
 
+# The demo may download the pretrained CLIP weights (when the Hub can be reached), so it is not forced offline.
 demo: setup
-	$(OFFLINE) PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_OUT)
+	HF_DATASETS_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_OUT)
 
 bench: setup
 	$(OFFLINE) $(PY) bench/run_all.py
