@@ -156,9 +156,11 @@ def _print_metrics(values: dict[str, float], columns: tuple[str, ...], metrics_p
 
     data = json.loads(Path(metrics_path).read_text())
     title = f"{data.get('class_name')} ({data.get('n_images')} test images, {data.get('resolution')} px)"
-    table = Table(title=title)
+    short = {"image_auroc": "img AUROC", "pixel_auroc": "px AUROC", "aupro": "AUPRO", "image_f1_max": "img F1",
+             "pixel_f1_max": "px F1", "image_ap": "img AP", "pixel_ap": "px AP"}
+    table = Table(title=title + ", %")
     for c in columns:
-        table.add_column(c, justify="right")
+        table.add_column(short.get(c, c), justify="right")
     table.add_row(*("–" if values.get(c) is None or math.isnan(values[c]) else f"{100 * values[c]:.2f}"
                     for c in columns))
     con = _console()

@@ -32,6 +32,9 @@ import numpy as np
 from detector.errors import DetectorError
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
+METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
+                 "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max", "image_ap": "image AP",
+                 "pixel_ap": "pixel AP"}
 RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test the wiring and are not meaningful"
 
 
@@ -290,7 +293,8 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
     report_path = None
     if html:
         table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
-                             ["class", *METRIC_COLUMNS], [[class_name, *(values.get(k) for k in METRIC_COLUMNS)]])
+                             ["class", *(METRIC_TITLES[k] for k in METRIC_COLUMNS)],
+                             [[class_name, *(values.get(k) for k in METRIC_COLUMNS)]])
         notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
         details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
                    f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
