@@ -118,3 +118,18 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
                               "--threshold", "auto", "--resolution", "128"])
     assert res.exit_code == 1 and "resolution" in res.stderr
+
+
+def test_benchmark_command_runs_resumes_and_merges(demo_root, tmp_path, tiny_clip_name):
+    args = ["benchmark", "--data", str(demo_root), "--out", str(tmp_path), "--shots", "1", "--seeds", "0",
+            "--classes", "pill_box", "--baseline", "promptad", "--no-main", "--backbone", tiny_clip_name,
+            "--pretrained", "none", "--epochs", "1", "--image-epochs", "1", "--resolution", "32",
+            "--dataset-name", "visa-mini"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "86.02 (paper)" not in res.output and "not meaningful" in res.output  # promptad paper: 4-shot
+    assert (tmp_path / "tables" / "visa-mini_promptad_k1.md").exists()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "1 already finished, 0 to run" in res.output
+    res = runner.invoke(app, [*args, "--merge"])
+    assert res.exit_code == 0 and "tables written" in res.output
