@@ -27,6 +27,7 @@ branch alone (maps from that branch; scores: the CLS text score, resp. the visua
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,44 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
         return load_backbone(name, pretrained, device, precision, taps=taps)
 
 
+def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
+    """Types of the meta fields load_detector reads: a hand-edited config.json fails here with a clear message."""
+    where = f"{ckpt_dir}/config.json"
+
+    def bad(field: str, want: str) -> DetectorError:
+        return DetectorError(f"{where}: meta field {field!r} must be {want}; retrain or restore the checkpoint")
+
+    bb = meta.get("backbone")
+    if not isinstance(bb, dict) or not isinstance(bb.get("name"), str):
+        raise bad("backbone", "an object with a 'name' string")
+    for key in ("prompt_config_pixel", "prompt_config_image"):
+        if not isinstance(meta.get(key), dict):
+            raise bad(key, "an object of PromptConfig fields")
+    if not isinstance(meta.get("object_name"), str):
+        raise bad("object_name", "a string")
+    for key in ("pixel_names", "image_names"):
+        names = meta.get(key)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise bad(key, "a non-empty list of group names")
+    tau = meta.get("tau")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise bad("tau", "a finite number")
+    n = meta.get("n_memory")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad("n_memory", "a positive integer")
+    if meta.get("record") is not None and not isinstance(meta.get("record"), dict):
+        raise bad("record", "an object (the caption record) or null")
+    needed = ["region_weights", *(f"memory.{i}" for i in range(n)),
+              *(f"text.{k}" for k in ("pixel_normal", "pixel_abnormal", "image_normal", "image_abnormal"))]
+    missing = [k for k in needed if k not in tensors]
+    if missing:
+        raise DetectorError(f"{ckpt_dir}: tensors {missing} missing from the weights (n_memory={n}); retrain or "
+                            "restore the checkpoint")
+    if tensors["text.pixel_normal"].shape[0] != len(meta["pixel_names"]) or \
+            tensors["text.image_normal"].shape[0] != len(meta["image_names"]):
+        raise DetectorError(f"{where}: group names do not match the cached text features; retrain")
+
+
 def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> FineGrainedAD:
     """Rebuild a trained detector from its checkpoint folder (no pickles; bit-exact predictions)."""
     from detector.checkpoint_io import load_checkpoint
@@ -280,10 +319,15 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
     if version != FORMAT_VERSION:
         raise DetectorError(f"{ckpt_dir}: checkpoint format {version!r}, this detector reads {FORMAT_VERSION}; "
                             "retrain with this version")
+    _check_meta(meta, tensors, ckpt_dir)
     backbone = load_backbone_for(meta["backbone"], device, precision)
-    pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
-                                     meta.get("drop_levels", []), meta["prompt_config_pixel"],
-                                     meta["prompt_config_image"])
+    try:
+        pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
+                                         meta.get("drop_levels") or [], meta["prompt_config_pixel"],
+                                         meta["prompt_config_image"])
+    except (TypeError, ValueError) as e:  # hand-edited prompt config: unknown key or a value of the wrong type
+        raise DetectorError(f"{ckpt_dir}/config.json: prompt config does not fit this detector ({e}); "
+                            "retrain or restore the checkpoint") from e
     for prefix, mod in (("pixel_prompts.", pixel), ("image_prompts.", image)):
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
@@ -292,7 +336,7 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
             raise DetectorError(f"{ckpt_dir}: prompt tensors do not fit ({str(e).splitlines()[0]}); the "
                                 "checkpoint comes from another code version, retrain") from e
         mod.requires_grad_(False)
-    memory = [tensors[f"memory.{i}"] for i in range(int(meta["n_memory"]))]
+    memory = [tensors[f"memory.{i}"] for i in range(meta["n_memory"])]
     model = FineGrainedAD(backbone, pixel, image, tensors["region_weights"], memory, meta["tau"], meta)
     model.pixel_names, model.image_names = list(meta["pixel_names"]), list(meta["image_names"])
     model.pixel_normal = tensors["text.pixel_normal"]

@@ -188,9 +188,6 @@ def test_checkpoint_tensor_list_of_the_wrong_type_is_a_clear_error(checkpoint, t
     pytest.param(lambda m: m["prompt_config_pixel"].update(evil=1), id="prompt-config-unknown-key"),
     pytest.param(lambda m: m.update(pixel_names=3), id="names-not-list"),
 ])
-@pytest.mark.xfail(strict=True, reason="detector/model.py load_detector (lines 283-297) reads meta with [] / int() / "
-                   "list() / PromptConfig(**cfg): a hand-edited config.json gives KeyError/TypeError/ValueError "
-                   "instead of a DetectorError naming the checkpoint")
 def test_checkpoint_meta_with_wrong_fields_is_a_detector_error(checkpoint, tmp_path, edit):
     """The checksum only covers the weights: a hand-edited meta must still give a DetectorError naming the
     checkpoint, not a KeyError/TypeError traceback."""
