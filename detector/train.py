@@ -101,9 +101,10 @@ class TrainConfig:
                 raw = yaml.safe_load(text)
         except Exception as e:
             raise DetectorError(f"config {p} is not valid YAML/JSON: {e}; fix the file") from e
-        raw = dict(raw or {})
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
-            raise DetectorError(f"config {p} must hold a mapping of TrainConfig fields")
+            raise DetectorError(f"config {p} must hold a mapping of TrainConfig fields, not a {type(raw).__name__}")
         return cls.from_dict(raw, source=str(p), **overrides)
 
     @classmethod

@@ -114,6 +114,10 @@ def test_config_file_and_overrides(tmp_path):
         TrainConfig.from_file(bad)
     with pytest.raises(DetectorError):
         TrainConfig(baseline="winclip")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(DetectorError, match="mapping"):
+        TrainConfig.from_file(listy)
 
 
 def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
