@@ -204,6 +204,10 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         if config.baseline is None and record is None:
             from detector.captions import load_class_record
 
+            if not config.captions:
+                raise DetectorError("no caption dataset: pass --captions DIR_OR_HUB_ID (an `mfsc build` output), "
+                                    "or --baseline promptad for class-name-only prompts")
+
             record = load_class_record(config.captions, config.class_name)
         if config.baseline == "promptad":
             record = None
@@ -248,8 +252,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
             pixel_hist = _fit(pixel, lambda text: mlsa_loss(tokens, flat_w, text, tau, config.lambda1),
                               config.epochs, config, bar, "pixel prompts")
             t2 = time.perf_counter()
-            image_hist = _fit(image, lambda text: image_loss(cls, text, tau, config.lambda1, LAMBDA_COMP), config.image_epochs, config, bar,
-                              "image prompts")
+            image_hist = _fit(image, lambda text: image_loss(cls, text, tau, config.lambda1, LAMBDA_COMP),
+                              config.image_epochs, config, bar, "image prompts")
             t3 = time.perf_counter()
         for p in list(pixel.parameters()) + list(image.parameters()):
             p.requires_grad_(False)

@@ -195,3 +195,8 @@ def test_tau_is_the_exponentiated_logit_scale(tiny_clip_name):
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
     assert abs(resolve_tau(_cfg(tiny_clip_name), bb) - 1 / 0.07) < 1e-3  # open_clip's init: log(1 / 0.07)
     assert resolve_tau(_cfg(tiny_clip_name, tau=50.0), bb) == 50.0
+
+
+def test_missing_captions_is_a_clear_error(tiny_clip_name):
+    with pytest.raises(DetectorError, match="--captions"):
+        train_model(_cfg(tiny_clip_name), progress=False, shot_images=SHOTS, shot_names=NAMES, record=None)
