@@ -225,3 +225,20 @@ def test_server_error_message_echoing_the_key_is_redacted(demo_root, tmp_path, m
             run_build(_cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"]))
     msg = str(e.value)
     assert "HTTP 401" in msg and "Incorrect API" in msg and "***" in msg and KEY not in msg, msg
+
+
+@pytest.mark.parametrize("header, expect", [("3600", 60.0), ("0.05", 0.05), ("soon", 0.01)])
+def test_retry_after_is_honoured_but_capped(monkeypatch, header, expect):
+    """A server asking for an hour's pause does not stall the build for an hour: waits are capped at 60 s;
+    an unreadable Retry-After falls back to the exponential backoff (0.01 s here)."""
+    import numpy as np
+
+    from mfsc_builder.captioners import openai_api
+
+    waits: list[float] = []
+    with FakeOpenAIServer(default=[("status", 429, {"Retry-After": header}), ("ok",)]) as srv:
+        monkeypatch.setattr(openai_api.time, "sleep", waits.append)  # the server thread never calls sleep here
+        cap = OpenAICaptioner("fake-vlm", api_base=srv.url, timeout=TIMEOUT, max_retries=RETRIES)
+        answer = cap._complete(np.zeros((8, 8, 3), np.uint8), [("user", "This image is normal.")])
+    assert answer and len(srv.requests) == 2
+    assert waits == [pytest.approx(expect, abs=1e-6)]
