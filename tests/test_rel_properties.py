@@ -197,6 +197,14 @@ def test_filled_texts_keep_the_contract(inputs):
             assert text.strip() == text and text, t
             assert fill.token_length(text) <= 77 - 5, (t.level, text)
         assert not set(t.abnormal) & set(t.normal), t
+    # the builder's count is what the text encoder sees: tokens of open_clip's own tokenizer, start/end included
+    import open_clip
+
+    tok = open_clip.get_tokenizer(fill.TOKENIZER_NAME)
+    sample = [x for t in texts for x in (t.normal[0], t.abnormal[-1])]
+    ids = tok(sample)
+    assert ids.shape[1] == 77
+    assert [int((row != 0).sum()) for row in ids] == [fill.token_length(x) for x in sample]
 
 
 @settings(max_examples=15, deadline=None)
