@@ -343,3 +343,37 @@ def test_caption_dataset_folder_with_a_loading_script_runs_no_code(tmp_path):
     with pytest.raises(DetectorError):
         load_class_record(d, "x")
     assert not marker.exists()
+
+
+def _model_with_custom_code(folder: Path, marker: Path) -> Path:
+    """A local hf: model folder whose config points at its own Python code (auto_map), like a Hub repo would."""
+    folder.mkdir()
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import PretrainedConfig, PreTrainedModel\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+        "class EvilModel(PreTrainedModel):\n    config_class = EvilConfig\n")
+    auto = {"AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.EvilModel",
+            "AutoProcessor": "evil.EvilProcessor"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto,
+                                                    "architectures": ["EvilModel"]}))
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "EvilProcessor",
+                                                              "auto_map": {"AutoProcessor": "evil.EvilProcessor"}}))
+    return folder
+
+
+def test_hf_model_folder_with_custom_code_is_refused_without_the_flag(tmp_path):
+    """No mocks: transformers itself is asked to load a folder with code; without --trust-remote-code the
+    code never runs and the error says which flag would allow it."""
+    from mfsc_builder.captioners import make_captioner
+    from mfsc_builder.errors import BuildError
+
+    marker = tmp_path / "pwned"
+    model = _model_with_custom_code(tmp_path / "model", marker)
+    with pytest.raises(BuildError, match="--trust-remote-code") as e:
+        make_captioner(f"hf:{model}")
+    assert str(model) in str(e.value) and not marker.exists()
+    # the folder's code is live: with the flag it runs (and then fails to be a real model)
+    with pytest.raises(Exception):  # noqa: B017 - any failure after the import is fine
+        make_captioner(f"hf:{model}", trust_remote_code=True)
+    assert marker.exists()
