@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_captioner_hf import tiny_vlm  # noqa: F401  (the fixture: a tiny random LLaVA in a folder)
 
 from mfsc_builder.build import BuildConfig, BuildInterrupted, merge_builds, run_build, shard_of
 from mfsc_builder.errors import BuildError
@@ -255,7 +254,7 @@ def test_an_image_lost_before_writing_is_named(demo_root, tmp_path):
         run_build(cfg)
 
 
-def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, tiny_vlm):  # noqa: F811
+def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, tiny_vlm):
     """Real transformers loading and generation inside the staged build: a random model's answers are
     invalid, so every record falls back to the attribute fields and says so in its provenance."""
 
