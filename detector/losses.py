@@ -186,9 +186,12 @@ def image_loss(
     lambda_comp: float = 0.0,
     margin: float = MARGIN,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Image-level MLSA loss on CLS features (B, D): the image group's CE + triplet + lambda1 matching.
+    """Image-level MLSA loss on CLS features (B, D): the same terms as ``mlsa_loss``, without region weights.
 
-    The composition regulariser depends on the texts only; it is off here by default so that a training
+    CE + triplet align the CLS feature with the image group only (a whole-image feature has no region
+    to align with a background or component text); the text-only terms are those of the patch loss:
+    lambda1 matching for the image group AND every component (the shared abnormal tokens are trained
+    through them), and the composition regulariser. The latter is off here by default so that a training
     step that adds both losses counts it once (set lambda_comp when image-level training runs alone).
     """
     g = text.index(IMAGE)
@@ -197,6 +200,12 @@ def image_loss(
     for key, value in _group_terms(cls, None, text, g, tau, lambda1, margin).items():
         total = total + value
         parts[key] = float(value.detach())
+    for i, level in enumerate(text.levels):
+        if level == COMPONENT and lambda1:
+            value = lambda1 * abnormal_matching(text.handcrafted[i], text.learned[i])
+            total = total + value
+            parts[f"match/{text.names[i]}"] = float(value.detach())
+            parts["match"] = parts.get("match", 0.0) + float(value.detach())
     if lambda_comp:
         comp = composition_term(text)
         if comp is not None:

@@ -116,6 +116,29 @@ def test_image_loss_uses_image_group_only():
     assert set(parts) == {"ce", "triplet", "match", "loss"}
 
 
+def test_image_loss_has_the_text_terms_of_every_component():
+    """Image-level training: CE + triplet on the image group, lambda1 matching for image AND components,
+    composition when asked (the same terms as the patch loss, METHOD "MLSA")."""
+    e1, e2 = T([1.0, 0.0]), T([0.0, 1.0])
+    base = _toy_text()
+    text = TextFeatures(
+        names=[*base.names, "cap"], levels=[*base.levels, "component"],
+        normal=torch.cat([base.normal, e1[None]]), normal_each=[*base.normal_each, e1[None]],
+        handcrafted=[*base.handcrafted, e1[None]], learned=[*base.learned, e2[None]],
+        abnormal=torch.cat([base.abnormal, e2[None]]),
+    )
+    cls = T([[1.0, 0.0]])
+    only_image = (math.log(2 * math.exp(2) + 1) - 2) + max(0, 1 - math.sqrt(0.8)) + 0.002
+    loss, parts = image_loss(cls, text, tau=2.0)
+    assert parts["match/cap"] == pytest.approx(0.002)  # ||e1 - e2||^2 = 2, times lambda1
+    assert parts["match"] == pytest.approx(0.004)
+    assert loss.item() == pytest.approx(only_image + 0.002, rel=1e-6)
+    # composition: learned image e1, target normalize(cap e2 + background e1) -> 1 - 1/sqrt(2)
+    with_comp, parts = image_loss(cls, text, tau=2.0, lambda_comp=0.1)
+    assert parts["composition"] == pytest.approx(0.1 * (1 - 1 / math.sqrt(2)), rel=1e-6)
+    assert with_comp.item() == pytest.approx(loss.item() + parts["composition"], rel=1e-6)
+
+
 def test_logit_scale_is_exponentiated():
     m = torch.nn.Module()
     m.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
