@@ -71,6 +71,7 @@ class BenchmarkConfig:
     merge: bool = False  # only assemble the tables
     resolution: int = 256
     batch_size: int = 8
+    exact_metrics: bool = False  # keep every float32 map (see detector.evaluate) instead of the histogram
     layout: str = "auto"
     dataset_name: str | None = None  # default: the data folder's name
     train_config: Path | None = None  # a TrainConfig YAML/JSON the flags override
@@ -173,7 +174,8 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
                 checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
                          resolution=config.resolution, branch="fused", batch_size=config.batch_size,
-                         info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None)
+                         info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None,
+                         exact_metrics=config.exact_metrics)
     return res.metrics
 
 

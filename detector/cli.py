@@ -118,6 +118,10 @@ def train(
 
 # ---- eval ----------------------------------------------------------------------------------------
 
+ExactMetricsOpt = Annotated[bool, typer.Option(
+    "--exact-metrics", help="Keep every float32 map for exact pixel metrics (memory grows with the test set) "
+    "instead of the constant-memory 2^16-level histogram.")]
+
 
 @app.command("eval")
 def eval_cmd(
@@ -131,6 +135,7 @@ def eval_cmd(
     precision: Annotated[str, typer.Option("--precision")] = "fp32",
     layout: Annotated[str, typer.Option("--layout")] = "auto",
     class_name: Annotated[str | None, typer.Option("--class", help="Override the checkpoint's class.")] = None,
+    exact_metrics: ExactMetricsOpt = False,
 ) -> None:
     """Evaluate a checkpoint on its class's test split: metrics, overlays, HTML report, F1-max threshold."""
 
@@ -140,7 +145,7 @@ def eval_cmd(
 
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
-                                  class_name=class_name))
+                                  class_name=class_name, exact_metrics=exact_metrics))
         _print_metrics(res.metrics, METRIC_COLUMNS, res.metrics_path)
         if res.report_path:
             _console().print(f"report: {res.report_path}")
@@ -221,6 +226,7 @@ def benchmark(
                                        "the baseline).")] = True,
     resolution: Annotated[int, typer.Option("--resolution", help="Evaluation resolution (400 = the paper).")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    exact_metrics: ExactMetricsOpt = False,
     dataset_name: Annotated[str | None, typer.Option(
         "--dataset-name", help="Name in the tables (mvtec/visa names add the paper's numbers) [data folder].")] = None,
     backbone: BackboneOpt = None,
@@ -243,7 +249,8 @@ def benchmark(
             seeds=parse_int_list(seeds, "--seeds"),
             classes=[c for c in classes.split(",") if c] if classes else None, baseline=baseline,
             num_shards=num_shards, shard_index=shard_index, merge=merge, main=main, resolution=resolution,
-            batch_size=batch_size, layout=layout, dataset_name=dataset_name, train_config=config,
+            batch_size=batch_size, exact_metrics=exact_metrics, layout=layout, dataset_name=dataset_name,
+            train_config=config,
             train=_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs, image_epochs=image_epochs,
                                    device=device, precision=precision))
         con = _console()

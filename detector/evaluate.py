@@ -13,8 +13,11 @@ by branch, atomic) for ``detector predict --threshold auto``. The threshold is p
 so it is a convenience for inspection, never used for any reported metric.
 
 Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
-bilinearly and binarised at 0.5 afterwards. Maps are kept as one float32 (N, R, R) array: 256 KiB per
-image at R = 256 (200 images: 52 MB), so the metrics are exact for the scores the model produced.
+bilinearly and binarised at 0.5 afterwards. Memory stays flat in the number of test images: each batch's
+maps go into a ``metrics.PixelHistogram`` (2^16 levels, 1.5 MiB in all; AUROC within a recorded bound
+of the float maps) and are dropped; only the figure images' maps, one map maximum per image and the image
+scores are kept. ``exact_metrics`` (``--exact-metrics``) keeps every float32 map instead (``PixelMaps``,
+256 KiB per image at R = 256). metrics.json records which was used under ``pixel_metrics``.
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ class EvalConfig:
     n_normal_figures: int = 4
     write_threshold: bool = True
     progress: bool = True
+    exact_metrics: bool = False  # keep every float32 map (exact pixel metrics, memory grows with images)
 
 
 @dataclass
@@ -132,22 +136,33 @@ def pick_figures(samples: Sequence[Any], n_anomalous: int = 8, n_normal: int = 4
 
 @dataclass
 class Collected:
-    """Scores, labels, maps and masks of a test split, all in sample order."""
+    """What evaluation keeps of a test split (sample order): per image a score, a label and the map's
+    maximum; the pixel accumulator; and only the maps and masks of the images to draw."""
 
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) bool
-    maps: np.ndarray  # (N, R, R) float32
-    masks: np.ndarray  # (N, R, R) bool
+    map_max: np.ndarray  # (N,) float32
+    pixels: Any  # metrics.PixelHistogram (default) or metrics.PixelMaps (exact)
+    has_masks: bool  # some ground-truth pixel is anomalous
+    map_range: tuple[float, float]  # min and max over all maps: one colour scale for the figures
+    kept: dict[int, tuple[np.ndarray, np.ndarray]]  # index -> (map, mask) of the figure images
 
 
 def collect(model: Predictor, samples: Sequence[Any], resolution: int = 256, branch: str = "fused",
-            batch_size: int = 8, progress: bool = False) -> Collected:
-    """Run the model over the samples in batches; only one batch of images is in memory at a time."""
+            batch_size: int = 8, progress: bool = False, exact: bool = False,
+            keep: Sequence[int] = ()) -> Collected:
+    """Run the model over the samples in batches; one batch of images and maps is in memory at a time
+    (plus every map with ``exact``). The maps and masks of the samples at ``keep`` are kept for figures."""
+    from detector import metrics as M
+
     n = len(samples)
     scores = np.zeros(n, np.float32)
-    maps = np.zeros((n, resolution, resolution), np.float32)
-    masks = np.zeros((n, resolution, resolution), bool)
+    map_max = np.zeros(n, np.float32)
     labels = np.array([bool(s.label) for s in samples], bool)
+    pixels = M.PixelMaps(n) if exact else M.PixelHistogram()
+    keep = set(keep)
+    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    has_masks, lo, hi = False, math.inf, -math.inf
     bar = _progress(progress, n, "evaluating")
     for start in range(0, n, batch_size):
         batch = samples[start : start + batch_size]
@@ -156,13 +171,17 @@ def collect(model: Predictor, samples: Sequence[Any], resolution: int = 256, bra
         if pred.maps.shape != (len(batch), resolution, resolution):
             raise DetectorError(f"the model returned maps of shape {pred.maps.shape}, expected "
                                 f"({len(batch)}, {resolution}, {resolution})")
+        maps = np.asarray(pred.maps, np.float32)
+        masks = np.stack([eval_mask(s, resolution, img.shape[:2]) for s, img in zip(batch, images)])
+        pixels.add(maps, masks)
         scores[start : start + len(batch)] = pred.scores
-        maps[start : start + len(batch)] = pred.maps
-        for j, (s, img) in enumerate(zip(batch, images)):
-            masks[start + j] = eval_mask(s, resolution, img.shape[:2])
+        map_max[start : start + len(batch)] = maps.reshape(len(batch), -1).max(1)
+        has_masks = has_masks or bool(masks.any())
+        lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
+        kept.update((start + j, (maps[j].copy(), masks[j])) for j in range(len(batch)) if start + j in keep)
         bar(len(batch))
     bar(0, done=True)
-    return Collected(scores, labels, maps, masks)
+    return Collected(scores, labels, map_max, pixels, has_masks, (lo, hi), kept)
 
 
 def _progress(enabled: bool, total: int, what: str):
@@ -190,13 +209,14 @@ def figure_images(samples: Sequence[Any], col: Collected, indices: list[int], re
 
     from detector import report
 
-    vmin, vmax = float(col.maps.min()), float(col.maps.max())
+    vmin, vmax = col.map_range
     out = []
     for i in indices:
         s = samples[i]
         img = load_images([s])[0]
         img = cv2.resize(img, (resolution, resolution), interpolation=cv2.INTER_AREA)
-        pic = report.panel(img, col.maps[i], col.masks[i] if col.masks[i].any() else None, vmin, vmax)
+        amap, mask = col.kept[i]
+        pic = report.panel(img, amap, mask if mask.any() else None, vmin, vmax)
         stem = s.id.replace("/", "__")
         caption = f"{s.id} ({'anomalous' if s.label else 'normal'}) score {float(col.scores[i]):.4f}"
         out.append((stem, caption, pic))
@@ -244,7 +264,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
                    resolution: int = 256, branch: str = "fused", batch_size: int = 8,
                    info: dict[str, Any] | None = None, ckpt_dir: Path | None = None,
                    n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
-                   html: bool = True) -> EvalResult:
+                   html: bool = True, exact_metrics: bool = False) -> EvalResult:
     """Score the samples with the model and write metrics.json, metrics.csv, overlays and the report."""
     from detector import metrics as M
     from detector import report
@@ -256,10 +276,12 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
         raise DetectorError(f"--resolution {resolution} is too small; use 256 (default) or 400 (the paper)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    col = collect(model, samples, resolution, branch, batch_size, progress)
-    has_masks = bool(col.masks.any())
-    values = M.evaluate(col.scores, col.labels, col.maps if has_masks else None,
-                        col.masks if has_masks else None)
+    picks = pick_figures(samples, n_anomalous_figures, n_normal_figures)
+    col = collect(model, samples, resolution, branch, batch_size, progress, exact_metrics, picks)
+    values = M.image_metrics(col.scores, col.labels)
+    if col.has_masks:
+        values.update(col.pixels.metrics(M.AUPRO_LIMIT))
+    pixel_record = col.pixels.record() if col.has_masks else {"method": "none"}  # no anomalous pixel
     info = dict(info or {})
     meaningful = bool(info.get("meaningful", True))
     record = {
@@ -273,6 +295,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
         "meaningful": meaningful,
         "note": "" if meaningful else RANDOM_WEIGHTS_NOTE,
         "metrics": values,
+        "pixel_metrics": pixel_record,
         **{k: v for k, v in info.items() if k != "meaningful"},
     }
     metrics_path = out / "metrics.json"
@@ -280,12 +303,11 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
                                                  "resolution": resolution, "n_images": len(samples),
                                                  **{k: values.get(k) for k in METRIC_COLUMNS}}])
     write_csv(out / "scores.csv", [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
-                                    "score": float(col.scores[i]), "map_max": float(col.maps[i].max())}
+                                    "score": float(col.scores[i]), "map_max": float(col.map_max[i])}
                                    for i, s in enumerate(samples)])
     overlays: list[Path] = []
     figures = []
-    for stem, caption, pic in figure_images(samples, col, pick_figures(samples, n_anomalous_figures,
-                                                                       n_normal_figures), resolution):
+    for stem, caption, pic in figure_images(samples, col, picks, resolution):
         path = out / "overlays" / f"{stem}.png"
         write_png_atomic(path, pic)
         overlays.append(path)
@@ -298,13 +320,24 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
         notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
         details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
                    f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
-                   f"{values.get('pixel_f1_threshold', float('nan')):.4g}")]
+                   f"{values.get('pixel_f1_threshold', float('nan')):.4g}"), pixel_method_note(pixel_record)]
         report_path = report.write_report(out / "report.html", report.Report(
             f"FineGrainedAD evaluation: {class_name}", notes + details, [table], figures))
     if ckpt_dir is not None:
         write_threshold(ckpt_dir, branch, values, resolution, class_name)
     write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
     return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
+
+
+def pixel_method_note(record: dict[str, Any]) -> str:
+    """One line for the report: how the pixel metrics were computed."""
+    if record["method"] == "exact":
+        return "pixel metrics: exact (every float32 map kept)"
+    if record["method"] != "histogram":
+        return "pixel metrics: none (no anomalous pixel in the ground truth)"
+    clamped = f"; {record['clamped_pixels']} map values outside [0, 1] clamped" if record["clamped_pixels"] else ""
+    return (f"pixel metrics: {record['levels']}-level histogram (pixel AUROC within "
+            f"{record['auroc_bound']:.1e} of the float maps; --exact-metrics for exact){clamped}")
 
 
 def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
@@ -374,4 +407,5 @@ def run_eval(config: EvalConfig) -> EvalResult:
                           resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
                           info=info, ckpt_dir=ckpt if config.write_threshold else None,
                           n_anomalous_figures=config.n_anomalous_figures,
-                          n_normal_figures=config.n_normal_figures, progress=config.progress)
+                          n_normal_figures=config.n_normal_figures, progress=config.progress,
+                          exact_metrics=config.exact_metrics)

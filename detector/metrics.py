@@ -11,9 +11,10 @@ all-ones 3x3 structuring element (8-connectivity; the reference passes ``np.ones
 pixel adds 1 to the false-positive count, the (FPR, PRO) curve starts at (0, 0) and ends at (1, 1), and
 the trapezoid integral up to FPR 0.3 (interpolating the curve at 0.3) is divided by 0.3.
 
-Memory: ``evaluate`` takes the maps as one (N, H, W) array at the evaluation resolution. The caller
-(``detector.evaluate``) keeps them as float32, i.e. 256 KiB per image at 256 px (200 images: 52 MB;
-400 px: 128 MB), so the metrics are exact for the scores the model produced; no quantisation.
+Memory: ``pixel_metrics`` takes the maps as one (N, H, W) array (float32: 256 KiB per image at 256 px,
+200 images 52 MB; 400 px 128 MB). ``detector eval`` therefore streams batches into a ``PixelHistogram``
+(constant 1.5 MiB, exact for the maps quantised to 2^16 levels, see its docstring) by default, and into
+``PixelMaps`` (every float32 map kept, then ``pixel_metrics``) with ``--exact-metrics``.
 """
 from __future__ import annotations
 
@@ -141,12 +142,20 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return f1max_from_curve(binary_curve(scores, labels))
 
 
-def region_ids(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel the id of its ground-truth region (0 for normal pixels, ids unique over all images),
-    and ``1 / size`` per id (index 0: 0). Regions are 8-connected components of each image's mask, as in
-    the MVTec reference."""
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth regions of one (H, W) mask: 8-connected components, as in the MVTec reference.
+
+    Returns the label image (0 = normal pixel, regions 1..n) and the size of each label (index 0: the
+    normal pixels)."""
     import cv2
 
+    _, lab, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
+    return lab, stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+
+
+def region_ids(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel the id of its ground-truth region (0 for normal pixels, ids unique over all images),
+    and ``1 / size`` per id (index 0: 0). Regions are ``components`` of each image's mask."""
     masks = np.asarray(masks, dtype=bool)
     ids = np.zeros(masks.shape, dtype=np.uint32)
     inv_sizes = [np.zeros(1)]
@@ -154,10 +163,10 @@ def region_ids(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for i, m in enumerate(masks):
         if not m.any():
             continue
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+        lab, sizes = components(m)
         ids[i] = np.where(lab > 0, lab + offset, 0)
-        inv_sizes.append(1.0 / stats[1:, cv2.CC_STAT_AREA].astype(np.float64))
-        offset += n - 1
+        inv_sizes.append(1.0 / sizes[1:].astype(np.float64))
+        offset += sizes.size - 1
     return ids, np.concatenate(inv_sizes)
 
 
@@ -175,24 +184,28 @@ def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return area
 
 
-def pro_curve_from_curve(c: Curve, inv_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, PRO) per distinct threshold from a pixel curve carrying region ids, with (0, 0) and (1, 1)."""
-    n_regions = inv_sizes.size - 1
-    pro = np.cumsum(inv_sizes[c.payload])[c.ends] / n_regions
-    fpr = np.minimum(c.fps / int(c.fps[-1]), 1.0)
-    pro = np.minimum(pro, 1.0)
-    return np.concatenate(([0.0], fpr, [1.0])), np.concatenate(([0.0], pro, [1.0]))
+def aupro_from_sums(fps: np.ndarray, region_sums: np.ndarray, n_regions: int,
+                    limit: float = AUPRO_LIMIT) -> float:
+    """Normalised area under the PRO curve up to FPR ``limit``.
 
-
-def aupro_from_curve(c: Curve, inv_sizes: np.ndarray, limit: float = AUPRO_LIMIT) -> float:
-    """Normalised area under the PRO curve up to FPR ``limit``."""
-    if inv_sizes.size <= 1 or int(c.fps[-1]) == 0:
+    Per distinct threshold (highest first): ``fps`` normal pixels at or above it, ``region_sums`` the sum
+    of ``1 / region size`` over the defect pixels at or above it (so PRO = region_sums / n_regions). The
+    curve gets the end points (0, 0) and (1, 1)."""
+    if n_regions == 0 or int(fps[-1]) == 0:
         return float("nan")
-    fpr, pro = pro_curve_from_curve(c, inv_sizes)
+    fpr = np.concatenate(([0.0], np.minimum(fps / int(fps[-1]), 1.0), [1.0]))
+    pro = np.concatenate(([0.0], np.minimum(region_sums / n_regions, 1.0), [1.0]))
     return float(integrate_to(fpr, pro, limit) / limit)
 
 
-def _pixel_curve(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[Curve, np.ndarray]:
+def aupro_from_curve(c: Curve, inv_sizes: np.ndarray, limit: float = AUPRO_LIMIT) -> float:
+    """AUPRO from a pixel curve carrying region ids and ``1 / size`` per id (``region_ids``)."""
+    if inv_sizes.size <= 1:
+        return float("nan")
+    return aupro_from_sums(c.fps, np.cumsum(inv_sizes[c.payload])[c.ends], inv_sizes.size - 1, limit)
+
+
+def _check_maps(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     maps = np.asarray(maps)
     masks = np.asarray(masks, dtype=bool)
     if maps.shape != masks.shape or maps.ndim != 3:
@@ -200,6 +213,11 @@ def _pixel_curve(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[Curve,
             f"{what}: maps {maps.shape} and masks {masks.shape} must both be (N, H, W) at the evaluation "
             "resolution; resize the masks before evaluating"
         )
+    return maps, masks
+
+
+def _pixel_curve(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[Curve, np.ndarray]:
+    maps, masks = _check_maps(maps, masks, what)
     ids, inv_sizes = region_ids(masks)
     return binary_curve(maps, masks, payload=ids), inv_sizes
 
@@ -221,6 +239,128 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMI
         "pixel_f1_threshold": thr,
         "aupro": aupro_from_curve(c, inv_sizes, limit),
     }
+
+
+LEVELS = 1 << 16  # PixelHistogram: scores in [0, 1] quantised to uint16 levels
+
+
+class PixelHistogram:
+    """Pixel AUROC, AP, F1-max and AUPRO accumulated batch by batch in constant memory.
+
+    Why: keeping every map costs 256 KiB per test image at 256 px; these counts cost 1.5 MiB in all.
+    The detector's maps lie in [0, 1] (probabilities, (1 - cos) / 2, their harmonic mean, then bilinear
+    and Gaussian filters, which are convex combinations). A score x goes to level floor(x * 2^16) (1.0 to
+    the top level); values outside [0, 1] (float rounding) are clamped and counted in ``clamped``, NaN is
+    an error. Per level: the count of normal pixels, of defect pixels, and the sum of ``1 / region size``
+    over the defect pixels. A region (``components`` of one image's mask) is complete when its image
+    arrives, so that weight is known at once: the PRO at a threshold is the weight at or above it divided
+    by the number of regions, exactly as in the MVTec reference, without keeping any pixel.
+
+    Exactness: the results equal ``pixel_metrics`` on the quantised maps (level / 2^16) up to float
+    summation order (1e-12). A threshold is its level's lower edge, so ``map >= threshold`` on the float32
+    maps selects exactly the pixels counted at or above it. Against the float maps, quantising only turns
+    scores that share a level into ties: pixel AUROC moves by at most ``auroc_bound`` (half the fraction of
+    (defect, normal) pairs sharing a level), recorded with the metrics; the other metrics move as little in
+    practice (see tests/test_metrics.py). Image metrics are not affected (one exact float per image).
+    """
+
+    def __init__(self) -> None:
+        self.normal = np.zeros(LEVELS, np.int64)
+        self.defect = np.zeros(LEVELS, np.int64)
+        self.region_weight = np.zeros(LEVELS, np.float64)
+        self.n_regions = 0
+        self.clamped = 0
+
+    @staticmethod
+    def quantise(maps: np.ndarray) -> np.ndarray:
+        """uint16 levels floor(x * 2^16) of float scores clamped to [0, 1] (computed in float32, exact)."""
+        scaled = np.clip(np.asarray(maps, np.float32), 0.0, 1.0) * np.float32(LEVELS)
+        return np.minimum(scaled, LEVELS - 1).astype(np.uint16)
+
+    def add(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        """Count one batch of (B, H, W) maps against their (B, H, W) binary masks."""
+        maps, masks = _check_maps(maps, masks, "pixel metrics")
+        outside = maps.size - int(np.count_nonzero((maps >= 0) & (maps <= 1)))
+        if outside and np.isnan(maps).any():
+            raise DetectorError("pixel metrics: maps contain NaN; check the model output")
+        self.clamped += outside
+        levels = self.quantise(maps)
+        counts = np.bincount((levels + masks * np.int32(LEVELS)).ravel(), minlength=2 * LEVELS)
+        self.normal += counts[:LEVELS]
+        self.defect += counts[LEVELS:]
+        for lv, m in zip(levels, masks):
+            if m.any():
+                lab, sizes = components(m)
+                self.n_regions += sizes.size - 1
+                inv = 1.0 / sizes.astype(np.float64)
+                self.region_weight += np.bincount(lv[m], weights=inv[lab[m]], minlength=LEVELS)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, independent of the number of images and of defect pixels."""
+        return self.normal.nbytes + self.defect.nbytes + self.region_weight.nbytes
+
+    def metrics(self, limit: float = AUPRO_LIMIT) -> dict[str, float]:
+        """The keys of ``pixel_metrics``, from the counts (non-empty levels are the thresholds)."""
+        if not self.normal.any() and not self.defect.any():
+            raise DetectorError("pixel metrics: no pixels were added; the test split is empty")
+        keep = np.flatnonzero((self.normal + self.defect)[::-1])  # highest level first
+        tps = np.cumsum(self.defect[::-1])[keep]
+        fps = np.cumsum(self.normal[::-1])[keep]
+        c = Curve((LEVELS - 1 - keep) / LEVELS, tps, fps)
+        f1, thr = f1max_from_curve(c)
+        sums = np.cumsum(self.region_weight[::-1])[keep]
+        return {
+            "pixel_auroc": auroc_from_curve(c),
+            "pixel_ap": ap_from_curve(c),
+            "pixel_f1_max": f1,
+            "pixel_f1_threshold": thr,
+            "aupro": aupro_from_sums(fps, sums, self.n_regions, limit),
+        }
+
+    def record(self) -> dict[str, object]:
+        """How the pixel metrics were computed, for metrics.json."""
+        pos, neg = int(self.defect.sum()), int(self.normal.sum())
+        shared = float(np.dot(self.normal.astype(np.float64), self.defect.astype(np.float64)))
+        return {"method": "histogram", "levels": LEVELS, "clamped_pixels": self.clamped,
+                "auroc_bound": 0.5 * shared / (pos * neg) if pos and neg else float("nan")}
+
+
+class PixelMaps:
+    """The exact fallback (``--exact-metrics``): every map kept as float32 (memory grows with the images:
+    5 bytes per pixel with the mask), then ``pixel_metrics`` with one sort of all scores."""
+
+    def __init__(self, n_images: int) -> None:
+        self.n_images = n_images
+        self.filled = 0
+        self.maps: np.ndarray | None = None
+        self.masks: np.ndarray | None = None
+
+    def add(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        """Store one batch of (B, H, W) maps and masks (allocated for every image at the first batch)."""
+        maps, masks = _check_maps(maps, masks, "pixel metrics")
+        if self.maps is None:
+            self.maps = np.zeros((self.n_images, *maps.shape[1:]), np.float32)
+            self.masks = np.zeros((self.n_images, *maps.shape[1:]), bool)
+        end = self.filled + len(maps)
+        if end > self.n_images or maps.shape[1:] != self.maps.shape[1:]:
+            raise DetectorError(f"pixel metrics: batch {maps.shape} does not fit the {self.n_images} maps of "
+                                f"{self.maps.shape[1:]} announced")
+        self.maps[self.filled : end] = maps
+        self.masks[self.filled : end] = masks
+        self.filled = end
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.maps is None else self.maps.nbytes + self.masks.nbytes
+
+    def metrics(self, limit: float = AUPRO_LIMIT) -> dict[str, float]:
+        if self.maps is None:
+            raise DetectorError("pixel metrics: no pixels were added; the test split is empty")
+        return pixel_metrics(self.maps[: self.filled], self.masks[: self.filled], limit)
+
+    def record(self) -> dict[str, object]:
+        return {"method": "exact"}
 
 
 def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

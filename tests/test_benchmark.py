@@ -143,3 +143,12 @@ def test_one_real_tiny_cell(demo_root, tmp_path, tiny_clip_name):
     assert data["method"] == "promptad" and data["shots"] == 1 and data["meaningful"] is False
     assert (cell / "checkpoint" / "config.json").exists() and (cell / "checkpoint" / "threshold.json").exists()
     assert 0.0 <= data["metrics"]["image_auroc"] <= 1.0
+
+
+def test_cells_record_the_pixel_metric_method(demo_root, tmp_path):
+    for exact, method in ((False, "histogram"), (True, "exact")):
+        out = tmp_path / method
+        B.run_benchmark(_config(demo_root, out, shots=[1], seeds=[0], classes=["pill_box"], baseline=None,
+                                exact_metrics=exact), trainer=CountingTrainer(), log=lambda s: None)
+        data = json.loads((out / "cells/finegrainedad/pill_box/k1_s0/metrics.json").read_text())
+        assert data["pixel_metrics"]["method"] == method

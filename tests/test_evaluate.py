@@ -144,3 +144,61 @@ def test_checkpoint_info_reads_train_meta():
     assert info == {"shots": 1, "seed": 2, "method": "finegrainedad", "backbone": "fgad-tiny-test",
                     "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False}
     assert E.json_safe({"a": float("nan"), "b": np.float32(0.5)}) == {"a": None, "b": 0.5}
+
+
+class NoisyOracle(OracleModel):
+    """The oracle's map, blurred into noise: pixel metrics strictly between chance and perfect."""
+
+    def predict(self, images, resolution=256, branch="fused", batch_size=8):
+        pred = super().predict(images, resolution, branch, batch_size)
+        rng = np.random.default_rng(len(self.seen))
+        maps = np.stack([cv2.GaussianBlur(0.1 * m + 0.9 * rng.random(m.shape, dtype=np.float32), (0, 0), 1)
+                         for m in pred.maps])
+        return Prediction(pred.scores, maps.astype(np.float32))
+
+
+def test_streaming_metrics_by_default_exact_on_request(tmp_path, samples):
+    runs = {}
+    for exact in (False, True):
+        res = E.evaluate_model(NoisyOracle(samples), samples, tmp_path / str(exact), class_name="pill_box",
+                               resolution=64, batch_size=5, exact_metrics=exact)
+        runs[exact] = (res.metrics, json.loads(res.metrics_path.read_text()))
+    (hist, hist_json), (exact, exact_json) = runs[False], runs[True]
+    assert hist_json["pixel_metrics"]["method"] == "histogram" and exact_json["pixel_metrics"] == {"method": "exact"}
+    assert 0.6 < exact["pixel_auroc"] < 0.999
+    bound = hist_json["pixel_metrics"]["auroc_bound"]
+    assert abs(hist["pixel_auroc"] - exact["pixel_auroc"]) <= bound < 1e-3
+    for k in ("pixel_ap", "pixel_f1_max", "aupro"):
+        assert hist[k] == pytest.approx(exact[k], abs=1e-3), k
+    for k in ("image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"):
+        assert hist[k] == exact[k]  # image metrics stay exact
+    assert "histogram" in (tmp_path / "False" / "report.html").read_text()
+    # figures and per-image map maxima do not depend on the pixel accumulator
+    assert (tmp_path / "False" / "scores.csv").read_text() == (tmp_path / "True" / "scores.csv").read_text()
+    for p in sorted((tmp_path / "True" / "overlays").glob("*.png")):
+        assert p.read_bytes() == (tmp_path / "False" / "overlays" / p.name).read_bytes()
+
+
+def test_collect_memory_is_flat_in_the_number_of_images(samples):
+    import tracemalloc
+
+    class Forgetful(OracleModel):  # the oracle without its record of the images seen
+        def predict(self, images, resolution=256, branch="fused", batch_size=8):
+            pred = super().predict(images, resolution, branch, batch_size)
+            self.seen.clear()
+            return pred
+
+    def peak(n_copies, exact):
+        model = Forgetful(samples)
+        tracemalloc.start()
+        col = E.collect(model, list(samples) * n_copies, resolution=128, batch_size=4, exact=exact, keep=[0, 6])
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert sorted(col.kept) == [0, 6]
+        return used
+
+    per_image = 128 * 128 * 5  # float32 map + bool mask
+    grow_stream = peak(5, False) - peak(1, False)
+    grow_exact = peak(5, True) - peak(1, True)
+    assert grow_exact > 40 * per_image  # 48 more images kept (the test sees the growth)
+    assert grow_stream < 4 * per_image  # only per-image floats grow

@@ -187,3 +187,124 @@ def test_packed_float32_sort_matches_argsort_with_negatives_zeros_and_ties():
         assert metrics.auroc(s, labels) == pytest.approx(roc_auc_score(labels, s.astype(np.float64)), abs=1e-12)
         assert metrics.average_precision(s, labels) == pytest.approx(
             average_precision_score(labels, s.astype(np.float64)), abs=1e-12)
+
+
+# ---- streaming pixel metrics (PixelHistogram) -------------------------------------------------------
+
+
+def _smooth_case(seed: int, n: int = 10, size: int = 48):
+    """Detector-like maps in [0, 1]: blurred noise, raised on blob defects (several regions, some normal images)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), bool)
+    for i in range(n // 2):
+        for _ in range(rng.integers(1, 4)):
+            c = tuple(int(v) for v in rng.integers(4, size - 4, 2))
+            cv2.circle(masks[i].view(np.uint8), c, int(rng.integers(1, 6)), 1, -1)
+    maps = rng.random((n, size, size), dtype=np.float32)
+    for i in range(n):
+        maps[i] = cv2.GaussianBlur(maps[i], (0, 0), 2)
+    maps = np.clip(maps + masks * np.float32(rng.uniform(0.02, 0.2)), 0, 1)
+    return maps, masks
+
+
+def _held_bytes(acc) -> int:
+    """Bytes of every array the accumulator holds (lists of arrays included), whatever it reports."""
+    total = 0
+    for v in vars(acc).values():
+        for a in v if isinstance(v, list | tuple) else [v]:
+            total += a.nbytes if isinstance(a, np.ndarray) else 0
+    return total
+
+
+def _accumulate(maps, masks, splits):
+    acc = metrics.PixelHistogram()
+    for a, b in zip([0, *splits], [*splits, len(maps)]):
+        acc.add(maps[a:b], masks[a:b])
+    return acc
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_histogram_equals_exact_metrics_on_the_quantised_maps(seed):
+    maps, masks = _smooth_case(seed)
+    got = _accumulate(maps, masks, [3, 4, 8]).metrics()
+    quantised = metrics.PixelHistogram.quantise(maps).astype(np.float32) / np.float32(metrics.LEVELS)
+    ref = metrics.pixel_metrics(quantised, masks)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-12), k
+    assert got["aupro"] == pytest.approx(_slow_aupro(quantised, masks), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_histogram_is_close_to_the_float_maps(seed):
+    # documented tolerance: pixel AUROC within the recorded bound; AP, F1-max, AUPRO within 1e-3
+    maps, masks = _smooth_case(seed)
+    acc = _accumulate(maps, masks, [5])
+    got, exact, rec = acc.metrics(), metrics.pixel_metrics(maps, masks), acc.record()
+    assert rec["method"] == "histogram" and rec["levels"] == 65536 and rec["clamped_pixels"] == 0
+    assert 0 <= rec["auroc_bound"] < 1e-3
+    assert abs(got["pixel_auroc"] - exact["pixel_auroc"]) <= rec["auroc_bound"] + 1e-15
+    for k in ("pixel_ap", "pixel_f1_max", "aupro"):
+        assert got[k] == pytest.approx(exact[k], abs=1e-3), k
+    # the threshold is a level's lower edge: on the float maps it selects exactly the pixels counted
+    pred = maps >= got["pixel_f1_threshold"]
+    p, r = (pred & masks).sum() / pred.sum(), (pred & masks).sum() / masks.sum()
+    assert 2 * p * r / (p + r) == pytest.approx(got["pixel_f1_max"], abs=1e-12)
+
+
+def test_histogram_batches_in_any_split_give_identical_results():
+    maps, masks = _smooth_case(5, n=9)
+    whole = _accumulate(maps, masks, []).metrics()
+    for splits in ([1, 2, 3, 4, 5, 6, 7, 8], [4], [2, 7], [8]):
+        assert _accumulate(maps, masks, splits).metrics() == whole  # bit-identical
+    order = np.random.default_rng(0).permutation(len(maps))
+    shuffled = _accumulate(maps[order], masks[order], [3]).metrics()
+    for k in whole:
+        assert shuffled[k] == pytest.approx(whole[k], abs=1e-12)
+
+
+def test_histogram_memory_does_not_grow_with_images():
+    maps, masks = _smooth_case(1, n=8)
+    acc = metrics.PixelHistogram()
+    acc.add(maps[:1], masks[:1])
+    start = _held_bytes(acc)
+    assert start == acc.nbytes
+    for _ in range(20):  # normal images
+        acc.add(maps[6:], masks[6:])
+    assert _held_bytes(acc) == start
+    for _ in range(5):  # defect images: the region weights are per level, not per pixel
+        acc.add(maps[:4], masks[:4])
+    assert _held_bytes(acc) == start == acc.nbytes
+    exact = metrics.PixelMaps(40)
+    exact.add(maps, masks)
+    assert exact.nbytes == 40 * maps[0].size * 5  # the fallback: float32 map + bool mask per image
+
+
+def test_histogram_clamps_counts_and_rejects_nan():
+    maps = np.array([[[-0.25, 0.0, 0.5, 1.0, 1.5, 0.75]]], np.float32)
+    masks = np.array([[[0, 0, 1, 1, 1, 0]]], bool)
+    acc = metrics.PixelHistogram()
+    acc.add(maps, masks)
+    assert acc.record()["clamped_pixels"] == 2
+    np.testing.assert_array_equal(metrics.PixelHistogram.quantise(maps), [[[0, 0, 32768, 65535, 65535, 49152]]])
+    assert acc.metrics()["pixel_auroc"] == pytest.approx(
+        roc_auc_score(masks.ravel(), np.clip(maps, 0, 1).ravel()), abs=1e-12)
+    with pytest.raises(DetectorError, match="NaN"):
+        acc.add(np.full((1, 2, 2), np.nan, np.float32), np.zeros((1, 2, 2), bool))
+    with pytest.raises(DetectorError, match="no pixels"):
+        metrics.PixelHistogram().metrics()
+    with pytest.raises(DetectorError, match="resize the masks"):
+        acc.add(np.zeros((1, 4, 4)), np.zeros((1, 4, 5), bool))
+
+
+def test_exact_fallback_equals_pixel_metrics():
+    maps, masks = _smooth_case(2, n=7)
+    exact = metrics.PixelMaps(7)
+    exact.add(maps[:3], masks[:3])
+    exact.add(maps[3:], masks[3:])
+    assert exact.metrics() == metrics.pixel_metrics(maps, masks)
+    assert exact.record() == {"method": "exact"}
+    with pytest.raises(DetectorError, match="does not fit"):
+        exact.add(maps[:1], masks[:1])
