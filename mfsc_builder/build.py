@@ -31,7 +31,7 @@ from mfsc_builder.store import WorkStore, atomic_write_json, fingerprint
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when a stage's output changes meaning: old work folders are then refused
+PIPELINE_VERSION = 2  # bump when a stage's output changes meaning: old work folders are then refused
 BUILD_INFO_NAME = "build_info.json"
 STAGES = ("crop", "caption", "fill", "classes")
 SPLIT_ORDER = ("train", "test")
@@ -117,17 +117,17 @@ class BuildConfig:
                 data[k] = v
         return BuildConfig.from_mapping(data)
 
-    def crop_config(self, class_name: str | None = None) -> Any:
-        """The cropping thresholds; classes known to be textured surfaces get the textured fallback."""
-        from mfsc_builder.crop import TEXTURED_CLASSES, CropConfig
+    def crop_config(self, textured: bool = False) -> Any:
+        """The cropping thresholds; ``textured`` is the class's decision (``_textured_classes``), which an
+        explicit ``crop.textured`` setting overrides."""
+        from mfsc_builder.crop import CropConfig
 
         names = {f.name for f in fields(CropConfig)}
         bad = sorted(set(self.crop) - names)
         if bad:
             raise BuildError(f"unknown crop setting(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
         values = dict(self.crop)
-        if class_name in TEXTURED_CLASSES and "textured" not in values:
-            values["textured"] = True
+        values.setdefault("textured", textured)
         return CropConfig(**values)
 
     def validate(self) -> None:
@@ -215,6 +215,7 @@ class _Context:
     ref_ids: dict[str, list[Any]]  # class -> reference samples
     source_layout: str
     captioner: Any
+    textured: dict[str, bool]  # class -> whole image is the foreground (a surface)
 
 
 def _object_name(class_name: str) -> str:
@@ -283,6 +284,30 @@ def _load_sample(sample: Any) -> tuple[Any, Any]:
     return image, mask
 
 
+def _textured_classes(cfg: BuildConfig, refs: dict[str, list[Any]]) -> dict[str, bool]:
+    """Per class, once: is it a surface filling the frame? By its name or by the majority of its reference
+    normal images (``crop.class_is_textured``), so an unknown surface class is found and every image of a
+    class gets the same kind of record. Unreadable references do not vote (with on_error=skip)."""
+    from fsad_data import DataError, load_rgb
+    from mfsc_builder.crop import class_is_textured
+
+    config = cfg.crop_config()
+    out = {}
+    for cls, samples in sorted(refs.items()):
+        if "textured" in cfg.crop:
+            out[cls] = bool(cfg.crop["textured"])
+            continue
+        images = []
+        for s in samples:
+            try:
+                images.append(load_rgb(s.image_path))
+            except DataError:
+                if cfg.on_error == "raise":
+                    raise
+        out[cls] = class_is_textured(cls, images, config)
+    return out
+
+
 def _caption_request(sample: Any, image: Any, regions: Any) -> Any:
     from mfsc_builder.captioners import CaptionRequest
 
@@ -338,7 +363,7 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
                 if s.id in crops:
                     regions = ImageRegions.from_dict(crops[s.id])
                 else:
-                    regions = crop_regions(image, mask, cfg.crop_config(s.class_name))
+                    regions = crop_regions(image, mask, cfg.crop_config(ctx.textured[s.class_name]))
                     new_crops.append((s.id, regions.to_dict()))
             except (DataError, BuildError) as exc:
                 fail(s, exc)
@@ -597,7 +622,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
             trust_remote_code=cfg.trust_remote_code)
     manifest = _manifest(cfg, samples, captioner)
-    ctx = _Context(cfg, samples, refs, _source_layout(cfg, samples), captioner)
+    ctx = _Context(cfg, samples, refs, _source_layout(cfg, samples), captioner, _textured_classes(cfg, refs))
     ref_ids = {s.id for rs in refs.values() for s in rs}
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
@@ -639,6 +664,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             "config": manifest["config"],
             "images": {k: len(v) for k, v in image_recs.items()},
             "classes": sorted(classes),
+            "textured_classes": sorted(c for c, t in ctx.textured.items() if t),
             "skipped": [list(x) for x in skipped],
         }
         atomic_write_json(out / BUILD_INFO_NAME, info)

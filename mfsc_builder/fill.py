@@ -8,7 +8,8 @@ handcrafted abnormal variants D~ built by replacement:
   - a location word is swapped for its opposite ("top left" -> "bottom right", "center" -> "top left");
   - an attribute the class does not have is put in (a colour, texture or shape seen on no reference).
 Every abnormal text differs from the normal texts of its entry, no text is empty, and every text fits CLIP's
-77-token context with room for the learned tokens (`MAX_TOKENS` including start and end tokens).
+77-token context with room for the learned tokens (`MAX_TOKENS` including start and end tokens). Articles and
+the comma after an inserted state follow `english` ("a pill box with a crack, made of ...", "contamination").
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from mfsc_builder.captioners.base import CaptionResult
 from mfsc_builder.crop import ImageRegions
+from mfsc_builder.english import a, bare, state_phrase
 from mfsc_builder.errors import BuildError
 from mfsc_builder.records import (
     ClassRecord,
@@ -147,7 +149,7 @@ def class_record(class_name: str, object_name: str, references: list[ImageRecord
                            _mode(r.image_view.background for r in references))
     relation = _mode(r.foreground_view.relation for r in (fitting or references))
     fg = ForegroundView(sum(c.count for c in components), relation)
-    states = [s for s in dict.fromkeys(_readable(s) for s in defect_states) if s]
+    states = [s for s in dict.fromkeys(bare(_readable(s)) for s in defect_states) if s]
     texts = detector_texts(object_name, image_view, fg, components, base.caption, states)
     return ClassRecord(
         class_name=class_name, object_name=object_name, source_layout=source_layout,
@@ -236,12 +238,22 @@ _LOC_RE = re.compile(r"\b(" + "|".join(sorted(OPPOSITE_LOCATION, key=len, revers
 _REL_RE = re.compile(r"\b(" + "|".join(sorted(OPPOSITE_RELATION, key=len, reverse=True)) + r")\b")
 
 
+# words that start a modifier of the noun before them: a comma keeps the state attached to the noun
+# ("a pill box with a crack, made of ...", "a round part with a hole, at the top left")
+_MODIFIER_START = re.compile(r"\s+(made|seen|shown|placed|set|lying|filling|at|on|in|inside|near|under|over|"
+                             r"against|with|of|from|along|between|\w{3,}ing|\w{3,}ed)\b", re.IGNORECASE)
+
+
 def with_state(text: str, noun: str, state: str) -> str:
-    """The first whole-word `noun` in `text` becomes "<noun> with <state>" (prefixed when absent)."""
+    """The first whole-word `noun` in `text` becomes "<noun> with <a state>" (prefixed when absent)."""
+    phrase = state_phrase(state)
     pat = re.compile(r"\b" + re.escape(noun) + r"\b", re.IGNORECASE) if noun else None
-    if pat is not None and pat.search(text):
-        return pat.sub(lambda m: f"{m.group(0)} with {state}", text, count=1)
-    return f"{noun or 'object'} with {state}, {text}"
+    m = pat.search(text) if pat is not None else None
+    if m is None:
+        return f"{a(noun or 'object')} with {phrase}: {text}"
+    rest = text[m.end():]
+    comma = "," if _MODIFIER_START.match(rest) else ""
+    return f"{text[:m.end()]} with {phrase}{comma}{rest}"
 
 
 def swap_locations(text: str) -> str:
@@ -301,10 +313,11 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
             out.append(entry)
 
     # image level: the caption and a plain photo sentence
-    cap = fit_tokens(caption or f"a photo of a {obj}")
-    normal = [cap, f"a photo of a flawless {obj}"]
+    cap = fit_tokens(caption or f"a photo of {a(obj)}")
+    normal = [cap, f"a photo of {a('flawless ' + obj)}"]
     noun = f"{obj} surface" if re.search(rf"\b{re.escape(obj)} surface\b", cap) else obj
-    abnormal = [with_state(cap, noun, s) for s in states] + [f"a photo of a {obj} with {s}" for s in states]
+    abnormal = [with_state(cap, noun, s) for s in states] + [f"a photo of {a(obj)} with {state_phrase(s)}"
+                                                             for s in states]
     if swap_locations(cap) != cap:
         abnormal.append(swap_locations(cap))
     if new_colour and colours:
@@ -316,20 +329,20 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
 
     # background
     if bg and bg != "none":
-        bnorm = f"a {bg} background"
-        babn = [f"a {bg} background with {s}" for s in states]
+        bnorm = f"{a(bg)} background"
+        babn = [f"{bnorm} with {state_phrase(s)}" for s in states]
         other = _unseen(COLOURS, [*bg_words, *colours])
         bcol = next((w for w in bg_words if w in COLOURS), None)
         if other and bcol:
             babn.append(replace_word(bnorm, bcol, other))
     else:
         bnorm = f"no background, the {obj} fills the whole image"
-        babn = [f"no background, the {obj} with {s} fills the whole image" for s in states]
+        babn = [f"no background, the {obj} with {state_phrase(s)} fills the whole image" for s in states]
     add(_entry("background", "background", [bnorm], babn))
 
     # one entry per component
     for c in components:
-        sent = fit_tokens(c.sentence or f"a {c.colour} {c.name}".strip())
+        sent = fit_tokens(c.sentence or a(f"{c.colour} {c.name}".strip()))
         abn = [with_state(sent, c.name.split()[-1] if c.name not in sent else c.name, s) for s in states]
         if swap_locations(sent) != sent:
             abn.append(swap_locations(sent))
@@ -348,18 +361,18 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
         rabn += [with_state(rel, components[0].name if components else obj, s) for s in states[:3]]
         add(_entry("relation", "relation", [rel], rabn))
     if colours:
-        cn = f"a {obj} in {_join(colours)}"
-        cabn = [f"a {obj} in {_join([*colours, c])}" for c in COLOURS if c not in colours
+        cn = f"{a(obj)} in {_join(colours)}"
+        cabn = [f"{a(obj)} in {_join([*colours, c])}" for c in COLOURS if c not in colours
                 and not set(c.split()) & set(" ".join(colours).split())][:3]
         add(_entry("colour", "colour", [cn], cabn))
     if textures:
-        tn = f"a {obj} with {_join(textures)} surfaces"
-        tabn = [f"a {obj} with {t} surfaces" for t in TEXTURES if t not in textures]
-        tabn += [f"a {obj} with {_join(textures)} surfaces and {s}" for s in states[:2]]
+        tn = f"{a(obj)} with {_join(textures)} surfaces"
+        tabn = [f"{a(obj)} with {t} surfaces" for t in TEXTURES if t not in textures]
+        tabn += [f"{tn} and {state_phrase(s)}" for s in states[:2]]
         add(_entry("texture", "texture", [tn], tabn))
     if shapes:
-        sn = f"a {obj} with {_join(shapes)} parts"
-        sabn = [f"a {obj} with {_join([*shapes, s])} parts" for s in SHAPES if s not in shapes]
-        sabn += [f"a {obj} with {_join(shapes)} parts and a {s}" for s in states[:2]]
+        sn = f"{a(obj)} with {_join(shapes)} parts"
+        sabn = [f"{a(obj)} with {_join([*shapes, s])} parts" for s in SHAPES if s not in shapes]
+        sabn += [f"{sn} and {state_phrase(s)}" for s in states[:2]]
         add(_entry("shape", "shape", [sn], sabn))
     return out

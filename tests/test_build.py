@@ -196,7 +196,8 @@ def test_config_file_and_overrides(tmp_path, demo_root):
     assert (cfg.shots, cfg.batch_size, cfg.crop) == (2, 8, {"grabcut": True})
     cfg2 = cfg.override(shots=4, seed=None)
     assert (cfg2.shots, cfg2.seed) == (4, 0)
-    assert cfg2.crop_config("carpet").textured and cfg2.crop_config("hex_nut").grabcut
+    assert cfg2.crop_config(textured=True).textured and cfg2.crop_config().grabcut
+    assert not cfg2.override(crop={"textured": False}).crop_config(textured=True).textured  # explicit wins
     (tmp_path / "bad.yaml").write_text("shot: 2\n")
     with pytest.raises(BuildError, match="bad.yaml: unknown key.*shot"):
         BuildConfig.from_file(tmp_path / "bad.yaml")
@@ -264,12 +265,66 @@ def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, 
     cap = make_captioner(f"hf:{tiny_vlm}", device="cpu", dtype="float32", batch_size=2)
     cap.max_new_tokens = 8
     out = tmp_path / "hf"
-    cfg = BuildConfig(source=str(src), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32")
+    cfg = BuildConfig(source=str(src), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32",
+                      defect_vocab="model")
     s = run_build(cfg, captioner=cap)
     assert s.images == {"train": 3, "test": 2}
     t = _tables(out)
     provs = [r["provenance"] for r in t["images/train"] + t["images/test"]]
     assert {p["backend"] for p in provs} == {"hf"} and {p["status"] for p in provs} == {"fallback"}
     assert t["classes"][0]["provenance"]["backend"] == "hf"
+    # the random model proposes no defect list either: the record says which vocabulary was really used
+    assert (t["classes"][0]["defect_vocab"], t["classes"][0]["defect_states"][0]) == ("generic", "crack")
     info = json.loads((out / "build_info.json").read_text())
     assert info["captioner"]["name"] == "hf" and info["captioner"]["prompt_version"]
+
+
+def test_an_unknown_surface_class_is_found_by_its_reference_images(demo_root, tmp_path):
+    """`cloth` (the synthetic fabric under a name no list knows) is a surface by the majority of its
+    references, so every image gets the whole-image foreground; on its own, train/good/005 would get a
+    tiny "object" (its border looks plain)."""
+    import shutil
+
+    from fsad_data import load_rgb
+    from mfsc_builder.crop import CropConfig, foreground_mask
+
+    src = tmp_path / "src" / "cloth"
+    for rel in ("train/good/000.png", "train/good/005.png", "train/good/006.png", "test/hole/000.png",
+                "ground_truth/hole/000_mask.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_root / "fabric" / rel, src / rel)
+    assert not foreground_mask(load_rgb(src / "train/good/005.png"), CropConfig())[1]
+    out = tmp_path / "b"
+    run_build(BuildConfig(source=str(src.parent), out=str(out), shots=3))
+    t = _tables(out)
+    for row in t["images/train"] + t["images/test"]:
+        fg = next(r for r in row["regions"] if r["kind"] == "foreground")
+        assert fg["area"] == 1.0 and not any(r["kind"] == "background" for r in row["regions"]), row["id"]
+    rec = t["classes"][0]
+    assert rec["image_view"]["background"] == "none" and [c["name"] for c in rec["components"]] == ["cloth surface"]
+    assert json.loads((out / "build_info.json").read_text())["textured_classes"] == ["cloth"]
+
+
+def test_model_defect_vocabulary_with_the_openai_backend(demo_root, tmp_path, monkeypatch):
+    """The openai: backend proposes the states (articles and case cleaned); an answer that is no list
+    falls back to the generic states and the record says "generic"."""
+    from fake_openai_server import FakeOpenAIServer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("MFSC_API_KEY", raising=False)
+    src = _mini(demo_root, tmp_path / "src")
+
+    def scripts(answer):
+        return lambda key, text: [("content", answer)] if "kinds of defects" in text else [("ok",)]
+
+    with FakeOpenAIServer(scripts('["a Scratch", "missing_part", "dents"]')) as srv:
+        run_build(_cfg(src, tmp_path / "m", captioner="openai:fake-vlm", api_base=srv.url, defect_vocab="model"))
+    rec = _tables(tmp_path / "m")["classes"][0]
+    assert (rec["defect_vocab"], rec["defect_states"]) == ("model", ["scratch", "missing part", "dents"])
+    image = next(t for t in rec["texts"] if t["level"] == "image")
+    assert "a photo of a pill box with a missing part" in image["abnormal"]
+    assert "a photo of a pill box with dents" in image["abnormal"]
+    with FakeOpenAIServer(scripts("I cannot tell.")) as srv:
+        run_build(_cfg(src, tmp_path / "g", captioner="openai:fake-vlm", api_base=srv.url, defect_vocab="model"))
+    rec = _tables(tmp_path / "g")["classes"][0]
+    assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]

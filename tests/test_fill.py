@@ -91,7 +91,7 @@ def test_class_record_merges_references_and_texts_follow_contract():
     groups = [t.group for t in cr.texts if t.level == "component"]
     assert groups == [c.name for c in cr.components]
     img = next(t for t in cr.texts if t.level == "image")
-    assert any("toy with color spot" in a for a in img.abnormal)
+    assert any("toy with a color spot" in a for a in img.abnormal)
     body = next(t for t in cr.texts if t.group == "toy body")
     assert "a smooth blue rectangular toy body at the center" in body.normal
     assert "a smooth blue rectangular toy body at the top left" in body.abnormal   # location swap
@@ -113,8 +113,13 @@ def test_majority_merge_drops_rare_components():
 
 
 def test_replacements():
-    assert with_state("a red cap on a bottle", "bottle", "crack") == "a red cap on a bottle with crack"
-    assert with_state("a red cap", "bottle", "crack") == "bottle with crack, a red cap"
+    assert with_state("a red cap on a bottle", "bottle", "crack") == "a red cap on a bottle with a crack"
+    assert with_state("a red cap", "bottle", "crack") == "a bottle with a crack: a red cap"
+    # a modifier after the noun is set off by a comma; a verb or a clause end is not
+    assert with_state("a bottle made of glass", "bottle", "contamination") == \
+        "a bottle with contamination, made of glass"
+    assert with_state("a round part at the top", "part", "a hole") == "a round part with a hole, at the top"
+    assert with_state("a bottle stands; a cap", "bottle", "dent") == "a bottle with a dent stands; a cap"
     assert swap_locations("a cap at the top left and a ring at the center") == \
         "a cap at the bottom right and a ring at the top left"
     long = "a bottle, " + ", ".join(f"part number {i} in red" for i in range(40))
@@ -177,3 +182,76 @@ def test_text_contract_holds_for_any_fields():
         _check_texts(texts, len(comps))
 
     check()
+
+
+def test_english_articles_for_states_and_nouns():
+    from mfsc_builder.english import a, bare, state_phrase
+
+    assert [state_phrase(s) for s in ("crack", "scratch", "missing part", "indentation", "contamination",
+                                      "metal contamination", "scratches", "squeezed teeth", "an oil spot")] == \
+        ["a crack", "a scratch", "a missing part", "an indentation", "contamination", "metal contamination",
+         "scratches", "squeezed teeth", "an oil spot"]
+    # data set folder names that are adjectives get a head noun
+    assert [state_phrase(s) for s in ("bent", "misplaced", "broken large", "color")] == \
+        ["a bent part", "a misplaced part", "a broken large part", "a color defect"]
+    assert [a(n) for n in ("hex nut", "eraser", "audio jack", "USB plug", "U block", "fabric", "capsules",
+                           "flawless fabric", "chewing gum")] == \
+        ["a hex nut", "an eraser", "an audio jack", "a USB plug", "a U block", "fabric", "capsules",
+         "flawless fabric", "chewing gum"]
+    assert bare("A scratch") == "scratch" and bare("the dent") == "dent" and bare("another") == "another"
+
+
+def _synthetic_class(demo_root, cls, states):
+    """The class record of a synthetic class from its first normal image, as the build makes it."""
+    from fsad_data import load_rgb, read_dataset, select_shots
+    from mfsc_builder.crop import CropConfig, class_is_textured
+
+    samples = read_dataset(demo_root, classes=[cls])
+    ref = select_shots(samples, cls, 1, 0)[0]
+    img = load_rgb(ref.image_path)
+    regs = crop_regions(img, None, CropConfig(textured=class_is_textured(cls, [img])))
+    obj = cls.replace("_", " ")
+    res = make_captioner("attributes").caption([CaptionRequest(ref.id, obj, img, regs)])[0]
+    rec = image_record(ref, regs, res, object_name=obj, is_reference=True)
+    return class_record(cls, obj, [rec], defect_states=states, defect_vocab="generic", source_layout="mvtec",
+                        reference_selection="k=1 seed=0")
+
+
+def test_every_abnormal_family_reads_as_english_on_the_synthetic_set(demo_root):
+    """Noun replacement, location swap and absent attributes on the synthetic records: articles where
+    English needs them, a comma before the modifier that follows the inserted state, <= 71 tokens."""
+    import re
+
+    states = ["contamination", "crack", "missing part", "hole"]
+    pill = {(t.level, t.group): t for t in _synthetic_class(demo_root, "pill_box", states).texts}
+    image = pill["image", "image"]
+    assert image.normal[0].startswith("a pill box made of a smooth blue rectangular pill box body")
+    assert image.abnormal[0].startswith("a pill box with contamination, made of a smooth blue")
+    assert image.abnormal[1].startswith("a pill box with a crack, made of")
+    assert "a photo of a pill box with a missing part" in image.abnormal
+    assert any("smooth purple rectangular pill box body" in x for x in image.abnormal)        # absent colour
+    red = pill["component", "red round part"]
+    assert red.normal == ["a smooth red round part at the top left"]
+    assert "a smooth red round part with a hole, at the top left" in red.abnormal
+    assert "a smooth red round part at the bottom right" in red.abnormal                    # location swap
+    assert "a plain white background with a crack" in pill["background", "background"].abnormal
+    assert "a pill box with smooth surfaces and contamination" in pill["texture", "texture"].abnormal
+    assert "a pill box with rectangular and circular parts and a crack" in pill["shape", "shape"].abnormal
+    assert "the red round part is inside the pill box body with a crack; the yellow round part is inside " \
+           "the pill box body; the green round part is inside the pill box body" in pill["relation", "relation"].abnormal
+
+    fabric = {(t.level, t.group): t for t in _synthetic_class(demo_root, "fabric", states).texts}
+    assert "a photo of flawless fabric" in fabric["image", "image"].normal                     # a mass noun
+    assert "a photo of fabric with a hole" in fabric["image", "image"].abnormal
+    assert fabric["image", "image"].abnormal[1].startswith("a fabric surface with a crack: a striped beige")
+    assert "no background, the fabric with contamination fills the whole image" in \
+        fabric["background", "background"].abnormal
+    assert fabric["colour", "colour"].normal == ["fabric in beige"]
+
+    bare_state = re.compile(r"\bwith (crack|missing part|hole)\b|\band (crack|missing part|hole)\b|"
+                            r"\ba contamination\b|\ba [aeiou]")
+    for entries in (pill, fabric):
+        for t in entries.values():
+            for x in t.normal + t.abnormal:
+                assert not bare_state.search(x), x
+                assert token_length(x) <= MAX_TOKENS == 71

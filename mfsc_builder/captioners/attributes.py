@@ -25,6 +25,7 @@ import numpy as np
 
 from mfsc_builder.captioners.base import CaptionRequest, CaptionResult, LevelFields
 from mfsc_builder.crop import ImageRegions, Region, to_lab
+from mfsc_builder.english import a, indefinite
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
 ATTRIBUTES_VERSION = "attributes-v1"
@@ -261,7 +262,7 @@ class AttributeCaptioner:
             if not (name_words & set(SHAPE_NOUNS[first.shape].split())) or first.shape == "irregular":
                 adjs.append(first.shape)
             phrase = " ".join([*adjs, noun])
-            article = number_word(n) if n > 1 else ("an" if phrase[:1] in "aeiou" else "a")
+            article = number_word(n) if n > 1 else indefinite(phrase)
             where = "filling the image" if regs.textured else f"at the {location}"
             sentence = f"{article} {phrase} {where}"
             if direction not in ("none", "mixed") and not regs.textured:
@@ -274,7 +275,7 @@ class AttributeCaptioner:
         if regs.textured:
             caption = f"a {obj} surface: {listing}, filling the whole image"
         else:
-            caption = f"a {obj} made of {listing}, on a {background} background"
+            caption = f"{a(obj)} made of {listing}, on {a(background)} background"
         defect = self._defect(req) if req.is_anomalous else None
         return LevelFields(ImageView(obj, background), fg, components, caption, defect, region_names)
 
@@ -306,7 +307,7 @@ class AttributeCaptioner:
         kind = (req.defect_type or "defect").replace("_", " ")
         defects = req.regions.defects
         if not defects:
-            return DefectView(kind, "", "", "", f"a {kind} defect")
+            return DefectView(kind, "", "", "", f"{indefinite(kind)} {kind} defect")
         union = np.any([d.mask for d in defects], axis=0)
         whole = Region.from_mask("defect", "defect", union)
         fg_area = max(req.regions.foreground.area, 1e-9)

@@ -19,6 +19,7 @@ import numpy as np
 
 from mfsc_builder.captioners.base import CaptionRequest, CaptionResult, LevelFields
 from mfsc_builder.crop import LOCATION_WORDS, ORIENTATIONS
+from mfsc_builder.english import bare
 from mfsc_builder.errors import BuildError
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
@@ -276,6 +277,6 @@ def parse_defect_list(answer: str | None) -> list[str] | None:
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         return None
-    out = [" ".join(s.lower().replace("_", " ").split()) for s in data if isinstance(s, str)]
+    out = [bare(s.lower().replace("_", " ")) for s in data if isinstance(s, str)]
     out = [s for s in dict.fromkeys(out) if s and len(s) <= 40]
     return out[:8] or None
