@@ -64,6 +64,10 @@ class CardInfo:
     reference_selection: str
     status_counts: dict[str, int] = field(default_factory=dict)
     schema_version: int = 1
+    class_states: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # class -> (vocab, states)
+    textured_classes: list[str] | None = None  # None: not recorded by the build
+    skipped: list[str] = field(default_factory=list)  # images the build could not read
+    requested_vocab: str = ""  # --defect-vocab as given (a class record says what was really used)
 
     @property
     def n_images(self) -> int:
@@ -120,7 +124,8 @@ def card_info(build_dir: Path, repo_id: str, license: str | None = None) -> Card
     """Read what the card says from the build itself (records carry their provenance)."""
     images, classes, info = _load_build(build_dir)
     rows = classes.select_columns(
-        ["class_name", "source_layout", "defect_vocab", "reference_selection", "provenance"]).to_list()
+        ["class_name", "source_layout", "defect_vocab", "defect_states", "reference_selection", "provenance"]
+    ).to_list()
     layout = _one([r["source_layout"] for r in rows], info.get("source_layout", "folder"))
     lic, extra, text = license_for(layout, bool(info.get("synthetic")), license)
     statuses: Counter[str] = Counter()
@@ -144,6 +149,10 @@ def card_info(build_dir: Path, repo_id: str, license: str | None = None) -> Card
         reference_selection=_one([r["reference_selection"] for r in rows], "unknown"),
         status_counts=dict(sorted(statuses.items())),
         schema_version=int(info.get("schema_version", 1)),
+        class_states={r["class_name"]: (r["defect_vocab"], list(r["defect_states"])) for r in rows},
+        textured_classes=info.get("textured_classes"),
+        skipped=[str(x[0]) for x in info.get("skipped", [])],
+        requested_vocab=str(info.get("config", {}).get("defect_vocab", "")),
     )
 
 
@@ -161,6 +170,63 @@ LEAK_WARNING = (
     "> a detector trained on them are not few-shot results without auxiliary knowledge. Use the `generic`\n"
     "> vocabulary for clean comparisons.\n\n"
 )
+
+
+VOCAB_TEXT = {
+    "generic": "`generic`: one fixed list for every class, chosen without looking at any test image",
+    "model": "`model`: proposed by the captioning model from a normal reference image of the class",
+    "dataset": "`dataset`: the names of the class's test defect folders (see the warning below)",
+    "file": "`file:<name>`: a list given by whoever ran the build",
+}
+ATTRIBUTES_TEXT = (
+    "Backend `attributes`, the offline attribute captioner: no model and no prompt (rules version\n"
+    "   `{revision}`). It measures the stage-1 regions with OpenCV: colour (the nearest of 18 named colours\n"
+    "   in CIE Lab), texture (smooth, striped, granular, textured), shape, count, 3x3 location and\n"
+    "   orientation. Records by `provenance.status`: {status}."
+)
+MODEL_TEXT = (
+    "Backend `{backend}`, model `{model}`, revision `{revision}`, prompt version\n"
+    "   `{prompt}`. Model answers are validated against the MFSC level schema; an invalid answer is\n"
+    "   retried with the validation error and then replaced by the offline attribute captioner's fields.\n"
+    "   Per record `provenance.status` says which happened ({status})."
+)
+
+
+def _captioning_text(info: CardInfo, status: str) -> str:
+    if info.backend == "attributes":
+        return ATTRIBUTES_TEXT.format(revision=info.revision, status=status)
+    return MODEL_TEXT.format(backend=info.backend, model=info.model, revision=info.revision,
+                             prompt=info.prompt_version, status=status)
+
+
+def _states_text(info: CardInfo) -> str:
+    """Which vocabularies were used (each explained) and every class's states."""
+    used = sorted({v.split(":")[0] for v, _ in info.class_states.values()} or {info.defect_vocab})
+    lines = [f"- {VOCAB_TEXT.get(v, f'`{v}`')}" for v in used]
+    for c, (v, states) in sorted(info.class_states.items()):
+        why = ("; the captioning model proposed no usable list"
+               if info.requested_vocab == "model" and v != "model" else "")
+        lines.append(f"- `{c}` ({v}{why}): {', '.join(states) or 'none'}")
+    return "\n".join(lines)
+
+
+def _textured_text(info: CardInfo) -> str:
+    from mfsc_builder.crop import TEXTURED_CLASSES
+
+    rule = (f"a class is a surface when its name is a known surface class ({', '.join(sorted(TEXTURED_CLASSES))}) "
+            "or when most of its reference normal images show no background that can be separated")
+    if info.textured_classes is None:
+        return f"Foreground masks come from colour statistics; {rule}."
+    names = ", ".join(f"`{c}`" for c in info.textured_classes) or "none"
+    return (f"Foreground masks come from colour statistics; {rule}. Classes treated as surfaces (the whole "
+            f"image is the foreground, no background is described): {names}.")
+
+
+def _skipped_text(info: CardInfo) -> str:
+    if not info.skipped:
+        return "none"
+    shown = ", ".join(f"`{s}`" for s in info.skipped[:10])
+    return f"{len(info.skipped)} ({shown}{', ...' if len(info.skipped) > 10 else ''}); they have no rows"
 
 
 def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
@@ -186,13 +252,12 @@ def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
         "repo_id": info.repo_id,
         "class_list": ", ".join(f"`{c}`" for c in info.classes) or "none",
         "schema_version": info.schema_version,
-        "backend": info.backend,
-        "model": info.model,
-        "revision": info.revision,
-        "prompt_version": info.prompt_version,
-        "status_counts": ", ".join(f"{k}: {v}" for k, v in info.status_counts.items()) or "none",
+        "captioning": _captioning_text(
+            info, ", ".join(f"{k}: {v}" for k, v in info.status_counts.items()) or "none"),
         "reference_selection": info.reference_selection,
-        "defect_vocab": info.defect_vocab,
+        "defect_states": _states_text(info),
+        "textured": _textured_text(info),
+        "skipped": _skipped_text(info),
         "leak_warning": LEAK_WARNING if "dataset" in info.defect_vocab.split(", ") else "",
     }
     text = string.Template(Path(template).read_text(encoding="utf-8")).substitute(values)

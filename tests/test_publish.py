@@ -80,8 +80,31 @@ def test_card_metadata_and_body(build_dir):
     assert cfgs["classes"] == [{"split": "train", "path": "data/classes/train-*"}]
     body = text.split("---\n", 2)[2]
     assert "test information leak" in body  # defect_vocab=dataset
-    assert "prompt version\n   `attr-1`" in body or "`attr-1`" in body
+    assert "no model and no prompt" in body and "validated" not in body  # the attribute backend has no prompt
     assert "ok: 3" in body and "`widget`" in body and "widgets" in body
+    assert "- `widget` (dataset): crack" in body and "skipped because they could not be read:\nnone" in body
+    import dataclasses
+
+    model = render_card(dataclasses.replace(info, backend="openai", model="gpt-4o", prompt_version="mfsc_v1",
+                                            requested_vocab="model", skipped=["widget/test/crack/009"]))
+    assert "model `gpt-4o`" in model and "prompt version\n   `mfsc_v1`" in model and "validated" in model
+    assert "- `widget` (dataset; the captioning model proposed no usable list): crack" in model
+    assert "read:\n1 (`widget/test/crack/009`)" in model
+
+
+def test_card_of_a_synthetic_build_is_true(demo_root, tmp_path):
+    """The card of a real build says what the build did: license, backend, states, surfaces, no leak."""
+    from mfsc_builder.build import BuildConfig, run_build
+
+    out = tmp_path / "b"
+    run_build(BuildConfig(source=str(demo_root), out=str(out), classes=["fabric"]))
+    text = render_card(card_info(out, "org/mfsc-demo"))
+    meta, body = yaml.safe_load(text.split("---\n")[1]), text.split("---\n", 2)[2]
+    assert meta["license"] == "cc0-1.0" and "synthetic images drawn by this project" in body
+    assert "Backend `attributes`" in body and "`attributes-v1`" in body and "ok: 20" in body
+    assert "- `fabric` (generic): crack, scratch, hole" in body and "test information leak" not in body
+    assert "no background is described): `fabric`." in body
+    assert "| `images` | train (8), test (12) | 20 |" in body
 
 
 def test_licenses_follow_the_source():
