@@ -15,14 +15,24 @@ What ``train`` does, in order:
    The number of epochs is fixed: nothing is ever selected on test data;
 6. the checkpoint: written only at the end, atomically, so a Ctrl-C leaves no half checkpoint.
 
+Interruptible and resumable (``train``): after every epoch the resumable state is saved atomically in
+``<out>.partial/`` (see ``ResumableState``); rerunning the same command continues from there and writes a
+checkpoint bit-identical to an uninterrupted run; the folder goes when the checkpoint is written. The
+shot features and region weights are recomputed on resume rather than stored: they are deterministic
+and cost about one pixel epoch or less (measured by bench/bench_train.py).
+
 Deterministic for a seed on CPU (seeded prompt initialisation, deterministic algorithms, no data
 shuffling). ``tau`` (the logit scale of every softmax) defaults to the backbone's EXPONENTIATED CLIP
 logit scale, clamped to 100 as CLIP does (the public code used the stored log value by mistake).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,8 @@ from typing import Any
 from detector.errors import DetectorError
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "truncate")
+RUN_ONLY_FIELDS = ("out", "restart")  # where and how a run is written: left out of the resume fingerprint
+PHASES = ("pixel", "image")
 
 
 @dataclass
@@ -72,6 +84,7 @@ class TrainConfig:
     # MLSA region aggregation
     region_knn: int = 5
     region_boost: float = 1.5
+    restart: bool = False  # discard the resumable state in <out>.partial/ and train from the first epoch
 
     def __post_init__(self) -> None:
         if self.baseline not in (None, "promptad"):
@@ -132,22 +145,157 @@ def _set_lr_schedule(params: list, config: TrainConfig, epochs: int):
     return opt, sched
 
 
-def _fit(prompts: Any, loss_fn: Any, epochs: int, config: TrainConfig, progress: Any, label: str) -> list[float]:
-    """Run ``epochs`` full-batch SGD steps of ``loss_fn(text_features)`` on the trainable prompt vectors."""
+def _fit(prompts: Any, loss_fn: Any, epochs: int, config: TrainConfig, progress: Any, label: str,
+         history: list[float], optim_state: dict | None = None,
+         on_epoch: Callable[[Any, Any], None] | None = None) -> list[float]:
+    """Full-batch SGD steps of ``loss_fn(text_features)`` on the trainable prompt vectors until ``epochs``.
+
+    ``history`` holds the losses of the epochs already done (a resumed run, with the SGD and schedule
+    state ``optim_state`` they left); it is extended in place. ``on_epoch(opt, sched)`` runs after each step.
+    """
     params = [p for p in prompts.parameters() if p.requires_grad]
     opt, sched = _set_lr_schedule(params, config, epochs)
-    history: list[float] = []
-    task = progress.add_task(label, total=epochs, loss=float("nan")) if progress is not None else None
-    for _ in range(epochs):
+    if 0 < len(history) < epochs:
+        if optim_state is None:
+            raise DetectorError(f"{label}: resumable state has {len(history)} epochs but no optimiser state; "
+                                "delete the .partial folder or pass --restart")
+        _load_optim(opt, sched, optim_state)
+    task = None
+    if progress is not None:
+        task = progress.add_task(label, total=epochs, completed=len(history),
+                                 loss=history[-1] if history else float("nan"))
+    while len(history) < epochs:
         opt.zero_grad(set_to_none=True)
         loss, _parts = loss_fn(prompts())
         loss.backward()
         opt.step()
         sched.step()
         history.append(float(loss.detach()))
+        if on_epoch is not None:
+            on_epoch(opt, sched)
         if progress is not None:
             progress.update(task, advance=1, loss=history[-1])
     return history
+
+
+def loss_line(label: str, history: list[float]) -> str:
+    """One line that shows a prompt set's loss going down, e.g. 'pixel prompts: loss 2.31 -> 0.87 over 100 epochs'."""
+    if not history:
+        return f"{label}: no epochs"
+    return f"{label}: loss {history[0]:.4g} -> {history[-1]:.4g} over {len(history)} epochs"
+
+
+def partial_dir(config: TrainConfig) -> Path:
+    """Where a run keeps its resumable state: ``<out>.partial`` beside the checkpoint folder."""
+    out = Path(config.out)
+    return out.with_name(out.name + ".partial")
+
+
+def run_fingerprint(config: TrainConfig, shot_names: list[str] | None, record: dict | None) -> str:
+    """SHA-256 of what the trained tensors depend on: the TrainConfig (minus out/restart), shots, caption record."""
+    cfg = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS}
+    blob = json.dumps({"config": cfg, "shots": list(shot_names or []), "record": record}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _optim_state(opt: Any, sched: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SGD + cosine schedule state as (tensors, JSON): momentum buffers by parameter index, the rest plain."""
+    sd = opt.state_dict()
+    tensors = {f"optim.{i}.momentum_buffer": s["momentum_buffer"] for i, s in sd["state"].items()
+               if s.get("momentum_buffer") is not None}
+    return tensors, {"param_groups": sd["param_groups"], "scheduler": sched.state_dict()}
+
+
+def _load_optim(opt: Any, sched: Any, state: dict[str, Any]) -> None:
+    buffers = state["buffers"]
+    opt.load_state_dict({"state": {int(i): {"momentum_buffer": t} for i, t in buffers.items()},
+                         "param_groups": state["param_groups"]})
+    sched.load_state_dict(state["scheduler"])
+
+
+class ResumableState:
+    """The resumable state of one training run, kept in ``<out>.partial/`` (checkpoint_io's atomic format).
+
+    Saved after every epoch (a few hundred kB, milliseconds): both prompt sets' parameters, the running
+    phase's SGD momentum buffers, learning rates and cosine schedule, the loss history of both phases (its
+    lengths are the epoch counters) and the run's fingerprint. Training draws no random numbers after
+    the seeded prompt initialisation (no shuffling, no dropout), so there is no RNG state to keep: a
+    resumed run rebuilds the same initial state, loads this, and continues bit-identically.
+    """
+
+    def __init__(self, config: TrainConfig, shot_names: list[str] | None, record: dict | None) -> None:
+        self.dir = partial_dir(config)
+        self.fingerprint = run_fingerprint(config, shot_names, record)
+        self.history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
+        self.phase = PHASES[0]
+        self.tensors: dict[str, Any] = {}
+        self.optim: dict[str, Any] | None = None
+        if config.restart:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.dir.exists():
+            self._load()
+
+    def _load(self) -> None:
+        from detector.checkpoint_io import load_checkpoint
+
+        fix = f"delete {self.dir} or pass --restart to train from the first epoch"
+        try:
+            tensors, meta = load_checkpoint(self.dir)
+        except DetectorError as e:
+            raise DetectorError(f"resumable training state {self.dir} is unreadable ({e}); {fix}") from e
+        if meta.get("fingerprint") != self.fingerprint:
+            raise DetectorError(f"{self.dir} holds the state of a training run with another config, shots or "
+                                f"caption record; {fix}")
+        history, phase = meta.get("history"), meta.get("phase")
+        if phase not in PHASES or not isinstance(history, dict) or not all(
+                isinstance(history.get(k), list) for k in self.history):
+            raise DetectorError(f"{self.dir}/config.json: phase or history is malformed; {fix}")
+        self.history = {k: [float(v) for v in history[k]] for k in self.history}
+        self.phase = phase
+        self.tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+        buffers = {k.split(".")[1]: v for k, v in tensors.items() if k.startswith("optim.")}
+        if isinstance(meta.get("optim"), dict):
+            self.optim = {**meta["optim"], "buffers": buffers}
+
+    def load_prompts(self, pixel: Any, image: Any) -> None:
+        """Put the saved prompt parameters into freshly built prompt sets (nothing to do on a fresh run)."""
+        if not self.tensors:
+            return
+        for prefix, mod in (("pixel_prompts.", pixel), ("image_prompts.", image)):
+            state = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+            try:
+                mod.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise DetectorError(f"{self.dir}: prompt tensors do not fit ({str(e).splitlines()[0]}); delete it "
+                                    "or pass --restart") from e
+
+    def optim_for(self, phase: str) -> dict[str, Any] | None:
+        """The saved optimiser state of ``phase``, if the run stopped inside it."""
+        return self.optim if self.phase == phase else None
+
+    def save(self, phase: str, pixel: Any, image: Any, opt: Any, sched: Any) -> None:
+        """Atomically replace the saved state with the current one (called after every epoch)."""
+        from detector.checkpoint_io import save_checkpoint
+
+        buffers, optim = _optim_state(opt, sched)
+        tensors = {**{f"pixel_prompts.{k}": v for k, v in pixel.state_dict().items()},
+                   **{f"image_prompts.{k}": v for k, v in image.state_dict().items()}, **buffers}
+        meta = {"fingerprint": self.fingerprint, "phase": phase, "history": self.history, "optim": optim}
+        save_checkpoint(self.dir, {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta)
+
+
+def describe_partial(config: TrainConfig) -> str:
+    """One line for a Ctrl-C: what was saved and how to resume."""
+    d = partial_dir(config)
+    try:
+        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))["meta"]
+        done = {k: len(v) for k, v in meta["history"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "interrupted before the first epoch was saved; rerun the same command to start again"
+    return (f"interrupted after {done.get('pixel_loss', 0)}/{config.epochs} pixel and "
+            f"{done.get('image_loss', 0)}/{config.image_epochs} image epochs; state saved in {d}: rerun the same "
+            "command to resume (--restart starts over)")
 
 
 @dataclass
@@ -184,8 +332,12 @@ def resolve_tau(config: TrainConfig, backbone: Any) -> float:
 
 
 def train_model(config: TrainConfig, progress: bool = True, shot_images: list | None = None,
-                shot_names: list[str] | None = None, record: dict | None = None) -> Any:
-    """Train and return the in-memory FineGrainedAD (``train`` saves it). Tests may pass images/record directly."""
+                shot_names: list[str] | None = None, record: dict | None = None, resume: bool = False) -> Any:
+    """Train and return the in-memory FineGrainedAD (``train`` saves it). Tests may pass images/record directly.
+
+    ``resume``: save the resumable state after every epoch in ``<out>.partial/`` and continue from it
+    when it is there (``train`` does; the caller removes the folder once the checkpoint is written).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -213,6 +365,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
             record = None
         from fsad_data import readable_name
 
+        state = ResumableState(config, shot_names, record) if resume else None
         object_name = str((record or {}).get("object_name") or readable_name(config.class_name))
         bb_meta = {"name": config.backbone, "pretrained": config.pretrained, "tap_layers": config.taps,
                    "init_seed": 0}
@@ -244,17 +397,34 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         tokens = F.normalize(feats.patches, dim=-1).reshape(b * n, -1)
         flat_w = weights.permute(1, 0, 2, 3).reshape(len(names), b * n)  # (G, B*N), same token order
         cls = F.normalize(feats.cls, dim=-1)
+        history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
+        if state is not None:  # after the region weights: they come from the INITIAL prototypes
+            state.load_prompts(pixel, image)
+            history = state.history
         t_encode = time.perf_counter() - t0
+
+        def saver(phase: str) -> Callable[[Any, Any], None] | None:
+            if state is None:
+                return None
+            return lambda opt, sched: state.save(phase, pixel, image, opt, sched)
 
         cm = _progress_bar() if progress else None
         with (cm if cm is not None else _null()) as bar:
             t1 = time.perf_counter()
             pixel_hist = _fit(pixel, lambda text: mlsa_loss(tokens, flat_w, text, tau, config.lambda1),
-                              config.epochs, config, bar, "pixel prompts")
+                              config.epochs, config, bar, "pixel prompts", history["pixel_loss"],
+                              state.optim_for("pixel") if state else None, saver("pixel"))
             t2 = time.perf_counter()
             image_hist = _fit(image, lambda text: image_loss(cls, text, tau, config.lambda1, LAMBDA_COMP),
-                              config.image_epochs, config, bar, "image prompts")
+                              config.image_epochs, config, bar, "image prompts", history["image_loss"],
+                              state.optim_for("image") if state else None, saver("image"))
             t3 = time.perf_counter()
+        if progress:
+            from rich.console import Console
+
+            console = Console(highlight=False)
+            console.print(loss_line("pixel prompts", pixel_hist))
+            console.print(loss_line("image prompts", image_hist))
         for p in list(pixel.parameters()) + list(image.parameters()):
             p.requires_grad_(False)
         memory = [t.reshape(-1, t.shape[-1]) for t in feats.taps]
@@ -285,9 +455,19 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
 
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
-    """Train one class and write its checkpoint folder (atomically, only at the end); returns the folder."""
-    model = train_model(config, progress=progress)
-    return model.save(Path(config.out))
+    """Train one class and write its checkpoint folder (atomically, only at the end); returns the folder.
+
+    Resumable: a rerun after an interruption continues from ``<out>.partial/`` (removed once the checkpoint
+    is written); a Ctrl-C prints one line saying so.
+    """
+    try:
+        model = train_model(config, progress=progress, resume=True)
+    except KeyboardInterrupt:
+        print(describe_partial(config), file=sys.stderr, flush=True)
+        raise
+    out = model.save(Path(config.out))
+    shutil.rmtree(partial_dir(config), ignore_errors=True)
+    return out
 
 
 def _load_shots(config: TrainConfig) -> tuple[list, list[str]]:

@@ -200,3 +200,100 @@ def test_tau_is_the_exponentiated_logit_scale(tiny_clip_name):
 def test_missing_captions_is_a_clear_error(tiny_clip_name):
     with pytest.raises(DetectorError, match="--captions"):
         train_model(_cfg(tiny_clip_name), progress=False, shot_images=SHOTS, shot_names=NAMES, record=None)
+
+
+class _StopAt:
+    """Wraps a loss function: raises KeyboardInterrupt (a Ctrl-C) on its n-th call, counts calls."""
+
+    def __init__(self, fn, n: int | None):
+        self.fn, self.n, self.calls = fn, n, 0
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        if self.n is not None and self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.fn(*a, **k)
+
+
+def _resumable(monkeypatch, tiny_clip_name, out, **kw) -> TrainConfig:
+    import detector.captions
+    import detector.train as tr
+
+    monkeypatch.setattr(tr, "_load_shots", lambda cfg: (SHOTS, NAMES))
+    monkeypatch.setattr(detector.captions, "load_class_record", lambda captions, name: RECORD)
+    return _cfg(tiny_clip_name, captions="caps", out=str(out), epochs=4, image_epochs=3, **kw)
+
+
+def _run_stopping(monkeypatch, cfg, pixel_stop=None, image_stop=None):
+    """train() with the pixel / image loss raising Ctrl-C on the given call; returns the two call counters."""
+    from detector import losses
+
+    px, im = _StopAt(losses.mlsa_loss, pixel_stop), _StopAt(losses.image_loss, image_stop)
+    with monkeypatch.context() as m:
+        m.setattr(losses, "mlsa_loss", px)
+        m.setattr(losses, "image_loss", im)
+        if pixel_stop or image_stop:
+            with pytest.raises(KeyboardInterrupt):
+                train(cfg, progress=False)
+        else:
+            train(cfg, progress=False)
+    return px.calls, im.calls
+
+
+def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the pixel phase, then in the image phase; each rerun continues where the last saved epoch
+    left off, and the final checkpoint equals an uninterrupted run's tensor for tensor."""
+    from detector.checkpoint_io import load_checkpoint
+    from detector.model import load_detector
+
+    ref = train(_resumable(monkeypatch, tiny_clip_name, tmp_path / "ref"), progress=False)
+    cfg = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run")
+    partial = tmp_path / "run.partial"
+    assert _run_stopping(monkeypatch, cfg, pixel_stop=3) == (3, 0)  # Ctrl-C inside pixel epoch 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "after 2/4 pixel and 0/3 image epochs" in err and "rerun" in err
+    assert partial.is_dir() and not (tmp_path / "run").exists()
+    # the rerun does pixel epochs 3 and 4 only, then stops inside image epoch 2
+    assert _run_stopping(monkeypatch, cfg, image_stop=2) == (2, 2)
+    assert "after 4/4 pixel and 1/3 image epochs" in capsys.readouterr().err
+    assert _run_stopping(monkeypatch, cfg) == (0, 2)  # image epochs 2 and 3
+    assert not partial.exists()
+    (a, meta_a), (b, meta_b) = load_checkpoint(ref), load_checkpoint(tmp_path / "run")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert meta_a["history"] == meta_b["history"]
+    # predict needs only the checkpoint: this test has no data set or caption dataset on disk at all
+    pred = load_detector(tmp_path / "run").predict([make_image((40, 8, 16))], resolution=32)
+    assert pred.maps.shape == (1, 32, 32) and np.isfinite(pred.maps).all()
+
+
+def test_stale_partial_state_of_another_config_is_refused(tiny_clip_name, tmp_path, monkeypatch, capsys):
+    from detector.checkpoint_io import load_checkpoint
+
+    cfg = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run")
+    _run_stopping(monkeypatch, cfg, pixel_stop=2)
+    other = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run", lr=0.01)
+    with pytest.raises(DetectorError, match=r"another config.*--restart"):
+        train(other, progress=False)
+    # --restart discards it and trains from the first epoch
+    restart = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run", lr=0.01, restart=True)
+    assert _run_stopping(monkeypatch, restart) == (4, 3)
+    assert not (tmp_path / "run.partial").exists()
+    assert load_checkpoint(tmp_path / "run")[1]["config"]["lr"] == 0.01
+    # a damaged state is refused the same way
+    _run_stopping(monkeypatch, cfg, pixel_stop=2)
+    (tmp_path / "run.partial" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DetectorError, match=r"unreadable.*--restart"):
+        train(cfg, progress=False)
+
+
+def test_end_of_training_prints_the_loss_of_each_prompt_set(tiny_clip_name, capsys):
+    from detector.train import loss_line
+
+    assert loss_line("pixel prompts", [2.31, 1.2, 0.87]) == "pixel prompts: loss 2.31 -> 0.87 over 3 epochs"
+    m = train_model(_cfg(tiny_clip_name, baseline="promptad", epochs=2, image_epochs=1), progress=True,
+                    shot_images=SHOTS, shot_names=NAMES, record=None)
+    out = capsys.readouterr().out
+    px, im = m.meta["history"]["pixel_loss"], m.meta["history"]["image_loss"]
+    assert loss_line("pixel prompts", px) in out and loss_line("image prompts", im) in out
