@@ -94,9 +94,22 @@ def overlay(
     return out
 
 
+def colour_bar(height: int, vmin: float, vmax: float) -> np.ndarray:
+    """The heat map's scale as a vertical bar (vmax red at the top, vmin blue at the bottom) with both
+    values written beside it, so a figure says which scores its colours mean (RGB uint8, height x 56)."""
+    import cv2
+
+    ramp = np.repeat(np.linspace(vmax, vmin, height, dtype=np.float32)[:, None], 12, axis=1)
+    labels = np.full((height, 44, 3), 255, np.uint8)
+    for text, y in ((f"{vmax:.3g}", 10), (f"{vmin:.3g}", height - 3)):
+        cv2.putText(labels, text, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([heat_map(ramp, vmin, vmax), labels], axis=1)
+
+
 def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
           vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Side by side: the image with the ground-truth contour, and the heat-map overlay (RGB uint8)."""
+    """Side by side: the image with the ground-truth contour, the heat-map overlay, and its colour scale
+    (RGB uint8); vmin/vmax default to the map's own range."""
     import cv2
 
     left = image.astype(np.uint8).copy()
@@ -106,9 +119,11 @@ def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
             m = cv2.resize(m, (left.shape[1], left.shape[0]), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(left, contours, -1, CONTOUR_RGB, max(1, round(min(left.shape[:2]) / 128)))
-    right = overlay(image, amap, mask, vmin, vmax)
+    lo = float(np.min(amap)) if vmin is None else float(vmin)
+    hi = float(np.max(amap)) if vmax is None else float(vmax)
+    right = overlay(image, amap, mask, lo, hi)
     gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([left, gap, right], axis=1)
+    return np.concatenate([left, gap, right, gap, colour_bar(left.shape[0], lo, hi)], axis=1)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -167,7 +182,8 @@ def render_html(report: Report) -> str:
     parts += [render_table(t) for t in report.tables]
     if report.figures:
         parts.append("<h2>Anomaly maps</h2><p>Left: image with the ground-truth outline (green). "
-                     "Right: anomaly heat map overlay (blue low, red high).</p><div class=\"figs\">")
+                     "Right: anomaly heat map overlay (blue low, red high), its colour bar giving the scores."
+                     "</p><div class=\"figs\">")
         for fig in report.figures:
             data = base64.b64encode(png_bytes(fig.image)).decode("ascii")
             cap = html.escape(fig.caption)

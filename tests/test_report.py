@@ -53,9 +53,26 @@ def test_heat_map_colours_and_contour():
     assert tuple(ov[8, 8]) != report.CONTOUR_RGB  # inside stays the blend
     # a map at another resolution is resized to the image
     assert report.overlay(img, amap[::2, ::2], mask).shape == (16, 16, 3)
-    assert report.panel(img, amap, mask).shape == (16, 36, 3)
+    assert report.panel(img, amap, mask).shape == (16, 36 + 4 + 56, 3)
 
 
 def test_normalise_constant_map_is_zero():
     assert report.normalise_map(np.full((3, 3), 0.4)).max() == 0
     assert report.normalise_map(np.array([0.0, 0.5, 1.0]), 0, 2).tolist() == [0, 64, 128]
+
+
+def test_panel_has_a_colour_bar_on_the_figure_scale():
+    img = np.full((64, 64, 3), 200, np.uint8)
+    amap = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    pic = report.panel(img, amap, None, vmin=0.25, vmax=0.75)
+    bar = pic[:, 64 + 4 + 64 + 4 :][:, :12]
+    np.testing.assert_array_equal(bar[0, 0], report.heat_map(np.array([[1.0]]), 0, 1)[0, 0])  # top: vmax, red
+    np.testing.assert_array_equal(bar[-1, 0], report.heat_map(np.array([[0.0]]), 0, 1)[0, 0])  # bottom: blue
+    assert bar[0, 0, 0] > 100 and bar[-1, 0, 2] > 100  # RGB order
+    # the values are written beside the bar: the label column differs from a bare one
+    labels = pic[:, -44:]
+    assert (labels < 128).any() and not np.array_equal(labels, np.full_like(labels, 255))
+    # the overlay uses the scale given, not the map's own range
+    np.testing.assert_array_equal(pic[:, 68:132], report.overlay(img, amap, None, 0.25, 0.75))
+    other = report.panel(img, amap, None, vmin=0.0, vmax=1.0)
+    assert not np.array_equal(other[:, -44:], labels)  # different scale, different labels
