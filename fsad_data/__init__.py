@@ -9,10 +9,10 @@ from fsad_data.layouts import LAYOUTS, detect_layout
 from fsad_data.names import readable_name
 from fsad_data.samples import Sample, samples_frame
 from fsad_data.shots import select_shots, shots_record, shots_selection
-from fsad_data.synthetic import make_demo_data, to_visa_raw
+from fsad_data.synthetic import make_demo_data, to_folder, to_visa_raw
 
 __all__ = [
     "LAYOUTS", "DataError", "Sample", "SampleList", "Skip", "detect_layout", "load_mask", "load_rgb",
     "make_demo_data", "read_dataset", "readable_name", "samples_frame", "select_shots", "shots_record",
-    "shots_selection", "to_visa_raw", "validate_samples",
+    "shots_selection", "to_folder", "to_visa_raw", "validate_samples",
 ]

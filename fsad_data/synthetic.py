@@ -1,4 +1,4 @@
-"""The project's own synthetic data set (MVTec-AD layout) and its conversion to the VisA raw layout.
+"""The project's own synthetic data set (MVTec-AD layout) and its conversion to the VisA raw and folder layouts.
 
 Three classes, 256x256 RGB PNG, drawn with OpenCV (no anti-aliasing, so every mask is exactly the set of
 pixels a defect changed):
@@ -312,6 +312,26 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
                     anno.append([rel, defect_dir.name.replace("_", " "), mrel])
         _write_csv(dst / cls / "image_anno.csv", ["image", "label", "mask"], anno)
     _write_csv(dst / "split_csv" / "1cls.csv", ["object", "split", "label", "image", "mask"], rows)
+    return dst
+
+
+def to_folder(mvtec_root: str | Path, out: str | Path) -> Path:
+    """Convert an MVTec-AD-layout folder to the generic ``folder`` layout with an explicit split, for tests
+    of that reader: ``<class>/train/normal``, ``<class>/test/normal``, ``<class>/test/anomaly/<defect>`` and
+    ``<class>/masks/<defect>/<stem>_mask.png`` (per defect, as stems repeat across defect folders)."""
+    src, dst = Path(mvtec_root), Path(out)
+    if not src.is_dir():
+        raise DataError(f"data set root not found: {src}. Make it first (make_demo_data) or fix the path.")
+    for cls in sorted(p.name for p in src.iterdir() if (p / "train").is_dir() and (p / "test").is_dir()):
+        for split in ("train", "test"):
+            for defect_dir in sorted(p for p in (src / cls / split).iterdir() if p.is_dir()):
+                good = defect_dir.name == "good"
+                target = dst / cls / split / ("normal" if good else f"anomaly/{defect_dir.name}")
+                for img in sorted(p for p in defect_dir.iterdir() if p.suffix.lower() == ".png"):
+                    write_bytes_atomic(target / img.name, img.read_bytes())
+                    if not good:
+                        mask = src / cls / "ground_truth" / defect_dir.name / f"{img.stem}_mask.png"
+                        write_bytes_atomic(dst / cls / "masks" / defect_dir.name / mask.name, mask.read_bytes())
     return dst
 
 
