@@ -172,3 +172,23 @@ def test_save_reload_bit_exact(trained, tmp_path):
     cached = again.pixel_normal.clone()
     again.refresh_text_features()
     assert torch.allclose(again.pixel_normal, cached, atol=1e-6)
+
+
+def test_no_hard_coded_cuda():
+    """METHOD's known fault: the public code calls ``.cuda()``; here every tensor follows the user's --device."""
+    import ast
+    from pathlib import Path
+
+    import detector
+
+    found = []
+    for path in sorted(Path(detector.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            consts = [a.value for a in [*node.args, *(k.value for k in node.keywords)] if isinstance(a, ast.Constant)]
+            if name == "cuda" or (name in ("to", "device") and any(str(c).startswith("cuda") for c in consts)):
+                found.append(f"{path.name}:{node.lineno}")
+    assert not found, f"hard-coded CUDA at {found}"
