@@ -18,8 +18,9 @@ What ``train`` does, in order:
 Interruptible and resumable (``train``): after every epoch the resumable state is saved atomically in
 ``<out>.partial/`` (see ``ResumableState``); rerunning the same command continues from there and writes a
 checkpoint bit-identical to an uninterrupted run; the folder goes when the checkpoint is written. The
-shot features and region weights are recomputed on resume rather than stored: they are deterministic
-and cost about one pixel epoch or less (measured by bench/bench_train.py).
+shot features and region weights are stored there too, once, before the first epoch: recomputing them
+costs about 30 pixel epochs of ViT-B-16-plus-240 on a CPU (bench/bench_train.py; the 4x4-tiled pass
+dominates), and a GPU's encoder need not be bit-reproducible.
 
 Deterministic for a seed on CPU (seeded prompt initialisation, deterministic algorithms, no data
 shuffling). ``tau`` (the logit scale of every softmax) defaults to the backbone's EXPONENTIATED CLIP
@@ -42,6 +43,7 @@ from detector.errors import DetectorError
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "truncate")
 RUN_ONLY_FIELDS = ("out", "restart")  # where and how a run is written: left out of the resume fingerprint
 PHASES = ("pixel", "image")
+STATE, FEATURES = "state", "features"  # the two checkpoint_io folders inside <out>.partial/
 
 
 @dataclass
@@ -217,11 +219,12 @@ def _load_optim(opt: Any, sched: Any, state: dict[str, Any]) -> None:
 class ResumableState:
     """The resumable state of one training run, kept in ``<out>.partial/`` (checkpoint_io's atomic format).
 
-    Saved after every epoch (a few hundred kB, milliseconds): both prompt sets' parameters, the running
-    phase's SGD momentum buffers, learning rates and cosine schedule, the loss history of both phases (its
-    lengths are the epoch counters) and the run's fingerprint. Training draws no random numbers after
-    the seeded prompt initialisation (no shuffling, no dropout), so there is no RNG state to keep: a
-    resumed run rebuilds the same initial state, loads this, and continues bit-identically.
+    ``features/``, written once before the first epoch: the shots' frozen features and region weights.
+    ``state/``, replaced after every epoch (a few hundred kB, milliseconds): both prompt sets' parameters,
+    the running phase's SGD momentum buffers, learning rates and cosine schedule, and the loss history of
+    both phases (its lengths are the epoch counters). Both carry the run's fingerprint. Training draws no
+    random numbers after the seeded prompt initialisation (no shuffling, no dropout), so there is no RNG
+    state to keep: a resumed run rebuilds the same initial prompts, loads this, and continues bit-identically.
     """
 
     def __init__(self, config: TrainConfig, shot_names: list[str] | None, record: dict | None) -> None:
@@ -229,6 +232,7 @@ class ResumableState:
         self.fingerprint = run_fingerprint(config, shot_names, record)
         self.history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
         self.phase = PHASES[0]
+        self.features: dict[str, Any] | None = None
         self.tensors: dict[str, Any] = {}
         self.optim: dict[str, Any] | None = None
         if config.restart:
@@ -236,21 +240,34 @@ class ResumableState:
         elif self.dir.exists():
             self._load()
 
-    def _load(self) -> None:
+    def _read(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         from detector.checkpoint_io import load_checkpoint
 
+        d = self.dir / name
+        if not d.exists():
+            return None
         fix = f"delete {self.dir} or pass --restart to train from the first epoch"
         try:
-            tensors, meta = load_checkpoint(self.dir)
+            tensors, meta = load_checkpoint(d)
         except DetectorError as e:
-            raise DetectorError(f"resumable training state {self.dir} is unreadable ({e}); {fix}") from e
+            raise DetectorError(f"resumable training state {d} is unreadable ({e}); {fix}") from e
         if meta.get("fingerprint") != self.fingerprint:
             raise DetectorError(f"{self.dir} holds the state of a training run with another config, shots or "
                                 f"caption record; {fix}")
+        return tensors, meta
+
+    def _load(self) -> None:
+        features = self._read(FEATURES)
+        self.features = features[0] if features is not None else None
+        got = self._read(STATE)
+        if got is None:
+            return
+        tensors, meta = got
         history, phase = meta.get("history"), meta.get("phase")
         if phase not in PHASES or not isinstance(history, dict) or not all(
-                isinstance(history.get(k), list) for k in self.history):
-            raise DetectorError(f"{self.dir}/config.json: phase or history is malformed; {fix}")
+                isinstance(history.get(k), list) for k in self.history) or self.features is None:
+            raise DetectorError(f"{self.dir / STATE}: phase, history or features missing; delete {self.dir} or "
+                                "pass --restart to train from the first epoch")
         self.history = {k: [float(v) for v in history[k]] for k in self.history}
         self.phase = phase
         self.tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
@@ -274,6 +291,13 @@ class ResumableState:
         """The saved optimiser state of ``phase``, if the run stopped inside it."""
         return self.optim if self.phase == phase else None
 
+    def save_features(self, tensors: dict[str, Any]) -> None:
+        """Keep the shots' features and region weights (once, before the first epoch)."""
+        from detector.checkpoint_io import save_checkpoint
+
+        save_checkpoint(self.dir / FEATURES, {k: v.detach().cpu().clone() for k, v in tensors.items()},
+                        {"fingerprint": self.fingerprint})
+
     def save(self, phase: str, pixel: Any, image: Any, opt: Any, sched: Any) -> None:
         """Atomically replace the saved state with the current one (called after every epoch)."""
         from detector.checkpoint_io import save_checkpoint
@@ -282,17 +306,20 @@ class ResumableState:
         tensors = {**{f"pixel_prompts.{k}": v for k, v in pixel.state_dict().items()},
                    **{f"image_prompts.{k}": v for k, v in image.state_dict().items()}, **buffers}
         meta = {"fingerprint": self.fingerprint, "phase": phase, "history": self.history, "optim": optim}
-        save_checkpoint(self.dir, {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta)
+        save_checkpoint(self.dir / STATE, {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta)
 
 
 def describe_partial(config: TrainConfig) -> str:
     """One line for a Ctrl-C: what was saved and how to resume."""
     d = partial_dir(config)
     try:
-        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))["meta"]
+        meta = json.loads((d / STATE / "config.json").read_text(encoding="utf-8"))["meta"]
         done = {k: len(v) for k, v in meta["history"].items()}
     except (OSError, ValueError, KeyError, TypeError):
-        return "interrupted before the first epoch was saved; rerun the same command to start again"
+        if (d / FEATURES).is_dir():
+            return (f"interrupted before the first epoch ended; the shot features are kept in {d}: rerun the same "
+                    "command to resume (--restart starts over)")
+        return "interrupted before any state was saved; rerun the same command to start again"
     return (f"interrupted after {done.get('pixel_loss', 0)}/{config.epochs} pixel and "
             f"{done.get('image_loss', 0)}/{config.image_epochs} image epochs; state saved in {d}: rerun the same "
             "command to resume (--restart starts over)")
@@ -377,7 +404,14 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         t_load = time.perf_counter() - t0
 
         use_regions = config.baseline is None and "background" not in config.drop_levels
-        feats = encode_shots(backbone, shot_images, tiles=4 if use_regions else None)
+        saved = state.features if state is not None else None
+        if saved is None:
+            feats = encode_shots(backbone, shot_images, tiles=4 if use_regions else None)
+        else:
+            saved = {k: v.to(backbone.device) for k, v in saved.items()}
+            feats = ShotFeatures(cls=saved["cls"], patches=saved["patches"], grid=backbone.grid,
+                                 taps=[saved[f"taps.{i}"] for i in range(len(backbone.tap_layers))],
+                                 hr_patches=None, hr_grid=None)
         torch.manual_seed(config.seed)
         pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
                                          config.prompt_config(config.n_pro_pixel),
@@ -386,7 +420,9 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         image.to(backbone.device)
         names = pixel.region_names()
         b, n, _ = feats.patches.shape
-        if use_regions:
+        if saved is not None:
+            weights = saved["region_weights"]
+        elif use_regions:
             with torch.no_grad():
                 protos = pixel().normal.float()
             weights, _assign = region_weights(feats.hr_patches, feats.hr_grid, protos, names,
@@ -394,6 +430,9 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         else:
             weights = uniform_weights(b, len(names), feats.grid)
         weights = weights.to(feats.patches.device)
+        if state is not None and saved is None:
+            state.save_features({"cls": feats.cls, "patches": feats.patches, "region_weights": weights,
+                                 **{f"taps.{i}": t for i, t in enumerate(feats.taps)}})
         tokens = F.normalize(feats.patches, dim=-1).reshape(b * n, -1)
         flat_w = weights.permute(1, 0, 2, 3).reshape(len(names), b * n)  # (G, B*N), same token order
         cls = F.normalize(feats.cls, dim=-1)

@@ -131,7 +131,8 @@ def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "_load_shots", lambda cfg: (SHOTS, NAMES))
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_clip_name, out=str(out), baseline="promptad"), progress=False)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt.partial"]
+    assert sorted(p.name for p in (tmp_path / "ckpt.partial").iterdir()) == ["features"]  # kept for the rerun
 
 
 def _pill_box_record() -> dict:
@@ -243,6 +244,7 @@ def _run_stopping(monkeypatch, cfg, pixel_stop=None, image_stop=None):
 def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the pixel phase, then in the image phase; each rerun continues where the last saved epoch
     left off, and the final checkpoint equals an uninterrupted run's tensor for tensor."""
+    import detector.train as tr
     from detector.checkpoint_io import load_checkpoint
     from detector.model import load_detector
 
@@ -253,6 +255,7 @@ def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "after 2/4 pixel and 0/3 image epochs" in err and "rerun" in err
     assert partial.is_dir() and not (tmp_path / "run").exists()
+    monkeypatch.setattr(tr, "encode_shots", lambda *a, **k: pytest.fail("shots re-encoded on resume"))
     # the rerun does pixel epochs 3 and 4 only, then stops inside image epoch 2
     assert _run_stopping(monkeypatch, cfg, image_stop=2) == (2, 2)
     assert "after 4/4 pixel and 1/3 image epochs" in capsys.readouterr().err
@@ -283,7 +286,7 @@ def test_stale_partial_state_of_another_config_is_refused(tiny_clip_name, tmp_pa
     assert load_checkpoint(tmp_path / "run")[1]["config"]["lr"] == 0.01
     # a damaged state is refused the same way
     _run_stopping(monkeypatch, cfg, pixel_stop=2)
-    (tmp_path / "run.partial" / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "run.partial" / "state" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(DetectorError, match=r"unreadable.*--restart"):
         train(cfg, progress=False)
 
@@ -297,3 +300,26 @@ def test_end_of_training_prints_the_loss_of_each_prompt_set(tiny_clip_name, caps
     out = capsys.readouterr().out
     px, im = m.meta["history"]["pixel_loss"], m.meta["history"]["image_loss"]
     assert loss_line("pixel prompts", px) in out and loss_line("image prompts", im) in out
+
+
+@pytest.mark.slow
+def test_full_size_backbone_trains_and_predicts(demo_root, tmp_path):
+    """ViT-B-16-plus-240 (random weights, the paper's architecture): 1 pixel + 1 image epoch on 1 shot, predict 2."""
+    import datasets
+
+    import fsad_data
+    from detector.model import load_detector
+
+    datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
+    cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=1,
+                      epochs=1, image_epochs=1, backbone="ViT-B-16-plus-240", pretrained="none",
+                      out=str(tmp_path / "ckpt"))
+    model = load_detector(train(cfg, progress=False))
+    assert model.backbone.grid == (15, 15) and model.region_weights.shape == (1, 5, 15, 15)
+    assert [m.shape for m in model.memory] == [(225, 896), (225, 896)]
+    assert model.pixel_normal.shape == model.image_normal.shape == (5, 640)
+    test = [s for s in fsad_data.read_dataset(demo_root, classes=["pill_box"]) if s.split == "test"][:2]
+    pred = model.predict([fsad_data.load_rgb(s.image_path) for s in test], resolution=64)
+    assert pred.scores.shape == (2,) and pred.maps.shape == (2, 64, 64)
+    assert np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
+    assert all(np.isfinite(v) for h in model.meta["history"].values() for v in h)
