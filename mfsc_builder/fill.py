@@ -329,7 +329,7 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
 
     # background
     if bg and bg != "none":
-        bnorm = f"{a(bg)} background"
+        bnorm = a(f"{bg} background")
         babn = [f"{bnorm} with {state_phrase(s)}" for s in states]
         other = _unseen(COLOURS, [*bg_words, *colours])
         bcol = next((w for w in bg_words if w in COLOURS), None)

@@ -199,6 +199,9 @@ def test_english_articles_for_states_and_nouns():
         ["a hex nut", "an eraser", "an audio jack", "a USB plug", "a U block", "fabric", "capsules",
          "flawless fabric", "chewing gum"]
     assert bare("A scratch") == "scratch" and bare("the dent") == "dent" and bare("another") == "another"
+    # the head of a background text is "background", whatever the background is made of
+    bg = detector_texts("cap", ImageView("cap", "black fabric"), ForegroundView(1, ""), [], "a cap", ["dent"])
+    assert next(t for t in bg if t.level == "background").normal == ["a black fabric background"]
 
 
 def _synthetic_class(demo_root, cls, states):

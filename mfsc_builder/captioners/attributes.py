@@ -275,7 +275,7 @@ class AttributeCaptioner:
         if regs.textured:
             caption = f"a {obj} surface: {listing}, filling the whole image"
         else:
-            caption = f"{a(obj)} made of {listing}, on {a(background)} background"
+            caption = f"{a(obj)} made of {listing}, on {a(background + ' background')}"
         defect = self._defect(req) if req.is_anomalous else None
         return LevelFields(ImageView(obj, background), fg, components, caption, defect, region_names)
 
