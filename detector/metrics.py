@@ -1,8 +1,9 @@
 """Evaluation metrics for few-shot anomaly detection: image and pixel AUROC, AP, F1-max, AUPRO@0.3.
 
-Every metric is exact (no histogram binning): scores are sorted once, equal scores are grouped so a
-tie moves as one threshold step (like scikit-learn's ``_binary_clf_curve``), and the curves are read
-off cumulative sums. The pixel metrics share that single sort of all pixel scores, including AUPRO.
+The sort-based metrics are exact (no histogram binning): scores are sorted once, equal scores are
+grouped so a tie moves as one threshold step (like scikit-learn's ``_binary_clf_curve``), and the curves
+are read off cumulative sums. The pixel metrics share that single sort of all pixel scores, including
+AUPRO. ``PixelHistogram`` reads the same curves off per-level counts instead (below).
 
 AUPRO follows the MVTec AD reference evaluation (Bergmann et al., ``pro_curve_util.compute_pro`` and
 ``generic_util.trapezoid``): per image the ground truth is split into connected components with an
