@@ -227,8 +227,8 @@ def _accumulate(maps, masks, splits):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_histogram_equals_exact_metrics_on_the_quantised_maps(seed):
-    maps, masks = _smooth_case(seed)
-    got = _accumulate(maps, masks, [3, 4, 8]).metrics()
+    maps, masks = _smooth_case(seed, n=6, size=24)
+    got = _accumulate(maps, masks, [3, 4]).metrics()
     quantised = metrics.PixelHistogram.quantise(maps).astype(np.float32) / np.float32(metrics.LEVELS)
     ref = metrics.pixel_metrics(quantised, masks)
     assert set(got) == set(ref)
