@@ -1,14 +1,15 @@
 """``detector``: train, eval, predict, benchmark (FineGrainedAD, arXiv 2510.26464).
 
 Heavy libraries (torch, open_clip) are imported inside the command bodies so ``detector --help`` is
-instant. A ``DetectorError`` or ``DataError`` becomes one red line on stderr and exit code 1 (typer's
-usage errors: 2), never a traceback.
+instant. A ``DetectorError`` or ``DataError``, or an ``OSError`` (a full disk, a file where a folder must
+go), becomes one red line on stderr and exit code 1 (typer's usage errors: 2), never a traceback. Settings
+that would fail every cell of a benchmark are refused before the first cell trains.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -33,14 +34,27 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run(body: Callable[[], T]) -> T:
-    """Run a command body; user errors become one red line and exit 1, Ctrl-C exit 130."""
+def _run(body: Callable[[], T], interrupted: str | None) -> T:
+    """Run a command body; user and file system errors become one red line and exit 1, Ctrl-C exit 130 with
+    the line ``interrupted`` (None: the body has said what was kept)."""
     try:
         return body()
     except KeyboardInterrupt:
-        raise _fail("interrupted; finished work is kept (benchmark cells resume on rerun)", 130) from None
+        raise (typer.Exit(130) if interrupted is None else _fail(interrupted, 130)) from None
     except _user_errors() as exc:
         raise _fail(f"error: {exc}") from None
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise _fail(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) "
+                    "and the free disk space") from None
+
+
+def _not_a_file(path: Path | None, flag: str, what: str) -> None:
+    """Refuse a file given where a folder goes, before any work starts."""
+    if path is not None and path.exists() and not path.is_dir():
+        from detector.errors import DetectorError
+
+        raise DetectorError(f"{flag} {path} is a file; give {what}")
 
 
 def _quiet_libraries() -> None:
@@ -55,22 +69,33 @@ def _quiet_libraries() -> None:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # log lines and Markdown tables stay whole in files
 
 
 # ---- train ---------------------------------------------------------------------------------------
 
 CaptionsOpt = Annotated[str | None, typer.Option("--captions", help="Caption dataset folder (mfsc build) or Hub id.")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Data set root (MVTec-AD, VisA, ... layout).")]
-BackboneOpt = Annotated[str | None, typer.Option("--backbone", help="open_clip model name [ViT-B-16-plus-240].")]
+BackboneOpt = Annotated[str | None, typer.Option(
+    "--backbone", help="open_clip model name.", show_default="ViT-B-16-plus-240")]
 PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help="open_clip weights tag, a local file, or 'none' for random weights [laion400m_e32].")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Pixel-level prompt epochs [100].")]
-ImageEpochsOpt = Annotated[int | None, typer.Option("--image-epochs", help="Image-level prompt epochs [50].")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps [cpu].")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16 or bf16 [fp32].")]
-LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Data set layout: auto, mvtec, visa, ... [auto].")]
+    "--pretrained", help="open_clip weights tag, a local file, or 'none' for random weights.",
+    show_default="laion400m_e32")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Pixel-level prompt epochs.", show_default="100")]
+ImageEpochsOpt = Annotated[int | None, typer.Option(
+    "--image-epochs", help="Image-level prompt epochs.", show_default="50")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps.", show_default="cpu")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16 or bf16.", show_default="fp32")]
+LayoutOpt = Annotated[str | None, typer.Option(
+    "--layout", help="Data set layout: auto, mvtec, visa, ...", show_default="auto")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YAML/JSON; flags override it.")]
+RestartOpt = Annotated[bool, typer.Option(
+    "--restart", help="Discard the saved state of an interrupted training (<out>.partial/) and start over.")]
+BranchOpt = Annotated[Literal["fused", "text", "visual"], typer.Option(
+    "--branch", help="Map to score: fused (the method), text or visual (ablations).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
+CKPT_FOLDER = "the checkpoint folder written by `detector train`"
 
 
 def _train_overrides(**flags: Any) -> dict[str, Any]:
@@ -82,9 +107,11 @@ def train(
     captions: CaptionsOpt = None,
     data: DataOpt = None,
     class_name: Annotated[str | None, typer.Option("--class", help="Class (folder name) to train.")] = None,
-    shots: Annotated[int | None, typer.Option("--shots", help="Number of normal shots k [4].")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Shot selection and prompt init seed [0].")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder to write.")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", help="Number of normal shots k.", show_default="4")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Shot selection and prompt init seed.", show_default="0")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Checkpoint folder to write.", show_default="out/checkpoint")] = None,
     backbone: BackboneOpt = None,
     pretrained: PretrainedOpt = None,
     epochs: EpochsOpt = None,
@@ -96,8 +123,9 @@ def train(
         "--baseline", help="'promptad': class-name prompts only (the PromptAD baseline).")] = None,
     config: ConfigOpt = None,
     layout: LayoutOpt = None,
+    restart: RestartOpt = False,
 ) -> None:
-    """Train FineGrainedAD for one class from k normal shots and its MFSC caption record."""
+    """Train FineGrainedAD for one class from k normal shots and its MFSC caption record (resumes)."""
 
     def body() -> None:
         _quiet_libraries()
@@ -107,13 +135,14 @@ def train(
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
                                      out=out, backbone=backbone, pretrained=pretrained, epochs=epochs,
                                      image_epochs=image_epochs, device=device, precision=precision,
-                                     shots_file=shots_file, baseline=baseline, layout=layout)
+                                     shots_file=shots_file, baseline=baseline, layout=layout, restart=restart)
         cfg = (TrainConfig.from_file(config, **overrides) if config is not None
                else TrainConfig.from_dict({}, source="flags", **overrides))
+        _not_a_file(Path(cfg.out), "--out", "a folder name for the checkpoint")
         path = train_fn(cfg, progress=True)
         _console().print(f"checkpoint written to {path}")
 
-    _run(body)
+    _run(body, interrupted=None)  # train says how many epochs were saved and how to resume
 
 
 # ---- eval ----------------------------------------------------------------------------------------
@@ -125,16 +154,17 @@ ExactMetricsOpt = Annotated[bool, typer.Option(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")],
+    checkpoint: CkptOpt,
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
     resolution: Annotated[int, typer.Option("--resolution", help="Evaluation resolution (400 = the paper).")] = 256,
-    branch: Annotated[str, typer.Option("--branch", help="fused, text or visual.")] = "fused",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision")] = "fp32",
-    layout: Annotated[str, typer.Option("--layout")] = "auto",
-    class_name: Annotated[str | None, typer.Option("--class", help="Override the checkpoint's class.")] = None,
+    branch: BranchOpt = "fused",
+    batch_size: BatchOpt = 8,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")] = "fp32",
+    layout: Annotated[str, typer.Option("--layout", help="Data set layout: auto, mvtec, visa, ...")] = "auto",
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="Class to evaluate.", show_default="the checkpoint's class")] = None,
     exact_metrics: ExactMetricsOpt = False,
 ) -> None:
     """Evaluate a checkpoint on its class's test split: metrics, overlays, HTML report, F1-max threshold."""
@@ -143,6 +173,9 @@ def eval_cmd(
         _quiet_libraries()
         from detector.evaluate import METRIC_COLUMNS, EvalConfig, run_eval
 
+        _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
+        _not_a_file(out, "--out", "a folder for the evaluation outputs")
+
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
                                   class_name=class_name, exact_metrics=exact_metrics))
@@ -150,7 +183,7 @@ def eval_cmd(
         if res.report_path:
             _console().print(f"report: {res.report_path}")
 
-    _run(body)
+    _run(body, interrupted="interrupted; metrics.json was not written: rerun the same command")
 
 
 def _print_metrics(values: dict[str, float], columns: tuple[str, ...], metrics_path: Path) -> None:
@@ -181,16 +214,17 @@ def _print_metrics(values: dict[str, float], columns: tuple[str, ...], metrics_p
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")],
+    checkpoint: CkptOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for maps (.npy), overlays, masks, scores.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: BatchOpt = 8,
     threshold: Annotated[str, typer.Option(
         "--threshold", help="auto (the F1-max threshold saved by `detector eval`), none, or a number.")] = "none",
     resolution: Annotated[int | None, typer.Option(
-        "--resolution", help="Map resolution before resizing to each image [the threshold's, else 256].")] = None,
-    branch: Annotated[str, typer.Option("--branch", help="fused, text or visual.")] = "fused",
-    device: Annotated[str, typer.Option("--device")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision")] = "fp32",
+        "--resolution", help="Map resolution before resizing to each image.",
+        show_default="the threshold's, else 256")] = None,
+    branch: BranchOpt = "fused",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")] = "fp32",
 ) -> None:
     """Anomaly maps, overlays, optional binary masks and image scores for new images."""
 
@@ -198,12 +232,15 @@ def predict(
         _quiet_libraries()
         from detector.predict import PredictConfig, run_predict
 
+        _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
+        _not_a_file(out, "--out", "a folder for the maps and scores")
+
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
                                          precision=precision))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
 
-    _run(body)
+    _run(body, interrupted="interrupted; scores.csv was not written: rerun the same command")
 
 
 # ---- benchmark -----------------------------------------------------------------------------------
@@ -216,33 +253,41 @@ def benchmark(
     captions: CaptionsOpt = None,
     shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts.")] = "1,2,4",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
-    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated classes [all].")] = None,
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="Comma-separated classes.", show_default="all")] = None,
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="Also run this baseline ('promptad': class-name prompts).")] = None,
-    num_shards: Annotated[int, typer.Option("--num-shards", min=1)] = 1,
-    shard_index: Annotated[int, typer.Option("--shard-index", min=0)] = 0,
+    num_shards: Annotated[int, typer.Option("--num-shards", min=1, help="Split the cells over N machines/GPUs.")] = 1,
+    shard_index: Annotated[int, typer.Option("--shard-index", min=0, help="Which of the N parts to run (0-based).")]
+    = 0,
     merge: Annotated[bool, typer.Option("--merge", help="Only assemble the tables from OUT/cells.")] = False,
     main: Annotated[bool, typer.Option("--main/--no-main", help="Run FineGrainedAD itself (--no-main: only "
                                        "the baseline).")] = True,
     resolution: Annotated[int, typer.Option("--resolution", help="Evaluation resolution (400 = the paper).")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: BatchOpt = 8,
     exact_metrics: ExactMetricsOpt = False,
     dataset_name: Annotated[str | None, typer.Option(
-        "--dataset-name", help="Name in the tables (mvtec/visa names add the paper's numbers) [data folder].")] = None,
+        "--dataset-name", help="Name in the tables (mvtec/visa names add the paper's numbers).",
+        show_default="the data folder's name")] = None,
     backbone: BackboneOpt = None,
     pretrained: PretrainedOpt = None,
     epochs: EpochsOpt = None,
     image_epochs: ImageEpochsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    layout: Annotated[str, typer.Option("--layout")] = "auto",
+    layout: Annotated[str, typer.Option("--layout", help="Data set layout: auto, mvtec, visa, ...")] = "auto",
     config: ConfigOpt = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Unfinished cells discard their saved training state and start over (finished cells "
+        "are kept).")] = False,
 ) -> None:
     """The paper's protocol: train + evaluate every (class, shots, seed), then tables (resumable, shardable)."""
 
     def body() -> None:
         _quiet_libraries()
         from detector.benchmark import BenchmarkConfig, parse_int_list, run_benchmark
+
+        _not_a_file(out, "--out", "a folder for the benchmark")
 
         cfg = BenchmarkConfig(
             data=data, out=out, captions=captions, shots=parse_int_list(shots, "--shots"),
@@ -252,7 +297,9 @@ def benchmark(
             batch_size=batch_size, exact_metrics=exact_metrics, layout=layout, dataset_name=dataset_name,
             train_config=config,
             train=_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs, image_epochs=image_epochs,
-                                   device=device, precision=precision))
+                                   device=device, precision=precision, restart=restart))
+        if not merge:
+            _check_cells(cfg)
         con = _console()
         result = run_benchmark(cfg, log=con.print)
         if "summary_md" in result:
@@ -260,7 +307,34 @@ def benchmark(
             if not result.get("meaningful", True):
                 con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
 
-    _run(body)
+    _run(body, interrupted="interrupted; finished cells are kept: rerun the same command to resume")
+
+
+def _check_cells(cfg: Any) -> None:
+    """Refuse what would fail every cell of a day-long run, before the first one trains: shot counts (at
+    least 1, at most the class's normal train images), classes missing from the captions, a missing GPU."""
+    import torch
+
+    from detector.benchmark import METHOD, all_cells, discover_classes, train_config_for
+    from detector.captions import load_class_record
+    from detector.errors import DetectorError
+    from fsad_data import read_dataset, select_shots
+
+    classes = discover_classes(cfg)
+    samples = read_dataset(cfg.data, layout=cfg.layout, classes=classes)
+    checked: set[str] = set()
+    for cell in all_cells(cfg, classes):
+        tc = train_config_for(cell, cfg)
+        select_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
+        if cell.method == METHOD and cell.class_name not in checked:
+            load_class_record(tc.captions, cell.class_name)
+            checked.add(cell.class_name)
+    try:
+        cuda = torch.device(tc.device).type == "cuda"
+    except RuntimeError as exc:
+        raise DetectorError(f"--device {tc.device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    if cuda and not torch.cuda.is_available():
+        raise DetectorError(f"--device {tc.device}: CUDA is not available on this machine; use --device cpu")
 
 
 if __name__ == "__main__":  # pragma: no cover

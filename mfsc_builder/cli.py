@@ -1,8 +1,8 @@
 """`mfsc`: build, merge, publish and inspect MFSC caption datasets, and make the synthetic demo set.
 
 Heavy libraries (datasets, torch, transformers, OpenCV) are imported inside the commands so that
-`mfsc --help` is instant. A `BuildError` or `DataError` becomes one red line on stderr and exit code 1
-(usage errors: 2, from typer), never a traceback.
+`mfsc --help` is instant. A `BuildError` or `DataError`, or an `OSError` (a full disk, a file where a folder
+must go), becomes one red line on stderr and exit code 1 (usage errors: 2, from typer), never a traceback.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -53,12 +53,30 @@ def _guard(fn: Callable[[], T]) -> T:
         err.print("[yellow]interrupted; finished work is kept: run the same command again to resume[/yellow]")
         raise typer.Exit(130) from None
     except _user_error_types() as exc:
-        err.print(f"[red]error: {exc}[/red]", soft_wrap=True, markup=True, emoji=False)
-        raise typer.Exit(1) from None
+        _red(f"error: {exc}")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _red(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) and the free "
+             "disk space")
+
+
+def _red(message: str) -> NoReturn:
+    """One red line on stderr (no markup: messages quote paths and lists), exit 1."""
+    err.print(message, style="red", soft_wrap=True, markup=False, emoji=False)
+    raise typer.Exit(1)
+
+
+def _not_a_file(path: Path | str | None, what: str) -> None:
+    """Refuse a file given where a folder goes, before any work starts."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise _build_error(f"{path} is a file; give {what}")
 
 
 def _setup_logging(quiet: bool) -> None:
+    from huggingface_hub.utils import disable_progress_bars
     from rich.logging import RichHandler
+
+    disable_progress_bars()  # datasets' and transformers' tqdm bars (ours is the only one)
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True)
@@ -91,30 +109,44 @@ def build(
     = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON file of build settings; flags override it.")]
     = None,
-    layout: Annotated[str | None, typer.Option(help="auto, mvtec, visa, visa_raw, realiad, folder.")] = None,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: all).")] = None,
-    captioner: Annotated[str | None, typer.Option(help="attributes | hf:<model id or dir> | openai:<model>.")]
+    layout: Annotated[str | None, typer.Option(
+        help="auto, mvtec, visa, visa_raw, realiad, folder.", show_default="auto")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.", show_default="all")] = None,
+    captioner: Annotated[str | None, typer.Option(
+        help="attributes | hf:<model id or dir> | openai:<model>.", show_default="attributes")] = None,
+    api_base: Annotated[str | None, typer.Option(
+        help="Base URL of an OpenAI-compatible server.", show_default="$OPENAI_BASE_URL, else OpenAI's")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Device of an hf: model: cpu, cuda, cuda:1, mps.", show_default="cpu")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="dtype of an hf: model: auto, float32, bfloat16, float16.", show_default="auto")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per captioner call.", show_default="4")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Parallel requests of the openai backend.", show_default="4")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per openai request.", show_default="60")] = None,
+    max_retries: Annotated[int | None, typer.Option(
+        help="Retries of a failed openai request.", show_default="3")] = None,
+    trust_remote_code: Annotated[bool | None, typer.Option(
+        help="Allow an hf: model's own code.", show_default="no")] = None,
+    shots: Annotated[int | None, typer.Option(
+        "--shots", "-k", help="Reference normal images per class.", show_default="1")]
     = None,
-    api_base: Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.")] = None,
-    device: Annotated[str | None, typer.Option(help="Device of an hf: model (cpu, cuda, cuda:1, mps).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per captioner call.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Parallel requests of the openai backend.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per openai request.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Retries of a failed openai request.")] = None,
-    trust_remote_code: Annotated[bool | None, typer.Option(help="Allow an hf: model's own code.")] = None,
-    shots: Annotated[int | None, typer.Option("--shots", "-k", help="Reference normal images per class.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the reference selection.")] = None,
-    shots_file: Annotated[str | None, typer.Option(help="PromptAD/WinCLIP-style seed file of shots.")] = None,
-    defect_vocab: Annotated[str | None, typer.Option(help="generic | dataset (leaks test info) | model | FILE.")]
+    seed: Annotated[int | None, typer.Option(help="Seed of the reference selection.", show_default="0")] = None,
+    shots_file: Annotated[str | None, typer.Option(
+        help="PromptAD/WinCLIP-style seed file of shots.", show_default="none: by --seed")] = None,
+    defect_vocab: Annotated[str | None, typer.Option(
+        help="generic | dataset (leaks test info) | model | FILE.", show_default="generic")] = None,
+    num_shards: Annotated[int | None, typer.Option(help="Split the work over N machines.", show_default="1")] = None,
+    shard_index: Annotated[int | None, typer.Option(
+        help="Which of the N parts this run builds, 0-based.", show_default="0")]
     = None,
-    num_shards: Annotated[int | None, typer.Option(help="Split the work over N machines.")] = None,
-    shard_index: Annotated[int | None, typer.Option(help="Which of the N parts this run builds (0-based).")]
-    = None,
-    on_error: Annotated[str | None, typer.Option(help="raise (stop) or skip (record and go on).")] = None,
-    crop: Annotated[list[str] | None, typer.Option(help="Cropping setting KEY=VALUE (repeatable).")] = None,
+    on_error: Annotated[str | None, typer.Option(
+        help="raise (stop) or skip (record and go on).", show_default="raise")] = None,
+    crop: Annotated[list[str] | None, typer.Option(
+        help="Cropping setting KEY=VALUE, repeatable.", show_default="none")] = None,
     force: Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")] = False,
 ) -> None:
     """Build the `images` and `classes` datasets of a data set (resumes an interrupted build)."""
 
@@ -134,6 +166,7 @@ def build(
         extra = _parse_crop(crop)
         if extra:
             cfg.crop = {**cfg.crop, **extra}
+        _not_a_file(cfg.out, "an output folder to --out")
         summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
         counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
         out.print(f"[green]wrote[/green] {summary.out}/images ({counts}) and {summary.out}/classes "
@@ -176,6 +209,7 @@ def merge(
         from mfsc_builder.build import merge_builds
 
         _setup_logging(False)
+        _not_a_file(out_dir, "an output folder to --out")
         s = merge_builds(list(parts), out_dir)
         counts = ", ".join(f"{k}: {v}" for k, v in s.images.items())
         out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)",
@@ -200,6 +234,8 @@ def publish(
         from mfsc_builder import publish as pub
 
         _setup_logging(False)
+        _not_a_file(build_dir, "the output folder of `mfsc build`")
+        _not_a_file(dry_run, "a folder to --dry-run")
         if dry_run is not None:
             folder = pub.dry_run(build_dir, dry_run, repo_id=repo_id, license=license)
             out.print(f"[green]dry run[/green] written to {folder} (README.md + data/<config>/<split>-*.parquet)")
@@ -246,6 +282,7 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
 
     console = console or out
     build_dir = Path(build_dir)
+    _not_a_file(build_dir, "the output folder of `mfsc build`")
     for sub in ("classes", "images"):
         if not (build_dir / sub).is_dir():
             raise BuildError(f"{build_dir / sub} not found; run `mfsc build SOURCE --out {build_dir}` first")
@@ -258,6 +295,19 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
     if name not in names:
         raise BuildError(f"class {name!r} is not in {build_dir}; it has: {', '.join(names)}")
     c = classes[names.index(name)]
+    images = datasets.load_from_disk(str(build_dir / "images"))
+    best: tuple[int, str, int] | None = None  # (priority, split, index): an anomalous image first
+    for split in images:
+        cols = images[split].select_columns(["id", "class_name", "label"])
+        for i, (sid, cn, lab) in enumerate(zip(cols["id"], cols["class_name"], cols["label"])):
+            prio = (0 if sid == image_id else None) if image_id else (
+                (0 if lab == 1 else 1) if cn == name else None)
+            if prio is not None and (best is None or prio < best[0]):
+                best = (prio, split, i)
+    if best is None:
+        example = images[next(iter(images))].select_columns(["id"])[0]["id"]
+        raise BuildError(f"no image record {image_id or 'of class ' + name} in {build_dir / 'images'}; give an "
+                         f"--image id like {example} (<class>/<split>/<defect type>/<stem>)")
 
     head = Table.grid(padding=(0, 2))
     head.add_row("object", c["object_name"])
@@ -282,17 +332,6 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
                                                       if len(t["abnormal"]) > 3 else ""))
     console.print(texts)
 
-    images = datasets.load_from_disk(str(build_dir / "images"))
-    best: tuple[int, str, int] | None = None  # (priority, split, index): an anomalous image first
-    for split in images:
-        cols = images[split].select_columns(["id", "class_name", "label"])
-        for i, (sid, cn, lab) in enumerate(zip(cols["id"], cols["class_name"], cols["label"])):
-            prio = (0 if sid == image_id else None) if image_id else (
-                (0 if lab == 1 else 1) if cn == name else None)
-            if prio is not None and (best is None or prio < best[0]):
-                best = (prio, split, i)
-    if best is None:
-        raise BuildError(f"no image record {image_id or 'of class ' + name} in {build_dir / 'images'}")
     row = images[best[1]].remove_columns(["image", "mask"])[best[2]]
     grid = Table.grid(padding=(0, 2))
     grid.add_row("split / label", f"{row['split']} / {'anomaly' if row['label'] else 'normal'} ({row['defect_type']})")
@@ -326,6 +365,7 @@ def demo_data(
     def body() -> None:
         from fsad_data import make_demo_data, to_visa_raw
 
+        _not_a_file(visa_raw, "a folder to --visa-raw")
         root = make_demo_data(out_dir, seed=seed)
         out.print(f"[green]demo data[/green] written to {root}")
         if visa_raw is not None:
