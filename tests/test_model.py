@@ -192,3 +192,25 @@ def test_no_hard_coded_cuda():
             if name == "cuda" or (name in ("to", "device") and any(str(c).startswith("cuda") for c in consts)):
                 found.append(f"{path.name}:{node.lineno}")
     assert not found, f"hard-coded CUDA at {found}"
+
+
+def test_fusion_rule_and_the_tokens_each_branch_reads():
+    """METHOD: PAD on the V-V patch tokens, VAD on the tapped blocks; harmonic mean on the patch grid, then
+    bilinear upsampling, then Gaussian sigma 4; image score = harmonic(CLS text score, max of the visual grid)."""
+    from detector.backbone import BackboneOutput
+
+    torch.manual_seed(0)
+    m = _bare_model(F.normalize(torch.randn(2, 4), dim=-1), F.normalize(torch.randn(2, 4), dim=-1),
+                    [torch.randn(5, 3)])
+    out = BackboneOutput(cls=torch.randn(1, 4), patches=torch.randn(1, 4, 4), taps=[torch.randn(1, 4, 3)],
+                         grid=(2, 2))
+    text_grid = m.textual_map(out.patches).reshape(1, 2, 2)
+    vis_grid = m.visual_map(out.taps).reshape(1, 2, 2)
+    score, maps = m.score_features(out, resolution=16)
+    up = F.interpolate(harmonic_mean(text_grid, vis_grid)[:, None], size=(16, 16), mode="bilinear",
+                       align_corners=False)[:, 0]
+    assert torch.allclose(maps, gaussian_smooth(up, 4.0), atol=1e-6)
+    assert torch.allclose(score, harmonic_mean(m.image_text_score(out.cls), vis_grid.flatten(1).max(1).values))
+    _, text_maps = m.score_features(out, resolution=16, branch="text")
+    up_text = F.interpolate(text_grid[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(text_maps, gaussian_smooth(up_text, 4.0), atol=1e-6)
