@@ -226,7 +226,8 @@ def publish(
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
     dry_run: Annotated[Path | None, typer.Option(help="Write what would be uploaded into this folder instead.")]
     = None,
-    license: Annotated[str | None, typer.Option(help="Hub license id, overriding the source's.")] = None,
+    license: Annotated[str | None, typer.Option(
+        help="Hub license id.", show_default="the source data set's")] = None,
 ) -> None:
     """Push both configs and the card to the Hub, or write them locally with --dry-run OUT."""
 
@@ -258,8 +259,9 @@ def _build_error(msg: str) -> Exception:
 @app.command()
 def show(
     build_dir: Annotated[Path, typer.Argument(help="Output folder of `mfsc build` (or of `mfsc merge`).")],
-    class_name: Annotated[str | None, typer.Option("--class", help="Class to show (default: the first).")] = None,
-    image_id: Annotated[str | None, typer.Option("--image", help="Image id to show (default: an anomalous one).")]
+    class_name: Annotated[str | None, typer.Option("--class", help="Class to show.", show_default="the first")] = None,
+    image_id: Annotated[str | None, typer.Option(
+        "--image", help="Image id to show.", show_default="an anomalous image of the class")]
     = None,
 ) -> None:
     """Print a class record and one image record of a build, readably."""

@@ -133,3 +133,144 @@ def test_benchmark_command_runs_resumes_and_merges(demo_root, tmp_path, tiny_cli
     assert res.exit_code == 0 and "1 already finished, 0 to run" in res.output
     res = runner.invoke(app, [*args, "--merge"])
     assert res.exit_code == 0 and "tables written" in res.output
+
+
+# ---- bad input through the CLI: one red line, exit 1, nothing written ------------------------------------------
+
+def _error_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), res.output + res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    return lines[0]
+
+
+def _caption_dataset(folder, class_names):
+    """A minimal `mfsc build`-style classes dataset holding only ``class_names``."""
+    import datasets
+
+    rows = [{"schema_version": 1, "class_name": c, "object_name": c, "caption": c, "defect_states": ["crack"],
+             "image_view": {"foreground": c, "background": "white"}, "foreground_view": {"count": 1, "relation": ""},
+             "components": [], "texts": []} for c in class_names]
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder / "classes"))
+    return folder
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--class", "pill_box", "--out", "{file}"], "--out"),
+    (["eval", "--checkpoint", "{dir}", "--data", "{dir}", "--out", "{file}"], "--out"),
+    (["eval", "--checkpoint", "{file}", "--data", "{dir}", "--out", "{dir}/o"], "--checkpoint"),
+    (["predict", "{dir}", "--checkpoint", "{dir}", "--out", "{file}"], "--out"),
+    (["predict", "{dir}", "--checkpoint", "{file}", "--out", "{dir}/o"], "--checkpoint"),
+    (["benchmark", "--data", "{dir}", "--out", "{file}", "--baseline", "promptad", "--no-main"], "--out"),
+])
+def test_a_file_where_a_folder_goes_is_refused_before_any_work(tmp_path, args, flag):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    res = runner.invoke(app, [a.format(file=f, dir=tmp_path) for a in args])
+    assert f"{flag} {f} is a file; give " in _error_line(res)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and f.read_text() == "x"
+
+
+@pytest.mark.parametrize("cmd", ["eval", "predict"])
+def test_an_unknown_branch_is_a_usage_error_before_any_output(tmp_path, cmd):
+    where = ["--data", str(tmp_path)] if cmd == "eval" else [str(tmp_path)]
+    res = runner.invoke(app, [cmd, "--checkpoint", str(tmp_path), *where, "--out", str(tmp_path / "o"),
+                              "--branch", "both"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "'both' is not one of 'fused', 'text', 'visual'" in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _no_gpu():
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--shots", "0"], "need at least one normal shot"),
+    (["--shots", "1,50"], "has 8 normal training images, fewer than k=50"),
+    (["--num-shards", "2", "--shard-index", "5"], "--shard-index 5 must be in 0..1"),
+    (["--main", "--captions", "{caps}"], "class 'pill_box' is not in the caption dataset"),
+    pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available",
+                 marks=pytest.mark.skipif(not _no_gpu(), reason="this machine has CUDA")),
+])
+def test_benchmark_refuses_what_would_fail_every_cell_before_the_first(demo_root, tmp_path, extra, words):
+    caps = _caption_dataset(tmp_path / "caps", ["bottle"])  # captions of another data set
+    out = tmp_path / "bench"
+    res = runner.invoke(app, ["benchmark", "--data", str(demo_root), "--out", str(out), "--classes", "pill_box",
+                              "--shots", "1", "--seeds", "0", "--baseline", "promptad", "--no-main",
+                              *[a.format(caps=caps) for a in extra]])
+    assert words in _error_line(res)
+    assert not out.exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / "o" / "scores.csv"
+
+    def full(_config):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(P, "run_predict", full)
+    res = runner.invoke(app, ["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
+    line = _error_line(res)
+    assert os.strerror(errno.ENOSPC) in line and str(target) in line and "free disk space" in line
+
+
+def test_ctrl_c_exits_130_with_one_hint_or_trains_own_line(tmp_path, monkeypatch):
+    import detector.train as T
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "run_predict", stop)
+    res = runner.invoke(app, ["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 130 and len(lines) == 1 and "rerun" in lines[0]
+    monkeypatch.setattr(T, "train", stop)  # train prints its own line (epochs saved, how to resume)
+    res = runner.invoke(app, ["train", "--class", "pill_box", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 130 and not res.stderr.strip()
+
+
+def test_restart_reaches_train_config(demo_root, tmp_path, monkeypatch):
+    import detector.benchmark as B
+    import detector.train as T
+
+    seen = []
+    monkeypatch.setattr(T, "train", lambda cfg, progress=True: seen.append(cfg.restart) or tmp_path)
+    for flag in ([], ["--restart"]):
+        res = runner.invoke(app, ["train", "--class", "pill_box", "--out", str(tmp_path / "c"), *flag])
+        assert res.exit_code == 0, res.output + res.stderr
+    monkeypatch.setattr(B, "run_benchmark", lambda cfg, log: seen.append(
+        B.train_config_for(B.Cell("promptad", "pill_box", 1, 0), cfg).restart) or {})
+    res = runner.invoke(app, ["benchmark", "--data", str(demo_root), "--out", str(tmp_path / "b"), "--classes",
+                              "pill_box", "--shots", "1", "--seeds", "0", "--baseline", "promptad", "--no-main",
+                              "--restart"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert seen == [False, True, True]
+
+
+# options that are simply off (or required in practice) when not given
+UNSET_MEANS_NOT_USED = {"captions", "data", "class_name", "shots_file", "baseline", "config"}
+
+
+def test_every_option_has_a_one_line_help_with_its_default():
+    from dataclasses import asdict
+
+    import typer
+
+    from detector.train import TrainConfig
+
+    defaults = asdict(TrainConfig())
+    for name, cmd in typer.main.get_command(app).commands.items():
+        for p in cmd.params:
+            if p.param_type_name != "option":
+                continue
+            where = f"detector {name} {p.opts[0]}"
+            assert p.help and "\n" not in p.help and "[" not in p.help, where  # rich would eat "[x]"
+            assert (p.default is not None or isinstance(p.show_default, str) or p.required
+                    or p.name in UNSET_MEANS_NOT_USED), f"{where}: no default shown"
+            if isinstance(p.show_default, str) and p.name in defaults and name in ("train", "benchmark"):
+                assert p.show_default == str(defaults[p.name]), f"{where}: help says {p.show_default}"

@@ -139,3 +139,93 @@ def test_publish_push_via_cli_with_a_mocked_hub(cli_build, monkeypatch):
     assert calls[1] == ("create_repo", "me/mfsc-demo", True)
     assert calls[2] == ("upload_folder", ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
                                           "train-00000-of-00001.parquet"])
+
+
+# ---- bad input: one red line, exit 1, nothing written --------------------------------------------------------------
+
+def _error_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), res.output + res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, what", [
+    (["build", "{demo}", "--out", "{file}"], "an output folder to --out"),
+    (["merge", "{dir}", "--out", "{file}"], "an output folder to --out"),
+    (["publish", "{file}", "--dry-run", "{dir}/up"], "the output folder of `mfsc build`"),
+    (["publish", "{dir}", "--dry-run", "{file}"], "a folder to --dry-run"),
+    (["show", "{file}"], "the output folder of `mfsc build`"),
+    (["demo-data", "{dir}/demo", "--visa-raw", "{file}"], "a folder to --visa-raw"),
+])
+def test_a_file_where_a_folder_goes_is_refused_before_any_work(tmp_path, demo_root, args, what):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    res = runner.invoke(app, [a.format(file=f, dir=tmp_path, demo=demo_root) for a in args])
+    assert f"{f} is a file; give {what}" in _error_line(res)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and f.read_text() == "x"
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--captioner", "gpt4"], "unknown captioner 'gpt4'"),
+    (["--num-shards", "2", "--shard-index", "5"], "--shard-index 5 must be in 0..1"),
+    (["--shots", "0"], "--shots 0: at least one reference image"),
+    (["--shots", "50"], "has 8 normal training images, fewer than k=50"),
+    (["--classes", "bottle"], "class bottle not found"),
+])
+def test_build_refuses_bad_settings_before_writing(demo_root, tmp_path, extra, words):
+    res = runner.invoke(app, ["build", str(demo_root), "--out", str(tmp_path / "o"), "-q", *extra])
+    assert words in _error_line(res)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(demo_root, tmp_path, monkeypatch):
+    import errno
+
+    import mfsc_builder.build as B
+
+    target = tmp_path / "o" / "work" / "part.tmp"
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(B, "run_build", full)
+    line = _error_line(runner.invoke(app, ["build", str(demo_root), "--out", str(tmp_path / "o"), "-q"]))
+    assert os.strerror(errno.ENOSPC) in line and str(target) in line and "free disk space" in line
+
+
+def test_show_an_unknown_image_prints_only_the_error(cli_build):
+    res = runner.invoke(app, ["show", str(cli_build), "--image", "fabric/test/nope/000"])
+    assert "no image record fabric/test/nope/000" in _error_line(res) and "--image id like fabric/" in res.stderr
+    assert res.stdout == ""
+
+
+# options that are simply off when not given
+UNSET_MEANS_NOT_USED = {"out_dir", "config", "dry_run", "visa_raw"}
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def test_every_option_has_a_one_line_help_with_its_default():
+    from dataclasses import asdict
+
+    import typer
+
+    from mfsc_builder.build import BuildConfig
+
+    defaults = asdict(BuildConfig())
+    for name, cmd in typer.main.get_command(app).commands.items():
+        for p in cmd.params:
+            if p.param_type_name != "option":
+                continue
+            where = f"mfsc {name} {p.opts[0]}"
+            assert p.help and "\n" not in p.help and "[" not in p.help, where  # rich would eat "[x]"
+            assert (p.default is not None or isinstance(p.show_default, str) or p.required
+                    or p.name in UNSET_MEANS_NOT_USED), f"{where}: no default shown"
+            if name == "build" and isinstance(p.show_default, str) and isinstance(defaults.get(p.name),
+                                                                                  (int, float, str)):
+                assert p.show_default == _shown(defaults[p.name]), f"{where}: help says {p.show_default}"
