@@ -175,8 +175,24 @@ def build(
         if summary.skipped:
             err.print(f"[yellow]{len(summary.skipped)} image(s) skipped; listed in {summary.out}/build_info.json"
                       "[/yellow]")
+        fallback, total = _fallback_count(summary.out)
+        if fallback:
+            err.print(f"{fallback} of {total} image records hold the attribute captioner's fields, not the "
+                      "model's (provenance.status = fallback): its answers were invalid or it could not be "
+                      "reached; fix the backend and rebuild with --force", style="yellow", markup=False,
+                      soft_wrap=True)
 
     _guard(body)
+
+
+def _fallback_count(build_out: Path) -> tuple[int, int]:
+    """(image records the model did not caption, all image records): a model server that was down or
+    answered nonsense for hours must not pass unnoticed."""
+    import datasets
+
+    images = datasets.load_from_disk(str(Path(build_out) / "images"))
+    statuses = [p["status"] for split in images.values() for p in split["provenance"]]
+    return statuses.count("fallback"), len(statuses)
 
 
 def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] | None], T]) -> T:

@@ -229,3 +229,23 @@ def test_every_option_has_a_one_line_help_with_its_default():
             if name == "build" and isinstance(p.show_default, str) and isinstance(defaults.get(p.name),
                                                                                   (int, float, str)):
                 assert p.show_default == _shown(defaults[p.name]), f"{where}: help says {p.show_default}"
+
+
+def test_a_build_the_model_did_not_caption_says_so(tmp_path, monkeypatch):
+    """A model server that was down for the whole build leaves attribute fallbacks: one yellow line says so."""
+    import datasets
+
+    import mfsc_builder.build as B
+
+    rows = [{"provenance": {"status": s}} for s in ("fallback", "ok", "retried", "fallback")]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:3]), "test": datasets.Dataset.from_list(rows[3:])}
+                         ).save_to_disk(str(tmp_path / "images"))
+    summary = B.BuildSummary(out=tmp_path, images={"train": 3, "test": 1}, classes=["x"], resumed=False, computed={})
+    monkeypatch.setattr(B, "run_build", lambda *a, **k: summary)
+    res = runner.invoke(app, ["build", str(tmp_path), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "2 of 4 image records hold the attribute captioner's fields" in " ".join(res.stderr.split())
+    rows[0]["provenance"]["status"] = "ok"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:3])}).save_to_disk(str(tmp_path / "images"))
+    res = runner.invoke(app, ["build", str(tmp_path), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0 and not res.stderr.strip()
