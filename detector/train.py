@@ -501,13 +501,19 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     is written); a Ctrl-C prints one line saying so.
     """
     try:
-        model = train_model(config, progress=progress, resume=True)
+        train_and_save(config, progress=progress)
     except KeyboardInterrupt:
         print(describe_partial(config), file=sys.stderr, flush=True)
         raise
-    out = model.save(Path(config.out))
+    return Path(config.out)
+
+
+def train_and_save(config: TrainConfig, progress: bool = True) -> Any:
+    """Resumable training, then the checkpoint, then the resumable state removed; returns the in-memory model."""
+    model = train_model(config, progress=progress, resume=True)
+    model.save(Path(config.out))
     shutil.rmtree(partial_dir(config), ignore_errors=True)
-    return out
+    return model
 
 
 def _load_shots(config: TrainConfig) -> tuple[list, list[str]]:
