@@ -323,3 +323,32 @@ def test_full_size_backbone_trains_and_predicts(demo_root, tmp_path):
     assert pred.scores.shape == (2,) and pred.maps.shape == (2, 64, 64)
     assert np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
     assert all(np.isfinite(v) for h in model.meta["history"].values() for v in h)
+
+
+def test_pixel_loss_gets_each_groups_region_weights_in_token_order(tiny_clip_name, monkeypatch):
+    """Wiring of MLSA: row g of the loss weights is group g's region weights of shot 0, then shot 1, ...,
+    aligned with the flattened patch tokens (a wrong permute/reshape would mix groups or shots)."""
+    import torch.nn.functional as F
+
+    from detector import losses
+
+    seen = {}
+    real = losses.mlsa_loss
+
+    def spy(tokens, weights, *a, **k):
+        seen.update(tokens=tokens, weights=weights)
+        return real(tokens, weights, *a, **k)
+
+    monkeypatch.setattr(losses, "mlsa_loss", spy)
+    shots = [make_image((8, 8, 24)), make_image((30, 30, 20))]  # different shots: different region weights
+    m = train_model(_cfg(tiny_clip_name, epochs=1, image_epochs=0), progress=False, shot_images=shots,
+                    shot_names=NAMES, record=RECORD)
+    rw = m.region_weights  # (B, G, h, w)
+    b, g = rw.shape[:2]
+    assert not torch.equal(rw[0], rw[1]) and not torch.equal(rw[:, 1], rw[:, 2])
+    n = rw[0, 0].numel()
+    for gi in range(g):
+        for bi in range(b):
+            assert torch.equal(seen["weights"][gi, bi * n : (bi + 1) * n], rw[bi, gi].flatten())
+    out = m.backbone.encode(m.backbone.preprocess(shots))
+    assert torch.allclose(seen["tokens"], F.normalize(out.patches, dim=-1).reshape(-1, out.patches.shape[-1]))
