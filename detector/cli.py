@@ -96,6 +96,8 @@ BranchOpt = Annotated[Literal["fused", "text", "visual"], typer.Option(
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
 CKPT_FOLDER = "the checkpoint folder written by `detector train`"
+EvalResolutionOpt = Annotated[int, typer.Option(
+    "--resolution", min=8, help="Evaluation resolution in pixels (400 = the paper).")]
 
 
 def _train_overrides(**flags: Any) -> dict[str, Any]:
@@ -157,7 +159,7 @@ def eval_cmd(
     checkpoint: CkptOpt,
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
-    resolution: Annotated[int, typer.Option("--resolution", help="Evaluation resolution (400 = the paper).")] = 256,
+    resolution: EvalResolutionOpt = 256,
     branch: BranchOpt = "fused",
     batch_size: BatchOpt = 8,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
@@ -220,7 +222,7 @@ def predict(
     threshold: Annotated[str, typer.Option(
         "--threshold", help="auto (the F1-max threshold saved by `detector eval`), none, or a number.")] = "none",
     resolution: Annotated[int | None, typer.Option(
-        "--resolution", help="Map resolution before resizing to each image.",
+        "--resolution", min=8, help="Map resolution before resizing to each image.",
         show_default="the threshold's, else 256")] = None,
     branch: BranchOpt = "fused",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
@@ -263,7 +265,7 @@ def benchmark(
     merge: Annotated[bool, typer.Option("--merge", help="Only assemble the tables from OUT/cells.")] = False,
     main: Annotated[bool, typer.Option("--main/--no-main", help="Run FineGrainedAD itself (--no-main: only "
                                        "the baseline).")] = True,
-    resolution: Annotated[int, typer.Option("--resolution", help="Evaluation resolution (400 = the paper).")] = 256,
+    resolution: EvalResolutionOpt = 256,
     batch_size: BatchOpt = 8,
     exact_metrics: ExactMetricsOpt = False,
     dataset_name: Annotated[str | None, typer.Option(
@@ -301,7 +303,7 @@ def benchmark(
         if not merge:
             _check_cells(cfg)
         con = _console()
-        result = run_benchmark(cfg, log=con.print)
+        result = run_benchmark(cfg, log=lambda line: con.print(line, markup=False))
         if "summary_md" in result:
             con.print(result["summary_md"], markup=False)
             if not result.get("meaningful", True):

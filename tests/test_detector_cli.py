@@ -171,12 +171,19 @@ def test_a_file_where_a_folder_goes_is_refused_before_any_work(tmp_path, args, f
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and f.read_text() == "x"
 
 
-@pytest.mark.parametrize("cmd", ["eval", "predict"])
-def test_an_unknown_branch_is_a_usage_error_before_any_output(tmp_path, cmd):
-    where = ["--data", str(tmp_path)] if cmd == "eval" else [str(tmp_path)]
-    res = runner.invoke(app, [cmd, "--checkpoint", str(tmp_path), *where, "--out", str(tmp_path / "o"),
-                              "--branch", "both"], env={"COLUMNS": "200"})
-    assert res.exit_code == 2 and "'both' is not one of 'fused', 'text', 'visual'" in res.stderr, res.stderr
+@pytest.mark.parametrize("cmd, extra, words", [
+    ("eval", ["--branch", "both"], "'both' is not one of 'fused', 'text', 'visual'"),
+    ("predict", ["--branch", "both"], "'both' is not one of 'fused', 'text', 'visual'"),
+    ("eval", ["--resolution", "0"], "--resolution"),
+    ("predict", ["--resolution", "4"], "--resolution"),
+    ("benchmark", ["--resolution", "0"], "--resolution"),
+])
+def test_bad_choices_and_ranges_are_usage_errors_before_any_output(tmp_path, cmd, extra, words):
+    where = {"eval": ["--checkpoint", str(tmp_path), "--data", str(tmp_path)],
+             "predict": ["--checkpoint", str(tmp_path), str(tmp_path)],
+             "benchmark": ["--data", str(tmp_path), "--baseline", "promptad", "--no-main"]}[cmd]
+    res = runner.invoke(app, [cmd, *where, "--out", str(tmp_path / "o"), *extra], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and words in res.stderr, res.stderr
     assert not (tmp_path / "o").exists()
 
 
