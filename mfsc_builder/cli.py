@@ -378,7 +378,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes.")] = 0,
     visa_raw: Annotated[Path | None, typer.Option(help="Also convert it to the VisA raw layout here.")] = None,
 ) -> None:
-    """Write the project's small synthetic data set (seconds, a few MB)."""
+    """Write the project's small synthetic data set (3 classes, about 0.5 MB, in about a second)."""
 
     def body() -> None:
         from fsad_data import make_demo_data, to_visa_raw
