@@ -141,8 +141,6 @@ class _DiskFull:
         self._fh.close()
 
 
-@pytest.mark.xfail(strict=True, reason="detector/cli.py _run turns only DetectorError/DataError into one line: an "
-                   "OSError (ENOSPC) from fsad_data.atomic while predict/eval write their outputs is a traceback")
 def test_predict_with_a_full_disk_is_one_line_saying_so(checkpoint, tmp_path, monkeypatch):
     Image.fromarray(_scene()).save(tmp_path / "x.png")
     real = os.fdopen
