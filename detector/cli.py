@@ -323,20 +323,22 @@ def _check_cells(cfg: Any) -> None:
     from fsad_data import read_dataset, select_shots
 
     classes = discover_classes(cfg)
+    cells = all_cells(cfg, classes)
+    device = train_config_for(cells[0], cfg).device
+    try:
+        cuda = torch.device(device).type == "cuda"
+    except RuntimeError as exc:
+        raise DetectorError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    if cuda and not torch.cuda.is_available():
+        raise DetectorError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     samples = read_dataset(cfg.data, layout=cfg.layout, classes=classes)
-    checked: set[str] = set()
-    for cell in all_cells(cfg, classes):
+    captioned: set[str] = set()
+    for cell in cells:
         tc = train_config_for(cell, cfg)
         select_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
-        if cell.method == METHOD and cell.class_name not in checked:
+        if cell.method == METHOD and cell.class_name not in captioned:
             load_class_record(tc.captions, cell.class_name)
-            checked.add(cell.class_name)
-    try:
-        cuda = torch.device(tc.device).type == "cuda"
-    except RuntimeError as exc:
-        raise DetectorError(f"--device {tc.device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
-    if cuda and not torch.cuda.is_available():
-        raise DetectorError(f"--device {tc.device}: CUDA is not available on this machine; use --device cpu")
+            captioned.add(cell.class_name)
 
 
 if __name__ == "__main__":  # pragma: no cover
