@@ -281,3 +281,31 @@ def test_every_option_has_a_one_line_help_with_its_default():
                     or p.name in UNSET_MEANS_NOT_USED), f"{where}: no default shown"
             if isinstance(p.show_default, str) and p.name in defaults and name in ("train", "benchmark"):
                 assert p.show_default == str(defaults[p.name]), f"{where}: help says {p.show_default}"
+
+
+@pytest.fixture(scope="module")
+def widget_ckpt(tmp_path_factory, tiny_clip_name):
+    """A 1-epoch class-name checkpoint of a class named 'widget' (in no data set here)."""
+    from detector.train import TrainConfig, train_model
+
+    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
+                      shots=1, baseline="promptad")
+    model = train_model(cfg, progress=False, shot_images=[np.full((64, 64, 3), 200, np.uint8)],
+                        shot_names=["good/000.png"], record=None)
+    return model.save(tmp_path_factory.mktemp("ckpt") / "widget")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("empty folder", "no images found in"),
+    ("text file", "is not an image"),
+    ("data without the class", "class widget not found in"),
+])
+def test_predict_and_eval_on_inputs_without_images_of_the_class(widget_ckpt, demo_root, tmp_path, case, words):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    out = tmp_path / "o"
+    args = {"empty folder": ["predict", tmp_path / "empty"], "text file": ["predict", tmp_path / "notes.txt"],
+            "data without the class": ["eval", "--data", demo_root]}[case]
+    res = runner.invoke(app, [str(a) for a in [*args, "--checkpoint", widget_ckpt, "--out", out]])
+    assert words in _error_line(res)
+    assert not out.exists()
