@@ -72,6 +72,11 @@ def _console():
     return Console(highlight=False, soft_wrap=True)  # log lines and Markdown tables stay whole in files
 
 
+def _bars() -> bool:
+    """Progress bars of eval and predict (drawn on stdout) only on a terminal: no blank lines in logs."""
+    return _console().is_terminal
+
+
 # ---- train ---------------------------------------------------------------------------------------
 
 CaptionsOpt = Annotated[str | None, typer.Option("--captions", help="Caption dataset folder (mfsc build) or Hub id.")]
@@ -180,7 +185,8 @@ def eval_cmd(
 
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
-                                  class_name=class_name, exact_metrics=exact_metrics))
+                                  class_name=class_name, exact_metrics=exact_metrics,
+                                  progress=_bars()))
         _print_metrics(res.metrics, METRIC_COLUMNS, res.metrics_path)
         if res.report_path:
             _console().print(f"report: {res.report_path}")
@@ -239,7 +245,7 @@ def predict(
 
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
-                                         precision=precision))
+                                         precision=precision, progress=_bars()))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
 
     _run(body, interrupted="interrupted; scores.csv was not written: rerun the same command")

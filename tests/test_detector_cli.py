@@ -309,3 +309,10 @@ def test_predict_and_eval_on_inputs_without_images_of_the_class(widget_ckpt, dem
     res = runner.invoke(app, [str(a) for a in [*args, "--checkpoint", widget_ckpt, "--out", out]])
     assert words in _error_line(res)
     assert not out.exists()
+
+
+def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(P, "run_predict", lambda config: seen.append(config.progress) or [])
+    res = runner.invoke(app, ["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0 and seen == [False] and res.stdout.startswith("0 image(s) scored")
