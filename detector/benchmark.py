@@ -151,12 +151,11 @@ def train_config_for(cell: Cell, config: BenchmarkConfig) -> Any:
 
 
 def default_trainer(train_config: Any) -> Any:
-    """Train one cell and save its checkpoint; returns the in-memory model (no reload needed)."""
-    from detector.train import train_model
+    """Train one cell (resumable inside the cell: ``<checkpoint>.partial/``) and save its checkpoint;
+    returns the in-memory model (no reload needed)."""
+    from detector.train import train_and_save
 
-    model = train_model(train_config, progress=False)
-    model.save(Path(train_config.out))
-    return model
+    return train_and_save(train_config, progress=False)
 
 
 def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
@@ -222,19 +221,22 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[Any], Any] = defau
 
             write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
             failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
-            log(f"[{i}/{len(todo)}] {cell} FAILED: {exc}")
+            log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: FAILED: {exc}")
             continue
         log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: image AUROC "
             f"{_pct(m.get('image_auroc'))}, pixel AUROC {_pct(m.get('pixel_auroc'))} "
             f"({time.perf_counter() - t0:.1f} s)")
     result: dict[str, Any] = {"cells": len(cells), "ran": len(todo) - len(failures), "failures": failures}
+    failed = DetectorError(f"{len(failures)} cell(s) failed (see error.txt in their folders): "
+                           + "; ".join(failures[:3]))
+    if failures and len(failures) == len(todo) and not any(is_finished(c, out) for c in cells):
+        raise failed  # nothing to tabulate: the cells' own errors say more than an empty merge would
     if config.num_shards == 1:
         result.update(merge(out, dataset_name(config), log=log))
     else:
         log("shard done; after all shards finish run the same command with --merge to write the tables")
     if failures:
-        raise DetectorError(f"{len(failures)} cell(s) failed (see error.txt in their folders): "
-                            + "; ".join(failures[:3]))
+        raise failed
     return result
 
 
