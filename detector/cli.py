@@ -96,6 +96,9 @@ LayoutOpt = Annotated[str | None, typer.Option(
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YAML/JSON; flags override it.")]
 RestartOpt = Annotated[bool, typer.Option(
     "--restart", help="Discard the saved state of an interrupted training (<out>.partial/) and start over.")]
+TextCheckpointingOpt = Annotated[Literal["auto", "on", "off"] | None, typer.Option(
+    "--text-checkpointing", help="Recompute the text blocks in backward to save memory: on, off, or auto (on "
+    "where a prompt set's text activations would pass 1 GiB).", show_default="auto")]
 BranchOpt = Annotated[Literal["fused", "text", "visual"], typer.Option(
     "--branch", help="Map to score: fused (the method), text or visual (ablations).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
@@ -131,6 +134,7 @@ def train(
     config: ConfigOpt = None,
     layout: LayoutOpt = None,
     restart: RestartOpt = False,
+    text_checkpointing: TextCheckpointingOpt = None,
 ) -> None:
     """Train FineGrainedAD for one class from k normal shots and its MFSC caption record (resumes)."""
 
@@ -142,7 +146,8 @@ def train(
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
                                      out=out, backbone=backbone, pretrained=pretrained, epochs=epochs,
                                      image_epochs=image_epochs, device=device, precision=precision,
-                                     shots_file=shots_file, baseline=baseline, layout=layout, restart=restart)
+                                     shots_file=shots_file, baseline=baseline, layout=layout, restart=restart,
+                                     text_checkpointing=text_checkpointing)
         cfg = (TrainConfig.from_file(config, **overrides) if config is not None
                else TrainConfig.from_dict({}, source="flags", **overrides))
         _not_a_file(Path(cfg.out), "--out", "a folder name for the checkpoint")
@@ -288,6 +293,7 @@ def benchmark(
     restart: Annotated[bool, typer.Option(
         "--restart", help="Unfinished cells discard their saved training state and start over (finished cells "
         "are kept).")] = False,
+    text_checkpointing: TextCheckpointingOpt = None,
 ) -> None:
     """The paper's protocol: train + evaluate every (class, shots, seed), then tables (resumable, shardable)."""
 
@@ -305,7 +311,8 @@ def benchmark(
             batch_size=batch_size, exact_metrics=exact_metrics, layout=layout, dataset_name=dataset_name,
             train_config=config,
             train=_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs, image_epochs=image_epochs,
-                                   device=device, precision=precision, restart=restart))
+                                   device=device, precision=precision, restart=restart,
+                                   text_checkpointing=text_checkpointing))
         if not merge:
             _check_cells(cfg)
         con = _console()

@@ -298,6 +298,7 @@ class MultiLevelPrompts(torch.nn.Module):
         self.register_buffer("is_learned", ab >= 0, persistent=False)
         self.has_learned_rows = bool((ab >= 0).any())
         self.texts = texts
+        self.checkpoint_text = False  # recompute the text blocks in backward (training memory; train.py sets it)
 
         self.attr_pos = {g.level: i for i, g in enumerate(self.groups) if g.level in ATTRIBUTE_LEVELS}
         self.used_attributes = [lv for lv in ATTRIBUTE_LEVELS if lv in self.attr_pos]
@@ -366,7 +367,7 @@ class MultiLevelPrompts(torch.nn.Module):
             )
             b, length, w = x.shape
             x = x + (weights.to(x.dtype) @ x.reshape(b, length * w)).reshape(b, length, w)
-        return self.tower.encode_embeddings(x, self.pool_index)
+        return self.tower.encode_embeddings(x, self.pool_index, checkpoint=self.checkpoint_text)
 
     def forward(self) -> TextFeatures:
         """Encode every prompt with the current learned vectors and build the region groups' features."""

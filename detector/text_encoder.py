@@ -11,6 +11,11 @@ position is irrelevant. All sequences are therefore cut to the longest pooled po
 dozen tokens instead of 77) and the mask is sliced to match. Cutting is skipped where it would change
 the result (no causal mask, or ``last`` pooling).
 
+Memory: under grad, backward keeps every block's activations, about 16 width-sized fp32 vectors per token
+per block (``activation_bytes``): 468 rows x 45 tokens of ViT-B-16-plus-240 take ~10 GB. With
+``checkpoint=True`` each residual block is recomputed during backward (torch.utils.checkpoint, non-reentrant),
+so only the block inputs are kept; gradients are the same, and the price is one more text forward.
+
 The tower is held by reference, never registered as a submodule: checkpoints of the prompt module
 then hold only what is trained.
 """
@@ -144,18 +149,45 @@ class TextTower:
         """Token embeddings (B, L, W) in the tower's dtype."""
         return self.token_embedding(ids).to(self.cast_dtype)
 
-    def encode_embeddings(self, x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-        """Run token embeddings (B, L, W), L <= context, through the tower; L2-normalised features (B, D), fp32."""
+    def activation_bytes(self, rows: int, length: int) -> int:
+        """Estimated fp32 activations a backward through the transformer keeps for (rows, length) tokens."""
+        blocks = getattr(self.transformer, "resblocks", None)
+        layers = len(blocks) if blocks is not None else int(getattr(self.transformer, "layers", 12))
+        return 16 * 4 * rows * length * layers * self.width
+
+    def encode_embeddings(self, x: torch.Tensor, pool: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Run token embeddings (B, L, W), L <= context, through the tower; L2-normalised features (B, D), fp32.
+
+        ``checkpoint``: recompute each residual block in backward instead of keeping its activations
+        (only where grad is enabled and the transformer has ``resblocks``; same result, less memory).
+        """
         length = x.shape[1]
         x = x.to(self.cast_dtype) + self.positional_embedding[:length].to(self.cast_dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length].to(x.device)
-        x = self.transformer(x, attn_mask=mask)
+        blocks = getattr(self.transformer, "resblocks", None)
+        if checkpoint and blocks is not None and torch.is_grad_enabled():
+            x = _checkpointed_blocks(self.transformer, blocks, x, mask)
+        else:
+            x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool.to(x.device)]
         proj = self.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
         return F.normalize(x.float(), dim=-1)
+
+
+def _checkpointed_blocks(transformer: torch.nn.Module, blocks: Any, x: torch.Tensor,
+                         mask: torch.Tensor | None) -> torch.Tensor:
+    """open_clip's ``Transformer.forward`` with every residual block under activation checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    batch_first = getattr(transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1).contiguous()
+    for block in blocks:
+        x = checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+    return x if batch_first else x.transpose(0, 1)
 
 
 def placeholder_id(tokenizer: Any) -> int:

@@ -42,9 +42,12 @@ from typing import Any
 from detector.errors import DetectorError
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "truncate")
-RUN_ONLY_FIELDS = ("out", "restart")  # where and how a run is written: left out of the resume fingerprint
+# where and how a run is written, and how its memory is spent: left out of the resume fingerprint
+RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing")
 PHASES = ("pixel", "image")
 STATE, FEATURES = "state", "features"  # the two checkpoint_io folders inside <out>.partial/
+TEXT_CHECKPOINTING = ("auto", "on", "off")
+TEXT_CHECKPOINT_AUTO_BYTES = 1 << 30  # "auto" checkpoints a prompt set whose kept text activations exceed this
 
 
 @dataclass
@@ -87,6 +90,7 @@ class TrainConfig:
     # MLSA region aggregation
     region_knn: int = 5
     region_boost: float = 1.5
+    text_checkpointing: str = "auto"  # auto | on | off: recompute the text blocks in backward (see text_checkpoint)
     restart: bool = False  # discard the resumable state in <out>.partial/ and train from the first epoch
 
     def __post_init__(self) -> None:
@@ -96,6 +100,9 @@ class TrainConfig:
             raise DetectorError(f"shots={self.shots}: need at least one normal shot")
         if int(self.epochs) < 0 or int(self.image_epochs) < 0:
             raise DetectorError("epochs and image_epochs must be >= 0")
+        if self.text_checkpointing not in TEXT_CHECKPOINTING:
+            raise DetectorError(f"text_checkpointing={self.text_checkpointing!r}: use one of "
+                                f"{', '.join(TEXT_CHECKPOINTING)}")
         self.drop_levels = list(self.drop_levels or [])
         if self.taps is not None:
             self.taps = list(self.taps)
@@ -179,6 +186,19 @@ def _fit(prompts: Any, loss_fn: Any, epochs: int, config: TrainConfig, progress:
         if progress is not None:
             progress.update(task, advance=1, loss=history[-1])
     return history
+
+
+def text_checkpoint(config: TrainConfig, prompts: Any) -> bool:
+    """Whether a prompt set's training recomputes the text blocks in backward instead of keeping them.
+
+    "auto": when the estimated activations (TextTower.activation_bytes) exceed 1 GiB. Memory then drops
+    from ~16 width-sized vectors per token per block to one, for one more text forward per epoch (~+30%).
+    FIXME-FIGURES
+    """
+    if config.text_checkpointing != "auto":
+        return config.text_checkpointing == "on"
+    rows, length = prompts.token_ids.shape
+    return prompts.tower.activation_bytes(rows, length) > TEXT_CHECKPOINT_AUTO_BYTES
 
 
 def loss_line(label: str, history: list[float]) -> str:
@@ -419,6 +439,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
                                          config.prompt_config(config.n_pro_image))
         pixel.to(backbone.device)
         image.to(backbone.device)
+        pixel.checkpoint_text = text_checkpoint(config, pixel)
+        image.checkpoint_text = text_checkpoint(config, image)
         names = pixel.region_names()
         b, n, _ = feats.patches.shape
         if saved is not None:

@@ -153,6 +153,32 @@ def test_truncation_matches_full_context(clip):
     assert torch.allclose(short.encode_prompts(), full.encode_prompts(), atol=1e-5)
 
 
+@pytest.mark.parametrize("gate_mode", ["features", "tokens"])
+def test_text_checkpointing_same_gradients_and_recomputes_blocks(clip, gate_mode, monkeypatch):
+    model, _tok = clip
+    blocks = model.transformer.resblocks
+    calls = []
+    for b in blocks:  # count block runs (forward hooks do not fire in checkpoint's recomputation)
+        monkeypatch.setattr(b, "forward", lambda *a, _f=b.forward, **k: calls.append(1) or _f(*a, **k))
+    grads, feats = [], []
+    for on in (False, True):
+        p = make(clip, gate_mode=gate_mode, n_pro=2)
+        p.checkpoint_text = on
+        tf = p()
+        loss = tf.normal.pow(3).sum() + (tf.abnormal * tf.normal.flip(0)).sum()
+        calls.clear()
+        loss.backward()
+        assert len(calls) == (len(blocks) if on else 0)  # checkpointed blocks rerun in backward
+        grads.append([q.grad.clone() for q in (p.ctx, p.abnormal_tokens, p.gates)])
+        with torch.no_grad():
+            calls.clear()
+            feats.append(p.encode_prompts())
+            assert len(calls) == len(blocks)  # inference: one pass, nothing recomputed
+    for a, b in zip(*grads):
+        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6, rtol=0)
+    assert torch.equal(feats[0], feats[1])
+
+
 def test_spliced_equals_encode_text_with_placeholder_embeddings(clip):
     model, tok = clip
     p = make(clip, n_pro=2, n_ctx_ab=2)

@@ -352,3 +352,38 @@ def test_pixel_loss_gets_each_groups_region_weights_in_token_order(tiny_clip_nam
             assert torch.equal(seen["weights"][gi, bi * n : (bi + 1) * n], rw[bi, gi].flatten())
     out = m.backbone.encode(m.backbone.preprocess(shots))
     assert torch.allclose(seen["tokens"], F.normalize(out.patches, dim=-1).reshape(-1, out.patches.shape[-1]))
+
+
+def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_clip_name, tmp_path, monkeypatch):
+    """on/off give the same prompts (the setting is left out of the resume fingerprint: a run interrupted
+    with it off resumes with it on); auto follows the activation estimate; unknown values are refused."""
+    import detector.train as tr
+    from detector.checkpoint_io import load_checkpoint
+
+    off = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, text_checkpointing="off"))
+    on = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, text_checkpointing="on"))
+    assert on.pixel_prompts.checkpoint_text and on.image_prompts.checkpoint_text
+    assert not off.pixel_prompts.checkpoint_text and not off.image_prompts.checkpoint_text
+    assert off.meta["history"] == on.meta["history"]
+    for mod in ("pixel_prompts", "image_prompts"):
+        a, b = getattr(off, mod).state_dict(), getattr(on, mod).state_dict()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (mod, k)
+
+    cfg = _cfg(tiny_clip_name)
+    pixel, image = off.pixel_prompts, off.image_prompts
+    assert not tr.text_checkpoint(cfg, pixel)  # tiny tower: far below 1 GiB
+    rows, length = image.token_ids.shape
+    monkeypatch.setattr(tr, "TEXT_CHECKPOINT_AUTO_BYTES", image.tower.activation_bytes(rows, length) - 1)
+    assert tr.text_checkpoint(cfg, image) and not tr.text_checkpoint(cfg, pixel)  # image set: 3x the rows
+    with pytest.raises(DetectorError, match="text_checkpointing='maybe'"):
+        _cfg(tiny_clip_name, text_checkpointing="maybe")
+
+    ref = train(_resumable(monkeypatch, tiny_clip_name, tmp_path / "ref"), progress=False)
+    _run_stopping(monkeypatch, _resumable(monkeypatch, tiny_clip_name, tmp_path / "run", text_checkpointing="off"),
+                  pixel_stop=3)
+    resumed = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run", text_checkpointing="on")
+    assert _run_stopping(monkeypatch, resumed) == (2, 3)  # continued, not restarted
+    (a, _), (b, _) = load_checkpoint(ref), load_checkpoint(tmp_path / "run")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
