@@ -629,6 +629,9 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
 
     work.lock()  # before --force wipes anything: never pull the floor from under a running build
     try:
+        # temp folders of a build killed while writing (never read; with the lock held none is in use)
+        for stale in [*out.glob(".write-*"), *out.glob(".images.old-*"), *out.glob(".classes.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         if force:
             for p in work.dir.iterdir():
                 if p.is_dir():

@@ -133,13 +133,8 @@ def test_build_killed_mid_caption_resumes_to_the_same_dataset(demo_root, build_s
     _kill_and_resume_build(demo_root, build_setup, tmp_path, "mid-caption")
 
 
-STALE_WRITE = pytest.mark.xfail(strict=True, reason="mfsc_builder/build.py write_datasets: the .write-* temp folder "
-                                "of a build killed while writing is never removed (a full copy of the datasets left "
-                                "in --out); the resumed output itself is correct")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["early", pytest.param("while-writing", marks=STALE_WRITE)])
+@pytest.mark.parametrize("point", ["early", "while-writing"])
 def test_build_killed_at_other_points_resumes_to_the_same_dataset(demo_root, build_setup, tmp_path, point):
     _kill_and_resume_build(demo_root, build_setup, tmp_path, point)
 

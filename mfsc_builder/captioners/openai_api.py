@@ -92,7 +92,7 @@ class OpenAICaptioner:
                                      method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+                out = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             status = exc.code
             retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
@@ -103,8 +103,11 @@ class OpenAICaptioner:
                              "check --api-base, the model name and the key in the environment") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             raise _Transient(f"network error: {getattr(exc, 'reason', exc)}") from None
-        except json.JSONDecodeError:
+        except ValueError:  # json.JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
             raise _Transient("the server answered with invalid JSON") from None
+        if not isinstance(out, dict):  # a list, null or string body would break every lookup below
+            raise _Transient("the server answered JSON that is not a chat completion object")
+        return out
 
     def _complete(self, image: np.ndarray | None, turns: list[Turn]) -> str | None:
         """One chat completion with retries; None when it still fails (the caller falls back)."""
