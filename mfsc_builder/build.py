@@ -289,7 +289,7 @@ def _textured_classes(cfg: BuildConfig, refs: dict[str, list[Any]]) -> dict[str,
     normal images (``crop.class_is_textured``), so an unknown surface class is found and every image of a
     class gets the same kind of record. Unreadable references do not vote (with on_error=skip)."""
     from fsad_data import DataError, load_rgb
-    from mfsc_builder.crop import class_is_textured
+    from mfsc_builder.crop import class_is_textured, working_image
 
     config = cfg.crop_config()
     out = {}
@@ -300,7 +300,7 @@ def _textured_classes(cfg: BuildConfig, refs: dict[str, list[Any]]) -> dict[str,
         images = []
         for s in samples:
             try:
-                images.append(load_rgb(s.image_path))
+                images.append(working_image(load_rgb(s.image_path), config.work_size))
             except DataError:
                 if cfg.on_error == "raise":
                     raise
@@ -328,7 +328,7 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
     """Crop, caption and fill every sample of ``todo`` not stored yet; returns the fill results."""
     from fsad_data import DataError
     from mfsc_builder.captioners import CaptionResult
-    from mfsc_builder.crop import ImageRegions, crop_regions
+    from mfsc_builder.crop import ImageRegions, crop_regions, working_image
     from mfsc_builder.fill import image_record
 
     cfg = ctx.cfg
@@ -360,15 +360,17 @@ def _run_stages(ctx: _Context, work: WorkStore, todo: list[Any], stop: _StopFlag
                     loaded[s.id] = (None, ImageRegions.from_dict(crops[s.id]))
                     continue
                 image, mask = _load_sample(s)
+                crop_cfg = cfg.crop_config(ctx.textured[s.class_name])
                 if s.id in crops:
                     regions = ImageRegions.from_dict(crops[s.id])
                 else:
-                    regions = crop_regions(image, mask, cfg.crop_config(ctx.textured[s.class_name]))
+                    regions = crop_regions(image, mask, crop_cfg)
                     new_crops.append((s.id, regions.to_dict()))
             except (DataError, BuildError) as exc:
                 fail(s, exc)
                 continue
-            loaded[s.id] = (image, regions)
+            # the captioner sees the working copy the masks belong to; the original is not kept
+            loaded[s.id] = (working_image(image, crop_cfg.work_size), regions)
         return loaded, new_crops, time.perf_counter() - t0
 
     # parts of `part_size` samples, each cut into captioner batches; the helper thread decodes and

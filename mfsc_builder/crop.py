@@ -8,11 +8,18 @@ foreground, the whole image is the foreground (the textured fallback). Component
 are clustered (k-means in Lab, close centres merged), and each colour's connected parts above a minimum
 area become one component region. Defects: connected parts of the ground-truth mask.
 
-Boxes are (x0, y0, x1, y1) with x1, y1 exclusive (slice bounds); areas are fractions of the image.
+Large images: the stage works on a working copy whose longer side is at most `CropConfig.work_size`
+(downscaled with INTER_AREA; the ground-truth mask by area coverage, see `working_mask`), so its memory is
+bounded whatever the image size. Region masks are at the working size; boxes, areas, locations and
+orientations are mapped back to the original image. Images at or below the limit are used as they are.
+
+Boxes are (x0, y0, x1, y1) in original pixels with x1, y1 exclusive (slice bounds); areas are fractions of
+the image.
 """
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -59,6 +66,12 @@ class CropConfig:
     sam_iou_thresh: float = 0.88    # SAM's predicted-IoU filter
     sam_stability_thresh: float = 0.95
     seed: int = 0
+    work_size: int = 1024           # longest side (px) of the working copy that is cropped and captioned
+
+    def __post_init__(self) -> None:
+        if isinstance(self.work_size, bool) or not isinstance(self.work_size, int) or self.work_size < 64:
+            raise BuildError(f"crop setting work_size={self.work_size!r}: use a whole number of pixels >= 64 "
+                             "(default 1024)")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -73,12 +86,13 @@ def location_word(cx: float, cy: float, width: int, height: int) -> str:
     return LOCATION_WORDS[row][col]
 
 
-def orientation_of(mask: np.ndarray, min_elongation: float = 1.6) -> str:
-    """Main-axis direction from second moments; "none" when the region is not elongated."""
+def orientation_of(mask: np.ndarray, min_elongation: float = 1.6, scale: tuple[float, float] = (1.0, 1.0)) -> str:
+    """Main-axis direction from second moments; "none" when the region is not elongated. `scale` (x, y) maps
+    mask pixels to original pixels (a working-size mask whose two sides were rounded differently)."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 3:
         return "none"
-    cov = np.cov(np.stack([xs, ys]).astype(np.float64))
+    cov = np.cov(np.stack([xs * scale[0], ys * scale[1]]))
     evals, evecs = np.linalg.eigh(cov)
     if evals[0] <= 1e-9:
         ratio = np.inf
@@ -101,34 +115,45 @@ class Region:
 
     kind: str                  # foreground | background | component | defect
     name: str
-    mask: np.ndarray           # (H, W) bool
+    mask: np.ndarray           # (h, w) bool, at the working size
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
     area: float = 0.0
     location: str = ""
     orientation: str = "none"
 
     @classmethod
-    def from_mask(cls, kind: str, name: str, mask: np.ndarray) -> Region:
-        """Measure box, area, location and orientation of a mask."""
+    def from_mask(cls, kind: str, name: str, mask: np.ndarray, size: tuple[int, int] | None = None) -> Region:
+        """Measure box, area, location and orientation of a mask, in the pixels of an original image of
+        `size` (width, height) when the mask is a downscaled (working-size) copy of it."""
         mask = np.asarray(mask, dtype=bool)
         h, w = mask.shape
+        big_w, big_h = size or (w, h)
+        sx, sy = big_w / w, big_h / h
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
             return cls(kind, name, mask, (0, 0, 0, 0), 0.0, "", "none")
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        if (big_w, big_h) != (w, h):  # a working pixel covers [x * sx, (x + 1) * sx) of the original
+            box = (math.floor(box[0] * sx), math.floor(box[1] * sy),
+                   min(big_w, math.ceil(box[2] * sx)), min(big_h, math.ceil(box[3] * sy)))
         return cls(kind, name, mask, box, float(len(xs)) / float(h * w),
-                   location_word(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, w, h), orientation_of(mask))
+                   location_word((float(xs.mean()) + 0.5) * sx, (float(ys.mean()) + 0.5) * sy, big_w, big_h),
+                   orientation_of(mask, scale=(sx, sy)))
 
     @property
     def empty(self) -> bool:
         return self.area <= 0.0
 
     def crop(self, image: np.ndarray, masked: bool = False) -> np.ndarray:
-        """The box crop of `image`; with `masked`, pixels outside the region are set to 0."""
+        """The box crop of the original `image`; with `masked`, pixels outside the region are set to 0 (the
+        working-size mask scaled to the image with INTER_NEAREST)."""
         x0, y0, x1, y1 = self.box
         out = np.array(image[y0:y1, x0:x1], copy=True)
         if masked:
-            out[~self.mask[y0:y1, x0:x1]] = 0
+            keep = self.mask
+            if keep.shape != image.shape[:2]:
+                keep = cv2.resize(keep.view(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+            out[~keep[y0:y1, x0:x1]] = 0
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +191,7 @@ class ImageRegions:
     components: list[Region] = field(default_factory=list)
     defects: list[Region] = field(default_factory=list)
     textured: bool = False
+    size: tuple[int, int] = (0, 0)  # (width, height) of the original image; the masks are at the working size
 
     def all(self) -> list[Region]:
         return [self.foreground, self.background, *self.components, *self.defects]
@@ -173,13 +199,43 @@ class ImageRegions:
     def to_dict(self) -> dict[str, Any]:
         return {"foreground": self.foreground.to_dict(), "background": self.background.to_dict(),
                 "components": [r.to_dict() for r in self.components],
-                "defects": [r.to_dict() for r in self.defects], "textured": bool(self.textured)}
+                "defects": [r.to_dict() for r in self.defects], "textured": bool(self.textured),
+                "size": [int(v) for v in self.size]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageRegions:
         return cls(Region.from_dict(d["foreground"]), Region.from_dict(d["background"]),
                    [Region.from_dict(r) for r in d["components"]], [Region.from_dict(r) for r in d["defects"]],
-                   bool(d["textured"]))
+                   bool(d["textured"]), (int(d["size"][0]), int(d["size"][1])))
+
+
+def working_size(width: int, height: int, work_size: int) -> tuple[int, int]:
+    """(width, height) of the working copy: the image's own size at or below `work_size`, else the longer
+    side scaled to `work_size` (the shorter side kept at 8 px or more, the smallest image cropped)."""
+    longest = max(width, height)
+    if longest <= work_size:
+        return width, height
+    return (min(width, max(8, round(width * work_size / longest))),
+            min(height, max(8, round(height * work_size / longest))))
+
+
+def working_image(image: np.ndarray, work_size: int) -> np.ndarray:
+    """The working copy of an RGB image (INTER_AREA, which averages instead of aliasing); the image
+    itself when it is at or below the limit. Cropping and captioning both see this copy."""
+    h, w = image.shape[:2]
+    size = working_size(w, h, work_size)
+    return image if size == (w, h) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def working_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask at the working `size` (width, height): working pixels at least half covered (INTER_AREA
+    coverage), so areas stay unbiased; if that leaves nothing of a non-empty mask, every touched pixel, so a
+    defect smaller than half a working pixel does not vanish."""
+    if mask.shape[::-1] == size:
+        return mask
+    cover = cv2.resize(mask.view(np.uint8) * np.uint8(255), size, interpolation=cv2.INTER_AREA)
+    half = cover >= 128
+    return half if half.any() else cover > 0
 
 
 def to_lab(image: np.ndarray) -> np.ndarray:
@@ -333,11 +389,12 @@ def _first_pixel(mask: np.ndarray) -> tuple[int, int]:
     return (int(ys[0]), int(xs[0])) if len(ys) else (0, 0)
 
 
-def defect_regions(defect_mask: np.ndarray) -> list[Region]:
-    """One region per 8-connected part of the ground-truth mask, largest first."""
+def defect_regions(defect_mask: np.ndarray, size: tuple[int, int] | None = None) -> list[Region]:
+    """One region per 8-connected part of the (working-size) ground-truth mask, largest first; geometry in
+    the pixels of an original image of `size` (width, height)."""
     n, cc, stats, _ = cv2.connectedComponentsWithStats(defect_mask.astype(np.uint8), connectivity=8)
     idx = sorted(range(1, n), key=lambda i: (-int(stats[i, cv2.CC_STAT_AREA]), i))
-    return [Region.from_mask("defect", f"defect {j + 1}", cc == i) for j, i in enumerate(idx)]
+    return [Region.from_mask("defect", f"defect {j + 1}", cc == i, size) for j, i in enumerate(idx)]
 
 
 @lru_cache(maxsize=2)
@@ -394,13 +451,14 @@ def class_is_textured(class_name: str, reference_images: list[np.ndarray], confi
         return True
     if not reference_images:
         return False
-    votes = [foreground_mask(img, config)[1] for img in reference_images]
+    votes = [foreground_mask(working_image(img, config.work_size), config)[1] for img in reference_images]
     return 2 * sum(votes) >= len(votes)
 
 
 def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
                  config: CropConfig | None = None) -> ImageRegions:
-    """Stage 1 for one image: foreground, background, components and (with a mask) defect regions."""
+    """Stage 1 for one image: foreground, background, components and (with a mask) defect regions, found on
+    the working copy (`working_image`) and measured in the pixels of `image`."""
     config = config or CropConfig()
     _check_image(image)
     h, w = image.shape[:2]
@@ -409,10 +467,14 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
         if defect_mask.shape[:2] != (h, w):
             raise BuildError(f"defect mask of size {defect_mask.shape[1]}x{defect_mask.shape[0]} does not match "
                              f"its image of size {w}x{h}; fix or re-export the mask")
-        defect_mask = defect_mask.astype(bool)
+        defect_mask = defect_mask if defect_mask.dtype == bool else defect_mask != 0
+    size = (w, h)
+    image = working_image(image, config.work_size)
+    if defect_mask is not None:
+        defect_mask = working_mask(defect_mask, image.shape[1::-1])
     fg, textured = foreground_mask(image, config, ignore=defect_mask)
-    foreground = Region.from_mask("foreground", "foreground", fg)
-    background = Region.from_mask("background", "background", ~fg)
+    foreground = Region.from_mask("foreground", "foreground", fg, size)
+    background = Region.from_mask("background", "background", ~fg, size)
     # components describe the normal parts: defect pixels are left out of them
     normal_fg = fg & ~defect_mask if defect_mask is not None and not textured else fg
     if not normal_fg.any():
@@ -425,6 +487,6 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
         comps = component_masks(image, normal_fg, config)
     if not comps:
         comps = [normal_fg]
-    components = [Region.from_mask("component", f"component {i + 1}", m) for i, m in enumerate(comps)]
-    defects = defect_regions(defect_mask) if defect_mask is not None and defect_mask.any() else []
-    return ImageRegions(foreground, background, components, defects, textured)
+    components = [Region.from_mask("component", f"component {i + 1}", m, size) for i, m in enumerate(comps)]
+    defects = defect_regions(defect_mask, size) if defect_mask is not None and defect_mask.any() else []
+    return ImageRegions(foreground, background, components, defects, textured, size)

@@ -140,6 +140,8 @@ def test_changed_configuration_is_refused_then_forced(demo_root, tmp_path):
         run_build(_cfg(src, out, shots=2))
     with pytest.raises(BuildError, match=r"changed: crop"):
         run_build(_cfg(src, out, crop={"min_delta": 20.0}))
+    with pytest.raises(BuildError, match=r"changed: crop"):
+        run_build(_cfg(src, out, crop={"work_size": 512}))
     # settings that do not change the output (device, batch size, part size) resume fine
     assert run_build(_cfg(src, out, batch_size=2, part_size=5)).resumed
     s = run_build(_cfg(src, out, shots=2), force=True)
@@ -328,3 +330,33 @@ def test_model_defect_vocabulary_with_the_openai_backend(demo_root, tmp_path, mo
         run_build(_cfg(src, tmp_path / "g", captioner="openai:fake-vlm", api_base=srv.url, defect_vocab="model"))
     rec = _tables(tmp_path / "g")["classes"][0]
     assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]
+
+
+def test_image_above_work_size_embeds_the_original_and_records_original_boxes(demo_root, tmp_path):
+    """The anomalous image and its mask upscaled 5x (1280 px, above crop.work_size 1024): the dataset embeds
+    them at 1280 px and its regions are those of the 256 px image scaled by 5 (boxes within one 256 px pixel:
+    the morphology kernels differ between the two sizes)."""
+    import cv2
+    import datasets
+    import numpy as np
+
+    from fsad_data import load_mask, load_rgb
+    from mfsc_builder.crop import CropConfig, crop_regions
+
+    src = _mini(demo_root, tmp_path / "src")
+    img_p, mask_p = (src / "pill_box" / rel for rel in MINI[4:])
+    small = crop_regions(load_rgb(img_p), load_mask(mask_p, size=(256, 256)), CropConfig())
+    for p in (img_p, mask_p):
+        a = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(p), cv2.resize(a, None, fx=5, fy=5, interpolation=cv2.INTER_NEAREST))
+    run_build(_cfg(src, tmp_path / "b", part_size=64))
+    row = next(r for r in datasets.load_from_disk(str(tmp_path / "b" / "images"))["test"]
+               if r["id"] == "pill_box/test/color_spot/000")
+    image, mask = np.asarray(row["image"].convert("RGB")), np.asarray(row["mask"])
+    assert image.shape == (1280, 1280, 3) and (image == load_rgb(img_p)).all() and mask.shape == (1280, 1280)
+    kept = [r for r in small.all() if not (r.kind == "background" and r.empty)]
+    assert [r["kind"] for r in row["regions"]] == [r.kind for r in kept]
+    for got, want in zip(row["regions"], kept, strict=True):
+        assert (got["location"], got["orientation"]) == (want.location, want.orientation)
+        assert got["area"] == pytest.approx(want.area, abs=0.01)
+        assert np.abs(np.array(got["box"]) - 5 * np.array(want.box)).max() <= 5, (got, want)  # one 256 px pixel

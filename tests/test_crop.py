@@ -157,3 +157,58 @@ def test_sam_components_with_tiny_random_sam(tmp_path):
         assert (c.mask <= r.foreground.mask).all() and c.mask.sum() >= 0.001 * img.shape[0] * img.shape[1]
         taken += c.mask
     assert taken.max() <= 1
+
+
+def _drawn(scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 300x200 scene drawn at `scale` times its size (same geometry), with a ground-truth defect."""
+    s = scale
+    img = np.full((200 * s, 300 * s, 3), 245, np.uint8)
+    cv2.rectangle(img, (40 * s, 30 * s), (200 * s - 1, 90 * s - 1), (30, 60, 200), -1)   # blue bar, top
+    cv2.circle(img, (240 * s, 150 * s), 30 * s, (210, 30, 30), -1)                       # red disc
+    mask = np.zeros(img.shape[:2], bool)
+    mask[50 * s: 60 * s, 100 * s: 130 * s] = True
+    return img, mask
+
+
+def test_large_image_is_cropped_at_work_size_with_geometry_in_original_pixels():
+    """A 3000x2000 image is cropped on a 1024x683 copy: its boxes are in original pixels, within one working
+    pixel of the drawn truth, and its areas, locations and orientations are those of the same scene drawn at
+    300x200 (cropped at full size)."""
+    small = crop_regions(*_drawn(1))
+    big_img, big_mask = _drawn(10)
+    big = crop_regions(big_img, big_mask)
+    assert small.size == (300, 200) and big.size == (3000, 2000)
+    assert big.foreground.mask.shape == (683, 1024) and small.foreground.mask.shape == (200, 300)
+    for a, b in zip(small.all(), big.all(), strict=True):
+        assert (a.kind, a.location, a.orientation) == (b.kind, b.location, b.orientation)
+        assert b.area == pytest.approx(a.area, abs=0.005)
+        assert np.abs(np.array(b.box) - 10 * np.array(a.box)).max() <= 15, (a.box, b.box)  # drawing rounding
+
+    def truth(m: np.ndarray) -> tuple[int, int, int, int]:
+        ys, xs = np.nonzero(m)
+        return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+    tol = 3000 / 1024 + 1  # one working pixel
+    assert big.foreground.box == pytest.approx(truth(np.any(big_img != 245, axis=2)), abs=tol)
+    assert big.components[0].box == pytest.approx(truth((big_img == (30, 60, 200)).all(axis=2)), abs=tol)
+    assert big.components[1].box == pytest.approx(truth((big_img == (210, 30, 30)).all(axis=2)), abs=tol)
+    assert big.defects[0].box == pytest.approx(truth(big_mask), abs=tol)
+    assert big.components[0].crop(big_img).shape[:2] == pytest.approx((600, 1600), abs=2 * tol)
+
+
+def test_working_copy_size_mask_coverage_and_setting():
+    from mfsc_builder.crop import working_image, working_mask, working_size
+
+    img = np.zeros((100, 150, 3), np.uint8)
+    assert working_image(img, 150) is img                       # at the limit: the image itself
+    assert working_size(4000, 30, 1024) == (1024, 8)          # a thin strip keeps 8 px to crop
+    m = np.zeros((1000, 1000), bool)
+    m[:500] = True
+    m[900:902, 900:902] = True                                  # 4 px: under half of a 10x10 working pixel
+    half = working_mask(m, (100, 100))
+    assert half[:50].all() and not half[50:].any()
+    tiny = np.zeros((1000, 1000), bool)
+    tiny[900:902, 900:902] = True
+    assert working_mask(tiny, (100, 100)).sum() == 1           # a lone tiny defect does not vanish
+    with pytest.raises(BuildError, match="work_size"):
+        CropConfig(work_size=10)

@@ -324,9 +324,6 @@ def test_a_10000_px_image_decodes_within_its_own_size(tmp_path):
     assert grew <= 2.5 * n * n * 3, f"load_rgb grew the peak RSS by {grew / 2**20:.0f} MB"
 
 
-@pytest.mark.xfail(strict=True, reason="mfsc_builder/crop.py crop_regions works at full resolution: float32 Lab "
-                   "copies and norms cost ~60 bytes per pixel (about 6 GB for a 10000x10000 image; the attribute "
-                   "captioner adds ~25 more); stages 1-2 need a working size (downscale, crop, scale boxes back)")
 def test_crop_stage_memory_is_bounded_for_large_images(tmp_path):
     """Measured at 2500 px (fast); the budget is what a 10000 px image may cost: 2 GB -> 20 bytes per pixel."""
     n = 2500

@@ -15,6 +15,8 @@
 - Count (regions of the same colour and shape are one component with a count), location (3x3 grid word of
   each region) and direction (orientation of the main axis) come from stage 1.
 - Names: the class's object noun for the main (largest) part, "<colour> <shape noun>" for the others.
+Everything is measured on the stage-1 working copy (`crop.working_image`, the masks' size), so a huge image
+costs no more than one of `CropConfig.work_size`; boxes and locations are in original pixels.
 """
 from __future__ import annotations
 
@@ -297,8 +299,9 @@ class AttributeCaptioner:
         for comp in comps[: 4]:
             if comp.name == names[0]:
                 continue
-            union = np.any([parts[i].region.mask for i, n in enumerate(names) if n == comp.name], axis=0)
-            rel = _relative(Region.from_mask("component", comp.name, union), main)
+            boxes = np.array([parts[i].region.box for i, n in enumerate(names) if n == comp.name])
+            union_box = (*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist())
+            rel = _relative(union_box, main.box)
             verb = "is" if comp.count == 1 else "are"
             out.append(f"the {plural(comp.name, comp.count)} {verb} {rel} the {names[0]}")
         return "; ".join(out) if out else f"{number_word(len(parts))} {plural(names[0], len(parts))} side by side"
@@ -309,7 +312,7 @@ class AttributeCaptioner:
         if not defects:
             return DefectView(kind, "", "", "", f"{indefinite(kind)} {kind} defect")
         union = np.any([d.mask for d in defects], axis=0)
-        whole = Region.from_mask("defect", "defect", union)
+        whole = Region.from_mask("defect", "defect", union, req.regions.size)
         fg_area = max(req.regions.foreground.area, 1e-9)
         size = size_word(whole.area / fg_area)
         colour = colour_name(req.image, union)
@@ -319,10 +322,10 @@ class AttributeCaptioner:
         return DefectView(kind, whole.location, size, colour, sentence)
 
 
-def _relative(a: Region, b: Region) -> str:
-    """Where region a lies relative to region b: inside / on top of / above / below / left of / right of."""
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
+def _relative(a: tuple[int, ...], b: tuple[int, ...]) -> str:
+    """Where box a lies relative to box b (both in original pixels): inside / above / below / left of / right of."""
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
     if ax0 >= bx0 and ay0 >= by0 and ax1 <= bx1 and ay1 <= by1:
         return "inside"
     acx, acy = (ax0 + ax1) / 2, (ay0 + ay1) / 2
