@@ -191,9 +191,12 @@ def _fit(prompts: Any, loss_fn: Any, epochs: int, config: TrainConfig, progress:
 def text_checkpoint(config: TrainConfig, prompts: Any) -> bool:
     """Whether a prompt set's training recomputes the text blocks in backward instead of keeping them.
 
-    "auto": when the estimated activations (TextTower.activation_bytes) exceed 1 GiB. Memory then drops
-    from ~16 width-sized vectors per token per block to one, for one more text forward per epoch (~+30%).
-    FIXME-FIGURES
+    "auto": when the estimated activations (TextTower.activation_bytes) exceed 1 GiB, i.e. where they
+    outgrow the backbone's own weights (0.8 GB for ViT-B-16-plus-240); below that the extra text forward
+    (+15 to 35% per epoch) buys little. Measured by bench/bench_train.py (ViT-B-16-plus-240, CPU, 1 thread,
+    pill_box's `mfsc build` record: 156 pixel / 468 image rows of 47 tokens, both above the threshold):
+    peak RSS pixel phase 5.1 -> 2.9 GB, image phase 9.6 -> 3.8 GB (with _release_freed_memory);
+    seconds per epoch against one text fwd+bwd: pixel 0.95x -> 1.31x, image 1.00x -> 1.16x.
     """
     if config.text_checkpointing != "auto":
         return config.text_checkpointing == "on"
@@ -472,10 +475,12 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
 
         cm = _progress_bar() if progress else None
         with (cm if cm is not None else _null()) as bar:
+            _release_freed_memory()
             t1 = time.perf_counter()
             pixel_hist = _fit(pixel, lambda text: mlsa_loss(tokens, flat_w, text, tau, config.lambda1),
                               config.epochs, config, bar, "pixel prompts", history["pixel_loss"],
                               state.optim_for("pixel") if state else None, saver("pixel"))
+            _release_freed_memory()
             t2 = time.perf_counter()
             image_hist = _fit(image, lambda text: image_loss(cls, text, tau, config.lambda1, LAMBDA_COMP),
                               config.image_epochs, config, bar, "image prompts", history["image_loss"],
@@ -550,6 +555,22 @@ def _load_shots(config: TrainConfig) -> tuple[list, list[str]]:
     shots = fsad_data.select_shots(samples, config.class_name, int(config.shots), int(config.seed),
                                    shots_file=config.shots_file)
     return [fsad_data.load_rgb(s.image_path) for s in shots], [s.file_name for s in shots]
+
+
+def _release_freed_memory() -> None:
+    """Return the memory freed by the previous stage to the OS before a prompt set's epochs (glibc only).
+
+    glibc keeps freed heap pages, and the next phase cannot reuse all of them: bench/bench_train.py saw
+    ~0.7 GB of the pixel phase stay resident and raise the image phase's peak.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): nothing to do
+        pass
 
 
 def _progress_bar() -> Any:
