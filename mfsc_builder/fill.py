@@ -64,7 +64,7 @@ def image_record(sample: Any, regions: ImageRegions, result: CaptionResult, *, o
                  is_reference: bool) -> ImageRecord:
     """The MFSC record of one image from its `fsad_data.Sample`, stage-1 regions and stage-2 result."""
     f = result.fields
-    h, w = regions.foreground.mask.shape
+    w, h = regions.size if all(regions.size) else regions.foreground.mask.shape[::-1]  # original pixels
     names = list(f.region_names) + [""] * max(0, len(regions.components) - len(f.region_names))
     views = [RegionView("foreground", object_name, list(regions.foreground.box), regions.foreground.area,
                         regions.foreground.location, regions.foreground.orientation)]

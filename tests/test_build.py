@@ -360,3 +360,24 @@ def test_image_above_work_size_embeds_the_original_and_records_original_boxes(de
         assert (got["location"], got["orientation"]) == (want.location, want.orientation)
         assert got["area"] == pytest.approx(want.area, abs=0.01)
         assert np.abs(np.array(got["box"]) - 5 * np.array(want.box)).max() <= 5, (got, want)  # one 256 px pixel
+
+
+def test_image_record_keeps_the_original_size_above_the_working_size():
+    """Cropping works on a copy of at most work_size px; the record still states the image's own size."""
+    import numpy as np
+
+    from fsad_data import Sample
+    from mfsc_builder.captioners import CaptionRequest, make_captioner
+    from mfsc_builder.crop import CropConfig, crop_regions, working_image
+    from mfsc_builder.fill import image_record
+
+    img = np.full((600, 900, 3), 245, np.uint8)
+    img[150:450, 250:650] = (40, 90, 200)
+    regions = crop_regions(img, config=CropConfig(work_size=128))
+    work = working_image(img, 128)  # the captioner sees the working copy, as in the build
+    result = make_captioner("attributes").caption([CaptionRequest("toy/train/good/000", "toy", work, regions)])[0]
+    sample = Sample("toy/train/good/000", "toy", "train", 0, "good", Path("000.png"), None, "train/good/000.png")
+    rec = image_record(sample, regions, result, object_name="toy", is_reference=True)
+    assert (rec.width, rec.height) == (900, 600)
+    x0, y0, x1, y1 = rec.regions[0].box
+    assert abs(x0 - 250) <= 8 and abs(y0 - 150) <= 8 and abs(x1 - 650) <= 8 and abs(y1 - 450) <= 8
