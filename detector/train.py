@@ -19,8 +19,9 @@ Interruptible and resumable (``train``): after every epoch the resumable state i
 ``<out>.partial/`` (see ``ResumableState``); rerunning the same command continues from there and writes a
 checkpoint bit-identical to an uninterrupted run; the folder goes when the checkpoint is written. The
 shot features and region weights are stored there too, once, before the first epoch: recomputing them
-costs 11 to 30 pixel epochs of ViT-B-16-plus-240 on a 2-core CPU (bench/bench_train.py: 74 s against
-6.5 s per pixel epoch; the 4x4-tiled pass dominates), and a GPU's encoder need not be bit-reproducible.
+costs several pixel epochs of ViT-B-16-plus-240 on a 2-core CPU (bench/bench_train.py, real synthetic
+record, 1 thread: about 65 s against 22 s per pixel epoch; the 4x4-tiled pass dominates), and a GPU's
+encoder need not be bit-reproducible.
 Saving the per-epoch state costs about 15 ms (0.2% of a pixel epoch), so it is done after every epoch.
 
 Deterministic for a seed on CPU (seeded prompt initialisation, deterministic algorithms, no data
