@@ -4,33 +4,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from detector_fixtures import RECORD, make_image
 
 from detector.errors import DetectorError
 from detector.train import TrainConfig, train, train_model
-
-RECORD = {
-    "class_name": "widget",
-    "object_name": "widget",
-    "texts": [
-        {"level": "image", "group": "image", "normal": ["a photo of a grey widget"],
-         "abnormal": ["a photo of a broken widget"]},
-        {"level": "background", "group": "background", "normal": ["white background"],
-         "abnormal": ["dirty white background"]},
-        {"level": "component", "group": "cap", "normal": ["a round cap on the top"],
-         "abnormal": ["a round cap on the bottom"]},
-        {"level": "colour", "group": "colour", "normal": ["grey colour"], "abnormal": ["red colour"]},
-    ],
-}
-
-
-def make_image(square: tuple[int, int, int] | None = None, size: int = 64) -> np.ndarray:
-    """Constant light-grey image, optionally with a red square (y, x, side)."""
-    a = np.full((size, size, 3), 200, np.uint8)
-    if square is not None:
-        y, x, s = square
-        a[y : y + s, x : x + s] = (220, 30, 30)
-    return a
-
 
 SHOTS = [make_image(), make_image()]
 NAMES = ["good/000.png", "good/001.png"]
