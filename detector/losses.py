@@ -169,11 +169,16 @@ def mlsa_loss(
             total = total + value
             parts[f"{key}/{text.names[g]}"] = float(value.detach())
             parts[key] = parts.get(key, 0.0) + float(value.detach())
-    if lambda_comp:
-        comp = composition_term(text)
-        if comp is not None:
-            total = total + lambda_comp * comp
-            parts["composition"] = float(lambda_comp * comp.detach())
+    return _with_composition(total, parts, text, lambda_comp)
+
+
+def _with_composition(total: torch.Tensor, parts: dict[str, float], text: TextFeatures, lambda_comp: float
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Add the weighted composition regulariser (when on and defined) and record the final loss."""
+    comp = composition_term(text) if lambda_comp else None
+    if comp is not None:
+        total = total + lambda_comp * comp
+        parts["composition"] = float(lambda_comp * comp.detach())
     parts["loss"] = float(total.detach())
     return total, parts
 
@@ -206,10 +211,4 @@ def image_loss(
             total = total + value
             parts[f"match/{text.names[i]}"] = float(value.detach())
             parts["match"] = parts.get("match", 0.0) + float(value.detach())
-    if lambda_comp:
-        comp = composition_term(text)
-        if comp is not None:
-            total = total + lambda_comp * comp
-            parts["composition"] = float(lambda_comp * comp.detach())
-    parts["loss"] = float(total.detach())
-    return total, parts
+    return _with_composition(total, parts, text, lambda_comp)

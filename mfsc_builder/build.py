@@ -9,6 +9,7 @@ so each part can write complete ``classes`` records and ``merge_builds`` only jo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -549,11 +550,7 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
     from mfsc_builder.records import CLASSES_FEATURES, IMAGES_FEATURES, ClassRecord
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    tmp = Path(tempfile.mkdtemp(prefix=".write-", dir=out))
-    try:
+    with _staged_datasets(out, ".write-", "datasets") as tmp:
         splits = {}
         for split in sorted(image_records, key=_split_key):
             recs = image_records[split]
@@ -579,19 +576,33 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
         rows = [ClassRecord.from_dict(c).to_row() for c in class_records]
         datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp / "classes"))
         del splits
-        _replace_dir(tmp / "images", out / "images")
-        _replace_dir(tmp / "classes", out / "classes")
-    except OSError as exc:
-        raise BuildError(f"could not write the datasets under {out}: {exc}; check free space, then rerun "
-                         "(finished stages are kept)") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def _split_key(split: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+@contextlib.contextmanager
+def _staged_datasets(out: Path, prefix: str, what: str) -> Iterator[Path]:
+    """A temporary folder inside ``out`` where ``images`` and ``classes`` are saved; on success both replace
+    the published ones, on any failure nothing published changes. Library progress bars are off meanwhile."""
+    import datasets
+
+    out.mkdir(parents=True, exist_ok=True)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    try:
+        yield tmp
+        _replace_dir(tmp / "images", out / "images")
+        _replace_dir(tmp / "classes", out / "classes")
+    except OSError as exc:
+        raise BuildError(f"could not write the {what} under {out}: {exc}; check free space, then rerun "
+                         "(finished stages and earlier outputs are kept)") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _group_by_split(records: list[dict]) -> dict[str, list[dict]]:
@@ -710,11 +721,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
             log.warning("class records of %s differ from shard 0's (a non-deterministic captioner?); "
                         "shard 0's are kept", p)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out))
-    try:
+    with _staged_datasets(out, ".merge-", "merged datasets") as tmp:
         splits = {}
         present = sorted({s for d in images for s in d}, key=_split_key)
         for split in present:
@@ -727,14 +734,6 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
             splits[split] = joined.select(order)
         datasets.DatasetDict(splits).save_to_disk(str(tmp / "images"))
         first.save_to_disk(str(tmp / "classes"))
-        _replace_dir(tmp / "images", out / "images")
-        _replace_dir(tmp / "classes", out / "classes")
-    except OSError as exc:
-        raise BuildError(f"could not write the merged datasets under {out}: {exc}; check free space") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            datasets.enable_progress_bars()
     info = dict(infos[0])
     info.update({"num_shards": 1, "shard_index": 0, "merged_from": [str(Path(p).resolve()) for p in parts],
                  "images": {s: splits[s].num_rows for s in splits},
