@@ -265,6 +265,31 @@ def publish(
     _guard(body)
 
 
+# --------------------------------------------------------------------------- import-official
+@app.command("import-official")
+def import_official(
+    file: Annotated[Path, typer.Argument(help="The public PromptAD/fine_grained_prompts.py (read, never run).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the classes dataset.")],
+    classes: Annotated[str | None, typer.Option(
+        help="Comma-separated class names.", show_default="all in total_classes2id")] = None,
+) -> None:
+    """Write the paper's own captions and defect states as a `classes` dataset (provenance official)."""
+
+    def body() -> None:
+        from mfsc_builder.official import import_official as run
+
+        _setup_logging(False)
+        _not_a_file(out_dir, "an output folder to --out")
+        names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        s = run(file, out_dir, names)
+        out.print(f"[green]imported[/green] {len(s.classes)} classes from {file} into {s.out}/classes "
+                  f"(sha256 {s.sha256[:12]}; train with --captions {s.out})", soft_wrap=True)
+        for note in s.notes:
+            err.print(note, style="yellow", markup=False, soft_wrap=True)
+
+    _guard(body)
+
+
 def _build_error(msg: str) -> Exception:
     from mfsc_builder.errors import BuildError
 

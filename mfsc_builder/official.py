@@ -1,0 +1,352 @@
+"""The paper's own MFSC captions: the public ``PromptAD/fine_grained_prompts.py`` as a ``classes`` dataset.
+
+Why: the paper's numbers come from one GPT-4o record per class, hand-edited and published only as a Python
+module (RetoFan233/FineGrainedAD). ``mfsc import-official FILE --out DIR`` turns that module into a caption
+dataset (schema v1, provenance backend ``official``), so ``detector train --captions DIR`` runs on the
+captions and class-specific defect states the paper used.
+
+The file is read, never imported or executed: it is parsed with ``ast`` and only the literal values assigned
+at module level to the records below go through ``ast.literal_eval`` (its ``__main__`` block and any other
+code are never run). Records read:
+  - ``fine_grained_normal_prompts_v3``: list of per-class dicts ``Level_1`` (foreground, background),
+    ``Level_2`` (entity, number, location, relation), ``Level_3`` (direction, color, texture, shape,
+    entity_caption), ``caption``;
+  - ``total_classes2id``: class folder name -> index into that list;
+  - ``class_state_abnormal_refined``: class -> templates such as ``"{} with large breakage"``;
+  - ``class_mapping``: class -> noun (``"pcb1" -> "printed circuit board"``); absent classes keep their name;
+  - ``fine_grained_{color,texture,shape,location}_list``: the vocabularies its handcrafted abnormal texts use.
+A missing or unknown field is one error naming the class and the field.
+
+The texts are the public prompt learner's descriptions D (the detector adds the learned tokens; the public
+code also appends a "." to each D when it builds its prompt strings):
+  - image: the caption; abnormal: the caption with its foreground noun replaced by each defect template;
+  - background: "<background> background"; abnormal: that text followed by each template's state;
+  - component (one per ``Level_2`` entity): its ``entity_caption``; abnormal: the caption lower-cased, the
+    state put after the entity (or its plural) and its location word swapped for another location. The
+    public code draws ONE state and ONE other location at random per run (unseeded); here every state
+    gives one text, the k-th state with the k-th other location of ``fine_grained_location_list``
+    (deterministic, and it covers the states the random draw picks from);
+  - relation: the relation sentence; abnormal: every entity name replaced by the template, per template;
+  - colour / texture / shape: the class's values joined by "."; abnormal: each value of the file's list
+    that the class does not have.
+Texts are cut at a word boundary to fit CLIP's context with the learned tokens (the public tokenizer
+truncates at 77 tokens as well); an abnormal text that equals a normal text (ignoring case, as CLIP's
+tokenizer does) is dropped, and a group left without one is reported, never dropped silently.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfsc_builder.errors import BuildError
+from mfsc_builder.records import ClassRecord, ComponentView, ForegroundView, ImageView, PromptText, Provenance
+
+PROMPTS = "fine_grained_normal_prompts_v3"
+STATES = "class_state_abnormal_refined"
+CLASS_IDS = "total_classes2id"
+NAMES = "class_mapping"
+VOCABULARIES = {"colour": "fine_grained_color_list", "texture": "fine_grained_texture_list",
+                "shape": "fine_grained_shape_list", "location": "fine_grained_location_list"}
+REQUIRED = (PROMPTS, STATES, CLASS_IDS, *VOCABULARIES.values())
+OPTIONAL = (NAMES,)
+BACKEND = "official"
+INFO_NAME = "import_info.json"
+
+FIELDS = {  # the record shape of fine_grained_normal_prompts_v3: level -> (required keys, per-entity keys)
+    "Level_1": ({"foreground", "background"}, set()),
+    "Level_2": ({"entity", "number", "location", "relation"}, {"entity", "number", "location"}),
+    "Level_3": ({"direction", "color", "texture", "shape", "entity_caption"}, {"entity_caption"}),
+}
+TOP_FIELDS = {"Level_1", "Level_2", "Level_3", "caption"}
+
+
+@dataclass
+class ImportSummary:
+    """What `import_official` wrote: the folder, the classes, and notes on groups left without a text."""
+
+    out: Path
+    classes: list[str]
+    sha256: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_official(path: str | Path) -> dict[str, Any]:
+    """The literal records of the public prompts module, by name, parsed with ``ast`` (never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"{path} not found; give the path of PromptAD/fine_grained_prompts.py")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"cannot read {path} as UTF-8 text ({exc}); give the public fine_grained_prompts.py")
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise BuildError(f"{path} line {exc.lineno}: not valid Python ({exc.msg}); give the public "
+                         "fine_grained_prompts.py unchanged") from None
+    wanted = set(REQUIRED) | set(OPTIONAL)
+    found: dict[str, Any] = {}
+    for node in tree.body:  # module level only: nothing under `if __name__ == "__main__":` or in functions
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in wanted:
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    raise BuildError(f"{path} line {node.lineno}: {target.id} is not a literal value; the importer "
+                                     "reads literals only (it never runs the file)") from None
+    missing = [name for name in REQUIRED if name not in found]
+    if missing:
+        raise BuildError(f"{path} has no module-level {', '.join(missing)}; is it PromptAD/fine_grained_prompts.py?")
+    for name, kind in ((PROMPTS, list), (STATES, dict), (CLASS_IDS, dict), (NAMES, dict),
+                       *((v, list) for v in VOCABULARIES.values())):
+        if name in found and not isinstance(found[name], kind):
+            raise BuildError(f"{path}: {name} is a {type(found[name]).__name__}, expected a {kind.__name__}")
+    for name in VOCABULARIES.values():
+        if not all(isinstance(v, str) for v in found[name]):
+            raise BuildError(f"{path}: {name} must be a list of strings")
+    found.setdefault(NAMES, {})
+    return found
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BuildError(f"{where} must be a list of strings, got {value!r:.80}")
+    return [" ".join(v.split()) for v in value]
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BuildError(f"{where} must be a non-empty string, got {value!r:.80}")
+    return " ".join(value.split())
+
+
+def _level(record: dict, level: str, where: str) -> dict:
+    """``record[level][0]`` checked against the known keys (missing and unknown ones are errors)."""
+    value = record.get(level)
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+        raise BuildError(f"{where} lacks {level} (a list holding one dict)")
+    if len(value) > 1:
+        raise BuildError(f"{where}: {level} holds {len(value)} dicts; the public code reads only the first, "
+                         "give one")
+    d = value[0]
+    required, _ = FIELDS[level]
+    missing, unknown = sorted(required - set(d)), sorted(set(d) - required)
+    if missing:
+        raise BuildError(f"{where} lacks {level}.{', '.join(missing)}")
+    if unknown:
+        raise BuildError(f"{where} has unknown field(s) {level}.{', '.join(unknown)} (known: "
+                         f"{', '.join(sorted(required))}); is it another version of the file?")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------- texts
+def _fit(text: str) -> str:
+    """`text` cut at word boundaries to fit CLIP's context with the learned tokens (as `mfsc build` texts)."""
+    from mfsc_builder.fill import MAX_TOKENS, token_length
+
+    words = " ".join(text.split()).split()
+    while len(words) > 1 and token_length(" ".join(words)) > MAX_TOKENS:
+        words.pop()
+    return " ".join(words)
+
+
+def _entry(level: str, group: str, normal: list[str], abnormal: list[str], where: str,
+           notes: list[str]) -> PromptText | None:
+    normal = list(dict.fromkeys(_fit(t) for t in normal))
+    seen = {t.lower() for t in normal}
+    ab = [t for t in dict.fromkeys(_fit(t) for t in abnormal) if t and t.lower() not in seen]
+    if not ab:
+        notes.append(f"{where}: {level} group {group!r} left out: each of its abnormal texts equals its normal "
+                     "text (the public replacement found nothing to replace)")
+        return None
+    return PromptText(level, group, normal, ab)
+
+
+def _component_abnormal(caption: str, entity: str, location: str, suffix: str, new_location: str) -> str:
+    """The public rule: lower-case, state after the entity (its plural if present), location swapped."""
+    text = caption.lower()
+    if not entity.endswith("s") and entity + "s" in text:
+        text = text.replace(entity + "s", entity + "s" + suffix)
+    else:
+        text = text.replace(entity, entity + suffix)
+    if location == "center":
+        return text.replace("center", new_location).replace("centrally", new_location)
+    return text.replace(location, new_location)
+
+
+def _unique_names(entities: list[str], locations: list[str]) -> list[str]:
+    """Group names: the entity, with its location where entities repeat ("candle (top left)")."""
+    names = [e if entities.count(e) == 1 else f"{e} ({loc})" for e, loc in zip(entities, locations)]
+    return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
+
+
+def _count(number: str) -> int:
+    """A Level_2 number as an int; "multiple" (no number given) is 0."""
+    return int(number) if number.strip().isdigit() else 0
+
+
+def _attribute(values: list[str], i: int, n: int) -> str:
+    """Component i's value of a Level_3 list: one per entity, else (a class-wide list) all of them."""
+    if len(values) == n:
+        return values[i]
+    return " and ".join(dict.fromkeys(values))
+
+
+def official_class_record(data: dict[str, Any], class_name: str, source: str, sha256: str,
+                          notes: list[str] | None = None) -> ClassRecord:
+    """The MFSC class record and detector texts of one class of the parsed public file."""
+    from fsad_data.names import MVTEC_AD, VISA, readable_name
+
+    notes = notes if notes is not None else []
+    ids = data[CLASS_IDS]
+    if class_name not in ids:
+        raise BuildError(f"class {class_name!r} is not in {CLASS_IDS} of {source} (classes: "
+                         f"{', '.join(sorted(map(str, ids)))})")
+    index = ids[class_name]
+    records = data[PROMPTS]
+    if not isinstance(index, int) or not 0 <= index < len(records):
+        raise BuildError(f"class {class_name!r}: {CLASS_IDS} gives index {index!r} but {PROMPTS} holds "
+                         f"{len(records)} records")
+    rec = records[index]
+    where = f"{source}: class {class_name!r} ({PROMPTS}[{index}])"
+    if not isinstance(rec, dict):
+        raise BuildError(f"{where} is not a dict")
+    missing, unknown = sorted(TOP_FIELDS - set(rec)), sorted(set(rec) - TOP_FIELDS)
+    if missing:
+        raise BuildError(f"{where} lacks {', '.join(missing)}")
+    if unknown:
+        raise BuildError(f"{where} has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_FIELDS))})")
+    l1, l2, l3 = (_level(rec, lv, where) for lv in ("Level_1", "Level_2", "Level_3"))
+    caption = _text(rec["caption"], f"{where} caption")
+    fg = _text(l1["foreground"], f"{where} Level_1.foreground")
+    bg = _text(l1["background"], f"{where} Level_1.background")
+    relation = _text(l2["relation"], f"{where} Level_2.relation")
+    entities, numbers, locations = (_strings(l2[k], f"{where} Level_2.{k}") for k in ("entity", "number", "location"))
+    captions = _strings(l3["entity_caption"], f"{where} Level_3.entity_caption")
+    attrs = {k: _strings(l3[k], f"{where} Level_3.{k}") for k in ("direction", "color", "texture", "shape")}
+    n = len(entities)
+    if n == 0:
+        raise BuildError(f"{where}: Level_2.entity is empty; the public code needs at least one entity")
+    lengths = {"Level_2.number": len(numbers), "Level_2.location": len(locations),
+               "Level_3.entity_caption": len(captions)}
+    bad = {k: v for k, v in lengths.items() if v != n}
+    if bad:
+        raise BuildError(f"{where}: {n} entities but " + ", ".join(f"{v} in {k}" for k, v in bad.items()))
+    if class_name not in data[STATES]:
+        raise BuildError(f"class {class_name!r} has no defect states in {STATES} of {source}")
+    templates = _strings(data[STATES][class_name], f"{source}: class {class_name!r} {STATES}")
+    no_slot = [t for t in templates if t.count("{}") != 1]
+    if no_slot or not templates:
+        raise BuildError(f"{source}: class {class_name!r} {STATES} needs templates with one '{{}}' each "
+                         f"(got {no_slot or templates!r:.80})")
+    suffixes = [t.replace("{}", "") for t in templates]  # " with large breakage": what the public code appends
+    object_name = str(data[NAMES].get(class_name) or readable_name(class_name))
+    vocab = {k: list(data[v]) for k, v in VOCABULARIES.items()}
+
+    names = _unique_names(entities, locations)
+    components = [ComponentView(name=names[i], count=_count(numbers[i]), location=locations[i],
+                                colour=_attribute(attrs["color"], i, n), texture=_attribute(attrs["texture"], i, n),
+                                shape=_attribute(attrs["shape"], i, n),
+                                direction=_attribute(attrs["direction"], i, n), sentence=captions[i])
+                  for i in range(n)]
+
+    texts: list[PromptText | None] = []
+    image_abnormal = [caption.replace(fg, t.replace("{}", fg)) for t in templates]
+    image = _entry("image", "image", [caption], image_abnormal, where, notes)
+    if image is None:
+        raise BuildError(f"{where}: the caption does not contain the foreground {fg!r}, so no image-level abnormal "
+                         "text can be made the public way; fix Level_1.foreground or the caption")
+    texts.append(image)
+    background = f"{bg} background"
+    texts.append(_entry("background", "background", [background], [background + s for s in suffixes], where, notes))
+    for i in range(n):
+        others = [loc for loc in vocab["location"] if loc != locations[i]] or [locations[i]]
+        abnormal = [_component_abnormal(captions[i], entities[i], locations[i], s, others[k % len(others)])
+                    for k, s in enumerate(suffixes)]
+        texts.append(_entry("component", names[i], [captions[i]], abnormal, where, notes))
+    relation_abnormal = []
+    for t in templates:
+        r = relation
+        for e in entities:
+            r = r.replace(e, t.replace("{}", e))
+        relation_abnormal.append(r)
+    texts.append(_entry("relation", "relation", [relation], relation_abnormal, where, notes))
+    for level, key in (("colour", "color"), ("texture", "texture"), ("shape", "shape")):
+        values = attrs[key]
+        if values:
+            texts.append(_entry(level, level, [".".join(values)], [v for v in vocab[level] if v not in values],
+                                where, notes))
+
+    return ClassRecord(
+        class_name=class_name, object_name=object_name,
+        source_layout="mvtec" if class_name in MVTEC_AD else "visa" if class_name in VISA else "folder",
+        reference_images=[], reference_selection="official: the paper's record (its reference image is not published)",
+        image_view=ImageView(fg, bg), foreground_view=ForegroundView(sum(c.count for c in components), relation),
+        components=components, caption=caption,
+        defect_states=[s.strip().removeprefix("with ").strip() for s in suffixes],
+        defect_vocab=f"file:{Path(source).name}", texts=[t for t in texts if t is not None],
+        provenance=Provenance(backend=BACKEND, model=Path(source).name, revision=f"sha256:{sha256}",
+                              prompt_version=PROMPTS, status="ok"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _check_out(out: Path) -> None:
+    """Refuse a folder whose ``classes`` this command did not write (an `mfsc build` output, anything else)."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} is a file; give a folder to --out")
+    if (out / "classes").exists() and not (out / INFO_NAME).is_file():
+        raise BuildError(f"{out / 'classes'} was not written by `mfsc import-official` (no {INFO_NAME}); give a new "
+                         "--out folder")
+
+
+def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | None = None) -> ImportSummary:
+    """Parse the public prompts file and write ``out/classes`` (schema v1) plus ``out/import_info.json``."""
+    import datasets
+
+    from fsad_data.atomic import write_json_atomic
+    from mfsc_builder.records import CLASSES_FEATURES, SCHEMA_VERSION
+
+    path, out = Path(path), Path(out)
+    _check_out(out)
+    data = read_official(path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    names = list(dict.fromkeys(classes)) if classes else sorted(map(str, data[CLASS_IDS]), key=lambda c: data[CLASS_IDS][c])
+    if not names:
+        raise BuildError(f"{path}: {CLASS_IDS} is empty; nothing to import")
+    notes: list[str] = []
+    rows = [official_class_record(data, c, str(path), sha256, notes).to_row() for c in names]
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / INFO_NAME, {  # the marker first: a folder holding it is this command's to replace
+        "command": "mfsc import-official", "schema_version": SCHEMA_VERSION, "source": path.name,
+        "sha256": sha256, "classes": names, "notes": notes,
+    })
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
+    try:
+        datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp / "classes"))
+        target, old = out / "classes", out / f".classes.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp / "classes", target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
+    return ImportSummary(out, names, sha256, notes)
