@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from torch import Tensor
 
 from detector.errors import DetectorError
+from fsad_data.atomic import staged_folder
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -90,40 +89,27 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
             raise DetectorError(f"checkpoint tensor {k!r} is not a (str, Tensor) pair; store other values in meta")
     from safetensors.torch import save_file
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        weights = tmp / WEIGHTS_FILE
-        plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(plain, str(weights), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
-        _fsync_file(weights)
-        config = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "weights": WEIGHTS_FILE,
-            "weights_sha256": _sha256(weights),
-            "tensors": sorted(plain),
-            "meta": meta,
-        }
-        cfg = tmp / CONFIG_FILE
-        cfg.write_text(json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-        _fsync_file(cfg)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "ckpt")  # move aside, then swap in the complete new folder
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        with staged_folder(out) as tmp:  # complete beside `out`, then swapped in; the old one is kept until then
+            weights = tmp / WEIGHTS_FILE
+            plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            save_file(plain, str(weights), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+            _fsync_file(weights)
+            config = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "weights": WEIGHTS_FILE,
+                "weights_sha256": _sha256(weights),
+                "tensors": sorted(plain),
+                "meta": meta,
+            }
+            cfg = tmp / CONFIG_FILE
+            cfg.write_text(json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+            _fsync_file(cfg)
     except OSError as e:  # disk full, permissions: the old checkpoint (if any) is untouched
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DetectorError(
             f"could not write checkpoint {out}: {e.strerror or e}; free disk space or fix permissions and run again"
         ) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

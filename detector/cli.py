@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, open_clip) are imported inside the command bodies so ``detector --help`` is
 instant. A ``DetectorError`` or ``DataError``, or an ``OSError`` (a full disk, a file where a folder must
-go), becomes one red line on stderr and exit code 1 (typer's usage errors: 2), never a traceback. Settings
+go), becomes one red line on stderr and exit code 1 (typer's usage errors: 2), never a traceback
+(``fsad_data.cli_guard``, shared with ``mfsc``). Settings
 that would fail every cell of a benchmark are refused before the first cell trains.
 """
 from __future__ import annotations
@@ -13,40 +14,20 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
+from detector.errors import DetectorError
+from fsad_data.cli_guard import run_guarded
+
 app = typer.Typer(help="FineGrainedAD few-shot anomaly detector: train, eval, predict, benchmark.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 T = TypeVar("T")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from detector.errors import DetectorError
-    from fsad_data.errors import DataError
-
-    return (DetectorError, DataError)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(message, style="red"))
-    return typer.Exit(code)
-
-
 def _run(body: Callable[[], T], interrupted: str | None) -> T:
-    """Run a command body; user and file system errors become one red line and exit 1, Ctrl-C exit 130 with
-    the line ``interrupted`` (None: the body has said what was kept)."""
-    try:
-        return body()
-    except KeyboardInterrupt:
-        raise (typer.Exit(130) if interrupted is None else _fail(interrupted, 130)) from None
-    except _user_errors() as exc:
-        raise _fail(f"error: {exc}") from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        raise _fail(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) "
-                    "and the free disk space") from None
+    """Run a command body under the shared guard (``fsad_data.cli_guard``): user and file system errors become
+    one red line and exit 1, Ctrl-C exit 130 with the line ``interrupted`` (None: the body has said what was
+    kept)."""
+    return run_guarded(body, (DetectorError,), interrupted=interrupted)
 
 
 def _not_a_file(path: Path | None, flag: str, what: str) -> None:

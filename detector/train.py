@@ -36,11 +36,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detector.errors import DetectorError
+from fsad_data.config import ConfigError, read_config_file, to_config
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "truncate")
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
@@ -110,36 +111,23 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Load a YAML or JSON config; keyword overrides that are not None win (the CLI's flags)."""
-        p = Path(path)
+        """Load a YAML or JSON config (``fsad_data.config``); keyword overrides that are not None win (the CLI's
+        flags)."""
         try:
-            text = p.read_text()
-        except OSError as e:
-            raise DetectorError(f"cannot read config {p}: {e.strerror}; check the path") from e
-        try:
-            if p.suffix.lower() == ".json":
-                raw = json.loads(text)
-            else:
-                import yaml
-
-                raw = yaml.safe_load(text)
-        except Exception as e:
-            raise DetectorError(f"config {p} is not valid YAML/JSON: {e}; fix the file") from e
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise DetectorError(f"config {p} must hold a mapping of TrainConfig fields, not a {type(raw).__name__}")
-        return cls.from_dict(raw, source=str(p), **overrides)
+            raw = read_config_file(path)
+        except ConfigError as e:
+            raise DetectorError(str(e)) from None
+        return cls.from_dict(raw, source=str(path), **overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config", **overrides: Any) -> TrainConfig:
-        """Build from a mapping (unknown keys are an error), then apply non-None overrides."""
-        known = {f.name for f in fields(cls)}
+        """Build from a mapping, every value type-checked (unknown keys are an error), then apply non-None
+        overrides."""
         data = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DetectorError(f"{source}: unknown TrainConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        try:
+            return to_config(cls, data, source)
+        except ConfigError as e:
+            raise DetectorError(str(e)) from None
 
     def prompt_config(self, n_pro: int) -> dict[str, Any]:
         """PromptConfig fields (JSON-ready) for one prompt set."""

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -26,9 +25,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
-from mfsc_builder.errors import BuildError
+from fsad_data.atomic import clean_orphans, swap_folder
+from fsad_data.config import ConfigError, NonNegativeInt, PositiveFloat, read_config_file, to_config
+from mfsc_builder.errors import BuildError, BuildInterrupted
 from mfsc_builder.records import SCHEMA_VERSION
-from mfsc_builder.store import WorkStore, atomic_write_json, fingerprint
+from mfsc_builder.store import WorkStore, fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class BuildConfig:
     dtype: str = "auto"
     batch_size: int = 4
     concurrency: int = 4
-    timeout: float = 60.0
-    max_retries: int = 3
+    timeout: PositiveFloat = 60.0
+    max_retries: NonNegativeInt = 3
     trust_remote_code: bool = False
     shots: int = 1
     seed: int = 0
@@ -77,35 +78,25 @@ class BuildConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], origin: str = "configuration") -> BuildConfig:
-        """Build from a dict; keys may use dashes; unknown keys are refused (typos must not pass)."""
-        norm = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(norm) - set(cls.field_names()))
-        if unknown:
-            raise BuildError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())}")
-        cfg = cls(**norm)
-        if isinstance(cfg.classes, str):
-            cfg.classes = [c.strip() for c in cfg.classes.split(",") if c.strip()]
+        """Build from a dict, every value type-checked (``fsad_data.config``); keys may use dashes; unknown keys
+        are refused (typos must not pass)."""
+        data = dict(data)
+        if isinstance(data.get("classes"), str):
+            data["classes"] = [c.strip() for c in data["classes"].split(",") if c.strip()]
+        try:
+            cfg = to_config(cls, data, origin)
+        except ConfigError as exc:
+            raise BuildError(str(exc)) from None
         cfg.crop = dict(cfg.crop or {})
         return cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> BuildConfig:
         """Load a YAML or JSON file (a mapping of field names to values)."""
-        import yaml
-
-        path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BuildError(f"cannot read config file {path}: {exc.strerror}; check the --config path") from exc
-        try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise BuildError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise BuildError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+            data = read_config_file(path)
+        except ConfigError as exc:
+            raise BuildError(str(exc)) from None
         return cls.from_mapping(data, origin=str(path))
 
     def override(self, **values: Any) -> BuildConfig:
@@ -169,10 +160,6 @@ def shard_of(sample_id: str, num_shards: int) -> int:
 
 
 # --------------------------------------------------------------------------- interruption
-class BuildInterrupted(BuildError):
-    """Ctrl-C: finished parts are stored; the same command resumes."""
-
-
 class _StopFlag:
     """First SIGINT asks the build to stop after storing what is done; a second one stops at once."""
 
@@ -531,18 +518,6 @@ def _image_rows(records: list[dict]) -> Iterator[dict]:
         yield rec.to_row(image=_png(image), mask=mask)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older one is removed only after the move."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_records: list[dict]) -> None:
     """Write ``out/images`` (DatasetDict of the splits present) and ``out/classes`` atomically."""
     import datasets
@@ -594,8 +569,8 @@ def _staged_datasets(out: Path, prefix: str, what: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
     try:
         yield tmp
-        _replace_dir(tmp / "images", out / "images")
-        _replace_dir(tmp / "classes", out / "classes")
+        swap_folder(tmp / "images", out / "images")
+        swap_folder(tmp / "classes", out / "classes")
     except OSError as exc:
         raise BuildError(f"could not write the {what} under {out}: {exc}; check free space, then rerun "
                          "(finished stages and earlier outputs are kept)") from exc
@@ -643,8 +618,10 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     work.lock()  # before --force wipes anything: never pull the floor from under a running build
     try:
         # temp folders of a build killed while writing (never read; with the lock held none is in use)
-        for stale in [*out.glob(".write-*"), *out.glob(".images.old-*"), *out.glob(".classes.old-*")]:
+        for stale in out.glob(".write-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        for sub in ("images", "classes"):
+            clean_orphans(out / sub)
         if force:
             for p in work.dir.iterdir():
                 if p.is_dir():
@@ -683,7 +660,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             "textured_classes": sorted(c for c, t in ctx.textured.items() if t),
             "skipped": [list(x) for x in skipped],
         }
-        atomic_write_json(out / BUILD_INFO_NAME, info)
+        write_json(out / BUILD_INFO_NAME, info)
         if progress:
             progress("writing", 1, 1)
     finally:
@@ -739,5 +716,5 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
                  "images": {s: splits[s].num_rows for s in splits},
                  "skipped": [x for i in infos for x in i.get("skipped", [])]})
     info.pop("fingerprint", None)
-    atomic_write_json(out / BUILD_INFO_NAME, info)
+    write_json(out / BUILD_INFO_NAME, info)
     return BuildSummary(out, info["images"], info["classes"], False, {}, [tuple(x) for x in info["skipped"]])

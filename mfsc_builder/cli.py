@@ -2,7 +2,8 @@
 
 Heavy libraries (datasets, torch, transformers, OpenCV) are imported inside the commands so that
 `mfsc --help` is instant. A `BuildError` or `DataError`, or an `OSError` (a full disk, a file where a folder
-must go), becomes one red line on stderr and exit code 1 (usage errors: 2, from typer), never a traceback.
+must go), becomes one red line on stderr and exit code 1 (usage errors: 2, from typer), never a traceback
+(`fsad_data.cli_guard`, shared with `detector`).
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+
+from fsad_data.cli_guard import run_guarded
+from mfsc_builder.errors import BuildError, BuildInterrupted
 
 app = typer.Typer(
     name="mfsc",
@@ -27,49 +31,16 @@ out = Console(highlight=False)
 T = TypeVar("T")
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from mfsc_builder.errors import BuildError
-
-    types: list[type[BaseException]] = [BuildError]
-    try:
-        from fsad_data.errors import DataError
-
-        types.append(DataError)
-    except ImportError:  # pragma: no cover - fsad_data is part of the project
-        pass
-    return tuple(types)
-
-
 def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body; user errors become one red line and exit 1, Ctrl-C a resume hint and 130."""
-    from mfsc_builder.build import BuildInterrupted
-
-    try:
-        return fn()
-    except BuildInterrupted as exc:
-        err.print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; finished work is kept: run the same command again to resume[/yellow]")
-        raise typer.Exit(130) from None
-    except _user_error_types() as exc:
-        _red(f"error: {exc}")
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        _red(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) and the free "
-             "disk space")
-
-
-def _red(message: str) -> NoReturn:
-    """One red line on stderr (no markup: messages quote paths and lists), exit 1."""
-    err.print(message, style="red", soft_wrap=True, markup=False, emoji=False)
-    raise typer.Exit(1)
+    """Run a command body under the shared guard (``fsad_data.cli_guard``); Ctrl-C gives a resume hint."""
+    return run_guarded(fn, (BuildError,), stopped=(BuildInterrupted,),
+                       interrupted="interrupted; finished work is kept: run the same command again to resume")
 
 
 def _not_a_file(path: Path | str | None, what: str) -> None:
     """Refuse a file given where a folder goes, before any work starts."""
     if path and Path(path).exists() and not Path(path).is_dir():
-        raise _build_error(f"{path} is a file; give {what}")
+        raise BuildError(f"{path} is a file; give {what}")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -86,8 +57,6 @@ def _setup_logging(quiet: bool) -> None:
 
 def _parse_crop(items: list[str] | None) -> dict[str, Any] | None:
     import yaml
-
-    from mfsc_builder.errors import BuildError
 
     if not items:
         return None
@@ -258,7 +227,7 @@ def publish(
             out.print(f"[green]dry run[/green] written to {folder} (README.md + data/<config>/<split>-*.parquet)")
             return
         if repo_id == "ORG/NAME":
-            raise _build_error("give --repo-id ORG/NAME (or --dry-run OUT to only write the files)")
+            raise BuildError("give --repo-id ORG/NAME (or --dry-run OUT to only write the files)")
         url = pub.push(build_dir, repo_id, private=private, license=license)
         out.print(f"[green]published[/green] {url}")
 
@@ -290,12 +259,6 @@ def import_official(
     _guard(body)
 
 
-def _build_error(msg: str) -> Exception:
-    from mfsc_builder.errors import BuildError
-
-    return BuildError(msg)
-
-
 # --------------------------------------------------------------------------- show
 @app.command()
 def show(
@@ -320,8 +283,6 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
     import datasets
     from rich.panel import Panel
     from rich.table import Table
-
-    from mfsc_builder.errors import BuildError
 
     console = console or out
     build_dir = Path(build_dir)

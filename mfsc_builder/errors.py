@@ -3,3 +3,7 @@
 
 class BuildError(Exception):
     """A build step could not go on (bad input, bad backend answer, bad configuration)."""
+
+
+class BuildInterrupted(BuildError):
+    """Ctrl-C: finished parts are stored; the same command resumes."""

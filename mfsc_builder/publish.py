@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import string
 import tempfile
 from collections import Counter
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsad_data.atomic import staged_folder
 from mfsc_builder.errors import BuildError
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "mfsc.md"
@@ -291,34 +290,22 @@ def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str 
         raise BuildError(f"{out} exists and is not an earlier dry run; choose an empty or new folder")
     info = card_info(build_dir, repo_id, license)
     images, classes, _ = _load_build(build_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        was = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            for split in images:
-                (tmp / "data" / "images").mkdir(parents=True, exist_ok=True)
-                _write_parquet(images[split], tmp / "data" / "images", split, max_shard_bytes)
-            (tmp / "data" / "classes").mkdir(parents=True, exist_ok=True)
-            _write_parquet(classes, tmp / "data" / "classes", "train", max_shard_bytes)
-        finally:
-            if was:
-                datasets.enable_progress_bars()
-        (tmp / "README.md").write_text(render_card(info), encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with staged_folder(out) as tmp:
+            was = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()
+            try:
+                for split in images:
+                    (tmp / "data" / "images").mkdir(parents=True, exist_ok=True)
+                    _write_parquet(images[split], tmp / "data" / "images", split, max_shard_bytes)
+                (tmp / "data" / "classes").mkdir(parents=True, exist_ok=True)
+                _write_parquet(classes, tmp / "data" / "classes", "train", max_shard_bytes)
+            finally:
+                if was:
+                    datasets.enable_progress_bars()
+            (tmp / "README.md").write_text(render_card(info), encoding="utf-8")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(f"could not write the dry run to {out}: {exc}; check free space and permissions") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -11,17 +11,18 @@ instead of mixing results.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsad_data.atomic import write_bytes_atomic, write_json_atomic
 from mfsc_builder.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -32,37 +33,23 @@ FOOTER_KEY = "__footer__"
 _PART_RE = re.compile(r"^part-(\d{5,})\.jsonl(\.corrupt)?$")
 
 
-# --------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# --------------------------------------------------------------------------- writes
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` while writing ``path`` (a full disk, permissions) becomes a BuildError saying what to do."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        yield
     except OSError as exc:
-        _remove_quietly(Path(tmp))
         raise BuildError(
             f"could not write {path}: {exc.strerror or exc}; free some disk space or fix permissions, "
             "then rerun the same command (finished work is kept)"
         ) from exc
-    except BaseException:
-        _remove_quietly(Path(tmp))
-        raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Pretty, key-sorted JSON written atomically (stable bytes for the same object)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json(path: Path, obj: Any) -> None:
+    """Pretty, key-sorted JSON (stable bytes for the same object), written atomically (fsad_data.atomic)."""
+    with disk_errors(path):
+        write_json_atomic(path, obj, sort_keys=True)
 
 
 def _remove_quietly(path: Path) -> None:
@@ -184,14 +171,15 @@ class StageStore:
         footer = canonical_json({FOOTER_KEY: {"count": len(lines),
                                               "sha256": hashlib.sha256(body).hexdigest()}}) + "\n"
         path = self.dir / f"part-{self._next_index():05d}.jsonl"
-        atomic_write_bytes(path, body + footer.encode("utf-8"))
+        with disk_errors(path):
+            write_bytes_atomic(path, body + footer.encode("utf-8"))
         return path
 
     def clean_temporaries(self) -> int:
         """Remove temp files left by a killed writer (they are never read). Returns how many."""
         n = 0
         if self.dir.is_dir():
-            for p in self.dir.glob(".part-*.tmp"):
+            for p in self.dir.glob(".part-*.tmp"):  # fsad_data.atomic's temporary names
                 _remove_quietly(p)
                 n += 1
         return n
@@ -234,7 +222,7 @@ class WorkStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         old = self.read_manifest()
         if old is None:
-            atomic_write_json(self.manifest_path, dict(manifest))
+            write_json(self.manifest_path, dict(manifest))
             return False
         if old.get("fingerprint") != manifest.get("fingerprint"):
             keys = _diff_keys(old.get("config"), manifest.get("config"))

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from mfsc_builder.errors import BuildError
-from mfsc_builder.store import StageStore, WorkStore, atomic_write_bytes, fingerprint
+from mfsc_builder.store import StageStore, WorkStore, fingerprint
 
 
 def test_append_and_load_round_trip(tmp_path):
@@ -44,14 +44,15 @@ def test_damaged_part_is_set_aside_and_never_read(tmp_path, damage):
 
 
 def test_atomic_write_failure_leaves_no_file_and_says_what_to_do(tmp_path, monkeypatch):
-    target = tmp_path / "d" / "part-00000.jsonl"
+    st = StageStore(tmp_path / "d")
+    target = st.dir / "part-00000.jsonl"
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(BuildError, match="part-00000.jsonl.*No space left.*rerun"):
-        atomic_write_bytes(target, b"data")
+        st.append([("a", {"v": 1})])
     assert list(target.parent.iterdir()) == []  # no temp, no half file
 
 

@@ -1,0 +1,49 @@
+"""The one error guard of the command lines (``mfsc``, ``detector``): a user's mistake is one line, never a traceback.
+
+A user error (the CLI's own error type, or ``DataError``, which includes ``ConfigError``) or an ``OSError``
+(a full disk, a file where a folder must go) becomes one red line on stderr and exit code 1; Ctrl-C becomes
+exit code 130 with one yellow line saying what was kept. Usage errors stay typer's (exit code 2).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from fsad_data.errors import DataError
+
+T = TypeVar("T")
+INTERRUPTED = 130
+
+
+def run_guarded(body: Callable[[], T], user_errors: tuple[type[BaseException], ...], *,
+                interrupted: str | None = None, stopped: tuple[type[BaseException], ...] = ()) -> T:
+    """Run a command body under the guard.
+
+    ``interrupted``: the line printed on Ctrl-C (None: the body has said what was kept). ``stopped``: error types
+    that mean an orderly stop after Ctrl-C (their message is the resume hint, exit 130).
+    """
+    try:
+        return body()
+    except stopped as exc:
+        say(str(exc), "yellow")
+        raise typer.Exit(INTERRUPTED) from None
+    except KeyboardInterrupt:
+        if interrupted is not None:
+            say(interrupted, "yellow")
+        raise typer.Exit(INTERRUPTED) from None
+    except (*user_errors, DataError) as exc:
+        say(f"error: {exc}", "red")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        say(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) and the free "
+            "disk space", "red")
+        raise typer.Exit(1) from None
+
+
+def say(message: str, style: str) -> None:
+    """One line on stderr, printed as is (no markup: messages quote paths, lists and brackets)."""
+    Console(stderr=True, highlight=False).print(message, style=style, soft_wrap=True, markup=False, emoji=False)
