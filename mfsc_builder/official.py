@@ -37,9 +37,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +314,7 @@ def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | 
     """Parse the public prompts file and write ``out/classes`` (schema v1) plus ``out/import_info.json``."""
     import datasets
 
-    from fsad_data.atomic import write_json_atomic
+    from fsad_data.atomic import staged_folder, write_json_atomic
     from mfsc_builder.records import CLASSES_FEATURES, SCHEMA_VERSION
 
     path, out = Path(path), Path(out)
@@ -337,16 +334,10 @@ def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | 
     })
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
     try:
-        datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp / "classes"))
-        target, old = out / "classes", out / f".classes.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp / "classes", target)
-        shutil.rmtree(old, ignore_errors=True)
+        with staged_folder(out / "classes") as tmp:  # complete beside the old one, then swapped in
+            datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             datasets.enable_progress_bars()
     return ImportSummary(out, names, sha256, notes)
