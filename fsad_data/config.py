@@ -58,6 +58,15 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the alias bound (what ``yaml.load`` does, with our SafeLoader subclass)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML or JSON file (``.json`` is read as JSON, anything else as YAML; empty = ``{}``)."""
     path = Path(path)
@@ -83,7 +92,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     else:
         try:
-            data = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: no python/ tags
+            data = _load_yaml(text)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except yaml.MarkedYAMLError as exc:
