@@ -1,0 +1,176 @@
+"""The Python API: ``from detector import Detector``; ``Detector.load(path_or_hub_id).predict(images)``.
+
+Why a separate layer: ``FineGrainedAD.predict`` is the method (RGB uint8 arrays in, scores and R x R maps
+out); a user's service has file paths, PIL images or arrays of any size, wants the map at each image's own
+size and a defect mask, and should not need to know how checkpoints are laid out. This module adds exactly
+that and nothing else: input conversion (``as_rgb``), the checkpoint's F1-max thresholds when
+``detector eval`` stored them, maps resized to the image (bilinear, as ``detector predict`` writes them),
+and one ``DetectorResult`` per image. The source is a checkpoint folder, an export folder (``detector
+export``; then ONNX Runtime or OpenVINO runs it, without torch) or a Hub model id ``ORG/NAME``.
+
+torch is imported only when a PyTorch checkpoint is loaded, so ``import detector`` stays cheap.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from detector.errors import DetectorError
+
+DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
+
+ImageLike = str | Path | np.ndarray | Any  # Any: a PIL.Image.Image (PIL is imported only when given one)
+Threshold = float | Literal["auto"] | None
+
+
+class Engine(Protocol):
+    """What runs the model: ``FineGrainedAD`` (PyTorch) or ``runtime.ExportedModel`` (ONNX Runtime/OpenVINO)."""
+
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
+                batch_size: int = 8) -> Any: ...
+
+
+@dataclass
+class DetectorResult:
+    """One image's prediction; maps and masks have the image's own size (H, W)."""
+
+    score: float  # image anomaly score, higher = more anomalous
+    map: np.ndarray  # (H, W) float32 anomaly map
+    mask: np.ndarray | None  # (H, W) bool, map >= pixel threshold; None without a threshold
+    anomalous: bool | None  # score >= the image threshold; None unless `detector eval` stored one
+    defects: list[dict[str, Any]] | None = None  # named defects; None: this detector cannot name defects
+
+
+def as_rgb(image: ImageLike, where: str = "image") -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from a path, a PIL image or an array (gray and RGBA are converted)."""
+    if isinstance(image, (str, Path)):
+        from fsad_data import load_rgb
+
+        return load_rgb(Path(image))
+    if type(image).__module__.startswith("PIL."):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise DetectorError(f"{where}: array of dtype {image.dtype}; pass uint8 RGB (H, W, 3) values 0..255 "
+                                "(e.g. (x * 255).round().astype(np.uint8) for floats in 0..1)")
+        if image.ndim == 2:
+            return np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return np.ascontiguousarray(image[:, :, :3])
+        raise DetectorError(f"{where}: array of shape {image.shape}; pass (H, W, 3) RGB, (H, W) gray or "
+                            "(H, W, 4) RGBA")
+    raise DetectorError(f"{where}: a {type(image).__name__}; pass a file path, a PIL image or a numpy array")
+
+
+def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image or many: a 4-D array is a batch, a str/Path/2-D/3-D array/PIL image is one image."""
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, Path)) or type(images).__module__.startswith("PIL."):
+        return [images]
+    return list(images)
+
+
+class Detector:
+    """A trained FineGrainedAD detector for one class, ready to score images.
+
+    >>> det = Detector.load("ckpt/bottle-k4-s0")          # or an export folder, or "org/bottle-detector"
+    >>> results = det.predict(["a.png", pil_image, array])  # one DetectorResult per image
+    """
+
+    def __init__(self, engine: Engine, meta: dict[str, Any], thresholds: dict[str, Any] | None,
+                 source: str, resolution: int | None = None) -> None:
+        self.engine = engine
+        self.meta = meta
+        self.thresholds = thresholds or {}  # threshold.json's entry for the fused branch, if any
+        self.source = source
+        self._fixed_resolution = resolution  # an export's map size; None: any
+
+    @classmethod
+    def load(cls, path_or_hub_id: str | Path, *, device: str = "cpu", precision: str = "fp32",
+             revision: str | None = None) -> Detector:
+        """Load a checkpoint folder, an export folder or a Hub model id (``ORG/NAME``, optional ``revision``)."""
+        from detector.hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(path_or_hub_id, revision=revision)
+        from detector.evaluate import checkpoint_meta
+        from detector.model import load_detector
+
+        meta = checkpoint_meta(folder)
+        model = load_detector(folder, device=device, precision=precision)
+        return cls(model, meta, read_thresholds(folder), str(path_or_hub_id))
+
+    @property
+    def class_name(self) -> str | None:
+        """The class the detector was trained for."""
+        return self.meta.get("class_name")
+
+    @property
+    def resolution(self) -> int:
+        """Map resolution used by default: an export's fixed size, else the threshold's, else 256."""
+        return int(self._fixed_resolution or self.thresholds.get("resolution") or DEFAULT_RESOLUTION)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], *, threshold: Threshold = "auto",
+                resolution: int | None = None, batch_size: int = 8) -> list[DetectorResult]:
+        """Score images (paths, PIL images, arrays; one or a list): one ``DetectorResult`` per image.
+
+        ``threshold``: "auto" (the F1-max thresholds `detector eval` stored; no mask if there are none),
+        a number (pixel threshold for the mask) or None (no mask). The map is computed at ``resolution``
+        (default ``self.resolution``) and resized to each image's size.
+        """
+        from detector.predict import map_to_image_size
+
+        res = int(resolution or self.resolution)
+        if self._fixed_resolution and res != self._fixed_resolution:
+            raise DetectorError(f"{self.source} was exported at resolution {self._fixed_resolution}; predict at "
+                                f"that resolution or export again with --resolution {res}")
+        pixel_t, image_t = self._thresholds(threshold, res)
+        items = _as_list(images)
+        results: list[DetectorResult] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
+            pred = self.engine.predict(batch, resolution=res, branch="fused", batch_size=batch_size)
+            for img, score, amap in zip(batch, pred.scores, pred.maps):
+                full = map_to_image_size(amap, img.shape[0], img.shape[1])
+                results.append(DetectorResult(
+                    score=float(score), map=full,
+                    mask=None if pixel_t is None else full >= pixel_t,
+                    anomalous=None if image_t is None else bool(score >= image_t),
+                    defects=self._name_defects(img, full)))
+        return results
+
+    def _thresholds(self, threshold: Threshold, resolution: int) -> tuple[float | None, float | None]:
+        """(pixel, image) thresholds for ``threshold``; auto ones only at the resolution they were picked at."""
+        if threshold is None:
+            return None, None
+        if isinstance(threshold, str):
+            if threshold != "auto":
+                raise DetectorError(f"threshold={threshold!r}: use 'auto', a number or None")
+            t = self.thresholds
+            if t.get("pixel_threshold") is None or (t.get("resolution") and t["resolution"] != resolution):
+                return None, None
+            image = t.get("image_threshold")
+            return float(t["pixel_threshold"]), None if image is None else float(image)
+        return float(threshold), None
+
+    def _name_defects(self, image: np.ndarray, amap: np.ndarray) -> list[dict[str, Any]] | None:
+        """Named defects of one image: the seam for ``detector.defects`` (not in this tree yet), so None."""
+        return None
+
+
+def read_thresholds(folder: Path, branch: str = "fused") -> dict[str, Any] | None:
+    """The ``branch`` entry of FOLDER/threshold.json written by `detector eval`, or None."""
+    import json
+
+    path = Path(folder) / "threshold.json"
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(branch)
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DetectorError(f"{path} is not a threshold file ({exc}); delete it or run `detector eval` again") from exc
+    return entry if isinstance(entry, dict) else None

@@ -1,0 +1,118 @@
+"""The Python API as a user calls it: `from detector import Detector`, load a folder or a Hub id, predict."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from detector_fixtures import make_image
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tiny_clip_name):
+    """A 1-epoch class-name checkpoint (tiny CLIP, 2 shots) of a class named 'widget'."""
+    from detector.train import TrainConfig, train_model
+
+    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
+                      shots=2, baseline="promptad")
+    model = train_model(cfg, progress=False, shot_images=[make_image(), make_image((5, 40, 6))],
+                        shot_names=["good/000.png", "good/001.png"], record=None)
+    return model.save(tmp_path_factory.mktemp("api") / "widget")
+
+
+def _reference(ckpt, arrays, resolution=256):
+    from detector.model import load_detector
+
+    return load_detector(ckpt).predict(arrays, resolution=resolution)
+
+
+def test_import_detector_is_cheap():
+    code = ("import sys\nfrom detector import Detector, DetectorResult\n"
+            "print('HEAVY', [m for m in ('torch', 'open_clip', 'transformers', 'datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_predict_paths_pil_and_arrays_like_the_model(ckpt, tmp_path):
+    from detector import Detector
+
+    a = make_image((10, 10, 20))
+    b = make_image(None, size=96)  # another size: the map follows the image
+    Image.fromarray(a).save(tmp_path / "a.png")
+    det = Detector.load(ckpt)
+    assert det.class_name == "widget" and det.resolution == 256
+    results = det.predict([tmp_path / "a.png", Image.fromarray(b), a[:, :, 0]])  # path, PIL, gray array
+    ref = _reference(ckpt, [a, b, np.repeat(a[:, :, :1], 3, axis=2)])
+    assert [r.map.shape for r in results] == [(64, 64), (96, 96), (64, 64)]
+    for r, score, amap in zip(results, ref.scores, ref.maps):
+        assert r.score == pytest.approx(float(score), abs=1e-6)
+        assert r.mask is None and r.anomalous is None and r.defects is None
+        assert r.map.dtype == np.float32
+    from detector.predict import map_to_image_size
+
+    np.testing.assert_allclose(results[1].map, map_to_image_size(ref.maps[1], 96, 96), atol=1e-6)
+    np.testing.assert_allclose(results[0].map, ref.maps[0][::4, ::4], atol=0.05)  # 256 -> 64 bilinear
+    one = det.predict(a)  # a single image is a list of one
+    assert len(one) == 1 and one[0].score == pytest.approx(results[0].score, abs=1e-6)
+    batch = det.predict(np.stack([a, a]), batch_size=1)  # a 4-D array is a batch
+    assert [r.score for r in batch] == pytest.approx([results[0].score] * 2, abs=1e-6)
+
+
+def test_thresholds_number_auto_and_none(ckpt, tmp_path):
+    from detector import Detector
+
+    folder = shutil.copytree(ckpt, tmp_path / "ckpt")
+    a = make_image((10, 10, 20))
+    det = Detector.load(folder)
+    r = det.predict([a])[0]
+    t = float(np.median(r.map))
+    masked = det.predict([a], threshold=t)[0]
+    np.testing.assert_array_equal(masked.mask, r.map >= t)
+    assert masked.anomalous is None and 0 < masked.mask.mean() < 1
+    assert det.predict([a], threshold="auto")[0].mask is None  # no eval run: no stored threshold
+    (folder / "threshold.json").write_text(json.dumps({"fused": {
+        "pixel_threshold": t, "image_threshold": r.score + 1.0, "resolution": 128}}))
+    det = Detector.load(folder)
+    assert det.resolution == 128
+    auto = det.predict([a])[0]
+    assert auto.anomalous is False and auto.mask is not None
+    np.testing.assert_array_equal(auto.mask, auto.map >= t)
+    assert det.predict([a], resolution=64)[0].mask is None  # auto thresholds hold only at their resolution
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((8, 8, 3), np.float32), "dtype float32"),
+    (np.zeros((8, 8, 2), np.uint8), "shape (8, 8, 2)"),
+    (12, "a int"),
+])
+def test_bad_images_are_clear_errors(ckpt, bad, words):
+    from detector import Detector
+    from detector.errors import DetectorError
+
+    with pytest.raises(DetectorError, match=f"image 0: .*{re.escape(words)}"):
+        Detector.load(ckpt).predict([bad])
+
+
+def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
+    """A local folder laid out as the Hub cache (models--org--name/snapshots/REV, refs/main), HF_HUB_OFFLINE=1."""
+    import huggingface_hub.constants as hc
+
+    from detector import Detector
+    from detector.errors import DetectorError
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--widget-detector"
+    shutil.copytree(ckpt, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    det = Detector.load("org/widget-detector")
+    a = make_image((10, 10, 20))
+    assert det.predict([a])[0].score == pytest.approx(float(_reference(ckpt, [a]).scores[0]), abs=1e-6)
+    with pytest.raises(DetectorError, match="could not be fetched from the Hub"):
+        Detector.load("org/not-cached")
+    with pytest.raises(DetectorError, match="not found: pass a checkpoint folder"):
+        Detector.load(tmp_path / "no" / "such" / "folder")
