@@ -51,6 +51,8 @@ class Prediction:
 
     scores: np.ndarray
     maps: np.ndarray
+    token_groups: np.ndarray | None = None  # (B, h, w) int64: the region group each patch token is matched to
+    tokens: np.ndarray | None = None  # (B, h, w, D) float32: the unit V-V patch tokens the text branch scores
 
 
 def harmonic_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -178,11 +180,26 @@ class FineGrainedAD(nn.Module):
         return score, gaussian_smooth(maps, SMOOTH_SIGMA)
 
     @torch.no_grad()
+    def abnormal_text_features(self) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+        """Per region group (model order): its normal texts, its handcrafted abnormal texts and their unit
+        features (A, D) with the trained context (copies averaged). Runs the text encoder once; named
+        defects (``detector.defects``) compare a region's tokens with them."""
+        feats = self.pixel_prompts()
+        out = {}
+        for g, name in enumerate(feats.names):
+            group = self.pixel_prompts.groups[g]
+            rows = feats.handcrafted[g].float()
+            rows = rows.reshape(-1, len(group.abnormal), rows.shape[-1]).mean(0) if group.abnormal else rows
+            out[name] = (list(group.normal), list(group.abnormal), F.normalize(rows, dim=-1).cpu().numpy())
+        return out
+
+    @torch.no_grad()
     def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
-                batch_size: int = 8) -> Prediction:
-        """Score RGB uint8 images (H, W, 3): image scores (B,) and maps (B, R, R) float32, batched."""
+                batch_size: int = 8, tokens: bool = False) -> Prediction:
+        """Score RGB uint8 images (H, W, 3): image scores (B,) and maps (B, R, R) float32, batched.
+        ``tokens``: also each patch token's matched group and unit feature (for named defects)."""
         self._check_ready()
-        scores, maps = [], []
+        scores, maps, groups, feats = [], [], [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             for img in batch:
@@ -191,13 +208,19 @@ class FineGrainedAD(nn.Module):
                     raise DetectorError("predict expects RGB uint8 arrays (H, W, 3); load images with "
                                         "fsad_data.load_rgb")
             pixels = self.backbone.preprocess(batch)
-            s, m = self.score_features(self.backbone.encode(pixels), resolution, branch)
+            out = self.backbone.encode(pixels)
+            s, m = self.score_features(out, resolution, branch)
             scores.append(s.float().cpu())
             maps.append(m.float().cpu())
+            if tokens:
+                h, w = out.grid
+                groups.append(self.match_groups(out.patches).reshape(len(batch), h, w).cpu())
+                feats.append(F.normalize(out.patches.float(), dim=-1).reshape(len(batch), h, w, -1).cpu())
         if not scores:
             return Prediction(np.zeros(0, np.float32), np.zeros((0, resolution, resolution), np.float32))
+        extra = {"token_groups": torch.cat(groups).numpy(), "tokens": torch.cat(feats).numpy()} if tokens else {}
         return Prediction(torch.cat(scores).numpy().astype(np.float32),
-                          torch.cat(maps).numpy().astype(np.float32))
+                          torch.cat(maps).numpy().astype(np.float32), **extra)
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ small shift, rotation (hex_nut), stripe phase (fabric) and colour jitter. Same s
 
 ``<root>/<class>/truth.json`` records what a captioner should find on the normal images: background colour
 name, foreground colour, the components with their colour names and 3x3 location words (and grid cells), and
-the defect types. The 3x3 location words are in ``LOCATION_WORDS`` (row-major, top to bottom).
+the defect types. The 3x3 location words are ``fsad_data.grid.LOCATION_WORDS`` (row-major, top to bottom).
 """
 from __future__ import annotations
 
@@ -28,16 +28,13 @@ import numpy as np
 
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic, write_text_atomic
 from fsad_data.errors import DataError
+from fsad_data.grid import LOCATION_WORDS, grid_cell
+from fsad_data.grid import location_word as grid_location_word
 
 SIZE = 256
 N_TRAIN_GOOD = 8
 N_TEST_GOOD = 6
 N_PER_DEFECT = 3
-LOCATION_WORDS = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
 CLASSES = ("fabric", "hex_nut", "pill_box")
 DEFECTS = {
     "pill_box": ("color_spot", "missing_part"),
@@ -70,14 +67,13 @@ HOLE_RADIUS = 30
 
 
 def _cell(x: float, y: float, size: int = SIZE) -> tuple[int, int]:
-    """(row, col) of a point in the 3x3 grid."""
-    return min(int(y * 3 // size), 2), min(int(x * 3 // size), 2)
+    """(row, col) of a point in the 3x3 grid (``fsad_data.grid``)."""
+    return grid_cell(x, y, size, size)
 
 
 def location_word(x: float, y: float, size: int = SIZE) -> str:
-    """The 3x3 location word of a point (x right, y down)."""
-    r, c = _cell(x, y, size)
-    return LOCATION_WORDS[r][c]
+    """The 3x3 location word of a point (x right, y down) in the size x size synthetic image."""
+    return grid_location_word(x, y, size, size)
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 6) -> tuple[int, int, int]:

@@ -27,13 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fsad_data.grid import LOCATION_WORDS, location_word  # noqa: F401  (the one grid convention, re-exported)
 from mfsc_builder.errors import BuildError
 
-LOCATION_WORDS = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "none")
 # MVTec-AD / VisA classes that are a surface filling the whole frame (no background to separate).
 TEXTURED_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood", "fabric"})
@@ -77,13 +73,6 @@ class CropConfig:
         from dataclasses import asdict
 
         return asdict(self)
-
-
-def location_word(cx: float, cy: float, width: int, height: int) -> str:
-    """The 3x3 grid word of a point: thirds of the width and height."""
-    col = min(2, max(0, int(3 * cx / max(width, 1))))
-    row = min(2, max(0, int(3 * cy / max(height, 1))))
-    return LOCATION_WORDS[row][col]
 
 
 def orientation_of(mask: np.ndarray, min_elongation: float = 1.6, scale: tuple[float, float] = (1.0, 1.0)) -> str:
