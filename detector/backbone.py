@@ -134,6 +134,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = pretrained
+        self.weights_sha256: str | None = None  # SHA-256 of the loaded weights file (load_backbone sets it)
         size = tuple(visual.image_size)
         if size[0] != size[1]:
             raise DetectorError(f"model {name} has a non-square input {size}; use a square-input CLIP")
@@ -405,6 +406,7 @@ def load_backbone(
     precision: str = "fp32",
     taps: Sequence[float | int] | None = None,
     vv_blocks: int | None = None,
+    expected_sha256: str | None = None,
 ) -> Any:
     """Build the frozen ``Backbone``.
 
@@ -413,6 +415,9 @@ def load_backbone(
     a cache) or a local weight file/folder (safetensors; a torch pickle only through ``weights_only`` loading).
     ``precision``: fp32, bf16 or fp16 (fp16 needs CUDA).  ``taps``: see ``resolve_taps``.
     ``vv_blocks``: number of final blocks with a V-V branch (default depth // 2).
+    A tag's file is found and verified by ``detector.weights_check.fetch_weights`` (the right file for
+    ``laion400m_e32``, its release checksum); the SHA-256 of the loaded file is ``Backbone.weights_sha256``
+    (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.
     """
     import open_clip
 
@@ -444,23 +449,37 @@ def load_backbone(
     oc_log = logging.getLogger()
     level = oc_log.level
     oc_log.setLevel(max(level, logging.ERROR))  # open_clip logs a warning for random init; we say it ourselves
+    sha256: str | None = None
     try:
         if tag.lower() == "none" or local is not None:
             model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
             if local is not None:
+                from detector.weights_check import file_sha256
+
                 _load_local_weights(model, local)
+                sha256 = file_sha256(local)
         else:
+            from detector.weights_check import fetch_weights
+
+            file, sha256 = fetch_weights(model_name, tag)
+            cfg = open_clip.get_pretrained_cfg(model_name, tag)
+            pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
             try:
-                model = open_clip.create_model(model_name, pretrained=tag, precision=precision, device="cpu")
+                model = open_clip.create_model(model_name, pretrained=str(file), precision=precision, device="cpu",
+                                               force_preprocess_cfg=pp)
             except Exception as e:
-                offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-                why = "offline (HF_HUB_OFFLINE=1)" if offline else f"{type(e).__name__}"
-                raise DetectorError(
-                    f"cannot get pretrained weights '{tag}' for {model_name}: download failed, {why}; use "
-                    "--pretrained none, or a local .safetensors file"
-                ) from e
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise DetectorError(f"cannot load the weights {file} of {model_name}/{tag} ({type(e).__name__}: "
+                                    f"{first}); delete the file and download it again") from e
     finally:
         oc_log.setLevel(level)
+    if expected_sha256 and sha256 != expected_sha256:
+        got = f"SHA-256 {sha256[:12]}..." if sha256 else "random weights"
+        raise DetectorError(f"the checkpoint was trained on CLIP weights {name}/{tag} with SHA-256 "
+                            f"{expected_sha256[:12]}..., but the weights found now have {got}; load the same file "
+                            "(pass it to --pretrained) or retrain")
     model = model.to(dev)
     tokenizer = open_clip.get_tokenizer(model_name)
-    return Backbone(model, tokenizer, model_name, tag, taps=taps, vv_blocks=vv_blocks)
+    backbone = Backbone(model, tokenizer, model_name, tag, taps=taps, vv_blocks=vv_blocks)
+    backbone.weights_sha256 = sha256
+    return backbone

@@ -291,7 +291,8 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
         name = str(meta_backbone["model_name"])  # config file gone: the name may still be registered
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(meta_backbone.get("init_seed", 0)))
-        return load_backbone(name, pretrained, device, precision, taps=taps)
+        return load_backbone(name, pretrained, device, precision, taps=taps,
+                             expected_sha256=meta_backbone.get("weights_sha256"))
 
 
 def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir: Path) -> None:

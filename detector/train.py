@@ -412,7 +412,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         backbone = load_backbone_for(bb_meta, config.device, config.precision)
         # "name" stays as given (an open_clip name or a JSON config path); "model_name" is open_clip's name
         bb_meta.update(model_name=backbone.name, pretrained=backbone.pretrained,
-                       tap_layers=list(backbone.tap_layers))
+                       tap_layers=list(backbone.tap_layers), weights_sha256=backbone.weights_sha256)
         tau = resolve_tau(config, backbone)
         t_load = time.perf_counter() - t0
 
