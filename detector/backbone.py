@@ -6,17 +6,20 @@ One forward pass gives the three things the detector needs:
   used by image-level MLLP training and the image score.
 - ``patches``: projected patch tokens of the V-V path (CLIP Surgery).  Original CLIP patch tokens are poorly
   aligned with text because query-key attention mixes in "global" tokens; value-value attention keeps each
-  token close to itself.  Following CLIP Surgery (and PromptAD/FineGrainedAD which reuse it), the V-V path
-  runs BESIDE the frozen blocks in the last ``vv_blocks`` blocks (default: the last half, i.e. blocks 7..12
-  of 12, CLIP Surgery's choice for ViT-B):
+  token close to itself.  The V-V path runs BESIDE the frozen blocks in the last ``vv_blocks`` blocks.  The
+  default is EVERY block, as the public FineGrainedAD/PromptAD code does (its V2VTransformer replaces the
+  attention of all 12 blocks of ViT-B-16+, so the V-V stream starts from the ``ln_pre`` output);
+  ``vv_blocks = depth // 2`` is CLIP Surgery's own choice for ViT-B, kept as an option:
 
-      vv_s     = x_s                                   (the original tokens entering the first V-V block s)
+      vv_s     = x_s                                   (the original tokens entering the first V-V block s;
+                                                        x_0 = the ln_pre output)
       vv_{l+1} = vv_l + ls_1(out_proj(A_l v_l))        v_l = ln_1(x_l) W_v + b_v,
                                                        A_l = softmax(v_l v_l^T / sqrt(d_head)) per head
 
   where x_l are the ORIGINAL path's tokens entering block l (the V-V stream reads the frozen stream, it does
   not feed itself through the blocks), no MLP is applied on the V-V stream and only the attention residuals
-  are summed.  At the end ``ln_post`` and ``proj`` are applied to the V-V patch tokens.
+  are summed.  At the end ``ln_post`` and ``proj`` are applied to the V-V patch tokens.  (``ls_1`` is the
+  block's layer scale, the identity for ViT-B-16+; the public code skips it on the V-V branch.)
 - ``taps``: unprojected patch tokens (no CLS) output by chosen intermediate blocks of the ORIGINAL path, for the
   visual memory (VAD).  They are cloned, never views a later block could change.
 
@@ -145,7 +148,7 @@ class Backbone(nn.Module):
         depth = len(visual.transformer.resblocks)
         self.depth = depth
         self.tap_layers: tuple[int, ...] = resolve_taps(taps, depth)
-        n_vv = depth // 2 if vv_blocks is None else int(vv_blocks)
+        n_vv = depth if vv_blocks is None else int(vv_blocks)
         if not 1 <= n_vv <= depth:
             raise DetectorError(f"vv_blocks={vv_blocks} must be in 1..{depth} for {name}")
         self.vv_blocks = n_vv
@@ -414,7 +417,7 @@ def load_backbone(
     ``pretrained``: "none" (random weights), an open_clip tag (downloaded through open_clip, needs the network or
     a cache) or a local weight file/folder (safetensors; a torch pickle only through ``weights_only`` loading).
     ``precision``: fp32, bf16 or fp16 (fp16 needs CUDA).  ``taps``: see ``resolve_taps``.
-    ``vv_blocks``: number of final blocks with a V-V branch (default depth // 2).
+    ``vv_blocks``: number of final blocks with a V-V branch (default: every block, as the public code).
     A tag's file is found and verified by ``detector.weights_check.fetch_weights`` (the right file for
     ``laion400m_e32``, its release checksum); the SHA-256 of the loaded file is ``Backbone.weights_sha256``
     (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.

@@ -369,6 +369,8 @@ def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
         "pretrained": pretrained,
         "shot_files": shot_files,
         "meaningful": pretrained not in (None, "", "none"),
+        "recipe": cfg.get("recipe"),
+        "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,
     })
 
 

@@ -1,25 +1,32 @@
 """MLSA losses: align (region-weighted) image tokens with the multi-level prompts.
 
-For every region group g (image, background, each component) and the tokens f weighted by the
-group's region weights:
+The defaults are the public code's (train_seg/train_cls_finegrained_patch.py, see docs/FIDELITY.md);
+every other choice is a named option. For every region group g (image, background, each component) and
+the tokens f of the group:
 
-- alignment cross-entropy (MLSA "L_ce"): logits ``tau * [<f, t_n>, <f, t_a^1..M>]`` with target
-  normal, where t_n is the group's normal prototype and t_a^m its handcrafted and learned abnormal features;
-- triplet (MLSA "L_tri"): ``max(0, ||f - t_n|| - ||f - mean t_a|| + margin)``, the distances taken over
-  the FEATURE axis (the public code summed over the token axis, which compares token sets, not tokens);
-  ``mean t_a`` is the group's abnormal prototype (normalised mean of handcrafted and learned features);
+- region weights (``weighting``): ``"features"`` (public) multiplies each token feature by the group's
+  region weight w before the logits and the triplet (f -> w f, a per-token temperature; the image group's
+  weights are 1); ``"loss"`` keeps f and uses w as the weights of the loss mean;
+- alignment cross-entropy (MLSA "L_ce"): logits ``tau * [<f, t_n>, <f, t_a^1..M>]`` with target normal,
+  where t_n is the group's normal prototype and t_a^m its handcrafted and learned abnormal features;
+- triplet (MLSA "L_tri"): ``max(0, d(f, t_n) - d(f, mean t_a) + margin)``, ``d`` the SQUARED Euclidean
+  distance (public) or the plain one (``triplet_distance="euclidean"``), taken over the FEATURE axis (a
+  protocol fix: the public code summed over the token axis, which compares token sets, not tokens);
+  ``mean t_a`` is the group's abnormal prototype;
 - abnormal matching (MLLP "L_match", weight lambda1 = 0.001): squared distance between the mean
   handcrafted and the mean learned abnormal feature, for the image group and the components;
-- composition regulariser (weight lambda_comp): the learned abnormal image feature should point where
-  the normalised sum of the components' and background's learned abnormal features points
-  (``1 - cos``), i.e. "an anomalous image = its components + background".
+- composition regulariser (weight ``lambda_comp``). ``"public"`` (weight 1, patch level only):
+  ``|| mean_r n(L^img_r) - mean_r n(sum_e L^e_r) - mean_r n(N^bg_r) ||_2`` with L the learned abnormal
+  features (the component sum taken row by row over the raw, unnormalised features), N the normal ones and
+  n() the L2 normalisation; ``"cosine"`` (ours, weight 0.1): ``1 - cos(proto L^img, sum_e proto L^e +
+  proto L^bg)``.
 
-Image-level training uses the same terms on the CLS features, image group only, no region weights.
+Image-level training (``image_loss``) uses the same CE + triplet terms on the CLS feature, without region
+weights, against every region group (``image_groups="all"``, public) or the image group only (``"image"``).
 
-Logit scale tau: the EXPONENTIATED CLIP logit scale (``clip_model.logit_scale.exp()``, 100 for
-pretrained CLIP), as CLIP itself scales cosine similarities; the public code used the stored log value
-(~4.6), which makes the softmax nearly flat. ``logit_scale_of`` gives it; a float in the training
-config may override it. All inputs are L2-normalised features.
+Logit scale tau (``logit_scale_of``): CLIP's ``logit_scale`` AS STORED (log space, ~4.6 for the paper's
+weights; public), ``"exp"`` for exp(stored) capped at 100 as CLIP itself scales similarities, or a number.
+All inputs are L2-normalised features.
 """
 
 from __future__ import annotations
@@ -33,18 +40,34 @@ from detector.errors import DetectorError
 from detector.prompts import BACKGROUND, COMPONENT, IMAGE, TextFeatures
 
 LAMBDA1 = 0.001  # paper's weight of the handcrafted/learned abnormal matching term
-LAMBDA_COMP = 0.1  # our choice: a regulariser, small beside the alignment terms (the paper gives no value)
+LAMBDA_COMP = 1.0  # public: loss_reg enters the patch loss with weight 1
+LAMBDA_COMP_OURS = 0.1  # our choice for the cosine form
 MARGIN = 1.0
+TAU_MODES = ("stored", "exp")
+WEIGHTINGS = ("features", "loss")
+TRIPLET_DISTANCES = ("squared", "euclidean")
+COMPOSITIONS = ("public", "cosine")
+IMAGE_GROUPS = ("all", "image")
 
 
-def logit_scale_of(clip_model: torch.nn.Module, override: float | None = None) -> float:
-    """tau for the losses and the textual anomaly map: ``override`` or exp(stored logit scale), capped at 100."""
-    if override is not None:
-        return float(override)
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """One clear line for a method option outside its choices."""
+    if value not in choices:
+        raise DetectorError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def logit_scale_of(clip_model: torch.nn.Module, tau: str | float | None = "stored") -> float:
+    """tau for the losses and the textual maps: "stored" (log-space value, public), "exp" (capped at 100) or a number."""
+    if tau is None:
+        tau = "stored"
+    if not isinstance(tau, str):
+        if isinstance(tau, bool) or not math.isfinite(float(tau)) or float(tau) <= 0:
+            raise DetectorError(f"tau={tau!r} must be 'stored', 'exp' or a positive number")
+        return float(tau)
+    check_choice("tau", tau, TAU_MODES)
     scale = getattr(clip_model, "logit_scale", None)
-    if scale is None:
-        return 100.0
-    return float(min(math.exp(float(torch.as_tensor(scale).detach().float().reshape(-1)[0])), 100.0))
+    stored = math.log(100.0) if scale is None else float(torch.as_tensor(scale).detach().float().reshape(-1)[0])
+    return stored if tau == "stored" else float(min(math.exp(stored), 100.0))
 
 
 def _flatten(tokens: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -56,6 +79,16 @@ def _flatten(tokens: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.
     if w.shape[0] != flat.shape[0]:
         raise DetectorError(f"loss weights have {w.shape[0]} entries for {flat.shape[0]} tokens")
     return flat, w
+
+
+def _weighted(tokens: torch.Tensor, weights: torch.Tensor | None, weighting: str
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(features, weights of the mean): "features" scales each token by its weight, "loss" keeps it."""
+    check_choice("weighting", weighting, WEIGHTINGS)
+    f, w = _flatten(tokens, weights)
+    if w is not None and weighting == "features":
+        return f * w[:, None], None
+    return f, w
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -70,9 +103,10 @@ def alignment_ce(
     abnormal: torch.Tensor,
     tau: float,
     weights: torch.Tensor | None = None,
+    weighting: str = "features",
 ) -> torch.Tensor:
-    """MLSA cross-entropy: per token, CE of logits tau*[<f,t_n>, <f,t_a^1..M>] with target 0 (normal); weighted mean."""
-    f, w = _flatten(tokens, weights)
+    """MLSA cross-entropy: per token, CE of logits tau*[<f,t_n>, <f,t_a^1..M>] with target 0 (normal); mean."""
+    f, w = _weighted(tokens, weights, weighting)
     texts = torch.cat([normal.reshape(1, -1), abnormal.reshape(-1, normal.shape[-1])]).to(f)
     logits = tau * f @ texts.T  # (N, 1 + M)
     per_token = torch.logsumexp(logits, dim=1) - logits[:, 0]
@@ -85,11 +119,16 @@ def triplet(
     abnormal_mean: torch.Tensor,
     margin: float = MARGIN,
     weights: torch.Tensor | None = None,
+    weighting: str = "features",
+    distance: str = "squared",
 ) -> torch.Tensor:
-    """MLSA triplet: max(0, ||f - t_n||_2 - ||f - t_a||_2 + margin) per token (distance over features); weighted mean."""
-    f, w = _flatten(tokens, weights)
-    d_pos = (f - normal.reshape(1, -1).to(f)).norm(dim=-1)
-    d_neg = (f - abnormal_mean.reshape(1, -1).to(f)).norm(dim=-1)
+    """MLSA triplet: max(0, d(f, t_n) - d(f, t_a) + margin) per token, d over the feature axis; mean."""
+    check_choice("triplet_distance", distance, TRIPLET_DISTANCES)
+    f, w = _weighted(tokens, weights, weighting)
+    d_pos = (f - normal.reshape(1, -1).to(f)).pow(2).sum(dim=-1)
+    d_neg = (f - abnormal_mean.reshape(1, -1).to(f)).pow(2).sum(dim=-1)
+    if distance == "euclidean":
+        d_pos, d_neg = d_pos.sqrt(), d_neg.sqrt()
     return _weighted_mean(F.relu(d_pos - d_neg + margin), w)
 
 
@@ -103,22 +142,46 @@ def abnormal_matching(handcrafted: torch.Tensor, learned: torch.Tensor) -> torch
 def composition(
     image_learned: torch.Tensor, component_learned: torch.Tensor, background_learned: torch.Tensor
 ) -> torch.Tensor:
-    """Image = components + background: 1 - cos(image, normalize(sum of component features + background))."""
+    """Ours ("cosine"): 1 - cos(image, normalize(sum of component features + background))."""
     target = component_learned.reshape(-1, image_learned.shape[-1]).sum(dim=0) + background_learned.reshape(
         -1
     )
     return 1.0 - F.cosine_similarity(image_learned.reshape(-1), target, dim=0, eps=1e-8)
 
 
+def composition_public(image_learned: torch.Tensor, component_learned_raw: list[torch.Tensor],
+                       background_normal: torch.Tensor) -> torch.Tensor:
+    """Public: || mean_r n(L^img_r) - mean_r n(sum_e L^e_r) - mean_r n(N^bg_r) ||_2 (rows r of each family).
+
+    ``component_learned_raw``: the components' raw learned abnormal features, summed row by row (they have
+    the same rows when each component has one normal text, as in the public code); with unequal row counts
+    the sum is taken over the components' mean features instead.
+    """
+    counts = {c.shape[0] for c in component_learned_raw}
+    if len(counts) == 1:
+        comp_sum = torch.stack(component_learned_raw).sum(dim=0)  # (R, D)
+    else:
+        comp_sum = torch.stack([c.mean(dim=0) for c in component_learned_raw]).sum(dim=0, keepdim=True)
+    img = F.normalize(image_learned, dim=-1).mean(dim=0)
+    comp = F.normalize(comp_sum, dim=-1).mean(dim=0)
+    bg = F.normalize(background_normal, dim=-1).mean(dim=0)
+    return (img - comp - bg).norm()
+
+
 def _learned_prototype(text: TextFeatures, g: int) -> torch.Tensor:
     return F.normalize(text.learned[g].mean(dim=0), dim=-1)
 
 
-def composition_term(text: TextFeatures) -> torch.Tensor | None:
-    """The composition regulariser on the learned abnormal prototypes; None without background or components."""
+def composition_term(text: TextFeatures, form: str = "public") -> torch.Tensor | None:
+    """The composition regulariser on the learned abnormal features; None without background or components."""
+    check_choice("composition", form, COMPOSITIONS)
     comps = [i for i, lv in enumerate(text.levels) if lv == COMPONENT]
     if BACKGROUND not in text.names or not comps:
         return None
+    if form == "public":
+        raw = text.learned_raw if text.learned_raw is not None else text.learned
+        return composition_public(text.learned[text.index(IMAGE)], [raw[i] for i in comps],
+                                  text.normal_each[text.index(BACKGROUND)])
     img = _learned_prototype(text, text.index(IMAGE))
     bg = _learned_prototype(text, text.index(BACKGROUND))
     comp = torch.stack([_learned_prototype(text, i) for i in comps])
@@ -133,15 +196,25 @@ def _group_terms(
     tau: float,
     lambda1: float,
     margin: float,
+    weighting: str,
+    triplet_distance: str,
 ) -> dict[str, torch.Tensor]:
     abnormal = torch.cat([text.handcrafted[g], text.learned[g]])
     terms = {
-        "ce": alignment_ce(tokens, text.normal[g], abnormal, tau, weights),
-        "triplet": triplet(tokens, text.normal[g], text.abnormal[g], margin, weights),
+        "ce": alignment_ce(tokens, text.normal[g], abnormal, tau, weights, weighting),
+        "triplet": triplet(tokens, text.normal[g], text.abnormal[g], margin, weights, weighting, triplet_distance),
     }
     if text.levels[g] in (IMAGE, COMPONENT) and lambda1:
         terms["match"] = lambda1 * abnormal_matching(text.handcrafted[g], text.learned[g])
     return terms
+
+
+def _add(total: torch.Tensor, parts: dict[str, float], key: str, name: str | None, value: torch.Tensor
+         ) -> torch.Tensor:
+    if name is not None:
+        parts[f"{key}/{name}"] = float(value.detach())
+    parts[key] = parts.get(key, 0.0) + float(value.detach())
+    return total + value
 
 
 def mlsa_loss(
@@ -152,6 +225,10 @@ def mlsa_loss(
     lambda1: float = LAMBDA1,
     lambda_comp: float = LAMBDA_COMP,
     margin: float = MARGIN,
+    *,
+    weighting: str = "features",
+    triplet_distance: str = "squared",
+    composition_form: str = "public",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Patch-level MLSA loss: sum over region groups of CE + triplet (+ lambda1 matching), + lambda_comp composition.
 
@@ -165,17 +242,16 @@ def mlsa_loss(
     parts: dict[str, float] = {}
     for g in range(n_groups):
         w = None if group_weights is None else group_weights[g]
-        for key, value in _group_terms(tokens, w, text, g, tau, lambda1, margin).items():
-            total = total + value
-            parts[f"{key}/{text.names[g]}"] = float(value.detach())
-            parts[key] = parts.get(key, 0.0) + float(value.detach())
-    return _with_composition(total, parts, text, lambda_comp)
+        for key, value in _group_terms(tokens, w, text, g, tau, lambda1, margin, weighting,
+                                       triplet_distance).items():
+            total = _add(total, parts, key, text.names[g], value)
+    return _with_composition(total, parts, text, lambda_comp, composition_form)
 
 
-def _with_composition(total: torch.Tensor, parts: dict[str, float], text: TextFeatures, lambda_comp: float
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
+def _with_composition(total: torch.Tensor, parts: dict[str, float], text: TextFeatures, lambda_comp: float,
+                      form: str) -> tuple[torch.Tensor, dict[str, float]]:
     """Add the weighted composition regulariser (when on and defined) and record the final loss."""
-    comp = composition_term(text) if lambda_comp else None
+    comp = composition_term(text, form) if lambda_comp else None
     if comp is not None:
         total = total + lambda_comp * comp
         parts["composition"] = float(lambda_comp * comp.detach())
@@ -190,25 +266,28 @@ def image_loss(
     lambda1: float = LAMBDA1,
     lambda_comp: float = 0.0,
     margin: float = MARGIN,
+    *,
+    groups: str = "all",
+    triplet_distance: str = "squared",
+    composition_form: str = "public",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Image-level MLSA loss on CLS features (B, D): the same terms as ``mlsa_loss``, without region weights.
+    """Image-level MLSA loss on CLS features (B, D), without region weights.
 
-    CE + triplet align the CLS feature with the image group only (a whole-image feature has no region
-    to align with a background or component text); the text-only terms are those of the patch loss:
-    lambda1 matching for the image group AND every component (the shared abnormal tokens are trained
-    through them), and the composition regulariser. The latter is off here by default so that a training
-    step that adds both losses counts it once (set lambda_comp when image-level training runs alone).
+    ``groups="all"`` (public train_cls): CE + triplet of the CLS feature against EVERY region group (image,
+    each component, background); ``"image"``: the image group only. lambda1 matching for the image group
+    and every component either way. The composition regulariser is off by default (the public image-level
+    script has none; set lambda_comp to add it).
     """
-    g = text.index(IMAGE)
+    check_choice("image_groups", groups, IMAGE_GROUPS)
     total = cls.new_zeros(())
     parts: dict[str, float] = {}
-    for key, value in _group_terms(cls, None, text, g, tau, lambda1, margin).items():
-        total = total + value
-        parts[key] = float(value.detach())
-    for i, level in enumerate(text.levels):
-        if level == COMPONENT and lambda1:
-            value = lambda1 * abnormal_matching(text.handcrafted[i], text.learned[i])
-            total = total + value
-            parts[f"match/{text.names[i]}"] = float(value.detach())
-            parts["match"] = parts.get("match", 0.0) + float(value.detach())
-    return _with_composition(total, parts, text, lambda_comp)
+    image = text.index(IMAGE)
+    for g in range(len(text.names)):
+        if groups == "all" or g == image:
+            for key, value in _group_terms(cls, None, text, g, tau, 0.0, margin, "loss", triplet_distance).items():
+                total = _add(total, parts, key, text.names[g] if g != image else None, value)
+    for g, level in enumerate(text.levels):
+        if level in (IMAGE, COMPONENT) and lambda1:
+            value = lambda1 * abnormal_matching(text.handcrafted[g], text.learned[g])
+            total = _add(total, parts, "match", text.names[g] if g != image else None, value)
+    return _with_composition(total, parts, text, lambda_comp, composition_form)

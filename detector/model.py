@@ -18,9 +18,11 @@ Inference, for a batch of RGB images:
 - fused map: harmonic mean of the two maps on the patch grid, bilinear upsampling to the evaluation
   resolution, Gaussian smoothing with sigma 4 (separable torch convolution, kernel 33 = 2 * round(4
   sigma) + 1, reflect padding);
-- image score: harmonic mean of the CLS text score (softmax(tau * [<cls, t_n^image>, <cls,
-  t_a^image>])[abnormal] with the image prompts) and the max of the visual map on the patch grid
-  (before smoothing, so it does not depend on the evaluation resolution).
+- image score: harmonic mean of the CLS text score and the max of the visual map on the patch grid
+  (before smoothing, so it does not depend on the evaluation resolution). The CLS text score is
+  softmax(tau * [<cls, t_n^g>, <cls, t_a^g>])[abnormal] with the image prompts, g the group matched to the
+  CLS feature the same way patch tokens are (``image_score_group="matched"``, public), or the image group
+  (``"image"``, ours).
 The fusion rule is fixed here, never chosen on test data. ``branch`` = "text" | "visual" scores one
 branch alone (maps from that branch; scores: the CLS text score, resp. the visual max).
 """
@@ -39,8 +41,9 @@ from torch import nn
 
 from detector.errors import DetectorError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
 BRANCHES = ("fused", "text", "visual")
+IMAGE_SCORE_GROUPS = ("matched", "image")
 SMOOTH_SIGMA = 4.0
 EPS = 1e-8
 
@@ -98,6 +101,11 @@ class FineGrainedAD(nn.Module):
         self.image_prompts = image_prompts
         self.tau = float(tau)
         self.meta: dict[str, Any] = dict(meta or {})
+        cfg = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        self.image_score_group = str(cfg.get("image_score_group", "matched"))
+        if self.image_score_group not in IMAGE_SCORE_GROUPS:
+            raise DetectorError(f"image_score_group={self.image_score_group!r} is not one of "
+                                f"{', '.join(IMAGE_SCORE_GROUPS)}")
         self.register_buffer("region_weights", region_weights.detach().float().clone())
         self.memory = [F.normalize(m.detach().float(), dim=-1) for m in memory]
         self.pixel_names: list[str] = []
@@ -150,11 +158,17 @@ class FineGrainedAD(nn.Module):
         return torch.stack(out).mean(0)
 
     def image_text_score(self, cls: torch.Tensor) -> torch.Tensor:
-        """CLS text score (B,): abnormal probability against the image prompts' "image" group."""
+        """CLS text score (B,): abnormal probability against the image prompts' matched (or "image") group."""
         self._check_ready()
-        i = self.image_names.index("image") if "image" in self.image_names else 0
         f = F.normalize(cls.float(), dim=-1)
-        return two_way_abnormal_prob(f @ self.image_normal[i], f @ self.image_abnormal[i], self.tau)
+        sim_n = f @ self.image_normal.T  # (B, G)
+        sim_a = f @ self.image_abnormal.T
+        if self.image_score_group == "matched":
+            g = sim_n.argmax(-1, keepdim=True)
+        else:
+            i = self.image_names.index("image") if "image" in self.image_names else 0
+            g = torch.full((f.shape[0], 1), i, dtype=torch.long, device=f.device)
+        return two_way_abnormal_prob(sim_n.gather(-1, g)[:, 0], sim_a.gather(-1, g)[:, 0], self.tau)
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -261,8 +275,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, baseline: str | None,
-                      drop_levels: list[str], pixel_config: dict, image_config: dict
-                      ) -> tuple[nn.Module, nn.Module]:
+                      drop_levels: list[str], pixel_config: dict, image_config: dict,
+                      extra_texts: bool = False) -> tuple[nn.Module, nn.Module]:
     """The two MLLP prompt sets for a class: from the MFSC record, or from the class name (PromptAD)."""
     from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
 
@@ -271,7 +285,7 @@ def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, base
     elif baseline is None:
         if record is None:
             raise DetectorError("no caption record: pass --captions, or --baseline promptad for class-name prompts")
-        groups = groups_from_record(record, list(drop_levels))
+        groups = groups_from_record(record, list(drop_levels), extra_texts=extra_texts)
     else:
         raise DetectorError(f"unknown baseline {baseline!r}: use 'promptad' or none")
     sets = []
@@ -286,12 +300,13 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
 
     pretrained = meta_backbone.get("pretrained") or "none"
     taps = meta_backbone.get("tap_layers")
+    vv_blocks = meta_backbone.get("vv_blocks")
     name = str(meta_backbone["name"])
     if name.endswith(".json") and not Path(name).is_file() and meta_backbone.get("model_name"):
         name = str(meta_backbone["model_name"])  # config file gone: the name may still be registered
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(meta_backbone.get("init_seed", 0)))
-        return load_backbone(name, pretrained, device, precision, taps=taps,
+        return load_backbone(name, pretrained, device, precision, taps=taps, vv_blocks=vv_blocks,
                              expected_sha256=meta_backbone.get("weights_sha256"))
 
 
@@ -346,9 +361,10 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
     _check_meta(meta, tensors, ckpt_dir)
     backbone = load_backbone_for(meta["backbone"], device, precision)
     try:
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
                                          meta.get("drop_levels") or [], meta["prompt_config_pixel"],
-                                         meta["prompt_config_image"])
+                                         meta["prompt_config_image"], extra_texts=bool(cfg.get("extra_texts")))
     except (TypeError, ValueError) as e:  # hand-edited prompt config: unknown key or a value of the wrong type
         raise DetectorError(f"{ckpt_dir}/config.json: prompt config does not fit this detector ({e}); "
                             "retrain or restore the checkpoint") from e

@@ -13,15 +13,27 @@ Region groups (those MLSA aligns with token regions) are "image", "background" a
 The attribute groups are not regions: they are mixed into the "image" group through 8 learnable
 sigmoid gates (normal and abnormal x relation/colour/texture/shape).
 
-Gate modes. ``features`` (default): each image prompt's encoded, normalised feature gets
+Gate modes. ``tokens`` (default, the public code): the attribute prompts' token-embedding sequences are
+added to the image prompt's sequence position by position before the encoder, each scaled by its
+sigmoid gate, row by row as the public prompt learner pairs them: an image normal row gets the attribute
+normal row with the same context copy, an image learned row the attribute learned row with the same
+context copy and abnormal-token variant, and the k-th image handcrafted row (state-major order) the k-th
+of the attribute's handcrafted rows ranked by their mean token embedding (the public top-k; where an
+attribute has fewer such rows the ranking repeats). Gates start as N(0, 1) draws (``gate_init="randn"``),
+as there. ``features`` (ours): each image prompt's encoded, normalised feature gets
 ``sum_a sigmoid(g_a) * t_a`` added (t_a = the attribute's normal, resp. abnormal, prototype) and is
-renormalised. ``tokens``: the public code's variant, which adds the attribute prompts' token-embedding
-sequences to the image prompt's sequence position by position before the encoder. Features is the
-default because different sentences' tokens do not align position by position (the i-th word of the
-caption has nothing to do with the i-th word of the colour sentence, and their EOT tokens sit at
-different places), whereas a weighted sum in the joint text-image feature space is well defined and
-keeps each sentence's meaning as CLIP encodes it. Gates of a dropped or absent attribute level stay in
-the parameters (and checkpoints) but are unused.
+renormalised; different sentences' tokens do not align position by position, whereas a weighted sum in
+the joint feature space keeps each sentence's meaning. Gates of a dropped or absent attribute level stay
+in the parameters (and checkpoints) but are unused.
+
+Prototypes (``prototype``): ``raw_mean`` (public) normalises the mean of the RAW projected features of a
+group's prompts; ``unit_mean`` (ours) the mean of the normalised ones. Individual prompt features are
+always L2-normalised.
+
+Extra texts (``groups_from_record(extra_texts=...)``): off (public) keeps only the image caption as the
+image group's normal text and its first ``len(defect_states)`` abnormal texts (the caption with each defect
+state, which ``mfsc`` writes first); on (ours) keeps the record's extra sentences ("a photo of a flawless
+...", state templates, location/colour swaps).
 
 Class-name-only mode (``groups_from_class_name``) builds one "image" group from templates: this is
 PromptAD, the baseline and ablation.
@@ -48,7 +60,8 @@ BACKGROUND = "background"
 COMPONENT = "component"
 ATTRIBUTE_LEVELS = ("relation", "colour", "texture", "shape")
 LEVELS = (IMAGE, BACKGROUND, COMPONENT, *ATTRIBUTE_LEVELS)
-GATE_MODES = ("features", "tokens")
+GATE_MODES = ("tokens", "features")
+PROTOTYPES = ("raw_mean", "unit_mean")
 
 NORMAL, HANDCRAFTED, LEARNED = 0, 1, 2  # prompt families
 
@@ -62,11 +75,12 @@ class PromptConfig:
     n_ctx_ab: int = 1  # learnable abnormal tokens per variant
     n_pro_ab: int = 4  # variants of the abnormal tokens
     init_std: float = 0.02  # N(0, init_std) initialisation of the learned vectors
-    gate_mode: str = "features"  # "features" (default, see module docstring) or "tokens" (public code)
+    gate_mode: str = "tokens"  # "tokens" (public, default) or "features" (ours), see the module docstring
     drop_levels: tuple[
         str, ...
     ] = ()  # ablations: e.g. ("component",), ("relation", "colour", "texture", "shape")
-    gate_init: float = 0.0  # gate logits start here (sigmoid(0) = 0.5)
+    gate_init: float | str = "randn"  # gate logits: "randn" = N(0, 1) draws (public), or a constant
+    prototype: str = "raw_mean"  # "raw_mean" (public) or "unit_mean" (ours), see the module docstring
     truncate: bool = True  # cut padding after the last EOT before the encoder (identical results, faster)
 
     def __post_init__(self) -> None:
@@ -79,6 +93,10 @@ class PromptConfig:
                 f"prompt config: gate_mode must be one of {GATE_MODES}, got {self.gate_mode!r}"
             )
         _check_drop_levels(self.drop_levels)
+        if self.prototype not in PROTOTYPES:
+            raise DetectorError(f"prompt config: prototype must be one of {PROTOTYPES}, got {self.prototype!r}")
+        if isinstance(self.gate_init, str) and self.gate_init != "randn":
+            raise DetectorError(f"prompt config: gate_init must be 'randn' or a number, got {self.gate_init!r}")
 
 
 @dataclass
@@ -108,6 +126,7 @@ class TextFeatures:
     abnormal: torch.Tensor  # (G, D) prototypes of handcrafted + learned
     gates: torch.Tensor | None = None  # (2, 4) sigmoid gate values used (normal/abnormal x attribute)
     used_attributes: list[str] = field(default_factory=list)  # attribute levels mixed into "image"
+    learned_raw: list[torch.Tensor] | None = None  # per group (L_g, D), before normalisation (composition)
 
     def index(self, name: str) -> int:
         """Position of a region group by name."""
@@ -135,11 +154,13 @@ def _entries(texts: Any) -> list[dict[str, Any]]:
 
 
 def groups_from_record(
-    record: dict[str, Any], drop_levels: tuple[str, ...] | list[str] = ()
+    record: dict[str, Any], drop_levels: tuple[str, ...] | list[str] = (), extra_texts: bool = False
 ) -> list[PromptGroup]:
     """Prompt groups of a caption record (a ``classes`` row): image, background, components, then attributes.
 
     Levels in ``drop_levels`` are left out (ablations). Texts are stripped; empty ones are skipped.
+    ``extra_texts`` False (public): the image group keeps only the caption and the caption-with-state texts
+    (see the module docstring).
     """
     drop = tuple(drop_levels)
     _check_drop_levels(drop)
@@ -170,6 +191,11 @@ def groups_from_record(
         raise DetectorError(
             f"caption record of class {cls!r} has {len(by_level[IMAGE])} image text entries, expected exactly one"
         )
+    if not extra_texts:
+        img = by_level[IMAGE][0]
+        n_states = len(record.get("defect_states") or [])
+        abnormal = img.abnormal[:n_states] if 0 < n_states < len(img.abnormal) else img.abnormal
+        by_level[IMAGE][0] = PromptGroup(level=IMAGE, name=img.name, normal=img.normal[:1], abnormal=abnormal)
     groups = [g for lv in LEVELS if lv not in drop for g in by_level[lv]]
     names = [g.name for g in groups]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -253,7 +279,11 @@ class MultiLevelPrompts(torch.nn.Module):
         c = config
         self.ctx = torch.nn.Parameter(torch.randn(c.n_pro, c.n_ctx, width) * c.init_std)
         self.abnormal_tokens = torch.nn.Parameter(torch.randn(c.n_pro_ab, c.n_ctx_ab, width) * c.init_std)
-        self.gates = torch.nn.Parameter(torch.full((2, len(ATTRIBUTE_LEVELS)), float(c.gate_init)))
+        if c.gate_init == "randn":  # public: each of the 8 gates an independent N(0, 1) draw
+            gates = torch.randn(2, len(ATTRIBUTE_LEVELS))
+        else:
+            gates = torch.full((2, len(ATTRIBUTE_LEVELS)), float(c.gate_init))
+        self.gates = torch.nn.Parameter(gates)
 
         # one row per prompt; rows of one (group, family) are contiguous
         texts: list[str] = []
@@ -261,6 +291,7 @@ class MultiLevelPrompts(torch.nn.Module):
         ctx_idx: list[int] = []
         ab_idx: list[int] = []
         self.slices: list[list[tuple[int, int]]] = []
+        row_meta: list[tuple[int, int, int]] = []  # per row: (context copy, abnormal variant or -1, text index)
         for g in self.groups:
             spans = []
             for family in (NORMAL, HANDCRAFTED, LEARNED):
@@ -268,17 +299,19 @@ class MultiLevelPrompts(torch.nn.Module):
                 for p in range(c.n_pro):
                     if family == LEARNED:
                         for v in range(c.n_pro_ab):
-                            for t in g.normal:
+                            for ti, t in enumerate(g.normal):
                                 texts.append(t)
                                 n_ph.append(c.n_ctx + c.n_ctx_ab)
                                 ctx_idx.append(p)
                                 ab_idx.append(v)
+                                row_meta.append((p, v, ti))
                     else:
-                        for t in g.normal if family == NORMAL else g.abnormal:
+                        for ti, t in enumerate(g.normal if family == NORMAL else g.abnormal):
                             texts.append(t)
                             n_ph.append(c.n_ctx)
                             ctx_idx.append(p)
                             ab_idx.append(-1)
+                            row_meta.append((p, -1, ti))
                 spans.append((start, len(texts)))
             self.slices.append(spans)
 
@@ -302,29 +335,40 @@ class MultiLevelPrompts(torch.nn.Module):
 
         self.attr_pos = {g.level: i for i, g in enumerate(self.groups) if g.level in ATTRIBUTE_LEVELS}
         self.used_attributes = [lv for lv in ATTRIBUTE_LEVELS if lv in self.attr_pos]
+        self.row_meta = row_meta
         if c.gate_mode == "tokens":
-            self.register_buffer("token_mix", self._token_mix_matrix(len(texts)), persistent=False)
+            self._token_pairs = self._token_pair_plan()
 
     # -- construction helpers -------------------------------------------------
-    def _token_mix_matrix(self, n_rows: int) -> torch.Tensor:
-        """(2, 4, B, B): row i of an image prompt averages the attribute rows of the matching family."""
-        mix = torch.zeros(2, len(ATTRIBUTE_LEVELS), n_rows, n_rows)
+    def _token_pair_plan(self) -> list[tuple[int, int, torch.Tensor, torch.Tensor, bool]]:
+        """Token mode: per (gate row, attribute, family) the image rows and the attribute rows they get.
+
+        Normal and learned rows pair by (context copy, abnormal variant, text index modulo the attribute's
+        texts). Handcrafted rows are listed in the public order (state-major, context copy minor); the
+        attribute's are ranked in ``encode_prompts`` (top-k by mean token embedding).
+        """
+        plan = []
         img = self.slices[0]
+        meta = self.row_meta
         for a, level in enumerate(ATTRIBUTE_LEVELS):
             if level not in self.attr_pos:
                 continue
             spans = self.slices[self.attr_pos[level]]
-            for gate_row, img_spans, attr_spans in (
-                (0, [img[NORMAL]], [spans[NORMAL]]),
-                (1, [img[HANDCRAFTED], img[LEARNED]], [spans[HANDCRAFTED], spans[LEARNED]]),
-            ):
-                cols = [j for s, e in attr_spans for j in range(s, e)]
-                if not cols:
+            for fam, gate_row in ((NORMAL, 0), (HANDCRAFTED, 1), (LEARNED, 1)):
+                rows_i = list(range(*img[fam]))
+                rows_a = list(range(*spans[fam]))
+                if not rows_i or not rows_a:
                     continue
-                for s, e in img_spans:
-                    for i in range(s, e):
-                        mix[gate_row, a, i, cols] = 1.0 / len(cols)
-        return mix
+                if fam == HANDCRAFTED:  # public order: text-major, context copy minor
+                    rows_i.sort(key=lambda r: (meta[r][2], meta[r][0]))
+                    rows_a.sort(key=lambda r: (meta[r][2], meta[r][0]))
+                    paired = rows_a  # ranked per forward
+                else:
+                    n_texts = 1 + max(meta[r][2] for r in rows_a)
+                    where = {meta[r][:2] + (meta[r][2],): r for r in rows_a}
+                    paired = [where[(meta[r][0], meta[r][1], meta[r][2] % n_texts)] for r in rows_i]
+                plan.append((gate_row, a, torch.tensor(rows_i), torch.tensor(paired), fam == HANDCRAFTED))
+        return plan
 
     @property
     def tower(self) -> TextTower:
@@ -358,28 +402,40 @@ class MultiLevelPrompts(torch.nn.Module):
         parts.append(x[:, end:])
         return torch.cat(parts, dim=1)
 
-    def encode_prompts(self) -> torch.Tensor:
-        """L2-normalised features (B, D) of every prompt row (in tokens mode: image rows already mixed)."""
+    def encode_prompts(self, normalize: bool = True) -> torch.Tensor:
+        """Features (B, D) of every prompt row, L2-normalised unless ``normalize`` is False (raw projected
+        EOT features); in tokens mode the image rows are mixed with the gated attribute rows first."""
         x = self.token_embeddings()
         if self.config.gate_mode == "tokens" and self.used_attributes:
-            weights = torch.einsum(
-                "fa,faij->ij", torch.sigmoid(self.gates).to(self.token_mix), self.token_mix
-            )
-            b, length, w = x.shape
-            x = x + (weights.to(x.dtype) @ x.reshape(b, length * w)).reshape(b, length, w)
-        return self.tower.encode_embeddings(x, self.pool_index, checkpoint=self.checkpoint_text)
+            x = x + self._token_mix(x)
+        return self.tower.encode_embeddings(x, self.pool_index, checkpoint=self.checkpoint_text,
+                                            normalize=normalize)
+
+    def _token_mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The gated attribute sequences to add to the image rows (zero elsewhere), as the public learner."""
+        sig = torch.sigmoid(self.gates).to(x.dtype)
+        add = torch.zeros_like(x)
+        for gate_row, a, rows_i, paired, ranked in self._token_pairs:
+            rows_i, paired = rows_i.to(x.device), paired.to(x.device)
+            if ranked:  # public top-k: the attribute's handcrafted rows by mean token embedding, largest first
+                rank = torch.argsort(x[paired].float().mean(dim=(1, 2)), descending=True, stable=True)
+                paired = paired[rank][torch.arange(rows_i.numel(), device=x.device) % rank.numel()]
+            add = add.index_add(0, rows_i, sig[gate_row, a] * x[paired])
+        return add
 
     def forward(self) -> TextFeatures:
         """Encode every prompt with the current learned vectors and build the region groups' features."""
-        feats = self.encode_prompts()
+        raw_all = self.encode_prompts(normalize=False)
+        feats = F.normalize(raw_all, dim=-1)
 
-        def rows(g: int, fam: int) -> torch.Tensor:
+        def rows(g: int, fam: int, source: torch.Tensor = feats) -> torch.Tensor:
             s, e = self.slices[g][fam]
-            return feats[s:e]
+            return source[s:e]
 
         normal_each = [rows(g, NORMAL) for g in range(self.n_region)]
         handcrafted = [rows(g, HANDCRAFTED) for g in range(self.n_region)]
         learned = [rows(g, LEARNED) for g in range(self.n_region)]
+        raw = {fam: [rows(g, fam, raw_all) for g in range(self.n_region)] for fam in (NORMAL, HANDCRAFTED, LEARNED)}
         sig = torch.sigmoid(self.gates)
         if self.config.gate_mode == "features" and self.used_attributes:
             add_n = feats.new_zeros(feats.shape[1])
@@ -393,8 +449,13 @@ class MultiLevelPrompts(torch.nn.Module):
             normal_each[0] = F.normalize(normal_each[0] + add_n, dim=-1)
             handcrafted[0] = F.normalize(handcrafted[0] + add_a, dim=-1)
             learned[0] = F.normalize(learned[0] + add_a, dim=-1)
-        normal = torch.stack([_prototype(t) for t in normal_each])
-        abnormal = torch.stack([_prototype(torch.cat([h, l])) for h, l in zip(handcrafted, learned)])
+            raw[NORMAL][0], raw[HANDCRAFTED][0], raw[LEARNED][0] = normal_each[0], handcrafted[0], learned[0]
+        if self.config.prototype == "raw_mean":  # public: normalised mean of the raw features
+            src_n, src_h, src_l = raw[NORMAL], raw[HANDCRAFTED], raw[LEARNED]
+        else:
+            src_n, src_h, src_l = normal_each, handcrafted, learned
+        normal = torch.stack([_prototype(t) for t in src_n])
+        abnormal = torch.stack([_prototype(torch.cat([h, l])) for h, l in zip(src_h, src_l)])
         region = self.groups[: self.n_region]
         return TextFeatures(
             names=[g.name for g in region],
@@ -406,11 +467,12 @@ class MultiLevelPrompts(torch.nn.Module):
             abnormal=abnormal,
             gates=sig.detach(),
             used_attributes=list(self.used_attributes),
+            learned_raw=raw[LEARNED],
         )
 
 
 def _prototype(features: torch.Tensor) -> torch.Tensor:
-    """Normalised mean of normalised features (N, D) -> (D,)."""
+    """Normalised mean of features (N, D) -> (D,)."""
     return F.normalize(features.mean(dim=0), dim=-1)
 
 

@@ -9,6 +9,15 @@ components). Each component prompt is matched to the foreground cluster it is mo
 Per-group token weights are 1 everywhere plus ``boost`` (1.5) on the group's cluster; the image group is
 uniform. The weights are average-pooled back to the model grid.
 
+Public behaviour kept (PromptAD/clusters.py): every non-centre point joins its NEAREST centre
+(``assign="nearest"``; ``"parent"`` follows the DPC parent chain instead, ours), and distances are divided
+by sqrt(number of features) (``scale_distance``). Public behaviour NOT kept, because it is a bug (see
+docs/FIDELITY.md): its KNN density counts the point itself and lowers k to 1 for 2 or 3 clusters, so the
+density is a constant plus 1e-6 noise; the background and the component matches of shot 0 are applied to
+every other shot although each shot is clustered on its own (cluster numbers do not correspond); the
+background text is matched among the stage-2 clusters, into which the masked background tokens fall by a
+distance tie. Here: k neighbours other than the point, per-shot matching, the stage-1 background.
+
 Everything here is pure torch, deterministic (no random numbers, stable sorts, ties broken by index).
 """
 from __future__ import annotations
@@ -19,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+ASSIGN_RULES = ("nearest", "parent")
 IMAGE_GROUP = "image"
 BACKGROUND_GROUP = "background"
 
@@ -30,6 +40,12 @@ class RegionConfig:
     knn: int = 5  # neighbours of the KNN density
     boost: float = 1.5  # added to the weight of tokens in a group's cluster
     scale: int = 4  # high-resolution grid = scale x model grid (4x4 tiles)
+    assign: str = "nearest"  # "nearest" centre (public) or "parent" chain (ours)
+    scale_distance: bool = True  # distances / sqrt(n features), as the public clustering
+
+    def __post_init__(self) -> None:
+        if self.assign not in ASSIGN_RULES:
+            raise ValueError(f"region assign={self.assign!r} is not one of {', '.join(ASSIGN_RULES)}")
 
 
 def pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
@@ -42,13 +58,16 @@ def pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5) -> torch.Tensor:
+def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5, assign: str = "parent",
+            scale_distance: bool = False) -> torch.Tensor:
     """Density-peaks clustering with a KNN density; returns a label in [0, n_clusters) per row of x (N, F).
 
     rho_i = exp(-mean squared distance to the k nearest neighbours); points are ranked by density
     (ties by index); delta_i = distance to the nearest point ranked before i (the densest point gets
     the largest distance); the n_clusters points of highest rho * delta are the centres (the densest
-    point always is one); every other point joins the cluster of its nearest higher-ranked point.
+    point always is one); every other point joins the cluster of its nearest higher-ranked point
+    (``assign="parent"``) or its nearest centre (``"nearest"``, ties to the densest). ``scale_distance``
+    divides the features by sqrt(F) first (distances / sqrt(F), as the public code).
     Labels are numbered by the centres' density rank, so the densest cluster is 0.
     """
     n = x.shape[0]
@@ -57,6 +76,8 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5) -> torch.Tensor:
     n_clusters = max(1, min(int(n_clusters), n))
     if n_clusters == 1:
         return torch.zeros(n, dtype=torch.long)
+    if scale_distance:
+        x = x.double() / math.sqrt(x.shape[1])
     d2 = pairwise_sq_dist(x)
     k = max(1, min(knn, n - 1))
     # k nearest neighbours excluding the point itself: the k + 1 smallest of each row minus the zero diagonal
@@ -79,6 +100,8 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5) -> torch.Tensor:
     by_gamma = order[torch.sort(-gamma[order], stable=True).indices]
     centres = by_gamma[:n_clusters]
     centres = centres[torch.argsort(rank[centres])]  # number clusters by density rank
+    if assign == "nearest":
+        return torch.argmin(d2[centres], dim=0)  # (n_clusters, N): first (densest) centre on ties
     parent[centres] = centres
     # pointer jumping: follow the parent chain (always towards higher rank) up to a centre
     for _ in range(max(1, math.ceil(math.log2(n))) + 1):
@@ -120,7 +143,7 @@ def assign_regions(features: torch.Tensor, n_components: int, config: RegionConf
     if f != 1 + n_components:
         raise ValueError(f"expected 1 + {n_components} language-guided features, got {f}")
     flat = features.reshape(h * w, f)
-    stage1 = dpc_knn(flat, 2, config.knn)
+    stage1 = dpc_knn(flat, 2, config.knn, config.assign, config.scale_distance)
     # background = cluster whose mean similarity to the background text is highest (ties: cluster 0)
     means = torch.stack([flat[stage1 == c, 0].mean() if bool((stage1 == c).any()) else
                          torch.tensor(-math.inf, dtype=flat.dtype) for c in range(2)])
@@ -134,7 +157,7 @@ def assign_regions(features: torch.Tensor, n_components: int, config: RegionConf
         matched = [-1] * n_components
     else:
         fg_feat = flat[fg_idx]
-        labels = dpc_knn(fg_feat, n_fg_clusters, config.knn)
+        labels = dpc_knn(fg_feat, n_fg_clusters, config.knn, config.assign, config.scale_distance)
         fg_labels[fg_idx] = labels
         # cluster mean similarity to each component text: (clusters, E); match component -> argmax cluster
         cluster_means = torch.stack([fg_feat[labels == c, 1:].mean(0) for c in range(n_fg_clusters)])

@@ -155,8 +155,12 @@ class TextTower:
         layers = len(blocks) if blocks is not None else int(getattr(self.transformer, "layers", 12))
         return 16 * 4 * rows * length * layers * self.width
 
-    def encode_embeddings(self, x: torch.Tensor, pool: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
-        """Run token embeddings (B, L, W), L <= context, through the tower; L2-normalised features (B, D), fp32.
+    def encode_embeddings(self, x: torch.Tensor, pool: torch.Tensor, checkpoint: bool = False,
+                          normalize: bool = True) -> torch.Tensor:
+        """Run token embeddings (B, L, W), L <= context, through the tower; features (B, D), fp32.
+
+        ``normalize``: L2-normalise them (False gives the raw projected EOT features, which the public code
+        averages into its prototypes before normalising).
 
         ``checkpoint``: recompute each residual block in backward instead of keeping its activations
         (only where grad is enabled and the transformer has ``resblocks``; same result, less memory).
@@ -174,7 +178,7 @@ class TextTower:
         proj = self.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
-        return F.normalize(x.float(), dim=-1)
+        return F.normalize(x.float(), dim=-1) if normalize else x.float()
 
 
 def _checkpointed_blocks(transformer: torch.nn.Module, blocks: Any, x: torch.Tensor,

@@ -25,8 +25,8 @@ encoder need not be bit-reproducible.
 Saving the per-epoch state costs about 15 ms (0.2% of a pixel epoch), so it is done after every epoch.
 
 Deterministic for a seed on CPU (seeded prompt initialisation, deterministic algorithms, no data
-shuffling). ``tau`` (the logit scale of every softmax) defaults to the backbone's EXPONENTIATED CLIP
-logit scale, clamped to 100 as CLIP does (the public code used the stored log value by mistake).
+shuffling). The method's options (``tau`` = CLIP's stored log-space logit scale by default, as the public
+code, V-V blocks, loss forms, ...) are read in ``detector.method``; docs/FIDELITY.md lists them.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from typing import Any
 from detector.errors import DetectorError
 from fsad_data.config import ConfigError, read_config_file, to_config
 
-PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "truncate")
+PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate")
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
 RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing")
 PHASES = ("pixel", "image")
@@ -73,7 +73,19 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_min: float = 1e-5
     lambda1: float = 0.001
-    tau: float | None = None  # None: exp(CLIP logit scale), at most 100
+    # the method's options (detector.method; defaults = the public code, docs/FIDELITY.md; ours: --recipe ours)
+    recipe: str | None = None  # the recipe these settings came from (paper, ours, a file), for the record
+    tau: str | float = "stored"  # "stored" (CLIP's log-space logit scale, public), "exp" (capped at 100) or a number
+    vv_blocks: int | None = None  # final blocks with a V-V branch; None = every block (public)
+    prototype: str = "raw_mean"  # group prototypes: raw_mean (public) | unit_mean
+    extra_texts: bool = False  # the image group's extra sentences of the caption record (ours: True)
+    region_weighting: str = "features"  # features (region weights scale the tokens, public) | loss (weighted mean)
+    triplet_distance: str = "squared"  # squared (public) | euclidean
+    composition: str = "public"  # public | cosine
+    lambda_comp: float = 1.0  # composition weight in the pixel loss (public 1; ours 0.1)
+    image_lambda_comp: float = 0.0  # composition weight in the image loss (public 0; ours 0.1)
+    image_groups: str = "all"  # CLS trained against all region groups (public) | image
+    image_score_group: str = "matched"  # CLS text score: matched group (public) | image
     device: str = "cpu"
     precision: str = "fp32"
     baseline: str | None = None  # None (FineGrainedAD) or "promptad" (class-name prompts, no regions)
@@ -86,12 +98,14 @@ class TrainConfig:
     n_ctx_ab: int = 1
     n_pro_ab: int = 4
     init_std: float = 0.02
-    gate_mode: str = "features"
-    gate_init: float = 0.0
+    gate_mode: str = "tokens"  # tokens (public) | features
+    gate_init: float | str = "randn"  # randn (public N(0, 1)) | a constant
     truncate: bool = True
     # MLSA region aggregation
     region_knn: int = 5
     region_boost: float = 1.5
+    region_assign: str = "nearest"  # nearest centre (public) | parent (DPC chain)
+    region_scale_distance: bool = True  # distances / sqrt(n features) (public)
     text_checkpointing: str = "auto"  # auto | on | off: recompute the text blocks in backward (see text_checkpoint)
     restart: bool = False  # discard the resumable state in <out>.partial/ and train from the first epoch
 
@@ -105,6 +119,9 @@ class TrainConfig:
         if self.text_checkpointing not in TEXT_CHECKPOINTING:
             raise DetectorError(f"text_checkpointing={self.text_checkpointing!r}: use one of "
                                 f"{', '.join(TEXT_CHECKPOINTING)}")
+        from detector.method import check_method_options
+
+        check_method_options(self)
         self.drop_levels = list(self.drop_levels or [])
         if self.taps is not None:
             self.taps = list(self.taps)
@@ -368,7 +385,7 @@ def resolve_tau(config: TrainConfig, backbone: Any) -> float:
     """The softmax scale: the configured value, else exp(CLIP logit scale) clamped to 100."""
     from detector.losses import logit_scale_of
 
-    return logit_scale_of(backbone.model, config.tau)
+    return logit_scale_of(backbone.model, config.tau)  # "stored" (public), "exp" or a number
 
 
 def train_model(config: TrainConfig, progress: bool = True, shot_images: list | None = None,
@@ -381,9 +398,9 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
     import torch
     import torch.nn.functional as F
 
-    from detector.losses import LAMBDA_COMP, image_loss, mlsa_loss
+    from detector import method
     from detector.model import FineGrainedAD, build_prompt_sets, load_backbone_for
-    from detector.regions import RegionConfig, region_weights, uniform_weights
+    from detector.regions import region_weights, uniform_weights
 
     det_before = torch.are_deterministic_algorithms_enabled()
     cpu = str(config.device).startswith("cpu")
@@ -408,11 +425,12 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         state = ResumableState(config, shot_names, record) if resume else None
         object_name = str((record or {}).get("object_name") or readable_name(config.class_name))
         bb_meta = {"name": config.backbone, "pretrained": config.pretrained, "tap_layers": config.taps,
-                   "init_seed": 0}
+                   "vv_blocks": config.vv_blocks, "init_seed": 0}
         backbone = load_backbone_for(bb_meta, config.device, config.precision)
         # "name" stays as given (an open_clip name or a JSON config path); "model_name" is open_clip's name
         bb_meta.update(model_name=backbone.name, pretrained=backbone.pretrained,
-                       tap_layers=list(backbone.tap_layers), weights_sha256=backbone.weights_sha256)
+                       tap_layers=list(backbone.tap_layers), weights_sha256=backbone.weights_sha256,
+                       vv_blocks=backbone.vv_blocks)
         tau = resolve_tau(config, backbone)
         t_load = time.perf_counter() - t0
 
@@ -428,7 +446,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         torch.manual_seed(config.seed)
         pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
                                          config.prompt_config(config.n_pro_pixel),
-                                         config.prompt_config(config.n_pro_image))
+                                         config.prompt_config(config.n_pro_image), extra_texts=config.extra_texts)
         pixel.to(backbone.device)
         image.to(backbone.device)
         pixel.checkpoint_text = text_checkpoint(config, pixel)
@@ -441,7 +459,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
             with torch.no_grad():
                 protos = pixel().normal.float()
             weights, _assign = region_weights(feats.hr_patches, feats.hr_grid, protos, names,
-                                              RegionConfig(knn=config.region_knn, boost=config.region_boost))
+                                              method.region_config(config))
         else:
             weights = uniform_weights(b, len(names), feats.grid)
         weights = weights.to(feats.patches.device)
@@ -466,12 +484,12 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
         with (cm if cm is not None else _null()) as bar:
             _release_freed_memory()
             t1 = time.perf_counter()
-            pixel_hist = _fit(pixel, lambda text: mlsa_loss(tokens, flat_w, text, tau, config.lambda1),
+            pixel_hist = _fit(pixel, method.pixel_loss(config, tokens, flat_w, tau),
                               config.epochs, config, bar, "pixel prompts", history["pixel_loss"],
                               state.optim_for("pixel") if state else None, saver("pixel"))
             _release_freed_memory()
             t2 = time.perf_counter()
-            image_hist = _fit(image, lambda text: image_loss(cls, text, tau, config.lambda1, LAMBDA_COMP),
+            image_hist = _fit(image, method.image_loss(config, cls, tau),
                               config.image_epochs, config, bar, "image prompts", history["image_loss"],
                               state.optim_for("image") if state else None, saver("image"))
             t3 = time.perf_counter()
@@ -498,6 +516,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list | 
             "prompt_groups": pixel.describe()["groups"],
             "region_groups": names,
             "regions": "dpc-knn" if use_regions else "uniform",
+            "method": method.method_settings(config),
             "history": {"pixel_loss": pixel_hist, "image_loss": image_hist},
             "timing_s": {"load": t_load, "encode_and_regions": t_encode - t_load, "pixel": t2 - t1,
                          "image": t3 - t2},

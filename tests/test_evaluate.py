@@ -138,11 +138,13 @@ def test_bad_model_output_and_empty_split_raise(tmp_path, samples):
 
 def test_checkpoint_info_reads_train_meta():
     meta = {"class_name": "bottle", "shots": ["train/good/000.png"], "baseline": None,
-            "config": {"shots": 1, "seed": 2, "pretrained": "none"},
-            "backbone": {"name": "fgad-tiny-test", "pretrained": "none"}}
+            "config": {"shots": 1, "seed": 2, "pretrained": "none", "recipe": "ours"},
+            "backbone": {"name": "fgad-tiny-test", "pretrained": "none"},
+            "method": {"tau": "exp", "vv_blocks": 6}}
     info = E.checkpoint_info(meta)
     assert info == {"shots": 1, "seed": 2, "method": "finegrainedad", "backbone": "fgad-tiny-test",
-                    "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False}
+                    "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False,
+                    "recipe": "ours", "method_options": {"tau": "exp", "vv_blocks": 6}}
     assert E.json_safe({"a": float("nan"), "b": np.float32(0.5)}) == {"a": None, "b": 0.5}
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from detector.errors import DetectorError
 from detector.losses import (
     abnormal_matching,
     alignment_ce,
@@ -29,7 +30,10 @@ def test_alignment_ce_hand_values():
     b = math.log(1 + math.exp(2.0))  # token 2: logits [0, 2]
     assert alignment_ce(tokens, normal, abnormal, tau=2.0).item() == pytest.approx((a + b) / 2, rel=1e-6)
     w = T([3.0, 1.0])
-    assert alignment_ce(tokens, normal, abnormal, 2.0, w).item() == pytest.approx((3 * a + b) / 4, rel=1e-6)
+    assert alignment_ce(tokens, normal, abnormal, 2.0, w, "loss").item() == pytest.approx((3 * a + b) / 4, rel=1e-6)
+    # public: the weights scale the token features (token 1 -> [3, 0], logits [6, 0]; token 2 unchanged)
+    a3 = math.log(1 + math.exp(-6.0))
+    assert alignment_ce(tokens, normal, abnormal, 2.0, w).item() == pytest.approx((a3 + b) / 2, rel=1e-6)
     # two abnormal texts: token 1 logits [2, 0, 2*0.6]
     ab2 = T([[0.0, 1.0], [0.6, 0.8]])
     c = -2.0 + math.log(math.exp(2.0) + 1.0 + math.exp(1.2))
@@ -40,7 +44,8 @@ def test_triplet_hand_values_and_feature_axis():
     f = T([[1.0, 0.0]])
     t_n, t_a = T([0.6, 0.8]), T([0.0, 1.0])
     expected = max(0.0, math.sqrt(0.8) - math.sqrt(2.0) + 1.0)
-    assert triplet(f, t_n, t_a).item() == pytest.approx(expected, rel=1e-6)
+    assert triplet(f, t_n, t_a, distance="euclidean").item() == pytest.approx(expected, rel=1e-6)
+    assert triplet(f, t_n, t_a, margin=1.5).item() == pytest.approx(0.8 - 2.0 + 1.5, rel=1e-6)  # public: squared
     assert triplet(f, t_n, t_a, margin=0.0).item() == 0.0  # d+ < d-: clipped at 0
     # two tokens: the public code's token-axis distance differs from the per-token feature-axis one
     tokens = T([[1.0, 0.0], [0.0, 1.0]])
@@ -52,11 +57,12 @@ def test_triplet_hand_values_and_feature_axis():
     dp = [math.sqrt(0 + 1), math.sqrt(0 + 1)]  # (f - t_n) = [[0, 0], [-1, 1]]
     dn = [math.sqrt(0.16 + 0.36), math.sqrt(0.64 + 0.04)]  # (f - t_a) = [[0.4, -0.8], [-0.6, 0.2]]
     token_axis = max(0.0, sum(dp) - sum(dn) + 1)
-    got = triplet(tokens, t_n, t_a).item()
+    got = triplet(tokens, t_n, t_a, distance="euclidean").item()
     assert got == pytest.approx(feature_axis, rel=1e-6)
     assert abs(got - token_axis) > 0.1
-    # weights: all weight on token 1
-    assert triplet(tokens, t_n, t_a, weights=T([1.0, 0.0])).item() == pytest.approx(per[0], rel=1e-6)
+    # weights as loss weights: all weight on token 1
+    assert triplet(tokens, t_n, t_a, weights=T([1.0, 0.0]), weighting="loss",
+                   distance="euclidean").item() == pytest.approx(per[0], rel=1e-6)
 
 
 def test_abnormal_matching_and_composition_hand_values():
@@ -94,7 +100,8 @@ def test_mlsa_loss_hand_value_and_weights():
     tri_bg = [max(0, math.sqrt(2) - 0 + 1), max(0, 0 - math.sqrt(2) + 1)]
     match_img = 0.001 * 2.0  # mean handcrafted e2 vs mean learned e1: squared distance 2
     expected = sum(ce_img) / 2 + sum(ce_bg) / 2 + sum(tri_img) / 2 + sum(tri_bg) / 2 + match_img
-    loss, parts = mlsa_loss(tokens, None, text, tau)
+    ours = {"weighting": "loss", "triplet_distance": "euclidean"}
+    loss, parts = mlsa_loss(tokens, None, text, tau, **ours)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert parts["loss"] == pytest.approx(expected, rel=1e-5)
     assert parts["match"] == pytest.approx(match_img) and "match/background" not in parts
@@ -102,16 +109,16 @@ def test_mlsa_loss_hand_value_and_weights():
     # region weights: image uniform, background only on token 2
     w = T([[1.0, 1.0], [0.0, 1.0]])
     expected_w = sum(ce_img) / 2 + ce_bg[1] + sum(tri_img) / 2 + tri_bg[1] + match_img
-    assert mlsa_loss(tokens, w, text, tau)[0].item() == pytest.approx(expected_w, rel=1e-5)
+    assert mlsa_loss(tokens, w, text, tau, **ours)[0].item() == pytest.approx(expected_w, rel=1e-5)
     # batched tokens (B, N, D) with (G, B, N) weights give the same
-    assert mlsa_loss(tokens[None], w[:, None], text, tau)[0].item() == pytest.approx(expected_w, rel=1e-5)
+    assert mlsa_loss(tokens[None], w[:, None], text, tau, **ours)[0].item() == pytest.approx(expected_w, rel=1e-5)
 
 
 def test_image_loss_uses_image_group_only():
     text = _toy_text()
     cls = T([[1.0, 0.0]])
     expected = (math.log(2 * math.exp(2) + 1) - 2) + max(0, 1 - math.sqrt(0.8)) + 0.002
-    loss, parts = image_loss(cls, text, tau=2.0)
+    loss, parts = image_loss(cls, text, tau=2.0, groups="image", triplet_distance="euclidean")
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert set(parts) == {"ce", "triplet", "match", "loss"}
 
@@ -129,23 +136,27 @@ def test_image_loss_has_the_text_terms_of_every_component():
     )
     cls = T([[1.0, 0.0]])
     only_image = (math.log(2 * math.exp(2) + 1) - 2) + max(0, 1 - math.sqrt(0.8)) + 0.002
-    loss, parts = image_loss(cls, text, tau=2.0)
+    loss, parts = image_loss(cls, text, tau=2.0, groups="image", triplet_distance="euclidean")
     assert parts["match/cap"] == pytest.approx(0.002)  # ||e1 - e2||^2 = 2, times lambda1
     assert parts["match"] == pytest.approx(0.004)
     assert loss.item() == pytest.approx(only_image + 0.002, rel=1e-6)
     # composition: learned image e1, target normalize(cap e2 + background e1) -> 1 - 1/sqrt(2)
-    with_comp, parts = image_loss(cls, text, tau=2.0, lambda_comp=0.1)
+    with_comp, parts = image_loss(cls, text, tau=2.0, lambda_comp=0.1, groups="image", triplet_distance="euclidean",
+                                  composition_form="cosine")
     assert parts["composition"] == pytest.approx(0.1 * (1 - 1 / math.sqrt(2)), rel=1e-6)
     assert with_comp.item() == pytest.approx(loss.item() + parts["composition"], rel=1e-6)
 
 
-def test_logit_scale_is_exponentiated():
+def test_logit_scale_stored_exp_or_number():
     m = torch.nn.Module()
     m.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    assert logit_scale_of(m) == pytest.approx(1 / 0.07, rel=1e-5)
+    assert logit_scale_of(m) == pytest.approx(math.log(1 / 0.07), rel=1e-6)  # public: as stored (log space)
+    assert logit_scale_of(m, "exp") == pytest.approx(1 / 0.07, rel=1e-5)
     m.logit_scale.data.fill_(math.log(200.0))
-    assert logit_scale_of(m) == 100.0  # CLIP's own cap
-    assert logit_scale_of(m, override=50.0) == 50.0
+    assert logit_scale_of(m, "exp") == 100.0  # CLIP's own cap
+    assert logit_scale_of(m, 50.0) == 50.0
+    with pytest.raises(DetectorError, match="tau"):
+        logit_scale_of(m, "log")
 
 
 RECORD = {

@@ -96,6 +96,17 @@ def test_groups_from_record_orders_and_names():
     assert groups[3].abnormal == ["a square label at the bottom", "a torn label"]
 
 
+def test_extra_texts_switch_keeps_or_drops_the_image_groups_extra_sentences():
+    rec = {**RECORD, "defect_states": ["crack"]}
+    img = groups_from_record(rec)[0]  # public: the caption and its first defect-state sentence
+    assert img.normal == ["a photo of a bottle on a white background"]
+    assert img.abnormal == ["a photo of a bottle with a crack"]
+    ours = groups_from_record(rec, extra_texts=True)[0]
+    assert ours.normal == RECORD["texts"][0]["normal"] and ours.abnormal == RECORD["texts"][0]["abnormal"]
+    # other groups are untouched either way
+    assert groups_from_record(rec)[1:] == groups_from_record(rec, extra_texts=True)[1:]
+
+
 def test_groups_from_record_accepts_columnar_texts():
     cols = {k: [e[k] for e in RECORD["texts"]] for k in ("level", "group", "normal", "abnormal")}
     assert groups_from_record({"class_name": "bottle", "texts": cols}) == groups_from_record(RECORD)
@@ -126,7 +137,7 @@ def test_bad_records_raise():
 
 
 def test_shapes_state_dict_and_prototypes(clip):
-    p = make(clip, n_pro=2, n_pro_ab=3, n_ctx_ab=2)
+    p = make(clip, n_pro=2, n_pro_ab=3, n_ctx_ab=2, prototype="unit_mean")
     tf = p()
     assert tf.names == ["image", "background", "cap", "label"]
     assert tf.levels == ["image", "background", "component", "component"]
@@ -181,7 +192,7 @@ def test_text_checkpointing_same_gradients_and_recomputes_blocks(clip, gate_mode
 
 def test_spliced_equals_encode_text_with_placeholder_embeddings(clip):
     model, tok = clip
-    p = make(clip, n_pro=2, n_ctx_ab=2)
+    p = make(clip, n_pro=2, n_ctx_ab=2, gate_mode="features")  # features mode leaves the rows unmixed
     x = model.token_embedding.weight[placeholder_id(tok)]
     with torch.no_grad():
         p.ctx.copy_(x.expand_as(p.ctx))
@@ -213,7 +224,7 @@ def test_no_causal_mask_disables_truncation(tiny_clip_name):
 
 
 def test_feature_gates_mix_attribute_prototypes(clip):
-    p = make(clip)
+    p = make(clip, gate_mode="features")
     with torch.no_grad():
         p.gates.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.0], [1.0, 0.3, -0.2, 0.0]]))
     raw = p.encode_prompts()
@@ -241,8 +252,8 @@ def test_dropped_attributes_leave_image_unmixed(clip):
 
 
 def test_gate_modes_run_and_differ(clip):
-    feats = make(clip)()
-    toks = make(clip, gate_mode="tokens")()
+    feats = make(clip, gate_mode="features")()
+    toks = make(clip)()  # tokens: the default
     assert feats.names == toks.names
     assert not torch.allclose(feats.normal[0], toks.normal[0], atol=1e-4)
     # the other groups do not depend on the mode

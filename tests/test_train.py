@@ -166,13 +166,20 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
     assert auroc > 0.85 and auroc > transposed + 0.1  # measured 0.90 vs 0.67 with this tiny random CLIP
 
 
-def test_tau_is_the_exponentiated_logit_scale(tiny_clip_name):
+def test_tau_is_the_stored_logit_scale_by_default(tiny_clip_name):
+    import math
+
     from detector.model import load_backbone_for
     from detector.train import resolve_tau
 
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
-    assert abs(resolve_tau(_cfg(tiny_clip_name), bb) - 1 / 0.07) < 1e-3  # open_clip's init: log(1 / 0.07)
+    # open_clip's init stores log(1 / 0.07); the public code multiplies by that value as it is
+    assert abs(resolve_tau(_cfg(tiny_clip_name), bb) - math.log(1 / 0.07)) < 1e-5
+    assert abs(resolve_tau(_cfg(tiny_clip_name, tau="exp"), bb) - 1 / 0.07) < 1e-3
     assert resolve_tau(_cfg(tiny_clip_name, tau=50.0), bb) == 50.0
+    assert resolve_tau(_cfg(tiny_clip_name, tau="50"), bb) == 50.0  # a number given on the command line
+    with pytest.raises(DetectorError, match="tau"):
+        _cfg(tiny_clip_name, tau="log")
 
 
 def test_missing_captions_is_a_clear_error(tiny_clip_name):
