@@ -69,7 +69,7 @@ class BenchmarkConfig:
     num_shards: int = 1
     shard_index: int = 0
     merge: bool = False  # only assemble the tables
-    resolution: int = 256
+    resolution: int = 400  # the paper's evaluation resolution (detector.evaluate.EVAL_RESOLUTION)
     batch_size: int = 8
     exact_metrics: bool = False  # keep every float32 map (see detector.evaluate) instead of the histogram
     layout: str = "auto"

@@ -150,7 +150,7 @@ def eval_cmd(
     checkpoint: CkptOpt,
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
-    resolution: EvalResolutionOpt = 256,
+    resolution: EvalResolutionOpt = 400,
     branch: BranchOpt = "fused",
     batch_size: BatchOpt = 8,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
@@ -257,7 +257,7 @@ def benchmark(
     merge: Annotated[bool, typer.Option("--merge", help="Only assemble the tables from OUT/cells.")] = False,
     main: Annotated[bool, typer.Option("--main/--no-main", help="Run FineGrainedAD itself (--no-main: only "
                                        "the baseline).")] = True,
-    resolution: EvalResolutionOpt = 256,
+    resolution: EvalResolutionOpt = 400,
     batch_size: BatchOpt = 8,
     exact_metrics: ExactMetricsOpt = False,
     dataset_name: Annotated[str | None, typer.Option(

@@ -15,7 +15,7 @@ from detector.errors import DetectorError
 METHOD_FIELDS = (
     "vv_blocks", "tau", "gate_mode", "gate_init", "prototype", "extra_texts", "region_weighting",
     "triplet_distance", "composition", "lambda_comp", "image_groups", "image_score_group", "region_assign",
-    "region_scale_distance", "region_knn", "region_boost", "lambda1", "image_lambda_comp",
+    "region_scale_distance", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "gate_mode": ("tokens", "features"),
@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "composition": ("public", "cosine"),
     "image_groups": ("all", "image"),
     "image_score_group": ("matched", "image"),
+    "image_visual_max": ("upsampled", "grid"),
     "region_assign": ("nearest", "parent"),
 }
 

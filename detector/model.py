@@ -17,9 +17,10 @@ Inference, for a batch of RGB images:
 - visual map (VAD): per tapped block, min over the memory of (1 - cos) / 2, averaged over blocks;
 - fused map: harmonic mean of the two maps on the patch grid, bilinear upsampling to the evaluation
   resolution, Gaussian smoothing with sigma 4 (separable torch convolution, kernel 33 = 2 * round(4
-  sigma) + 1, reflect padding);
-- image score: harmonic mean of the CLS text score and the max of the visual map on the patch grid
-  (before smoothing, so it does not depend on the evaluation resolution). The CLS text score is
+  sigma) + 1, the edge mirrored as scipy's gaussian_filter does);
+- image score: harmonic mean of the CLS text score and the max of the visual map, taken after bilinear
+  upsampling to the evaluation resolution and before smoothing (``image_visual_max="upsampled"``, public), or
+  on the patch grid (``"grid"``, ours: independent of the resolution). The CLS text score is
   softmax(tau * [<cls, t_n^g>, <cls, t_a^g>])[abnormal] with the image prompts, g the group matched to the
   CLS feature the same way patch tokens are (``image_score_group="matched"``, public), or the image group
   (``"image"``, ours).
@@ -44,6 +45,7 @@ from detector.errors import DetectorError
 FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
 BRANCHES = ("fused", "text", "visual")
 IMAGE_SCORE_GROUPS = ("matched", "image")
+IMAGE_VISUAL_MAX = ("upsampled", "grid")
 SMOOTH_SIGMA = 4.0
 EPS = 1e-8
 
@@ -71,16 +73,26 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
+def _pad_symmetric(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Pad by mirroring INCLUDING the edge sample (d c b a | a b c d), scipy.ndimage's "reflect" mode."""
+    n = x.shape[dim]
+    if n >= r:
+        lo, hi = x.narrow(dim, 0, r).flip(dim), x.narrow(dim, n - r, r).flip(dim)
+        return torch.cat([lo, x, hi], dim=dim)
+    pad = [0, 0, 0, 0]
+    pad[(3 - dim) * 2 - 2: (3 - dim) * 2] = [r, r]
+    return F.pad(x, pad, mode="replicate")  # smaller than the kernel radius: replicate the edge
+
+
 def gaussian_smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps with reflect padding (replicate when too small)."""
+    """Separable Gaussian blur of (B, H, W) maps, boundary as scipy's gaussian_filter (the public code)."""
     if sigma <= 0:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     r = (k.numel() - 1) // 2
     x = maps[:, None]
-    mode = "reflect" if min(maps.shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    x = F.conv2d(_pad_symmetric(x, r, 3), k.view(1, 1, 1, -1))
+    x = F.conv2d(_pad_symmetric(x, r, 2), k.view(1, 1, -1, 1))
     return x[:, 0]
 
 
@@ -103,6 +115,10 @@ class FineGrainedAD(nn.Module):
         self.meta: dict[str, Any] = dict(meta or {})
         cfg = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
         self.image_score_group = str(cfg.get("image_score_group", "matched"))
+        self.image_visual_max = str(cfg.get("image_visual_max", "upsampled"))
+        if self.image_visual_max not in IMAGE_VISUAL_MAX:
+            raise DetectorError(f"image_visual_max={self.image_visual_max!r} is not one of "
+                                f"{', '.join(IMAGE_VISUAL_MAX)}")
         if self.image_score_group not in IMAGE_SCORE_GROUPS:
             raise DetectorError(f"image_score_group={self.image_score_group!r} is not one of "
                                 f"{', '.join(IMAGE_SCORE_GROUPS)}")
@@ -182,13 +198,21 @@ class FineGrainedAD(nn.Module):
         text_grid = self.textual_map(out.patches).reshape(b, h, w) if branch != "visual" else None
         vis_grid = self.visual_map(out.taps).reshape(b, h, w) if branch != "text" else None
         cls_score = self.image_text_score(out.cls) if branch != "visual" else None
+        vis_max = None
+        if vis_grid is not None:
+            if self.image_visual_max == "upsampled":  # public: max of the unsmoothed map at the eval size
+                up = F.interpolate(vis_grid[:, None], size=(resolution, resolution), mode="bilinear",
+                                   align_corners=False)
+                vis_max = up.flatten(1).max(1).values
+            else:
+                vis_max = vis_grid.flatten(1).max(1).values
         if branch == "text":
             grid, score = text_grid, cls_score
         elif branch == "visual":
-            grid, score = vis_grid, vis_grid.flatten(1).max(1).values
+            grid, score = vis_grid, vis_max
         else:
             grid = harmonic_mean(text_grid, vis_grid)
-            score = harmonic_mean(cls_score, vis_grid.flatten(1).max(1).values)
+            score = harmonic_mean(cls_score, vis_max)
         maps = F.interpolate(grid[:, None], size=(resolution, resolution), mode="bilinear",
                              align_corners=False)[:, 0]
         return score, gaussian_smooth(maps, SMOOTH_SIGMA)

@@ -86,6 +86,7 @@ class TrainConfig:
     image_lambda_comp: float = 0.0  # composition weight in the image loss (public 0; ours 0.1)
     image_groups: str = "all"  # CLS trained against all region groups (public) | image
     image_score_group: str = "matched"  # CLS text score: matched group (public) | image
+    image_visual_max: str = "upsampled"  # image score's visual max: upsampled map (public) | grid
     device: str = "cpu"
     precision: str = "fp32"
     baseline: str | None = None  # None (FineGrainedAD) or "promptad" (class-name prompts, no regions)
