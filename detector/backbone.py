@@ -96,6 +96,18 @@ def resolve_taps(taps: Sequence[float | int] | None, depth: int) -> tuple[int, .
     return tuple(out)
 
 
+def resolve_vv_blocks(vv_blocks: int | str | None, depth: int) -> int:
+    """Number of final blocks with a V-V branch: None or "all" = every block (public), "half" = depth // 2."""
+    if vv_blocks is None or vv_blocks == "all":
+        return depth
+    if vv_blocks == "half":
+        return max(1, depth // 2)
+    try:
+        return int(vv_blocks)
+    except (TypeError, ValueError):
+        raise DetectorError(f"vv_blocks={vv_blocks!r}: give a number of blocks, 'all' or 'half'") from None
+
+
 def _vv_attention(block: nn.Module, h: Tensor) -> Tensor:
     """Value-value self-attention of one frozen block on its normalised input ``h`` (B, L, C), out_proj applied."""
     mha = block.attn
@@ -128,7 +140,7 @@ class Backbone(nn.Module):
         name: str,
         pretrained: str,
         taps: Sequence[float | int] | None = None,
-        vv_blocks: int | None = None,
+        vv_blocks: int | str | None = None,
     ) -> None:
         super().__init__()
         visual = getattr(model, "visual", None)
@@ -148,7 +160,7 @@ class Backbone(nn.Module):
         depth = len(visual.transformer.resblocks)
         self.depth = depth
         self.tap_layers: tuple[int, ...] = resolve_taps(taps, depth)
-        n_vv = depth if vv_blocks is None else int(vv_blocks)
+        n_vv = resolve_vv_blocks(vv_blocks, depth)
         if not 1 <= n_vv <= depth:
             raise DetectorError(f"vv_blocks={vv_blocks} must be in 1..{depth} for {name}")
         self.vv_blocks = n_vv
@@ -408,7 +420,7 @@ def load_backbone(
     device: str = "cpu",
     precision: str = "fp32",
     taps: Sequence[float | int] | None = None,
-    vv_blocks: int | None = None,
+    vv_blocks: int | str | None = None,
     expected_sha256: str | None = None,
 ) -> Any:
     """Build the frozen ``Backbone``.
@@ -417,7 +429,7 @@ def load_backbone(
     ``pretrained``: "none" (random weights), an open_clip tag (downloaded through open_clip, needs the network or
     a cache) or a local weight file/folder (safetensors; a torch pickle only through ``weights_only`` loading).
     ``precision``: fp32, bf16 or fp16 (fp16 needs CUDA).  ``taps``: see ``resolve_taps``.
-    ``vv_blocks``: number of final blocks with a V-V branch (default: every block, as the public code).
+    ``vv_blocks``: final blocks with a V-V branch: a number, "half", or None/"all" (every block, public).
     A tag's file is found and verified by ``detector.weights_check.fetch_weights`` (the right file for
     ``laion400m_e32``, its release checksum); the SHA-256 of the loaded file is ``Backbone.weights_sha256``
     (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.

@@ -3,7 +3,9 @@
 Cells live in ``OUT/cells/<method>/<class>/k<shots>_s<seed>/`` (``checkpoint/``, metrics.json, overlays,
 report). A cell is finished when its metrics.json exists (written atomically, last), so a rerun skips it:
 the benchmark resumes after a crash or Ctrl-C. ``method`` is ``finegrainedad``, plus ``promptad`` (the
-class-name-only baseline) with ``--baseline promptad``.
+class-name-only baseline) with ``--baseline promptad``. With ``--variants 'NAME=OPTIONS;...'``
+(detector.recipes) each variant NAME replaces ``finegrainedad``: the same cells trained with the run's recipe
+plus the variant's options, and a side-by-side table per shot count.
 
 Shards: the cell list is sorted (method, class, shots, seed) and cell i belongs to shard i mod N, so N
 machines with ``--num-shards N --shard-index I`` share the work without talking; ``--merge`` then
@@ -75,6 +77,8 @@ class BenchmarkConfig:
     layout: str = "auto"
     dataset_name: str | None = None  # default: the data folder's name
     train_config: Path | None = None  # a TrainConfig YAML/JSON the flags override
+    recipe: str | None = None  # --recipe: paper (default), ours or a file (detector.recipes)
+    variants: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # --variants: (name, fields)
     train: dict[str, Any] = field(default_factory=dict)
     main: bool = True  # run FineGrainedAD itself (False: only the baseline)
     progress: bool = True
@@ -90,6 +94,9 @@ class BenchmarkConfig:
         if self.main and not self.merge and not self.captions and not self.train_config:
             raise DetectorError("FineGrainedAD needs captions: pass --captions DIR (from `mfsc build`) or a Hub "
                                 "id; for the class-name baseline alone pass --baseline promptad --no-main")
+        for name, _spec in self.variants:
+            if name in BASELINES:
+                raise DetectorError(f"--variants: {name!r} is a baseline's name; choose another variant name")
         if not self.shots or not self.seeds:
             raise DetectorError("--shots and --seeds need at least one value each, e.g. --shots 1,2,4 --seeds 0,1,2")
 
@@ -118,7 +125,8 @@ def dataset_key(name: str) -> str | None:
 
 def all_cells(config: BenchmarkConfig, classes: list[str]) -> list[Cell]:
     """Every cell, in the fixed sorted order the shards split."""
-    methods = ([METHOD] if config.main else []) + ([config.baseline] if config.baseline else [])
+    main = [name for name, _ in config.variants] or [METHOD]
+    methods = (main if config.main else []) + ([config.baseline] if config.baseline else [])
     return sorted(Cell(m, c, int(k), int(s)) for m in methods for c in classes
                   for k in config.shots for s in config.seeds)
 
@@ -133,20 +141,18 @@ def is_finished(cell: Cell, out: Path) -> bool:
 
 
 def train_config_for(cell: Cell, config: BenchmarkConfig) -> Any:
-    """The TrainConfig of one cell: file < flags < the cell's own class/shots/seed/baseline/out."""
+    """The TrainConfig of one cell: recipe < file < flags < the cell's variant < its class/shots/seed/out."""
+    from detector.recipes import train_config_fields
     from detector.train import TrainConfig
 
     own = {"captions": config.captions, "data": str(config.data), "class_name": cell.class_name,
            "shots": cell.shots, "seed": cell.seed, "layout": config.layout,
            "out": str(cell.folder(config.out) / "checkpoint"),
-           "baseline": None if cell.method == METHOD else cell.method}
+           "baseline": cell.method if cell.method in BASELINES else None}
     overrides = {k: v for k, v in config.train.items() if v is not None}
-    base: dict[str, Any] = {}
-    if config.train_config is not None:
-        from dataclasses import asdict
-
-        base = asdict(TrainConfig.from_file(config.train_config))
-    merged = {**base, **overrides, **own}
+    base = train_config_fields(config.recipe, config.train_config)
+    variant = dict(config.variants).get(cell.method, {})
+    merged = {**base, **overrides, **variant, **own}
     return TrainConfig.from_dict(merged, source="benchmark")
 
 
@@ -300,6 +306,30 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def side_by_side(agg: list[dict[str, Any]]) -> dict[int, tuple[list[str], list[list[str]]]]:
+    """Per shot count with more than one method (variants, baseline): one row per class (and the mean), the
+    image and pixel AUROC of every method in adjacent columns."""
+    out: dict[int, tuple[list[str], list[list[str]]]] = {}
+    for k in sorted({a["shots"] for a in agg}):
+        sub = [a for a in agg if a["shots"] == k]
+        methods = sorted({a["method"] for a in sub}, key=lambda m: (m in BASELINES, m))
+        if len(methods) < 2:
+            continue
+        header = ["class", *(f"{m} {t}" for m in methods for t in ("image AUROC", "pixel AUROC"))]
+        classes = sorted({a["class_name"] for a in sub} - {"mean"}) + ["mean"]
+        by = {(a["method"], a["class_name"]): a for a in sub}
+        rows = []
+        for c in classes:
+            row = [c]
+            for m in methods:
+                a = by.get((m, c))
+                for metric in ("image_auroc", "pixel_auroc"):
+                    row.append(_pm(a[f"{metric}_mean"], a[f"{metric}_std"]) if a else "–")
+            rows.append(row)
+        out[k] = (header, rows)
+    return out
+
+
 def _pm(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "–"
@@ -349,11 +379,19 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
     for a in agg:
         if a["class_name"] != "mean":
             continue
-        ref = PAPER.get((a["method"], key), {}).get(a["shots"]) if key else None
+        paper_method = a["method"] if a["method"] in BASELINES else METHOD  # variants compare with the paper's
+        ref = PAPER.get((paper_method, key), {}).get(a["shots"]) if key else None
         s_rows.append([a["method"], str(a["shots"]), _pm(a["image_auroc_mean"], a["image_auroc_std"]),
                        _pm(a["pixel_auroc_mean"], a["pixel_auroc_std"]),
                        f"{ref[0]:.2f} (paper)" if ref else "–", f"{ref[1]:.2f} (paper)" if ref else "–"])
     summary_md = markdown_table(s_header, s_rows)
+    side = side_by_side(agg)
+    for k, (v_header, v_rows) in side.items():
+        title = f"Side by side, {k}-shot (image / pixel AUROC, %, mean ± std over seeds)"
+        v_md = markdown_table(v_header, v_rows)
+        write_text_atomic(tables_dir / f"{dataset}_side_by_side_k{k}.md", f"## {dataset}, {title}\n\n{v_md}\n")
+        md_parts += [f"## {title}", "", v_md, ""]
+        html_tables.append(report.Table(title, v_header, v_rows))
     md_parts[2:2] = ["## Summary (mean over classes)", "", summary_md, ""]
     write_text_atomic(out / "summary.md", "\n".join(md_parts) + "\n")
     notes = [] if meaningful else ["random (untrained) backbone weights: these figures are not meaningful"]

@@ -75,6 +75,12 @@ PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp1
 LayoutOpt = Annotated[str | None, typer.Option(
     "--layout", help="Data set layout: auto, mvtec, visa, ...", show_default="auto")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YAML/JSON; flags override it.")]
+RecipeOpt = Annotated[str | None, typer.Option(
+    "--recipe", help="Method recipe: paper (the public code, default), ours, or a YAML/JSON file of TrainConfig "
+    "fields (docs/FIDELITY.md); --config and flags override it.", show_default="paper")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="One TrainConfig option KEY=VALUE over the recipe, repeatable (e.g. --set tau=exp "
+    "--set vv_blocks=half).", show_default="the recipe's")]
 RestartOpt = Annotated[bool, typer.Option(
     "--restart", help="Discard the saved state of an interrupted training (<out>.partial/) and start over.")]
 TextCheckpointingOpt = Annotated[Literal["auto", "on", "off"] | None, typer.Option(
@@ -116,12 +122,14 @@ def train(
     layout: LayoutOpt = None,
     restart: RestartOpt = False,
     text_checkpointing: TextCheckpointingOpt = None,
+    recipe: RecipeOpt = None,
+    settings: SetOpt = None,
 ) -> None:
     """Train FineGrainedAD for one class from k normal shots and its MFSC caption record (resumes)."""
 
     def body() -> None:
         _quiet_libraries()
-        from detector.train import TrainConfig
+        from detector.recipes import build_train_config, parse_settings
         from detector.train import train as train_fn
 
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
@@ -129,8 +137,7 @@ def train(
                                      image_epochs=image_epochs, device=device, precision=precision,
                                      shots_file=shots_file, baseline=baseline, layout=layout, restart=restart,
                                      text_checkpointing=text_checkpointing)
-        cfg = (TrainConfig.from_file(config, **overrides) if config is not None
-               else TrainConfig.from_dict({}, source="flags", **overrides))
+        cfg = build_train_config(recipe, config, **{**parse_settings(settings), **overrides})
         _not_a_file(Path(cfg.out), "--out", "a folder name for the checkpoint")
         path = train_fn(cfg, progress=True)
         _console().print(f"checkpoint written to {path}")
@@ -275,12 +282,19 @@ def benchmark(
         "--restart", help="Unfinished cells discard their saved training state and start over (finished cells "
         "are kept).")] = False,
     text_checkpointing: TextCheckpointingOpt = None,
+    recipe: RecipeOpt = None,
+    settings: SetOpt = None,
+    variants: Annotated[str | None, typer.Option(
+        "--variants", help="Run several recipes on the same cells, side by side: 'NAME=OPTIONS;NAME=OPTIONS', "
+        "OPTIONS space-separated KEY=VALUE over the run's recipe (recipe=ours expands), e.g. "
+        "'paper=;ours=recipe=ours;ours_stored=recipe=ours tau=stored'.", show_default="the recipe alone")] = None,
 ) -> None:
     """The paper's protocol: train + evaluate every (class, shots, seed), then tables (resumable, shardable)."""
 
     def body() -> None:
         _quiet_libraries()
         from detector.benchmark import BenchmarkConfig, parse_int_list, run_benchmark
+        from detector.recipes import parse_settings, parse_variants
 
         _not_a_file(out, "--out", "a folder for the benchmark")
 
@@ -290,10 +304,11 @@ def benchmark(
             classes=[c for c in classes.split(",") if c] if classes else None, baseline=baseline,
             num_shards=num_shards, shard_index=shard_index, merge=merge, main=main, resolution=resolution,
             batch_size=batch_size, exact_metrics=exact_metrics, layout=layout, dataset_name=dataset_name,
-            train_config=config,
-            train=_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs, image_epochs=image_epochs,
-                                   device=device, precision=precision, restart=restart,
-                                   text_checkpointing=text_checkpointing))
+            train_config=config, recipe=recipe, variants=parse_variants(variants),
+            train={**parse_settings(settings),
+                   **_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs,
+                                      image_epochs=image_epochs, device=device, precision=precision, restart=restart,
+                                      text_checkpointing=text_checkpointing)})
         if not merge:
             _check_cells(cfg)
         con = _console()

@@ -49,8 +49,14 @@ def check_method_options(config: Any) -> None:
             config.gate_init = float(config.gate_init)
         except ValueError:
             raise DetectorError(f"gate_init={config.gate_init!r}: use 'randn' or a number") from None
-    if config.vv_blocks is not None and int(config.vv_blocks) < 1:
-        raise DetectorError(f"vv_blocks={config.vv_blocks}: at least 1 (or unset for every block)")
+    vv = config.vv_blocks
+    if vv is not None and vv not in ("all", "half"):
+        try:
+            config.vv_blocks = int(vv)
+        except (TypeError, ValueError):
+            raise DetectorError(f"vv_blocks={vv!r}: a number of blocks, 'all' or 'half'") from None
+        if isinstance(vv, bool) or config.vv_blocks < 1:
+            raise DetectorError(f"vv_blocks={vv!r}: at least 1 block ('all' or unset: every block)")
 
 
 def method_settings(config: Any) -> dict[str, Any]:

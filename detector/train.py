@@ -74,9 +74,9 @@ class TrainConfig:
     lr_min: float = 1e-5
     lambda1: float = 0.001
     # the method's options (detector.method; defaults = the public code, docs/FIDELITY.md; ours: --recipe ours)
-    recipe: str | None = None  # the recipe these settings came from (paper, ours, a file), for the record
+    recipe: str = "paper"  # the recipe these settings came from (paper, ours, a file), for the record
     tau: str | float = "stored"  # "stored" (CLIP's log-space logit scale, public), "exp" (capped at 100) or a number
-    vv_blocks: int | None = None  # final blocks with a V-V branch; None = every block (public)
+    vv_blocks: int | str | None = None  # final blocks with a V-V branch: None/"all" = every block (public), "half"
     prototype: str = "raw_mean"  # group prototypes: raw_mean (public) | unit_mean
     extra_texts: bool = False  # the image group's extra sentences of the caption record (ours: True)
     region_weighting: str = "features"  # features (region weights scale the tokens, public) | loss (weighted mean)
