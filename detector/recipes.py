@@ -25,24 +25,13 @@ def recipe_names() -> list[str]:
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    """A YAML or JSON file holding one mapping (one clear line otherwise)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise DetectorError(f"cannot read {path}: {e.strerror}; check the path") from e
-    try:
-        if Path(path).suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
+    """A YAML or JSON file holding one mapping, through the one settings reader (``fsad_data.config``)."""
+    from fsad_data.config import ConfigError, read_config_file
 
-            raw = yaml.safe_load(text)
-    except Exception as e:
-        raise DetectorError(f"{path} is not valid YAML/JSON: {e}; fix the file") from e
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise DetectorError(f"{path} must hold a mapping of TrainConfig fields, not a {type(raw).__name__}")
-    return raw
+    try:
+        return dict(read_config_file(path))
+    except ConfigError as e:
+        raise DetectorError(str(e)) from None
 
 
 def load_recipe(recipe: str | Path) -> dict[str, Any]:
