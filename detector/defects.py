@@ -277,6 +277,30 @@ def _state(token_w: np.ndarray, sims: np.ndarray, bank: StateBank, g: int, tau: 
     return name, float(p[best]), margin, cands
 
 
+def flag_threshold(amap: np.ndarray, min_area: float = DEFAULT_MIN_AREA) -> float:
+    """The highest threshold at which the map has a defect region (``name_regions``' regions): the image is
+    flagged for every threshold at or below it. Exact: the largest region only grows as the threshold falls,
+    so a binary search over the map's distinct values finds it (about 17 labellings at 256 px)."""
+    amap = np.asarray(amap, np.float32)
+    need = max(1.0, float(min_area) * amap.size)
+    values = np.unique(amap)  # ascending
+
+    def has_region(t: float) -> bool:
+        _, sizes = components(amap >= t)
+        return len(sizes) > 1 and float(sizes[1:].max()) >= need
+
+    if not has_region(float(values[0])):  # even the whole map is too small (min_area near 1)
+        return float("-inf")
+    lo, hi = 0, len(values) - 1  # has_region(values[lo]) holds; find the largest such index
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if has_region(float(values[mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return float(values[lo])
+
+
 # ---------------------------------------------------------------------------------------------- model
 def model_state_bank(model: Any) -> StateBank:
     """The bank of a trained FineGrainedAD: its region groups' abnormal texts against the record's states."""

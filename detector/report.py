@@ -1,8 +1,16 @@
 """Report: PNG overlays (image, ground-truth contour, anomaly heat map) and one self-contained HTML page.
 
-The page has no external assets: styles are inline and every picture is a base64 PNG data URI, so the
-file can be mailed or opened offline. Table cells carry the exact value in ``data-value`` (what
-metrics.json holds) next to the rounded text a person reads.
+The page has no external assets: styles and the one script are inline and every picture is a base64 data
+URI, so the file can be mailed or opened offline. Table cells carry the exact value in ``data-value`` (what
+metrics.json holds) next to the rounded text a person reads. Plots (ROC and PR curves, score histograms,
+per-class bars) are drawn by matplotlib (Agg, no pyplot state) and embedded as PNG.
+
+The threshold explorer (``threshold_explorer``) is the one decision an inspection engineer makes: a slider
+over the anomaly-map threshold (the value ``detector predict --threshold`` takes). An image is flagged at
+threshold t when its map has a defect region there (``detector.defects.flag_threshold`` >= t, the same
+regions ``predict`` names); the page counts false alarms and misses, lists the images whose decision differs
+from the reference threshold, and redraws the predicted mask outlines on the overlays from small embedded
+score maps (uint8 over the page's colour scale). The gallery is capped by a byte budget, said on the page.
 """
 from __future__ import annotations
 
@@ -39,6 +47,14 @@ class Figure:
 
 
 @dataclass
+class Plot:
+    """One matplotlib plot as PNG bytes with a caption."""
+
+    caption: str
+    png: bytes
+
+
+@dataclass
 class Report:
     """What one HTML page shows, top to bottom."""
 
@@ -46,6 +62,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)  # HTML made by this module (threshold_explorer)
 
 
 def normalise_map(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -94,15 +112,25 @@ def overlay(
     return out
 
 
-def colour_bar(height: int, vmin: float, vmax: float) -> np.ndarray:
-    """The heat map's scale as a vertical bar (vmax red at the top, vmin blue at the bottom) with both
-    values written beside it, so a figure says which scores its colours mean (RGB uint8, height x 56)."""
+def colour_bar(height: int, vmin: float, vmax: float, ticks: int = 5) -> np.ndarray:
+    """The heat map's scale as a vertical bar (vmax red at the top, vmin blue at the bottom) with ``ticks``
+    values written beside it at a size readable at normal zoom (about 11 px high whatever the figure's
+    height), so a figure says which scores its colours mean (RGB uint8, height x width)."""
     import cv2
 
-    ramp = np.repeat(np.linspace(vmax, vmin, height, dtype=np.float32)[:, None], 12, axis=1)
-    labels = np.full((height, 44, 3), 255, np.uint8)
-    for text, y in ((f"{vmax:.3g}", 10), (f"{vmin:.3g}", height - 3)):
-        cv2.putText(labels, text, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.42, 1
+    values = np.linspace(vmax, vmin, max(2, ticks))
+    labels_text = [f"{v:.3g}" for v in values]
+    text_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in labels_text)
+    text_h = cv2.getTextSize("0", font, scale, thick)[0][1]
+    bar_w, tick_w = 14, 4
+    ramp = np.repeat(np.linspace(vmax, vmin, height, dtype=np.float32)[:, None], bar_w, axis=1)
+    labels = np.full((height, tick_w + text_w + 6, 3), 255, np.uint8)
+    for text, v in zip(labels_text, values):
+        y = round((vmax - v) / (vmax - vmin) * (height - 1)) if vmax > vmin else 0
+        cv2.line(labels, (0, y), (tick_w - 1, y), (0, 0, 0), 1)
+        base = min(height - 2, max(text_h + 1, y + text_h // 2))
+        cv2.putText(labels, text, (tick_w + 2, base), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
     return np.concatenate([heat_map(ramp, vmin, vmax), labels], axis=1)
 
 
@@ -167,6 +195,14 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;max-width:520px}
 img{max-width:520px;image-rendering:pixelated}.note{color:#a33}
+figure.plot img{image-rendering:auto;max-width:640px}
+.explorer{position:sticky;top:0;background:#fff;border-bottom:1px solid #bbb;padding:.5em 0;z-index:2}
+.explorer input[type=range]{width:min(640px,90vw)}.counts span{font-weight:bold}
+.gallery{display:flex;flex-wrap:wrap;gap:.8em}.thumb{position:relative;width:var(--w)}
+.thumb img,.thumb canvas{position:absolute;left:0;top:0;width:var(--w);height:var(--h);image-rendering:auto}
+.thumb .pic{position:relative;width:var(--w);height:var(--h)}.thumb figcaption{font-size:.8em}
+.thumb.flagged{outline:3px solid #d0f}.thumb ul{margin:.2em 0;padding-left:1.2em;font-size:.8em}
+code{background:#f3f3f3;padding:0 .3em}
 """
 
 
@@ -180,6 +216,15 @@ def render_html(report: Report) -> str:
     ]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in report.notes]
     parts += [render_table(t) for t in report.tables]
+    if report.plots:
+        parts.append('<div class="figs">')
+        for plot in report.plots:
+            cap = html.escape(plot.caption)
+            data = base64.b64encode(plot.png).decode("ascii")
+            parts.append(f'<figure class="plot"><img alt="{cap}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{cap}</figcaption></figure>")
+        parts.append("</div>")
+    parts += report.sections
     if report.figures:
         parts.append("<h2>Anomaly maps</h2><p>Left: image with the ground-truth outline (green). "
                      "Right: anomaly heat map overlay (blue low, red high), its colour bar giving the scores."
@@ -201,3 +246,334 @@ def write_report(path: Path, report: Report) -> Path:
     path = Path(path)
     write_text_atomic(path, render_html(report))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _png(fig: object) -> bytes:
+    """A matplotlib Figure as PNG bytes (Agg canvas, no pyplot state)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
+def _figure(width: float, height: float) -> object:
+    from matplotlib.figure import Figure as MplFigure
+
+    return MplFigure(figsize=(width, height), layout="constrained")
+
+
+def curve_points(curve: object) -> dict[str, np.ndarray]:
+    """ROC (fpr, tpr) and PR (recall, precision) points of a ``metrics.Curve`` (highest threshold first),
+    with ROC's (0, 0) start."""
+    tps = np.asarray(curve.tps, np.float64)  # type: ignore[attr-defined]
+    fps = np.asarray(curve.fps, np.float64)  # type: ignore[attr-defined]
+    p, n = max(tps[-1], 1.0), max(fps[-1], 1.0)
+    return {"fpr": np.concatenate(([0.0], fps / n)), "tpr": np.concatenate(([0.0], tps / p)),
+            "recall": tps / p, "precision": tps / np.maximum(tps + fps, 1.0)}
+
+
+def curves_plot(curves: dict[str, object], values: dict[str, float]) -> bytes:
+    """ROC and PR curves side by side for each level given ({"image": Curve, "pixel": Curve}), the AUROC and
+    AP of ``values`` in the legends."""
+    fig = _figure(8.0, 3.4 * len(curves))
+    axes = fig.subplots(len(curves), 2, squeeze=False)
+    for row, (level, curve) in zip(axes, curves.items()):
+        pts = curve_points(curve)
+        auroc, ap = values.get(f"{level}_auroc", float("nan")), values.get(f"{level}_ap", float("nan"))
+        row[0].plot(pts["fpr"], pts["tpr"], lw=1.8, label=f"AUROC {100 * auroc:.2f}%")
+        row[0].plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        row[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"{level} ROC",
+                   xlim=(0, 1), ylim=(0, 1.02))
+        row[1].plot(pts["recall"], pts["precision"], lw=1.8, c="C1", label=f"AP {100 * ap:.2f}%")
+        row[1].set(xlabel="recall", ylabel="precision", title=f"{level} precision-recall", xlim=(0, 1),
+                   ylim=(0, 1.02))
+        for ax in row:
+            ax.legend(loc="lower right")
+            ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def histograms_plot(panels: list[dict[str, object]]) -> bytes:
+    """Score histograms of normal and anomalous items, one panel each, the threshold as a dashed line.
+
+    A panel: {"title", "normal", "anomalous"} (values) or {"title", "edges", "normal_counts",
+    "anomalous_counts"} (already binned), plus "threshold" and "threshold_label"."""
+    fig = _figure(4.2 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, pan in zip(axes, panels):
+        if "edges" in pan:
+            edges = np.asarray(pan["edges"], np.float64)
+            for key, colour, name in (("normal_counts", "C0", "normal"), ("anomalous_counts", "C3", "anomalous")):
+                counts = np.asarray(pan[key], np.float64)
+                ax.stairs(counts / max(counts.sum(), 1.0), edges, color=colour, fill=True, alpha=0.45, label=name)
+            ax.set_ylabel("fraction of pixels")
+        else:
+            normal = np.asarray(pan["normal"], np.float64)
+            anomalous = np.asarray(pan["anomalous"], np.float64)
+            both = np.concatenate([normal, anomalous])
+            both = both[np.isfinite(both)]
+            lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+            edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 31)
+            ax.hist(normal[np.isfinite(normal)], bins=edges, alpha=0.55, color="C0", label=f"normal ({normal.size})")
+            ax.hist(anomalous[np.isfinite(anomalous)], bins=edges, alpha=0.55, color="C3",
+                    label=f"anomalous ({anomalous.size})")
+            ax.set_ylabel("images")
+        t = pan.get("threshold")
+        if t is not None and math.isfinite(float(t)):
+            ax.axvline(float(t), ls="--", c="k", lw=1.2, label=str(pan.get("threshold_label") or f"threshold {t:.4g}"))
+        ax.set(title=str(pan["title"]), xlabel="score")
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def bars_plot(title: str, groups: list[str], series: dict[str, tuple[list[float], list[float]]],
+              reference: dict[str, float] | None = None, ylabel: str = "%") -> bytes:
+    """Grouped bars (one group per class, one bar per series, e.g. per shot count) with the spread as error
+    bars; ``reference`` values (the paper's) as black ticks over the groups they belong to (by series)."""
+    fig = _figure(max(6.0, 0.55 * len(groups) * max(1, len(series)) + 2), 3.6)
+    ax = fig.subplots()
+    n = max(1, len(series))
+    width = 0.8 / n
+    x = np.arange(len(groups))
+    for i, (name, (means, stds)) in enumerate(series.items()):
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, means, width, yerr=stds, capsize=3, label=name, alpha=0.85)
+        if reference and name in reference and math.isfinite(reference[name]):
+            ax.plot([pos[-1] - width / 2, pos[-1] + width / 2], [reference[name]] * 2, c="k", lw=2.5)
+    if reference:
+        ax.plot([], [], c="k", lw=2.5, label="paper (mean row)")
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set(title=title, ylabel=ylabel)
+    finite = [v for means, _ in series.values() for v in means if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5) if max(finite) <= 100 else None)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, n + 1))
+    return _png(fig)
+
+
+def colour_scale_plot(vmin: float, vmax: float) -> bytes:
+    """The overlays' colour scale as a horizontal matplotlib colour bar with readable tick labels."""
+    from matplotlib import cm, colors
+
+    fig = _figure(6.0, 0.9)
+    ax = fig.subplots()
+    hi = vmax if vmax > vmin else vmin + 1e-6
+    fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(vmin, hi), cmap="jet"), cax=ax, orientation="horizontal",
+                 label="anomaly score (overlay colours)")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------- explorer
+@dataclass
+class Thumb:
+    """One overlay of the threshold explorer: the picture (RGB, heat map and ground truth drawn in), the
+    image's map quantised to uint8 over the page's colour scale (any smaller size), named defect lines."""
+
+    id: str
+    caption: str
+    image: np.ndarray
+    map_q: np.ndarray
+    defects: list[str] = field(default_factory=list)
+
+
+def quantise_map(amap: np.ndarray, vmin: float, vmax: float, size: int) -> np.ndarray:
+    """uint8 levels of a map over [vmin, vmax], resized (area) to at most ``size`` px on the longer side."""
+    import cv2
+
+    amap = np.asarray(amap, np.float32)
+    h, w = amap.shape
+    f = min(1.0, size / max(h, w))
+    if f < 1.0:
+        amap = cv2.resize(amap, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return normalise_map(amap, vmin, vmax)
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
+    """An RGB uint8 picture as JPEG (the gallery's photos: a fraction of PNG's size)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decision_at(flags: np.ndarray, threshold: float) -> np.ndarray:
+    """Flagged images at a threshold: those with a defect region there (flag threshold >= t); what the
+    page's script computes, in Python."""
+    return np.asarray(flags, np.float64) >= float(threshold)
+
+
+def slider_value(threshold: float) -> float:
+    """The threshold the page uses for a slider position: its value rounded to 6 significant digits (the
+    number shown and copied for ``detector predict --threshold``)."""
+    return float(f"{float(threshold):.6g}")
+
+
+def threshold_explorer(rows: list[dict[str, object]], reference: float, vmin: float, vmax: float,
+                       thumbs: list[Thumb], *, command: str = "detector predict --checkpoint CKPT IMAGES",
+                       budget_bytes: int = 4_000_000, note: str = "") -> str:
+    """The slider section: ``rows`` hold per image {"id", "label" (0/1), "defect_type", "flag"} (flag: the
+    highest threshold at which the image has a defect region); ``reference`` is the starting threshold
+    (e.g. the pixel F1-max). Overlays are added in order until ``budget_bytes`` of embedded data is
+    reached; the page says how many were left out."""
+    import json
+
+    flags = [float(r["flag"]) for r in rows]
+    finite = [f for f in flags if math.isfinite(f)]
+    lo = min([*finite, float(reference), vmin]) if finite else min(float(reference), vmin)
+    hi = max([*finite, float(reference), vmax]) if finite else max(float(reference), vmax)
+    items, used, left_out = [], 0, 0
+    for t in thumbs:
+        pic = base64.b64encode(jpeg_bytes(t.image)).decode("ascii")
+        amap = base64.b64encode(np.ascontiguousarray(t.map_q, np.uint8).tobytes()).decode("ascii")
+        cost = len(pic) + len(amap) + sum(len(d) for d in t.defects) + 200
+        if used + cost > budget_bytes:
+            left_out += 1
+            continue
+        used += cost
+        items.append({"id": t.id, "caption": t.caption, "w": int(t.image.shape[1]), "h": int(t.image.shape[0]),
+                      "mw": int(t.map_q.shape[1]), "mh": int(t.map_q.shape[0]), "pic": pic, "map": amap,
+                      "defects": list(t.defects)})
+    data = {"images": [{"id": str(r["id"]), "label": int(r["label"]), "type": str(r.get("defect_type", "")),
+                        "flag": float(r["flag"]) if math.isfinite(float(r["flag"])) else None} for r in rows],
+            "reference": slider_value(reference), "vmin": float(vmin), "vmax": float(vmax), "thumbs": items,
+            "command": command}
+    payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
+    capped = (f"{len(items)} of {len(thumbs)} overlays embedded ({left_out} left out to keep the page under "
+              f"{budget_bytes / 1e6:.1f} MB; all images are counted above and listed in scores.csv)."
+              if left_out else f"{len(items)} overlays embedded ({used / 1e6:.2f} MB).")
+    return f"""<h2>Threshold explorer</h2>
+<div class="explorer" id="explorer">
+<p>Anomaly-map threshold: <input type="range" id="thr" min="{lo!r}" max="{hi!r}" step="any"
+ value="{slider_value(reference)!r}"> <b id="thr-value"></b>
+ <button id="copy" type="button">copy value</button> <code id="cmd"></code> <span id="copied"></span></p>
+<p class="counts">At this threshold an image is flagged when its map has a defect region (as
+ <code>detector predict --threshold</code> names them): false alarms <span id="false-alarms"></span>,
+ misses <span id="misses"></span>; <span id="flips-count"></span> images decide differently from the
+ reference threshold {slider_value(reference):.6g}
+ <button id="reset" type="button">back to the reference</button>.</p>
+<details><summary>images that flip</summary><ul id="flip-list"></ul></details>
+</div>
+<p>{html.escape(note)} Overlays: heat map of the page's colour scale, ground truth in green, the predicted
+mask at the slider's threshold outlined in magenta, a magenta frame on flagged images. {html.escape(capped)}
+The named defects under each overlay are those at the reference threshold.</p>
+<div class="gallery" id="gallery"></div>
+<script type="application/json" id="explorer-data">{payload}</script>
+<script>{_EXPLORER_JS}</script>"""
+
+
+_EXPLORER_JS = r"""
+(function () {
+  "use strict";
+  const D = JSON.parse(document.getElementById("explorer-data").textContent);
+  const slider = document.getElementById("thr");
+  const el = (id) => document.getElementById(id);
+  const norm = (t) => Number(Number(t).toPrecision(6));
+  const flagged = (img, t) => img.flag !== null && img.flag >= t;
+  const ref = D.reference;
+  const thumbs = [];
+  const gallery = el("gallery");
+  for (const t of D.thumbs) {
+    const fig = document.createElement("figure");
+    fig.className = "thumb";
+    fig.dataset.id = t.id;
+    fig.style.setProperty("--w", t.w + "px");
+    fig.style.setProperty("--h", t.h + "px");
+    const pic = document.createElement("div");
+    pic.className = "pic";
+    const img = document.createElement("img");
+    img.alt = t.caption;
+    img.src = "data:image/jpeg;base64," + t.pic;
+    const canvas = document.createElement("canvas");
+    canvas.width = t.w;
+    canvas.height = t.h;
+    pic.append(img, canvas);
+    const cap = document.createElement("figcaption");
+    cap.textContent = t.caption;
+    const list = document.createElement("ul");
+    for (const d of t.defects) {
+      const li = document.createElement("li");
+      li.textContent = d;
+      list.append(li);
+    }
+    if (!t.defects.length) {
+      const li = document.createElement("li");
+      li.textContent = "no defect at the reference threshold";
+      list.append(li);
+    }
+    fig.append(pic, cap, list);
+    gallery.append(fig);
+    const raw = atob(t.map);
+    const q = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) q[i] = raw.charCodeAt(i);
+    thumbs.push({t: t, fig: fig, ctx: canvas.getContext("2d"), q: q});
+  }
+  const byId = new Map(D.images.map((im) => [im.id, im]));
+  function outline(th, t) {
+    const {ctx, q} = th;
+    const {w, h, mw, mh} = th.t;
+    ctx.clearRect(0, 0, w, h);
+    const span = D.vmax - D.vmin;
+    const level = span > 0 ? (t - D.vmin) / span * 255 : 0;
+    const inside = (x, y) => x >= 0 && y >= 0 && x < mw && y < mh && q[y * mw + x] >= level;
+    const sx = w / mw, sy = h / mh;
+    ctx.fillStyle = "#ff00ff";
+    for (let y = 0; y < mh; y++) {
+      for (let x = 0; x < mw; x++) {
+        if (inside(x, y) && !(inside(x - 1, y) && inside(x + 1, y) && inside(x, y - 1) && inside(x, y + 1))) {
+          ctx.fillRect(Math.floor(x * sx), Math.floor(y * sy), Math.ceil(sx), Math.ceil(sy));
+        }
+      }
+    }
+  }
+  function update() {
+    const t = norm(slider.value);
+    const normal = D.images.filter((im) => im.label === 0);
+    const anomalous = D.images.filter((im) => im.label === 1);
+    const fa = normal.filter((im) => flagged(im, t)).length;
+    const miss = anomalous.filter((im) => !flagged(im, t)).length;
+    const flips = D.images.filter((im) => flagged(im, t) !== flagged(im, ref));
+    el("thr-value").textContent = String(t);
+    el("false-alarms").textContent = fa + " of " + normal.length + " normal images";
+    el("false-alarms").dataset.count = fa;
+    el("misses").textContent = miss + " of " + anomalous.length + " anomalous images";
+    el("misses").dataset.count = miss;
+    el("flips-count").textContent = String(flips.length);
+    el("flips-count").dataset.count = flips.length;
+    el("cmd").textContent = D.command + " --threshold " + t;
+    const list = el("flip-list");
+    list.replaceChildren();
+    for (const im of flips.slice(0, 200)) {
+      const li = document.createElement("li");
+      const now = flagged(im, t) ? "flagged" : "passed";
+      li.textContent = im.id + " (" + (im.label ? "anomalous" : "normal") + "): now " + now;
+      li.dataset.id = im.id;
+      list.append(li);
+    }
+    if (flips.length > 200) {
+      const li = document.createElement("li");
+      li.textContent = "and " + (flips.length - 200) + " more";
+      list.append(li);
+    }
+    for (const th of thumbs) {
+      const im = byId.get(th.t.id);
+      th.fig.classList.toggle("flagged", Boolean(im && flagged(im, t)));
+      outline(th, t);
+    }
+  }
+  slider.addEventListener("input", update);
+  el("reset").addEventListener("click", () => { slider.value = ref; update(); });
+  el("copy").addEventListener("click", () => {
+    const text = String(norm(slider.value));
+    const done = (msg) => { el("copied").textContent = msg; };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(() => done("copied " + text),
+        () => done("select and copy: " + text));
+    } else {
+      done("select and copy: " + text);
+    }
+  });
+  update();
+})();
+"""

@@ -232,3 +232,22 @@ def test_detect_names_what_the_evidence_says(trained):
     votes = np.bincount(pred.token_groups[0].ravel(), weights=w, minlength=3)
     assert d.group == trained.pixel_names[int(votes.argmax())]
     assert d.vote_share == pytest.approx(votes.max() / votes.sum())
+
+
+def test_flag_threshold_is_the_highest_threshold_with_a_region():
+    from detector.defects import flag_threshold
+
+    bank = _bank()
+    rng = np.random.default_rng(0)
+    ev = TokenEvidence(np.zeros((4, 4), np.int16), np.zeros((4, 4, bank.prototypes.shape[0]), np.float16))
+    for min_area in (0.0, 0.01, 0.05):
+        amap = rng.random((24, 24)).astype(np.float32)
+        amap[2:8, 2:8] += 0.5  # a blob so regions above min_area exist
+        t = flag_threshold(amap, min_area)
+        above = np.unique(amap)[np.unique(amap) > t]
+        assert _name(amap, ev, bank, NamingConfig(t, min_area))[0]  # flagged at t
+        if min_area == 0.0:
+            assert t == amap.max() and above.size == 0  # any pixel is a region
+        else:
+            assert not _name(amap, ev, bank, NamingConfig(float(above[0]), min_area))[0]  # not just above it
+    assert flag_threshold(np.full((4, 4), 0.3, np.float32), 0.5) == pytest.approx(0.3)
