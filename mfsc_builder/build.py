@@ -254,6 +254,8 @@ def _manifest(cfg: BuildConfig, samples: list[Any], captioner: Any) -> dict[str,
     config["pipeline_version"] = PIPELINE_VERSION
     cap = {"name": captioner.name, "model": captioner.model, "revision": captioner.revision,
            "prompt_version": captioner.prompt_version}
+    if getattr(captioner, "response_format", ""):  # model backends: the format asked for first
+        cap["response_format"] = captioner.response_format
     base = {k: v for k, v in config.items() if k not in ("num_shards", "shard_index")}
     return {"config": config, "captioner": cap, "fingerprint": fingerprint({"config": config, "captioner": cap}),
             "base_fingerprint": fingerprint({"config": base, "captioner": cap})}
@@ -653,7 +655,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             "shard_index": cfg.shard_index,
             "fingerprint": manifest["fingerprint"],
             "base_fingerprint": manifest["base_fingerprint"],
-            "captioner": manifest["captioner"],
+            "captioner": dict(manifest["captioner"], response_formats_used=_formats_used(image_recs)),
             "config": manifest["config"],
             "images": {k: len(v) for k, v in image_recs.items()},
             "classes": sorted(classes),
@@ -666,6 +668,15 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     finally:
         work.unlock()
     return BuildSummary(out, info["images"], info["classes"], resumed, computed, skipped, seconds)
+
+
+def _formats_used(image_recs: dict[str, list[dict]]) -> dict[str, int]:
+    """How many image records' answers were asked for in each response format (a server may refuse the
+    record schema mid-build; records from the attribute captioner have none)."""
+    from collections import Counter
+
+    used = Counter(r["provenance"].get("response_format", "") for rs in image_recs.values() for r in rs)
+    return {k: used[k] for k in sorted(used) if k}
 
 
 # --------------------------------------------------------------------------- merge

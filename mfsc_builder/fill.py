@@ -131,7 +131,7 @@ def merge_provenance(provs: Sequence[Provenance]) -> Provenance:
     first = provs[0]
     status = max((p.status for p in provs), key=lambda s: STATUS_RANK.get(s, 3))
     return Provenance(first.backend, _mode(p.model for p in provs), _mode(p.revision for p in provs),
-                      first.prompt_version, status)
+                      first.prompt_version, status, _mode(p.response_format for p in provs))
 
 
 def class_record(class_name: str, object_name: str, references: list[ImageRecord], *,

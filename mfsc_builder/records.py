@@ -130,13 +130,16 @@ class RegionView:
 
 @dataclass
 class Provenance:
-    """Who wrote the level fields: backend, model id and revision, prompt version, and ok/retried/fallback."""
+    """Who wrote the level fields: backend, model id and revision, prompt version, ok/retried/fallback, and how
+    a model was asked for its answer (`schema.RESPONSE_FORMATS`: json_schema, json_object, prompt; "" for the
+    attribute captioner)."""
 
     backend: str = "attributes"
     model: str = ""
     revision: str = ""
     prompt_version: str = ""
     status: str = "ok"
+    response_format: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,7 +313,8 @@ def _features() -> tuple[Any, Any]:
         "name": s, "count": Value("int32"), "location": s, "colour": s, "texture": s, "shape": s,
         "direction": s, "area": Value("float32"), "sentence": s,
     })
-    provenance = {"backend": s, "model": s, "revision": s, "prompt_version": s, "status": s}
+    provenance = {"backend": s, "model": s, "revision": s, "prompt_version": s, "status": s,
+                  "response_format": s}
     images = Features({
         "id": s,
         "class_name": s,

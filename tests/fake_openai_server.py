@@ -13,8 +13,16 @@ Actions (tuples):
   ("hang",)                   never answer; return when the client gives up (closes the connection)
   ("drop",)                   close the connection without any response
 
-The server records every request (path, headers, JSON body), the requests per image key, and the most
-requests in flight at once (a hanging request counts until its client closes the connection).
+It speaks what the `openai` client sends: keep-alive connections (several requests per connection), query
+parameters of the base URL, and `response_format`. ``response_formats`` are the types it accepts
+("json_schema", "json_object"; "text" / none always); another type is refused with HTTP 400 naming
+``response_format``, as vLLM and OpenAI do. With a json_schema it checks the schema is strict (every object
+closed, every property required) and that its answer validates against it (jsonschema), and answers bare
+JSON as a constrained server does; without one it answers JSON in a code fence, as a chat model does.
+
+The server records every request (path with query, headers with lowercase names, JSON body), the requests per image key, the
+connections used, and the most requests in flight at once (a hanging request counts until its client
+closes the connection).
 """
 from __future__ import annotations
 
@@ -51,9 +59,27 @@ def image_key(data_url: str) -> str:
     return hashlib.sha256(data_url.encode("ascii")).hexdigest()
 
 
-def good_answer(anomalous: bool) -> str:
+def good_answer(anomalous: bool, fenced: bool = True) -> str:
     answer = dict(GOOD_ANSWER, defect=GOOD_DEFECT if anomalous else None)
-    return "```json\n" + json.dumps(answer) + "\n```"
+    return "```json\n" + json.dumps(answer) + "\n```" if fenced else json.dumps(answer)
+
+
+def strict_schema_problems(schema: Any, where: str = "schema") -> list[str]:
+    """What strict structured outputs would refuse: an object that is not closed or has optional keys."""
+    out: list[str] = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            props = schema.get("properties", {})
+            if schema.get("additionalProperties") is not False:
+                out.append(f"{where}: additionalProperties must be false")
+            if sorted(schema.get("required", [])) != sorted(props):
+                out.append(f"{where}: every property must be required")
+        for k, v in schema.items():
+            out += strict_schema_problems(v, f"{where}.{k}")
+    elif isinstance(schema, list):
+        for i, v in enumerate(schema):
+            out += strict_schema_problems(v, f"{where}[{i}]")
+    return out
 
 
 def _first_user(body: dict) -> tuple[str | None, str]:
@@ -91,12 +117,18 @@ class _Handler(BaseHTTPRequestHandler):
         url, text = _first_user(body)
         key = image_key(url) if url else "text:" + hashlib.sha256(text.encode()).hexdigest()
         with srv.lock:
-            srv.requests.append({"path": self.path, "headers": dict(self.headers), "body": body, "key": key})
+            srv.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "key": key,
+                                 "connection": id(self.connection)})
             n = srv.per_key[key]
             srv.per_key[key] += 1
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
         try:
+            refusal = self._refuse_format(body)
+            if refusal:
+                self._json(400, {"object": "error", "message": refusal, "type": "BadRequestError",
+                                 "param": "response_format", "code": 400})
+                return
             self._act(_pick(srv.script_for(key, text), n), "this image is anomalous" in text.lower())
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -104,13 +136,45 @@ class _Handler(BaseHTTPRequestHandler):
             with srv.lock:
                 srv.in_flight -= 1
 
+    def _refuse_format(self, body: dict) -> str:
+        """The 400 message for a response_format this server does not take ("" when it takes it)."""
+        rf = body.get("response_format")
+        self._format = rf.get("type") if isinstance(rf, dict) else None
+        self._schema = None
+        if self._format in (None, "text"):
+            return ""
+        if self._format not in self.server.response_formats:
+            return f"response_format type {self._format!r} is not supported by this server"
+        if self._format == "json_schema":
+            spec = rf.get("json_schema") or {}
+            problems = strict_schema_problems(spec.get("schema"))
+            if not spec.get("name") or not isinstance(spec.get("schema"), dict) or problems:
+                return "Invalid schema for response_format: " + "; ".join(problems or ["name and schema needed"])
+            self._schema = spec["schema"]
+        return ""
+
+    def _good_content(self, anomalous: bool) -> str:
+        if self._schema is None:
+            return good_answer(anomalous, fenced=self._format != "json_object")
+        import jsonschema
+
+        answer = json.loads(good_answer(anomalous, fenced=False))
+        if "defects" in self._schema.get("properties", {}):
+            answer = {"defects": ["scratch", "dent"]}
+        try:  # the schema the client sent must accept a correct answer
+            jsonschema.validate(answer, self._schema)
+        except jsonschema.ValidationError as exc:
+            with self.server.lock:
+                self.server.errors.append(f"the client's schema refuses a correct answer: {exc.message}")
+        return json.dumps(answer)
+
     # -- actions
     def _act(self, action: Action, anomalous: bool) -> None:
         kind = action[0]
         if kind == "ok":
             self._json(200, {"id": "cmpl-1", "model": self.server.model_revision,
                              "choices": [{"index": 0, "message": {"role": "assistant",
-                                                                  "content": good_answer(anomalous)}}]})
+                                                                  "content": self._good_content(anomalous)}}]})
         elif kind == "content":
             self._json(200, {"model": self.server.model_revision,
                              "choices": [{"message": {"role": "assistant", "content": action[1]}}]})
@@ -174,16 +238,19 @@ class FakeOpenAIServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, scripts: dict[str, list[Action]] | Callable[[str, str], list[Action]] | None = None,
-                 default: list[Action] | None = None, model_revision: str = "fake-model-2026-01") -> None:
+                 default: list[Action] | None = None, model_revision: str = "fake-model-2026-01",
+                 response_formats: tuple[str, ...] = ("json_schema", "json_object")) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.scripts = scripts or {}
         self.default = default or [("ok",)]
         self.model_revision = model_revision
+        self.response_formats = tuple(response_formats)
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.per_key: dict[str, int] = defaultdict(int)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.errors: list[str] = []  # what the server found wrong in the client's requests
         self.closing = threading.Event()
         self._thread: threading.Thread | None = None
 

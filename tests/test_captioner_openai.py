@@ -38,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.active += 1
             srv.max_active = max(srv.max_active, srv.active)
-            srv.calls.append((self.path, dict(self.headers), body))
+            srv.calls.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             n = len(srv.calls)
         try:
             time.sleep(srv.delay)
@@ -113,7 +113,7 @@ def test_success_batch_with_bounded_concurrency(server, monkeypatch):
     assert sorted(r.fields.region_names) == ["blue block", "red ball"]
     assert r.fields.components[0].area == pytest.approx(37 * 37 / 96**2, rel=0.05)
     path, headers, body = server.calls[0]
-    assert path == "/v1/chat/completions" and headers["Authorization"] == f"Bearer {KEY}"
+    assert path == "/v1/chat/completions" and headers["authorization"] == f"Bearer {KEY}"
     assert body["model"] == "tiny" and body["temperature"] == 0
     url = body["messages"][0]["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
@@ -127,7 +127,7 @@ def test_retry_after_then_success(server, monkeypatch):
     server.mode = "429-once"
     res = _captioner(server, max_retries=2).caption(_requests(1))
     assert len(server.calls) == 2 and res[0].provenance.status == "ok"
-    assert "Authorization" not in server.calls[0][1]   # no key in the environment: none sent
+    assert "authorization" not in server.calls[0][1]   # no key in the environment: none sent
 
 
 def test_invalid_answer_retried_then_fallback(server):

@@ -29,7 +29,8 @@ def _features():
         "defect_states": List(s),
         "defect_vocab": s,
         "texts": List({"level": s, "group": s, "normal": List(s), "abnormal": List(s)}),
-        "provenance": {"backend": s, "model": s, "revision": s, "prompt_version": s, "status": s},
+        "provenance": {"backend": s, "model": s, "revision": s, "prompt_version": s, "status": s,
+                       "response_format": s},
     })
 
 
@@ -58,7 +59,8 @@ def _row(class_name: str, version: int = 1) -> dict:
             {"level": "component", "group": "cap", "normal": ["a red round cap at the top"],
              "abnormal": ["a red round cap at the bottom"]},
         ],
-        "provenance": {"backend": "attributes", "model": "", "revision": "", "prompt_version": "1", "status": "ok"},
+        "provenance": {"backend": "attributes", "model": "", "revision": "", "prompt_version": "1", "status": "ok",
+                       "response_format": ""},
     }
 
 

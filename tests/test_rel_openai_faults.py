@@ -43,8 +43,11 @@ FAULTS = {
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
-    """Backoff without Retry-After is 1 s * 2^attempt by default; tests keep the same rule, 100x faster."""
-    monkeypatch.setitem(OpenAICaptioner.__init__.__kwdefaults__, "backoff", 0.01)
+    """The openai client backs off 0.5 s * 2^attempt (with jitter) without Retry-After; tests keep the same
+    rule, 50x faster."""
+    import openai._base_client
+
+    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.01)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.delenv("MFSC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -117,10 +120,16 @@ def test_faulty_server_every_image_gets_a_record_retries_bounded_key_never_leaks
     for sid, fault in plan.items():
         assert srv.per_key[keys[sid]] == FAULTS[fault][2], (sid, fault, srv.per_key[keys[sid]])
     assert len(srv.requests) == sum(FAULTS[f][2] for f in plan.values())
+    # the answers were asked for with the record schema, which the server found strict and correct
+    assert not srv.errors, srv.errors
+    assert all(r["body"]["response_format"]["type"] == "json_schema" for r in srv.requests)
+    assert {rows[s]["provenance"]["response_format"] for s in rows} == {"json_schema"}
+    # one pool of kept-alive connections: fewer connections than requests
+    assert len({r["connection"] for r in srv.requests}) < len(srv.requests)
     # concurrency: never more requests in flight than --concurrency (the server counts hanging ones too)
     assert 1 < srv.max_in_flight <= CONCURRENCY
     # the key went to the server (so the test is meaningful) ...
-    assert all(r["headers"].get("Authorization") == f"Bearer {KEY}" for r in srv.requests)
+    assert all(r["headers"].get("authorization") == f"Bearer {KEY}" for r in srv.requests)
     assert all(r["path"] == "/v1/chat/completions" for r in srv.requests)
     # ... and nowhere else: not in output, logs, the stored work or the datasets
     captured = capsys.readouterr()
@@ -218,18 +227,63 @@ def test_server_error_message_echoing_the_key_is_redacted(demo_root, tmp_path, m
     assert "HTTP 401" in msg and "Incorrect API" in msg and "***" in msg and KEY not in msg, msg
 
 
-@pytest.mark.parametrize("header, expect", [("3600", 60.0), ("0.05", 0.05), ("soon", 0.01)])
+@pytest.mark.parametrize("header, expect", [("3600", None), ("0.05", 0.05), ("soon", 0.01)])
 def test_retry_after_is_honoured_but_capped(monkeypatch, header, expect):
-    """A server asking for an hour's pause does not stall the build for an hour: waits are capped at 60 s;
-    an unreadable Retry-After falls back to the exponential backoff (0.01 s here)."""
+    """Retry-After is honoured up to two minutes (the openai client's rule); a server asking for an hour's
+    pause does not stall the build for an hour: that request is not retried and its image falls back; an
+    unreadable Retry-After falls back to the exponential backoff (0.01 s here, less up to 25% jitter)."""
+    import time
+
     import numpy as np
 
-    from mfsc_builder.captioners import openai_api
+    from mfsc_builder.captioners.schema import Ask
 
     waits: list[float] = []
     with FakeOpenAIServer(default=[("status", 429, {"Retry-After": header}), ("ok",)]) as srv:
-        monkeypatch.setattr(openai_api.time, "sleep", waits.append)  # the server thread never calls sleep here
+        monkeypatch.setattr(time, "sleep", waits.append)  # the server thread never calls sleep here
         cap = OpenAICaptioner("fake-vlm", api_base=srv.url, timeout=TIMEOUT, max_retries=RETRIES)
-        answer = cap._complete(np.zeros((8, 8, 3), np.uint8), [("user", "This image is normal.")])
-    assert answer and len(srv.requests) == 2
-    assert waits == [pytest.approx(expect, abs=1e-6)]
+        reply = cap._complete(Ask(np.zeros((8, 8, 3), np.uint8), [("user", "This image is normal.")], "normal"))
+    if expect is None:
+        assert reply.text is None and len(srv.requests) == 1 and waits == []
+    else:
+        assert reply.text and len(srv.requests) == 2
+        assert len(waits) == 1 and 0.75 * expect - 1e-6 <= waits[0] <= expect + 1e-6, waits
+
+
+@pytest.mark.parametrize("accepts, used", [(("json_schema", "json_object"), "json_schema"),
+                                           (("json_object",), "json_object"), ((), "prompt")])
+def test_refused_record_schema_falls_back_once_and_is_recorded(demo_root, tmp_path, accepts, used):
+    """A server that refuses the record schema (HTTP 400 naming response_format) is asked with json_object from
+    then on, one that refuses that too with the prompt alone; every record and build_info say which was used,
+    and the refusals cost at most one request per format and worker, never one per image."""
+    import json
+
+    import datasets
+
+    with FakeOpenAIServer(response_formats=accepts) as srv:
+        run_build(_cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"]))
+    images = datasets.load_from_disk(str(tmp_path / "out" / "images"))
+    provs = [p for split in images for p in images[split]["provenance"]]
+    assert len(provs) == 20 and {p["status"] for p in provs} == {"ok"}
+    assert {p["response_format"] for p in provs} == {used}
+    info = json.loads((tmp_path / "out" / "build_info.json").read_text())
+    assert info["captioner"]["response_format"] == "json_schema"          # what was asked for first
+    assert info["captioner"]["response_formats_used"] == {used: 20}
+    classes = datasets.load_from_disk(str(tmp_path / "out" / "classes"))
+    assert classes[0]["provenance"]["response_format"] == used
+    refused = len(srv.requests) - 20
+    steps = ["json_schema", "json_object", "prompt"].index(used)
+    assert steps <= refused <= steps * CONCURRENCY, refused
+    # after the fall back no request asks for the refused formats again
+    kinds = [(r["body"].get("response_format") or {}).get("type", "prompt") for r in srv.requests]
+    assert kinds[-1] == used and kinds[-(20 - CONCURRENCY):] == [used] * (20 - CONCURRENCY)
+    assert not srv.errors, srv.errors
+
+
+def test_a_400_that_is_not_about_the_format_stops_the_build(demo_root, tmp_path):
+    """Only a refusal that names the response format lowers it; any other 400 (a wrong model name) is a
+    configuration error: one line, not retried, not turned into fallbacks."""
+    with FakeOpenAIServer(default=[("status", 400)]) as srv, pytest.raises(BuildError, match="HTTP 400"):
+        run_build(_cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"]))
+    assert all(r["body"]["response_format"]["type"] == "json_schema" for r in srv.requests)
+    assert max(srv.per_key.values()) == 1

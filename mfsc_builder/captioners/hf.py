@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from mfsc_builder.captioners.base import CaptionRequest, CaptionResult
-from mfsc_builder.captioners.schema import Turn, load_prompt, parse_defect_list, run_with_validation
+from mfsc_builder.captioners.schema import (
+    Ask,
+    Reply,
+    Turn,
+    load_prompt,
+    parse_defect_list,
+    run_with_validation,
+)
 from mfsc_builder.errors import BuildError
 from mfsc_builder.records import Provenance
 
@@ -77,8 +84,8 @@ class HFCaptioner:
             return "local-" + hashlib.sha256(cfg.read_bytes()).hexdigest()[:12]
         return "unknown"
 
-    def _provenance(self, status: str) -> Provenance:
-        return Provenance(self.name, self.model, self.revision, self.prompt_version, status)
+    def _provenance(self, status: str, mode: str) -> Provenance:
+        return Provenance(self.name, self.model, self.revision, self.prompt_version, status, mode)
 
     def _messages(self, turns: list[Turn]) -> list[dict[str, Any]]:
         out = []
@@ -89,13 +96,13 @@ class HFCaptioner:
             out.append({"role": role, "content": content})
         return out
 
-    def _generate_batch(self, items: list[tuple[np.ndarray, list[Turn]]]) -> list[str]:
+    def _generate_batch(self, items: list[Ask]) -> list[str]:
         import torch
         from PIL import Image
 
-        texts = [self._proc.apply_chat_template(self._messages(turns), add_generation_prompt=True, tokenize=False)
-                 for _, turns in items]
-        images = [[Image.fromarray(img)] for img, _ in items]
+        texts = [self._proc.apply_chat_template(self._messages(a.turns), add_generation_prompt=True, tokenize=False)
+                 for a in items]
+        images = [[Image.fromarray(a.image)] for a in items]
         inputs = self._proc(text=texts, images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
         float_dtype = next((p.dtype for p in self._net.parameters() if p.is_floating_point()), None)
@@ -106,10 +113,10 @@ class HFCaptioner:
         new = out[:, inputs["input_ids"].shape[1]:]
         return [str(t) for t in self._proc.batch_decode(new, skip_special_tokens=True)]
 
-    def _generate(self, items: list[tuple[np.ndarray, list[Turn]]]) -> list[str]:
-        answers: list[str] = []
+    def _generate(self, items: list[Ask]) -> list[Reply]:
+        answers: list[Reply] = []
         for i in range(0, len(items), self.batch_size):
-            answers.extend(self._generate_batch(items[i:i + self.batch_size]))
+            answers.extend(Reply(t, "prompt") for t in self._generate_batch(items[i:i + self.batch_size]))
         return answers
 
     def caption(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
@@ -117,4 +124,4 @@ class HFCaptioner:
 
     def propose_defects(self, object_name: str, image: np.ndarray) -> list[str] | None:
         text = self.prompt.render("defects", object_name=object_name)
-        return parse_defect_list(self._generate([(image, [("user", text)])])[0])
+        return parse_defect_list(self._generate([Ask(image, [("user", text)], "defects")])[0].text)

@@ -1,19 +1,22 @@
 """The versioned MFSC prompt, the JSON answer schema and its validation, and the flow shared by the model
 backends: ask, validate, retry once with the validation errors, else fall back to the attribute fields.
 
-The schema is checked by hand (no extra dependency); every error names the field, so the retry message
-tells the model what to fix.
+`answer_schema` is the JSON Schema of an answer, generated from the record types (`records.ImageView`,
+`ForegroundView`, `ComponentView`, `DefectView`) and the word lists below; servers get it as a strict
+`response_format` and the local backend decodes under it. Answers are still validated here by hand (rules a
+schema cannot say, such as unique component names); every error names the field, so the retry message tells
+the model what to fix.
 """
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +31,12 @@ DEFAULT_PROMPT = "mfsc_v1"
 LOCATIONS = tuple(w for row in LOCATION_WORDS for w in row)
 DIRECTIONS = (*ORIENTATIONS, "mixed")
 MAX_COMPONENTS = 12
+TEXTURES = ("smooth", "textured", "striped", "granular")
+SHAPES = ("circular", "rectangular", "elongated", "irregular")
+SIZES = ("small", "medium", "large")
+# how a model backend asked for the answer, most constrained first (recorded in provenance and build_info):
+# the record schema itself (strict structured outputs / grammar), any JSON object, or the prompt alone
+RESPONSE_FORMATS = ("json_schema", "json_object", "prompt")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,80 @@ def caption_prompt(prompt: Prompt, req: CaptionRequest) -> str:
         hint = "This image is normal: \"defect\" must be null."
     return prompt.render("caption", object_name=req.object_name, locations=", ".join(LOCATIONS),
                          defect_schema=defect_schema, measured=measured_summary(req), defect_hint=hint)
+
+
+# ------------------------------------------------------------------------------------------- schema
+_LOCATION_PATTERN = "^({w})((, | and )({w}))*$".format(w="|".join(LOCATIONS))
+# per record type and field: the JSON Schema of what the model gives; fields not listed take their type
+# (str -> string, int -> integer); fields in _MEASURED come from stage 1 and are not asked for
+_CONSTRAINTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ComponentView", "location"): {"type": "string", "pattern": _LOCATION_PATTERN},
+    ("ComponentView", "texture"): {"type": "string", "enum": list(TEXTURES)},
+    ("ComponentView", "shape"): {"type": "string", "enum": list(SHAPES)},
+    ("ComponentView", "direction"): {"type": "string", "enum": list(DIRECTIONS)},
+    ("DefectView", "location"): {"type": "string", "pattern": _LOCATION_PATTERN},
+    ("DefectView", "size"): {"type": "string", "enum": list(SIZES)},
+}
+_MEASURED = {("ComponentView", "area")}
+
+
+def _record_schema(cls: type, string: dict[str, Any]) -> dict[str, Any]:
+    """A strict object schema (every field required, nothing else allowed) from a record dataclass."""
+    props: dict[str, Any] = {}
+    for f in fields(cls):
+        key = (cls.__name__, f.name)
+        if key in _MEASURED:
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        base = {"type": "integer"} if kind == "int" else dict(string)
+        props[f.name] = dict(base, **_CONSTRAINTS.get(key, {}))
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+@lru_cache(maxsize=16)
+def _schema_text(kind: str, max_string: int | None) -> str:
+    string: dict[str, Any] = {"type": "string"}
+    if max_string:  # local grammar decoding: a bound keeps a weak model from writing one endless string
+        string = {"type": "string", "minLength": 1, "maxLength": int(max_string)}
+    if kind == "defects":  # strict structured outputs need an object at the root
+        items: dict[str, Any] = {"type": "array", "items": string}
+        if max_string:
+            items.update(minItems=1, maxItems=8)
+        props: dict[str, Any] = {"defects": items}
+    else:
+        comps: dict[str, Any] = {"type": "array", "items": _record_schema(ComponentView, string)}
+        if max_string:
+            comps.update(minItems=1, maxItems=MAX_COMPONENTS)
+        props = {"image_view": _record_schema(ImageView, string),
+                 "foreground_view": _record_schema(ForegroundView, string),
+                 "components": comps,
+                 "caption": dict(string),
+                 "defect": _record_schema(DefectView, string) if kind == "anomalous" else {"type": "null"}}
+    return json.dumps({"type": "object", "properties": props, "required": list(props),
+                       "additionalProperties": False})
+
+
+ANSWER_KINDS = ("normal", "anomalous", "defects")
+
+
+def answer_schema(kind: str, *, max_string: int | None = None) -> dict[str, Any]:
+    """The JSON Schema of one answer: "normal" / "anomalous" image (a normal image's "defect" is null) or the
+    "defects" list. Without `max_string` it keeps to the subset that strict OpenAI structured outputs and vLLM's
+    guided decoding accept (types, enum, pattern, required, additionalProperties: false); `max_string` adds
+    string and list bounds for local grammar decoding."""
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"unknown answer kind {kind!r}")
+    return json.loads(_schema_text(kind, max_string))
+
+
+def response_format(mode: str, kind: str) -> dict[str, Any] | None:
+    """The chat/completions `response_format` field of a mode (None: prompt only)."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": f"mfsc_{kind}", "schema": answer_schema(kind),
+                                                       "strict": True}}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return None
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -177,8 +260,8 @@ def validate_answer(data: Any, *, anomalous: bool) -> tuple[LevelFields | None, 
         components.append(ComponentView(
             name=name, count=_int(c, "count", w, errors, 1), location=_location(c, w, errors),
             colour=_str(c, "colour", w, errors).lower(),
-            texture=_str(c, "texture", w, errors, ("smooth", "textured", "striped", "granular")),
-            shape=_str(c, "shape", w, errors, ("circular", "rectangular", "elongated", "irregular")),
+            texture=_str(c, "texture", w, errors, TEXTURES),
+            shape=_str(c, "shape", w, errors, SHAPES),
             direction=_str(c, "direction", w, errors, DIRECTIONS), area=0.0,
             sentence=_str(c, "sentence", w, errors)))
     caption = _str(data, "caption", "answer", errors)
@@ -190,7 +273,7 @@ def validate_answer(data: Any, *, anomalous: bool) -> tuple[LevelFields | None, 
                           "anomalous)")
         else:
             defect = DefectView(_str(d, "type", "defect", errors), _location(d, "defect", errors),
-                                _str(d, "size", "defect", errors, ("small", "medium", "large")),
+                                _str(d, "size", "defect", errors, SIZES),
                                 _str(d, "colour", "defect", errors).lower(), _str(d, "sentence", "defect", errors))
     elif d not in (None, {}):
         errors.append("defect must be null: the image is normal")
@@ -220,38 +303,57 @@ def align_regions(fields: LevelFields, req: CaptionRequest, fallback: LevelField
 
 # ------------------------------------------------------------------------------------- the shared flow
 Turn = tuple[str, str]  # (role, text); the image goes with the first user turn
-Generate = Callable[[list[tuple[np.ndarray, list[Turn]]]], list[str]]
+
+
+class Ask(NamedTuple):
+    """One conversation for a model: the image (with the first user turn), the turns, the answer kind."""
+
+    image: np.ndarray | None
+    turns: list[Turn]
+    kind: str  # one of ANSWER_KINDS: which schema the answer follows
+
+
+class Reply(NamedTuple):
+    """A model's answer (None: the request failed) and the response format it was asked with."""
+
+    text: str | None
+    mode: str  # one of RESPONSE_FORMATS
+
+
+Generate = Callable[[list[Ask]], list[Reply]]
 
 
 def run_with_validation(requests: list[CaptionRequest], generate: Generate, prompt: Prompt,
-                        provenance: Callable[[str], Provenance]) -> list[CaptionResult]:
+                        provenance: Callable[[str, str], Provenance]) -> list[CaptionResult]:
     """Ask for every request, validate, retry the invalid ones once with their errors, fall back to the
-    attribute captioner for what is still invalid; provenance status ok / retried / fallback."""
+    attribute captioner for what is still invalid; provenance (status, response format): status ok / retried /
+    fallback, and the format the last answer was asked with."""
     from mfsc_builder.captioners.attributes import AttributeCaptioner
 
     attrs = AttributeCaptioner()
+    kinds = ["anomalous" if r.is_anomalous else "normal" for r in requests]
     convs = [[("user", caption_prompt(prompt, r))] for r in requests]
-    answers = generate([(r.image, c) for r, c in zip(requests, convs, strict=True)])
+    answers = generate([Ask(r.image, c, k) for r, c, k in zip(requests, convs, kinds, strict=True)])
     results: list[CaptionResult | None] = [None] * len(requests)
     retry: list[tuple[int, list[Turn]]] = []
     for i, (req, ans) in enumerate(zip(requests, answers, strict=True)):
-        fields, errors = _check(ans, req)
+        fields, errors = _check(ans.text, req)
         if fields is not None:
-            results[i] = CaptionResult(align_regions(fields, req, attrs.fields(req)), provenance("ok"))
+            results[i] = CaptionResult(align_regions(fields, req, attrs.fields(req)), provenance("ok", ans.mode))
         else:
             msg = prompt.render("retry", errors="; ".join(errors[:8])) if "retry" in prompt.sections else \
                 "Your answer was invalid: " + "; ".join(errors[:8])
-            retry.append((i, [*convs[i], ("assistant", ans or ""), ("user", msg)]))
+            retry.append((i, [*convs[i], ("assistant", ans.text or ""), ("user", msg)]))
     if retry:
-        again = generate([(requests[i].image, conv) for i, conv in retry])
+        again = generate([Ask(requests[i].image, conv, kinds[i]) for i, conv in retry])
         for (i, _), ans in zip(retry, again, strict=True):
             req = requests[i]
             fb = attrs.fields(req)
-            fields, _errors = _check(ans, req)
+            fields, _errors = _check(ans.text, req)
             if fields is not None:
-                results[i] = CaptionResult(align_regions(fields, req, fb), provenance("retried"))
+                results[i] = CaptionResult(align_regions(fields, req, fb), provenance("retried", ans.mode))
             else:
-                results[i] = CaptionResult(fb, provenance("fallback"))
+                results[i] = CaptionResult(fb, provenance("fallback", ans.mode))
     return [r for r in results if r is not None]
 
 
