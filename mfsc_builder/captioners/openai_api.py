@@ -110,7 +110,8 @@ class OpenAICaptioner:
         self.revision = ""                   # filled from the server's answer ("model" field), redacted
         base, self._query, self.api_shown = split_api_base(
             api_base or os.environ.get("OPENAI_BASE_URL") or DEFAULT_API_BASE)
-        self._secret_query = tuple(self._query.values())
+        password = urlsplit(api_base or os.environ.get("OPENAI_BASE_URL") or "").password
+        self._secret_query = (*self._query.values(), *([password] if password else []))
         self.api_base = base
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
@@ -123,6 +124,8 @@ class OpenAICaptioner:
         if api_key() is None and self.api_base == DEFAULT_API_BASE:
             raise BuildError(f"openai:{model} needs an API key: set {' or '.join(KEY_VARIABLES)} in the "
                              "environment (it is never stored), or point --api-base to a server without keys")
+        if self._secret_query:
+            _quiet_http_logs()
         self._client = self._make_client()
 
     def __repr__(self) -> str:  # never shows the key
@@ -234,6 +237,17 @@ class OpenAICaptioner:
     def propose_defects(self, object_name: str, image: np.ndarray) -> list[str] | None:
         text = self.prompt.render("defects", object_name=object_name)
         return parse_defect_list(self._complete(Ask(image, [("user", text)], "defects")).text)
+
+
+def _quiet_http_logs() -> None:
+    """The HTTP libraries log every request's full URL at INFO/DEBUG; with a key in the address's query they
+    must not, so their loggers keep to warnings and errors."""
+    import logging
+
+    for name in ("httpx2", "httpcore2", "openai"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def _error_message(exc: Any) -> str:

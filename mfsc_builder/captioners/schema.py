@@ -31,6 +31,7 @@ DEFAULT_PROMPT = "mfsc_v1"
 LOCATIONS = tuple(w for row in LOCATION_WORDS for w in row)
 DIRECTIONS = (*ORIENTATIONS, "mixed")
 MAX_COMPONENTS = 12
+MAX_FIELD_CHARS = 400  # one answer field (a sentence is asked to stay under 25 words): longer is refused
 TEXTURES = ("smooth", "textured", "striped", "granular")
 SHAPES = ("circular", "rectangular", "elongated", "irregular")
 SIZES = ("small", "medium", "large")
@@ -200,6 +201,9 @@ def _str(obj: dict, key: str, where: str, errors: list[str], choices: tuple[str,
     v = obj.get(key)
     if not isinstance(v, str) or not v.strip():
         errors.append(f"{where}.{key} must be a non-empty string")
+        return ""
+    if len(v) > MAX_FIELD_CHARS:
+        errors.append(f"{where}.{key} is too long ({len(v)} characters); keep it under {MAX_FIELD_CHARS}")
         return ""
     v = " ".join(v.strip().lower().split()) if choices else " ".join(v.strip().split())
     if choices and v not in choices:
