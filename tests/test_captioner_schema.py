@@ -60,10 +60,14 @@ def test_schema_and_validator_agree(kind):
 
 def test_bounded_schema_for_local_decoding():
     s = answer_schema("normal", max_string=40)
-    assert s["properties"]["caption"] == {"type": "string", "minLength": 1, "maxLength": 40}
     assert s["properties"]["components"]["maxItems"] == 12
+    jsonschema.validate(dict(GOOD_ANSWER, caption="x" * 40), s)
+    for caption in ("x" * 41, "", " leading space", 'a "quote"', "two\nlines"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(dict(GOOD_ANSWER, caption=caption), s)
+    comp = dict(GOOD_ANSWER["components"][0], count=100)  # numbers are bounded too
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(dict(GOOD_ANSWER, caption="x" * 41), s)
+        jsonschema.validate(dict(GOOD_ANSWER, components=[comp]), s)
     d = answer_schema("defects")
     jsonschema.validate({"defects": ["scratch"]}, d)
     assert not strict_schema_problems(d)

@@ -1,8 +1,13 @@
 """The `hf:<model id or local dir>` backend: any transformers image-text-to-text model run locally.
 
 AutoProcessor + AutoModelForImageTextToText, the model's own chat template, batches with left padding
-(decoder-only models continue from the right end), greedy decoding, `device` and `dtype` as given. Answers
-go through the same validation / one retry / attribute fallback as every model backend.
+(decoder-only models continue from the right end), greedy decoding, `device` and `dtype` as given.
+Decoding is constrained to the record schema (`schema.answer_schema`, with bounds on strings and lists) by
+xgrammar's transformers logits processor, one grammar per batch row (normal and anomalous images differ), so
+even a weak model answers a parseable, schema-valid record; `response_format="prompt"` decodes unconstrained. Answers go through the same validation / one retry / attribute fallback as every
+model backend. Why xgrammar: it imports and runs with transformers 5 (lm-format-enforcer's transformers
+integration does not), compiles the schema in milliseconds in C++, takes a grammar per batch row, and is the
+engine vLLM's guided decoding uses, so local and served answers follow one grammar.
 """
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ import numpy as np
 
 from mfsc_builder.captioners.base import CaptionRequest, CaptionResult
 from mfsc_builder.captioners.schema import (
+    MAX_COMPONENTS,
     Ask,
     Reply,
     Turn,
+    answer_schema,
     load_prompt,
     parse_defect_list,
     run_with_validation,
@@ -33,9 +40,17 @@ class HFCaptioner:
     name = "hf"
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", batch_size: int = 4,
-                 trust_remote_code: bool = False, max_new_tokens: int = 768, prompt: str = "mfsc_v1"):
+                 trust_remote_code: bool = False, max_new_tokens: int = 768, prompt: str = "mfsc_v1",
+                 response_format: str = "json_schema", max_string: int = 200, max_items: int = MAX_COMPONENTS):
         if dtype not in DTYPES:
             raise BuildError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if response_format not in ("json_schema", "prompt"):
+            raise BuildError(f"response format {response_format!r}: the hf backend decodes under the record schema "
+                             "(json_schema) or unconstrained (prompt)")
+        self.response_format = response_format
+        self.max_string = int(max_string)   # grammar bounds: characters per string, components per answer
+        self.max_items = int(max_items)
+        self._grammars: dict[tuple, Any] = {}
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -96,6 +111,31 @@ class HFCaptioner:
             out.append({"role": role, "content": content})
         return out
 
+    def _grammar(self, kind: str) -> Any:
+        """The compiled xgrammar grammar of an answer kind under the current mode and bounds (cached)."""
+        import json
+
+        import xgrammar as xgr
+
+        key = (self.response_format, kind, self.max_string, self.max_items)
+        if key not in self._grammars:
+            if "compiler" not in self._grammars:
+                tok = self._proc.tokenizer
+                vocab = self._net.get_output_embeddings().weight.shape[0]
+                eos = getattr(self._net.generation_config, "eos_token_id", None)
+                stops = [eos] if isinstance(eos, int) else list(eos or []) or None
+                info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab, stop_token_ids=stops)
+                self._grammars["compiler"] = xgr.GrammarCompiler(info)
+            schema = answer_schema(kind, max_string=self.max_string)
+            for name in ("components", "defects"):
+                if name in schema["properties"]:
+                    prop = schema["properties"][name]
+                    prop["maxItems"] = min(prop["maxItems"], self.max_items)
+            # fixed separators: free whitespace lets a weak model pad forever
+            self._grammars[key] = self._grammars["compiler"].compile_json_schema(json.dumps(schema),
+                                                                                 any_whitespace=False)
+        return self._grammars[key]
+
     def _generate_batch(self, items: list[Ask]) -> list[str]:
         import torch
         from PIL import Image
@@ -108,15 +148,21 @@ class HFCaptioner:
         float_dtype = next((p.dtype for p in self._net.parameters() if p.is_floating_point()), None)
         if float_dtype is not None and "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(float_dtype)
+        extra: dict[str, Any] = {}
+        if self.response_format != "prompt":
+            import xgrammar as xgr
+
+            extra["logits_processor"] = [xgr.contrib.hf.LogitsProcessor([self._grammar(a.kind) for a in items])]
         with torch.inference_mode():
-            out = self._net.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self._net.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **extra)
         new = out[:, inputs["input_ids"].shape[1]:]
         return [str(t) for t in self._proc.batch_decode(new, skip_special_tokens=True)]
 
     def _generate(self, items: list[Ask]) -> list[Reply]:
         answers: list[Reply] = []
         for i in range(0, len(items), self.batch_size):
-            answers.extend(Reply(t, "prompt") for t in self._generate_batch(items[i:i + self.batch_size]))
+            answers.extend(Reply(t, self.response_format)
+                           for t in self._generate_batch(items[i:i + self.batch_size]))
         return answers
 
     def caption(self, requests: list[CaptionRequest]) -> list[CaptionResult]:

@@ -103,21 +103,33 @@ def caption_prompt(prompt: Prompt, req: CaptionRequest) -> str:
 
 
 # ------------------------------------------------------------------------------------------- schema
-_LOCATION_PATTERN = "^({w})((, | and )({w}))*$".format(w="|".join(LOCATIONS))
+_GRID = "|".join(LOCATIONS)
 # per record type and field: the JSON Schema of what the model gives; fields not listed take their type
 # (str -> string, int -> integer); fields in _MEASURED come from stage 1 and are not asked for
 _CONSTRAINTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("ComponentView", "location"): {"type": "string", "pattern": _LOCATION_PATTERN},
+    ("ComponentView", "location"): {"type": "string", "pattern": f"^({_GRID})((, | and )({_GRID}))*$"},
     ("ComponentView", "texture"): {"type": "string", "enum": list(TEXTURES)},
     ("ComponentView", "shape"): {"type": "string", "enum": list(SHAPES)},
     ("ComponentView", "direction"): {"type": "string", "enum": list(DIRECTIONS)},
-    ("DefectView", "location"): {"type": "string", "pattern": _LOCATION_PATTERN},
+    ("DefectView", "location"): {"type": "string", "pattern": f"^({_GRID})((, | and )({_GRID}))*$"},
     ("DefectView", "size"): {"type": "string", "enum": list(SIZES)},
+}
+# local grammar decoding also bounds what a strict server schema may not say (a weak model must not write
+# one endless string, number or list): strings 1..max characters, not starting with a space, no escapes
+_BOUNDED: dict[tuple[str, str], dict[str, Any]] = {
+    ("ComponentView", "location"): {"pattern": f"^({_GRID})((, | and )({_GRID})){{0,3}}$"},
+    ("DefectView", "location"): {"pattern": f"^({_GRID})((, | and )({_GRID})){{0,3}}$"},
+    ("ComponentView", "count"): {"minimum": 1, "maximum": 99},
+    ("ForegroundView", "count"): {"minimum": 0, "maximum": 99},
 }
 _MEASURED = {("ComponentView", "area")}
 
 
-def _record_schema(cls: type, string: dict[str, Any]) -> dict[str, Any]:
+def _bounded_string(max_string: int) -> dict[str, Any]:
+    return {"type": "string", "pattern": f'^[^\\s"\\\\][^"\\\\\\n]{{0,{max_string - 1}}}$'}
+
+
+def _record_schema(cls: type, max_string: int | None) -> dict[str, Any]:
     """A strict object schema (every field required, nothing else allowed) from a record dataclass."""
     props: dict[str, Any] = {}
     for f in fields(cls):
@@ -125,30 +137,35 @@ def _record_schema(cls: type, string: dict[str, Any]) -> dict[str, Any]:
         if key in _MEASURED:
             continue
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        base = {"type": "integer"} if kind == "int" else dict(string)
-        props[f.name] = dict(base, **_CONSTRAINTS.get(key, {}))
+        if key in _CONSTRAINTS:  # an enum or a pattern bounds the value itself
+            base = dict(_CONSTRAINTS[key])
+        elif kind == "int":
+            base = {"type": "integer"}
+        else:
+            base = _bounded_string(max_string) if max_string else {"type": "string"}
+        if max_string:
+            base.update(_BOUNDED.get(key, {}))
+        props[f.name] = base
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
 @lru_cache(maxsize=16)
 def _schema_text(kind: str, max_string: int | None) -> str:
-    string: dict[str, Any] = {"type": "string"}
-    if max_string:  # local grammar decoding: a bound keeps a weak model from writing one endless string
-        string = {"type": "string", "minLength": 1, "maxLength": int(max_string)}
+    string = _bounded_string(max_string) if max_string else {"type": "string"}
     if kind == "defects":  # strict structured outputs need an object at the root
         items: dict[str, Any] = {"type": "array", "items": string}
         if max_string:
             items.update(minItems=1, maxItems=8)
         props: dict[str, Any] = {"defects": items}
     else:
-        comps: dict[str, Any] = {"type": "array", "items": _record_schema(ComponentView, string)}
+        comps: dict[str, Any] = {"type": "array", "items": _record_schema(ComponentView, max_string)}
         if max_string:
             comps.update(minItems=1, maxItems=MAX_COMPONENTS)
-        props = {"image_view": _record_schema(ImageView, string),
-                 "foreground_view": _record_schema(ForegroundView, string),
+        props = {"image_view": _record_schema(ImageView, max_string),
+                 "foreground_view": _record_schema(ForegroundView, max_string),
                  "components": comps,
                  "caption": dict(string),
-                 "defect": _record_schema(DefectView, string) if kind == "anomalous" else {"type": "null"}}
+                 "defect": _record_schema(DefectView, max_string) if kind == "anomalous" else {"type": "null"}}
     return json.dumps({"type": "object", "properties": props, "required": list(props),
                        "additionalProperties": False})
 
@@ -160,7 +177,7 @@ def answer_schema(kind: str, *, max_string: int | None = None) -> dict[str, Any]
     """The JSON Schema of one answer: "normal" / "anomalous" image (a normal image's "defect" is null) or the
     "defects" list. Without `max_string` it keeps to the subset that strict OpenAI structured outputs and vLLM's
     guided decoding accept (types, enum, pattern, required, additionalProperties: false); `max_string` adds
-    string and list bounds for local grammar decoding."""
+    bounds on strings, numbers and lists for local grammar decoding."""
     if kind not in ANSWER_KINDS:
         raise ValueError(f"unknown answer kind {kind!r}")
     return json.loads(_schema_text(kind, max_string))
