@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BENCHES = {
     "backbone": ["bench_backbone.py"],
     "predict": ["bench_predict.py"],
     "train": ["bench_train.py"],
+    "attributes": ["bench_attributes.py"],
 }
 QUICK = {
     "metrics": ["--repeats", "1"],

@@ -33,7 +33,7 @@ from mfsc_builder.store import WorkStore, fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 2  # bump when a stage's output changes meaning: old work folders are then refused
+PIPELINE_VERSION = 3  # bump when a stage's output changes meaning: old work folders are then refused
 BUILD_INFO_NAME = "build_info.json"
 STAGES = ("crop", "caption", "fill", "classes")
 SPLIT_ORDER = ("train", "test")
@@ -274,21 +274,34 @@ def _load_sample(sample: Any) -> tuple[Any, Any]:
     return image, mask
 
 
-def _textured_classes(cfg: BuildConfig, refs: dict[str, list[Any]]) -> dict[str, bool]:
-    """Per class, once: is it a surface filling the frame? By its name or by the majority of its reference
-    normal images (``crop.class_is_textured``), so an unknown surface class is found and every image of a
-    class gets the same kind of record. Unreadable references do not vote (with on_error=skip)."""
+def _surface_voters(refs: list[Any], samples: list[Any], class_name: str) -> list[Any]:
+    """The normal images that decide a class's surface question: its references, then its other normal
+    training images by file name, up to ``crop.SURFACE_VOTERS`` (the same on every machine and shard)."""
+    from mfsc_builder.crop import SURFACE_VOTERS
+
+    ids = {s.id for s in refs}
+    more = sorted((s for s in samples if s.class_name == class_name and s.split == "train" and s.label == 0
+                   and s.id not in ids), key=lambda s: s.file_name)
+    return (list(refs) + more)[:max(SURFACE_VOTERS, len(refs))]
+
+
+def _textured_classes(cfg: BuildConfig, refs: dict[str, list[Any]], all_samples: list[Any] | None = None
+                      ) -> dict[str, bool]:
+    """Per class, once: is it a surface filling the frame? By its name or by a clear majority of several of
+    its normal images (``crop.class_is_textured``), so an unknown surface class is found, every image of a
+    class gets the same kind of record, and one odd reference cannot flip the class. Unreadable images do
+    not vote (with on_error=skip)."""
     from fsad_data import DataError, load_rgb
     from mfsc_builder.crop import class_is_textured, working_image
 
     config = cfg.crop_config()
     out = {}
-    for cls, samples in sorted(refs.items()):
+    for cls, refs_of in sorted(refs.items()):
         if "textured" in cfg.crop:
             out[cls] = bool(cfg.crop["textured"])
             continue
         images = []
-        for s in samples:
+        for s in _surface_voters(refs_of, all_samples or [], cls):
             try:
                 images.append(working_image(load_rgb(s.image_path), config.work_size))
             except DataError:
@@ -612,7 +625,8 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
             trust_remote_code=cfg.trust_remote_code)
     manifest = _manifest(cfg, samples, captioner)
-    ctx = _Context(cfg, samples, refs, _source_layout(cfg, samples), captioner, _textured_classes(cfg, refs))
+    ctx = _Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
+                   _textured_classes(cfg, refs, samples))
     ref_ids = {s.id for rs in refs.values() for s in rs}
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)

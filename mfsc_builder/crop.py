@@ -35,6 +35,10 @@ ORIENTATIONS = ("horizontal", "vertical", "diagonal", "none")
 TEXTURED_CLASSES = frozenset({"carpet", "grid", "leather", "tile", "wood", "fabric"})
 
 
+SURFACE_VOTERS = 8     # normal images that vote on a class's surface decision
+SURFACE_SHARE = 0.6    # share of them that must look like a surface
+
+
 def is_textured_class(class_name: str) -> bool:
     """True for known surface classes (the whole image is the foreground); others are decided per image."""
     return class_name.strip().lower() in TEXTURED_CLASSES
@@ -47,7 +51,9 @@ class CropConfig:
     border: float = 0.03            # width of the border strip that models the background, fraction of side
     min_delta: float = 12.0         # a pixel this far (Lab) from the background colour may be foreground
     border_spread: float = 14.0     # median Lab distance of border pixels above this: textured, no background
-    border_touch: float = 0.08      # foreground on more than this fraction of the border strip: textured
+    border_touch: float = 0.08      # foreground on more than this fraction of the border strip: textured,
+    border_enter_touch: float = 0.3  # unless it is an object entering from the border: at most this much of
+    border_enter_runs: int = 2       # the strip, in at most this many contiguous stretches of the outer ring
     min_foreground: float = 0.005   # less foreground than this: textured fallback (nothing found)
     max_foreground: float = 0.97    # more than this: textured fallback
     textured: bool = False          # force the textured fallback (e.g. for TEXTURED_CLASSES)
@@ -292,9 +298,24 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
         mask = _grabcut(image, mask, config.seed)
     frac = float(mask.mean())
     touch = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
-    if frac < config.min_foreground or frac > config.max_foreground or touch > config.border_touch:
+    if frac < config.min_foreground or frac > config.max_foreground:
+        return full, True
+    if touch > config.border_touch and not _enters_from_border(mask, touch, config):
         return full, True
     return mask, False
+
+
+def _enters_from_border(mask: np.ndarray, touch: float, config: CropConfig) -> bool:
+    """An object that enters the image from one side or a corner (a part cut by the frame) touches the border
+    in a few contiguous stretches and never on two opposite sides; a surface (a stripe of a fabric spans
+    the image), or a mask leaking along a shaded border, touches it in many places, on opposite sides or
+    nearly all round. True for the first: the image keeps its background."""
+    top, bottom, left, right = mask[0, :].any(), mask[-1, :].any(), mask[:, 0].any(), mask[:, -1].any()
+    if (top and bottom) or (left and right):
+        return False
+    ring = np.concatenate([mask[0, :], mask[1:, -1], mask[-1, -2::-1], mask[-2:0:-1, 0]]).astype(np.int8)
+    runs = int((np.diff(np.concatenate([ring[-1:], ring])) == 1).sum())
+    return touch <= config.border_enter_touch and 1 <= runs <= config.border_enter_runs
 
 
 def _grabcut(image: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
@@ -355,8 +376,11 @@ def _merge_centres(sample: np.ndarray, centres: np.ndarray, delta: float) -> np.
     return centres
 
 
-def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfig) -> list[np.ndarray]:
-    """Component masks: connected parts of each foreground colour, largest first, small ones dropped."""
+def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfig,
+                    bridge: np.ndarray | None = None) -> list[np.ndarray]:
+    """Component masks: connected parts of each foreground colour, largest first, small ones dropped.
+    Pixels of `bridge` (a known defect, left out of the components) still connect the parts of one colour
+    they touch, so a defect across a thin part does not cut it in two."""
     labels, _ = colour_clusters(image, foreground, config)
     h, w = foreground.shape
     min_px = max(1, int(np.ceil(config.min_component * h * w)))
@@ -365,12 +389,22 @@ def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfi
     parts: list[np.ndarray] = []
     for c in range(int(labels.max()) + 1):
         m = cv2.morphologyEx((labels == c).astype(np.uint8), cv2.MORPH_OPEN, kernel)
-        n, cc, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        joined = m if bridge is None else (m > 0) | _touching(bridge, m > 0)
+        n, cc = cv2.connectedComponents(np.asarray(joined, np.uint8), connectivity=8)
         for i in range(1, n):
-            if stats[i, cv2.CC_STAT_AREA] >= min_px:
-                parts.append(cc == i)
+            part = (cc == i) & (m > 0)
+            if part.sum() >= min_px:
+                parts.append(part)
     parts.sort(key=lambda m: (-int(m.sum()), *_first_pixel(m)))
     return parts[: config.max_components]
+
+
+def _touching(bridge: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The connected parts of `bridge` that touch `mask` (8-neighbourhood)."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    _n, cc = cv2.connectedComponents(bridge.astype(np.uint8), connectivity=8)
+    hit = np.unique(cc[grown & bridge])
+    return np.isin(cc, hit[hit > 0])
 
 
 def _first_pixel(mask: np.ndarray) -> tuple[int, int]:
@@ -434,14 +468,16 @@ def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfi
 def class_is_textured(class_name: str, reference_images: list[np.ndarray], config: CropConfig | None = None
                       ) -> bool:
     """One decision per class (so all its images get the same kind of record): a known surface class, or
-    the textured fallback on at least half of the reference normal images."""
+    the textured fallback on at least `SURFACE_SHARE` of the given normal images. Give several (the build
+    passes up to `SURFACE_VOTERS` normal training images, the references first), so one odd image (a close-up,
+    a part touching the frame) cannot decide the class."""
     config = config or CropConfig()
     if config.textured or is_textured_class(class_name):
         return True
     if not reference_images:
         return False
     votes = [foreground_mask(working_image(img, config.work_size), config)[1] for img in reference_images]
-    return 2 * sum(votes) >= len(votes)
+    return sum(votes) >= SURFACE_SHARE * len(votes)
 
 
 def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
@@ -473,7 +509,8 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
     elif textured:
         comps = [fg]
     else:
-        comps = component_masks(image, normal_fg, config)
+        comps = component_masks(image, normal_fg, config,
+                                bridge=defect_mask if defect_mask is not None and not textured else None)
     if not comps:
         comps = [normal_fg]
     components = [Region.from_mask("component", f"component {i + 1}", m, size) for i, m in enumerate(comps)]

@@ -101,7 +101,7 @@ def test_card_of_a_synthetic_build_is_true(demo_root, tmp_path):
     text = render_card(card_info(out, "org/mfsc-demo"))
     meta, body = yaml.safe_load(text.split("---\n")[1]), text.split("---\n", 2)[2]
     assert meta["license"] == "cc0-1.0" and "synthetic images drawn by this project" in body
-    assert "Backend `attributes`" in body and "`attributes-v1`" in body and "ok: 20" in body
+    assert "Backend `attributes`" in body and "`attributes-v2`" in body and "ok: 20" in body
     assert "- `fabric` (generic): crack, scratch, hole" in body and "test information leak" not in body
     assert "no background is described): `fabric`." in body
     assert "| `images` | train (8), test (12) | 20 |" in body

@@ -3,7 +3,9 @@
 - Colour: the median CIE Lab colour of a region, named by the nearest entry of `COLOUR_TABLE` (sRGB values
   converted to Lab with OpenCV's D65 conversion; plain Euclidean distance, CIE76).
 - Texture, from the lightness channel L inside the eroded region:
-  smooth    mean gradient magnitude (L units per pixel, after a sigma-1 blur) below `SMOOTH_GRADIENT`;
+  smooth    mean gradient magnitude (L units per pixel, after a sigma-1 blur) below `SMOOTH_GRADIENT` and
+            fine detail (robust spread, 1.4826 x MAD, of L minus its sigma-3 blur) below `SMOOTH_DETAIL`,
+            so a finely ribbed belt or woven cloth that the blur erases is not "smooth" / "plain";
   striped   the region's summed structure tensor is coherent (one dominant gradient direction, coherence
             above `STRIPE_COHERENCE`), or row means + column means explain more than `STRIPE_SEPARABLE` of
             the variance (axis-aligned stripes crossing each other: plaid);
@@ -30,7 +32,7 @@ from mfsc_builder.crop import ImageRegions, Region, to_lab
 from mfsc_builder.english import a, indefinite
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
-ATTRIBUTES_VERSION = "attributes-v1"
+ATTRIBUTES_VERSION = "attributes-v2"  # v2: fine detail breaks "smooth"
 
 # Named colours (sRGB). Gray levels are spread so that lightness decides among the achromatic names.
 COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
@@ -54,6 +56,7 @@ COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
     "pink": (240, 140, 185),
 }
 SMOOTH_GRADIENT = 1.5
+SMOOTH_DETAIL = 2.5
 STRIPE_COHERENCE = 0.6
 STRIPE_SEPARABLE = 0.6
 GRANULAR_KEEP = 0.35
@@ -92,7 +95,8 @@ def _inner(mask: np.ndarray, px: int = 2) -> np.ndarray:
 
 
 def texture_measures(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """gradient (mean |grad L|), coherence (structure tensor), keep (variance kept after a sigma-2 blur)."""
+    """gradient (mean |grad L|), coherence (structure tensor), keep (variance kept after a sigma-1 blur),
+    separable (row + column means), detail (robust spread of the fine scale)."""
     L = to_lab(image)[..., 0].astype(np.float32)
     inner = _inner(mask)
     Ls = cv2.GaussianBlur(L, (0, 0), 1.0)
@@ -107,7 +111,10 @@ def texture_measures(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     var = float(L[inner].var())
     blurred = cv2.GaussianBlur(L, (0, 0), 1.0)
     keep = float(blurred[inner].var() / var) if var > 1e-9 else 1.0
-    return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": _separable(L, inner)}
+    fine = (L - cv2.GaussianBlur(L, (0, 0), 3.0))[inner]
+    detail = float(1.4826 * np.median(np.abs(fine - np.median(fine)))) if fine.size else 0.0
+    return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": _separable(L, inner),
+            "detail": detail}
 
 
 def _separable(L: np.ndarray, mask: np.ndarray) -> float:
@@ -129,7 +136,7 @@ def _separable(L: np.ndarray, mask: np.ndarray) -> float:
 
 def texture_name(image: np.ndarray, mask: np.ndarray) -> str:
     m = texture_measures(image, mask)
-    if m["gradient"] < SMOOTH_GRADIENT:
+    if m["gradient"] < SMOOTH_GRADIENT and m["detail"] < SMOOTH_DETAIL:
         return "smooth"
     if m["coherence"] > STRIPE_COHERENCE or m["separable"] > STRIPE_SEPARABLE:
         return "striped"
