@@ -71,3 +71,32 @@ def test_bounded_schema_for_local_decoding():
     d = answer_schema("defects")
     jsonschema.validate({"defects": ["scratch"]}, d)
     assert not strict_schema_problems(d)
+
+
+def test_prompt_files_builtin_and_users_own(tmp_path):
+    """The one place prompts come from: a built-in name or a user's file; its version and SHA-256 are kept;
+    a bad file is one line naming it."""
+    import hashlib
+
+    from mfsc_builder.captioners.schema import PROMPT_DIR, load_prompt
+    from mfsc_builder.errors import BuildError
+
+    builtin = load_prompt("mfsc_v1")
+    assert builtin.version == "mfsc_v1" and builtin.path == str(PROMPT_DIR / "mfsc_v1.txt")
+    assert builtin.sha256 == hashlib.sha256((PROMPT_DIR / "mfsc_v1.txt").read_bytes()).hexdigest()
+    mine = tmp_path / "my_prompt.md"
+    mine.write_text("# version: acme-3\n### caption\nDescribe the $object_name as JSON.\n", encoding="utf-8")
+    p = load_prompt(str(mine))
+    assert p.version == "acme-3" and p.render("caption", object_name="pill") == "Describe the pill as JSON."
+    with pytest.raises(BuildError, match="no '### defects' section"):
+        p.render("defects")
+    bad = {"noversion.txt": b"### caption\nx\n", "nocaption.txt": b"# version: a\n### defects\nx\n",
+           "latin1.txt": "# version: a\n### caption\nd\xe9crire\n".encode("latin-1"),
+           "huge.txt": b"# version: a\n### caption\n" + b"x" * 300_000}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BuildError) as err:
+            load_prompt(str(tmp_path / name))
+        assert name in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(BuildError, match="not found"):
+        load_prompt(str(tmp_path / "missing.txt"))

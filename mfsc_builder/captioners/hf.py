@@ -59,6 +59,7 @@ class HFCaptioner:
         self.max_new_tokens = int(max_new_tokens)
         self.prompt = load_prompt(prompt)
         self.prompt_version = self.prompt.version
+        self.prompt_sha256 = self.prompt.sha256
         self._proc, self._net = self._load()
         self.revision = self._revision()
 

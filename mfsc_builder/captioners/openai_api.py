@@ -119,6 +119,7 @@ class OpenAICaptioner:
         self.max_tokens = int(max_tokens)
         self.prompt = load_prompt(prompt)
         self.prompt_version = self.prompt.version
+        self.prompt_sha256 = self.prompt.sha256
         self.response_format = response_format  # what is asked first; lowered once per refusal
         self._lock = threading.Lock()
         if api_key() is None and self.api_base == DEFAULT_API_BASE:

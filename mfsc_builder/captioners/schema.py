@@ -42,25 +42,49 @@ RESPONSE_FORMATS = ("json_schema", "json_object", "prompt")
 
 @dataclass(frozen=True)
 class Prompt:
-    """A loaded prompt file: its version string and its sections."""
+    """A loaded prompt file: its version string, its sections and the SHA-256 of its bytes (a build records
+    both, so an edited prompt file is never mixed with answers to the old one)."""
 
     version: str
     sections: dict[str, str]
+    sha256: str = ""
+    path: str = ""
 
     def render(self, section: str, **values: Any) -> str:
         if section not in self.sections:
-            raise BuildError(f"prompt {self.version} has no '### {section}' section; fix the prompt file")
+            raise BuildError(f"prompt {self.version} ({self.path}) has no '### {section}' section; add it to the "
+                             "prompt file")
         return Template(self.sections[section]).safe_substitute(**{k: str(v) for k, v in values.items()}).strip()
+
+
+MAX_PROMPT_BYTES = 256 * 1024
 
 
 @lru_cache(maxsize=8)
 def load_prompt(name: str = DEFAULT_PROMPT) -> Prompt:
-    """Load `prompts/<name>.txt` (or a path): a '# version: X' line, comments, '### section' blocks."""
-    path = Path(name) if name.endswith(".txt") else PROMPT_DIR / f"{name}.txt"
+    """The one place prompts come from: a built-in name (`mfsc_builder/prompts/<name>.txt`, e.g. "mfsc_v1") or
+    the path of a user's own file (`--prompt FILE`). Format: a '# version: NAME' line, '#' comments, then
+    '### section' blocks: caption (required), defects (for --defect-vocab model), retry (optional), with
+    $placeholders filled by `caption_prompt`."""
+    import hashlib
+
+    builtin = re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None and not name.endswith(".txt")
+    path = PROMPT_DIR / f"{name}.txt" if builtin else Path(name).expanduser()
     if not path.is_file():
-        raise BuildError(f"prompt file not found: {path}; use one of {sorted(p.stem for p in PROMPT_DIR.glob('*.txt'))}")
+        raise BuildError(f"prompt file not found: {path}; give the path of a prompt file or one of "
+                         f"{sorted(p.stem for p in PROMPT_DIR.glob('*.txt'))}")
+    try:
+        data = path.read_bytes()
+        if len(data) > MAX_PROMPT_BYTES:
+            raise BuildError(f"prompt file {path} is {len(data)} bytes; a prompt must stay under "
+                             f"{MAX_PROMPT_BYTES} bytes")
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise BuildError(f"cannot read prompt file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"prompt file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     version, sections, current = "", {}, None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         m = re.match(r"#\s*version:\s*(\S+)", line)
         if m and current is None:
             version = m.group(1)
@@ -72,9 +96,9 @@ def load_prompt(name: str = DEFAULT_PROMPT) -> Prompt:
         if current is None:
             continue  # header comments
         sections[current] += line + "\n"
-    if not version or "caption" not in sections:
-        raise BuildError(f"prompt file {path} needs a '# version: NAME' line and a '### caption' section")
-    return Prompt(version, sections)
+    if not version or not sections.get("caption", "").strip():
+        raise BuildError(f"prompt file {path} needs a '# version: NAME' line and a non-empty '### caption' section")
+    return Prompt(version, sections, hashlib.sha256(data).hexdigest(), str(path))
 
 
 def measured_summary(req: CaptionRequest) -> str:
