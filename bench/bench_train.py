@@ -12,7 +12,7 @@ its own subprocess, so that one part's memory never counts in another's peak:
   floor (target ratio <= 1.3x), the whole run (excluding the backbone's construction), and peak RSS per
   phase (target < 4 GB on CPU). Peaks per phase: the kernel's high-water mark VmHWM is reset (write "5" to
   /proc/self/clear_refs, Linux) when a phase starts and read when it ends; the phases are "encode" (backbone
-  load, shot encoding, region weights) and each prompt set's epochs (bench wraps detector.train._fit).
+  load, shot encoding, region weights) and each prompt set's epochs (bench wraps detector.fit.fit_prompt_set).
   "rss at end" is the resident size when the phase ends: far above the next phase's start would mean freed
   memory the allocator keeps;
 - ``--malloc-check``: the "on" run again with glibc told to return freed memory (MALLOC_ARENA_MAX=1,
@@ -116,8 +116,8 @@ def _best(args: argparse.Namespace, fn) -> float:
 
 def _floor(args: argparse.Namespace, images: list, record: dict) -> dict:
     """Seconds of the necessary compute: image passes over the shots, one text fwd+bwd per prompt set."""
+    from detector.fit import encode_shots
     from detector.model import build_prompt_sets, load_backbone_for
-    from detector.train import encode_shots
 
     cfg = _config(args, "off")
     t0 = time.perf_counter()
@@ -143,28 +143,29 @@ def _train(args: argparse.Namespace, mode: str, images: list, names: list[str], 
     """One training run with text checkpointing ``mode``: phase times, per-phase peaks, the state save cost."""
     import torch
 
-    import detector.train as train_mod
-    from detector.train import ResumableState, TrainConfig, train_model
+    import detector.fit as fit_mod
+    from detector.train import TrainConfig, train_model
+    from detector.train_state import ResumableState
 
     phases: dict[str, dict] = {}
-    fit = train_mod._fit
+    fit = fit_mod.fit_prompt_set
 
-    def measured_fit(prompts, loss_fn, epochs, config, progress, label, *rest, **kw):
+    def measured_fit(prompts, loss_fn, epochs, config, label, *rest, **kw):
         phases.setdefault("encode", {"peak_mb": _status_mb("VmHWM"), "rss_end_mb": _status_mb("VmRSS")})
         _reset_peak()
-        out = fit(prompts, loss_fn, epochs, config, progress, label, *rest, **kw)
+        out = fit(prompts, loss_fn, epochs, config, label, *rest, **kw)
         phases[label.split()[0]] = {"peak_mb": _status_mb("VmHWM"), "rss_end_mb": _status_mb("VmRSS"),
                                     "checkpointed": bool(prompts.checkpoint_text)}
         _reset_peak()
         return out
 
     cfg = _config(args, mode)
-    train_mod._fit = measured_fit
+    fit_mod.fit_prompt_set = measured_fit
     _reset_peak()
     try:
         model = train_model(cfg, progress=False, shot_images=images, shot_names=names, record=record)
     finally:
-        train_mod._fit = fit
+        fit_mod.fit_prompt_set = fit
     with tempfile.TemporaryDirectory() as tmp:  # one epoch's state save, as train() does after every epoch
         state = ResumableState(TrainConfig(**{**cfg.__dict__, "out": str(Path(tmp) / "ckpt")}), names, record)
         params = list(model.pixel_prompts.parameters())

@@ -184,6 +184,33 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
     return res.metrics
 
 
+def check_cells(config: BenchmarkConfig) -> None:
+    """Refuse what would fail every cell of a day-long run, before the first one trains: shot counts (at
+    least 1, at most the class's normal train images), classes missing from the captions, a missing GPU."""
+    import torch
+
+    from detector.captions import load_class_record
+    from fsad_data import read_dataset, select_shots
+
+    classes = discover_classes(config)
+    cells = all_cells(config, classes)
+    device = train_config_for(cells[0], config).device
+    try:
+        cuda = torch.device(device).type == "cuda"
+    except RuntimeError as exc:
+        raise DetectorError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    if cuda and not torch.cuda.is_available():
+        raise DetectorError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    samples = read_dataset(config.data, layout=config.layout, classes=classes)
+    captioned: set[str] = set()
+    for cell in cells:
+        tc = train_config_for(cell, config)
+        select_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
+        if cell.method not in BASELINES and cell.class_name not in captioned:  # FineGrainedAD or a variant
+            load_class_record(tc.captions, cell.class_name)
+            captioned.add(cell.class_name)
+
+
 def dataset_name(config: BenchmarkConfig) -> str:
     return config.dataset_name or Path(config.data).resolve().name
 

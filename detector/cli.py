@@ -3,18 +3,30 @@
 Heavy libraries (torch, open_clip) are imported inside the command bodies so ``detector --help`` is
 instant. A ``DetectorError`` or ``DataError``, or an ``OSError`` (a full disk, a file where a folder must
 go), becomes one red line on stderr and exit code 1 (typer's usage errors: 2), never a traceback
-(``fsad_data.cli_guard``, shared with ``mfsc``). Settings
-that would fail every cell of a benchmark are refused before the first cell trains.
+(``fsad_data.cli_guard``, shared with ``mfsc``). Settings that would fail every cell of a benchmark are
+refused before the first cell trains. The training flags of ``train`` and ``benchmark`` are written once
+(``TRAIN_FLAGS``, added to both by ``with_train_flags``).
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import math
+import os
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from detector.branches import BRANCHES, DEFAULT_BRANCH
 from detector.errors import DetectorError
+from detector.recipes import parse_settings
 from fsad_data.cli_guard import run_guarded
 
 app = typer.Typer(help="FineGrainedAD few-shot anomaly detector: train, eval, predict, benchmark.",
@@ -33,23 +45,16 @@ def _run(body: Callable[[], T], interrupted: str | None) -> T:
 def _not_a_file(path: Path | None, flag: str, what: str) -> None:
     """Refuse a file given where a folder goes, before any work starts."""
     if path is not None and path.exists() and not path.is_dir():
-        from detector.errors import DetectorError
-
         raise DetectorError(f"{flag} {path} is a file; give {what}")
 
 
 def _quiet_libraries() -> None:
-    import os
-    import warnings
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="open_clip")
 
 
-def _console():
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)  # log lines and Markdown tables stay whole in files
 
 
@@ -58,86 +63,122 @@ def _bars() -> bool:
     return _console().is_terminal
 
 
-# ---- train ---------------------------------------------------------------------------------------
+# ---- options shared by several commands ---------------------------------------------------------
 
 CaptionsOpt = Annotated[str | None, typer.Option("--captions", help="Caption dataset folder (mfsc build) or Hub id.")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Data set root (MVTec-AD, VisA, ... layout).")]
-BackboneOpt = Annotated[str | None, typer.Option(
-    "--backbone", help="open_clip model name.", show_default="ViT-B-16-plus-240")]
-PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help="open_clip weights tag, a local file, or 'none' for random weights.",
-    show_default="laion400m_e32")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Pixel-level prompt epochs.", show_default="100")]
-ImageEpochsOpt = Annotated[int | None, typer.Option(
-    "--image-epochs", help="Image-level prompt epochs.", show_default="50")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps.", show_default="cpu")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16 or bf16.", show_default="fp32")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YAML/JSON; flags override it.")]
 LayoutOpt = Annotated[str | None, typer.Option(
     "--layout", help="Data set layout: auto, mvtec, visa, ...", show_default="auto")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YAML/JSON; flags override it.")]
-RecipeOpt = Annotated[str | None, typer.Option(
-    "--recipe", help="Method recipe: paper (the public code, default), ours, or a YAML/JSON file of TrainConfig "
-    "fields (docs/FIDELITY.md); --config and flags override it.", show_default="paper")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="One TrainConfig option KEY=VALUE over the recipe, repeatable (e.g. --set tau=exp "
-    "--set vv_blocks=half).", show_default="the recipe's")]
-RestartOpt = Annotated[bool, typer.Option(
-    "--restart", help="Discard the saved state of an interrupted training (<out>.partial/) and start over.")]
-TextCheckpointingOpt = Annotated[Literal["auto", "on", "off"] | None, typer.Option(
-    "--text-checkpointing", help="Recompute the text blocks in backward to save memory: on, off, or auto (on "
-    "where a prompt set's text activations would pass 1 GiB).", show_default="auto")]
-BranchOpt = Annotated[Literal["fused", "text", "visual"], typer.Option(
-    "--branch", help="Map to score: fused (the method), text or visual (ablations).")]
+BranchOpt = Annotated[Literal[BRANCHES], typer.Option(  # a tuple subscript: Literal["fused", "text", "visual"]
+    "--branch", help="Map to score: fused (the method), text or visual "
+    "(ablations).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
+RunDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")]
+RunPrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")]
 CKPT_FOLDER = "the checkpoint folder written by `detector train`"
 EvalResolutionOpt = Annotated[int, typer.Option(
     "--resolution", min=8, help="Evaluation resolution in pixels (400 = the paper).")]
+
+# The training flags of `train` and `benchmark`, written once: name -> (option, default). None = not given, the
+# recipe's / TrainConfig's default applies (show_default names it; a test checks it against TrainConfig).
+TRAIN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "recipe": (Annotated[str | None, typer.Option(
+        "--recipe", help="Method recipe: paper (the public code, default), ours, or a YAML/JSON file of TrainConfig "
+        "fields (docs/FIDELITY.md); --config and flags override it.", show_default="paper")], None),
+    "settings": (Annotated[list[str] | None, typer.Option(
+        "--set", help="One TrainConfig option KEY=VALUE over the recipe, repeatable (e.g. --set tau=exp "
+        "--set vv_blocks=half).", show_default="the recipe's")], None),
+    "backbone": (Annotated[str | None, typer.Option(
+        "--backbone", help="open_clip model name.", show_default="ViT-B-16-plus-240")], None),
+    "pretrained": (Annotated[str | None, typer.Option(
+        "--pretrained", help="open_clip weights tag, a local file, or 'none' for random weights.",
+        show_default="laion400m_e32")], None),
+    "epochs": (Annotated[int | None, typer.Option(
+        "--epochs", help="Pixel-level prompt epochs.", show_default="100")], None),
+    "image_epochs": (Annotated[int | None, typer.Option(
+        "--image-epochs", help="Image-level prompt epochs.", show_default="50")], None),
+    "device": (Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda, cuda:1, mps.", show_default="cpu")], None),
+    "precision": (Annotated[str | None, typer.Option(
+        "--precision", help="fp32, fp16 or bf16.", show_default="fp32")], None),
+    "text_checkpointing": (Annotated[Literal["auto", "on", "off"] | None, typer.Option(
+        "--text-checkpointing", help="Recompute the text blocks in backward to save memory: on, off, or auto (on "
+        "where a prompt set's text activations would pass 1 GiB).", show_default="auto")], None),
+    "restart": (Annotated[bool, typer.Option(
+        "--restart", help="Discard the saved state of an interrupted training (<out>.partial/) and start over "
+        "(a benchmark keeps its finished cells).")], False),
+}
+
+
+@dataclass
+class TrainFlags:
+    """The TRAIN_FLAGS a command was given: the recipe, the raw --set items, the TrainConfig fields set by flags."""
+
+    recipe: str | None
+    settings: list[str] | None
+    fields: dict[str, Any]
+
+    def overrides(self) -> dict[str, Any]:
+        """TrainConfig overrides over the recipe and config file: the --set items, then the flags (they win).
+        Called inside the command body, so a bad --set is one red line."""
+        return {**parse_settings(self.settings), **self.fields}
+
+
+def with_train_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the TRAIN_FLAGS options; its body receives them as one ``train_flags: TrainFlags``."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "train_flags"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option)
+             for name, (option, default) in TRAIN_FLAGS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name) for name in TRAIN_FLAGS}
+        recipe, settings = flags.pop("recipe"), flags.pop("settings")
+        command(**kwargs, train_flags=TrainFlags(recipe, settings, _train_overrides(**flags)))
+
+    params = [*own, *extra]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 def _train_overrides(**flags: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
 
+# ---- train ---------------------------------------------------------------------------------------
+
+
 @app.command()
+@with_train_flags
 def train(
     captions: CaptionsOpt = None,
-    data: DataOpt = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Data set root (MVTec-AD, VisA, ... layout).")] = None,
     class_name: Annotated[str | None, typer.Option("--class", help="Class (folder name) to train.")] = None,
     shots: Annotated[int | None, typer.Option("--shots", help="Number of normal shots k.", show_default="4")] = None,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Shot selection and prompt init seed.", show_default="0")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Checkpoint folder to write.", show_default="out/checkpoint")] = None,
-    backbone: BackboneOpt = None,
-    pretrained: PretrainedOpt = None,
-    epochs: EpochsOpt = None,
-    image_epochs: ImageEpochsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
     shots_file: Annotated[Path | None, typer.Option("--shots-file", help="File listing the shot images.")] = None,
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="'promptad': class-name prompts only (the PromptAD baseline).")] = None,
     config: ConfigOpt = None,
     layout: LayoutOpt = None,
-    restart: RestartOpt = False,
-    text_checkpointing: TextCheckpointingOpt = None,
-    recipe: RecipeOpt = None,
-    settings: SetOpt = None,
+    train_flags: TrainFlags | None = None,
 ) -> None:
     """Train FineGrainedAD for one class from k normal shots and its MFSC caption record (resumes)."""
 
     def body() -> None:
         _quiet_libraries()
-        from detector.recipes import build_train_config, parse_settings
+        from detector.recipes import build_train_config
         from detector.train import train as train_fn
 
+        assert train_flags is not None  # with_train_flags passes it
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
-                                     out=out, backbone=backbone, pretrained=pretrained, epochs=epochs,
-                                     image_epochs=image_epochs, device=device, precision=precision,
-                                     shots_file=shots_file, baseline=baseline, layout=layout, restart=restart,
-                                     text_checkpointing=text_checkpointing)
-        cfg = build_train_config(recipe, config, **{**parse_settings(settings), **overrides})
+                                     out=out, shots_file=shots_file, baseline=baseline, layout=layout)
+        cfg = build_train_config(train_flags.recipe, config, **{**train_flags.overrides(), **overrides})
         _not_a_file(Path(cfg.out), "--out", "a folder name for the checkpoint")
         path = train_fn(cfg, progress=True)
         _console().print(f"checkpoint written to {path}")
@@ -158,10 +199,10 @@ def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
     resolution: EvalResolutionOpt = 400,
-    branch: BranchOpt = "fused",
+    branch: BranchOpt = DEFAULT_BRANCH,
     batch_size: BatchOpt = 8,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")] = "fp32",
+    device: RunDeviceOpt = "cpu",
+    precision: RunPrecisionOpt = "fp32",
     layout: Annotated[str, typer.Option("--layout", help="Data set layout: auto, mvtec, visa, ...")] = "auto",
     class_name: Annotated[str | None, typer.Option(
         "--class", help="Class to evaluate.", show_default="the checkpoint's class")] = None,
@@ -188,11 +229,6 @@ def eval_cmd(
 
 
 def _print_metrics(values: dict[str, float], columns: tuple[str, ...], metrics_path: Path) -> None:
-    import json
-    import math
-
-    from rich.table import Table
-
     data = json.loads(Path(metrics_path).read_text())
     title = f"{data.get('class_name')} ({data.get('n_images')} test images, {data.get('resolution')} px)"
     short = {"image_auroc": "img AUROC", "pixel_auroc": "px AUROC", "aupro": "AUPRO", "image_f1_max": "img F1",
@@ -223,9 +259,9 @@ def predict(
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution before resizing to each image.",
         show_default="the threshold's, else 256")] = None,
-    branch: BranchOpt = "fused",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")] = "fp32",
+    branch: BranchOpt = DEFAULT_BRANCH,
+    device: RunDeviceOpt = "cpu",
+    precision: RunPrecisionOpt = "fp32",
 ) -> None:
     """Anomaly maps, overlays, optional binary masks and image scores for new images."""
 
@@ -248,6 +284,7 @@ def predict(
 
 
 @app.command()
+@with_train_flags
 def benchmark(
     data: Annotated[Path, typer.Option("--data", help="Data set root (all classes, or --classes).")],
     out: Annotated[Path, typer.Option("--out", help="Benchmark folder (cells/, tables/, summary.md, report).")],
@@ -270,31 +307,22 @@ def benchmark(
     dataset_name: Annotated[str | None, typer.Option(
         "--dataset-name", help="Name in the tables (mvtec/visa names add the paper's numbers).",
         show_default="the data folder's name")] = None,
-    backbone: BackboneOpt = None,
-    pretrained: PretrainedOpt = None,
-    epochs: EpochsOpt = None,
-    image_epochs: ImageEpochsOpt = None,
-    device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
-    layout: Annotated[str, typer.Option("--layout", help="Data set layout: auto, mvtec, visa, ...")] = "auto",
+    layout: LayoutOpt = None,
     config: ConfigOpt = None,
-    restart: Annotated[bool, typer.Option(
-        "--restart", help="Unfinished cells discard their saved training state and start over (finished cells "
-        "are kept).")] = False,
-    text_checkpointing: TextCheckpointingOpt = None,
-    recipe: RecipeOpt = None,
-    settings: SetOpt = None,
     variants: Annotated[str | None, typer.Option(
         "--variants", help="Run several recipes on the same cells, side by side: 'NAME=OPTIONS;NAME=OPTIONS', "
         "OPTIONS space-separated KEY=VALUE over the run's recipe (recipe=ours expands), e.g. "
         "'paper=;ours=recipe=ours;ours_stored=recipe=ours tau=stored'.", show_default="the recipe alone")] = None,
+    train_flags: TrainFlags | None = None,
 ) -> None:
     """The paper's protocol: train + evaluate every (class, shots, seed), then tables (resumable, shardable)."""
 
     def body() -> None:
         _quiet_libraries()
-        from detector.benchmark import BenchmarkConfig, parse_int_list, run_benchmark
-        from detector.recipes import parse_settings, parse_variants
+        from detector.benchmark import BenchmarkConfig, check_cells, parse_int_list, run_benchmark
+        from detector.recipes import parse_variants
+
+        assert train_flags is not None  # with_train_flags passes it
 
         _not_a_file(out, "--out", "a folder for the benchmark")
 
@@ -303,14 +331,11 @@ def benchmark(
             seeds=parse_int_list(seeds, "--seeds"),
             classes=[c for c in classes.split(",") if c] if classes else None, baseline=baseline,
             num_shards=num_shards, shard_index=shard_index, merge=merge, main=main, resolution=resolution,
-            batch_size=batch_size, exact_metrics=exact_metrics, layout=layout, dataset_name=dataset_name,
-            train_config=config, recipe=recipe, variants=parse_variants(variants),
-            train={**parse_settings(settings),
-                   **_train_overrides(backbone=backbone, pretrained=pretrained, epochs=epochs,
-                                      image_epochs=image_epochs, device=device, precision=precision, restart=restart,
-                                      text_checkpointing=text_checkpointing)})
+            batch_size=batch_size, exact_metrics=exact_metrics, layout=layout or "auto", dataset_name=dataset_name,
+            train_config=config, recipe=train_flags.recipe, variants=parse_variants(variants),
+            train=train_flags.overrides())
         if not merge:
-            _check_cells(cfg)
+            check_cells(cfg)
         con = _console()
         result = run_benchmark(cfg, log=lambda line: con.print(line, markup=False))
         if "summary_md" in result:
@@ -319,35 +344,6 @@ def benchmark(
                 con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
 
     _run(body, interrupted="interrupted; finished cells are kept: rerun the same command to resume")
-
-
-def _check_cells(cfg: Any) -> None:
-    """Refuse what would fail every cell of a day-long run, before the first one trains: shot counts (at
-    least 1, at most the class's normal train images), classes missing from the captions, a missing GPU."""
-    import torch
-
-    from detector.benchmark import METHOD, all_cells, discover_classes, train_config_for
-    from detector.captions import load_class_record
-    from detector.errors import DetectorError
-    from fsad_data import read_dataset, select_shots
-
-    classes = discover_classes(cfg)
-    cells = all_cells(cfg, classes)
-    device = train_config_for(cells[0], cfg).device
-    try:
-        cuda = torch.device(device).type == "cuda"
-    except RuntimeError as exc:
-        raise DetectorError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
-    if cuda and not torch.cuda.is_available():
-        raise DetectorError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    samples = read_dataset(cfg.data, layout=cfg.layout, classes=classes)
-    captioned: set[str] = set()
-    for cell in cells:
-        tc = train_config_for(cell, cfg)
-        select_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
-        if cell.method == METHOD and cell.class_name not in captioned:
-            load_class_record(tc.captions, cell.class_name)
-            captioned.add(cell.class_name)
 
 
 if __name__ == "__main__":  # pragma: no cover

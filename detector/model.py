@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detector.branches import BRANCHES
 from detector.errors import DetectorError
 
 FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
-BRANCHES = ("fused", "text", "visual")
 IMAGE_SCORE_GROUPS = ("matched", "image")
 IMAGE_VISUAL_MAX = ("upsampled", "grid")
 SMOOTH_SIGMA = 4.0

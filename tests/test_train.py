@@ -98,14 +98,15 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
+    import detector.fit
     import detector.train as tr
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tr, "_fit", boom)
+    monkeypatch.setattr(detector.fit, "fit_prompt_set", boom)
     out = tmp_path / "ckpt"
-    monkeypatch.setattr(tr, "_load_shots", lambda cfg: (SHOTS, NAMES))
+    monkeypatch.setattr(tr, "load_shots", lambda cfg: (SHOTS, NAMES))
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_clip_name, out=str(out), baseline="promptad"), progress=False)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt.partial"]
@@ -169,8 +170,8 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
 def test_tau_is_the_stored_logit_scale_by_default(tiny_clip_name):
     import math
 
+    from detector.fit import resolve_tau
     from detector.model import load_backbone_for
-    from detector.train import resolve_tau
 
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
     # open_clip's init stores log(1 / 0.07); the public code multiplies by that value as it is
@@ -204,7 +205,7 @@ def _resumable(monkeypatch, tiny_clip_name, out, **kw) -> TrainConfig:
     import detector.captions
     import detector.train as tr
 
-    monkeypatch.setattr(tr, "_load_shots", lambda cfg: (SHOTS, NAMES))
+    monkeypatch.setattr(tr, "load_shots", lambda cfg: (SHOTS, NAMES))
     monkeypatch.setattr(detector.captions, "load_class_record", lambda captions, name: RECORD)
     return _cfg(tiny_clip_name, captions="caps", out=str(out), epochs=4, image_epochs=3, **kw)
 
@@ -228,7 +229,7 @@ def _run_stopping(monkeypatch, cfg, pixel_stop=None, image_stop=None):
 def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the pixel phase, then in the image phase; each rerun continues where the last saved epoch
     left off, and the final checkpoint equals an uninterrupted run's tensor for tensor."""
-    import detector.train as tr
+    import detector.fit
     from detector.checkpoint_io import load_checkpoint
     from detector.model import load_detector
 
@@ -239,7 +240,7 @@ def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "after 2/4 pixel and 0/3 image epochs" in err and "rerun" in err
     assert partial.is_dir() and not (tmp_path / "run").exists()
-    monkeypatch.setattr(tr, "encode_shots", lambda *a, **k: pytest.fail("shots re-encoded on resume"))
+    monkeypatch.setattr(detector.fit, "encode_shots", lambda *a, **k: pytest.fail("shots re-encoded on resume"))
     # the rerun does pixel epochs 3 and 4 only, then stops inside image epoch 2
     assert _run_stopping(monkeypatch, cfg, image_stop=2) == (2, 2)
     assert "after 4/4 pixel and 1/3 image epochs" in capsys.readouterr().err
@@ -341,7 +342,7 @@ def test_pixel_loss_gets_each_groups_region_weights_in_token_order(tiny_clip_nam
 def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_clip_name, tmp_path, monkeypatch):
     """on/off give the same prompts (the setting is left out of the resume fingerprint: a run interrupted
     with it off resumes with it on); auto follows the activation estimate; unknown values are refused."""
-    import detector.train as tr
+    from detector import fit
     from detector.checkpoint_io import load_checkpoint
 
     off = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, text_checkpointing="off"))
@@ -356,10 +357,10 @@ def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_cli
 
     cfg = _cfg(tiny_clip_name)
     pixel, image = off.pixel_prompts, off.image_prompts
-    assert not tr.text_checkpoint(cfg, pixel)  # tiny tower: far below 1 GiB
+    assert not fit.text_checkpoint(cfg, pixel)  # tiny tower: far below 1 GiB
     rows, length = image.token_ids.shape
-    monkeypatch.setattr(tr, "TEXT_CHECKPOINT_AUTO_BYTES", image.tower.activation_bytes(rows, length) - 1)
-    assert tr.text_checkpoint(cfg, image) and not tr.text_checkpoint(cfg, pixel)  # image set: 3x the rows
+    monkeypatch.setattr(fit, "TEXT_CHECKPOINT_AUTO_BYTES", image.tower.activation_bytes(rows, length) - 1)
+    assert fit.text_checkpoint(cfg, image) and not fit.text_checkpoint(cfg, pixel)  # image set: 3x the rows
     with pytest.raises(DetectorError, match="text_checkpointing='maybe'"):
         _cfg(tiny_clip_name, text_checkpointing="maybe")
 
