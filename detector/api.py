@@ -97,7 +97,7 @@ class Detector:
         from detector.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(path_or_hub_id, revision=revision)
-        from detector.evaluate import checkpoint_meta
+        from detector.checkpoint_io import checkpoint_meta
         from detector.model import load_detector
 
         meta = checkpoint_meta(folder)

@@ -27,14 +27,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detector import report
+from detector.branches import DEFAULT_BRANCH
+from detector.captions import load_class_record
+from detector.checkpoint_io import checkpoint_info
+from detector.data import class_test_samples
 from detector.errors import DetectorError
+from detector.evaluate import Predictor, evaluate_model
+from detector.metrics import METRIC, METRIC_KEYS, METRICS
+from detector.outputs import write_csv
+from detector.recipes import train_config_fields
+from detector.train import TrainConfig
+from fsad_data import read_dataset, select_shots
+from fsad_data.atomic import write_text_atomic
 
 METHOD = "finegrainedad"
 BASELINES = ("promptad",)
-TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
-METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-                 "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max", "image_ap": "image AP",
-                 "pixel_ap": "pixel AP"}
+SUMMARY_METRICS = ("image_auroc", "pixel_auroc")  # the paper reports these for every shot count (PAPER), and
+# the side-by-side tables of --variants compare them
 # METHOD.md, "Numbers to reach": (image AUROC, pixel AUROC) in %, from the paper's project page
 PAPER = {
     ("finegrainedad", "mvtec"): {1: (91.04, 95.49), 2: (93.66, 96.08), 4: (94.51, 96.71)},
@@ -140,11 +150,8 @@ def is_finished(cell: Cell, out: Path) -> bool:
     return (cell.folder(out) / "metrics.json").is_file()
 
 
-def train_config_for(cell: Cell, config: BenchmarkConfig) -> Any:
+def train_config_for(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
     """The TrainConfig of one cell: recipe < file < flags < the cell's variant < its class/shots/seed/out."""
-    from detector.recipes import train_config_fields
-    from detector.train import TrainConfig
-
     own = {"captions": config.captions, "data": str(config.data), "class_name": cell.class_name,
            "shots": cell.shots, "seed": cell.seed, "layout": config.layout,
            "out": str(cell.folder(config.out) / "checkpoint"),
@@ -156,19 +163,17 @@ def train_config_for(cell: Cell, config: BenchmarkConfig) -> Any:
     return TrainConfig.from_dict(merged, source="benchmark")
 
 
-def default_trainer(train_config: Any) -> Any:
+def default_trainer(train_config: TrainConfig) -> Predictor:
     """Train one cell (resumable inside the cell: ``<checkpoint>.partial/``) and save its checkpoint;
     returns the in-memory model (no reload needed)."""
-    from detector.train import train_and_save
+    from detector.train import train_and_save  # torch: only when a cell trains
 
     return train_and_save(train_config, progress=False)
 
 
 def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
-             trainer: Callable[[Any], Any] = default_trainer) -> dict[str, Any]:
+             trainer: Callable[[TrainConfig], Predictor] = default_trainer) -> dict[str, Any]:
     """Train and evaluate one cell into its folder; returns the metrics."""
-    from detector.evaluate import checkpoint_info, evaluate_model
-
     tc = train_config_for(cell, config)
     t0 = time.perf_counter()
     model = trainer(tc)
@@ -178,7 +183,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
     info.update(method=cell.method, shots=cell.shots, seed=cell.seed, dataset=dataset_name(config),
                 checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
-                         resolution=config.resolution, branch="fused", batch_size=config.batch_size,
+                         resolution=config.resolution, branch=DEFAULT_BRANCH, batch_size=config.batch_size,
                          info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None,
                          exact_metrics=config.exact_metrics)
     return res.metrics
@@ -187,10 +192,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
 def check_cells(config: BenchmarkConfig) -> None:
     """Refuse what would fail every cell of a day-long run, before the first one trains: shot counts (at
     least 1, at most the class's normal train images), classes missing from the captions, a missing GPU."""
-    import torch
-
-    from detector.captions import load_class_record
-    from fsad_data import read_dataset, select_shots
+    import torch  # here: the rest of the benchmark's bookkeeping needs no torch
 
     classes = discover_classes(config)
     cells = all_cells(config, classes)
@@ -217,8 +219,6 @@ def dataset_name(config: BenchmarkConfig) -> str:
 
 def discover_classes(config: BenchmarkConfig) -> list[str]:
     """The classes to run: --classes, else every class of the data set."""
-    from fsad_data import read_dataset
-
     if config.classes:
         return list(config.classes)
     found = sorted({s.class_name for s in read_dataset(config.data, layout=config.layout)})
@@ -227,11 +227,9 @@ def discover_classes(config: BenchmarkConfig) -> list[str]:
     return found
 
 
-def run_benchmark(config: BenchmarkConfig, trainer: Callable[[Any], Any] = default_trainer,
+def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predictor] = default_trainer,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run this shard's unfinished cells, then (single shard, or --merge) write the tables."""
-    from detector.evaluate import class_test_samples
-
     out = Path(config.out)
     if config.merge:
         return merge(out, dataset_name(config), log=log)
@@ -244,21 +242,18 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[Any], Any] = defau
     failures: list[str] = []
     for i, cell in enumerate(todo, 1):
         if cell.class_name not in samples_by_class:
-            samples_by_class[cell.class_name] = class_test_samples(Path(config.data), cell.class_name,
-                                                                   config.layout)
+            samples_by_class[cell.class_name] = class_test_samples(config.data, cell.class_name, config.layout)
         t0 = time.perf_counter()
         try:
             m = run_cell(cell, config, samples_by_class[cell.class_name], trainer)
         except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
-            from fsad_data.atomic import write_text_atomic
-
             write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
             failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
             log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: FAILED: {exc}")
             continue
-        log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: image AUROC "
-            f"{_pct(m.get('image_auroc'))}, pixel AUROC {_pct(m.get('pixel_auroc'))} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: "
+            + ", ".join(f"{METRIC[k].title} {_pct(m.get(k))}" for k in SUMMARY_METRICS)
+            + f" ({time.perf_counter() - t0:.1f} s)")
     result: dict[str, Any] = {"cells": len(cells), "ran": len(todo) - len(failures), "failures": failures}
     failed = DetectorError(f"{len(failures)} cell(s) failed (see error.txt in their folders): "
                            + "; ".join(failures[:3]))
@@ -289,7 +284,7 @@ def collect_cells(out: Path) -> list[dict[str, Any]]:
         k, s = ks[1:].split("_s")
         row = {"method": method, "class_name": class_name, "shots": int(k), "seed": int(s),
                "meaningful": bool(data.get("meaningful", True))}
-        for m in TABLE_METRICS:
+        for m in METRIC_KEYS:
             v = (data.get("metrics") or {}).get(m)
             row[m] = float("nan") if v is None else float(v)
         rows.append(row)
@@ -317,12 +312,12 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for c in classes:
             cr = [r for r in sub if r["class_name"] == c]
             entry: dict[str, Any] = {"method": method, "shots": k, "class_name": c, "n_seeds": len(cr)}
-            for m in TABLE_METRICS:
+            for m in METRIC_KEYS:
                 entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in cr])
             out.append(entry)
         seeds = sorted({r["seed"] for r in sub})
         entry = {"method": method, "shots": k, "class_name": "mean", "n_seeds": len(seeds)}
-        for m in TABLE_METRICS:
+        for m in METRIC_KEYS:
             per_seed = []
             for s in seeds:
                 vals = [r[m] for r in sub if r["seed"] == s and not math.isnan(r[m])]
@@ -342,7 +337,7 @@ def side_by_side(agg: list[dict[str, Any]]) -> dict[int, tuple[list[str], list[l
         methods = sorted({a["method"] for a in sub}, key=lambda m: (m in BASELINES, m))
         if len(methods) < 2:
             continue
-        header = ["class", *(f"{m} {t}" for m in methods for t in ("image AUROC", "pixel AUROC"))]
+        header = ["class", *(f"{m} {METRIC[key].title}" for m in methods for key in SUMMARY_METRICS)]
         classes = sorted({a["class_name"] for a in sub} - {"mean"}) + ["mean"]
         by = {(a["method"], a["class_name"]): a for a in sub}
         rows = []
@@ -350,8 +345,8 @@ def side_by_side(agg: list[dict[str, Any]]) -> dict[int, tuple[list[str], list[l
             row = [c]
             for m in methods:
                 a = by.get((m, c))
-                for metric in ("image_auroc", "pixel_auroc"):
-                    row.append(_pm(a[f"{metric}_mean"], a[f"{metric}_std"]) if a else "–")
+                for key in SUMMARY_METRICS:
+                    row.append(_pm(a[f"{key}_mean"], a[f"{key}_std"]) if a else "–")
             rows.append(row)
         out[k] = (header, rows)
     return out
@@ -371,10 +366,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Assemble OUT/tables/*.csv|md, OUT/summary.md and OUT/report.html from the finished cells."""
-    from detector import report
-    from detector.evaluate import write_csv
-    from fsad_data.atomic import write_text_atomic
-
     out = Path(out)
     rows = collect_cells(out)
     if not rows:
@@ -387,12 +378,12 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
     if not meaningful:
         md_parts += ["**Random (untrained) backbone weights: these figures are not meaningful.**", ""]
     html_tables = []
-    header = ["class", "seeds", *(METRIC_TITLES[m] for m in TABLE_METRICS)]
+    header = ["class", "seeds", *(m.title for m in METRICS)]
     for method, k in sorted({(a["method"], a["shots"]) for a in agg}):
         sub = [a for a in agg if a["method"] == method and a["shots"] == k]
         name = f"{dataset}_{method}_k{k}"
         write_csv(tables_dir / f"{name}.csv", sub)
-        body = [[a["class_name"], str(a["n_seeds"]), *(_pm(a[f"{m}_mean"], a[f"{m}_std"]) for m in TABLE_METRICS)]
+        body = [[a["class_name"], str(a["n_seeds"]), *(_pm(a[f"{m}_mean"], a[f"{m}_std"]) for m in METRIC_KEYS)]
                 for a in sub]
         table_md = markdown_table(header, body)
         write_text_atomic(tables_dir / f"{name}.md", f"## {dataset}, {method}, {k}-shot (%, mean ± std over seeds)\n\n"
@@ -401,16 +392,16 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
         html_tables.append(report.Table(f"{method}, {k}-shot (%, mean ± std over seeds)", header, body))
     # summary: mean image / pixel AUROC per method and shots, next to the paper's numbers
     key = dataset_key(dataset)
-    s_header = ["method", "shots", "image AUROC", "pixel AUROC", "paper image AUROC", "paper pixel AUROC"]
+    s_header = ["method", "shots", *(METRIC[k].title for k in SUMMARY_METRICS),
+                *(f"paper {METRIC[k].title}" for k in SUMMARY_METRICS)]
     s_rows = []
     for a in agg:
         if a["class_name"] != "mean":
             continue
         paper_method = a["method"] if a["method"] in BASELINES else METHOD  # variants compare with the paper's
         ref = PAPER.get((paper_method, key), {}).get(a["shots"]) if key else None
-        s_rows.append([a["method"], str(a["shots"]), _pm(a["image_auroc_mean"], a["image_auroc_std"]),
-                       _pm(a["pixel_auroc_mean"], a["pixel_auroc_std"]),
-                       f"{ref[0]:.2f} (paper)" if ref else "–", f"{ref[1]:.2f} (paper)" if ref else "–"])
+        s_rows.append([a["method"], str(a["shots"]), *(_pm(a[f"{k}_mean"], a[f"{k}_std"]) for k in SUMMARY_METRICS),
+                       *(f"{v:.2f} (paper)" if ref else "–" for v in (ref or (None,) * len(SUMMARY_METRICS)))])
     summary_md = markdown_table(s_header, s_rows)
     side = side_by_side(agg)
     for k, (v_header, v_rows) in side.items():

@@ -16,13 +16,15 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
+from detector.outputs import json_safe
 from fsad_data.atomic import staged_folder
+
+if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
+    import torch  # meta (checkpoint_meta, eval/predict start-up, the benchmark's bookkeeping) needs neither
+    from torch import Tensor
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -84,10 +86,12 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
     if not isinstance(meta, dict):
         raise DetectorError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
     _check_json(meta)
+    from safetensors.torch import save_file  # torch: only where tensors are written (see the imports)
+    from torch import Tensor
+
     for k, v in tensors.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):
             raise DetectorError(f"checkpoint tensor {k!r} is not a (str, Tensor) pair; store other values in meta")
-    from safetensors.torch import save_file
 
     try:
         with staged_folder(out) as tmp:  # complete beside `out`, then swapped in; the old one is kept until then
@@ -160,3 +164,46 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if sorted(tensors) != sorted(listed):
         raise DetectorError(f"{weights} tensor names differ from those listed in {cfg_path}; the checkpoint is damaged")
     return tensors, meta
+
+
+def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config.json meta (class, shots, backbone...), read without loading any weights."""
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DetectorError(f"{path} is not valid JSON ({exc}); retrain or restore the checkpoint") from exc
+    return data.get("meta", data) if isinstance(data, dict) else {}
+
+
+def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json and scores.json record about the model: shots k, seed, method, backbone, shot files,
+    and whether its weights make the figures meaningful."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
+    pretrained = backbone.get("pretrained", cfg.get("pretrained"))
+    shots = cfg.get("shots", meta.get("shots"))
+    shot_files = meta.get("shots") if isinstance(meta.get("shots"), list) else None
+    if isinstance(shots, list):
+        shots = len(shots)
+    return json_safe({
+        "shots": shots,
+        "seed": cfg.get("seed", meta.get("seed")),
+        "method": meta.get("baseline") or "finegrainedad",
+        "backbone": backbone.get("name", cfg.get("backbone")),
+        "pretrained": pretrained,
+        "shot_files": shot_files,
+        "meaningful": pretrained not in (None, "", "none"),
+        "recipe": cfg.get("recipe"),
+        "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,
+    })
+
+
+def meta_class_name(meta: dict[str, Any], ckpt_dir: Path) -> str:
+    """The class a checkpoint was trained for."""
+    for key in ("class_name", "class"):
+        if meta.get(key):
+            return str(meta[key])
+    raise DetectorError(f"{ckpt_dir}/{CONFIG_FILE} names no class; pass --class")

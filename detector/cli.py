@@ -212,7 +212,7 @@ def eval_cmd(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.evaluate import METRIC_COLUMNS, EvalConfig, run_eval
+        from detector.evaluate import EvalConfig, run_eval
 
         _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
         _not_a_file(out, "--out", "a folder for the evaluation outputs")
@@ -221,23 +221,23 @@ def eval_cmd(
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
                                   class_name=class_name, exact_metrics=exact_metrics,
                                   progress=_bars()))
-        _print_metrics(res.metrics, METRIC_COLUMNS, res.metrics_path)
+        _print_metrics(res.metrics, res.metrics_path)
         if res.report_path:
             _console().print(f"report: {res.report_path}")
 
     _run(body, interrupted="interrupted; metrics.json was not written: rerun the same command")
 
 
-def _print_metrics(values: dict[str, float], columns: tuple[str, ...], metrics_path: Path) -> None:
+def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
+    from detector.metrics import METRICS  # numpy: not for --help
+
     data = json.loads(Path(metrics_path).read_text())
     title = f"{data.get('class_name')} ({data.get('n_images')} test images, {data.get('resolution')} px)"
-    short = {"image_auroc": "img AUROC", "pixel_auroc": "px AUROC", "aupro": "AUPRO", "image_f1_max": "img F1",
-             "pixel_f1_max": "px F1", "image_ap": "img AP", "pixel_ap": "px AP"}
     table = Table(title=title + ", %")
-    for c in columns:
-        table.add_column(short.get(c, c), justify="right")
-    table.add_row(*("–" if values.get(c) is None or math.isnan(values[c]) else f"{100 * values[c]:.2f}"
-                    for c in columns))
+    for m in METRICS:
+        table.add_column(m.short, justify="right")
+    table.add_row(*("–" if values.get(m.key) is None or math.isnan(values[m.key]) else f"{100 * values[m.key]:.2f}"
+                    for m in METRICS))
     con = _console()
     con.print(table)
     if not data.get("meaningful", True):

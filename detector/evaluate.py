@@ -21,31 +21,36 @@ scores are kept. ``exact_metrics`` (``--exact-metrics``) keeps every float32 map
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from detector import metrics as M
+from detector import outputs, report
+from detector.branches import DEFAULT_BRANCH
+from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
+from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask
 from detector.errors import DetectorError
+from detector.outputs import json_safe, write_csv
+from fsad_data import Sample
+from fsad_data.atomic import write_json_atomic, write_png_atomic
 
-METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
-METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
-                 "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max", "image_ap": "image AP",
-                 "pixel_ap": "pixel AP"}
+if TYPE_CHECKING:
+    from detector.model import Prediction
+
 RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test the wiring and are not meaningful"
 
 
 class Predictor(Protocol):
     """What evaluation needs from a model: FineGrainedAD.predict's signature."""
 
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
-                batch_size: int = 8) -> Any: ...
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+                batch_size: int = 8) -> Prediction: ...
 
 
 EVAL_RESOLUTION = 400  # the paper's maps and metrics are at 400 x 400 (its --resolution default)
@@ -59,7 +64,7 @@ class EvalConfig:
     data: Path
     out: Path
     resolution: int = EVAL_RESOLUTION
-    branch: str = "fused"
+    branch: str = DEFAULT_BRANCH
     batch_size: int = 8
     device: str = "cpu"
     precision: str = "fp32"
@@ -84,43 +89,20 @@ class EvalResult:
     overlays: list[Path] = field(default_factory=list)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively, so metrics.json is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def eval_mask(sample: Any, resolution: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The sample's ground truth at R x R: bilinear resize of the 0/1 mask, then binarised at 0.5."""
+def mask_at(mask: np.ndarray, resolution: int) -> np.ndarray:
+    """A ground truth at R x R: bilinear resize of the 0/1 mask (the images' squash), then binarised at 0.5."""
     import cv2
 
-    from fsad_data import load_mask
-
-    if sample.mask_path is None:
-        if sample.label:
-            raise DetectorError(f"{sample.image_path}: anomalous test image without a mask; add the mask "
-                                "or evaluate image metrics only")
-        return np.zeros((resolution, resolution), bool)
-    size = None if image_shape is None else (image_shape[1], image_shape[0])
-    m = load_mask(sample.mask_path, size, image_path=sample.image_path).astype(np.float32)
-    m = cv2.resize(m, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    m = cv2.resize(np.asarray(mask, np.float32), (resolution, resolution), interpolation=cv2.INTER_LINEAR)
     return m > 0.5
 
 
-def load_images(samples: Sequence[Any]) -> list[np.ndarray]:
-    """RGB uint8 images of the samples (fsad_data.load_rgb: the one decoder of the project)."""
-    from fsad_data import load_rgb
-
-    return [load_rgb(s.image_path) for s in samples]
+def eval_mask(sample: Sample, resolution: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The sample's ground truth at R x R (``detector.data.load_sample_mask``, then ``mask_at``); without
+    ``image_shape`` the mask is read at its file's own size."""
+    if sample.mask_path is None and image_shape is None:
+        image_shape = (resolution, resolution)  # a normal image without a mask: all False at any size
+    return mask_at(load_sample_mask(sample, image_shape), resolution)
 
 
 def pick_figures(samples: Sequence[Any], n_anomalous: int = 8, n_normal: int = 4) -> list[int]:
@@ -151,13 +133,12 @@ class Collected:
     kept: dict[int, tuple[np.ndarray, np.ndarray]]  # index -> (map, mask) of the figure images
 
 
-def collect(model: Predictor, samples: Sequence[Any], resolution: int = 256, branch: str = "fused",
-            batch_size: int = 8, progress: bool = False, exact: bool = False,
+def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+            batch_size: int = 8, show_progress: bool = False, exact: bool = False,
             keep: Sequence[int] = ()) -> Collected:
-    """Run the model over the samples in batches; one batch of images and maps is in memory at a time
-    (plus every map with ``exact``). The maps and masks of the samples at ``keep`` are kept for figures."""
-    from detector import metrics as M
-
+    """Run the model over the samples in batches (``detector.data.iter_batches``); one batch of images and maps
+    is in memory at a time (plus every map with ``exact``). The maps and masks of the samples at ``keep`` are
+    kept for figures."""
     n = len(samples)
     scores = np.zeros(n, np.float32)
     map_max = np.zeros(n, np.float32)
@@ -166,51 +147,31 @@ def collect(model: Predictor, samples: Sequence[Any], resolution: int = 256, bra
     keep = set(keep)
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     has_masks, lo, hi = False, math.inf, -math.inf
-    bar = _progress(progress, n, "evaluating")
-    for start in range(0, n, batch_size):
-        batch = samples[start : start + batch_size]
-        images = load_images(batch)
+    bar = outputs.progress(show_progress, n, "evaluating")
+    start = 0
+    for batch, images, full_masks in iter_batches(samples, batch_size):
         pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
         if pred.maps.shape != (len(batch), resolution, resolution):
             raise DetectorError(f"the model returned maps of shape {pred.maps.shape}, expected "
                                 f"({len(batch)}, {resolution}, {resolution})")
         maps = np.asarray(pred.maps, np.float32)
-        masks = np.stack([eval_mask(s, resolution, img.shape[:2]) for s, img in zip(batch, images)])
+        masks = np.stack([mask_at(m, resolution) for m in full_masks])
         pixels.add(maps, masks)
         scores[start : start + len(batch)] = pred.scores
         map_max[start : start + len(batch)] = maps.reshape(len(batch), -1).max(1)
         has_masks = has_masks or bool(masks.any())
         lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
         kept.update((start + j, (maps[j].copy(), masks[j])) for j in range(len(batch)) if start + j in keep)
+        start += len(batch)
         bar(len(batch))
     bar(0, done=True)
     return Collected(scores, labels, map_max, pixels, has_masks, (lo, hi), kept)
-
-
-def _progress(enabled: bool, total: int, what: str):
-    """A tiny rich progress callback (no-op when disabled)."""
-    if not enabled:
-        return lambda k, done=False: None
-    from rich.progress import Progress
-
-    prog = Progress(transient=True)
-    task = prog.add_task(what, total=total)
-    prog.start()
-
-    def step(k: int, done: bool = False) -> None:
-        prog.advance(task, k)
-        if done:
-            prog.stop()
-
-    return step
 
 
 def figure_images(samples: Sequence[Any], col: Collected, indices: list[int], resolution: int
                   ) -> list[tuple[str, str, np.ndarray]]:
     """(file stem, caption, panel RGB) per picked image, heat maps on one colour scale for the class."""
     import cv2
-
-    from detector import report
 
     vmin, vmax = col.map_range
     out = []
@@ -229,8 +190,6 @@ def figure_images(samples: Sequence[Any], col: Collected, indices: list[int], re
 def write_threshold(ckpt_dir: Path, branch: str, metrics: dict[str, float], resolution: int,
                     class_name: str) -> Path:
     """Merge this branch's F1-max thresholds into CKPT/threshold.json (atomic)."""
-    from fsad_data.atomic import write_json_atomic
-
     path = Path(ckpt_dir) / "threshold.json"
     data: dict[str, Any] = {}
     if path.exists():
@@ -250,29 +209,12 @@ def write_threshold(ckpt_dir: Path, branch: str, metrics: dict[str, float], reso
     return path
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write dict rows as CSV atomically (columns from the first row)."""
-    from fsad_data.atomic import write_text_atomic
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
-    write_text_atomic(path, buf.getvalue())
-    return path
-
-
-def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class_name: str,
-                   resolution: int = 256, branch: str = "fused", batch_size: int = 8,
+def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, class_name: str,
+                   resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
                    info: dict[str, Any] | None = None, ckpt_dir: Path | None = None,
                    n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
                    html: bool = True, exact_metrics: bool = False) -> EvalResult:
     """Score the samples with the model and write metrics.json, metrics.csv, overlays and the report."""
-    from detector import metrics as M
-    from detector import report
-    from fsad_data.atomic import write_json_atomic, write_png_atomic
-
     if not samples:
         raise DetectorError(f"no test images for class {class_name!r}; check --data and the class name")
     if resolution < 8:
@@ -304,7 +246,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
     metrics_path = out / "metrics.json"
     csv_path = write_csv(out / "metrics.csv", [{"class_name": class_name, "branch": branch,
                                                  "resolution": resolution, "n_images": len(samples),
-                                                 **{k: values.get(k) for k in METRIC_COLUMNS}}])
+                                                 **{k: values.get(k) for k in M.METRIC_KEYS}}])
     write_csv(out / "scores.csv", [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
                                     "score": float(col.scores[i]), "map_max": float(col.map_max[i])}
                                    for i, s in enumerate(samples)])
@@ -318,8 +260,8 @@ def evaluate_model(model: Predictor, samples: Sequence[Any], out: Path, *, class
     report_path = None
     if html:
         table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
-                             ["class", *(METRIC_TITLES[k] for k in METRIC_COLUMNS)],
-                             [[class_name, *(values.get(k) for k in METRIC_COLUMNS)]])
+                             ["class", *(m.title for m in M.METRICS)],
+                             [[class_name, *(values.get(m.key) for m in M.METRICS)]])
         notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
         details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
                    f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
@@ -343,59 +285,6 @@ def pixel_method_note(record: dict[str, Any]) -> str:
             f"{record['auroc_bound']:.1e} of the float maps; --exact-metrics for exact){clamped}")
 
 
-def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
-    """The checkpoint's config.json meta (class, shots, backbone...), read without loading any weights."""
-    path = Path(ckpt_dir) / "config.json"
-    if not path.is_file():
-        raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DetectorError(f"{path} is not valid JSON ({exc}); retrain or restore the checkpoint") from exc
-    return data.get("meta", data) if isinstance(data, dict) else {}
-
-
-def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
-    """What metrics.json records about the model: shots k, seed, method, backbone, shot files, meaningful."""
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
-    pretrained = backbone.get("pretrained", cfg.get("pretrained"))
-    shots = cfg.get("shots", meta.get("shots"))
-    shot_files = meta.get("shots") if isinstance(meta.get("shots"), list) else None
-    if isinstance(shots, list):
-        shots = len(shots)
-    return json_safe({
-        "shots": shots,
-        "seed": cfg.get("seed", meta.get("seed")),
-        "method": meta.get("baseline") or "finegrainedad",
-        "backbone": backbone.get("name", cfg.get("backbone")),
-        "pretrained": pretrained,
-        "shot_files": shot_files,
-        "meaningful": pretrained not in (None, "", "none"),
-        "recipe": cfg.get("recipe"),
-        "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,
-    })
-
-
-def meta_class_name(meta: dict[str, Any], ckpt_dir: Path) -> str:
-    """The class a checkpoint was trained for."""
-    for key in ("class_name", "class"):
-        if meta.get(key):
-            return str(meta[key])
-    raise DetectorError(f"{ckpt_dir}/config.json names no class; pass --class")
-
-
-def class_test_samples(data: Path, class_name: str, layout: str = "auto") -> list[Any]:
-    """The class's test split, sorted by id."""
-    from fsad_data import read_dataset
-
-    samples = [s for s in read_dataset(data, layout=layout, classes=[class_name]) if s.split == "test"]
-    if not samples:
-        raise DetectorError(f"{data}: no test images for class {class_name!r} (layout {layout}); check --data "
-                            "and that the class folder has a test split")
-    return sorted(samples, key=lambda s: s.id)
-
-
 def run_eval(config: EvalConfig) -> EvalResult:
     """``detector eval``: load the checkpoint, evaluate its class's test split, write everything."""
     from detector.model import load_detector
@@ -403,7 +292,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     ckpt = Path(config.checkpoint)
     meta = checkpoint_meta(ckpt)
     class_name = config.class_name or meta_class_name(meta, ckpt)
-    samples = class_test_samples(Path(config.data), class_name, config.layout)
+    samples = class_test_samples(config.data, class_name, config.layout)
     model = load_detector(ckpt, device=config.device, precision=config.precision)
     info = checkpoint_info(meta)
     info.update(checkpoint=str(ckpt), data=str(config.data), config={

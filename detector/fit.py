@@ -41,6 +41,7 @@ from detector import losses, method
 from detector.backbone import Backbone
 from detector.errors import DetectorError
 from detector.model import FineGrainedAD, build_prompt_sets
+from detector.outputs import EpochReport
 from detector.prompts import MultiLevelPrompts, TextFeatures
 from detector.regions import region_weights, uniform_weights
 from detector.train_state import ResumableState, load_optim
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 
 TEXT_CHECKPOINT_AUTO_BYTES = 1 << 30  # "auto" checkpoints a prompt set whose kept text activations exceed this
 
-EpochReport = Callable[[str, int, int, float], None]
-"""``report(label, epochs done, epochs in all, latest loss)``: when a prompt set starts and after each epoch."""
 LossFn = Callable[[TextFeatures], tuple[Tensor, dict[str, float]]]
 
 

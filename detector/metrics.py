@@ -16,6 +16,11 @@ Memory: ``pixel_metrics`` takes the maps as one (N, H, W) array (float32: 256 Ki
 200 images 52 MB; 400 px 128 MB). ``detector eval`` therefore streams batches into a ``PixelHistogram``
 (constant 1.5 MiB, exact for the maps quantised to 2^16 levels, see its docstring) by default, and into
 ``PixelMaps`` (every float32 map kept, then ``pixel_metrics``) with ``--exact-metrics``.
+
+``METRICS`` is the one table of the reported metrics (key, title, short name, direction) that evaluation,
+the benchmark tables, the CLI and the reports read. A new metric touches this file only: a row in ``METRICS``
+and its value in ``curve_values`` (a curve metric of image scores and pixels alike) or ``_pixel_values``
+(pixel only, like AUPRO); everything that prints or tabulates metrics follows the table.
 """
 from __future__ import annotations
 
@@ -26,6 +31,30 @@ import numpy as np
 from detector.errors import DetectorError
 
 AUPRO_LIMIT = 0.3
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: its key (metrics.json, CSV columns), title (reports, tables), short name (the
+    terminal table) and direction."""
+
+    key: str
+    title: str
+    short: str
+    higher_is_better: bool = True
+
+
+METRICS = (
+    Metric("image_auroc", "image AUROC", "img AUROC"),
+    Metric("pixel_auroc", "pixel AUROC", "px AUROC"),
+    Metric("aupro", f"AUPRO@{AUPRO_LIMIT}", "AUPRO"),
+    Metric("image_f1_max", "image F1-max", "img F1"),
+    Metric("pixel_f1_max", "pixel F1-max", "px F1"),
+    Metric("image_ap", "image AP", "img AP"),
+    Metric("pixel_ap", "pixel AP", "px AP"),
+)
+METRIC_KEYS = tuple(m.key for m in METRICS)
+METRIC = {m.key: m for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -126,6 +155,14 @@ def f1max_from_curve(c: Curve) -> tuple[float, float]:
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     best = int(np.argmax(f1))
     return float(f1[best]), float(c.thresholds[best])
+
+
+def curve_values(c: Curve, level: str) -> dict[str, float]:
+    """AUROC, AP, F1-max and its threshold of one curve as ``{level}_auroc`` ... (level: image or pixel):
+    the one place these keys are built, for image scores and pixels alike."""
+    f1, thr = f1max_from_curve(c)
+    return {f"{level}_auroc": auroc_from_curve(c), f"{level}_ap": ap_from_curve(c), f"{level}_f1_max": f1,
+            f"{level}_f1_threshold": thr}
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -229,17 +266,15 @@ def aupro(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMIT) -> fl
     return aupro_from_curve(c, inv_sizes, limit)
 
 
+def _pixel_values(c: Curve, region_sums: np.ndarray, n_regions: int, limit: float) -> dict[str, float]:
+    """The pixel metrics of a curve (and its per-threshold region weights, see ``aupro_from_sums``)."""
+    return {**curve_values(c, "pixel"), "aupro": aupro_from_sums(c.fps, region_sums, n_regions, limit)}
+
+
 def pixel_metrics(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMIT) -> dict[str, float]:
     """Pixel AUROC, AP, F1-max (+ threshold) and AUPRO from one sort of all pixel scores."""
     c, inv_sizes = _pixel_curve(maps, masks, "pixel metrics")
-    f1, thr = f1max_from_curve(c)
-    return {
-        "pixel_auroc": auroc_from_curve(c),
-        "pixel_ap": ap_from_curve(c),
-        "pixel_f1_max": f1,
-        "pixel_f1_threshold": thr,
-        "aupro": aupro_from_curve(c, inv_sizes, limit),
-    }
+    return _pixel_values(c, np.cumsum(inv_sizes[c.payload])[c.ends], inv_sizes.size - 1, limit)
 
 
 LEVELS = 1 << 16  # PixelHistogram: scores in [0, 1] quantised to uint16 levels
@@ -310,15 +345,7 @@ class PixelHistogram:
         tps = np.cumsum(self.defect[::-1])[keep]
         fps = np.cumsum(self.normal[::-1])[keep]
         c = Curve((LEVELS - 1 - keep) / LEVELS, tps, fps)
-        f1, thr = f1max_from_curve(c)
-        sums = np.cumsum(self.region_weight[::-1])[keep]
-        return {
-            "pixel_auroc": auroc_from_curve(c),
-            "pixel_ap": ap_from_curve(c),
-            "pixel_f1_max": f1,
-            "pixel_f1_threshold": thr,
-            "aupro": aupro_from_sums(fps, sums, self.n_regions, limit),
-        }
+        return _pixel_values(c, np.cumsum(self.region_weight[::-1])[keep], self.n_regions, limit)
 
     def record(self) -> dict[str, object]:
         """How the pixel metrics were computed, for metrics.json."""
@@ -367,10 +394,7 @@ class PixelMaps:
 
 def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Image AUROC, AP and F1-max (+ threshold) from one sort."""
-    c = binary_curve(scores, labels)
-    f1, thr = f1max_from_curve(c)
-    return {"image_auroc": auroc_from_curve(c), "image_ap": ap_from_curve(c), "image_f1_max": f1,
-            "image_f1_threshold": thr}
+    return curve_values(binary_curve(scores, labels), "image")
 
 
 def evaluate(

@@ -12,6 +12,7 @@ batch of images is held in memory at a time.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from detector import outputs, report
+from detector.branches import DEFAULT_BRANCH
+from detector.checkpoint_io import checkpoint_info, checkpoint_meta
+from detector.data import load_images
 from detector.errors import DetectorError
+from detector.evaluate import Predictor
+from detector.outputs import json_safe, write_csv
+from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
+from fsad_data.images import is_image_file
 
 
 @dataclass
@@ -33,7 +42,7 @@ class PredictConfig:
     batch_size: int = 8
     threshold: str = "none"  # "auto" (CKPT/threshold.json), "none", or a number
     resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
-    branch: str = "fused"
+    branch: str = DEFAULT_BRANCH
     device: str = "cpu"
     precision: str = "fp32"
     progress: bool = True
@@ -51,8 +60,6 @@ class Thresholds:
 
 def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     """(output name, path) for every image: files as given, folders recursively in sorted order."""
-    from fsad_data.images import is_image_file
-
     found: list[tuple[str, Path]] = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -75,7 +82,7 @@ def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     return out
 
 
-def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = "fused") -> Thresholds:
+def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> Thresholds:
     """Parse ``--threshold``: auto reads CKPT/threshold.json (written by eval), none, or a float."""
     if spec is None or str(spec).lower() == "none":
         return Thresholds(None, None, None, "none")
@@ -111,23 +118,18 @@ def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def predict_paths(model: Any, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
-                  resolution: int = 256, branch: str = "fused", batch_size: int = 8,
+def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
+                  resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
                   info: dict[str, Any] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Score the images in batches and write maps, overlays, masks, scores.csv and scores.json."""
-    from detector import report
-    from detector.evaluate import _progress, json_safe, write_csv
-    from fsad_data import load_rgb
-    from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
-
     out = Path(out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     lo, hi = math.inf, -math.inf
-    bar = _progress(progress, len(items), "predicting")
+    bar = outputs.progress(progress, len(items), "predicting")
     for start in range(0, len(items), max(1, batch_size)):
         batch = items[start : start + batch_size]
-        images = [load_rgb(p) for _, p in batch]
+        images = load_images([p for _, p in batch])
         pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
         for (name, path), img, score, amap in zip(batch, images, pred.scores, pred.maps):
             full = map_to_image_size(amap, img.shape[0], img.shape[1])
@@ -147,7 +149,7 @@ def predict_paths(model: Any, items: list[tuple[str, Path]], out: Path, *, thres
     bar(0, done=True)
     # second pass: overlays on one colour scale for the run (maps read back, one image at a time)
     for row in rows:
-        img = load_rgb(row["path"])
+        img = load_images([row["path"]])[0]
         full = np.load(out / "maps" / f"{row['name']}.npy")
         write_png_atomic(out / "overlays" / f"{row['name']}.png", report.overlay(img, full, None, lo, hi))
     write_csv(out / "scores.csv", rows)
@@ -163,8 +165,6 @@ def predict_paths(model: Any, items: list[tuple[str, Path]], out: Path, *, thres
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
@@ -172,8 +172,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
     """``detector predict``: load the checkpoint once, then score every input image."""
-    from detector.evaluate import checkpoint_info, checkpoint_meta
-    from detector.model import load_detector
+    from detector.model import load_detector  # torch: only when a command runs
 
     ckpt = Path(config.checkpoint)
     meta = checkpoint_meta(ckpt)

@@ -21,23 +21,20 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector import captions, data
 from detector.errors import DetectorError
+from detector.outputs import epoch_bars
 from fsad_data import readable_name
 from fsad_data.config import ConfigError, read_config_file, to_config
 
 if TYPE_CHECKING:
-    from detector.fit import EpochReport
     from detector.model import FineGrainedAD
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate")
@@ -203,7 +200,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
     bb_meta.update(model_name=backbone.name, pretrained=backbone.pretrained, tap_layers=list(backbone.tap_layers),
                    weights_sha256=backbone.weights_sha256, vv_blocks=backbone.vv_blocks)
     t_load = time.perf_counter() - t0
-    with _epoch_bar(progress) as report:
+    with epoch_bars(progress) as report:
         model = fit(config, backbone, shot_images, record, object_name, state=state, report=report)
     history = model.meta["history"]
     if progress:
@@ -239,23 +236,3 @@ def train_and_save(config: TrainConfig, progress: bool = True) -> FineGrainedAD:
     model.save(Path(config.out))
     shutil.rmtree(partial_dir(config), ignore_errors=True)
     return model
-
-
-@contextmanager
-def _epoch_bar(enabled: bool) -> Iterator[EpochReport | None]:
-    """A rich bar per prompt set with its latest loss, as fit's ``report`` callback (None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), transient=False)
-    tasks: dict[str, Any] = {}
-
-    def report(label: str, done: int, total: int, loss: float) -> None:
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total, completed=done, loss=loss)
-        else:
-            bar.update(tasks[label], completed=done, loss=loss)
-
-    with bar:
-        yield report

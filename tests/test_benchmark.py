@@ -9,6 +9,7 @@ import pytest
 
 from detector import benchmark as B
 from detector.errors import DetectorError
+from detector.metrics import METRIC_KEYS
 from detector.model import Prediction
 
 
@@ -111,7 +112,7 @@ def test_aggregate_by_hand():
     rows = []
     for c, s, v in [("a", 0, 0.8), ("a", 1, 0.6), ("b", 0, 1.0), ("b", 1, float("nan"))]:
         rows.append({"method": "finegrainedad", "class_name": c, "shots": 1, "seed": s,
-                     **{m: v for m in B.TABLE_METRICS}})
+                     **{m: v for m in METRIC_KEYS}})
     agg = {a["class_name"]: a for a in B.aggregate(rows)}
     assert agg["a"]["image_auroc_mean"] == pytest.approx(0.7)
     assert agg["a"]["image_auroc_std"] == pytest.approx(math.sqrt(0.02))

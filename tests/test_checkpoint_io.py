@@ -7,7 +7,13 @@ import pickle
 import pytest
 import torch
 
-from detector.checkpoint_io import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from detector.checkpoint_io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    checkpoint_info,
+    load_checkpoint,
+    save_checkpoint,
+)
 from detector.errors import DetectorError
 
 
@@ -117,3 +123,14 @@ def test_crash_while_writing_leaves_old_checkpoint_and_no_temp(tmp_path, monkeyp
     got, meta = load_checkpoint(tmp_path / "ck")
     assert meta == {"v": 1} and torch.equal(got["a"], torch.zeros(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_checkpoint_info_reads_train_meta():
+    meta = {"class_name": "bottle", "shots": ["train/good/000.png"], "baseline": None,
+            "config": {"shots": 1, "seed": 2, "pretrained": "none", "recipe": "ours"},
+            "backbone": {"name": "fgad-tiny-test", "pretrained": "none"},
+            "method": {"tau": "exp", "vv_blocks": 6}}
+    info = checkpoint_info(meta)
+    assert info == {"shots": 1, "seed": 2, "method": "finegrainedad", "backbone": "fgad-tiny-test",
+                    "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False,
+                    "recipe": "ours", "method_options": {"tau": "exp", "vv_blocks": 6}}

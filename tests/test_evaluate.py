@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from detector import evaluate as E
+from detector.metrics import METRIC_KEYS
 from detector.model import Prediction
 from fsad_data import Sample, load_mask, load_rgb
 
@@ -87,7 +88,7 @@ def test_oracle_gets_perfect_metrics_and_all_outputs(tmp_path, samples):
     # the report shows the same values as metrics.json
     html = res.report_path.read_text()
     cells = [float(v) for v in re.findall(r'data-value="([^"]+)"', html)]
-    assert cells == [data["metrics"][k] for k in E.METRIC_COLUMNS]
+    assert cells == [data["metrics"][k] for k in METRIC_KEYS]
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 10
 
 
@@ -134,18 +135,6 @@ def test_bad_model_output_and_empty_split_raise(tmp_path, samples):
         E.collect(Wrong(), samples[:2], resolution=16)
     with pytest.raises(DetectorError, match="no test images"):
         E.evaluate_model(Wrong(), [], tmp_path, class_name="x")
-
-
-def test_checkpoint_info_reads_train_meta():
-    meta = {"class_name": "bottle", "shots": ["train/good/000.png"], "baseline": None,
-            "config": {"shots": 1, "seed": 2, "pretrained": "none", "recipe": "ours"},
-            "backbone": {"name": "fgad-tiny-test", "pretrained": "none"},
-            "method": {"tau": "exp", "vv_blocks": 6}}
-    info = E.checkpoint_info(meta)
-    assert info == {"shots": 1, "seed": 2, "method": "finegrainedad", "backbone": "fgad-tiny-test",
-                    "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False,
-                    "recipe": "ours", "method_options": {"tau": "exp", "vv_blocks": 6}}
-    assert E.json_safe({"a": float("nan"), "b": np.float32(0.5)}) == {"a": None, "b": 0.5}
 
 
 class NoisyOracle(OracleModel):
