@@ -38,7 +38,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.errors import DetectorError
+from detector.text_encoder import Tokenizer
 
 DEFAULT_NAME = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
@@ -136,7 +136,7 @@ class Backbone(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         name: str,
         pretrained: str,
         taps: Sequence[float | int] | None = None,
@@ -305,7 +305,7 @@ class Backbone(nn.Module):
         return self.encode(pixels)
 
 
-def _check_supported(visual: Any, name: str) -> None:
+def _check_supported(visual: nn.Module | None, name: str) -> None:
     """Clear errors for CLIPs whose image tower is not a plain open_clip ViT with nn.MultiheadAttention."""
     from open_clip.transformer import VisionTransformer
 
@@ -375,7 +375,7 @@ def _weight_file(path: Path) -> Path:
     )
 
 
-def _load_local_weights(model: Any, file: Path) -> None:
+def _load_local_weights(model: nn.Module, file: Path) -> None:
     """Load a local state dict: safetensors directly, a torch pickle only with weights_only=True (no code)."""
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -422,7 +422,7 @@ def load_backbone(
     taps: Sequence[float | int] | None = None,
     vv_blocks: int | str | None = None,
     expected_sha256: str | None = None,
-) -> Any:
+) -> Backbone:
     """Build the frozen ``Backbone``.
 
     ``name``: an open_clip model name or a path to a JSON model config (registered under its file stem).

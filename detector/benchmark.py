@@ -31,14 +31,14 @@ from detector import report
 from detector.branches import DEFAULT_BRANCH
 from detector.captions import load_class_record
 from detector.checkpoint_io import checkpoint_info
-from detector.data import class_test_samples
+from detector.data import class_test_samples, select_class_shots
 from detector.errors import DetectorError
 from detector.evaluate import Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
 from detector.outputs import write_csv
 from detector.recipes import train_config_fields
 from detector.train import TrainConfig
-from fsad_data import read_dataset, select_shots
+from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
 METHOD = "finegrainedad"
@@ -171,7 +171,7 @@ def default_trainer(train_config: TrainConfig) -> Predictor:
     return train_and_save(train_config, progress=False)
 
 
-def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Any],
+def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
              trainer: Callable[[TrainConfig], Predictor] = default_trainer) -> dict[str, Any]:
     """Train and evaluate one cell into its folder; returns the metrics."""
     tc = train_config_for(cell, config)
@@ -207,7 +207,7 @@ def check_cells(config: BenchmarkConfig) -> None:
     captioned: set[str] = set()
     for cell in cells:
         tc = train_config_for(cell, config)
-        select_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
+        select_class_shots(samples, cell.class_name, tc.shots, tc.seed, tc.shots_file)
         if cell.method not in BASELINES and cell.class_name not in captioned:  # FineGrainedAD or a variant
             load_class_record(tc.captions, cell.class_name)
             captioned.add(cell.class_name)
@@ -238,7 +238,7 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
     todo = [c for c in cells if not is_finished(c, out)]
     log(f"shard {config.shard_index + 1}/{config.num_shards}: {len(cells)} cells, {len(cells) - len(todo)} "
         f"already finished, {len(todo)} to run")
-    samples_by_class: dict[str, list[Any]] = {}
+    samples_by_class: dict[str, list[Sample]] = {}
     failures: list[str] = []
     for i, cell in enumerate(todo, 1):
         if cell.class_name not in samples_by_class:

@@ -105,7 +105,7 @@ def eval_mask(sample: Sample, resolution: int, image_shape: tuple[int, int] | No
     return mask_at(load_sample_mask(sample, image_shape), resolution)
 
 
-def pick_figures(samples: Sequence[Any], n_anomalous: int = 8, n_normal: int = 4) -> list[int]:
+def pick_figures(samples: Sequence[Sample], n_anomalous: int = 8, n_normal: int = 4) -> list[int]:
     """Indices of the images to draw: evenly spaced along the id order, anomalous first (deterministic)."""
     chosen: list[int] = []
     for label, n in ((1, n_anomalous), (0, n_normal)):
@@ -127,7 +127,7 @@ class Collected:
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) bool
     map_max: np.ndarray  # (N,) float32
-    pixels: Any  # metrics.PixelHistogram (default) or metrics.PixelMaps (exact)
+    pixels: M.PixelHistogram | M.PixelMaps  # the histogram (default) or every map (exact)
     has_masks: bool  # some ground-truth pixel is anomalous
     map_range: tuple[float, float]  # min and max over all maps: one colour scale for the figures
     kept: dict[int, tuple[np.ndarray, np.ndarray]]  # index -> (map, mask) of the figure images
@@ -168,7 +168,7 @@ def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, 
     return Collected(scores, labels, map_max, pixels, has_masks, (lo, hi), kept)
 
 
-def figure_images(samples: Sequence[Any], col: Collected, indices: list[int], resolution: int
+def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int], resolution: int
                   ) -> list[tuple[str, str, np.ndarray]]:
     """(file stem, caption, panel RGB) per picked image, heat maps on one colour scale for the class."""
     import cv2

@@ -40,9 +40,10 @@ from torch import Tensor
 from detector import losses, method
 from detector.backbone import Backbone
 from detector.errors import DetectorError
+from detector.method import LossFn
 from detector.model import FineGrainedAD, build_prompt_sets
 from detector.outputs import EpochReport
-from detector.prompts import MultiLevelPrompts, TextFeatures
+from detector.prompts import MultiLevelPrompts
 from detector.regions import region_weights, uniform_weights
 from detector.train_state import ResumableState, load_optim
 
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 TEXT_CHECKPOINT_AUTO_BYTES = 1 << 30  # "auto" checkpoints a prompt set whose kept text activations exceed this
 
-LossFn = Callable[[TextFeatures], tuple[Tensor, dict[str, float]]]
+OnEpoch = Callable[[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler], None]
 
 
 @dataclass
@@ -111,7 +112,7 @@ def optimiser(params: list[Tensor], config: TrainConfig, epochs: int
 
 def fit_prompt_set(prompts: MultiLevelPrompts, loss_fn: LossFn, epochs: int, config: TrainConfig, label: str,
                    history: list[float], optim_state: dict[str, Any] | None = None,
-                   on_epoch: Callable[[Any, Any], None] | None = None,
+                   on_epoch: OnEpoch | None = None,
                    report: EpochReport | None = None) -> list[float]:
     """Full-batch SGD steps of ``loss_fn(text_features)`` on the trainable prompt vectors until ``epochs``.
 
@@ -208,7 +209,7 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
             history = state.history
         t_encode = time.perf_counter()
 
-        def saver(phase: str) -> Callable[[Any, Any], None] | None:
+        def saver(phase: str) -> OnEpoch | None:
             if state is None:
                 return None
             return lambda opt, sched: state.save(phase, pixel, image, opt, sched)

@@ -7,9 +7,18 @@ these helpers, so a new option is wired here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from detector.prompts import TextFeatures
+    from detector.regions import RegionConfig
+    from detector.train import TrainConfig
+
+LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 
 # TrainConfig fields that choose the computation (recorded in the checkpoint meta and in metrics.json)
 METHOD_FIELDS = (
@@ -30,7 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_method_options(config: Any) -> None:
+def check_method_options(config: TrainConfig) -> None:
     """One clear line for a method option with a value outside its choices (TrainConfig.__post_init__)."""
     for name, choices in CHOICES.items():
         value = getattr(config, name)
@@ -59,7 +68,7 @@ def check_method_options(config: Any) -> None:
             raise DetectorError(f"vv_blocks={vv!r}: at least 1 block ('all' or unset: every block)")
 
 
-def method_settings(config: Any) -> dict[str, Any]:
+def method_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The computation-choosing settings of a TrainConfig (or its asdict) as plain JSON."""
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
     out = {k: get(k) for k in METHOD_FIELDS}
@@ -67,7 +76,7 @@ def method_settings(config: Any) -> dict[str, Any]:
     return out
 
 
-def region_config(config: Any) -> Any:
+def region_config(config: TrainConfig) -> RegionConfig:
     """RegionConfig of a TrainConfig."""
     from detector.regions import RegionConfig
 
@@ -75,22 +84,22 @@ def region_config(config: Any) -> Any:
                         scale_distance=bool(config.region_scale_distance))
 
 
-def pixel_loss(config: Any, tokens: Any, weights: Any, tau: float) -> Callable[[Any], tuple[Any, dict]]:
+def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float) -> LossFn:
     """The pixel-level (patch token) MLSA loss of a TrainConfig, as a function of the text features."""
     from detector import losses
 
-    def fn(text: Any) -> tuple[Any, dict]:
+    def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.mlsa_loss(tokens, weights, text, tau, config.lambda1, config.lambda_comp,
                                 weighting=config.region_weighting, triplet_distance=config.triplet_distance,
                                 composition_form=config.composition)
     return fn
 
 
-def image_loss(config: Any, cls: Any, tau: float) -> Callable[[Any], tuple[Any, dict]]:
+def image_loss(config: TrainConfig, cls: Tensor, tau: float) -> LossFn:
     """The image-level (CLS) MLSA loss of a TrainConfig (composition weight ``image_lambda_comp``, public 0)."""
     from detector import losses
 
-    def fn(text: Any) -> tuple[Any, dict]:
+    def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.image_loss(cls, text, tau, config.lambda1, config.image_lambda_comp,
                                  groups=config.image_groups,
                                  triplet_distance=config.triplet_distance, composition_form=config.composition)

@@ -40,8 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detector.backbone import Backbone, BackboneOutput, load_backbone
 from detector.branches import BRANCHES
+from detector.checkpoint_io import load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
+from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
 
 FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
 IMAGE_SCORE_GROUPS = ("matched", "image")
@@ -104,7 +107,7 @@ def two_way_abnormal_prob(sim_normal: torch.Tensor, sim_abnormal: torch.Tensor, 
 class FineGrainedAD(nn.Module):
     """The detector for one class; build it with ``detector.train.train`` or ``load_detector``."""
 
-    def __init__(self, backbone: Any, pixel_prompts: nn.Module, image_prompts: nn.Module,
+    def __init__(self, backbone: Backbone, pixel_prompts: MultiLevelPrompts, image_prompts: MultiLevelPrompts,
                  region_weights: torch.Tensor, memory: list[torch.Tensor], tau: float,
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -188,7 +191,7 @@ class FineGrainedAD(nn.Module):
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
-    def score_features(self, out: Any, resolution: int = 256, branch: str = "fused"
+    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = "fused"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch)."""
         if branch not in BRANCHES:
@@ -277,8 +280,6 @@ class FineGrainedAD(nn.Module):
 
     def save(self, ckpt_dir: str | Path) -> Path:
         """Write the checkpoint folder atomically (safetensors + JSON meta) through checkpoint_io."""
-        from detector.checkpoint_io import save_checkpoint
-
         meta = dict(self.meta)
         meta.update(format_version=FORMAT_VERSION, tau=self.tau, pixel_names=self.pixel_names,
                     image_names=self.image_names, n_memory=len(self.memory))
@@ -298,12 +299,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, baseline: str | None,
+def build_prompt_sets(backbone: Backbone, record: dict | None, object_name: str, baseline: str | None,
                       drop_levels: list[str], pixel_config: dict, image_config: dict,
-                      extra_texts: bool = False) -> tuple[nn.Module, nn.Module]:
+                      extra_texts: bool = False) -> tuple[MultiLevelPrompts, MultiLevelPrompts]:
     """The two MLLP prompt sets for a class: from the MFSC record, or from the class name (PromptAD)."""
-    from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
-
     if baseline == "promptad":
         groups = groups_from_class_name(object_name)
     elif baseline is None:
@@ -318,10 +317,8 @@ def build_prompt_sets(backbone: Any, record: dict | None, object_name: str, base
     return sets[0], sets[1]
 
 
-def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Any:
+def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Backbone:
     """Load the frozen backbone named in a checkpoint; random-weight backbones are rebuilt from seed 0."""
-    from detector.backbone import load_backbone
-
     pretrained = meta_backbone.get("pretrained") or "none"
     taps = meta_backbone.get("tap_layers")
     vv_blocks = meta_backbone.get("vv_blocks")
@@ -374,8 +371,6 @@ def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir
 
 def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> FineGrainedAD:
     """Rebuild a trained detector from its checkpoint folder (no pickles; bit-exact predictions)."""
-    from detector.checkpoint_io import load_checkpoint
-
     ckpt_dir = Path(ckpt_dir)
     tensors, meta = load_checkpoint(ckpt_dir)
     version = meta.get("format_version")

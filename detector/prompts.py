@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
-from detector.text_encoder import TextTower, tokenize_with_placeholders
+from detector.text_encoder import TextTower, Tokenizer, tokenize_with_placeholders
 
 IMAGE = "image"
 BACKGROUND = "background"
@@ -245,7 +245,7 @@ class MultiLevelPrompts(torch.nn.Module):
     """The learnable prompts of all groups of one class, encoded through a frozen open_clip text tower."""
 
     def __init__(
-        self, clip_model: torch.nn.Module, tokenizer: Any, groups: list[PromptGroup], config: PromptConfig
+        self, clip_model: torch.nn.Module, tokenizer: Tokenizer, groups: list[PromptGroup], config: PromptConfig
     ):
         super().__init__()
         self.config = config

@@ -24,12 +24,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
+
+
+class Tokenizer(Protocol):
+    """An open_clip tokenizer as the prompts use it: texts -> (N, context length) token ids. The CLIP BPE
+    tokenizer also has ``encode`` and ``sot_token_id`` / ``eot_token_id``, read where present."""
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor: ...
 
 PLACEHOLDER = "X"
 _POOL_TYPES = ("argmax", "eos", "first", "last")
@@ -194,7 +201,7 @@ def _checkpointed_blocks(transformer: torch.nn.Module, blocks: Any, x: torch.Ten
     return x if batch_first else x.transpose(0, 1)
 
 
-def placeholder_id(tokenizer: Any) -> int:
+def placeholder_id(tokenizer: Tokenizer) -> int:
     """Token id of the placeholder word; it must be one token."""
     ids = _encode_words(tokenizer, PLACEHOLDER)
     if ids is not None and len(ids) != 1:
@@ -214,7 +221,7 @@ def placeholder_id(tokenizer: Any) -> int:
     return words[0]
 
 
-def _encode_words(tokenizer: Any, text: str) -> list[int] | None:
+def _encode_words(tokenizer: Tokenizer, text: str) -> list[int] | None:
     """Token ids of text without special tokens, where the tokenizer exposes ``encode``."""
     enc = getattr(tokenizer, "encode", None)
     if enc is None:
@@ -225,7 +232,7 @@ def _encode_words(tokenizer: Any, text: str) -> list[int] | None:
         return None
 
 
-def fit_text(tokenizer: Any, text: str, budget: int) -> str:
+def fit_text(tokenizer: Tokenizer, text: str, budget: int) -> str:
     """Drop words from the end of text until it takes at most ``budget`` tokens; warn when anything is cut."""
     words = text.split()
     original = text
@@ -250,7 +257,7 @@ def fit_text(tokenizer: Any, text: str, budget: int) -> str:
     return text
 
 
-def placeholder_offset(tokenizer: Any) -> int:
+def placeholder_offset(tokenizer: Tokenizer) -> int:
     """Position of the first placeholder in a tokenized prompt (1 for CLIP: after the start token)."""
     x_id = placeholder_id(tokenizer)
     row = tokenizer([PLACEHOLDER])[0].tolist()
@@ -262,7 +269,7 @@ def placeholder_offset(tokenizer: Any) -> int:
 
 
 def tokenize_with_placeholders(
-    tokenizer: Any, tower: TextTower, texts: list[str], n_placeholders: list[int]
+    tokenizer: Tokenizer, tower: TextTower, texts: list[str], n_placeholders: list[int]
 ) -> tuple[torch.Tensor, int]:
     """Token ids (B, context) of ``"X" * n + text`` per row, and the position of the first placeholder.
 

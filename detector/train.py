@@ -30,6 +30,7 @@ from rich.console import Console
 
 from detector import captions, data
 from detector.errors import DetectorError
+from detector.method import check_method_options
 from detector.outputs import epoch_bars
 from fsad_data import readable_name
 from fsad_data.config import ConfigError, read_config_file, to_config
@@ -109,8 +110,6 @@ class TrainConfig:
         if self.text_checkpointing not in TEXT_CHECKPOINTING:
             raise DetectorError(f"text_checkpointing={self.text_checkpointing!r}: use one of "
                                 f"{', '.join(TEXT_CHECKPOINTING)}")
-        from detector.method import check_method_options
-
         check_method_options(self)
         self.drop_levels = list(self.drop_levels or [])
         if self.taps is not None:
