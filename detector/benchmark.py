@@ -37,7 +37,7 @@ from detector.evaluate import Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
 from detector.outputs import write_csv
 from detector.recipes import train_config_fields
-from detector.train import TrainConfig
+from detector.train import TrainConfig, train_and_save
 from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
@@ -166,8 +166,6 @@ def train_config_for(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
 def default_trainer(train_config: TrainConfig) -> Predictor:
     """Train one cell (resumable inside the cell: ``<checkpoint>.partial/``) and save its checkpoint;
     returns the in-memory model (no reload needed)."""
-    from detector.train import train_and_save  # torch: only when a cell trains
-
     return train_and_save(train_config, progress=False)
 
 
