@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from detector.branches import DEFAULT_BRANCH
 from detector.errors import DetectorError
 
 DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
@@ -30,7 +31,7 @@ Threshold = float | Literal["auto"] | None
 class Engine(Protocol):
     """What runs the model: ``FineGrainedAD`` (PyTorch) or ``runtime.ExportedModel`` (ONNX Runtime/OpenVINO)."""
 
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8) -> Any: ...
 
 
@@ -133,7 +134,7 @@ class Detector:
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
             batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
-            pred = self.engine.predict(batch, resolution=res, branch="fused", batch_size=batch_size)
+            pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size)
             for img, score, amap in zip(batch, pred.scores, pred.maps):
                 full = map_to_image_size(amap, img.shape[0], img.shape[1])
                 results.append(DetectorResult(
@@ -162,7 +163,7 @@ class Detector:
         return None
 
 
-def read_thresholds(folder: Path, branch: str = "fused") -> dict[str, Any] | None:
+def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
     """The ``branch`` entry of FOLDER/threshold.json written by `detector eval`, or None."""
     import json
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.branches import DEFAULT_BRANCH
 from detector.errors import DetectorError
 from detector.metrics import components
 from fsad_data.grid import location_word
@@ -311,7 +312,7 @@ def model_state_bank(model: Any) -> StateBank:
 
 
 def detect(model: Any, images: list[np.ndarray], config: NamingConfig, *, resolution: int = 256,
-           branch: str = "fused", batch_size: int = 8, bank: StateBank | None = None
+           branch: str = DEFAULT_BRANCH, batch_size: int = 8, bank: StateBank | None = None
            ) -> tuple[Any, list[list[Defect]]]:
     """Score RGB images and name their defects: (the model's Prediction, per image its named defects with
     boxes in the image's own pixels). The map is named at the evaluation resolution."""

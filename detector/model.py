@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.backbone import Backbone, BackboneOutput, load_backbone
-from detector.branches import BRANCHES
+from detector.branches import BRANCHES, DEFAULT_BRANCH
 from detector.checkpoint_io import load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
 from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
@@ -191,7 +191,7 @@ class FineGrainedAD(nn.Module):
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
-    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = "fused"
+    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = DEFAULT_BRANCH
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch)."""
         if branch not in BRANCHES:
@@ -235,7 +235,7 @@ class FineGrainedAD(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = "fused",
+    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8, tokens: bool = False) -> Prediction:
         """Score RGB uint8 images (H, W, 3): image scores (B,) and maps (B, R, R) float32, batched.
         ``tokens``: also each patch token's matched group and unit feature (for named defects)."""
