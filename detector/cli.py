@@ -70,8 +70,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TrainConfig YA
 LayoutOpt = Annotated[str | None, typer.Option(
     "--layout", help="Data set layout: auto, mvtec, visa, ...", show_default="auto")]
 BranchOpt = Annotated[Literal[BRANCHES], typer.Option(  # a tuple subscript: Literal["fused", "text", "visual"]
-    "--branch", help="Map to score: fused (the method), text or visual "
-    "(ablations).")]
+    "--branch", help="Map to score: fused (the method), text or visual (ablations).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
 RunDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")]
@@ -166,7 +165,8 @@ def train(
         "--baseline", help="'promptad': class-name prompts only (the PromptAD baseline).")] = None,
     config: ConfigOpt = None,
     layout: LayoutOpt = None,
-    train_flags: TrainFlags | None = None,
+    *,
+    train_flags: TrainFlags,  # from with_train_flags (not a CLI option itself)
 ) -> None:
     """Train FineGrainedAD for one class from k normal shots and its MFSC caption record (resumes)."""
 
@@ -175,7 +175,6 @@ def train(
         from detector.recipes import build_train_config
         from detector.train import train as train_fn
 
-        assert train_flags is not None  # with_train_flags passes it
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
                                      out=out, shots_file=shots_file, baseline=baseline, layout=layout)
         cfg = build_train_config(train_flags.recipe, config, **{**train_flags.overrides(), **overrides})
@@ -313,7 +312,8 @@ def benchmark(
         "--variants", help="Run several recipes on the same cells, side by side: 'NAME=OPTIONS;NAME=OPTIONS', "
         "OPTIONS space-separated KEY=VALUE over the run's recipe (recipe=ours expands), e.g. "
         "'paper=;ours=recipe=ours;ours_stored=recipe=ours tau=stored'.", show_default="the recipe alone")] = None,
-    train_flags: TrainFlags | None = None,
+    *,
+    train_flags: TrainFlags,  # from with_train_flags (not a CLI option itself)
 ) -> None:
     """The paper's protocol: train + evaluate every (class, shots, seed), then tables (resumable, shardable)."""
 
@@ -322,7 +322,6 @@ def benchmark(
         from detector.benchmark import BenchmarkConfig, check_cells, parse_int_list, run_benchmark
         from detector.recipes import parse_variants
 
-        assert train_flags is not None  # with_train_flags passes it
 
         _not_a_file(out, "--out", "a folder for the benchmark")
 
