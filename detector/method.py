@@ -22,7 +22,7 @@ LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 
 # TrainConfig fields that choose the computation (recorded in the checkpoint meta and in metrics.json)
 METHOD_FIELDS = (
-    "vv_blocks", "tau", "gate_mode", "gate_init", "prototype", "extra_texts", "region_weighting",
+    "vv_blocks", "tau", "gate_mode", "gate_init", "prototype", "period", "extra_texts", "region_weighting",
     "triplet_distance", "composition", "lambda_comp", "image_groups", "image_score_group", "region_assign",
     "region_scale_distance", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
 )

@@ -30,6 +30,9 @@ Prototypes (``prototype``): ``raw_mean`` (public) normalises the mean of the RAW
 group's prompts; ``unit_mean`` (ours) the mean of the normalised ones. Individual prompt features are
 always L2-normalised.
 
+Prompt strings are ``[ctx] D.``: the public learner appends a "." to every description D (``period``; off
+in the ``ours`` recipe, which uses the texts as the caption dataset writes them).
+
 Extra texts (``groups_from_record(extra_texts=...)``): off (public) keeps only the image caption as the
 image group's normal text and its first ``len(defect_states)`` abnormal texts (the caption with each defect
 state, which ``mfsc`` writes first); on (ours) keeps the record's extra sentences ("a photo of a flawless
@@ -82,6 +85,7 @@ class PromptConfig:
     gate_init: float | str = "randn"  # gate logits: "randn" = N(0, 1) draws (public), or a constant
     prototype: str = "raw_mean"  # "raw_mean" (public) or "unit_mean" (ours), see the module docstring
     truncate: bool = True  # cut padding after the last EOT before the encoder (identical results, faster)
+    period: bool = True  # append "." to every description D, as the public prompt strings "[ctx] D." (ours: off)
 
     def __post_init__(self) -> None:
         self.drop_levels = tuple(self.drop_levels)
@@ -300,14 +304,14 @@ class MultiLevelPrompts(torch.nn.Module):
                     if family == LEARNED:
                         for v in range(c.n_pro_ab):
                             for ti, t in enumerate(g.normal):
-                                texts.append(t)
+                                texts.append(t + "." if c.period else t)
                                 n_ph.append(c.n_ctx + c.n_ctx_ab)
                                 ctx_idx.append(p)
                                 ab_idx.append(v)
                                 row_meta.append((p, v, ti))
                     else:
                         for ti, t in enumerate(g.normal if family == NORMAL else g.abnormal):
-                            texts.append(t)
+                            texts.append(t + "." if c.period else t)
                             n_ph.append(c.n_ctx)
                             ctx_idx.append(p)
                             ab_idx.append(-1)

@@ -38,7 +38,8 @@ from fsad_data.config import ConfigError, read_config_file, to_config
 if TYPE_CHECKING:
     from detector.model import FineGrainedAD
 
-PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate")
+PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate",
+                 "period")
 TEXT_CHECKPOINTING = ("auto", "on", "off")
 
 
@@ -92,6 +93,7 @@ class TrainConfig:
     gate_mode: str = "tokens"  # tokens (public) | features
     gate_init: float | str = "randn"  # randn (public N(0, 1)) | a constant
     truncate: bool = True
+    period: bool = True  # "[ctx] D." as the public prompt strings (ours: false)
     # MLSA region aggregation
     region_knn: int = 5
     region_boost: float = 1.5

@@ -121,8 +121,8 @@ def test_vv_path_on_every_block_equals_the_public_dual_path(tiny_clip_name):
 # prompt learner (token mode) and prototypes
 # --------------------------------------------------------------------------------------------------------
 def _seq(model, tok, text: str, vectors: list[torch.Tensor]) -> torch.Tensor:
-    """Public prompt embedding (77, W): [SOS] + learned vectors + the text's token embeddings + padding."""
-    ids = tok(["X " * len(vectors) + text])[0]
+    """Public prompt embedding (77, W): [SOS] + learned vectors + the tokens of "D." + padding."""
+    ids = tok(["X " * len(vectors) + text + "."])[0]
     emb = model.token_embedding(ids).clone()
     for i, v in enumerate(vectors):
         emb[1 + i] = v
@@ -207,7 +207,7 @@ def test_token_mode_prompt_learner_and_raw_prototypes_equal_the_public_learner(c
 
 
 def test_non_image_groups_and_placeholder_rows_are_plain_open_clip(clip, prompts):
-    """Every other group's rows are open_clip's encode_text of [SOS][ctx][text] (checked via placeholders)."""
+    """Every other group's rows are open_clip's encode_text of "[SOS][ctx] D." (checked via placeholders)."""
     model, tok = clip
     torch.manual_seed(5)
     p = MultiLevelPrompts(model, tok, groups_from_record(RECORD), PromptConfig(n_pro=2, n_pro_ab=3))
@@ -217,9 +217,11 @@ def test_non_image_groups_and_placeholder_rows_are_plain_open_clip(clip, prompts
         p.abnormal_tokens.copy_(x.expand_as(p.abnormal_tokens))
         raw = p.encode_prompts(normalize=False)
     for g in range(1, p.n_region):
-        for fam, (s, e) in enumerate(p.slices[g]):
+        grp = p.groups[g]
+        for fam, texts in ((NORMAL, grp.normal), (HANDCRAFTED, grp.abnormal), (LEARNED, grp.normal * 3)):
+            s, e = p.slices[g][fam]
             n = 4 + (1 if fam == LEARNED else 0)
-            ref = model.encode_text(tok(["X " * n + t for t in p.texts[s:e]]))
+            ref = model.encode_text(tok(["X " * n + t + "." for t in texts * 2]))  # n_pro = 2 copies
             torch.testing.assert_close(raw[s:e], ref, atol=ATOL, rtol=0)
 
 
