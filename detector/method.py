@@ -24,7 +24,7 @@ LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 METHOD_FIELDS = (
     "vv_blocks", "tau", "gate_mode", "gate_init", "prototype", "period", "extra_texts", "region_weighting",
     "triplet_distance", "composition", "lambda_comp", "image_groups", "image_score_group", "region_assign",
-    "region_scale_distance", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
+    "region_scale_distance", "region_match", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "gate_mode": ("tokens", "features"),
@@ -36,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "image_score_group": ("matched", "image"),
     "image_visual_max": ("upsampled", "grid"),
     "region_assign": ("nearest", "parent"),
+    "region_match": ("token_mean", "feature_mean"),
 }
 
 
@@ -81,7 +82,7 @@ def region_config(config: TrainConfig) -> RegionConfig:
     from detector.regions import RegionConfig
 
     return RegionConfig(knn=config.region_knn, boost=config.region_boost, assign=config.region_assign,
-                        scale_distance=bool(config.region_scale_distance))
+                        scale_distance=bool(config.region_scale_distance), match=config.region_match)
 
 
 def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float) -> LossFn:

@@ -10,8 +10,10 @@ Per-group token weights are 1 everywhere plus ``boost`` (1.5) on the group's clu
 uniform. The weights are average-pooled back to the model grid.
 
 Public behaviour kept (PromptAD/clusters.py): every non-centre point joins its NEAREST centre
-(``assign="nearest"``; ``"parent"`` follows the DPC parent chain instead, ours), and distances are divided
-by sqrt(number of features) (``scale_distance``). Public behaviour NOT kept, because it is a bug (see
+(``assign="nearest"``; ``"parent"`` follows the DPC parent chain instead, ours), distances are divided
+by sqrt(number of features) (``scale_distance``), and a component is matched to the cluster whose mean token
+is most similar to its text (``match="token_mean"``; ``"feature_mean"``: the highest mean language-guided
+feature, ours). Public behaviour NOT kept, because it is a bug (see
 docs/FIDELITY.md): its KNN density counts the point itself and lowers k to 1 for 2 or 3 clusters, so the
 density is a constant plus 1e-6 noise; the background and the component matches of shot 0 are applied to
 every other shot although each shot is clustered on its own (cluster numbers do not correspond); the
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 ASSIGN_RULES = ("nearest", "parent")
+MATCH_RULES = ("token_mean", "feature_mean")
 IMAGE_GROUP = "image"
 BACKGROUND_GROUP = "background"
 
@@ -42,10 +45,13 @@ class RegionConfig:
     scale: int = 4  # high-resolution grid = scale x model grid (4x4 tiles)
     assign: str = "nearest"  # "nearest" centre (public) or "parent" chain (ours)
     scale_distance: bool = True  # distances / sqrt(n features), as the public clustering
+    match: str = "token_mean"  # component -> cluster: cos(text, mean token) (public) | "feature_mean" (ours)
 
     def __post_init__(self) -> None:
         if self.assign not in ASSIGN_RULES:
             raise ValueError(f"region assign={self.assign!r} is not one of {', '.join(ASSIGN_RULES)}")
+        if self.match not in MATCH_RULES:
+            raise ValueError(f"region match={self.match!r} is not one of {', '.join(MATCH_RULES)}")
 
 
 def pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
@@ -129,14 +135,17 @@ def language_guided_features(tokens: torch.Tensor, prototypes: torch.Tensor) -> 
     return t @ p.T
 
 
-def assign_regions(features: torch.Tensor, n_components: int, config: RegionConfig | None = None
-                   ) -> RegionAssignment:
+def assign_regions(features: torch.Tensor, n_components: int, config: RegionConfig | None = None,
+                   tokens: torch.Tensor | None = None, texts: torch.Tensor | None = None) -> RegionAssignment:
     """Two-stage DPC-KNN on the language-guided features (H, W, 1 + E) of one shot.
 
     Feature 0 is the similarity to the background prototype, features 1..E to the components.
     Handles E = 0 (texture classes: background/foreground only) and foregrounds too small to split
     (fewer tokens than E + 1 clusters or than 2 neighbours): every component then gets the whole
-    foreground (cluster -1).
+    foreground (cluster -1). Components are matched to the cluster whose mean token (``tokens`` (H, W, D),
+    normalised) is most similar to the component's normal text (``texts`` (E, D)), as the public code
+    (``config.match="token_mean"``), or whose mean language-guided feature is highest (``"feature_mean"``;
+    also the fallback without tokens).
     """
     config = config or RegionConfig()
     h, w, f = features.shape
@@ -160,8 +169,14 @@ def assign_regions(features: torch.Tensor, n_components: int, config: RegionConf
         labels = dpc_knn(fg_feat, n_fg_clusters, config.knn, config.assign, config.scale_distance)
         fg_labels[fg_idx] = labels
         # cluster mean similarity to each component text: (clusters, E); match component -> argmax cluster
-        cluster_means = torch.stack([fg_feat[labels == c, 1:].mean(0) for c in range(n_fg_clusters)])
-        matched = [int(i) for i in torch.argmax(cluster_means, dim=0)]
+        if config.match == "token_mean" and tokens is not None and texts is not None:
+            tok = F.normalize(tokens.reshape(h * w, -1).double(), dim=-1)[fg_idx]
+            centres = F.normalize(torch.stack([tok[labels == c].mean(0) for c in range(n_fg_clusters)]), dim=-1)
+            sim = F.normalize(texts.double(), dim=-1) @ centres.T  # (E, clusters)
+            matched = [int(i) for i in torch.argmax(sim, dim=1)]
+        else:
+            cluster_means = torch.stack([fg_feat[labels == c, 1:].mean(0) for c in range(n_fg_clusters)])
+            matched = [int(i) for i in torch.argmax(cluster_means, dim=0)]
     return RegionAssignment(background=background.reshape(h, w), foreground_labels=fg_labels.reshape(h, w),
                             component_cluster=matched)
 
@@ -221,7 +236,7 @@ def region_weights(hr_tokens: torch.Tensor, hr_grid: tuple[int, int], normal_pro
     out, assignments = [], []
     for tokens in hr_tokens:
         feats = language_guided_features(tokens, guide).reshape(hh, ww, -1)
-        a = assign_regions(feats, len(comp_idx), config)
+        a = assign_regions(feats, len(comp_idx), config, tokens.reshape(hh, ww, -1), guide[1:])
         assignments.append(a)
         out.append(pool_to_grid(group_weights_hr(a, group_names, config.boost), config.scale))
     return torch.stack(out), assignments

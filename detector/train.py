@@ -99,6 +99,7 @@ class TrainConfig:
     region_boost: float = 1.5
     region_assign: str = "nearest"  # nearest centre (public) | parent (DPC chain)
     region_scale_distance: bool = True  # distances / sqrt(n features) (public)
+    region_match: str = "token_mean"  # component -> cluster by its mean token (public) | feature_mean
     text_checkpointing: str = "auto"  # auto | on | off: recompute the text blocks in backward (see text_checkpoint)
     restart: bool = False  # discard the resumable state in <out>.partial/ and train from the first epoch
 

@@ -378,3 +378,19 @@ def test_fused_map_and_image_score_equal_the_public_forward(tiny_clip_name):
     vis_max = F.interpolate(vis, size=(400, 400), mode="bilinear", align_corners=False).flatten(1).max(1).values
     cls = _public_text_score(out.cls, normal, abnormal, 2.3)
     torch.testing.assert_close(score, 2.0 / (1.0 / vis_max + 1.0 / cls), atol=ATOL, rtol=0)
+
+
+def test_component_cluster_match_is_the_public_token_mean_cosine():
+    """seg fit: each component text goes to the cluster whose mean (normalised) hr token is most similar."""
+    from detector.regions import RegionConfig, region_weights
+
+    g = torch.Generator().manual_seed(11)
+    tokens = F.normalize(torch.randn(2, 16 * 16, 8, generator=g), dim=-1)
+    protos = F.normalize(torch.randn(4, 8, generator=g), dim=-1)  # image, background, cap, label
+    names = ["image", "background", "cap", "label"]
+    _w, assigns = region_weights(tokens, (16, 16), protos, names, RegionConfig())  # default: token_mean
+    for shot, a in enumerate(assigns):
+        labels = a.foreground_labels.reshape(-1)
+        assert all(int((labels == c).sum()) > 0 for c in range(3))  # the foreground was split in 3
+        means = F.normalize(torch.stack([tokens[shot][labels == c].mean(0) for c in range(3)]), dim=-1)
+        assert a.component_cluster == torch.argmax(protos[2:] @ means.T, dim=1).tolist()
