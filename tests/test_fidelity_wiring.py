@@ -36,9 +36,9 @@ def test_recipe_options_reach_losses_regions_prompts_backbone_and_model(tiny_cli
 
     monkeypatch.setattr(losses, "mlsa_loss", pixel)
     monkeypatch.setattr(losses, "image_loss", image)
-    import detector.train as T
+    import detector.fit as fit_module
 
-    monkeypatch.setattr(T, "region_weights", region, raising=False)
+    monkeypatch.setattr(fit_module, "region_weights", region)  # fit imports it by name
     monkeypatch.setattr(regions, "region_weights", region)
     m = train_model(cfg, progress=False, shot_images=SHOTS, shot_names=NAMES, record=WIDGET)
     p_args, p_kw = seen["pixel"]
