@@ -283,6 +283,21 @@ def test_every_option_has_a_one_line_help_with_its_default():
                 assert p.show_default == str(defaults[p.name]), f"{where}: help says {p.show_default}"
 
 
+def test_training_flags_are_written_once_for_train_and_benchmark():
+    """TRAIN_FLAGS: train and benchmark get the same options (names, help, shown defaults), every one of them."""
+    import typer
+
+    from detector.cli import TRAIN_FLAGS
+
+    commands = typer.main.get_command(app).commands
+
+    def flags(name):
+        return {p.name: (p.opts, p.help, p.show_default, p.default) for p in commands[name].params
+                if p.name in TRAIN_FLAGS}
+
+    assert set(flags("train")) == set(TRAIN_FLAGS) and flags("train") == flags("benchmark")
+
+
 @pytest.fixture(scope="module")
 def widget_ckpt(tmp_path_factory, tiny_clip_name):
     """A 1-epoch class-name checkpoint of a class named 'widget' (in no data set here)."""

@@ -165,6 +165,10 @@ def test_evaluate_returns_every_metric():
     assert all(np.isfinite(v) for v in out.values())
     assert set(metrics.evaluate(scores, labels, None, None)) == {
         "image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
+    # the one table names exactly the reported keys (thresholds are not metrics), each once, AUPRO with its limit
+    assert set(metrics.METRIC_KEYS) == set(out) - {"image_f1_threshold", "pixel_f1_threshold"}
+    assert len(set(metrics.METRIC_KEYS)) == len(metrics.METRICS) == len({m.title for m in metrics.METRICS})
+    assert metrics.METRIC["aupro"].title == f"AUPRO@{metrics.AUPRO_LIMIT}"
 
 
 def test_packed_float32_sort_matches_argsort_with_negatives_zeros_and_ties():

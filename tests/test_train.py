@@ -372,3 +372,25 @@ def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_cli
     (a, _), (b, _) = load_checkpoint(ref), load_checkpoint(tmp_path / "run")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_fit_is_pure_and_is_what_train_model_runs(tiny_clip_name, tmp_path, monkeypatch, capsys):
+    """detector.fit.fit: tensors + record in, the detector out; no file written, nothing printed, and the
+    same prompts as train_model (which only adds the files, the backbone and the console around it)."""
+    from detector.fit import fit
+    from detector.model import load_backbone_for
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tiny_clip_name, epochs=2, image_epochs=1, out=str(tmp_path / "never"))
+    bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
+    seen = []
+    model = fit(cfg, bb, SHOTS, RECORD, "widget", report=lambda *a: seen.append(a))
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr() == ("", "")
+    assert [(label, done, total) for label, done, total, _ in seen] == [
+        ("pixel prompts", 0, 2), ("pixel prompts", 1, 2), ("pixel prompts", 2, 2),
+        ("image prompts", 0, 1), ("image prompts", 1, 1)]
+    ref = _train(cfg)
+    assert model.meta["history"] == ref.meta["history"]
+    for (_, p), (_, q) in zip(model.pixel_prompts.state_dict().items(), ref.pixel_prompts.state_dict().items()):
+        assert torch.equal(p, q)
+    assert "shots" not in model.meta and ref.meta["shots"] == NAMES  # where the inputs came from: train_model's
