@@ -19,8 +19,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from detector.branches import DEFAULT_BRANCH
 from detector.errors import DetectorError
+from detector.scoring import DEFAULT_BRANCH
 
 DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
 

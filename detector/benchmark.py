@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from detector import report
-from detector.branches import DEFAULT_BRANCH
 from detector.captions import load_class_record
 from detector.checkpoint_io import checkpoint_info
 from detector.data import class_test_samples, select_class_shots
@@ -37,6 +36,7 @@ from detector.evaluate import Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
 from detector.outputs import write_csv
 from detector.recipes import train_config_fields
+from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.train import TrainConfig, train_and_save
 from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
@@ -81,7 +81,7 @@ class BenchmarkConfig:
     num_shards: int = 1
     shard_index: int = 0
     merge: bool = False  # only assemble the tables
-    resolution: int = 400  # the paper's evaluation resolution (detector.evaluate.EVAL_RESOLUTION)
+    resolution: int = EVAL_RESOLUTION
     batch_size: int = 8
     exact_metrics: bool = False  # keep every float32 map (see detector.evaluate) instead of the histogram
     layout: str = "auto"

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
+
+if TYPE_CHECKING:  # datasets (heavy) is imported where a caption dataset is opened
+    from datasets import Dataset, DatasetDict
 
 SCHEMA_VERSION = 1
 REQUIRED_FIELDS = (
@@ -24,7 +27,7 @@ REQUIRED_FIELDS = (
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _single_split(ds: Any, where: str) -> Any:
+def _single_split(ds: Dataset | DatasetDict, where: str) -> Dataset:
     """A Dataset from a Dataset or a one-split DatasetDict (the ``classes`` config has one ``train`` split)."""
     import datasets
 
@@ -37,7 +40,7 @@ def _single_split(ds: Any, where: str) -> Any:
     return ds
 
 
-def _open_classes(captions: str | Path) -> tuple[Any, str]:
+def _open_classes(captions: str | Path) -> tuple[Dataset, str]:
     """(classes Dataset, a description of where it came from) for a folder or a Hub id."""
     import datasets
 

@@ -24,9 +24,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detector.branches import BRANCHES, DEFAULT_BRANCH
 from detector.errors import DetectorError
 from detector.recipes import parse_settings
+from detector.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION
 from fsad_data.cli_guard import run_guarded
 
 app = typer.Typer(help="FineGrainedAD few-shot anomaly detector: train, eval, predict, benchmark.",
@@ -197,7 +197,7 @@ def eval_cmd(
     checkpoint: CkptOpt,
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
-    resolution: EvalResolutionOpt = 400,
+    resolution: EvalResolutionOpt = EVAL_RESOLUTION,
     branch: BranchOpt = DEFAULT_BRANCH,
     batch_size: BatchOpt = 8,
     device: RunDeviceOpt = "cpu",
@@ -300,7 +300,7 @@ def benchmark(
     merge: Annotated[bool, typer.Option("--merge", help="Only assemble the tables from OUT/cells.")] = False,
     main: Annotated[bool, typer.Option("--main/--no-main", help="Run FineGrainedAD itself (--no-main: only "
                                        "the baseline).")] = True,
-    resolution: EvalResolutionOpt = 400,
+    resolution: EvalResolutionOpt = EVAL_RESOLUTION,
     batch_size: BatchOpt = 8,
     exact_metrics: ExactMetricsOpt = False,
     dataset_name: Annotated[str | None, typer.Option(

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from detector.branches import DEFAULT_BRANCH
 from detector.errors import DetectorError
 from detector.metrics import components
+from detector.scoring import DEFAULT_BRANCH
 from fsad_data.grid import location_word
 
 OBJECT = "object"  # what a region on the "image" group is called: no component won

@@ -32,11 +32,11 @@ import numpy as np
 
 from detector import metrics as M
 from detector import outputs, report
-from detector.branches import DEFAULT_BRANCH
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
 from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask
 from detector.errors import DetectorError
 from detector.outputs import json_safe, write_csv
+from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from fsad_data import Sample
 from fsad_data.atomic import write_json_atomic, write_png_atomic
 
@@ -51,9 +51,6 @@ class Predictor(Protocol):
 
     def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8) -> Prediction: ...
-
-
-EVAL_RESOLUTION = 400  # the paper's maps and metrics are at 400 x 400 (its --resolution default)
 
 
 @dataclass

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.backbone import Backbone, BackboneOutput, load_backbone
-from detector.branches import BRANCHES, DEFAULT_BRANCH
 from detector.checkpoint_io import load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
 from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
+from detector.scoring import BRANCHES, DEFAULT_BRANCH
 
 FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
 IMAGE_SCORE_GROUPS = ("matched", "image")

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from detector import outputs, report
-from detector.branches import DEFAULT_BRANCH
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta
 from detector.data import load_images
 from detector.errors import DetectorError
 from detector.evaluate import Predictor
 from detector.outputs import json_safe, write_csv
+from detector.scoring import DEFAULT_BRANCH
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
 from fsad_data.images import is_image_file
 
