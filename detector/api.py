@@ -93,11 +93,25 @@ class Detector:
 
     @classmethod
     def load(cls, path_or_hub_id: str | Path, *, device: str = "cpu", precision: str = "fp32",
-             revision: str | None = None) -> Detector:
-        """Load a checkpoint folder, an export folder or a Hub model id (``ORG/NAME``, optional ``revision``)."""
+             revision: str | None = None, engine: str | None = None) -> Detector:
+        """Load a checkpoint folder, an export folder or a Hub model id (``ORG/NAME``, optional ``revision``).
+
+        ``engine``: None (PyTorch for a checkpoint, the export's own runtime for an export), or "onnx" /
+        "openvino" to pick the runtime of an export (OpenVINO also runs ONNX exports).
+        """
         from detector.hub import resolve_checkpoint
+        from detector.runtime import EXPORT_JSON
 
         folder = resolve_checkpoint(path_or_hub_id, revision=revision)
+        if (folder / EXPORT_JSON).is_file():
+            from detector.runtime import load_exported
+
+            model = load_exported(folder, engine=engine, device=device)
+            return cls(model, model.spec.get("checkpoint_meta") or {}, read_thresholds(folder),
+                       str(path_or_hub_id), resolution=model.resolution)
+        if engine not in (None, "torch"):
+            raise DetectorError(f"{folder} is a PyTorch checkpoint; engine {engine!r} needs an export: run "
+                                f"`detector export --checkpoint {folder} --format {engine} --out DIR`")
         from detector.checkpoint_io import checkpoint_meta
         from detector.model import load_detector
 

@@ -1,4 +1,4 @@
-"""``detector``: train, eval, predict, benchmark (FineGrainedAD, arXiv 2510.26464).
+"""``detector``: train, eval, predict, export, benchmark (FineGrainedAD, arXiv 2510.26464).
 
 Heavy libraries (torch, open_clip) are imported inside the command bodies so ``detector --help`` is
 instant. A ``DetectorError`` or ``DataError``, or an ``OSError`` (a full disk, a file where a folder must
@@ -261,6 +261,9 @@ def predict(
     branch: BranchOpt = DEFAULT_BRANCH,
     device: RunDeviceOpt = "cpu",
     precision: RunPrecisionOpt = "fp32",
+    engine: Annotated[Literal["torch", "onnx", "openvino"], typer.Option(
+        "--engine", help="torch (a checkpoint), or onnx / openvino (a `detector export` folder as --checkpoint).")]
+    = "torch",
 ) -> None:
     """Anomaly maps, overlays, optional binary masks and image scores for new images."""
 
@@ -273,10 +276,40 @@ def predict(
 
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
-                                         precision=precision, progress=_bars()))
+                                         precision=precision, progress=_bars(), engine=engine))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
 
     _run(body, interrupted="interrupted; scores.csv was not written: rerun the same command")
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`, or a "
+                                            "Hub id ORG/NAME.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the graph and export.json.")],
+    fmt: Annotated[Literal["onnx", "openvino"], typer.Option("--format", help="onnx, or openvino (optional "
+                                                             "extra).")] = "onnx",
+    precision: Annotated[Literal["fp32", "fp16"], typer.Option(
+        "--precision", help="fp32, or fp16 (OpenVINO's fp16 weight compression).")] = "fp32",
+    resolution: Annotated[int | None, typer.Option(
+        "--resolution", min=8, help="Map resolution of the graph's output.",
+        show_default="the checkpoint's threshold resolution, else 256")] = None,
+) -> None:
+    """One static graph (uint8 RGB images in; scores and fused maps out) for ONNX Runtime or OpenVINO."""
+
+    def body() -> None:
+        _quiet_libraries()
+        from detector.export import export_checkpoint
+
+        _not_a_file(out, "--out", "a folder for the export")
+        path = export_checkpoint(checkpoint, fmt, out, precision=precision, resolution=resolution)
+        _console().print(f"{fmt} export written to {path} (run it: detector predict IMAGES --checkpoint {path} "
+                         f"--engine {fmt} --out DIR)")
+
+    _run(body, interrupted="interrupted; nothing was written: rerun the same command")
 
 
 # ---- benchmark -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class PredictConfig:
     device: str = "cpu"
     precision: str = "fp32"
     progress: bool = True
+    engine: str = "torch"  # torch (the checkpoint), onnx or openvino (a `detector export` folder)
 
 
 @dataclass
@@ -171,20 +172,34 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
-    """``detector predict``: load the checkpoint once, then score every input image."""
-    from detector.model import load_detector  # torch: only when a command runs
+    """``detector predict``: load the checkpoint (or export, local or Hub) once, then score every input image."""
+    from detector.hub import resolve_checkpoint
 
-    ckpt = Path(config.checkpoint)
-    meta = checkpoint_meta(ckpt)
+    ckpt = resolve_checkpoint(config.checkpoint)
+    exported = None
+    if config.engine == "torch":
+        meta = checkpoint_meta(ckpt)
+    else:
+        from detector.runtime import load_exported
+
+        exported = load_exported(ckpt, engine=config.engine, device=config.device)
+        meta = exported.spec.get("checkpoint_meta") or {}
     items = list_inputs(list(config.inputs))
     thresholds = resolve_threshold(config.threshold, ckpt, config.branch)
-    resolution = config.resolution or thresholds.resolution or 256
+    resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else 256)
     if thresholds.resolution and resolution != thresholds.resolution:
         raise DetectorError(f"--resolution {resolution} differs from the resolution {thresholds.resolution} "
                             f"the threshold was picked at ({ckpt}/threshold.json); drop --resolution or "
                             "pass a threshold value")
-    model = load_detector(ckpt, device=config.device, precision=config.precision)
-    info = {"checkpoint": str(ckpt), "class_name": meta.get("class_name"), **checkpoint_info(meta)}
+    if exported is not None:
+        model: Any = exported
+        info = {"checkpoint": str(config.checkpoint), **meta, "engine": config.engine}
+    else:
+        from detector.model import load_detector
+
+        model = load_detector(ckpt, device=config.device, precision=config.precision)
+        info = {"checkpoint": str(config.checkpoint), "class_name": meta.get("class_name"),
+                **checkpoint_info(meta), "engine": "torch"}
     return predict_paths(model, items, Path(config.out), thresholds=thresholds, resolution=resolution,
                          branch=config.branch, batch_size=config.batch_size, info=info,
                          progress=config.progress)

@@ -79,3 +79,17 @@ def tiny_vlm(tmp_path_factory):
     LlavaForConditionalGeneration(cfg).save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def widget_checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
+    """A 1-epoch class-name checkpoint (tiny CLIP, 2 drawn shots) of a class named 'widget'; do not modify it."""
+    from detector_fixtures import make_image
+
+    from detector.train import TrainConfig, train_model
+
+    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
+                      shots=2, baseline="promptad")
+    model = train_model(cfg, progress=False, shot_images=[make_image(), make_image((5, 40, 6))],
+                        shot_names=["good/000.png", "good/001.png"], record=None)
+    return model.save(tmp_path_factory.mktemp("widget-ckpt") / "widget")

@@ -12,15 +12,8 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_clip_name):
-    """A 1-epoch class-name checkpoint (tiny CLIP, 2 shots) of a class named 'widget'."""
-    from detector.train import TrainConfig, train_model
-
-    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
-                      shots=2, baseline="promptad")
-    model = train_model(cfg, progress=False, shot_images=[make_image(), make_image((5, 40, 6))],
-                        shot_names=["good/000.png", "good/001.png"], record=None)
-    return model.save(tmp_path_factory.mktemp("api") / "widget")
+def ckpt(widget_checkpoint):
+    return widget_checkpoint
 
 
 def _reference(ckpt, arrays, resolution=256):

@@ -1,0 +1,192 @@
+"""``detector export``: a trained checkpoint as one static graph for ONNX Runtime or OpenVINO.
+
+After training everything FineGrainedAD needs at inference is fixed: the frozen image tower, the cached text
+features of both prompt sets and the shots' visual memory. So the whole inference is one graph:
+
+    images  uint8 (B, S, S, 3) RGB, B dynamic, S the backbone's input size
+      -> /255, mean/std of the backbone (inside the graph)
+      -> Backbone.encode (CLS, V-V patch tokens, taps)
+      -> FineGrainedAD.score_features(..., resolution R, "fused")  (PAD, VAD, harmonic fusion, bilinear
+         upsampling, Gaussian smoothing: the same code the PyTorch path runs)
+    scores  float32 (B,)        maps  float32 (B, R, R)
+
+Text features and memory are constants of the graph; the text tower is not in it. The one change against
+the PyTorch path: ``FineGrainedAD.visual_map`` loops over the images of a batch (to bound memory), which a
+tracer would unroll to a fixed batch size, so the export uses ``batched_visual_map``, the same formula over
+the whole batch (tests hold both paths equal to 1e-4 for several batch sizes). The graph is made by
+``torch.onnx.export`` with the dynamo exporter (torch.export + onnxscript, opset 18); OpenVINO IR is
+converted from that ONNX file by ``openvino.convert_model`` (optional extra). ``export.json`` beside the
+graph says what a caller needs (input size and resize rule, normalisation, output names, thresholds, class,
+the source checkpoint and the SHA-256 of its files). ``detector.runtime`` runs it without torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detector.errors import DetectorError
+from detector.runtime import (
+    EXPORT_FORMAT,
+    EXPORT_JSON,
+    EXPORT_VERSION,
+    FORMATS,
+    GRAPH_FILES,
+    INPUT_NAME,
+    OPENVINO_MISSING,
+    OUTPUT_NAMES,
+)
+
+PRECISIONS = ("fp32", "fp16")
+OPSET = 18
+
+
+def batched_visual_map(memory: list[torch.Tensor], taps: list[torch.Tensor]) -> torch.Tensor:
+    """VAD as ``FineGrainedAD.visual_map`` (mean over blocks of min over memory of (1 - cos) / 2), whole batch."""
+    out = []
+    for tok, mem in zip(taps, memory):
+        q = F.normalize(tok.float(), dim=-1)
+        best = (q @ mem.to(q.device).T).max(-1).values
+        out.append((1.0 - best).clamp(0.0, 2.0) / 2.0)
+    return torch.stack(out).mean(0)
+
+
+class ExportGraph(nn.Module):
+    """uint8 RGB images (B, S, S, 3) -> (scores (B,), fused maps (B, R, R)) of a trained detector."""
+
+    def __init__(self, model: Any, resolution: int) -> None:
+        super().__init__()
+        view = copy.copy(model)  # shares every tensor with ``model``; only the VAD call is swapped
+        view.visual_map = lambda taps: batched_visual_map(view.memory, taps)
+        self.model = view
+        self.resolution = int(resolution)
+        bb = model.backbone
+        self.register_buffer("mean", torch.tensor(bb.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(bb.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # as Backbone.preprocess: /255, then mean/std
+        x = (x - self.mean) / self.std
+        scores, maps = self.model.score_features(self.model.backbone.encode(x), self.resolution, "fused")
+        return scores.float(), maps.float()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _to_onnx(graph: ExportGraph, size: int, path: Path) -> None:
+    """torch.onnx's dynamo exporter with a dynamic batch axis; its progress lines are kept off stdout."""
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)  # batch 2: a batch of 1 may specialise
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamo=True, opset_version=OPSET,
+                              dynamic_shapes=({0: batch},), external_data=False)
+    except ImportError as exc:
+        raise DetectorError(f"the ONNX exporter needs onnx and onnxscript ({exc}); pip install onnx onnxscript "
+                            "(or the project's extra: pip install 'finegrained-ad[export]')") from exc
+
+
+def _to_openvino(onnx_path: Path, xml_path: Path, precision: str) -> None:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise DetectorError(OPENVINO_MISSING) from exc
+    ov_model = ov.convert_model(str(onnx_path))
+    ov.save_model(ov_model, str(xml_path), compress_to_fp16=(precision == "fp16"))
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precision: str = "fp32",
+                      resolution: int | None = None) -> Path:
+    """Write ``out`` (replaced whole, only when it is empty or an earlier export): the graph + export.json.
+
+    ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else 256,
+    as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
+    """
+    from detector.api import DEFAULT_RESOLUTION, read_thresholds
+    from detector.checkpoint_io import checkpoint_info, checkpoint_meta
+    from detector.hub import resolve_checkpoint
+    from detector.model import SMOOTH_SIGMA, load_detector
+    from fsad_data.atomic import staged_folder, write_json_atomic
+
+    if fmt not in FORMATS:
+        raise DetectorError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise DetectorError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and fmt == "onnx":
+        raise DetectorError("--precision fp16 is OpenVINO's fp16 weight compression: use --format openvino, or "
+                            "--precision fp32 for ONNX")
+    if fmt == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            raise DetectorError(OPENVINO_MISSING) from exc
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_JSON).is_file())):
+        raise DetectorError(f"{out} exists and is not an earlier export (no {EXPORT_JSON}); choose a new or empty "
+                            "folder for --out")
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = checkpoint_meta(ckpt)
+    thresholds = read_thresholds(ckpt)
+    res = int(resolution or (thresholds or {}).get("resolution") or DEFAULT_RESOLUTION)
+    if res < 8:
+        raise DetectorError(f"--resolution {res}: use at least 8 pixels")
+    if thresholds and thresholds.get("resolution") not in (None, res):
+        thresholds = None  # picked at another resolution: not valid for these maps
+    model = load_detector(ckpt, device="cpu", precision="fp32")
+    bb = model.backbone
+    graph = ExportGraph(model, res).eval()
+    cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    spec = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "engine": fmt,
+        "files": [GRAPH_FILES[fmt]] + (["model.bin"] if fmt == "openvino" else []),
+        "precision": precision,
+        "opset": OPSET,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                  "size": [bb.image_size, bb.image_size], "batch": "dynamic",
+                  "resize": {"interpolation": bb.interpolation, "library": "Pillow",
+                             "rule": f"resize to {bb.image_size} x {bb.image_size} outside the graph, no crop"},
+                  "normalisation": {"in_graph": True, "scale": "1/255", "mean": list(bb.mean),
+                                    "std": list(bb.std)}},
+        "outputs": {"scores": {"dtype": "float32", "shape": ["batch"]},
+                    "maps": {"dtype": "float32", "shape": ["batch", res, res]}},
+        "resolution": res,
+        "branch": "fused",
+        "smoothing_sigma": SMOOTH_SIGMA,
+        "thresholds": thresholds,
+        "class_name": meta.get("class_name"),
+        "object_name": meta.get("object_name"),
+        "checkpoint": {"source": str(checkpoint), "weights_sha256": _sha256(ckpt / "model.safetensors"),
+                       "config_sha256": _sha256(ckpt / "config.json"), "format_version": cfg.get("format_version")},
+        "checkpoint_meta": {"class_name": meta.get("class_name"), **checkpoint_info(meta)},
+        "torch_version": torch.__version__,
+    }
+    with staged_folder(out) as tmp:
+        onnx_path = tmp / GRAPH_FILES["onnx"]
+        _to_onnx(graph, bb.image_size, onnx_path)
+        if fmt == "openvino":
+            _to_openvino(onnx_path, tmp / GRAPH_FILES["openvino"], precision)
+            onnx_path.unlink()
+        if thresholds:  # `detector predict --threshold auto` and Detector.load read it as from a checkpoint
+            write_json_atomic(tmp / "threshold.json", {"fused": thresholds})
+        write_json_atomic(tmp / EXPORT_JSON, spec)
+    return out
