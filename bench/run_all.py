@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,export]
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ BENCHES = {
     "predict": ["bench_predict.py"],
     "train": ["bench_train.py"],
     "attributes": ["bench_attributes.py"],
+    "export": ["bench_export.py"],
 }
 QUICK = {
     "metrics": ["--repeats", "1"],
     "backbone": ["--repeats", "2"],
     "predict": ["--repeats", "2"],
+    "export": ["--repeats", "1"],
     "train": ["--epochs", "2", "--image-epochs", "1"],
 }
 
