@@ -1,4 +1,4 @@
-"""``detector``: train, eval, predict, export, benchmark (FineGrainedAD, arXiv 2510.26464).
+"""``detector``: train, eval, predict, export, push, benchmark (FineGrainedAD, arXiv 2510.26464).
 
 Heavy libraries (torch, open_clip) are imported inside the command bodies so ``detector --help`` is
 instant. A ``DetectorError`` or ``DataError``, or an ``OSError`` (a full disk, a file where a folder must
@@ -75,6 +75,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per f
 CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
 RunDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")]
 RunPrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")]
+PredictCkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`, a "
+                                              "`detector export` folder (with --engine), or a Hub id ORG/NAME.")]
 CKPT_FOLDER = "the checkpoint folder written by `detector train`"
 EvalResolutionOpt = Annotated[int, typer.Option(
     "--resolution", min=8, help="Evaluation resolution in pixels (400 = the paper).")]
@@ -250,7 +252,7 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    checkpoint: CkptOpt,
+    checkpoint: PredictCkptOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for maps (.npy), overlays, masks, scores.")],
     batch_size: BatchOpt = 8,
     threshold: Annotated[str, typer.Option(
@@ -310,6 +312,30 @@ def export(
                          f"--engine {fmt} --out DIR)")
 
     _run(body, interrupted="interrupted; nothing was written: rerun the same command")
+
+
+# ---- push ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def push(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `detector train`.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub model repo ORG/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    dry_run: Annotated[Path | None, typer.Option(
+        "--dry-run", help="Only write what would be uploaded into this folder.",
+        show_default="off: upload")] = None,
+) -> None:
+    """Upload a checkpoint (safetensors + JSON + model card, never pickles) to the Hugging Face Hub."""
+
+    def body() -> None:
+        from detector.hub import push_checkpoint
+
+        _not_a_file(checkpoint, "CHECKPOINT", CKPT_FOLDER)
+        where = push_checkpoint(checkpoint, repo_id, private=private, dry_run=dry_run)
+        _console().print(f"dry run written to {where}" if dry_run is not None else f"pushed to {where}")
+
+    _run(body, interrupted="interrupted; nothing was uploaded: rerun the same command")
 
 
 # ---- benchmark -----------------------------------------------------------------------------------

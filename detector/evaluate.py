@@ -266,7 +266,10 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         report_path = report.write_report(out / "report.html", report.Report(
             f"FineGrainedAD evaluation: {class_name}", notes + details, [table], figures))
     if ckpt_dir is not None:
+        from detector.model_card import record_evaluation
+
         write_threshold(ckpt_dir, branch, values, resolution, class_name)
+        record_evaluation(ckpt_dir, json_safe(record))  # the card states this evaluation
     write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
     return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
 

@@ -1,15 +1,17 @@
-"""Checkpoints on the Hugging Face Hub: a local folder or an ``ORG/NAME`` model repo, resolved to a folder.
+"""Checkpoints on the Hugging Face Hub: ``detector push`` uploads one, loaders resolve ``ORG/NAME`` to a folder.
 
 Why a folder: a checkpoint (``model.safetensors`` + ``config.json`` + card) and an export (``model.onnx`` or
 OpenVINO files + ``export.json``) are both plain folders, so a Hub snapshot of one is exactly the folder that
 was uploaded and every loader (``load_detector``, the ONNX runtime) reads it unchanged. Downloads go through
 ``huggingface_hub.snapshot_download`` (its cache, ``HF_HUB_OFFLINE=1`` for cache-only); pickles are never
-downloaded.
+downloaded. A push uploads the checkpoint's safetensors and JSON files and its model card (rendered for the
+repo id), nothing else: what goes up is exactly the ``--dry-run`` folder.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from detector.errors import DetectorError
 
@@ -47,3 +49,57 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Path:
                             f"{first}); check the path or id, `hf auth login` for private repos, and the network "
                             "(HF_HUB_OFFLINE=1 uses only the local cache)") from exc
     return Path(folder)
+
+
+PUSH_FILES = ("model.safetensors", "config.json", "threshold.json", "evaluation.json")
+
+
+def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME") -> Path:
+    """Write exactly what ``push_checkpoint`` uploads into ``out`` (replaced whole): the checkpoint's safetensors
+    and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied."""
+    import shutil
+
+    from detector.checkpoint_io import load_checkpoint
+    from detector.model_card import CARD_FILE, render_card
+    from fsad_data.atomic import staged_folder
+
+    ckpt = Path(ckpt_dir)
+    load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file())):
+        raise DetectorError(f"{out} exists and is not an earlier dry run; choose a new or empty folder for --dry-run")
+    with staged_folder(out) as tmp:
+        for name in PUSH_FILES:
+            if (ckpt / name).is_file():
+                shutil.copyfile(ckpt / name, tmp / name)
+        (tmp / CARD_FILE).write_text(render_card(ckpt, repo_id), encoding="utf-8")
+    return out
+
+
+def push_checkpoint(ckpt_dir: str | Path, repo_id: str, private: bool = False, dry_run: str | Path | None = None,
+                    token: str | None = None, api: Any = None) -> str | Path:
+    """Upload a checkpoint folder to the Hub model repo ``repo_id`` (created if needed); returns the repo URL.
+
+    ``dry_run`` (a folder): only write what would be uploaded there and return that folder. The token comes
+    from the environment or the Hub login, never from the command line, and is never printed.
+    """
+    import tempfile
+
+    if not is_hub_id(repo_id):
+        raise DetectorError(f"--repo-id {repo_id!r} must look like ORG/NAME")
+    if dry_run is not None:
+        return stage_upload(ckpt_dir, dry_run, repo_id)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="detector-push-") as tmp:
+        folder = stage_upload(ckpt_dir, Path(tmp) / "upload", repo_id)
+        try:
+            url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                              commit_message="Upload FineGrainedAD checkpoint (detector push)")
+        except Exception as exc:  # network/auth errors of huggingface_hub: one clear line
+            raise DetectorError(f"upload of {ckpt_dir} to {repo_id} failed: {type(exc).__name__}: {exc}; check "
+                                "`hf auth login` / HF_TOKEN and the network, or use --dry-run OUT") from exc
+    return str(url)

@@ -285,6 +285,9 @@ class FineGrainedAD(nn.Module):
                     image_names=self.image_names, n_memory=len(self.memory))
         meta = json.loads(json.dumps(meta, default=_json_default))  # numpy/tuples/paths -> plain JSON
         save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta)
+        from detector.model_card import write_card
+
+        write_card(Path(ckpt_dir))  # README.md with YAML metadata, for people and the Hub
         return Path(ckpt_dir)
 
 

@@ -103,6 +103,8 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["class_name"] == "pill_box" and metrics["resolution"] == 64 and metrics["shots"] == 1
     assert (ev / "report.html").exists() and (ckpt / "threshold.json").exists()
+    card = (ckpt / "README.md").read_text()  # the model card now states this evaluation
+    assert "| fused | 64 | " in card and "Not meaningful: random weights" in card
     folder = demo_root / "pill_box" / "test" / "color_spot"
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
                               "--threshold", "auto", "--batch-size", "2"])
