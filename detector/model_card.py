@@ -58,7 +58,8 @@ def record_evaluation(ckpt_dir: Path, record: dict[str, Any]) -> None:
     evals = read_evaluations(ckpt_dir)
     evals[str(record.get("branch", "fused"))] = {k: record.get(k) for k in keep if k in record}
     write_json_atomic(Path(ckpt_dir) / EVALUATION_FILE, evals)
-    write_card(ckpt_dir)
+    if (Path(ckpt_dir) / "config.json").is_file():  # a model evaluated without a checkpoint has no card
+        write_card(ckpt_dir)
 
 
 def card_data(ckpt_dir: Path, repo_id: str | None = None) -> dict[str, Any]:
