@@ -51,7 +51,7 @@ class SleepyCaptioner:
 def _build(source: Path, out: Path, classes: list[str] | None, captioner=None, batch_size: int = 4):
     from mfsc_builder.build import BuildConfig, run_build
 
-    cfg = BuildConfig(source=str(source), out=str(out), classes=classes, batch_size=batch_size)
+    cfg = BuildConfig(source=str(source), out=str(out), classes=classes, captioner={"batch_size": batch_size})
     t = time.perf_counter()
     summary = run_build(cfg, captioner=captioner)
     return time.perf_counter() - t, summary

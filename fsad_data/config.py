@@ -11,10 +11,11 @@ reports the first problem as ``FILE: key 'epochs': expected an integer, got 'abc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -131,11 +132,13 @@ def describe_error(exc: ValidationError, cls: type | None = None) -> str:
     key = _dotted(e["loc"])
     kind, ctx = e["type"], e.get("ctx") or {}
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        known = f"; known: {', '.join(_fields(cls))}" if cls is not None else ""
+        owner = _owner(cls, e["loc"][:-1]) if cls is not None else None
+        known = f"; known: {', '.join(_fields(owner))}" if owner is not None else ""
         return f"unknown key '{key}'{known}"
     if kind == "missing":
         return f"key '{key}' is required"
-    return f"key '{key}': expected {_EXPECTED.get(kind) or _bound(kind, ctx) or e['msg']}, got {_short(e['input'])}"
+    what = _EXPECTED.get(kind) or _bound(kind, ctx) or str(e["msg"]).removeprefix("Input should be ")
+    return f"key '{key}': expected {what}, got {_short(e['input'])}"
 
 
 _EXPECTED = {
@@ -143,6 +146,7 @@ _EXPECTED = {
     "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
     "bool_parsing": "true or false", "bool_type": "true or false",
     "string_type": "text", "list_type": "a list", "dict_type": "a mapping", "tuple_type": "a list",
+    "dataclass_type": "a mapping", "dataclass_exact_type": "a mapping", "model_type": "a mapping",
 }
 
 
@@ -172,6 +176,16 @@ def _short(value: Any) -> str:
 def _kind(value: Any) -> str:
     return {list: "list", str: "text", int: "number", float: "number", bool: "true/false"}.get(
         type(value), type(value).__name__)
+
+
+def _owner(cls: type, loc: tuple[Any, ...]) -> type | None:
+    """The (nested) dataclass that holds the key at ``loc``, for the list of its known keys."""
+    for part in loc:
+        hint = get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return None
+        cls = hint
+    return cls
 
 
 def _fields(cls: type) -> list[str]:

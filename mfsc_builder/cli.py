@@ -56,7 +56,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _parse_crop(items: list[str] | None) -> dict[str, Any] | None:
-    import yaml
+    import yaml  # 40 ms: only when --crop is given, not for --help
 
     if not items:
         return None
@@ -120,21 +120,20 @@ def build(
     """Build the `images` and `classes` datasets of a data set (resumes an interrupted build)."""
 
     def body() -> None:
-        from mfsc_builder.build import BuildConfig, run_build
+        from mfsc_builder.build import run_build
+        from mfsc_builder.build_config import BuildConfig
 
         _setup_logging(quiet)
         cfg = BuildConfig.from_file(config) if config else BuildConfig()
         cfg = cfg.override(
             source=str(source) if source else None, out=str(out_dir) if out_dir else None, layout=layout,
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-            captioner=captioner, api_base=api_base, device=device, dtype=dtype, batch_size=batch_size,
-            concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-            trust_remote_code=trust_remote_code, shots=shots, seed=seed, shots_file=shots_file,
-            defect_vocab=defect_vocab, num_shards=num_shards, shard_index=shard_index, on_error=on_error,
+            captioner={"name": captioner, "api_base": api_base, "device": device, "dtype": dtype,
+                       "batch_size": batch_size, "concurrency": concurrency, "timeout": timeout,
+                       "max_retries": max_retries, "trust_remote_code": trust_remote_code},
+            shots=shots, seed=seed, shots_file=shots_file, defect_vocab=defect_vocab, num_shards=num_shards,
+            shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop),
         )
-        extra = _parse_crop(crop)
-        if extra:
-            cfg.crop = {**cfg.crop, **extra}
         _not_a_file(cfg.out, "an output folder to --out")
         summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
         counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
@@ -168,11 +167,11 @@ def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] |
     """Run ``run(callback)`` under a rich progress bar (or none when quiet / not a terminal)."""
     if quiet or not err.is_terminal:  # no bar in logs and pipes: they get the summary line only
         return run(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
-        tasks: dict[str, Any] = {}
+        tasks: dict[str, TaskID] = {}
 
         def cb(what: str, done: int, total: int) -> None:
             if what not in tasks:
@@ -270,91 +269,12 @@ def show(
 ) -> None:
     """Print a class record and one image record of a build, readably."""
 
-    _guard(lambda: show_build(build_dir, class_name=class_name, image_id=image_id, console=out))
+    def body() -> None:
+        from mfsc_builder.show import show_build
 
+        show_build(build_dir, class_name=class_name, image_id=image_id, console=out)
 
-def _attrs(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in d.items() if v not in ("", None))
-
-
-def show_build(build_dir: Path, class_name: str | None = None, image_id: str | None = None,
-               console: Console | None = None) -> None:
-    """Print the class record of ``class_name`` and one of its image records (no pixels)."""
-    import datasets
-    from rich.panel import Panel
-    from rich.table import Table
-
-    console = console or out
-    build_dir = Path(build_dir)
-    _not_a_file(build_dir, "the output folder of `mfsc build`")
-    for sub in ("classes", "images"):
-        if not (build_dir / sub).is_dir():
-            raise BuildError(f"{build_dir / sub} not found; run `mfsc build SOURCE --out {build_dir}` first")
-    datasets.disable_progress_bars()
-    classes = datasets.load_from_disk(str(build_dir / "classes"))
-    names = classes["class_name"]
-    if not names:
-        raise BuildError(f"{build_dir / 'classes'} holds no class record; rebuild")
-    name = class_name or names[0]
-    if name not in names:
-        raise BuildError(f"class {name!r} is not in {build_dir}; it has: {', '.join(names)}")
-    c = classes[names.index(name)]
-    images = datasets.load_from_disk(str(build_dir / "images"))
-    best: tuple[int, str, int] | None = None  # (priority, split, index): an anomalous image first
-    for split in images:
-        cols = images[split].select_columns(["id", "class_name", "label"])
-        for i, (sid, cn, lab) in enumerate(zip(cols["id"], cols["class_name"], cols["label"])):
-            prio = (0 if sid == image_id else None) if image_id else (
-                (0 if lab == 1 else 1) if cn == name else None)
-            if prio is not None and (best is None or prio < best[0]):
-                best = (prio, split, i)
-    if best is None:
-        example = images[next(iter(images))].select_columns(["id"])[0]["id"]
-        raise BuildError(f"no image record {image_id or 'of class ' + name} in {build_dir / 'images'}; give an "
-                         f"--image id like {example} (<class>/<split>/<defect type>/<stem>)")
-
-    head = Table.grid(padding=(0, 2))
-    head.add_row("object", c["object_name"])
-    head.add_row("source layout", c["source_layout"])
-    head.add_row("references", f"{', '.join(c['reference_images'])} ({c['reference_selection']})")
-    head.add_row("image view", _attrs(c["image_view"]))
-    head.add_row("foreground view", _attrs(c["foreground_view"]))
-    head.add_row("caption", c["caption"])
-    head.add_row("defect states", f"{', '.join(c['defect_states'])} ({c['defect_vocab']})")
-    head.add_row("provenance", _attrs(c["provenance"]))
-    console.print(Panel(head, title=f"class {name}", expand=False))
-    comps = Table("component", "count", "location", "colour", "texture", "shape", "direction", "area",
-                  "sentence", title="components")
-    for k in c["components"]:
-        comps.add_row(k["name"], str(k["count"]), k["location"], k["colour"], k["texture"], k["shape"],
-                      k["direction"], f"{k['area']:.3f}", k["sentence"])
-    console.print(comps)
-    texts = Table("level", "group", "normal", "abnormal", title="texts for the detector")
-    for t in c["texts"]:
-        texts.add_row(t["level"], t["group"], "\n".join(t["normal"]),
-                      "\n".join(t["abnormal"][:3]) + (f"\n(+{len(t['abnormal']) - 3} more)"
-                                                      if len(t["abnormal"]) > 3 else ""))
-    console.print(texts)
-
-    row = images[best[1]].remove_columns(["image", "mask"])[best[2]]
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("split / label", f"{row['split']} / {'anomaly' if row['label'] else 'normal'} ({row['defect_type']})")
-    grid.add_row("file", f"{row['file_name']} ({row['width']}x{row['height']})"
-                 + (" reference" if row["is_reference"] else ""))
-    grid.add_row("image view", _attrs(row["image_view"]))
-    grid.add_row("foreground view", _attrs(row["foreground_view"]))
-    grid.add_row("caption", row["caption"])
-    for k in row["components"]:
-        grid.add_row(f"component {k['name']}", _attrs({x: k[x] for x in ("count", "location", "colour", "texture",
-                                                                          "shape", "direction", "sentence")}))
-    if row["label"]:
-        grid.add_row("defect", _attrs(row["defect"]))
-    grid.add_row("provenance", _attrs(row["provenance"]))
-    console.print(Panel(grid, title=f"image {row['id']}", expand=False))
-    regs = Table("kind", "name", "location", "orientation", "box", "area", title="regions")
-    for r in row["regions"]:
-        regs.add_row(r["kind"], r["name"], r["location"], r["orientation"], str(list(r["box"])), f"{r['area']:.3f}")
-    console.print(regs)
+    _guard(body)
 
 
 # --------------------------------------------------------------------------- demo data

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from fsad_data.grid import LOCATION_WORDS, location_word  # noqa: F401  (the one grid convention, re-exported)
 from mfsc_builder.errors import BuildError
@@ -76,8 +78,6 @@ class CropConfig:
                              "(default 1024)")
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -431,14 +431,10 @@ def _sam_pipeline(path: str, device: str) -> Any:
 def _sam_components(image: np.ndarray, foreground: np.ndarray, config: CropConfig) -> list[np.ndarray]:
     """Component masks from a local transformers SAM model (automatic mask generation), clipped to the
     foreground, small ones dropped, largest first; used only when `config.sam_model` is set."""
-    from pathlib import Path
-
     if not Path(str(config.sam_model)).exists():
         raise BuildError(f"SAM model folder not found: {config.sam_model}. Pass a local folder saved with "
                          "save_pretrained (e.g. facebook/sam-vit-base downloaded beforehand), or drop --sam-model")
     try:
-        from PIL import Image
-
         gen = _sam_pipeline(str(config.sam_model), config.sam_device)
         out = gen(Image.fromarray(image), points_per_batch=64, points_per_crop=config.sam_points_per_side,
                   pred_iou_thresh=config.sam_iou_thresh, stability_score_thresh=config.sam_stability_thresh)

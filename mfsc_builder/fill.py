@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fsad_data.samples import Sample
 from mfsc_builder.captioners.base import CaptionResult
 from mfsc_builder.crop import ImageRegions
 from mfsc_builder.english import a, bare, state_phrase
@@ -60,7 +61,7 @@ STATUS_RANK = {"ok": 0, "retried": 1, "fallback": 2}
 
 
 # ----------------------------------------------------------------------------------------------- records
-def image_record(sample: Any, regions: ImageRegions, result: CaptionResult, *, object_name: str,
+def image_record(sample: Sample, regions: ImageRegions, result: CaptionResult, *, object_name: str,
                  is_reference: bool) -> ImageRecord:
     """The MFSC record of one image from its `fsad_data.Sample`, stage-1 regions and stage-2 result."""
     f = result.fields
@@ -161,7 +162,7 @@ def class_record(class_name: str, object_name: str, references: list[ImageRecord
 
 
 # ---------------------------------------------------------------------------------------- defect states
-def defect_vocabulary(kind: str, samples: Iterable[Any], class_name: str) -> list[str]:
+def defect_vocabulary(kind: str, samples: Iterable[Sample], class_name: str) -> list[str]:
     """Defect states: "generic" (a fixed list), "dataset" (the class's test defect folders: this leaks test
     information, say so), or a file (text: one state per line, '#' comments; JSON: a list, or a dict
     from class name to list with "*" as default). "model" is asked of the captioner by the caller."""

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fsad_data.atomic import staged_folder
+from mfsc_builder.crop import TEXTURED_CLASSES
 from mfsc_builder.errors import BuildError
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "mfsc.md"
@@ -210,8 +213,6 @@ def _states_text(info: CardInfo) -> str:
 
 
 def _textured_text(info: CardInfo) -> str:
-    from mfsc_builder.crop import TEXTURED_CLASSES
-
     rule = (f"a class is a surface when its name is a known surface class ({', '.join(sorted(TEXTURED_CLASSES))}) "
             "or when most of its reference normal images show no background that can be separated")
     if info.textured_classes is None:
@@ -230,8 +231,6 @@ def _skipped_text(info: CardInfo) -> str:
 
 def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
     """Fill the card template; the YAML header is checked to parse."""
-    import yaml
-
     if not Path(template).exists():
         raise BuildError(f"card template {template} is missing; reinstall the project from its repository")
     q = json.dumps  # a JSON string is a valid YAML scalar: no quoting surprises

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mfsc_builder.build import BuildConfig, BuildInterrupted, merge_builds, run_build, shard_of
-from mfsc_builder.errors import BuildError
+from mfsc_builder.build import BuildConfig, merge_builds, run_build, shard_of
+from mfsc_builder.errors import BuildError, BuildInterrupted
 from mfsc_builder.store import StageStore
 
 CLASSES = ["pill_box"]  # one object class keeps the file fast; the CLI test builds fabric
@@ -143,7 +143,7 @@ def test_changed_configuration_is_refused_then_forced(demo_root, tmp_path):
     with pytest.raises(BuildError, match=r"changed: crop"):
         run_build(_cfg(src, out, crop={"work_size": 512}))
     # settings that do not change the output (device, batch size, part size) resume fine
-    assert run_build(_cfg(src, out, batch_size=2, part_size=5)).resumed
+    assert run_build(_cfg(src, out, captioner={"batch_size": 2}, part_size=5)).resumed
     s = run_build(_cfg(src, out, shots=2), force=True)
     assert not s.resumed
 
@@ -193,9 +193,9 @@ def test_ctrl_c_stores_work_and_says_how_to_resume(reference, demo_root, tmp_pat
 
 def test_config_file_and_overrides(tmp_path, demo_root):
     f = tmp_path / "c.yaml"
-    f.write_text(f"source: {demo_root}\nout: {tmp_path / 'o'}\nshots: 2\ncrop:\n  grabcut: true\nbatch-size: 8\n")
+    f.write_text(f"source: {demo_root}\nout: {tmp_path / 'o'}\nshots: 2\ncrop:\n  grabcut: true\ncaptioner:\n  batch-size: 8\n")
     cfg = BuildConfig.from_file(f)
-    assert (cfg.shots, cfg.batch_size, cfg.crop) == (2, 8, {"grabcut": True})
+    assert (cfg.shots, cfg.captioner.batch_size, cfg.crop) == (2, 8, {"grabcut": True})
     cfg2 = cfg.override(shots=4, seed=None)
     assert (cfg2.shots, cfg2.seed) == (4, 0)
     assert cfg2.crop_config(textured=True).textured and cfg2.crop_config().grabcut
@@ -267,7 +267,7 @@ def test_build_with_the_hf_backend_and_a_tiny_random_model(demo_root, tmp_path, 
     cap = make_captioner(f"hf:{tiny_vlm}", device="cpu", dtype="float32", batch_size=2)
     cap.max_new_tokens = 8
     out = tmp_path / "hf"
-    cfg = BuildConfig(source=str(src), out=str(out), captioner=f"hf:{tiny_vlm}", dtype="float32",
+    cfg = BuildConfig(source=str(src), out=str(out), captioner={"name": f"hf:{tiny_vlm}", "dtype": "float32"},
                       defect_vocab="model")
     s = run_build(cfg, captioner=cap)
     assert s.images == {"train": 3, "test": 2}
@@ -320,14 +320,16 @@ def test_model_defect_vocabulary_with_the_openai_backend(demo_root, tmp_path, mo
         return lambda key, text: [("content", answer)] if "kinds of defects" in text else [("ok",)]
 
     with FakeOpenAIServer(scripts('["a Scratch", "missing_part", "dents"]')) as srv:
-        run_build(_cfg(src, tmp_path / "m", captioner="openai:fake-vlm", api_base=srv.url, defect_vocab="model"))
+        run_build(_cfg(src, tmp_path / "m", captioner={"name": "openai:fake-vlm", "api_base": srv.url},
+                         defect_vocab="model"))
     rec = _tables(tmp_path / "m")["classes"][0]
     assert (rec["defect_vocab"], rec["defect_states"]) == ("model", ["scratch", "missing part", "dents"])
     image = next(t for t in rec["texts"] if t["level"] == "image")
     assert "a photo of a pill box with a missing part" in image["abnormal"]
     assert "a photo of a pill box with dents" in image["abnormal"]
     with FakeOpenAIServer(scripts("I cannot tell.")) as srv:
-        run_build(_cfg(src, tmp_path / "g", captioner="openai:fake-vlm", api_base=srv.url, defect_vocab="model"))
+        run_build(_cfg(src, tmp_path / "g", captioner={"name": "openai:fake-vlm", "api_base": srv.url},
+                         defect_vocab="model"))
     rec = _tables(tmp_path / "g")["classes"][0]
     assert rec["defect_vocab"] == "generic" and "crack" in rec["defect_states"]
 

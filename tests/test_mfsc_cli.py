@@ -218,6 +218,8 @@ def test_every_option_has_a_one_line_help_with_its_default():
     from mfsc_builder.build import BuildConfig
 
     defaults = asdict(BuildConfig())
+    defaults.update(defaults.pop("captioner"))  # --captioner is captioner.name, --device captioner.device, ...
+    defaults["captioner"] = defaults.pop("name")
     for name, cmd in typer.main.get_command(app).commands.items():
         for p in cmd.params:
             if p.param_type_name != "option":

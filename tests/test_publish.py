@@ -8,10 +8,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from mfsc_builder.build import BUILD_INFO_NAME, write_datasets
+from mfsc_builder.build import BUILD_INFO_NAME
 from mfsc_builder.errors import BuildError
 from mfsc_builder.publish import card_info, dry_run, license_for, push, render_card, size_category
 from mfsc_builder.records import ClassRecord, ComponentView, ImageRecord, ImageView, PromptText, Provenance
+from mfsc_builder.write import write_datasets
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:

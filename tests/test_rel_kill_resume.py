@@ -59,7 +59,7 @@ def _signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, wh
 
 
 # ============================================================================================ mfsc build
-BUILD_CONFIG = {"classes": ["pill_box"], "part_size": 2, "batch_size": 2}
+BUILD_CONFIG = {"classes": ["pill_box"], "part_size": 2, "captioner": {"batch_size": 2}}
 
 
 def _build_args(src: Path, out: Path, cfg_file: Path) -> list[str]:

@@ -78,9 +78,9 @@ def _plan(samples) -> dict[str, str]:
 
 
 def _cfg(demo_root: Path, out: Path, url: str, **kw) -> BuildConfig:
-    base = {"source": str(demo_root), "out": str(out), "classes": CLASSES, "captioner": "openai:fake-vlm",
-            "api_base": url, "concurrency": CONCURRENCY, "timeout": TIMEOUT, "max_retries": RETRIES,
-            "batch_size": 8, "part_size": 16}
+    base = {"source": str(demo_root), "out": str(out), "classes": CLASSES, "part_size": 16,
+            "captioner": {"name": "openai:fake-vlm", "api_base": url, "concurrency": CONCURRENCY,
+                          "timeout": TIMEOUT, "max_retries": RETRIES, "batch_size": 8}}
     base.update(kw)
     return BuildConfig(**base)
 

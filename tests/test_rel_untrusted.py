@@ -245,8 +245,9 @@ def test_hf_captioner_does_not_trust_remote_code_by_default(monkeypatch, tmp_pat
     with pytest.raises(BuildError, match="trust-remote-code"):
         make_captioner(f"hf:{tmp_path}")
     assert calls and all(c.get("trust_remote_code") is False for c in calls)
-    assert BuildConfig().trust_remote_code is False
-    assert BuildConfig.from_mapping({"source": "x"}).override(trust_remote_code=None).trust_remote_code is False
+    assert BuildConfig().captioner.trust_remote_code is False
+    assert BuildConfig.from_mapping({"source": "x"}).override(
+        captioner={"trust_remote_code": None}).captioner.trust_remote_code is False
     calls.clear()
     with pytest.raises(BuildError):
         make_captioner(f"hf:{tmp_path}", trust_remote_code=True)

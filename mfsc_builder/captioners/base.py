@@ -1,4 +1,5 @@
-"""MFSC stage 2, captioning: the request/result types, the `Captioner` protocol and the backend factory.
+"""MFSC stage 2, captioning: the request/result types and the `Captioner` protocol (the backend registry is
+`captioners/__init__.py`; this module imports no backend, every backend imports it).
 
 A captioner turns one image and its regions (stage 1) into the MFSC level fields: image view, foreground
 view, component views, a caption and, for anomalous images, a defect view. Every backend returns the same
@@ -13,7 +14,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mfsc_builder.crop import ImageRegions
-from mfsc_builder.errors import BuildError
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
 
@@ -86,26 +86,3 @@ class Captioner(Protocol):
     def propose_defects(self, object_name: str, image: np.ndarray) -> list[str] | None:
         """Plausible defect states for the class seen on a normal image; None when the backend cannot say."""
         ...
-
-
-def make_captioner(spec: str, *, api_base: str | None = None, device: str = "cpu", dtype: str = "auto",
-                   batch_size: int = 4, concurrency: int = 4, timeout: float = 60.0, max_retries: int = 3,
-                   trust_remote_code: bool = False) -> Captioner:
-    """Build a backend from its spec: "attributes" | "hf:<model id or dir>" | "openai:<model>"."""
-    spec = (spec or "").strip()
-    if spec == "attributes":
-        from mfsc_builder.captioners.attributes import AttributeCaptioner
-
-        return AttributeCaptioner()
-    if spec.startswith("hf:") and len(spec) > 3:
-        from mfsc_builder.captioners.hf import HFCaptioner
-
-        return HFCaptioner(spec[3:], device=device, dtype=dtype, batch_size=batch_size,
-                           trust_remote_code=trust_remote_code)
-    if spec.startswith("openai:") and len(spec) > 7:
-        from mfsc_builder.captioners.openai_api import OpenAICaptioner
-
-        return OpenAICaptioner(spec[7:], api_base=api_base, concurrency=concurrency, timeout=timeout,
-                               max_retries=max_retries)
-    raise BuildError(f"unknown captioner {spec!r}: use 'attributes', 'hf:<model id or local dir>' or "
-                     "'openai:<model>' (with --api-base for a self-hosted server)")
