@@ -15,13 +15,17 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fsad_data.atomic import staged_folder
 from mfsc_builder.crop import TEXTURED_CLASSES
 from mfsc_builder.errors import BuildError
+
+if TYPE_CHECKING:  # types only: both are heavy, loaded in the command bodies
+    import datasets
+    from huggingface_hub import HfApi
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "mfsc.md"
 BUILD_INFO_NAME = "build_info.json"
@@ -267,7 +271,7 @@ def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
     return text
 
 
-def _write_parquet(ds: Any, folder: Path, split: str, max_shard_bytes: int) -> list[Path]:
+def _write_parquet(ds: datasets.Dataset, folder: Path, split: str, max_shard_bytes: int) -> list[Path]:
     """``<split>-XXXXX-of-XXXXX.parquet`` shards of at most about ``max_shard_bytes`` each."""
     n = max(1, math.ceil(ds.data.nbytes / max_shard_bytes)) if ds.num_rows else 1
     n = min(n, max(1, ds.num_rows))
@@ -309,7 +313,7 @@ def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str 
 
 
 def push(build_dir: Path, repo_id: str, private: bool = False, license: str | None = None,
-         token: str | None = None, api: Any = None) -> str:
+         token: str | None = None, api: HfApi | None = None) -> str:
     """Create the dataset repo (if needed) and upload the dry-run folder; returns the repo URL.
 
     Old parquet files under ``data/`` are deleted in the same commit, so a smaller rebuild leaves no

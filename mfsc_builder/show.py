@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from mfsc_builder.errors import BuildError
+
+if TYPE_CHECKING:  # heavy: imported in show_build's body
+    import datasets
 
 
 def show_build(build_dir: Path, class_name: str | None = None, image_id: str | None = None,
@@ -38,7 +41,7 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
     _print_image(console, images[split].remove_columns(["image", "mask"])[index])
 
 
-def _pick_image(images: Any, name: str, image_id: str | None, build_dir: Path) -> tuple[str, int]:
+def _pick_image(images: datasets.DatasetDict, name: str, image_id: str | None, build_dir: Path) -> tuple[str, int]:
     """(split, row) of ``image_id``, else of an anomalous image of class ``name``, else of any of its images."""
     best: tuple[int, str, int] | None = None  # (priority, split, index)
     for split in images:
