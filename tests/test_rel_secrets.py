@@ -28,8 +28,9 @@ def _env(monkeypatch):
 
 
 def _cfg(demo_root: Path, out: Path, url: str) -> BuildConfig:
-    return BuildConfig(source=str(demo_root), out=str(out), classes=["pill_box"], captioner="openai:fake-vlm",
-                       api_base=url, concurrency=2, timeout=2.0, max_retries=1, batch_size=8)
+    return BuildConfig(source=str(demo_root), out=str(out), classes=["pill_box"],
+                       captioner={"name": "openai:fake-vlm", "api_base": url, "concurrency": 2, "timeout": 2.0,
+                                  "max_retries": 1, "batch_size": 8})
 
 
 def _files_with(folder: Path, secret: str) -> list[str]:
