@@ -73,7 +73,7 @@ def test_one_odd_image_never_decides_a_class():
 def test_the_build_lets_several_normal_images_vote(demo_root):
     """k=1: the one reference is the first voter, then the class's other normal training images by name."""
     from fsad_data import read_dataset, select_shots
-    from mfsc_builder.build import _surface_voters
+    from mfsc_builder.stages import _surface_voters
 
     samples = read_dataset(demo_root, classes=["pill_box"])
     refs = list(select_shots(samples, "pill_box", 1, 0))
