@@ -169,13 +169,7 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
         t0 = time.perf_counter()
         use_regions = config.baseline is None and "background" not in config.drop_levels
         saved = state.features if state is not None else None
-        if saved is None:
-            feats = encode_shots(backbone, shot_images, tiles=4 if use_regions else None)
-        else:
-            saved = {k: v.to(backbone.device) for k, v in saved.items()}
-            feats = ShotFeatures(cls=saved["cls"], patches=saved["patches"], grid=backbone.grid,
-                                 taps=[saved[f"taps.{i}"] for i in range(len(backbone.tap_layers))],
-                                 hr_patches=None, hr_grid=None)
+        feats = _shot_features(backbone, shot_images, saved, use_regions)
         tau = resolve_tau(config, backbone)
         torch.manual_seed(config.seed)
         pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
@@ -187,16 +181,7 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
         image.checkpoint_text = text_checkpoint(config, image)
         names = pixel.region_names()
         b, n, _ = feats.patches.shape
-        if saved is not None:
-            weights = saved["region_weights"]
-        elif use_regions:
-            with torch.no_grad():
-                protos = pixel().normal.float()
-            weights, _assign = region_weights(feats.hr_patches, feats.hr_grid, protos, names,
-                                              method.region_config(config))
-        else:
-            weights = uniform_weights(b, len(names), feats.grid)
-        weights = weights.to(feats.patches.device)
+        weights = _region_weights(config, feats, pixel, names, saved, use_regions)
         if state is not None and saved is None:
             state.save_features({"cls": feats.cls, "patches": feats.patches, "region_weights": weights,
                                  **{f"taps.{i}": t for i, t in enumerate(feats.taps)}})
@@ -216,14 +201,14 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
 
         _release_freed_memory()
         t1 = time.perf_counter()
-        pixel_hist = fit_prompt_set(
-            pixel, method.pixel_loss(config, tokens, flat_w, tau), config.epochs, config, "pixel prompts", history["pixel_loss"], state.optim_for("pixel") if state else None,
-            saver("pixel"), report)
+        pixel_hist = fit_prompt_set(pixel, method.pixel_loss(config, tokens, flat_w, tau), config.epochs, config,
+                                    "pixel prompts", history["pixel_loss"],
+                                    state.optim_for("pixel") if state else None, saver("pixel"), report)
         _release_freed_memory()
         t2 = time.perf_counter()
-        image_hist = fit_prompt_set(
-            image, method.image_loss(config, cls, tau), config.image_epochs, config, "image prompts", history["image_loss"],
-            state.optim_for("image") if state else None, saver("image"), report)
+        image_hist = fit_prompt_set(image, method.image_loss(config, cls, tau), config.image_epochs, config,
+                                    "image prompts", history["image_loss"],
+                                    state.optim_for("image") if state else None, saver("image"), report)
         t3 = time.perf_counter()
         for p in list(pixel.parameters()) + list(image.parameters()):
             p.requires_grad_(False)
@@ -246,6 +231,33 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
         model = FineGrainedAD(backbone, pixel, image, weights.cpu(), memory, tau, meta)
         model.refresh_text_features()
         return model.eval()
+
+
+def _shot_features(backbone: Backbone, shot_images: list[np.ndarray], saved: dict[str, Tensor] | None,
+                   use_regions: bool) -> ShotFeatures:
+    """The shots encoded now (with the tiled pass when regions are computed), or as a resumed run saved them."""
+    if saved is None:
+        return encode_shots(backbone, shot_images, tiles=4 if use_regions else None)
+    saved = {k: v.to(backbone.device) for k, v in saved.items()}
+    return ShotFeatures(cls=saved["cls"], patches=saved["patches"], grid=backbone.grid,
+                        taps=[saved[f"taps.{i}"] for i in range(len(backbone.tap_layers))],
+                        hr_patches=None, hr_grid=None)
+
+
+def _region_weights(config: TrainConfig, feats: ShotFeatures, pixel: MultiLevelPrompts, names: list[str],
+                    saved: dict[str, Tensor] | None, use_regions: bool) -> Tensor:
+    """MLSA region weights (B, G, h, w) from the untrained normal prototypes (uniform without regions; a
+    resumed run's saved ones), on the features' device."""
+    if saved is not None:
+        weights = saved["region_weights"]
+    elif use_regions:
+        with torch.no_grad():
+            protos = pixel().normal.float()
+        weights, _assign = region_weights(feats.hr_patches, feats.hr_grid, protos, names,
+                                          method.region_config(config))
+    else:
+        weights = uniform_weights(feats.patches.shape[0], len(names), feats.grid)
+    return weights.to(feats.patches.device)
 
 
 def _release_freed_memory() -> None:
