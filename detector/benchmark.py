@@ -15,7 +15,9 @@ Tables (``OUT/tables``): per method and shot count, one row per class and a mean
 mean ± sample std (ddof 1; 0 for one seed) over seeds, in percent. The mean row averages the classes
 within each seed first, then takes mean ± std of those per-seed means. ``summary.md`` sets the mean
 image / pixel AUROC next to the paper's reported numbers (marked "paper") when the data set is
-MVTec-AD or VisA. ``report.html`` shows the same tables.
+MVTec-AD or VisA, and under "What was run" the recipe, caption source (the records' provenance),
+defect vocabulary, evaluation resolution and weights (tag, SHA-256) the cells used: numbers from another
+recipe, captions or weights are not the paper's table. ``report.html`` shows the same tables.
 """
 from __future__ import annotations
 
@@ -289,6 +291,27 @@ def collect_cells(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_settings(out: Path) -> tuple[list[str], list[list[str]]]:
+    """What the cells actually ran, per method (distinct values joined): recipe, caption source, defect
+    vocabulary, evaluation resolution, weights (tag and SHA-256), so the paper's numbers are read beside them."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for path in sorted((Path(out) / "cells").glob("*/*/k*_s*/metrics.json")):
+        d = json.loads(path.read_text())
+        sha = d.get("weights_sha256")
+        weights = (f"{d.get('backbone')} / {d.get('pretrained')}" + (f" (sha256 {sha[:12]}…)" if sha else "")
+                   if d.get("meaningful", True) else f"{d.get('backbone')} / random (not meaningful)")
+        values = {"recipe": d.get("recipe") or "paper (default)", "captions": d.get("captions") or "–",
+                  "defect_vocab": d.get("defect_vocab") or "–", "resolution": str(d.get("resolution") or "–"),
+                  "weights": weights}
+        per = seen.setdefault(path.parts[-4], {})
+        for k, v in values.items():
+            if str(v) not in per.setdefault(k, []):
+                per[k].append(str(v))
+    header = ["method", "recipe", "captions", "defect vocabulary", "resolution (px)", "weights"]
+    keys = ("recipe", "captions", "defect_vocab", "resolution", "weights")
+    return header, [[m, *(" / ".join(per[k]) for k in keys)] for m, per in sorted(seen.items())]
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -408,12 +431,15 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
         write_text_atomic(tables_dir / f"{dataset}_side_by_side_k{k}.md", f"## {dataset}, {title}\n\n{v_md}\n")
         md_parts += [f"## {title}", "", v_md, ""]
         html_tables.append(report.Table(title, v_header, v_rows))
-    md_parts[2:2] = ["## Summary (mean over classes)", "", summary_md, ""]
+    r_header, r_rows = run_settings(out)
+    md_parts[2:2] = ["## Summary (mean over classes)", "", summary_md, "", "## What was run", "",
+                     markdown_table(r_header, r_rows), ""]
     write_text_atomic(out / "summary.md", "\n".join(md_parts) + "\n")
     notes = [] if meaningful else ["random (untrained) backbone weights: these figures are not meaningful"]
     report.write_report(out / "report.html", report.Report(
         f"FineGrainedAD benchmark: {dataset}", notes,
-        [report.Table("Summary (mean over classes)", s_header, s_rows), *html_tables]))
+        [report.Table("Summary (mean over classes)", s_header, s_rows), report.Table("What was run", r_header, r_rows),
+         *html_tables]))
     log(f"tables written to {tables_dir}, summary {out / 'summary.md'}, report {out / 'report.html'}")
     return {"rows": rows, "aggregate": agg, "summary": s_rows, "summary_md": summary_md,
             "meaningful": meaningful}

@@ -188,6 +188,10 @@ def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
     shot_files = meta.get("shots") if isinstance(meta.get("shots"), list) else None
     if isinstance(shots, list):
         shots = len(shots)
+    record = meta.get("record") if isinstance(meta.get("record"), dict) else {}
+    prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    captions = "class name (PromptAD templates)" if meta.get("baseline") else (
+        f"{prov.get('backend')} ({prov['model']})" if prov.get("model") else prov.get("backend"))
     return json_safe({
         "shots": shots,
         "seed": cfg.get("seed", meta.get("seed")),
@@ -198,6 +202,9 @@ def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
         "meaningful": pretrained not in (None, "", "none"),
         "recipe": cfg.get("recipe"),
         "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,
+        "captions": captions,  # who wrote the caption record: its provenance backend (model)
+        "defect_vocab": None if meta.get("baseline") else record.get("defect_vocab"),
+        "weights_sha256": backbone.get("weights_sha256"),
     })
 
 

@@ -153,3 +153,35 @@ def test_cells_record_the_pixel_metric_method(demo_root, tmp_path):
                                 exact_metrics=exact), trainer=CountingTrainer(), log=lambda s: None)
         data = json.loads((out / "cells/finegrainedad/pill_box/k1_s0/metrics.json").read_text())
         assert data["pixel_metrics"]["method"] == method
+
+
+def test_summary_states_what_was_run(demo_root, tmp_path):
+    """Beside the paper's numbers: recipe, caption source, defect vocabulary, resolution and weights used."""
+
+    class OfficialModel(NoiseModel):
+        def __init__(self, seed):
+            super().__init__(seed)
+            self.meta = {"class_name": "x", "config": {"pretrained": "laion400m_e32", "recipe": "paper"},
+                         "backbone": {"name": "ViT-B-16-plus-240", "pretrained": "laion400m_e32",
+                                      "weights_sha256": "699c4b84" + "0" * 56},
+                         "record": {"defect_vocab": "file:fine_grained_prompts.py",
+                                    "provenance": {"backend": "official", "model": "fine_grained_prompts.py"}}}
+
+    def trainer(tc):
+        if tc.baseline is None:
+            return OfficialModel(0)
+        model = NoiseModel(0)
+        model.meta["baseline"] = "promptad"
+        return model
+
+    B.run_benchmark(_config(demo_root, tmp_path, shots=[1], seeds=[0], classes=["pill_box"]), trainer=trainer,
+                    log=lambda s: None)
+    summary = (tmp_path / "summary.md").read_text()
+    run = summary.split("## What was run")[1].split("##")[0]
+    row = next(line for line in run.splitlines() if line.startswith("| finegrainedad"))
+    for words in ("paper", "official (fine_grained_prompts.py)", "file:fine_grained_prompts.py", "| 32 |",
+                  "ViT-B-16-plus-240 / laion400m_e32 (sha256 699c4b840000…)"):
+        assert words in row, (words, row)
+    base = next(line for line in run.splitlines() if line.startswith("| promptad"))
+    assert "class name (PromptAD templates)" in base and "random (not meaningful)" in base
+    assert "What was run" in (tmp_path / "report.html").read_text()

@@ -128,9 +128,11 @@ def test_crash_while_writing_leaves_old_checkpoint_and_no_temp(tmp_path, monkeyp
 def test_checkpoint_info_reads_train_meta():
     meta = {"class_name": "bottle", "shots": ["train/good/000.png"], "baseline": None,
             "config": {"shots": 1, "seed": 2, "pretrained": "none", "recipe": "ours"},
-            "backbone": {"name": "fgad-tiny-test", "pretrained": "none"},
-            "method": {"tau": "exp", "vv_blocks": 6}}
+            "backbone": {"name": "fgad-tiny-test", "pretrained": "none", "weights_sha256": "ab" * 32},
+            "method": {"tau": "exp", "vv_blocks": 6},
+            "record": {"defect_vocab": "dataset", "provenance": {"backend": "openai", "model": "gpt-4o"}}}
     info = checkpoint_info(meta)
     assert info == {"shots": 1, "seed": 2, "method": "finegrainedad", "backbone": "fgad-tiny-test",
                     "pretrained": "none", "shot_files": ["train/good/000.png"], "meaningful": False,
-                    "recipe": "ours", "method_options": {"tau": "exp", "vv_blocks": 6}}
+                    "recipe": "ours", "method_options": {"tau": "exp", "vv_blocks": 6},
+                    "captions": "openai (gpt-4o)", "defect_vocab": "dataset", "weights_sha256": "ab" * 32}
