@@ -159,6 +159,8 @@ def build_manifest(cfg: BuildConfig, samples: Sequence[Sample], captioner: Capti
            "prompt_version": captioner.prompt_version}
     if getattr(captioner, "response_format", ""):  # model backends: the format asked for first
         cap["response_format"] = captioner.response_format
+    if getattr(captioner, "prompt_sha256", ""):  # an edited prompt file must not resume the old answers
+        cap["prompt_sha256"] = captioner.prompt_sha256
     base = {k: v for k, v in config.items() if k not in ("num_shards", "shard_index")}
     return {"config": config, "captioner": cap, "fingerprint": fingerprint({"config": config, "captioner": cap}),
             "base_fingerprint": fingerprint({"config": base, "captioner": cap})}

@@ -97,6 +97,12 @@ def build(
         help="Retries of a failed openai request.", show_default="3")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option(
         help="Allow an hf: model's own code.", show_default="no")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        help="Prompt of an hf:/openai: model: a built-in name or your own FILE (see mfsc_builder/prompts/).",
+        show_default="mfsc_v1")] = None,
+    response_format: Annotated[str | None, typer.Option(
+        help="How a model is asked: json_schema (the record schema), json_object, prompt.",
+        show_default="json_schema")] = None,
     shots: Annotated[int | None, typer.Option(
         "--shots", "-k", help="Reference normal images per class.", show_default="1")]
     = None,
@@ -130,7 +136,8 @@ def build(
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
             captioner={"name": captioner, "api_base": api_base, "device": device, "dtype": dtype,
                        "batch_size": batch_size, "concurrency": concurrency, "timeout": timeout,
-                       "max_retries": max_retries, "trust_remote_code": trust_remote_code},
+                       "max_retries": max_retries, "trust_remote_code": trust_remote_code, "prompt": prompt,
+                       "response_format": response_format},
             shots=shots, seed=seed, shots_file=shots_file, defect_vocab=defect_vocab, num_shards=num_shards,
             shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop),
         )

@@ -287,3 +287,45 @@ def test_a_400_that_is_not_about_the_format_stops_the_build(demo_root, tmp_path)
         run_build(_cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"]))
     assert all(r["body"]["response_format"]["type"] == "json_schema" for r in srv.requests)
     assert max(srv.per_key.values()) == 1
+
+
+def test_prompt_file_and_response_format_from_the_command_line(demo_root, tmp_path):
+    """`mfsc build --prompt FILE --response-format prompt`: the server gets the user's prompt and no
+    response_format; records carry the file's version, build_info its SHA-256; an edited prompt file is a
+    different build (refused on resume, not mixed)."""
+    import hashlib
+    import json
+
+    import datasets
+    from typer.testing import CliRunner
+
+    from mfsc_builder.captioners.schema import PROMPT_DIR
+    from mfsc_builder.cli import app
+
+    src = (PROMPT_DIR / "mfsc_v1.txt").read_text(encoding="utf-8")
+    mine = tmp_path / "acme.txt"
+    mine.write_text(src.replace("# version: mfsc_v1", "# version: acme-7").replace(
+        "You describe one industrial inspection image", "ACME-PROMPT: you describe one inspection image"),
+        encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["build", str(demo_root), "--out", str(out), "--classes", "pill_box", "--captioner", "openai:fake-vlm",
+            "--prompt", str(mine), "--response-format", "prompt", "--quiet", "--max-retries", "1"]
+    with FakeOpenAIServer() as srv:
+        res = CliRunner().invoke(app, [*args, "--api-base", srv.url], env={"OPENAI_API_KEY": KEY})
+    assert res.exit_code == 0, res.output
+    assert srv.requests and all("response_format" not in r["body"] for r in srv.requests)
+    assert all("ACME-PROMPT" in r["body"]["messages"][0]["content"][1]["text"] for r in srv.requests)
+    images = datasets.load_from_disk(str(out / "images"))
+    provs = [p for split in images for p in images[split]["provenance"]]
+    assert {(p["prompt_version"], p["response_format"], p["status"]) for p in provs} == {("acme-7", "prompt", "ok")}
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["captioner"]["prompt_sha256"] == hashlib.sha256(mine.read_bytes()).hexdigest()
+    assert info["captioner"]["response_format"] == "prompt"
+    mine.write_text(mine.read_text(encoding="utf-8") + "\nBe brief.\n", encoding="utf-8")
+    with FakeOpenAIServer() as srv:
+        res = CliRunner().invoke(app, [*args, "--api-base", srv.url], env={"OPENAI_API_KEY": KEY})
+    assert res.exit_code != 0 and "Traceback" not in res.output and not srv.requests, res.output
+    bad_args = [a if a != "prompt" else "yaml" for a in args]
+    bad = CliRunner().invoke(app, [*bad_args, "--api-base", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "b")],
+                             env={"OPENAI_API_KEY": KEY})
+    assert bad.exit_code != 0 and "yaml" in bad.output and "Traceback" not in bad.output, bad.output

@@ -33,14 +33,14 @@ def _hf(model: str, s: CaptionerSettings) -> Captioner:
     from mfsc_builder.captioners.hf import HFCaptioner
 
     return HFCaptioner(model, device=s.device, dtype=s.dtype, batch_size=s.batch_size,
-                       trust_remote_code=s.trust_remote_code)
+                       trust_remote_code=s.trust_remote_code, prompt=s.prompt, response_format=s.response_format)
 
 
 def _openai(model: str, s: CaptionerSettings) -> Captioner:
     from mfsc_builder.captioners.openai_api import OpenAICaptioner
 
     return OpenAICaptioner(model, api_base=s.api_base, concurrency=s.concurrency, timeout=s.timeout,
-                           max_retries=s.max_retries)
+                           max_retries=s.max_retries, prompt=s.prompt, response_format=s.response_format)
 
 
 BACKENDS: dict[str, Backend] = {

@@ -60,7 +60,6 @@ class Prompt:
 MAX_PROMPT_BYTES = 256 * 1024
 
 
-@lru_cache(maxsize=8)
 def load_prompt(name: str = DEFAULT_PROMPT) -> Prompt:
     """The one place prompts come from: a built-in name (`mfsc_builder/prompts/<name>.txt`, e.g. "mfsc_v1") or
     the path of a user's own file (`--prompt FILE`). Format: a '# version: NAME' line, '#' comments, then

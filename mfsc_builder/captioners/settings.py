@@ -24,3 +24,5 @@ class CaptionerSettings:
     concurrency: PositiveInt = 4  # openai: parallel requests
     timeout: PositiveFloat = 60.0  # openai: seconds per request
     max_retries: NonNegativeInt = 3  # openai: retries of a failed request
+    prompt: str = "mfsc_v1"  # hf/openai: a built-in prompt (mfsc_builder/prompts/<name>.txt) or a prompt FILE
+    response_format: str = "json_schema"  # hf/openai: json_schema (the record schema) | json_object | prompt
