@@ -358,7 +358,7 @@ def side_by_side(agg: list[dict[str, Any]]) -> dict[int, tuple[list[str], list[l
         methods = sorted({a["method"] for a in sub}, key=lambda m: (m in BASELINES, m))
         if len(methods) < 2:
             continue
-        header = ["class", *(f"{m} {METRIC[key].title}" for m in methods for key in SUMMARY_METRICS)]
+        header = ["class", *(f"{m}: {METRIC[key].title}" for m in methods for key in SUMMARY_METRICS)]
         classes = sorted({a["class_name"] for a in sub} - {"mean"}) + ["mean"]
         by = {(a["method"], a["class_name"]): a for a in sub}
         rows = []

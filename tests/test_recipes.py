@@ -70,7 +70,7 @@ def test_benchmark_variants_run_side_by_side(demo_root, tmp_path):
     res = B.run_benchmark(cfg, trainer=Recording(), log=lambda s: None)
     assert sorted(set(seen)) == [("ours", "ours", 20, 2), ("paper", "paper", "stored", 2)]
     md = (tmp_path / "summary.md").read_text()
-    assert "Side by side, 1-shot" in md and "paper image AUROC" in md and "ours pixel AUROC" in md
+    assert "Side by side, 1-shot" in md and "| paper: image AUROC |" in md and "| ours: pixel AUROC |" in md
     assert (tmp_path / "tables" / "MVTec-AD-mini_side_by_side_k1.md").exists()
     assert {r[0] for r in res["summary"]} == {"ours", "paper"}
     assert all("91.04 (paper)" in r for r in res["summary"])  # each variant beside the paper's 1-shot number
