@@ -370,28 +370,38 @@ class NamingCollector:
         """The kept (small) maps by image index: the report's thumbnails draw their outlines from them."""
         return {i: v[0] for i, v in self.items.items()}
 
+    def ground_truth(self, index: int) -> np.ndarray:
+        """The kept (small) ground-truth mask of an image."""
+        return self.items[index][1]
+
+    def flags(self, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
+        """Per image index the highest threshold with a defect region (``flag_threshold``); -inf if none kept."""
+        n = max(self.items, default=-1) + 1
+        out = np.full(n, -np.inf)
+        for i, v in self.items.items():
+            out[i] = flag_threshold(v[0], min_area)
+        return out
+
     def finish(self, config: NamingConfig, *, object_name: str = "", tau: float = 100.0,
                defect_types: Sequence[str] = (), caption_regions: Mapping[int, Sequence[Mapping[str, Any]]] | None
                = None, states_from_dataset: bool = False) -> NamingResult:
-        """Name every kept image at ``config.threshold`` and score the naming where ``caption_regions`` (by
-        image index) holds the test images' caption regions (None: no naming accuracy, NaN)."""
+        """Name every kept image at ``config.threshold`` and score the naming on the images ``caption_regions``
+        (by image index) holds caption regions for (None: no naming accuracy, NaN)."""
         n = max(self.items, default=-1) + 1
         named: list[list[Defect]] = [[] for _ in range(n)]
-        flags = np.full(n, -np.inf)
         rows: list[dict[str, Any]] = []
         known = [g for g in self.bank.names if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
         for i, (amap, gt, ev, size) in sorted(self.items.items()):
             named[i], labels = name_regions(amap, ev, self.bank, config, image_size=size, object_name=object_name,
                                             tau=tau)
-            flags[i] = flag_threshold(amap, config.min_area)
-            if caption_regions is not None and gt.any():
-                for r in naming_rows(gt, named[i], labels, caption_regions.get(i, ()), size,
+            if caption_regions is not None and i in caption_regions and gt.any():
+                for r in naming_rows(gt, named[i], labels, caption_regions[i], size,
                                      defect_types[i] if i < len(defect_types) else "", known):
                     rows.append({"image": i, **r})
         summary = naming_summary(rows, states_from_dataset) if caption_regions is not None else {
             "naming_accuracy": float("nan"), "state_accuracy": float("nan"), "n_defect_regions": 0,
             "n_missed_regions": 0}
-        return NamingResult(named, flags, rows, summary)
+        return NamingResult(named, self.flags(config.min_area), rows, summary)
 
 
 def truth_component(region: np.ndarray, caption_regions: Sequence[Mapping[str, Any]], image_size: tuple[int, int],

@@ -195,12 +195,12 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;max-width:520px}
 img{max-width:520px;image-rendering:pixelated}.note{color:#a33}
-figure.plot img{image-rendering:auto;max-width:640px}
+figure.plot img{image-rendering:auto;max-width:min(100%,1280px)}figure.plot figcaption{max-width:none}
 .explorer{position:sticky;top:0;background:#fff;border-bottom:1px solid #bbb;padding:.5em 0;z-index:2}
 .explorer input[type=range]{width:min(640px,90vw)}.counts span{font-weight:bold}
 .gallery{display:flex;flex-wrap:wrap;gap:.8em}.thumb{position:relative;width:var(--w)}
 .thumb img,.thumb canvas{position:absolute;left:0;top:0;width:var(--w);height:var(--h);image-rendering:auto}
-.thumb .pic{position:relative;width:var(--w);height:var(--h)}.thumb figcaption{font-size:.8em}
+.thumb .pic{position:relative;width:var(--w);height:var(--h)}.thumb figcaption{font-size:.8em;overflow-wrap:anywhere}
 .thumb.flagged{outline:3px solid #d0f}.thumb ul{margin:.2em 0;padding-left:1.2em;font-size:.8em}
 code{background:#f3f3f3;padding:0 .3em}
 """
