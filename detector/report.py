@@ -26,6 +26,7 @@ import numpy as np
 # heat map colours are drawn by OpenCV (BGR) and flipped once here; everything leaving this module is RGB
 CONTOUR_RGB = (0, 255, 0)
 MASK_RGB = (255, 0, 0)
+REGION_RGB = (255, 0, 255)  # predicted defect regions (named defects), as the explorer's outlines
 
 
 @dataclass
@@ -152,6 +153,24 @@ def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
     right = overlay(image, amap, mask, lo, hi)
     gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([left, gap, right, gap, colour_bar(left.shape[0], lo, hi)], axis=1)
+
+
+def draw_regions(image: np.ndarray, labels: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
+    """Named defect regions on a picture: each region's outline (magenta) and its number (1-based, its
+    value in ``labels``) at the box's top-left corner; ``labels`` at the picture's size (RGB uint8 copy)."""
+    import cv2
+
+    out = np.ascontiguousarray(image.astype(np.uint8)).copy()
+    h, w = out.shape[:2]
+    thick = max(1, round(min(h, w) / 200))
+    scale = max(0.4, min(h, w) / 600)
+    for k, box in enumerate(boxes, start=1):
+        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, REGION_RGB, thick)
+        x, y = int(box[0]), max(int(box[1]) - 3, int(12 * scale) + 2)
+        cv2.putText(out, str(k), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(out, str(k), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
 
 
 def png_bytes(image: np.ndarray) -> bytes:

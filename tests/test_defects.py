@@ -280,3 +280,14 @@ def test_collector_names_at_a_later_threshold_and_scores_against_caption_regions
     assert res.summary["naming_accuracy"] == 0.5 and res.summary["state_accuracy"] == 0.5  # scratch on the cap
     res = col.finish(NamingConfig(0.95, 0.01), caption_regions=None)
     assert res.defects[0] == [] and np.isnan(res.summary["naming_accuracy"])
+
+
+def test_cli_shows_the_naming_defaults_of_this_module():
+    """The CLI's flags default to None (resolved here); their shown defaults must be this module's values."""
+    import typing
+
+    from detector import cli, defects
+
+    for alias, value in ((cli.MinAreaOpt, defects.DEFAULT_MIN_AREA), (cli.MinMarginOpt, defects.DEFAULT_MIN_MARGIN)):
+        info = typing.get_args(alias)[1]
+        assert float(info.show_default) == value
