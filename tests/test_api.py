@@ -69,7 +69,7 @@ def test_thresholds_number_auto_and_none(ckpt, tmp_path):
     # named defects at the threshold: one per region of the mask of at least min_area, boxes in image pixels
     from detector.metrics import components
 
-    lab, sizes = components(masked.mask)
+    _, sizes = components(masked.mask)
     big = [k for k in range(1, len(sizes)) if sizes[k] >= det.min_area * masked.mask.size]
     assert len(masked.defects) == len(big) > 0 and r.defects is None
     for d in masked.defects:

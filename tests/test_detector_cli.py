@@ -96,6 +96,8 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
                               "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"])
     assert res.exit_code == 0, res.output + res.stderr
     assert (ckpt / "config.json").exists()
+    # stdout is not a terminal here: plain progress lines instead of a bar
+    assert "train: pixel prompts 0/1 epochs" in res.output and "train: image prompts epoch 1/1, loss " in res.output
     res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(demo_root), "--out", str(ev),
                               "--resolution", "64", "--batch-size", "5"])
     assert res.exit_code == 0, res.output + res.stderr
