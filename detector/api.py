@@ -43,7 +43,8 @@ class DetectorResult:
     map: np.ndarray  # (H, W) float32 anomaly map
     mask: np.ndarray | None  # (H, W) bool, map >= pixel threshold; None without a threshold
     anomalous: bool | None  # score >= the image threshold; None unless `detector eval` stored one
-    defects: list[dict[str, Any]] | None = None  # named defects; None: this detector cannot name defects
+    defects: list[dict[str, Any]] | None = None  # named defects at the pixel threshold (detector.defects);
+    # None without a threshold or for an engine that exposes no token matching (an export)
 
 
 def as_rgb(image: ImageLike, where: str = "image") -> np.ndarray:
@@ -90,6 +91,10 @@ class Detector:
         self.thresholds = thresholds or {}  # threshold.json's entry for the fused branch, if any
         self.source = source
         self._fixed_resolution = resolution  # an export's map size; None: any
+        from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
+
+        self.min_area, self.min_margin = DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN  # named defects (settable)
+        self._bank: Any = None
 
     @classmethod
     def load(cls, path_or_hub_id: str | Path, *, device: str = "cpu", precision: str = "fp32",
@@ -148,14 +153,16 @@ class Detector:
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
             batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
-            pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size)
-            for img, score, amap in zip(batch, pred.scores, pred.maps):
+            naming = pixel_t is not None and hasattr(self.engine, "abnormal_text_features")
+            extra = {"tokens": True} if naming else {}
+            pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size, **extra)
+            for j, (img, score, amap) in enumerate(zip(batch, pred.scores, pred.maps)):
                 full = map_to_image_size(amap, img.shape[0], img.shape[1])
                 results.append(DetectorResult(
                     score=float(score), map=full,
                     mask=None if pixel_t is None else full >= pixel_t,
                     anomalous=None if image_t is None else bool(score >= image_t),
-                    defects=self._name_defects(img, full)))
+                    defects=self._name_defects(full, pred, j, pixel_t) if naming else None))
         return results
 
     def _thresholds(self, threshold: Threshold, resolution: int) -> tuple[float | None, float | None]:
@@ -172,9 +179,18 @@ class Detector:
             return float(t["pixel_threshold"]), None if image is None else float(image)
         return float(threshold), None
 
-    def _name_defects(self, image: np.ndarray, amap: np.ndarray) -> list[dict[str, Any]] | None:
-        """Named defects of one image: the seam for ``detector.defects`` (not in this tree yet), so None."""
-        return None
+    def _name_defects(self, amap: np.ndarray, pred: Any, j: int, threshold: float) -> list[dict[str, Any]]:
+        """Named defects of image j (``detector.defects``) at the pixel threshold, on its full-size map: boxes
+        in the image's pixels, as ``detector predict`` writes them (the region masks are ``mask`` regions)."""
+        from detector import defects as D
+
+        if getattr(self, "_bank", None) is None:
+            self._bank = D.model_state_bank(self.engine)
+        config = D.NamingConfig(threshold, self.min_area, self.min_margin)
+        ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], self._bank)
+        found, _ = D.name_regions(amap, ev, self._bank, config, object_name=str(self.meta.get("object_name") or ""),
+                                  tau=float(self.engine.tau))
+        return [d.to_dict() for d in found]
 
 
 def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:

@@ -185,7 +185,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
                          resolution=config.resolution, branch=DEFAULT_BRANCH, batch_size=config.batch_size,
                          info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None,
-                         exact_metrics=config.exact_metrics)
+                         exact_metrics=config.exact_metrics, captions=tc.captions)
     return res.metrics
 
 
@@ -385,6 +385,29 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def benchmark_plots(agg: list[dict[str, Any]], key: str | None) -> list[Any]:
+    """Per method and summary metric: bars per class (and the mean) for each shot count, mean ± std over
+    seeds as error bars, the paper's mean beside ours (MVTec-AD / VisA)."""
+    plots = []
+    for method in sorted({a["method"] for a in agg}):
+        sub = [a for a in agg if a["method"] == method]
+        classes = [c for c in dict.fromkeys(a["class_name"] for a in sub) if c != "mean"] + ["mean"]
+        paper_method = method if method in BASELINES else METHOD
+        for i, metric in enumerate(SUMMARY_METRICS):
+            series, reference = {}, {}
+            for k in sorted({a["shots"] for a in sub}):
+                cells = {a["class_name"]: a for a in sub if a["shots"] == k}
+                series[f"{k}-shot"] = ([100 * cells[c][f"{metric}_mean"] if c in cells else math.nan for c in classes],
+                                       [100 * cells[c][f"{metric}_std"] if c in cells else math.nan for c in classes])
+                ref = PAPER.get((paper_method, key), {}).get(k) if key else None
+                if ref:
+                    reference[f"{k}-shot"] = ref[i]
+            title = f"{method}: {METRIC[metric].title} per class (%, mean ± std over seeds)"
+            plots.append(report.Plot(title + ("; black ticks: the paper's mean" if reference else ""),
+                                     report.bars_plot(title, classes, series, reference or None)))
+    return plots
+
+
 def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Assemble OUT/tables/*.csv|md, OUT/summary.md and OUT/report.html from the finished cells."""
     out = Path(out)
@@ -439,7 +462,8 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
     report.write_report(out / "report.html", report.Report(
         f"FineGrainedAD benchmark: {dataset}", notes,
         [report.Table("Summary (mean over classes)", s_header, s_rows), report.Table("What was run", r_header, r_rows),
-         *html_tables]))
+         *html_tables],
+        plots=benchmark_plots(agg, key)))
     log(f"tables written to {tables_dir}, summary {out / 'summary.md'}, report {out / 'report.html'}")
     return {"rows": rows, "aggregate": agg, "summary": s_rows, "summary_md": summary_md,
             "meaningful": meaningful}

@@ -112,3 +112,36 @@ def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:
     if not row.get("texts"):
         raise DetectorError(f"{where}: class '{class_name}' has no texts; rebuild the captions with `mfsc build`")
     return row
+
+
+def _open_images(captions: str | Path) -> tuple[Any, str]:
+    """(images DatasetDict, where) for a `mfsc build` folder (DIR/images), a publish folder or a Hub id."""
+    import datasets
+
+    p = Path(captions).expanduser()
+    if p.is_dir():
+        if (p / "images").is_dir():
+            return datasets.load_from_disk(str(p / "images")), str(p / "images")
+        return datasets.load_dataset(str(p), "images"), str(p)
+    return datasets.load_dataset(str(captions), "images"), f"hub:{captions}"
+
+
+def load_image_regions(captions: str | Path, class_name: str, split: str = "test") -> dict[str, dict[str, Any]]:
+    """Per image id of a class's split: its caption regions (kind, name, box in original pixels, area) and
+    size, from the ``images`` configuration (the image bytes are not decoded). Named-defect evaluation takes
+    the true component of a defect from these."""
+    try:
+        ds, where = _open_images(captions)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DetectorError(f"cannot read the images of the caption dataset {captions} ({first}); pass the "
+                            "`mfsc build` folder of these test images with --captions") from e
+    if split not in ds:
+        raise DetectorError(f"{where} has no {split!r} split (splits: {', '.join(ds)}); rebuild with `mfsc build`")
+    part = ds[split]
+    missing = [c for c in ("id", "class_name", "regions", "width", "height") if c not in part.column_names]
+    if missing:
+        raise DetectorError(f"{where} is not an MFSC images dataset (missing columns {missing}); rebuild it")
+    part = part.select_columns(["id", "class_name", "regions", "width", "height"])
+    return {r["id"]: {"regions": list(r["regions"]), "width": int(r["width"]), "height": int(r["height"])}
+            for r in part if r["class_name"] == class_name}

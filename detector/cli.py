@@ -189,6 +189,19 @@ def train(
 
 # ---- eval ----------------------------------------------------------------------------------------
 
+MinAreaOpt = Annotated[float | None, typer.Option(
+    "--min-area", min=0.0, max=1.0, help="Named defects: smallest region kept, as a fraction of the image.",
+    show_default="0.001")]
+MinMarginOpt = Annotated[float | None, typer.Option(
+    "--min-margin", min=0.0, max=1.0, help="Named defects: a state needs this probability margin over the "
+    "second best, else it is 'unknown'.", show_default="0.1")]
+
+
+def _naming_settings(min_area: float | None, min_margin: float | None) -> dict[str, float]:
+    """The named-defect flags given (the defaults live in detector.defects)."""
+    return {k: v for k, v in (("min_area", min_area), ("min_margin", min_margin)) if v is not None}
+
+
 ExactMetricsOpt = Annotated[bool, typer.Option(
     "--exact-metrics", help="Keep every float32 map for exact pixel metrics (memory grows with the test set) "
     "instead of the constant-memory 2^16-level histogram.")]
@@ -208,8 +221,14 @@ def eval_cmd(
     class_name: Annotated[str | None, typer.Option(
         "--class", help="Class to evaluate.", show_default="the checkpoint's class")] = None,
     exact_metrics: ExactMetricsOpt = False,
+    captions: Annotated[str | None, typer.Option(
+        "--captions", help="Caption dataset (mfsc build folder or Hub id) holding the test images' regions, "
+        "for naming_accuracy.", show_default="the training captions")] = None,
+    min_area: MinAreaOpt = None,
+    min_margin: MinMarginOpt = None,
 ) -> None:
-    """Evaluate a checkpoint on its class's test split: metrics, overlays, HTML report, F1-max threshold."""
+    """Evaluate a checkpoint on its class's test split: metrics, named defects, overlays, HTML report with a
+    threshold explorer, F1-max threshold."""
 
     def body() -> None:
         _quiet_libraries()
@@ -220,8 +239,8 @@ def eval_cmd(
 
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
-                                  class_name=class_name, exact_metrics=exact_metrics,
-                                  progress=_bars()))
+                                  class_name=class_name, exact_metrics=exact_metrics, captions=captions,
+                                  progress=_bars(), **_naming_settings(min_area, min_margin)))
         _print_metrics(res.metrics, res.metrics_path)
         if res.report_path:
             _console().print(f"report: {res.report_path}")
@@ -266,8 +285,10 @@ def predict(
     engine: Annotated[Literal["torch", "onnx", "openvino"], typer.Option(
         "--engine", help="torch (a checkpoint), or onnx / openvino (a `detector export` folder as --checkpoint).")]
     = "torch",
+    min_area: MinAreaOpt = None,
+    min_margin: MinMarginOpt = None,
 ) -> None:
-    """Anomaly maps, overlays, optional binary masks and image scores for new images."""
+    """Anomaly maps, overlays, image scores and, with a threshold, masks and named defects for new images."""
 
     def body() -> None:
         _quiet_libraries()
@@ -278,7 +299,8 @@ def predict(
 
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
-                                         precision=precision, progress=_bars(), engine=engine))
+                                         precision=precision, progress=_bars(), engine=engine,
+                                         **_naming_settings(min_area, min_margin)))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
 
     _run(body, interrupted="interrupted; scores.csv was not written: rerun the same command")

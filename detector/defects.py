@@ -328,6 +328,82 @@ def detect(model: Any, images: list[np.ndarray], config: NamingConfig, *, resolu
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+NAMING_SIZE = 128  # evaluation names regions on maps of at most this size (memory per image ~100 KB)
+
+
+@dataclass
+class NamingResult:
+    """What ``NamingCollector.finish`` gives: per image its named defects and flag threshold, one row per
+    ground-truth region, and the summary (naming_accuracy, state_accuracy, counts)."""
+
+    defects: list[list[Defect]]
+    flags: np.ndarray
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+class NamingCollector:
+    """Keeps, per evaluated image, what naming needs once the threshold is known (evaluation picks it from
+    all maps): the map and ground truth at ``NAMING_SIZE`` px at most, and the token evidence. Bounded:
+    about 100 KB per image, whatever the evaluation resolution."""
+
+    def __init__(self, bank: StateBank, size: int = NAMING_SIZE) -> None:
+        self.bank = bank
+        self.size = int(size)
+        self.items: dict[int, tuple[np.ndarray, np.ndarray, TokenEvidence, tuple[int, int]]] = {}
+
+    def _small(self, a: np.ndarray) -> np.ndarray:
+        import cv2
+
+        a = np.asarray(a, np.float32)
+        if max(a.shape) <= self.size:
+            return a
+        return cv2.resize(a, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+    def add(self, index: int, amap: np.ndarray, tokens: np.ndarray, groups: np.ndarray, gt_mask: np.ndarray,
+            image_size: tuple[int, int]) -> None:
+        """One image: its map (R, R), unit tokens (h, w, D), matched groups (h, w), ground truth (R, R)."""
+        self.items[index] = (self._small(amap), self._small(gt_mask) > 0.5, token_evidence(tokens, groups, self.bank),
+                             (int(image_size[0]), int(image_size[1])))
+
+    def maps(self) -> dict[int, np.ndarray]:
+        """The kept (small) maps by image index: the report's thumbnails draw their outlines from them."""
+        return {i: v[0] for i, v in self.items.items()}
+
+    def ground_truth(self, index: int) -> np.ndarray:
+        """The kept (small) ground-truth mask of an image."""
+        return self.items[index][1]
+
+    def flags(self, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
+        """Per image index the highest threshold with a defect region (``flag_threshold``); -inf if none kept."""
+        n = max(self.items, default=-1) + 1
+        out = np.full(n, -np.inf)
+        for i, v in self.items.items():
+            out[i] = flag_threshold(v[0], min_area)
+        return out
+
+    def finish(self, config: NamingConfig, *, object_name: str = "", tau: float = 100.0,
+               defect_types: Sequence[str] = (), caption_regions: Mapping[int, Sequence[Mapping[str, Any]]] | None
+               = None, states_from_dataset: bool = False) -> NamingResult:
+        """Name every kept image at ``config.threshold`` and score the naming on the images ``caption_regions``
+        (by image index) holds caption regions for (None: no naming accuracy, NaN)."""
+        n = max(self.items, default=-1) + 1
+        named: list[list[Defect]] = [[] for _ in range(n)]
+        rows: list[dict[str, Any]] = []
+        known = [g for g in self.bank.names if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
+        for i, (amap, gt, ev, size) in sorted(self.items.items()):
+            named[i], labels = name_regions(amap, ev, self.bank, config, image_size=size, object_name=object_name,
+                                            tau=tau)
+            if caption_regions is not None and i in caption_regions and gt.any():
+                for r in naming_rows(gt, named[i], labels, caption_regions[i], size,
+                                     defect_types[i] if i < len(defect_types) else "", known):
+                    rows.append({"image": i, **r})
+        summary = naming_summary(rows, states_from_dataset) if caption_regions is not None else {
+            "naming_accuracy": float("nan"), "state_accuracy": float("nan"), "n_defect_regions": 0,
+            "n_missed_regions": 0}
+        return NamingResult(named, self.flags(config.min_area), rows, summary)
+
+
 def truth_component(region: np.ndarray, caption_regions: Sequence[Mapping[str, Any]], image_size: tuple[int, int],
                     known: Sequence[str] | None = None) -> str:
     """The true component of a ground-truth region (bool, map resolution): the caption component box that

@@ -7,7 +7,12 @@
 - ``scores.csv``: one row per test image (id, label, defect type, image score, map max);
 - ``overlays/*.png``: image with the ground-truth contour | heat-map overlay, for up to 8 anomalous and 4
   normal images picked evenly along the id-sorted list (deterministic, independent of the scores);
-- ``report.html``: the self-contained page (tables + those overlays inline).
+- ``defects.json``: per test image its named defects (``detector.defects``) at the pixel F1-max threshold,
+  and per ground-truth region the true and the named component (``naming_accuracy`` in metrics.json; the
+  truth needs the test images' caption regions: ``--captions``, default the training captions);
+- ``report.html``: the self-contained page: metrics and per-defect-type tables, ROC/PR curves and score
+  histograms (matplotlib), the threshold explorer (slider, flips, outlines) over every test image's overlay
+  (capped by a byte budget) with its named defects, and the panels above.
 It also stores the pixel and image F1-max thresholds in the checkpoint folder (``threshold.json``, keyed
 by branch, atomic) for ``detector predict --threshold auto``. The threshold is picked on the test split,
 so it is a convenience for inspection, never used for any reported metric.
@@ -34,6 +39,7 @@ from detector import metrics as M
 from detector import outputs, report
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
 from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask
+from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
 from detector.errors import DetectorError
 from detector.outputs import json_safe, write_csv
 from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
@@ -72,6 +78,10 @@ class EvalConfig:
     write_threshold: bool = True
     progress: bool = True
     exact_metrics: bool = False  # keep every float32 map (exact pixel metrics, memory grows with images)
+    captions: str | None = None  # caption dataset with the test images' regions; None: the training captions
+    min_area: float = DEFAULT_MIN_AREA  # named defects: smallest region, fraction of the image
+    min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
+    report_bytes: int = 4_000_000  # the report's overlay gallery stops at about this many bytes
 
 
 @dataclass
@@ -128,14 +138,17 @@ class Collected:
     has_masks: bool  # some ground-truth pixel is anomalous
     map_range: tuple[float, float]  # min and max over all maps: one colour scale for the figures
     kept: dict[int, tuple[np.ndarray, np.ndarray]]  # index -> (map, mask) of the figure images
+    by_type: dict[str, Any] = field(default_factory=dict)  # defect type -> PixelHistogram of its images
+    namer: NamingCollector | None = None  # small maps + token evidence for named defects
 
 
 def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, branch: str = DEFAULT_BRANCH,
             batch_size: int = 8, show_progress: bool = False, exact: bool = False,
-            keep: Sequence[int] = ()) -> Collected:
+            keep: Sequence[int] = (), namer: NamingCollector | None = None) -> Collected:
     """Run the model over the samples in batches (``detector.data.iter_batches``); one batch of images and maps
     is in memory at a time (plus every map with ``exact``). The maps and masks of the samples at ``keep`` are
-    kept for figures."""
+    kept for figures; with ``namer`` every image's small map and token evidence for named defects, and one
+    pixel histogram per defect type (1.5 MiB each) for the per-type table."""
     n = len(samples)
     scores = np.zeros(n, np.float32)
     map_max = np.zeros(n, np.float32)
@@ -146,8 +159,12 @@ def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, 
     has_masks, lo, hi = False, math.inf, -math.inf
     bar = outputs.progress(show_progress, n, "evaluating")
     start = 0
+    by_type: dict[str, Any] = {}
     for batch, images, full_masks in iter_batches(samples, batch_size):
-        pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
+        if namer is not None:
+            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
+        else:
+            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
         if pred.maps.shape != (len(batch), resolution, resolution):
             raise DetectorError(f"the model returned maps of shape {pred.maps.shape}, expected "
                                 f"({len(batch)}, {resolution}, {resolution})")
@@ -159,10 +176,14 @@ def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, 
         has_masks = has_masks or bool(masks.any())
         lo, hi = min(lo, float(maps.min())), max(hi, float(maps.max()))
         kept.update((start + j, (maps[j].copy(), masks[j])) for j in range(len(batch)) if start + j in keep)
+        for j, s in enumerate(batch):
+            by_type.setdefault(s.defect_type, M.PixelHistogram()).add(maps[j : j + 1], masks[j : j + 1])
+            if namer is not None:
+                namer.add(start + j, maps[j], pred.tokens[j], pred.token_groups[j], masks[j], images[j].shape[:2])
         start += len(batch)
         bar(len(batch))
     bar(0, done=True)
-    return Collected(scores, labels, map_max, pixels, has_masks, (lo, hi), kept)
+    return Collected(scores, labels, map_max, pixels, has_masks, (lo, hi), kept, by_type, namer)
 
 
 def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int], resolution: int
@@ -210,22 +231,36 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
                    resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
                    info: dict[str, Any] | None = None, ckpt_dir: Path | None = None,
                    n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
-                   html: bool = True, exact_metrics: bool = False) -> EvalResult:
-    """Score the samples with the model and write metrics.json, metrics.csv, overlays and the report."""
+                   html: bool = True, exact_metrics: bool = False, captions: str | None = None,
+                   min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
+                   report_bytes: int = 4_000_000) -> EvalResult:
+    """Score the samples with the model and write metrics.json, metrics.csv, defects.json, overlays and the
+    report. Named defects need a model that exposes its token matching (``FineGrainedAD``)."""
     if not samples:
         raise DetectorError(f"no test images for class {class_name!r}; check --data and the class name")
     if resolution < 8:
-        raise DetectorError(f"--resolution {resolution} is too small; use 400 (default, the paper) or 256")
+        raise DetectorError(f"--resolution {resolution} is too small; use 256 (default) or 400 (the paper)")
+    naming_config = NamingConfig(0.0, min_area, min_margin)  # the threshold comes after collection
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     picks = pick_figures(samples, n_anomalous_figures, n_normal_figures)
-    col = collect(model, samples, resolution, branch, batch_size, progress, exact_metrics, picks)
+    namer = None
+    if hasattr(model, "abnormal_text_features"):
+        from detector.defects import model_state_bank
+
+        namer = NamingCollector(model_state_bank(model))
+    col = collect(model, samples, resolution, branch, batch_size, progress, exact_metrics, picks, namer)
     values = M.image_metrics(col.scores, col.labels)
     if col.has_masks:
         values.update(col.pixels.metrics(M.AUPRO_LIMIT))
     pixel_record = col.pixels.record() if col.has_masks else {"method": "none"}  # no anomalous pixel
     info = dict(info or {})
     meaningful = bool(info.get("meaningful", True))
+    naming, naming_record = None, None
+    values.update(naming_accuracy=float("nan"), state_accuracy=float("nan"))  # named defects need token matching
+    if namer is not None:
+        naming, naming_record = _name_defects(model, samples, col, values, naming_config, captions, class_name)
+        values.update({k: naming.summary[k] for k in ("naming_accuracy", "state_accuracy")})
     record = {
         "class_name": class_name,
         "branch": branch,
@@ -238,6 +273,8 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         "note": "" if meaningful else RANDOM_WEIGHTS_NOTE,
         "metrics": values,
         "pixel_metrics": pixel_record,
+        "per_type": per_type_metrics(samples, col),
+        "naming": naming_record,
         **{k: v for k, v in info.items() if k != "meaningful"},
     }
     metrics_path = out / "metrics.json"
@@ -245,8 +282,20 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
                                                  "resolution": resolution, "n_images": len(samples),
                                                  **{k: values.get(k) for k in M.METRIC_KEYS}}])
     write_csv(out / "scores.csv", [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
-                                    "score": float(col.scores[i]), "map_max": float(col.map_max[i])}
+                                    "score": float(col.scores[i]), "map_max": float(col.map_max[i]),
+                                    **({} if naming is None else {
+                                        "flag_threshold": float(naming.flags[i]),
+                                        "n_defects": len(naming.defects[i]),
+                                        "defects": "; ".join(d.sentence for d in naming.defects[i])})}
                                    for i, s in enumerate(samples)])
+    if naming is not None:
+        write_json_atomic(out / "defects.json", json_safe({
+            **naming_record,
+            "images": [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
+                        "flag_threshold": float(naming.flags[i]),
+                        "defects": [d.to_dict() for d in naming.defects[i]]} for i, s in enumerate(samples)],
+            "regions": [{**{k: v for k, v in r.items() if k != "image"}, "id": samples[r["image"]].id}
+                        for r in naming.rows]}))
     overlays: list[Path] = []
     figures = []
     for stem, caption, pic in figure_images(samples, col, picks, resolution):
@@ -256,15 +305,16 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         figures.append(report.Figure(caption, pic))
     report_path = None
     if html:
-        table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
-                             ["class", *(m.title for m in M.METRICS)],
-                             [[class_name, *(values.get(m.key) for m in M.METRICS)]])
         notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
         details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
                    f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
                    f"{values.get('pixel_f1_threshold', float('nan')):.4g}"), pixel_method_note(pixel_record)]
-        report_path = report.write_report(out / "report.html", report.Report(
-            f"FineGrainedAD evaluation: {class_name}", notes + details, [table], figures))
+        if naming_record is not None:
+            details.append(naming_record["note"])
+        page = eval_report(samples, col, values, record, naming, class_name=class_name, resolution=resolution,
+                           branch=branch, notes=notes + details, figures=figures, ckpt_dir=ckpt_dir,
+                           budget_bytes=report_bytes)
+        report_path = report.write_report(out / "report.html", page)
     if ckpt_dir is not None:
         from detector.model_card import record_evaluation
 
@@ -272,6 +322,145 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         record_evaluation(ckpt_dir, json_safe(record))  # the card states this evaluation
     write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
     return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
+
+
+def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str, Any]]:
+    """Per defect type: its count, image AUROC against the good images, pixel AUROC and AUPRO over its
+    images with the good ones (pixel figures from the per-type histograms)."""
+    types = sorted({s.defect_type for s in samples if s.label})
+    good = np.array([not s.label for s in samples])
+    rows = []
+    for t in types:
+        sel = np.array([s.defect_type == t for s in samples])
+        row: dict[str, Any] = {"defect_type": t, "count": int(sel.sum()), "image_auroc": float("nan"),
+                               "pixel_auroc": float("nan"), "aupro": float("nan")}
+        if good.any():
+            row["image_auroc"] = M.auroc(col.scores[sel | good], col.labels[sel | good])
+        hists = [h for k, h in col.by_type.items() if k == t or k == "good"]
+        merged = M.PixelHistogram.merged(hists) if hists else None
+        if merged is not None and merged.defect.any() and merged.normal.any():
+            px = merged.metrics(M.AUPRO_LIMIT)
+            row.update(pixel_auroc=px["pixel_auroc"], aupro=px["aupro"])
+        rows.append(row)
+    return rows
+
+
+def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sample]
+                    ) -> tuple[dict[int, list[dict[str, Any]]] | None, str]:
+    """The test images' caption regions by sample index (None when there are none) and a line saying so."""
+    from detector.captions import load_image_regions
+
+    if not captions:
+        return None, "naming accuracy: no caption dataset for the test images (pass --captions)"
+    try:
+        by_id = load_image_regions(captions, class_name, "test")
+    except DetectorError as exc:
+        return None, f"naming accuracy: not computed ({exc})"
+    found = {i: by_id[s.id]["regions"] for i, s in enumerate(samples) if s.id in by_id}
+    anomalous = [i for i, s in enumerate(samples) if s.label]
+    if not any(i in found for i in anomalous):
+        return None, (f"naming accuracy: {captions} holds no caption regions for these test images; build the "
+                      "captions over the test split (mfsc build) or pass --captions")
+    missing = sum(i not in found for i in anomalous)
+    extra = f"; {missing} anomalous images without caption regions left out" if missing else ""
+    return found, f"naming accuracy: true components from the caption regions of {captions}{extra}"
+
+
+def _name_defects(model: Any, samples: Sequence[Sample], col: Collected, values: dict[str, float],
+                  config: NamingConfig, captions: str | None, class_name: str) -> tuple[Any, dict[str, Any]]:
+    """Named defects of every test image at the pixel F1-max threshold (without ground-truth pixels: the
+    F1-max of the images' flag thresholds), scored against the caption regions."""
+    assert col.namer is not None
+    threshold = values.get("pixel_f1_threshold")
+    source = "pixel F1-max of this evaluation"
+    if threshold is None or not math.isfinite(threshold):
+        flags = col.namer.flags(config.min_area)
+        threshold = M.f1_max(np.where(np.isfinite(flags), flags, -1.0), col.labels)[1]
+        source = "image F1-max of the flag thresholds (no ground-truth pixels)"
+    config = NamingConfig(float(threshold), config.min_area, config.min_margin)
+    regions, note = caption_regions(captions, class_name, samples)
+    meta = getattr(model, "meta", {}) or {}
+    record = meta.get("record") or {}
+    from_dataset = record.get("defect_vocab") == "dataset"
+    result = col.namer.finish(config, object_name=str(meta.get("object_name") or class_name),
+                              tau=float(model.tau), defect_types=[s.defect_type for s in samples],
+                              caption_regions=regions, states_from_dataset=from_dataset)
+    state_note = "" if from_dataset else (" State accuracy needs defect states from the data set "
+                                         f"(defect_vocab is {record.get('defect_vocab') or 'unknown'}).")
+    return result, {"threshold": config.threshold, "threshold_source": source, "min_area": config.min_area,
+                    "min_margin": config.min_margin, "named_at": col.namer.size,
+                    **result.summary, "note": note + "." + state_note}
+
+
+def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, float], record: dict[str, Any],
+                naming: Any, *, class_name: str, resolution: int, branch: str, notes: list[str],
+                figures: list[Any], ckpt_dir: Path | None, budget_bytes: int) -> report.Report:
+    """The evaluation page: metrics and per-type tables, curves and histograms, the threshold explorer."""
+    import cv2
+
+    table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
+                         ["class", *(m.title for m in M.METRICS)],
+                         [[class_name, *(values.get(m.key) for m in M.METRICS)]])
+    per_type = report.Table("Per defect type (%; image AUROC of that type against the good images)",
+                            ["defect type", "count", "image AUROC", "pixel AUROC", "AUPRO@0.3"],
+                            [[r["defect_type"], str(r["count"]), r["image_auroc"], r["pixel_auroc"], r["aupro"]]
+                             for r in record["per_type"]])
+    curves: dict[str, Any] = {"image": M.binary_curve(col.scores, col.labels)}
+    hist = M.PixelHistogram.merged(list(col.by_type.values())) if col.by_type else None
+    if col.has_masks and hist is not None:
+        curves["pixel"] = hist.curve()
+    plots = [report.Plot("ROC and precision-recall curves", report.curves_plot(curves, values))]
+    panels: list[dict[str, Any]] = [{"title": "image scores", "normal": col.scores[~col.labels],
+                                     "anomalous": col.scores[col.labels],
+                                     "threshold": values.get("image_f1_threshold"),
+                                     "threshold_label": "image F1-max threshold"}]
+    reference = None if naming is None else record["naming"]["threshold"]
+    if naming is not None:
+        panels.append({"title": "flag threshold per image", "normal": naming.flags[~col.labels],
+                       "anomalous": naming.flags[col.labels], "threshold": reference,
+                       "threshold_label": "reference map threshold"})
+    if col.has_masks and hist is not None:
+        panels.append(_pixel_panel(hist, values.get("pixel_f1_threshold")))
+    plots.append(report.Plot("Score histograms of normal and anomalous images (and pixels) with the thresholds",
+                             report.histograms_plot(panels)))
+    vmin, vmax = col.map_range
+    plots.append(report.Plot("Colour scale of every overlay", report.colour_scale_plot(vmin, vmax)))
+    sections, page_figures = [], figures
+    if naming is not None and col.namer is not None:
+        maps = col.namer.maps()
+        rows, thumbs = [], []
+        order = sorted(range(len(samples)), key=lambda i: (-int(samples[i].label), samples[i].id))
+        for i in order:
+            s = samples[i]
+            rows.append({"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
+                         "flag": float(naming.flags[i])})
+            img = cv2.resize(load_images([s])[0], (160, 160), interpolation=cv2.INTER_AREA)
+            gt = col.namer.ground_truth(i)
+            pic = report.overlay(img, maps[i], gt if gt.any() else None, vmin, vmax)
+            caption = (f"{s.id} ({'anomalous, ' + s.defect_type if s.label else 'normal'}) "
+                       f"score {float(col.scores[i]):.4f}")
+            thumbs.append(report.Thumb(s.id, caption, pic, report.quantise_map(maps[i], vmin, vmax, 80),
+                                       [d.sentence for d in naming.defects[i]]))
+        command = f"detector predict --checkpoint {ckpt_dir or 'CKPT'} IMAGES --min-area {record['naming']['min_area']}"
+        sections.append(report.threshold_explorer(
+            rows, float(reference), vmin, vmax, thumbs, command=command, budget_bytes=budget_bytes,
+            note=f"Reference: the {record['naming']['threshold_source']}."))
+        page_figures = []  # the full-size panels stay in overlays/ (the page stays bounded)
+        notes = [*notes, "Full-size panels (image | overlay | colour bar) are in the overlays/ folder."]
+    return report.Report(f"FineGrainedAD evaluation: {class_name}", notes, [table, per_type], page_figures,
+                         plots, sections)
+
+
+def _pixel_panel(hist: Any, threshold: float | None, bins: int = 60) -> dict[str, Any]:
+    """The pixel score histogram (normal vs defect pixels) re-binned over the occupied levels."""
+    used = np.flatnonzero(hist.normal + hist.defect)
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    edges = np.linspace(lo, hi, bins + 1).round().astype(int)
+    edges = np.unique(edges)
+    normal = np.add.reduceat(hist.normal[lo:hi], edges[:-1] - lo)
+    defect = np.add.reduceat(hist.defect[lo:hi], edges[:-1] - lo)
+    return {"title": "pixel scores", "edges": edges / M.LEVELS, "normal_counts": normal,
+            "anomalous_counts": defect, "threshold": threshold, "threshold_label": "pixel F1-max threshold"}
 
 
 def pixel_method_note(record: dict[str, Any]) -> str:
@@ -302,4 +491,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
                           info=info, ckpt_dir=ckpt if config.write_threshold else None,
                           n_anomalous_figures=config.n_anomalous_figures,
                           n_normal_figures=config.n_normal_figures, progress=config.progress,
-                          exact_metrics=config.exact_metrics)
+                          exact_metrics=config.exact_metrics,
+                          captions=config.captions or (meta.get("config") or {}).get("captions"),
+                          min_area=config.min_area, min_margin=config.min_margin,
+                          report_bytes=config.report_bytes)

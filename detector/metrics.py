@@ -52,6 +52,8 @@ METRICS = (
     Metric("pixel_f1_max", "pixel F1-max", "px F1"),
     Metric("image_ap", "image AP", "img AP"),
     Metric("pixel_ap", "pixel AP", "px AP"),
+    Metric("naming_accuracy", "naming accuracy", "naming"),  # detector.defects: named component right
+    Metric("state_accuracy", "state accuracy", "state"),  # named state = defect folder (dataset states only)
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
 METRIC = {m.key: m for m in METRICS}
@@ -337,15 +339,32 @@ class PixelHistogram:
         """Bytes held, independent of the number of images and of defect pixels."""
         return self.normal.nbytes + self.defect.nbytes + self.region_weight.nbytes
 
-    def metrics(self, limit: float = AUPRO_LIMIT) -> dict[str, float]:
-        """The keys of ``pixel_metrics``, from the counts (non-empty levels are the thresholds)."""
+    def curve(self) -> Curve:
+        """The pixel curve read off the counts (non-empty levels are the thresholds, highest first)."""
         if not self.normal.any() and not self.defect.any():
             raise DetectorError("pixel metrics: no pixels were added; the test split is empty")
         keep = np.flatnonzero((self.normal + self.defect)[::-1])  # highest level first
         tps = np.cumsum(self.defect[::-1])[keep]
         fps = np.cumsum(self.normal[::-1])[keep]
-        c = Curve((LEVELS - 1 - keep) / LEVELS, tps, fps)
+        return Curve((LEVELS - 1 - keep) / LEVELS, tps, fps)
+
+    def metrics(self, limit: float = AUPRO_LIMIT) -> dict[str, float]:
+        """The keys of ``pixel_metrics``, from the counts (non-empty levels are the thresholds)."""
+        c = self.curve()
+        keep = np.flatnonzero((self.normal + self.defect)[::-1])
         return _pixel_values(c, np.cumsum(self.region_weight[::-1])[keep], self.n_regions, limit)
+
+    @classmethod
+    def merged(cls, parts: list[PixelHistogram]) -> PixelHistogram:
+        """The counts of several histograms together (e.g. one defect type's images with the good ones)."""
+        out = cls()
+        for h in parts:
+            out.normal += h.normal
+            out.defect += h.defect
+            out.region_weight += h.region_weight
+            out.n_regions += h.n_regions
+            out.clamped += h.clamped
+        return out
 
     def record(self) -> dict[str, object]:
         """How the pixel metrics were computed, for metrics.json."""

@@ -66,11 +66,57 @@ def progress(enabled: bool, total: int, what: str) -> Step:
     return step
 
 
+def _clock(seconds: float) -> str:
+    s = max(0, round(float(seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class EpochLines:
+    """Training progress for a log file or a pipe (CI, nohup, a batch job), where a bar shows nothing: one
+    plain line when a prompt set starts, then after an epoch when ``every`` seconds passed since the last
+    line (so one per epoch when epochs are slow, one every ~10 s when they are fast) and after its last epoch:
+    phase, epoch/total, loss, elapsed, an estimate of the time left in the phase (from this run's epochs)."""
+
+    def __init__(self, write: Callable[[str], None] = print, every: float = 10.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.write, self.every = write, float(every)
+        self.clock = clock or time.monotonic
+        self.start: dict[str, tuple[float, int]] = {}  # label -> (time, epochs done) when it started
+        self.last = -math.inf
+
+    def __call__(self, label: str, done: int, total: int, loss: float) -> None:
+        now = self.clock()
+        if label not in self.start:
+            self.start[label] = (now, done)
+            self.last = now
+            resumed = f" (resumed after epoch {done})" if done else ""
+            self.write(f"train: {label} {done}/{total} epochs{resumed}")
+            return
+        if now - self.last < self.every and done < total:
+            return
+        t0, d0 = self.start[label]
+        elapsed = now - t0
+        rate = elapsed / (done - d0) if done > d0 else math.nan
+        left = "" if math.isnan(rate) else f", left ~{_clock(rate * (total - done))}"
+        self.write(f"train: {label} epoch {done}/{total}, loss {loss:.4f}, elapsed {_clock(elapsed)}{left}")
+        self.last = now
+
+
 @contextmanager
 def epoch_bars(enabled: bool) -> Iterator[EpochReport | None]:
-    """One bar per prompt set with its latest loss, as ``detector.fit.fit``'s ``report`` (None when disabled)."""
+    """One bar per prompt set with its latest loss, as ``detector.fit.fit``'s ``report`` (None when disabled);
+    plain ``EpochLines`` when stdout is not a terminal (a bar would print nothing until the end)."""
     if not enabled:
         yield None
+        return
+    from rich.console import Console
+
+    if not Console().is_terminal:
+        import sys
+
+        yield EpochLines(lambda line: print(line, file=sys.stdout, flush=True))
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), transient=False)

@@ -5,7 +5,11 @@ For each input image (files, or folders searched recursively, sorted) it writes 
 - ``overlays/<name>.png``: the image with the heat map blended in, one colour scale for the whole run;
 - ``masks/<name>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
 - ``scores.csv`` and ``scores.json``: per image the score (and, with ``--threshold auto``, the
-  anomalous/normal decision at the image F1-max threshold of ``detector eval``).
+  anomalous/normal decision at the image F1-max threshold of ``detector eval``);
+- with a threshold, named defects (``detector.defects``): ``defects.json`` (per image every region's box
+  in the image's pixels, area, peak/mean score, component, vote share, location, state, sentence),
+  ``regions/<name>.png`` (the regions' label map: region k has value k, its mask), the count and the
+  sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
 ``<name>`` is the path relative to the folder given (``/`` -> ``__``) or the file stem; clashes get a
 numeric suffix. Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in batches; one
 batch of images is held in memory at a time.
@@ -24,6 +28,7 @@ import numpy as np
 from detector import outputs, report
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta
 from detector.data import load_images
+from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingConfig
 from detector.errors import DetectorError
 from detector.evaluate import Predictor
 from detector.outputs import json_safe, write_csv
@@ -47,6 +52,8 @@ class PredictConfig:
     precision: str = "fp32"
     progress: bool = True
     engine: str = "torch"  # torch (the checkpoint), onnx or openvino (a `detector export` folder)
+    min_area: float = DEFAULT_MIN_AREA  # named defects: smallest region, fraction of the image
+    min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
 
 
 @dataclass
@@ -121,18 +128,30 @@ def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
                   resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
-                  info: dict[str, Any] | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """Score the images in batches and write maps, overlays, masks, scores.csv and scores.json."""
+                  info: dict[str, Any] | None = None, progress: bool = False,
+                  min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN) -> list[dict[str, Any]]:
+    """Score the images in batches and write maps, overlays, masks, named defects, scores.csv and scores.json."""
+    from detector import defects as D
+
     out = Path(out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    named: list[dict[str, Any]] = []
     lo, hi = math.inf, -math.inf
+    naming = None  # named defects need a threshold and a model that exposes its token matching
+    if thresholds.pixel is not None and hasattr(model, "abnormal_text_features"):
+        naming = NamingConfig(thresholds.pixel, min_area, min_margin)
+        bank = D.model_state_bank(model)
+        object_name = str((getattr(model, "meta", None) or {}).get("object_name") or "")
     bar = outputs.progress(progress, len(items), "predicting")
     for start in range(0, len(items), max(1, batch_size)):
         batch = items[start : start + batch_size]
         images = load_images([p for _, p in batch])
-        pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
-        for (name, path), img, score, amap in zip(batch, images, pred.scores, pred.maps):
+        if naming is not None:
+            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
+        else:
+            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
+        for j, ((name, path), img, score, amap) in enumerate(zip(batch, images, pred.scores, pred.maps)):
             full = map_to_image_size(amap, img.shape[0], img.shape[1])
             buf = _npy_bytes(full)
             write_bytes_atomic(out / "maps" / f"{name}.npy", buf)
@@ -145,24 +164,48 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
                 mask = full >= thresholds.pixel
                 row["mask_fraction"] = float(mask.mean())
                 write_png_atomic(out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+            if naming is not None:  # named at the image's own size: boxes and masks in its pixels
+                ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], bank)
+                found, labels = D.name_regions(full, ev, bank, naming, object_name=object_name, tau=float(model.tau))
+                write_png_atomic(out / "regions" / f"{name}.png", _label_png(labels))
+                row["n_defects"] = len(found)
+                row["defects"] = "; ".join(d.sentence for d in found)
+                named.append({"name": name, "path": str(path), "regions": f"regions/{name}.png",
+                              "defects": [d.to_dict() for d in found]})
             rows.append(row)
         bar(len(batch))
     bar(0, done=True)
     # second pass: overlays on one colour scale for the run (maps read back, one image at a time)
-    for row in rows:
+    for k, row in enumerate(rows):
         img = load_images([row["path"]])[0]
         full = np.load(out / "maps" / f"{row['name']}.npy")
-        write_png_atomic(out / "overlays" / f"{row['name']}.png", report.overlay(img, full, None, lo, hi))
+        pic = report.overlay(img, full, None, lo, hi)
+        if naming is not None:
+            from PIL import Image
+
+            labels = np.asarray(Image.open(out / named[k]["regions"]))
+            pic = report.draw_regions(pic, labels, [d["box"] for d in named[k]["defects"]])
+        write_png_atomic(out / "overlays" / f"{row['name']}.png", pic)
     write_csv(out / "scores.csv", rows)
+    threshold = {"pixel": thresholds.pixel, "image": thresholds.image, "source": thresholds.source}
+    if naming is not None:
+        write_json_atomic(out / "defects.json", json_safe({
+            **(info or {}), "threshold": threshold, "min_area": naming.min_area, "min_margin": naming.min_margin,
+            "images": named}))
     write_json_atomic(out / "scores.json", json_safe({
         **(info or {}),
         "branch": branch,
         "resolution": resolution,
-        "threshold": {"pixel": thresholds.pixel, "image": thresholds.image, "source": thresholds.source},
+        "threshold": threshold,
         "colour_scale": [lo, hi],
-        "images": rows,
+        "images": [dict(r, defects=n["defects"]) for r, n in zip(rows, named)] if naming is not None else rows,
     }))
     return rows
+
+
+def _label_png(labels: np.ndarray) -> np.ndarray:
+    """A region label map as an 8-bit PNG array (16-bit beyond 255 regions)."""
+    return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -202,4 +245,4 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
                 **checkpoint_info(meta), "engine": "torch"}
     return predict_paths(model, items, Path(config.out), thresholds=thresholds, resolution=resolution,
                          branch=config.branch, batch_size=config.batch_size, info=info,
-                         progress=config.progress)
+                         progress=config.progress, min_area=config.min_area, min_margin=config.min_margin)

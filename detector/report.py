@@ -26,6 +26,7 @@ import numpy as np
 # heat map colours are drawn by OpenCV (BGR) and flipped once here; everything leaving this module is RGB
 CONTOUR_RGB = (0, 255, 0)
 MASK_RGB = (255, 0, 0)
+REGION_RGB = (255, 0, 255)  # predicted defect regions (named defects), as the explorer's outlines
 
 
 @dataclass
@@ -154,6 +155,24 @@ def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
     return np.concatenate([left, gap, right, gap, colour_bar(left.shape[0], lo, hi)], axis=1)
 
 
+def draw_regions(image: np.ndarray, labels: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
+    """Named defect regions on a picture: each region's outline (magenta) and its number (1-based, its
+    value in ``labels``) at the box's top-left corner; ``labels`` at the picture's size (RGB uint8 copy)."""
+    import cv2
+
+    out = np.ascontiguousarray(image.astype(np.uint8)).copy()
+    h, w = out.shape[:2]
+    thick = max(1, round(min(h, w) / 200))
+    scale = max(0.4, min(h, w) / 600)
+    for k, box in enumerate(boxes, start=1):
+        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, REGION_RGB, thick)
+        x, y = int(box[0]), max(int(box[1]) - 3, int(12 * scale) + 2)
+        cv2.putText(out, str(k), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(out, str(k), (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode an RGB (H, W, 3) or gray (H, W) uint8 array as PNG bytes (Pillow: no channel swap)."""
     from PIL import Image
@@ -195,12 +214,12 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;max-width:520px}
 img{max-width:520px;image-rendering:pixelated}.note{color:#a33}
-figure.plot img{image-rendering:auto;max-width:640px}
+figure.plot img{image-rendering:auto;max-width:min(100%,1280px)}figure.plot figcaption{max-width:none}
 .explorer{position:sticky;top:0;background:#fff;border-bottom:1px solid #bbb;padding:.5em 0;z-index:2}
 .explorer input[type=range]{width:min(640px,90vw)}.counts span{font-weight:bold}
 .gallery{display:flex;flex-wrap:wrap;gap:.8em}.thumb{position:relative;width:var(--w)}
 .thumb img,.thumb canvas{position:absolute;left:0;top:0;width:var(--w);height:var(--h);image-rendering:auto}
-.thumb .pic{position:relative;width:var(--w);height:var(--h)}.thumb figcaption{font-size:.8em}
+.thumb .pic{position:relative;width:var(--w);height:var(--h)}.thumb figcaption{font-size:.8em;overflow-wrap:anywhere}
 .thumb.flagged{outline:3px solid #d0f}.thumb ul{margin:.2em 0;padding-left:1.2em;font-size:.8em}
 code{background:#f3f3f3;padding:0 .3em}
 """

@@ -66,6 +66,16 @@ def test_thresholds_number_auto_and_none(ckpt, tmp_path):
     np.testing.assert_array_equal(masked.mask, r.map >= t)
     assert masked.anomalous is None and 0 < masked.mask.mean() < 1
     assert det.predict([a], threshold="auto")[0].mask is None  # no eval run: no stored threshold
+    # named defects at the threshold: one per region of the mask of at least min_area, boxes in image pixels
+    from detector.metrics import components
+
+    _, sizes = components(masked.mask)
+    big = [k for k in range(1, len(sizes)) if sizes[k] >= det.min_area * masked.mask.size]
+    assert len(masked.defects) == len(big) > 0 and r.defects is None
+    for d in masked.defects:
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and d["component"] == "object"
+        assert d["sentence"].startswith(f"{d['state']} on the widget" if d["state"] != "unknown" else "unknown")
     (folder / "threshold.json").write_text(json.dumps({"fused": {
         "pixel_threshold": t, "image_threshold": r.score + 1.0, "resolution": 128}}))
     det = Detector.load(folder)

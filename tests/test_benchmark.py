@@ -3,6 +3,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -94,6 +95,9 @@ def test_run_resume_and_tables(demo_root, tmp_path):
     assert "not meaningful" in summary
     html = (tmp_path / "report.html").read_text()
     assert "Summary" in html and "± " in html
+    # per-class bars with spread, one plot per method and summary metric, the paper's mean beside ours
+    captions = re.findall(r'<figure class="plot"><img alt="([^"]+)" src="data:image/png;base64,', html)
+    assert len(captions) == 4 and sum("the paper&#x27;s mean" in c for c in captions) == 2  # promptad: 4-shot only
 
 
 def test_shards_then_merge_equal_single_run(demo_root, tmp_path):

@@ -251,3 +251,43 @@ def test_flag_threshold_is_the_highest_threshold_with_a_region():
         else:
             assert not _name(amap, ev, bank, NamingConfig(float(above[0]), min_area))[0]  # not just above it
     assert flag_threshold(np.full((4, 4), 0.3, np.float32), 0.5) == pytest.approx(0.3)
+
+
+def test_collector_names_at_a_later_threshold_and_scores_against_caption_regions():
+    """Evaluation keeps small maps and token evidence, then names at the threshold picked afterwards."""
+    from detector.defects import NamingCollector
+
+    bank = _bank()
+    amap, groups, feats = _scene()
+    big = np.kron(amap, np.ones((8, 8), np.float32))  # 256 x 256: kept at 128
+    gt = np.zeros((256, 256), bool)
+    gt[26 * 8 : 32 * 8, 2 * 8 : 12 * 8] = True  # the cap blob: bottom left
+    gt[3 * 8 : 13 * 8, 26 * 8 : 30 * 8] = True  # the leg blob: top right
+    regions = [{"kind": "foreground", "name": "widget", "box": [0, 0, 256, 256], "area": 1.0},
+               {"kind": "component", "name": "cap", "box": [0, 180, 128, 256], "area": 0.1},
+               {"kind": "component", "name": "body", "box": [150, 0, 256, 128], "area": 0.1}]  # not a model group
+    col = NamingCollector(bank)
+    col.add(0, big, feats, groups, gt, (256, 256))
+    col.add(1, np.zeros((256, 256), np.float32), feats, groups, np.zeros((256, 256), bool), (256, 256))
+    assert col.maps()[0].shape == (128, 128)
+    res = col.finish(NamingConfig(0.5, 0.01), object_name="widget", defect_types=["scratch", "good"],
+                     caption_regions={0: regions, 1: regions}, states_from_dataset=True)
+    assert [d.component for d in res.defects[0]] == ["leg", "cap"] and res.defects[1] == []
+    assert res.defects[0][1].box == [16, 208, 96, 256]  # in the 256 px original
+    assert res.flags[0] == pytest.approx(0.9) and res.flags[1] == 0.0  # a flat map is one region at its value
+    # leg blob: the only model component covering it is none ("body" is unknown to the model) -> "object"
+    assert [(r["truth"], r["named"]) for r in res.rows] == [("object", "leg"), ("cap", "cap")]
+    assert res.summary["naming_accuracy"] == 0.5 and res.summary["state_accuracy"] == 0.5  # scratch on the cap
+    res = col.finish(NamingConfig(0.95, 0.01), caption_regions=None)
+    assert res.defects[0] == [] and np.isnan(res.summary["naming_accuracy"])
+
+
+def test_cli_shows_the_naming_defaults_of_this_module():
+    """The CLI's flags default to None (resolved here); their shown defaults must be this module's values."""
+    import typing
+
+    from detector import cli, defects
+
+    for alias, value in ((cli.MinAreaOpt, defects.DEFAULT_MIN_AREA), (cli.MinMarginOpt, defects.DEFAULT_MIN_MARGIN)):
+        info = typing.get_args(alias)[1]
+        assert float(info.show_default) == value

@@ -96,6 +96,8 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
                               "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"])
     assert res.exit_code == 0, res.output + res.stderr
     assert (ckpt / "config.json").exists()
+    # stdout is not a terminal here: plain progress lines instead of a bar
+    assert "train: pixel prompts 0/1 epochs" in res.output and "train: image prompts epoch 1/1, loss " in res.output
     res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(demo_root), "--out", str(ev),
                               "--resolution", "64", "--batch-size", "5"])
     assert res.exit_code == 0, res.output + res.stderr
@@ -117,6 +119,23 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
         assert float(r["score"]) == pytest.approx(ev_scores[f"pill_box/test/color_spot/{r['name']}"], abs=1e-5)
     assert np.load(pr / "maps" / "000.npy").shape == (256, 256)
     assert (pr / "masks" / "000.png").exists()
+    # named defects: a region label map per image, its defects in scores.json and defects.json
+    named = json.loads((pr / "defects.json").read_text())["images"]
+    scores = json.loads((pr / "scores.json").read_text())["images"]
+    assert [n["name"] for n in named] == [r["name"] for r in pr_rows] == [r["name"] for r in scores]
+    from PIL import Image
+
+    for n, s, r in zip(named, scores, pr_rows):
+        labels = np.asarray(Image.open(pr / n["regions"]))
+        assert labels.shape == (256, 256) and labels.max() == len(n["defects"]) == int(r["n_defects"])
+        assert s["defects"] == n["defects"]
+        for k, d in enumerate(n["defects"], start=1):
+            ys, xs = np.nonzero(labels == k)
+            assert d["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # the mask's box, image pixels
+            assert d["component"] == "object" and d["sentence"] in r["defects"]  # promptad: one image group
+    assert json.loads((ev / "metrics.json").read_text())["naming"]["threshold"] == pytest.approx(
+        metrics["metrics"]["pixel_f1_threshold"])
+    assert (ev / "defects.json").exists() and "Threshold explorer" in (ev / "report.html").read_text()
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
                               "--threshold", "auto", "--resolution", "128"])
     assert res.exit_code == 1 and "resolution" in res.stderr
