@@ -43,7 +43,8 @@ class DetectorResult:
     map: np.ndarray  # (H, W) float32 anomaly map
     mask: np.ndarray | None  # (H, W) bool, map >= pixel threshold; None without a threshold
     anomalous: bool | None  # score >= the image threshold; None unless `detector eval` stored one
-    defects: list[dict[str, Any]] | None = None  # named defects; None: this detector cannot name defects
+    defects: list[dict[str, Any]] | None = None  # named defects (``Defect.to_dict``); None without a threshold
+    # or on an export
 
 
 def as_rgb(image: ImageLike, where: str = "image") -> np.ndarray:
@@ -125,6 +126,12 @@ class Detector:
         return self.meta.get("class_name")
 
     @property
+    def names_defects(self) -> bool:
+        """Whether ``predict`` names defects (``detector.defects``): the PyTorch engine does, with a pixel
+        threshold; an export gives scores and maps only (its graph has no token outputs)."""
+        return hasattr(self.engine, "abnormal_text_features")
+
+    @property
     def resolution(self) -> int:
         """Map resolution used by default: an export's fixed size, else the threshold's, else 256."""
         return int(self._fixed_resolution or self.thresholds.get("resolution") or DEFAULT_RESOLUTION)
@@ -148,14 +155,22 @@ class Detector:
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
             batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
-            pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size)
-            for img, score, amap in zip(batch, pred.scores, pred.maps):
+            named: list[Any] = [None] * len(batch)
+            if pixel_t is not None and self.names_defects:
+                from detector.defects import NamingConfig, detect
+
+                pred, found = detect(self.engine, batch, NamingConfig(threshold=pixel_t), resolution=res,
+                                     batch_size=batch_size)
+                named = [[d.to_dict() for d in ds] for ds in found]
+            else:
+                pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size)
+            for img, score, amap, defects in zip(batch, pred.scores, pred.maps, named):
                 full = map_to_image_size(amap, img.shape[0], img.shape[1])
                 results.append(DetectorResult(
                     score=float(score), map=full,
                     mask=None if pixel_t is None else full >= pixel_t,
                     anomalous=None if image_t is None else bool(score >= image_t),
-                    defects=self._name_defects(img, full)))
+                    defects=defects))
         return results
 
     def _thresholds(self, threshold: Threshold, resolution: int) -> tuple[float | None, float | None]:
@@ -171,10 +186,6 @@ class Detector:
             image = t.get("image_threshold")
             return float(t["pixel_threshold"]), None if image is None else float(image)
         return float(threshold), None
-
-    def _name_defects(self, image: np.ndarray, amap: np.ndarray) -> list[dict[str, Any]] | None:
-        """Named defects of one image: the seam for ``detector.defects`` (not in this tree yet), so None."""
-        return None
 
 
 def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
