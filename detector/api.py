@@ -130,6 +130,12 @@ class Detector:
         return self.meta.get("class_name")
 
     @property
+    def names_defects(self) -> bool:
+        """Whether ``predict`` names defects (``detector.defects``): the PyTorch engine does, with a pixel
+        threshold; an export gives scores and maps only (its graph has no token outputs)."""
+        return hasattr(self.engine, "abnormal_text_features")
+
+    @property
     def resolution(self) -> int:
         """Map resolution used by default: an export's fixed size, else the threshold's, else 256."""
         return int(self._fixed_resolution or self.thresholds.get("resolution") or DEFAULT_RESOLUTION)
@@ -153,7 +159,7 @@ class Detector:
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
             batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
-            naming = pixel_t is not None and hasattr(self.engine, "abnormal_text_features")
+            naming = pixel_t is not None and self.names_defects
             extra = {"tokens": True} if naming else {}
             pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size, **extra)
             for j, (img, score, amap) in enumerate(zip(batch, pred.scores, pred.maps)):

@@ -119,3 +119,19 @@ def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
         Detector.load("org/not-cached")
     with pytest.raises(DetectorError, match="not found: pass a checkpoint folder"):
         Detector.load(tmp_path / "no" / "such" / "folder")
+
+
+def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
+    from detector import Detector
+    from detector.defects import NamingConfig, detect
+    from detector.model import load_detector
+
+    a = make_image((10, 10, 20))
+    det = Detector.load(ckpt)
+    r = det.predict([a])[0]
+    t = float(np.quantile(r.map, 0.8))
+    got = det.predict([a], threshold=t)[0]
+    _, ref = detect(load_detector(ckpt), [a], NamingConfig(threshold=t))
+    assert got.defects == [d.to_dict() for d in ref[0]] and got.defects  # the top fifth is one region at least
+    assert {"box", "component", "state", "sentence"} <= set(got.defects[0])
+    assert r.defects is None  # no threshold: no regions to name
