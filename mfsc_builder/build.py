@@ -32,6 +32,7 @@ from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig, build_manifest
 from mfsc_builder.captioners import Captioner, make_captioner
 from mfsc_builder.errors import BuildError
+from mfsc_builder.ownership import BUILD_INFO_NAME, WORK_DIR, check_apart, check_build_output
 from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.stages import Context, Progress, class_records, run_image_stages, textured_classes
 from mfsc_builder.store import WorkStore, write_json
@@ -39,7 +40,6 @@ from mfsc_builder.write import group_by_split, split_key, staged_datasets, write
 
 log = logging.getLogger(__name__)
 
-BUILD_INFO_NAME = "build_info.json"
 STAGES = ("crop", "caption", "fill", "classes")
 
 __all__ = ["BUILD_INFO_NAME", "BuildConfig", "BuildSummary", "merge_builds", "run_build", "shard_of",
@@ -112,7 +112,9 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     """Build (or resume) the MFSC datasets of ``cfg.source`` into ``cfg.out``."""
     cfg.validate()
     out = Path(cfg.out)
-    work = WorkStore(out / "work")
+    check_apart(out, [Path(cfg.source)])
+    check_build_output(out)
+    work = WorkStore(out / WORK_DIR)
     samples = read_dataset(Path(cfg.source), layout=cfg.layout, classes=cfg.classes, on_error=cfg.on_error)
     if not samples:
         raise BuildError(f"no images found in {cfg.source} (layout {cfg.layout}); check the path and --layout")
@@ -159,12 +161,10 @@ def _clear(out: Path, work: WorkStore, force: bool) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     for sub in ("images", "classes"):
         clean_orphans(out / sub)
-    if force:
-        for p in work.dir.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.name != ".lock":
-                p.unlink()
+    if force:  # only what a build writes there: a user's own files in the folder stay
+        for name in STAGES:
+            shutil.rmtree(work.dir / name, ignore_errors=True)
+        work.manifest_path.unlink(missing_ok=True)
         for sub in ("images", "classes"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / BUILD_INFO_NAME).unlink(missing_ok=True)
@@ -199,18 +199,38 @@ def _formats_used(image_recs: dict[str, list[dict]]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- merge
+_PART_KEYS = {"num_shards": int, "shard_index": int, "base_fingerprint": str, "classes": list}
+
+
+def _read_part_info(part: Path) -> dict[str, Any]:
+    """A part's ``build_info.json``, checked for what merging reads; one line naming the file otherwise."""
+    path = part / BUILD_INFO_NAME
+    if not path.is_file():
+        raise BuildError(f"{path} not found: {part} is not a finished `mfsc build` output; finish that part first")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BuildError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); rebuild that part "
+                         "with mfsc build") from None
+    if not isinstance(info, dict):
+        raise BuildError(f"{path} holds a {type(info).__name__}, not the build's summary object; rebuild that "
+                         "part with mfsc build")
+    for key, kind in _PART_KEYS.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise BuildError(f"{path}: key {key!r} is missing or not a {kind.__name__}; rebuild that part "
+                             "with mfsc build")
+    return info
+
+
 def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the outputs of ``--num-shards N`` parts into one build equal to a single-machine build."""
     import datasets  # heavy: loaded when a command runs
 
     if not parts:
         raise BuildError("mfsc merge needs at least one part folder")
-    infos = []
-    for p in parts:
-        path = Path(p) / BUILD_INFO_NAME
-        if not path.exists():
-            raise BuildError(f"{path} not found: {p} is not a finished `mfsc build` output; finish that part first")
-        infos.append(json.loads(path.read_text(encoding="utf-8")))
+    check_apart(Path(out), [Path(p) for p in parts])
+    check_build_output(Path(out), "mfsc merge")
+    infos = [_read_part_info(Path(p)) for p in parts]
     n = infos[0]["num_shards"]
     if any(i["base_fingerprint"] != infos[0]["base_fingerprint"] for i in infos):
         bad = next(p for p, i in zip(parts, infos) if i["base_fingerprint"] != infos[0]["base_fingerprint"])

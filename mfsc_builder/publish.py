@@ -22,13 +22,13 @@ import yaml
 from fsad_data.atomic import staged_folder
 from mfsc_builder.crop import TEXTURED_CLASSES
 from mfsc_builder.errors import BuildError
+from mfsc_builder.ownership import BUILD_INFO_NAME, DRY_RUN_MARKER, check_dry_run_output
 
 if TYPE_CHECKING:  # types only: both are heavy, loaded in the command bodies
     import datasets
     from huggingface_hub import HfApi
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "mfsc.md"
-BUILD_INFO_NAME = "build_info.json"
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 
 # Source data set -> (Hub license id, extra YAML lines, words for the card body).
@@ -115,9 +115,25 @@ def _load_build(build_dir: Path) -> tuple[Any, Any, dict]:
         raise BuildError(f"{build_dir} does not hold a readable MFSC build ({exc}); rebuild it") from exc
     if not isinstance(images, datasets.DatasetDict) or not isinstance(classes, datasets.Dataset):
         raise BuildError(f"{build_dir}: images must be a DatasetDict and classes a Dataset; rebuild it")
-    info_path = build_dir / BUILD_INFO_NAME
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    return images, classes, info
+    return images, classes, _read_info(build_dir / BUILD_INFO_NAME)
+
+
+def _read_info(path: Path) -> dict:
+    """The build's summary (``{}`` when absent); a damaged one is one line naming it, never a traceback."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BuildError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); rebuild with "
+                         "mfsc build (or mfsc merge) into that folder") from None
+    if not isinstance(info, dict):
+        raise BuildError(f"{path} holds a {type(info).__name__}, not a build summary object; rebuild with "
+                         "mfsc build (or mfsc merge)")
+    for key, kind in (("config", dict), ("skipped", list), ("schema_version", int)):
+        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
+            raise BuildError(f"{path}: key {key!r} must be a {kind.__name__}; rebuild with mfsc build")
+    return info
 
 
 def _one(values: list[str], default: str = "") -> str:
@@ -289,8 +305,7 @@ def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str 
     import datasets
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "README.md").exists():
-        raise BuildError(f"{out} exists and is not an earlier dry run; choose an empty or new folder")
+    check_dry_run_output(out)
     info = card_info(build_dir, repo_id, license)
     images, classes, _ = _load_build(build_dir)
     try:
@@ -307,6 +322,8 @@ def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str 
                 if was:
                     datasets.enable_progress_bars()
             (tmp / "README.md").write_text(render_card(info), encoding="utf-8")
+            (tmp / DRY_RUN_MARKER).write_text(f"mfsc publish --dry-run of {Path(build_dir).resolve()}\n",
+                                              encoding="utf-8")
     except OSError as exc:
         raise BuildError(f"could not write the dry run to {out}: {exc}; check free space and permissions") from exc
     return out
@@ -333,6 +350,7 @@ def push(build_dir: Path, repo_id: str, private: bool = False, license: str | No
             api.upload_folder(
                 repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
                 commit_message="Upload MFSC captions (mfsc publish)", delete_patterns=["data/**"],
+                ignore_patterns=[DRY_RUN_MARKER],
             )
         except BuildError:
             raise

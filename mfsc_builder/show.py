@@ -28,14 +28,18 @@ def show_build(build_dir: Path, class_name: str | None = None, image_id: str | N
         if not (build_dir / sub).is_dir():
             raise BuildError(f"{build_dir / sub} not found; run `mfsc build SOURCE --out {build_dir}` first")
     datasets.disable_progress_bars()
-    classes = datasets.load_from_disk(str(build_dir / "classes"))
-    names = classes["class_name"]
+    try:
+        classes = datasets.load_from_disk(str(build_dir / "classes"))
+        names = classes["class_name"]
+        images = datasets.load_from_disk(str(build_dir / "images"))
+    except Exception as exc:  # noqa: BLE001 - a damaged arrow file: datasets and pyarrow raise many types
+        raise BuildError(f"{build_dir} does not hold a readable MFSC build ({type(exc).__name__}: "
+                         f"{str(exc)[:160]}); rebuild it with mfsc build") from None
     if not names:
         raise BuildError(f"{build_dir / 'classes'} holds no class record; rebuild")
     name = class_name or names[0]
     if name not in names:
         raise BuildError(f"class {name!r} is not in {build_dir}; it has: {', '.join(names)}")
-    images = datasets.load_from_disk(str(build_dir / "images"))
     split, index = _pick_image(images, name, image_id, build_dir)
     _print_class(console, name, classes[names.index(name)])
     _print_image(console, images[split].remove_columns(["image", "mask"])[index])

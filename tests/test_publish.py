@@ -10,6 +10,7 @@ from PIL import Image
 
 from mfsc_builder.build import BUILD_INFO_NAME
 from mfsc_builder.errors import BuildError
+from mfsc_builder.ownership import DRY_RUN_MARKER
 from mfsc_builder.publish import card_info, dry_run, license_for, push, render_card, size_category
 from mfsc_builder.records import ClassRecord, ComponentView, ImageRecord, ImageView, PromptText, Provenance
 from mfsc_builder.write import write_datasets
@@ -122,7 +123,7 @@ def test_dry_run_layout_loads_offline_with_load_dataset(build_dir, tmp_path):
 
     out = dry_run(build_dir, tmp_path / "upload", repo_id="org/mfsc-widgets")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["README.md", "data/classes/train-00000-of-00001.parquet",
+    assert files == [DRY_RUN_MARKER, "README.md", "data/classes/train-00000-of-00001.parquet",
                      "data/images/test-00000-of-00001.parquet", "data/images/train-00000-of-00001.parquet"]
     classes = datasets.load_dataset(str(out), "classes")
     assert list(classes) == ["train"] and classes["train"][0]["class_name"] == "widget"
@@ -163,7 +164,7 @@ def test_push_uploads_the_dry_run_folder(build_dir):
     api.create_repo.assert_called_once_with("org/mfsc-widgets", repo_type="dataset", private=True, exist_ok=True)
     kw = api.upload_folder.call_args.kwargs
     assert kw["repo_id"] == "org/mfsc-widgets" and kw["repo_type"] == "dataset"
-    assert kw["delete_patterns"] == ["data/**"]
+    assert kw["delete_patterns"] == ["data/**"] and kw["ignore_patterns"] == [DRY_RUN_MARKER]
     assert "README.md" in seen["files"] and "data/classes/train-00000-of-00001.parquet" in seen["files"]
     assert 'load_dataset("org/mfsc-widgets", "classes"' in seen["card"]
 

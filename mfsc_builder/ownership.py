@@ -1,0 +1,64 @@
+"""Which folders an mfsc command may write into or replace: its own outputs, and nothing it reads.
+
+Why: a build, a merge or a publish dry run replaces its earlier results, and a user's folder may hold anything
+else (a thesis, code, another tool's ``images/``). A folder is recognised as ours only by a marker the command
+itself wrote (``build_info.json`` or ``work/manifest.json`` for a build or merge, ``DRY_RUN_MARKER`` for a dry
+run); any other non-empty folder is refused before any work, naming it. An output that is one of the inputs,
+lies inside one or holds one is refused too, so a command never reads what it writes or deletes its source.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from mfsc_builder.errors import BuildError
+from mfsc_builder.store import LOCK_NAME, MANIFEST_NAME
+
+BUILD_INFO_NAME = "build_info.json"
+WORK_DIR = "work"
+DRY_RUN_MARKER = ".mfsc-dry-run"
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_apart(out: Path, inputs: Iterable[Path], option: str = "--out") -> None:
+    """Refuse an output folder that is an input, lies inside one, or contains one."""
+    o = Path(out).resolve()
+    for i in inputs:
+        r = Path(i).resolve()
+        if _inside(o, r):
+            raise BuildError(f"{option} {out} is {'the same folder as' if o == r else 'inside'} the input {i}; "
+                             "write the output to a folder outside it")
+        if _inside(r, o):
+            raise BuildError(f"the input {i} lies inside {option} {out}; write the output to a folder "
+                             "outside the inputs")
+
+
+def is_build_output(folder: Path) -> bool:
+    """True for a folder an ``mfsc build`` or ``mfsc merge`` wrote (its markers), also one killed mid-run."""
+    folder = Path(folder)
+    work = folder / WORK_DIR
+    return (folder / BUILD_INFO_NAME).is_file() or (work / MANIFEST_NAME).is_file() or (work / LOCK_NAME).is_file()
+
+
+def check_build_output(out: Path, command: str = "mfsc build") -> None:
+    """Refuse a non-empty ``out`` that is not an earlier output of ``mfsc build`` / ``mfsc merge``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_build_output(out):
+        raise BuildError(f"--out {out} is not empty and is not an earlier mfsc build or merge output "
+                         f"(no {BUILD_INFO_NAME} or {WORK_DIR}/{MANIFEST_NAME}); {command} never replaces "
+                         "files it did not write: choose an empty or new folder")
+
+
+def check_dry_run_output(out: Path) -> None:
+    """Refuse a non-empty ``out`` that is not an earlier ``mfsc publish --dry-run`` folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--dry-run {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file():
+        raise BuildError(f"--dry-run {out} is not empty and is not an earlier dry run (no {DRY_RUN_MARKER}); "
+                         "it is never replaced: choose an empty or new folder")
