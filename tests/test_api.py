@@ -132,6 +132,14 @@ def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
     t = float(np.quantile(r.map, 0.8))
     got = det.predict([a], threshold=t)[0]
     _, ref = detect(load_detector(ckpt), [a], NamingConfig(threshold=t))
-    assert got.defects == [d.to_dict() for d in ref[0]] and got.defects  # the top fifth is one region at least
+    # the API names regions on the map at the image's own size (boxes in its pixels), detect() at the model's
+    # resolution: the same regions, named the same, with areas equal up to the resampling
+    want = [d.to_dict() for d in ref[0]]
+    assert got.defects and len(got.defects) == len(want)  # the top fifth is one region at least
+    for g, w in zip(got.defects, want):
+        assert (g["component"], g["group"], g["location"], g["state"]) == (w["component"], w["group"],
+                                                                            w["location"], w["state"])
+        assert g["area"] == pytest.approx(w["area"], abs=0.01) and g["peak"] == pytest.approx(w["peak"], abs=0.01)
+        assert all(0 <= v <= 40 for v in g["box"])  # inside the 40 x 40 image
     assert {"box", "component", "state", "sentence"} <= set(got.defects[0])
     assert r.defects is None  # no threshold: no regions to name
