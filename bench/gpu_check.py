@@ -88,8 +88,8 @@ def _data(args: argparse.Namespace, tmp: Path) -> tuple[dict, list, list[str], l
 
 def _floor(args: argparse.Namespace, cfg, model, shots: list, record: dict) -> dict[str, float]:
     """Seconds of the necessary training compute, measured on the trained model's own backbone."""
-    from detector.model import build_prompt_sets
     from detector.fit import encode_shots
+    from detector.model import build_prompt_sets
 
     timed = _timer(args.device)
     bb = model.backbone
