@@ -261,7 +261,9 @@ def test_refused_record_schema_falls_back_once_and_is_recorded(demo_root, tmp_pa
     import datasets
 
     with FakeOpenAIServer(response_formats=accepts) as srv:
-        run_build(_cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"]))
+        cfg = _cfg(demo_root, tmp_path / "out", srv.url, classes=["pill_box"])
+        cfg.captioner.timeout = 30.0  # no timeout retries on a loaded machine: only refusals add requests
+        run_build(cfg)
     images = datasets.load_from_disk(str(tmp_path / "out" / "images"))
     provs = [p for split in images for p in images[split]["provenance"]]
     assert len(provs) == 20 and {p["status"] for p in provs} == {"ok"}
