@@ -200,14 +200,7 @@ class Detector:
 
 
 def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
-    """The ``branch`` entry of FOLDER/threshold.json written by `detector eval`, or None."""
-    import json
+    """The ``branch`` entry of FOLDER/threshold.json (`detector eval`'s, checked by ``detector.thresholds``), or None."""
+    from detector.thresholds import stored_thresholds
 
-    path = Path(folder) / "threshold.json"
-    if not path.is_file():
-        return None
-    try:
-        entry = json.loads(path.read_text(encoding="utf-8")).get(branch)
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise DetectorError(f"{path} is not a threshold file ({exc}); delete it or run `detector eval` again") from exc
-    return entry if isinstance(entry, dict) else None
+    return stored_thresholds(Path(folder), branch)

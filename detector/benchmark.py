@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ from detector.metrics import METRIC, METRIC_KEYS, METRICS
 from detector.outputs import write_csv
 from detector.recipes import train_config_fields
 from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.thresholds import checkpoint_sha256
 from detector.train import TrainConfig, train_and_save
+from detector.validate import read_cell_metrics, read_json
 from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
@@ -162,7 +165,8 @@ def train_config_for(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
     base = train_config_fields(config.recipe, config.train_config)
     variant = dict(config.variants).get(cell.method, {})
     merged = {**base, **overrides, **variant, **own}
-    return TrainConfig.from_dict(merged, source="benchmark")
+    where = f"{config.train_config} (with the benchmark's flags)" if config.train_config else "benchmark flags"
+    return TrainConfig.from_dict(merged, source=where)
 
 
 def default_trainer(train_config: TrainConfig) -> Predictor:
@@ -182,11 +186,64 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
     info = checkpoint_info(meta) if meta else {"meaningful": tc.pretrained not in (None, "", "none")}
     info.update(method=cell.method, shots=cell.shots, seed=cell.seed, dataset=dataset_name(config),
                 checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
+    ckpt = Path(tc.out)
+    sha = checkpoint_sha256(ckpt) if (ckpt / "config.json").is_file() else None
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
                          resolution=config.resolution, branch=DEFAULT_BRANCH, batch_size=config.batch_size,
-                         info=info, ckpt_dir=Path(tc.out) if Path(tc.out).is_dir() else None,
+                         info=info, checkpoint_sha256=sha, card_dir=ckpt if sha else None,
                          exact_metrics=config.exact_metrics, captions=tc.captions)
     return res.metrics
+
+
+MANIFEST = "benchmark.json"  # the settings every finished cell of OUT was computed with
+BENCH_FORMAT = "finegrained-ad-benchmark"
+CELL_NAME = re.compile(r"^k(\d+)_s(\d+)$")
+# what may differ between the cells of one benchmark (the grid, where things are written, how memory is spent,
+# where the inputs live) and so is left out of the settings a rerun must share
+CELL_FIELDS = ("class_name", "shots", "seed", "out", "baseline", "restart", "text_checkpointing", "device", "data",
+               "captions", "layout")
+
+
+def method_settings(config: BenchmarkConfig, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method (FineGrainedAD, a variant, a baseline): the training and evaluation settings of its cells."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell in all_cells(config, classes):
+        if cell.method in out:
+            continue
+        tc = asdict(train_config_for(cell, config))
+        settings = {k: v for k, v in tc.items() if k not in CELL_FIELDS}
+        settings.update(resolution=config.resolution, exact_metrics=config.exact_metrics)
+        out[cell.method] = json.loads(json.dumps(settings, default=str))
+    return out
+
+
+def check_settings(config: BenchmarkConfig, classes: list[str]) -> None:
+    """Refuse a rerun into OUT with other settings than its finished cells were computed with (they would be
+    reported as if run with these); more classes, shots, seeds or methods extend the same benchmark. Records the
+    settings in OUT/benchmark.json."""
+    out = Path(config.out)
+    path = out / MANIFEST
+    current = method_settings(config, classes)
+    stored: dict[str, Any] = {}
+    if path.is_file():
+        data = read_json(path, f"delete it only together with {out / 'cells'}, or use another --out")
+        if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT or not isinstance(
+                data.get("methods"), dict):
+            raise DetectorError(f"{path} is not a benchmark manifest of `detector benchmark`; use another --out")
+        stored = data["methods"]
+    for method, now in current.items():
+        before = stored.get(method)
+        if not isinstance(before, dict) or before == now:
+            continue
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        what = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+        raise DetectorError(f"{out} holds a benchmark run with other settings ({method}: {what}); its finished "
+                            f"cells would be reported as if run with these: use another --out, or delete "
+                            f"{out / 'cells'} and {path} to recompute")
+    merged = {**stored, **current}
+    if merged != stored or not path.is_file():
+        write_text_atomic(path, json.dumps({"format": BENCH_FORMAT, "methods": merged}, indent=2, sort_keys=True)
+                          + "\n")
 
 
 def check_cells(config: BenchmarkConfig) -> None:
@@ -234,6 +291,7 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
     if config.merge:
         return merge(out, dataset_name(config), log=log)
     classes = discover_classes(config)
+    check_settings(config, classes)
     cells = shard_cells(all_cells(config, classes), config.num_shards, config.shard_index)
     todo = [c for c in cells if not is_finished(c, out)]
     log(f"shard {config.shard_index + 1}/{config.num_shards}: {len(cells)} cells, {len(cells) - len(todo)} "
@@ -251,6 +309,7 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
             failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
             log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: FAILED: {exc}")
             continue
+        (cell.folder(out) / "error.txt").unlink(missing_ok=True)  # an earlier failure of this cell is history
         log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: "
             + ", ".join(f"{METRIC[k].title} {_pct(m.get(k))}" for k in SUMMARY_METRICS)
             + f" ({time.perf_counter() - t0:.1f} s)")
@@ -278,14 +337,17 @@ def _pct(v: Any) -> str:
 def collect_cells(out: Path) -> list[dict[str, Any]]:
     """Every finished cell's metrics.json under OUT/cells, as flat rows."""
     rows = []
-    for path in sorted((Path(out) / "cells").glob("*/*/k*_s*/metrics.json")):
-        data = json.loads(path.read_text())
+    for path in sorted((Path(out) / "cells").glob("*/*/*/metrics.json")):
         method, class_name, ks = path.parts[-4], path.parts[-3], path.parts[-2]
-        k, s = ks[1:].split("_s")
-        row = {"method": method, "class_name": class_name, "shots": int(k), "seed": int(s),
-               "meaningful": bool(data.get("meaningful", True))}
+        name = CELL_NAME.match(ks)
+        if name is None:
+            raise DetectorError(f"{path.parent}: a cell folder is named k<shots>_s<seed> (e.g. k1_s0), so its shots "
+                                "and seed are known; rename or remove it before --merge")
+        data = read_cell_metrics(path)
+        row = {"method": method, "class_name": class_name, "shots": int(name[1]), "seed": int(name[2]),
+               "meaningful": data.meaningful}
         for m in METRIC_KEYS:
-            v = (data.get("metrics") or {}).get(m)
+            v = data.metrics.get(m)
             row[m] = float("nan") if v is None else float(v)
         rows.append(row)
     return rows

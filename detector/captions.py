@@ -104,13 +104,17 @@ def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:
         raise DetectorError(f"class '{class_name}' has {names.count(class_name)} rows in {where}; rebuild the dataset")
     row = dict(ds[names.index(class_name)])
     version = row.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # repr: "1" (text) must not read as version 1
+        kind = "" if isinstance(version, int) and not isinstance(version, bool) else f" ({type(version).__name__})"
         raise DetectorError(
-            f"{where}: class '{class_name}' has schema_version {version}, this detector reads version "
+            f"{where}: class '{class_name}' has schema_version {version!r}{kind}; this detector reads the integer "
             f"{SCHEMA_VERSION}; rebuild the captions with this version of `mfsc build`"
         )
     if not row.get("texts"):
         raise DetectorError(f"{where}: class '{class_name}' has no texts; rebuild the captions with `mfsc build`")
+    from detector.validate import check_record_texts
+
+    check_record_texts(row["texts"], where, class_name)
     return row
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read o
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TIMINGS_FILE = "timings.json"  # run-to-run timings, kept out of config.json (byte-identical checkpoints)
 FORMAT_NAME = "finegrained-ad-checkpoint"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
@@ -39,11 +39,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _check_json(obj: Any, where: str = "meta") -> None:
@@ -69,47 +64,83 @@ def _check_json(obj: Any, where: str = "meta") -> None:
     )
 
 
-def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+def is_checkpoint_folder(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint this tool wrote: a config.json with the checkpoint's format tag."""
+    try:
+        from detector.validate import read_json
+
+        data = read_json(Path(path) / CONFIG_FILE, "")
+    except DetectorError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def check_replaceable(out: str | Path) -> None:
+    """Refuse, before any work, an ``--out`` that this tool may not replace: a file, or a non-empty folder that is
+    not one of its checkpoints (a Hugging Face model folder has a config.json too: the format tag decides)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DetectorError(f"checkpoint path {out} is a file; choose a folder name for --out")
+    if any(out.iterdir()) and not is_checkpoint_folder(out):
+        raise DetectorError(f"{out} is not empty and is not a checkpoint folder of `detector train` (no {CONFIG_FILE} with "
+                            f"format {FORMAT_NAME!r}); it is never replaced: choose another --out or empty it")
+
+
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` with its JSON header's keys sorted: safetensors writes the metadata in
+    hash-map order, which changes from one process to the next; sorted, the same tensors give the same bytes."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    ordered = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(ordered) > n:  # never: the same keys and values in another order have the same length
+        return data
+    return data[:8] + ordered.ljust(n, b" ") + data[8 + n :]
+
+
+def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any],
+                    extra_files: dict[str, Any] | None = None) -> Path:
     """Write ``directory/model.safetensors`` + ``directory/config.json``; replace an old checkpoint only when done.
 
     Tensors are saved from CPU, contiguous, with their dtype.  ``meta`` must be plain JSON (tuples come back as
-    lists).  An existing folder that is not a checkpoint (no ``config.json``, not empty) is never overwritten.
+    lists).  The same tensors and meta give byte-identical files. ``extra_files``: more JSON files of the folder
+    (``timings.json``: what changes from run to run stays out of config.json). An existing folder that is not a
+    checkpoint of this tool (``check_replaceable``) is never overwritten.
     """
     out = Path(directory)
-    if out.exists():
-        if not out.is_dir():
-            raise DetectorError(f"checkpoint path {out} is a file; choose a folder name for --out")
-        if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-            raise DetectorError(
-                f"{out} exists and is not a checkpoint folder (no {CONFIG_FILE}); choose another --out or empty it"
-            )
+    check_replaceable(out)
     if not isinstance(meta, dict):
         raise DetectorError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
     _check_json(meta)
-    from safetensors.torch import save_file  # torch: only where tensors are written (see the imports)
-    from torch import Tensor
+    from torch import Tensor  # torch: only where tensors are written (see the imports)
 
+    for name, content in (extra_files or {}).items():
+        _check_json(content, name)
     for k, v in tensors.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):
             raise DetectorError(f"checkpoint tensor {k!r} is not a (str, Tensor) pair; store other values in meta")
+    from fsad_data.atomic import write_bytes_atomic, write_text_atomic
 
     try:
         with staged_folder(out) as tmp:  # complete beside `out`, then swapped in; the old one is kept until then
-            weights = tmp / WEIGHTS_FILE
             plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-            save_file(plain, str(weights), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
-            _fsync_file(weights)
+            blob = safetensors_bytes(plain, {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+            write_bytes_atomic(tmp / WEIGHTS_FILE, blob)
             config = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
                 "weights": WEIGHTS_FILE,
-                "weights_sha256": _sha256(weights),
+                "weights_sha256": hashlib.sha256(blob).hexdigest(),
                 "tensors": sorted(plain),
                 "meta": meta,
             }
-            cfg = tmp / CONFIG_FILE
-            cfg.write_text(json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-            _fsync_file(cfg)
+            write_text_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            for name, content in (extra_files or {}).items():
+                write_text_atomic(tmp / name, json.dumps(content, indent=2, sort_keys=True, allow_nan=False) + "\n")
     except OSError as e:  # disk full, permissions: the old checkpoint (if any) is untouched
         raise DetectorError(
             f"could not write checkpoint {out}: {e.strerror or e}; free disk space or fix permissions and run again"
@@ -134,10 +165,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     cfg_path = d / CONFIG_FILE
     if not cfg_path.is_file():
         raise DetectorError(f"{cfg_path} not found; {d} is not a complete checkpoint, retrain with `detector train`")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DetectorError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is damaged, retrain it") from e
+    from detector.validate import read_json
+
+    config = read_json(cfg_path, "the checkpoint is damaged: retrain or restore it")
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise DetectorError(f"{cfg_path} is not a FineGrainedAD checkpoint config (format != {FORMAT_NAME!r})")
     version = config.get("format_version")
@@ -171,11 +201,13 @@ def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DetectorError(f"{path} is not valid JSON ({exc}); retrain or restore the checkpoint") from exc
-    return data.get("meta", data) if isinstance(data, dict) else {}
+    from detector.validate import read_json
+
+    data = read_json(path, "retrain or restore the checkpoint")
+    meta = data.get("meta", data) if isinstance(data, dict) else None
+    if not isinstance(meta, dict):
+        raise DetectorError(f"{path} holds no 'meta' mapping; retrain or restore the checkpoint")
+    return meta
 
 
 def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:

@@ -275,7 +275,8 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Folder for maps (.npy), overlays, masks, scores.")],
     batch_size: BatchOpt = 8,
     threshold: Annotated[str, typer.Option(
-        "--threshold", help="auto (the F1-max threshold saved by `detector eval`), none, or a number.")] = "none",
+        "--threshold", help="An evaluation folder of `detector eval` or its threshold.json (the F1-max threshold), "
+        "auto (a threshold.json in or beside the checkpoint), none, or a number.")] = "none",
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution before resizing to each image.",
         show_default="the threshold's, else 256")] = None,

@@ -13,9 +13,11 @@
 - ``report.html``: the self-contained page: metrics and per-defect-type tables, ROC/PR curves and score
   histograms (matplotlib), the threshold explorer (slider, flips, outlines) over every test image's overlay
   (capped by a byte budget) with its named defects, and the panels above.
-It also stores the pixel and image F1-max thresholds in the checkpoint folder (``threshold.json``, keyed
-by branch, atomic) for ``detector predict --threshold auto``. The threshold is picked on the test split,
-so it is a convenience for inspection, never used for any reported metric.
+- ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.thresholds``), naming the
+  checkpoint by its weights' SHA-256, for ``detector predict --threshold OUT``. Picked on the test split: a
+  convenience for inspection, never used for any reported metric. Nothing is written into the checkpoint.
+The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
+an earlier evaluation is refused before any work), so a kill leaves the previous evaluation whole.
 
 Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
 bilinearly and binarised at 0.5 afterwards. Memory stays flat in the number of test images: each batch's
@@ -26,7 +28,6 @@ scores are kept. ``exact_metrics`` (``--exact-metrics``) keeps every float32 map
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,8 +44,9 @@ from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollect
 from detector.errors import DetectorError
 from detector.outputs import json_safe, write_csv
 from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.thresholds import THRESHOLD_FILE, checkpoint_sha256, threshold_record
 from fsad_data import Sample
-from fsad_data.atomic import write_json_atomic, write_png_atomic
+from fsad_data.atomic import staged_folder, write_json_atomic, write_png_atomic
 
 if TYPE_CHECKING:
     from detector.model import Prediction
@@ -205,37 +207,39 @@ def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int],
     return out
 
 
-def write_threshold(ckpt_dir: Path, branch: str, metrics: dict[str, float], resolution: int,
-                    class_name: str) -> Path:
-    """Merge this branch's F1-max thresholds into CKPT/threshold.json (atomic)."""
-    path = Path(ckpt_dir) / "threshold.json"
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data[branch] = json_safe({
-        "pixel_threshold": metrics.get("pixel_f1_threshold"),
-        "image_threshold": metrics.get("image_f1_threshold"),
-        "pixel_f1_max": metrics.get("pixel_f1_max"),
-        "image_f1_max": metrics.get("image_f1_max"),
-        "resolution": resolution,
-        "source": f"F1-max on the test split of {class_name} (detector eval); for inspection only",
-    })
-    write_json_atomic(path, data)
-    return path
+EVAL_FORMAT = "finegrained-ad-evaluation"  # metrics.json's tag: an --out this command may replace
+
+
+def is_evaluation_folder(path: Path) -> bool:
+    """Whether ``path`` holds an evaluation written by this tool (its metrics.json, tagged or of the older form)."""
+    from detector.validate import read_json
+
+    try:
+        data = read_json(Path(path) / "metrics.json", "")
+    except DetectorError:
+        return False
+    return isinstance(data, dict) and (data.get("format") == EVAL_FORMAT
+                                       or {"class_name", "metrics", "n_images"} <= set(data))
+
+
+def check_eval_out(out: Path) -> None:
+    """Refuse, before any work, an --out that is a file or a non-empty folder that is not an evaluation."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_evaluation_folder(out))):
+        raise DetectorError(f"{out} is not empty and is not an evaluation of `detector eval` (no metrics.json); "
+                            "it is never replaced: choose another --out or empty it")
 
 
 def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, class_name: str,
                    resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
-                   info: dict[str, Any] | None = None, ckpt_dir: Path | None = None,
+                   info: dict[str, Any] | None = None, checkpoint_sha256: str | None = None,
+                   write_threshold: bool = True, card_dir: Path | None = None,
                    n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
                    html: bool = True, exact_metrics: bool = False, captions: str | None = None,
                    min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
                    report_bytes: int = 4_000_000) -> EvalResult:
-    """Score the samples with the model and write metrics.json, metrics.csv, defects.json, overlays and the
-    report. Named defects need a model that exposes its token matching (``FineGrainedAD``)."""
+    """Score the samples with the model and write metrics.json, metrics.csv, defects.json, overlays, threshold.json
+    (naming the checkpoint by ``checkpoint_sha256``) and the report into ``out``; metrics.json last. Named defects need a model that exposes its token matching (``FineGrainedAD``)."""
     if not samples:
         raise DetectorError(f"no test images for class {class_name!r}; check --data and the class name")
     if resolution < 8:
@@ -262,6 +266,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         naming, naming_record = _name_defects(model, samples, col, values, naming_config, captions, class_name)
         values.update({k: naming.summary[k] for k in ("naming_accuracy", "state_accuracy")})
     record = {
+        "format": EVAL_FORMAT,
         "class_name": class_name,
         "branch": branch,
         "resolution": resolution,
@@ -312,14 +317,19 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         if naming_record is not None:
             details.append(naming_record["note"])
         page = eval_report(samples, col, values, record, naming, class_name=class_name, resolution=resolution,
-                           branch=branch, notes=notes + details, figures=figures, ckpt_dir=ckpt_dir,
+                           branch=branch, notes=notes + details, figures=figures, ckpt_dir=card_dir,
                            budget_bytes=report_bytes)
         report_path = report.write_report(out / "report.html", page)
-    if ckpt_dir is not None:
+    if write_threshold:
+        write_json_atomic(out / THRESHOLD_FILE, threshold_record(branch, values, resolution, class_name,
+                                                                 checkpoint_sha256))
+    if card_dir is not None:  # the checkpoint's model card states this evaluation, where the folder is writable
         from detector.model_card import record_evaluation
 
-        write_threshold(ckpt_dir, branch, values, resolution, class_name)
-        record_evaluation(ckpt_dir, json_safe(record))  # the card states this evaluation
+        try:
+            record_evaluation(card_dir, json_safe(record))
+        except OSError:
+            pass  # a read-only or shared checkpoint: the evaluation itself is complete without the card
     write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
     return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
 
@@ -482,16 +492,26 @@ def run_eval(config: EvalConfig) -> EvalResult:
     meta = checkpoint_meta(ckpt)
     class_name = config.class_name or meta_class_name(meta, ckpt)
     samples = class_test_samples(config.data, class_name, config.layout)
+    out = Path(config.out)
+    check_eval_out(out)
     model = load_detector(ckpt, device=config.device, precision=config.precision)
     info = checkpoint_info(meta)
     info.update(checkpoint=str(ckpt), data=str(config.data), config={
         k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
-    return evaluate_model(model, samples, Path(config.out), class_name=class_name,
-                          resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
-                          info=info, ckpt_dir=ckpt if config.write_threshold else None,
-                          n_anomalous_figures=config.n_anomalous_figures,
-                          n_normal_figures=config.n_normal_figures, progress=config.progress,
-                          exact_metrics=config.exact_metrics,
-                          captions=config.captions or (meta.get("config") or {}).get("captions"),
-                          min_area=config.min_area, min_margin=config.min_margin,
-                          report_bytes=config.report_bytes)
+    with staged_folder(out) as tmp:  # the whole evaluation, then swapped in: never one run's metrics beside
+        res = evaluate_model(model, samples, tmp, class_name=class_name,  # another's CSVs
+                             resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
+                             info=info, checkpoint_sha256=checkpoint_sha256(ckpt), card_dir=ckpt,
+                             write_threshold=config.write_threshold,
+                             n_anomalous_figures=config.n_anomalous_figures,
+                             n_normal_figures=config.n_normal_figures, progress=config.progress,
+                             exact_metrics=config.exact_metrics,
+                             captions=config.captions or (meta.get("config") or {}).get("captions"),
+                             min_area=config.min_area, min_margin=config.min_margin,
+                             report_bytes=config.report_bytes)
+
+    def moved(p: Path | None) -> Path | None:
+        return None if p is None else out / Path(p).relative_to(tmp)
+
+    return EvalResult(res.metrics, out, moved(res.metrics_path), moved(res.csv_path), moved(res.report_path),
+                      [moved(p) for p in res.overlays])

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.backbone import Backbone, BackboneOutput, load_backbone
-from detector.checkpoint_io import load_checkpoint, save_checkpoint
+from detector.checkpoint_io import TIMINGS_FILE, load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
 from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
 from detector.scoring import BRANCHES, DEFAULT_BRANCH
@@ -279,12 +279,17 @@ class FineGrainedAD(nn.Module):
         return {k: v.detach().float().cpu().contiguous().clone() for k, v in t.items()}
 
     def save(self, ckpt_dir: str | Path) -> Path:
-        """Write the checkpoint folder atomically (safetensors + JSON meta) through checkpoint_io."""
+        """Write the checkpoint folder atomically (safetensors + JSON meta) through checkpoint_io.
+
+        The run's timings go to ``timings.json`` beside config.json, so the same inputs and seed give a
+        byte-identical config.json and model.safetensors."""
         meta = dict(self.meta)
+        timings = meta.pop("timing_s", None)
         meta.update(format_version=FORMAT_VERSION, tau=self.tau, pixel_names=self.pixel_names,
                     image_names=self.image_names, n_memory=len(self.memory))
         meta = json.loads(json.dumps(meta, default=_json_default))  # numpy/tuples/paths -> plain JSON
-        save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta)
+        extra = {TIMINGS_FILE: {"timing_s": json.loads(json.dumps(timings, default=_json_default))}} if timings else {}
+        save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta, extra_files=extra)
         from detector.model_card import write_card
 
         write_card(Path(ckpt_dir))  # README.md with YAML metadata, for people and the Hub
@@ -336,7 +341,11 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Backb
 
 def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
     """Types of the meta fields load_detector reads: a hand-edited config.json fails here with a clear message."""
+    from detector.validate import check_checkpoint_meta
+
     where = f"{ckpt_dir}/config.json"
+    # types and ranges first, and n_memory against the memory tensors really stored (before any list is built)
+    check_checkpoint_meta(meta, Path(where), list(tensors))
 
     def bad(field: str, want: str) -> DetectorError:
         return DetectorError(f"{where}: meta field {field!r} must be {want}; retrain or restore the checkpoint")

@@ -10,15 +10,15 @@ For each input image (files, or folders searched recursively, sorted) it writes 
   in the image's pixels, area, peak/mean score, component, vote share, location, state, sentence),
   ``regions/<name>.png`` (the regions' label map: region k has value k, its mask), the count and the
   sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
-``<name>`` is the path relative to the folder given (``/`` -> ``__``) or the file stem; clashes get a
-numeric suffix. Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in batches; one
+``<name>`` is the image's path relative to the common folder of the inputs, extension kept (``x.jpg``,
+``sub/x.png``): unique, the same on every run. Files under OUT are never read as inputs. Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in batches; one
 batch of images is held in memory at a time.
 """
 from __future__ import annotations
 
 import io
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from detector.errors import DetectorError
 from detector.evaluate import Predictor
 from detector.outputs import json_safe, write_csv
 from detector.scoring import DEFAULT_BRANCH
+from detector.thresholds import Thresholds
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
 from fsad_data.images import is_image_file
 
@@ -45,7 +46,7 @@ class PredictConfig:
     inputs: list[Path]
     out: Path
     batch_size: int = 8
-    threshold: str = "none"  # "auto" (CKPT/threshold.json), "none", or a number
+    threshold: str = "none"  # "auto" (threshold.json in/beside CKPT), an evaluation folder or file, "none", a number
     resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
     branch: str = DEFAULT_BRANCH
     device: str = "cpu"
@@ -56,64 +57,46 @@ class PredictConfig:
     min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
 
 
-@dataclass
-class Thresholds:
-    """Pixel threshold for masks; image threshold for the decision column (auto only)."""
+def list_inputs(inputs: list[Path], exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """(output name, path) for every image: files as given, folders recursively in sorted order.
 
-    pixel: float | None
-    image: float | None
-    resolution: int | None
-    source: str
-
-
-def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
-    """(output name, path) for every image: files as given, folders recursively in sorted order."""
-    found: list[tuple[str, Path]] = []
+    The name is the image's path relative to the common folder of all inputs, extension kept (``x.jpg`` and
+    ``x.png`` are two images; ``a/000.png`` and ``b/000.png`` too): unique and the same on every run. Files under
+    ``exclude`` (the output folder) are never inputs, so a rerun does not score its own overlays and masks.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            found += [("__".join(f.relative_to(p).with_suffix("").parts), f) for f in files]
+            found += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
+                            and not (skip is not None and f.resolve().is_relative_to(skip)))
         elif p.is_file():
             if not is_image_file(p):
                 raise DetectorError(f"{p} is not an image (PNG/JPEG/BMP/TIFF); pass images or folders of images")
-            found.append((p.stem, p))
+            found.append(p)
         else:
             raise DetectorError(f"{p} not found; pass image files or folders that exist")
     if not found:
-        raise DetectorError(f"no images found in {', '.join(map(str, inputs))}; pass image files or folders")
-    names: dict[str, int] = {}
-    out = []
-    for name, path in found:
-        k = names.get(name, 0)
-        names[name] = k + 1
-        out.append((name if k == 0 else f"{name}_{k}", path))
+        raise DetectorError(f"no images found in {', '.join(map(str, inputs))}; pass image files or folders"
+                            + (f" (files under --out {exclude} are not inputs)" if exclude is not None else ""))
+    roots = [Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in inputs]
+    base = Path(os.path.commonpath(roots))
+    out: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for f in found:
+        r = f.resolve()
+        if r in seen:  # the same file given twice (a file and its folder): scored once
+            continue
+        seen.add(r)
+        out.append((r.relative_to(base).as_posix(), f))
     return out
 
 
 def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> Thresholds:
-    """Parse ``--threshold``: auto reads CKPT/threshold.json (written by eval), none, or a float."""
-    if spec is None or str(spec).lower() == "none":
-        return Thresholds(None, None, None, "none")
-    if str(spec).lower() == "auto":
-        path = Path(ckpt_dir) / "threshold.json"
-        if not path.is_file():
-            raise DetectorError(f"{path} not found: run `detector eval --checkpoint {ckpt_dir} ...` first, or "
-                                "pass --threshold FLOAT / none")
-        data = json.loads(path.read_text())
-        entry = data.get(branch)
-        if not entry or entry.get("pixel_threshold") is None:
-            raise DetectorError(f"{path} has no pixel threshold for branch {branch!r}; run `detector eval "
-                                f"--branch {branch}` first, or pass --threshold FLOAT")
-        return Thresholds(float(entry["pixel_threshold"]),
-                          None if entry.get("image_threshold") is None else float(entry["image_threshold"]),
-                          entry.get("resolution"), f"auto ({path})")
-    try:
-        value = float(spec)
-    except ValueError as exc:
-        raise DetectorError(f"--threshold {spec!r}: use auto, none or a number") from exc
-    if not math.isfinite(value):
-        raise DetectorError(f"--threshold {spec!r} is not a finite number")
-    return Thresholds(value, None, None, "value")
+    """``--threshold``: none, a number, auto, or an evaluation folder / threshold.json (``detector.thresholds``)."""
+    from detector.thresholds import resolve_threshold as resolve
+
+    return resolve(spec, ckpt_dir, branch)
 
 
 def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -227,12 +210,12 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
 
         exported = load_exported(ckpt, engine=config.engine, device=config.device)
         meta = exported.spec.get("checkpoint_meta") or {}
-    items = list_inputs(list(config.inputs))
+    items = list_inputs(list(config.inputs), exclude=Path(config.out))
     thresholds = resolve_threshold(config.threshold, ckpt, config.branch)
     resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else 256)
     if thresholds.resolution and resolution != thresholds.resolution:
         raise DetectorError(f"--resolution {resolution} differs from the resolution {thresholds.resolution} "
-                            f"the threshold was picked at ({ckpt}/threshold.json); drop --resolution or "
+                            f"the threshold was picked at ({thresholds.source}); drop --resolution or "
                             "pass a threshold value")
     if exported is not None:
         model: Any = exported

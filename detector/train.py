@@ -18,14 +18,16 @@ builds a TrainConfig from a recipe, a config file and flags.
 """
 from __future__ import annotations
 
-import shutil
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 from rich.console import Console
 
 from detector import captions, data
@@ -33,7 +35,14 @@ from detector.errors import DetectorError
 from detector.method import check_method_options
 from detector.outputs import epoch_bars
 from fsad_data import readable_name
-from fsad_data.config import ConfigError, read_config_file, to_config
+from fsad_data.config import (
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    read_config_file,
+    to_config,
+)
 
 if TYPE_CHECKING:
     from detector.model import FineGrainedAD
@@ -43,38 +52,65 @@ PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate
 TEXT_CHECKPOINTING = ("auto", "on", "off")
 
 
+# value types pydantic checks (fsad_data.config.to_config): strict integers, so true, "3" and 3.0 are not counts
+Count = Annotated[int, Field(strict=True, ge=1)]
+Epochs = Annotated[int, Field(strict=True, ge=0)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]  # shot ranking, torch and numpy seeds all take it
+Text = Annotated[str, Field(strict=True)]  # a class folder name: `class_name: 01` would silently read as "1"
+TAU_MAX = 1000.0  # a logit scale; CLIP stores log(100)
+
+
+def _tau(value: Any) -> Any:
+    """'stored', 'exp' or a positive finite number (text numbers accepted, as `--set tau=50` gives them)."""
+    if value in ("stored", "exp"):
+        return value
+    expected = f"'stored', 'exp' or a finite number more than 0 and at most {TAU_MAX:g}"
+    if isinstance(value, bool):
+        raise ValueError(expected)  # noqa: TRY004 - pydantic reports ValueError as the field's error
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(expected) from None
+    if not (math.isfinite(number) and 0 < number <= TAU_MAX):
+        raise ValueError(expected)
+    return number
+
+
+Tau = Annotated[str | float, BeforeValidator(_tau)]
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run depends on (saved in full in the checkpoint)."""
 
     captions: str | None = None  # caption dataset folder or Hub id (unused with baseline="promptad")
     data: str = ""  # data set root
-    class_name: str = ""
-    shots: int = 4
-    seed: int = 0
+    class_name: Text = ""
+    shots: Count = 4
+    seed: Seed = 0
     shots_file: str | None = None
     out: str = "out/checkpoint"
     backbone: str = "ViT-B-16-plus-240"
     pretrained: str = "laion400m_e32"  # "none" = random weights, an open_clip tag, or a local file/folder
-    taps: list[int] | None = None  # tapped blocks for the visual memory (default: 3 and 8 of 12, scaled)
-    epochs: int = 100  # pixel-level prompt training (paper: 100)
-    image_epochs: int = 50  # image-level prompt training (paper: 50)
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_min: float = 1e-5
-    lambda1: float = 0.001
+    taps: list[NonNegativeInt] | None = None  # tapped blocks for the visual memory (default: 3 and 8 of 12, scaled)
+    epochs: Epochs = 100  # pixel-level prompt training (paper: 100)
+    image_epochs: Epochs = 50  # image-level prompt training (paper: 50)
+    lr: PositiveFloat = 0.002
+    momentum: NonNegativeFloat = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    lr_min: NonNegativeFloat = 1e-5
+    lambda1: NonNegativeFloat = 0.001
     # the method's options (detector.method; defaults = the public code, docs/FIDELITY.md; ours: --recipe ours)
     recipe: str = "paper"  # the recipe these settings came from (paper, ours, a file), for the record
-    tau: str | float = "stored"  # "stored" (CLIP's log-space logit scale, public), "exp" (capped at 100) or a number
+    tau: Tau = "stored"  # "stored" (CLIP's log-space logit scale, public), "exp" (capped at 100) or a number
     vv_blocks: int | str | None = None  # final blocks with a V-V branch: None/"all" = every block (public), "half"
     prototype: str = "raw_mean"  # group prototypes: raw_mean (public) | unit_mean
     extra_texts: bool = False  # the image group's extra sentences of the caption record (ours: True)
     region_weighting: str = "features"  # features (region weights scale the tokens, public) | loss (weighted mean)
     triplet_distance: str = "squared"  # squared (public) | euclidean
     composition: str = "public"  # public | cosine
-    lambda_comp: float = 1.0  # composition weight in the pixel loss (public 1; ours 0.1)
-    image_lambda_comp: float = 0.0  # composition weight in the image loss (public 0; ours 0.1)
+    lambda_comp: NonNegativeFloat = 1.0  # composition weight in the pixel loss (public 1; ours 0.1)
+    image_lambda_comp: NonNegativeFloat = 0.0  # composition weight in the image loss (public 0; ours 0.1)
     image_groups: str = "all"  # CLS trained against all region groups (public) | image
     image_score_group: str = "matched"  # CLS text score: matched group (public) | image
     image_visual_max: str = "upsampled"  # image score's visual max: upsampled map (public) | grid
@@ -84,19 +120,19 @@ class TrainConfig:
     drop_levels: list[str] = field(default_factory=list)  # ablations, e.g. ["component"]
     layout: str = "auto"  # data set layout for fsad_data.read_dataset
     # MLLP sizes (PromptConfig); n_pro is per prompt set
-    n_pro_pixel: int = 1
-    n_pro_image: int = 3
-    n_ctx: int = 4
-    n_ctx_ab: int = 1
-    n_pro_ab: int = 4
-    init_std: float = 0.02
+    n_pro_pixel: Count = 1
+    n_pro_image: Count = 3
+    n_ctx: Count = 4
+    n_ctx_ab: Count = 1
+    n_pro_ab: Count = 4
+    init_std: NonNegativeFloat = 0.02
     gate_mode: str = "tokens"  # tokens (public) | features
     gate_init: float | str = "randn"  # randn (public N(0, 1)) | a constant
     truncate: bool = True
     period: bool = True  # "[ctx] D." as the public prompt strings (ours: false)
     # MLSA region aggregation
-    region_knn: int = 5
-    region_boost: float = 1.5
+    region_knn: Count = 5
+    region_boost: PositiveFloat = 1.5
     region_assign: str = "nearest"  # nearest centre (public) | parent (DPC chain)
     region_scale_distance: bool = True  # distances / sqrt(n features) (public)
     region_match: str = "token_mean"  # component -> cluster by its mean token (public) | feature_mean
@@ -137,6 +173,8 @@ class TrainConfig:
             return to_config(cls, data, source)
         except ConfigError as e:
             raise DetectorError(str(e)) from None
+        except DetectorError as e:  # a check of __post_init__ (method options): say where the value came from
+            raise DetectorError(f"{source}: {e}") from None
 
     def prompt_config(self, n_pro: int) -> dict[str, Any]:
         """PromptConfig fields (JSON-ready) for one prompt set."""
@@ -184,7 +222,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
     """
     from detector.fit import fit
     from detector.model import load_backbone_for
-    from detector.train_state import ResumableState
+    from detector.train_state import ResumableState, image_digests, run_fingerprint
 
     t0 = time.perf_counter()
     if shot_images is None:
@@ -193,7 +231,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
         record = None
     elif record is None:
         record = caption_record(config)
-    state = ResumableState(config, shot_names, record) if resume else None
+    digests = image_digests(shot_images)
+    state = ResumableState(config, shot_names, record, digests) if resume else None
     object_name = str((record or {}).get("object_name") or readable_name(config.class_name))
     bb_meta = {"name": config.backbone, "pretrained": config.pretrained, "tap_layers": config.taps,
                "vv_blocks": config.vv_blocks, "init_seed": 0}
@@ -209,7 +248,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
         console = Console(highlight=False)
         console.print(loss_line("pixel prompts", history["pixel_loss"]))
         console.print(loss_line("image prompts", history["image_loss"]))
-    model.meta.update(class_name=config.class_name, shots=list(shot_names or []), backbone=bb_meta)
+    model.meta.update(class_name=config.class_name, shots=list(shot_names or []), backbone=bb_meta,
+                      run_fingerprint=run_fingerprint(config, shot_names, record, digests))
     model.meta["timing_s"] = {"load": t_load, **model.meta["timing_s"]}
     return model
 
@@ -223,18 +263,47 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     from detector.train_state import describe_partial
 
     try:
-        train_and_save(config, progress=progress)
+        train_and_save(config, progress=progress, log=print if progress else None)
     except KeyboardInterrupt:
         print(describe_partial(config), file=sys.stderr, flush=True)
         raise
     return Path(config.out)
 
 
-def train_and_save(config: TrainConfig, progress: bool = True) -> FineGrainedAD:
-    """Resumable training, then the checkpoint, then the resumable state removed; returns the in-memory model."""
-    from detector.train_state import partial_dir
+def train_and_save(config: TrainConfig, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> FineGrainedAD:
+    """Resumable training, then the checkpoint, then the resumable state removed; returns the in-memory model.
 
-    model = train_model(config, progress=progress, resume=True)
-    model.save(Path(config.out))
-    shutil.rmtree(partial_dir(config), ignore_errors=True)
+    Before any work: an ``--out`` that is not this tool's checkpoint is refused, and the folder is locked
+    against a second run. A checkpoint of exactly this run already in place (a rerun, or a run killed while
+    removing its state) wins: it is loaded, the leftover state removed, nothing trained (``--restart`` retrains).
+    """
+    from detector.checkpoint_io import check_replaceable
+    from detector.train_state import (
+        discard_state,
+        finished_checkpoint,
+        image_digests,
+        output_lock,
+        run_fingerprint,
+    )
+
+    out = Path(config.out)
+    check_replaceable(out)
+    with output_lock(out):
+        check_replaceable(out)  # again under the lock: another run may have written it meanwhile
+        shot_images, shot_names = load_shots(config)
+        record = caption_record(config)
+        if not config.restart and finished_checkpoint(
+                config, run_fingerprint(config, shot_names, record, image_digests(shot_images))):
+            from detector.model import load_detector
+
+            discard_state(config)
+            if log is not None:
+                log(f"{out} already holds the checkpoint of this run (same settings, shots and captions); nothing "
+                    "to train (--restart retrains)")
+            return load_detector(out, device=config.device, precision=config.precision)
+        model = train_model(config, progress=progress, shot_images=shot_images, shot_names=shot_names,
+                            record=record, resume=True)
+        model.save(out)
+        discard_state(config)
     return model

@@ -2,14 +2,19 @@
 
 After every epoch the state is saved atomically (``checkpoint_io``'s format); rerunning the same command
 continues from there and writes a checkpoint bit-identical to an uninterrupted run; ``detector.train``
-removes the folder once the checkpoint is written. A state written by another config, other shots or another
-caption record is refused (its fingerprint differs), never silently mixed in.
+removes the folder once the checkpoint is written (renamed aside first, so a kill never leaves half of it).
+A state written by another config, other shots or another caption record is refused (its fingerprint differs),
+never silently mixed in; the shots count by their pixels, so an image edited between a kill and the rerun is
+not served from cached features. The fingerprint is also recorded in the checkpoint: a rerun of a finished run
+finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``output_lock`` keeps two
+runs out of one ``--out``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +23,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from detector.checkpoint_io import load_checkpoint, save_checkpoint
+from detector.checkpoint_io import checkpoint_meta, is_checkpoint_folder, load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
+from fsad_data.atomic import clean_orphans, discard_folder
 
 if TYPE_CHECKING:
     from detector.train import TrainConfig
@@ -36,12 +42,71 @@ def partial_dir(config: TrainConfig) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def run_fingerprint(config: TrainConfig, shot_names: list[str] | None, record: dict | None) -> str:
-    """SHA-256 of what the trained tensors depend on: the TrainConfig (minus out/restart), shots, caption record."""
+def image_digests(images: list[Any] | None) -> list[str]:
+    """SHA-256 of each shot's decoded pixels (shape included): what training sees, whatever the file format."""
+    out = []
+    for img in images or []:
+        h = hashlib.sha256(repr((tuple(img.shape), str(img.dtype))).encode())
+        h.update(img.tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def run_fingerprint(config: TrainConfig, shot_names: list[str] | None, record: dict | None,
+                    shot_digests: list[str] | None = None) -> str:
+    """SHA-256 of what the trained tensors depend on: the TrainConfig (minus out/restart), the shots' names and
+    pixels, the caption record."""
     cfg = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS}
-    blob = json.dumps({"config": cfg, "shots": list(shot_names or []), "record": record}, sort_keys=True,
-                      default=str)
+    blob = json.dumps({"config": cfg, "shots": list(shot_names or []), "shot_pixels": list(shot_digests or []),
+                       "record": record}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``--out`` for one run (an OS file lock on ``.NAME.lock`` beside it, released by the OS even on
+    kill -9): a second run into the same folder is refused at once instead of both claiming to have written it."""
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out.parent / f".{out.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DetectorError(f"{out} is in use by another `detector train` (lock {lock.lock_file}); wait for it "
+                            "to finish or use another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)  # filelock re-checks the inode, so a racing peer is safe
+
+
+def finished_checkpoint(config: TrainConfig, fingerprint: str) -> bool:
+    """Whether ``--out`` already holds the checkpoint of exactly this run (same fingerprint)."""
+    out = Path(config.out)
+    if not is_checkpoint_folder(out):
+        return False
+    try:
+        return checkpoint_meta(out).get("run_fingerprint") == fingerprint
+    except DetectorError:
+        return False
+
+
+def discard_state(config: TrainConfig) -> None:
+    """Remove ``<out>.partial`` (renamed aside first: never seen half-deleted) and orphans of killed runs."""
+    d = partial_dir(config)
+    _check_own_state(d)
+    discard_folder(d)
+    clean_orphans(d)
+
+
+def _check_own_state(d: Path) -> None:
+    """``<out>.partial`` is removed only when it holds nothing but this tool's state folders."""
+    if d.exists() and (not d.is_dir() or any(p.name not in (STATE, FEATURES) for p in d.iterdir())):
+        raise DetectorError(f"{d} holds files that are not a training state of `detector train`; it is never "
+                            "deleted: move it away or choose another --out")
 
 
 def optim_state(opt: Optimizer, sched: LRScheduler) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -71,16 +136,20 @@ class ResumableState:
     state to keep: a resumed run rebuilds the same initial prompts, loads this, and continues bit-identically.
     """
 
-    def __init__(self, config: TrainConfig, shot_names: list[str] | None, record: dict | None) -> None:
+    def __init__(self, config: TrainConfig, shot_names: list[str] | None, record: dict | None,
+                 shot_digests: list[str] | None = None) -> None:
         self.dir = partial_dir(config)
-        self.fingerprint = run_fingerprint(config, shot_names, record)
+        self.shots = dict(zip(shot_names or [], shot_digests or [], strict=False))
+        self.fingerprint = run_fingerprint(config, shot_names, record, shot_digests)
         self.history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
         self.phase = PHASES[0]
         self.features: dict[str, Tensor] | None = None
         self.tensors: dict[str, Tensor] = {}
         self.optim: dict[str, Any] | None = None
+        _check_own_state(self.dir)
+        clean_orphans(self.dir)
         if config.restart:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            discard_folder(self.dir)
         elif self.dir.exists():
             self._load()
 
@@ -94,6 +163,12 @@ class ResumableState:
         except DetectorError as e:
             raise DetectorError(f"resumable training state {d} is unreadable ({e}); {fix}") from e
         if meta.get("fingerprint") != self.fingerprint:
+            saved = meta.get("shot_pixels") if isinstance(meta.get("shot_pixels"), dict) else {}
+            changed = [n for n, h in self.shots.items() if n in saved and saved[n] != h]
+            if changed:
+                raise DetectorError(f"shot image {changed[0]} changed since the state in {self.dir} was saved; "
+                                    "pass --restart to train from the first epoch on the new image (or restore "
+                                    "the file)")
             raise DetectorError(f"{self.dir} holds the state of a training run with another config, shots or "
                                 f"caption record; {fix}")
         return tensors, meta
@@ -136,14 +211,15 @@ class ResumableState:
     def save_features(self, tensors: dict[str, Tensor]) -> None:
         """Keep the shots' features and region weights (once, before the first epoch)."""
         save_checkpoint(self.dir / FEATURES, {k: v.detach().cpu().clone() for k, v in tensors.items()},
-                        {"fingerprint": self.fingerprint})
+                        {"fingerprint": self.fingerprint, "shot_pixels": self.shots})
 
     def save(self, phase: str, pixel: nn.Module, image: nn.Module, opt: Optimizer, sched: LRScheduler) -> None:
         """Atomically replace the saved state with the current one (called after every epoch)."""
         buffers, optim = optim_state(opt, sched)
         tensors = {**{f"pixel_prompts.{k}": v for k, v in pixel.state_dict().items()},
                    **{f"image_prompts.{k}": v for k, v in image.state_dict().items()}, **buffers}
-        meta = {"fingerprint": self.fingerprint, "phase": phase, "history": self.history, "optim": optim}
+        meta = {"fingerprint": self.fingerprint, "shot_pixels": self.shots, "phase": phase, "history": self.history,
+                "optim": optim}
         save_checkpoint(self.dir / STATE, {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta)
 
 

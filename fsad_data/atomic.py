@@ -141,6 +141,18 @@ def staged_folder(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def discard_folder(target: str | Path) -> None:
+    """Remove a folder so that no reader ever sees half of it: it is first renamed aside (``.NAME.tmp-PID-XXXX``,
+    atomic), then deleted; a kill during the deletion leaves only that orphan, which :func:`clean_orphans` removes."""
+    target = Path(target)
+    if not target.exists():
+        return
+    aside = temp_folder_beside(target)
+    os.replace(target, aside / "discarded")
+    _fsync_dir(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def clean_orphans(target: str | Path) -> list[Path]:
     """Remove the temporary and set-aside folders of ``target`` left by runs that are no longer alive."""
     target = Path(target)

@@ -147,6 +147,7 @@ _EXPECTED = {
     "bool_parsing": "true or false", "bool_type": "true or false",
     "string_type": "text", "list_type": "a list", "dict_type": "a mapping", "tuple_type": "a list",
     "dataclass_type": "a mapping", "dataclass_exact_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping", "too_short": "a non-empty list",
 }
 
 
@@ -158,6 +159,8 @@ def _bound(kind: str, ctx: Mapping[str, Any]) -> str | None:
         return f"a value {word} {ctx.get(key)}"
     if kind == "literal_error":
         return f"one of {ctx.get('expected')}"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])  # a field's own check says what it expects
     return None
 
 

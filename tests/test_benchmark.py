@@ -146,7 +146,8 @@ def test_one_real_tiny_cell(demo_root, tmp_path, tiny_clip_name):
     cell = tmp_path / "cells/promptad/pill_box/k1_s0"
     data = json.loads((cell / "metrics.json").read_text())
     assert data["method"] == "promptad" and data["shots"] == 1 and data["meaningful"] is False
-    assert (cell / "checkpoint" / "config.json").exists() and (cell / "checkpoint" / "threshold.json").exists()
+    assert (cell / "checkpoint" / "config.json").exists() and (cell / "threshold.json").exists()
+    assert not (cell / "checkpoint" / "threshold.json").exists()  # the evaluation never writes into the checkpoint
     assert 0.0 <= data["metrics"]["image_auroc"] <= 1.0
 
 

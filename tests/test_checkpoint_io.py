@@ -116,7 +116,7 @@ def test_crash_while_writing_leaves_old_checkpoint_and_no_temp(tmp_path, monkeyp
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(safetensors.torch, "save", boom)
     with pytest.raises(DetectorError, match="disk full"):  # one clear error, not an OSError traceback
         save_checkpoint(tmp_path / "ck", {"a": torch.ones(2)}, {"v": 2})
     monkeypatch.undo()

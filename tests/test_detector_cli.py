@@ -56,18 +56,18 @@ class RecordingModel:
 def test_predict_loader_feeds_rgb_and_writes_outputs(demo_root, tmp_path):
     folder = demo_root / "pill_box" / "test"
     items = P.list_inputs([folder, demo_root / "hex_nut" / "test" / "good" / "000.png"])
-    assert items[0][0] == "color_spot__000" and items[-1][0] == "000"
+    assert items[0][0] == "pill_box/test/color_spot/000.png" and items[-1][0] == "hex_nut/test/good/000.png"
     model = RecordingModel()
     thr = P.Thresholds(0.5, 1.0, None, "value")
     rows = P.predict_paths(model, items[:3] + items[-1:], tmp_path, thresholds=thr, resolution=32, batch_size=3)
     for (_, path), seen in zip(items[:3] + items[-1:], model.seen):
         np.testing.assert_array_equal(seen, load_rgb(path))  # the exact RGB decode of fsad_data
     assert model.seen[0][64, 64, 0] > 150 and model.seen[0][64, 64, 2] < 100  # red part stays red
-    amap = np.load(tmp_path / "maps" / "color_spot__000.npy")
+    amap = np.load(tmp_path / "maps" / "pill_box/test/color_spot/000.png.npy")
     assert amap.shape == (256, 256) and amap.dtype == np.float32
-    mask = load_rgb(tmp_path / "masks" / "color_spot__000.png")[..., 0] > 0
+    mask = load_rgb(tmp_path / "masks" / "pill_box/test/color_spot/000.png.png")[..., 0] > 0
     np.testing.assert_array_equal(mask, amap >= 0.5)
-    assert load_rgb(tmp_path / "overlays" / "000.png").shape == (256, 256, 3)
+    assert load_rgb(tmp_path / "overlays" / "hex_nut/test/good/000.png.png").shape == (256, 256, 3)
     table = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert [r["name"] for r in table] == [r["name"] for r in rows] and table[1]["anomalous"] == "True"
     data = json.loads((tmp_path / "scores.json").read_text())
@@ -104,21 +104,22 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
     assert "not meaningful" in res.output
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["class_name"] == "pill_box" and metrics["resolution"] == 64 and metrics["shots"] == 1
-    assert (ev / "report.html").exists() and (ckpt / "threshold.json").exists()
-    card = (ckpt / "README.md").read_text()  # the model card now states this evaluation
+    assert (ev / "report.html").exists() and (ev / "threshold.json").exists()
+    assert not (ckpt / "threshold.json").exists()  # the evaluation never writes into the checkpoint
+    card = (ckpt / "README.md").read_text()  # the model card states this evaluation
     assert "| fused | 64 | " in card and "Not meaningful: random weights" in card
     folder = demo_root / "pill_box" / "test" / "color_spot"
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
-                              "--threshold", "auto", "--batch-size", "2"])
+                              "--threshold", str(ev), "--batch-size", "2"])
     assert res.exit_code == 0, res.output + res.stderr
     # predict and eval score the same images identically (same loader, same model, same resolution)
     ev_scores = {r["id"]: float(r["score"]) for r in csv.DictReader((ev / "scores.csv").open())}
     pr_rows = list(csv.DictReader((pr / "scores.csv").open()))
     assert len(pr_rows) == 3 and all("anomalous" in r for r in pr_rows)
     for r in pr_rows:
-        assert float(r["score"]) == pytest.approx(ev_scores[f"pill_box/test/color_spot/{r['name']}"], abs=1e-5)
-    assert np.load(pr / "maps" / "000.npy").shape == (256, 256)
-    assert (pr / "masks" / "000.png").exists()
+        assert float(r["score"]) == pytest.approx(ev_scores[f"pill_box/test/color_spot/{r['name'][:-4]}"], abs=1e-5)
+    assert np.load(pr / "maps" / "000.png.npy").shape == (256, 256)
+    assert (pr / "masks" / "000.png.png").exists()
     # named defects: a region label map per image, its defects in scores.json and defects.json
     named = json.loads((pr / "defects.json").read_text())["images"]
     scores = json.loads((pr / "scores.json").read_text())["images"]
@@ -137,7 +138,7 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
         metrics["metrics"]["pixel_f1_threshold"])
     assert (ev / "defects.json").exists() and "Threshold explorer" in (ev / "report.html").read_text()
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(pr),
-                              "--threshold", "auto", "--resolution", "128"])
+                              "--threshold", str(ev), "--resolution", "128"])
     assert res.exit_code == 1 and "resolution" in res.stderr
 
 
@@ -215,7 +216,7 @@ def _no_gpu():
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--shots", "0"], "need at least one normal shot"),
+    (["--shots", "0"], "key 'shots': expected a value at least 1, got 0"),
     (["--shots", "1,50"], "has 8 normal training images, fewer than k=50"),
     (["--num-shards", "2", "--shard-index", "5"], "--shard-index 5 must be in 0..1"),
     (["--main", "--captions", "{caps}"], "class 'pill_box' is not in the caption dataset"),

@@ -66,10 +66,9 @@ def samples(demo_root):
 
 def test_oracle_gets_perfect_metrics_and_all_outputs(tmp_path, samples):
     model = OracleModel(samples)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
     res = E.evaluate_model(model, samples, tmp_path / "out", class_name="pill_box", resolution=64,
-                           batch_size=5, info={"shots": 1, "seed": 0, "meaningful": False}, ckpt_dir=ckpt)
+                           batch_size=5, info={"shots": 1, "seed": 0, "meaningful": False},
+                           checkpoint_sha256="ab" * 32)
     m = res.metrics
     for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
         assert m[k] == pytest.approx(1.0), k
@@ -83,8 +82,9 @@ def test_oracle_gets_perfect_metrics_and_all_outputs(tmp_path, samples):
     # overlays: every image at most 8 anomalous + 4 normal, deterministic picks
     assert len(res.overlays) == 10 and all(p.exists() for p in res.overlays)
     assert E.pick_figures(samples) == E.pick_figures(list(samples))
-    thr = json.loads((ckpt / "threshold.json").read_text())
+    thr = json.loads((tmp_path / "out" / "threshold.json").read_text())  # with the evaluation, not the checkpoint
     assert thr["fused"]["pixel_threshold"] == pytest.approx(m["pixel_f1_threshold"])
+    assert thr["fused"]["checkpoint_sha256"] == "ab" * 32
     # the report shows the same values as metrics.json
     html = res.report_path.read_text()
     first = html.split("</table>")[0]

@@ -91,7 +91,7 @@ def test_predict_accepts_gray_rgba_16bit_and_palette_images(checkpoint, tmp_path
     res, _ = _invoke(["predict", "--checkpoint", checkpoint, folder, "--out", out, "--resolution", "32"])
     assert res.exit_code == 0, res.output
     with open(out / "scores.csv", newline="") as f:
-        scores = {r["name"]: float(r["score"]) for r in csv.DictReader(f)}
+        scores = {r["name"].removesuffix(".png"): float(r["score"]) for r in csv.DictReader(f)}
     same = pytest.approx  # equal pixels; only the batch position differs (float rounding of batched matmuls)
     assert scores["gray"] == same(scores["gray_as_rgb"], abs=1e-5) and scores["gray16"] == same(scores["gray"], abs=1e-5)
     assert scores["rgba"] == same(scores["rgb"], abs=1e-5)
@@ -107,7 +107,7 @@ def test_predict_on_file_names_with_spaces_and_non_ascii(checkpoint, tmp_path):
     out = tmp_path / "out é"
     res, _ = _invoke(["predict", "--checkpoint", checkpoint, folder, "--out", out, "--resolution", "32"])
     assert res.exit_code == 0, res.output
-    assert (out / "maps" / "sub dir__bild ä 1.npy").is_file() and (out / "maps" / "画像.npy").is_file()
+    assert (out / "maps" / "sub dir" / "bild ä 1.png.npy").is_file() and (out / "maps" / "画像.png.npy").is_file()
     assert "画像" in (out / "scores.csv").read_text(encoding="utf-8")
 
 

@@ -1,0 +1,127 @@
+"""The F1-max thresholds of an evaluation (``threshold.json``): written by ``detector eval`` with its other outputs,
+read by ``detector predict --threshold`` and the Python API.
+
+Why here and not in the checkpoint: an evaluation must not write into the checkpoint it reads (a read-only or
+shared model folder, a Hub snapshot); the thresholds belong to the evaluation that picked them, on the test split,
+for inspection only. The file names the checkpoint it was picked for (its weights' SHA-256), so a threshold
+is never applied to another model by mistake. ``--threshold auto`` finds it inside the checkpoint folder (placed
+there by a user or a Hub upload) or beside it (a benchmark cell: ``cell/threshold.json`` next to
+``cell/checkpoint/``); ``--threshold PATH`` takes an evaluation folder or the file itself.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detector.errors import DetectorError
+from detector.scoring import DEFAULT_BRANCH
+from detector.validate import ThresholdEntry, read_json, read_threshold_file
+
+THRESHOLD_FILE = "threshold.json"
+
+
+@dataclass
+class Thresholds:
+    """Pixel threshold for masks; image threshold for the decision column (from an evaluation only)."""
+
+    pixel: float | None
+    image: float | None
+    resolution: int | None
+    source: str
+
+
+def threshold_record(branch: str, metrics: dict[str, Any], resolution: int, class_name: str,
+                     checkpoint_sha256: str | None) -> dict[str, Any]:
+    """The content of an evaluation's threshold.json (one branch: the one evaluated)."""
+    def num(key: str) -> float | None:
+        v = metrics.get(key)
+        return None if v is None or not math.isfinite(float(v)) else float(v)
+
+    return {branch: {
+        "pixel_threshold": num("pixel_f1_threshold"),
+        "image_threshold": num("image_f1_threshold"),
+        "pixel_f1_max": num("pixel_f1_max"),
+        "image_f1_max": num("image_f1_max"),
+        "resolution": int(resolution),
+        "checkpoint_sha256": checkpoint_sha256,
+        "source": f"F1-max on the test split of {class_name} (detector eval); for inspection only",
+    }}
+
+
+def checkpoint_sha256(ckpt_dir: Path) -> str | None:
+    """The weights' SHA-256 recorded in a checkpoint's config.json (None when it records none)."""
+    data = read_json(Path(ckpt_dir) / "config.json", "retrain or restore the checkpoint")
+    sha = data.get("weights_sha256") if isinstance(data, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+def read_entry(path: Path, branch: str, ckpt_sha: str | None) -> ThresholdEntry | None:
+    """``branch``'s checked entry of a threshold file; None when the file holds no such branch. An entry picked
+    for another checkpoint is refused."""
+    entry = read_threshold_file(path).get(branch)
+    if entry is None:
+        return None
+    if ckpt_sha and entry.checkpoint_sha256 and entry.checkpoint_sha256 != ckpt_sha:
+        raise DetectorError(f"{path} was picked for another checkpoint (its weights differ); evaluate this "
+                            "checkpoint with `detector eval`, or pass --threshold FLOAT")
+    return entry
+
+
+def _as_thresholds(entry: ThresholdEntry, path: Path, branch: str) -> Thresholds:
+    if entry.pixel_threshold is None:
+        raise DetectorError(f"{path} has no pixel threshold for branch {branch!r} (no anomalous pixel in that "
+                            "evaluation); pass --threshold FLOAT")
+    return Thresholds(entry.pixel_threshold, entry.image_threshold, entry.resolution, f"file ({path})")
+
+
+def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> Thresholds:
+    """``--threshold``: none, a number, auto (the checkpoint's or its benchmark cell's threshold.json), or the path
+    of an evaluation folder / threshold.json."""
+    if spec is None or str(spec).lower() == "none":
+        return Thresholds(None, None, None, "none")
+    text = str(spec)
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is not None:
+        if not math.isfinite(value):
+            raise DetectorError(f"--threshold {text!r} is not a finite number")
+        return Thresholds(value, None, None, "value")
+    ckpt_dir = Path(ckpt_dir)
+    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
+    if text.lower() == "auto":
+        for path in (ckpt_dir / THRESHOLD_FILE, ckpt_dir.parent / THRESHOLD_FILE):
+            if not path.is_file():
+                continue
+            entry = read_entry(path, branch, sha)
+            beside = path.parent != ckpt_dir
+            if entry is None or (beside and (not sha or entry.checkpoint_sha256 != sha)):
+                continue  # beside the folder: only an evaluation of this very checkpoint counts
+            return _as_thresholds(entry, path, branch)
+        raise DetectorError(f"no {THRESHOLD_FILE} for branch {branch!r} found in or beside {ckpt_dir}: run "
+                            f"`detector eval --checkpoint {ckpt_dir} --out EVAL` and pass --threshold "
+                            f"EVAL/{THRESHOLD_FILE}, or --threshold FLOAT / none")
+    path = Path(text)
+    if path.is_dir():
+        path = path / THRESHOLD_FILE
+    if not path.is_file():
+        raise DetectorError(f"--threshold {text!r}: use auto, none, a number, or an evaluation folder / "
+                            f"{THRESHOLD_FILE} (from `detector eval`)")
+    entry = read_entry(path, branch, sha)
+    if entry is None:
+        raise DetectorError(f"{path} has no threshold for branch {branch!r}; run `detector eval --branch {branch}` "
+                            "or pass --threshold FLOAT")
+    return _as_thresholds(entry, path, branch)
+
+
+def stored_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
+    """The checked entry of FOLDER/threshold.json as a plain dict (the Python API), or None without one."""
+    path = Path(folder) / THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    sha = checkpoint_sha256(folder) if (Path(folder) / "config.json").is_file() else None
+    entry = read_entry(path, branch, sha)
+    return None if entry is None else entry.model_dump()
