@@ -453,7 +453,7 @@ def test_disk_full_while_saving_a_checkpoint_is_a_clear_error_and_keeps_the_old_
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save", full)  # the weights are serialised, then written atomically
     with pytest.raises(DetectorError) as e:
         save_checkpoint(ckpt, {"w": torch.zeros(3)}, {"v": 2})
     assert str(ckpt) in str(e.value) and "space" in str(e.value)
