@@ -141,7 +141,7 @@ def test_predict_engine_onnx_writes_what_torch_writes(onnx_dir, ckpt, tmp_path):
                                   "--threshold", "auto", "--engine", engine, "--batch-size", "2"])
         assert res.exit_code == 0, res.output + res.stderr
     rows = {e: list(csv.DictReader((outs[e] / "scores.csv").open())) for e in outs}
-    assert [r["name"] for r in rows["onnx"]] == [r["name"] for r in rows["torch"]] == ["000", "001", "002"]
+    assert [r["name"] for r in rows["onnx"]] == [r["name"] for r in rows["torch"]] == ["000.png", "001.png", "002.png"]
     for a, b in zip(rows["onnx"], rows["torch"]):
         assert float(a["score"]) == pytest.approx(float(b["score"]), abs=1e-4)
         assert a["anomalous"] == b["anomalous"]
