@@ -17,11 +17,11 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fsad_data.samples import Sample
+from mfsc_builder import clip_tokens
 from mfsc_builder.captioners.base import CaptionResult
 from mfsc_builder.crop import ImageRegions
 from mfsc_builder.english import a, bare, state_phrase
@@ -207,18 +207,10 @@ def defect_vocab_label(kind: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- texts
-@lru_cache(maxsize=1)
-def _tokenizer() -> Any:
-    import open_clip
-
-    return open_clip.get_tokenizer(TOKENIZER_NAME)
-
-
 def token_length(text: str) -> int:
-    """CLIP BPE tokens of `text` including the start and end tokens."""
-    tok = _tokenizer()
-    inner = getattr(tok, "tokenizer", tok)
-    return len(inner.encode(text)) + 2
+    """CLIP BPE tokens of `text` including the start and end tokens: the count of open_clip's tokenizer of
+    `TOKENIZER_NAME`, without importing torch (`clip_tokens`)."""
+    return clip_tokens.counter().count(text) + 2
 
 
 def fit_tokens(text: str, limit: int = MAX_TOKENS) -> str:
