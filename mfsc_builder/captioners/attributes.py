@@ -23,6 +23,7 @@ costs no more than one of `CropConfig.work_size`; boxes and locations are in ori
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -55,6 +56,7 @@ COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
     "purple": (125, 45, 160),
     "pink": (240, 140, 185),
 }
+SAMPLE_PIXELS = 256 * 256  # a region's colour and texture statistics read at most about this many of its pixels
 SMOOTH_GRADIENT = 1.5
 SMOOTH_DETAIL = 2.5
 STRIPE_COHERENCE = 0.6
@@ -79,12 +81,113 @@ def colour_name_lab(lab: np.ndarray) -> str:
     return _NAMES[int(np.linalg.norm(_LAB - np.asarray(lab, np.float32)[None], axis=1).argmin())]
 
 
+@lru_cache(maxsize=4)
+def _spread(height: int, width: int) -> np.ndarray:
+    """A fixed pseudo-random uint16 value per pixel position (seed 0): `_sample` keeps the pixels below a
+    threshold, a subset without the aliasing of a regular stride on striped or woven textures."""
+    return np.random.default_rng(0).integers(0, 1 << 16, (height, width), dtype=np.uint16)
+
+
+def _sample(mask: np.ndarray, full: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """`mask` (the `box` part of an image of shape `full`) or, when it holds more than `SAMPLE_PIXELS` pixels,
+    about `SAMPLE_PIXELS` of them chosen by position (the same pixels of an image on every call)."""
+    n = int(np.count_nonzero(mask))
+    if n <= SAMPLE_PIXELS:
+        return mask
+    y0, y1, x0, x1 = box
+    return mask & (_spread(*full)[y0:y1, x0:x1] < (SAMPLE_PIXELS << 16) // n)
+
+
+class ImageMeasures:
+    """The colour and texture measurements of the regions of one image. The Lab image and the filtered
+    lightness planes are computed once per image (not once per region); each region is then read inside its
+    bounding box, on all its pixels up to `SAMPLE_PIXELS` (every region of an image up to 256 x 256) and on
+    a fixed spread subset of that many beyond, so a region's cost stays bounded whatever its size."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.shape = image.shape[:2]
+        self.lab = to_lab(image)
+        self._planes: dict[str, np.ndarray] | None = None
+
+    @property
+    def planes(self) -> dict[str, np.ndarray]:
+        """L, its sigma-1 blur, the gradients of both (Sobel / 8) and the fine scale (L minus its sigma-3 blur)."""
+        if self._planes is None:
+            L = np.ascontiguousarray(self.lab[..., 0])
+            Ls = cv2.GaussianBlur(L, (0, 0), 1.0)
+            self._planes = {
+                "L": L, "Ls": Ls,
+                "gx": cv2.Sobel(Ls, cv2.CV_32F, 1, 0, ksize=3) / 8.0, "gy": cv2.Sobel(Ls, cv2.CV_32F, 0, 1, ksize=3) / 8.0,
+                "gx_raw": cv2.Sobel(L, cv2.CV_32F, 1, 0, ksize=3) / 8.0,
+                "gy_raw": cv2.Sobel(L, cv2.CV_32F, 0, 1, ksize=3) / 8.0,
+                "fine": L - cv2.GaussianBlur(L, (0, 0), 3.0),
+            }
+        return self._planes
+
+    def _box(self, mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1): the mask's bounding box grown by `margin`, inside the image."""
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
+        H, W = self.shape
+        return max(0, y - margin), min(H, y + h + margin), max(0, x - margin), min(W, x + w + margin)
+
+    def _flat(self, pick: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Row-major image indices of the True pixels of `pick` (the `box` part of the image): a plane's
+        `ravel().take(...)` is then the plane's values under the mask, in the order boolean indexing gives."""
+        ys, xs = np.nonzero(pick)
+        return (ys + box[0]) * self.shape[1] + (xs + box[2])
+
+    def colour(self, mask: np.ndarray) -> str:
+        """Name of the median Lab colour of the masked pixels."""
+        y0, y1, x0, x1 = box = self._box(mask, 0)
+        pix = self.lab.reshape(-1, 3).take(self._flat(_sample(mask[y0:y1, x0:x1], self.shape, box), box), axis=0)
+        if len(pix) == 0:
+            return ""
+        return colour_name_lab(np.median(pix, axis=0))
+
+    def texture_measures(self, mask: np.ndarray) -> dict[str, float]:
+        """gradient (mean |grad L|), coherence (structure tensor), keep (variance kept after a sigma-1 blur),
+        separable (row + column means), detail (robust spread of the fine scale), inside the eroded mask."""
+        y0, y1, x0, x1 = box = self._box(mask, 3)
+        inner = _inner(mask[y0:y1, x0:x1])
+        pick = _sample(inner, self.shape, box)
+        flat = self._flat(pick, box)
+        p = {k: v.ravel().take(flat) for k, v in self.planes.items()}
+        grad = float(np.hypot(p["gx"], p["gy"]).mean())
+        jxx, jyy, jxy = (p["gx_raw"] ** 2).sum(), (p["gy_raw"] ** 2).sum(), (p["gx_raw"] * p["gy_raw"]).sum()
+        tr = jxx + jyy
+        coherence = float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / tr) if tr > 1e-9 else 0.0
+        var = float(p["L"].var())
+        keep = float(p["Ls"].var() / var) if var > 1e-9 else 1.0
+        fine = p["fine"]
+        detail = float(1.4826 * np.median(np.abs(fine - np.median(fine)))) if fine.size else 0.0
+        L = self.planes["L"][y0:y1, x0:x1]
+        separable = _separable(L, inner) if pick is inner else _separable_sampled(L, inner, pick)
+        return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": separable, "detail": detail}
+
+    def texture(self, mask: np.ndarray) -> str:
+        m = self.texture_measures(mask)
+        if m["gradient"] < SMOOTH_GRADIENT and m["detail"] < SMOOTH_DETAIL:
+            return "smooth"
+        if m["coherence"] > STRIPE_COHERENCE or m["separable"] > STRIPE_SEPARABLE:
+            return "striped"
+        if m["keep"] < GRANULAR_KEEP:
+            return "granular"
+        return "textured"
+
+
 def colour_name(image: np.ndarray, mask: np.ndarray) -> str:
-    """Name of the median Lab colour of the masked pixels."""
-    pix = to_lab(image)[mask]
-    if len(pix) == 0:
-        return ""
-    return colour_name_lab(np.median(pix, axis=0))
+    """Name of the median Lab colour of the masked pixels (`ImageMeasures.colour`)."""
+    return ImageMeasures(image).colour(mask)
+
+
+def texture_measures(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """`ImageMeasures.texture_measures` of one region."""
+    return ImageMeasures(image).texture_measures(mask)
+
+
+def texture_name(image: np.ndarray, mask: np.ndarray) -> str:
+    """`ImageMeasures.texture` of one region."""
+    return ImageMeasures(image).texture(mask)
 
 
 def _inner(mask: np.ndarray, px: int = 2) -> np.ndarray:
@@ -92,29 +195,6 @@ def _inner(mask: np.ndarray, px: int = 2) -> np.ndarray:
     er = cv2.erode(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
     er = er > 0
     return er if er.sum() >= 16 else mask
-
-
-def texture_measures(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """gradient (mean |grad L|), coherence (structure tensor), keep (variance kept after a sigma-1 blur),
-    separable (row + column means), detail (robust spread of the fine scale)."""
-    L = to_lab(image)[..., 0].astype(np.float32)
-    inner = _inner(mask)
-    Ls = cv2.GaussianBlur(L, (0, 0), 1.0)
-    gx = cv2.Sobel(Ls, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(Ls, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    gx_raw = cv2.Sobel(L, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy_raw = cv2.Sobel(L, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    grad = float(np.hypot(gx, gy)[inner].mean())
-    jxx, jyy, jxy = (gx_raw**2)[inner].sum(), (gy_raw**2)[inner].sum(), (gx_raw * gy_raw)[inner].sum()
-    tr = jxx + jyy
-    coherence = float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / tr) if tr > 1e-9 else 0.0
-    var = float(L[inner].var())
-    blurred = cv2.GaussianBlur(L, (0, 0), 1.0)
-    keep = float(blurred[inner].var() / var) if var > 1e-9 else 1.0
-    fine = (L - cv2.GaussianBlur(L, (0, 0), 3.0))[inner]
-    detail = float(1.4826 * np.median(np.abs(fine - np.median(fine)))) if fine.size else 0.0
-    return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": _separable(L, inner),
-            "detail": detail}
 
 
 def _separable(L: np.ndarray, mask: np.ndarray) -> float:
@@ -134,20 +214,30 @@ def _separable(L: np.ndarray, mask: np.ndarray) -> float:
     return float(1.0 - (resid**2).mean() / total) if total > 1e-9 else 0.0
 
 
-def texture_name(image: np.ndarray, mask: np.ndarray) -> str:
-    m = texture_measures(image, mask)
-    if m["gradient"] < SMOOTH_GRADIENT and m["detail"] < SMOOTH_DETAIL:
-        return "smooth"
-    if m["coherence"] > STRIPE_COHERENCE or m["separable"] > STRIPE_SEPARABLE:
-        return "striped"
-    if m["keep"] < GRANULAR_KEEP:
-        return "granular"
-    return "textured"
+def _separable_sampled(L: np.ndarray, mask: np.ndarray, pick: np.ndarray) -> float:
+    """`_separable` of a large region: the mean, row and column means from all its pixels, the variances
+    from the `pick` subset of them."""
+    rows_n, cols_n = np.count_nonzero(mask, axis=1), np.count_nonzero(mask, axis=0)
+    v = np.where(mask, L, np.float32(0))
+    row_sum, col_sum = v.sum(1, dtype=np.float64), v.sum(0, dtype=np.float64)
+    mu = row_sum.sum() / max(int(rows_n.sum()), 1)
+    rows = (row_sum - rows_n * mu) / np.maximum(rows_n, 1)
+    cols = (col_sum - cols_n * mu) / np.maximum(cols_n, 1)
+    ys, xs = np.nonzero(pick)
+    d = L[ys, xs].astype(np.float64) - mu
+    total = (d**2).mean()
+    resid = d - rows[ys] - cols[xs]
+    return float(1.0 - (resid**2).mean() / total) if total > 1e-9 else 0.0
 
 
 def shape_measures(mask: np.ndarray) -> dict[str, float]:
-    """circularity, aspect (long/short side of the min-area rectangle) and rectangularity of the outer contour."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    """circularity, aspect (long/short side of the min-area rectangle) and rectangularity of the outer contour
+    (traced inside the mask's bounding box plus one pixel, in the image's coordinates)."""
+    m8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    x, y, w, h = cv2.boundingRect(m8)
+    x0, y0 = max(0, x - 1), max(0, y - 1)
+    roi = np.ascontiguousarray(m8[y0: y + h + 1, x0: x + w + 1])
+    contours, _ = cv2.findContours(roi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
     if not contours:
         return {"circularity": 0.0, "aspect": 1.0, "rectangularity": 0.0}
     c = max(contours, key=cv2.contourArea)
@@ -228,9 +318,9 @@ class AttributeCaptioner:
 
     def fields(self, req: CaptionRequest) -> LevelFields:
         """The level fields of one request."""
-        img, regs, obj = req.image, req.regions, req.object_name
-        parts = [_Part(r, colour_name(img, r.mask), texture_name(img, r.mask), shape_name(r.mask))
-                 for r in regs.components]
+        regs, obj = req.regions, req.object_name
+        img = ImageMeasures(req.image)  # Lab and the texture planes once for all regions of the image
+        parts = [_Part(r, img.colour(r.mask), img.texture(r.mask), shape_name(r.mask)) for r in regs.components]
         background = self._background(img, regs)
         groups: dict[tuple[str, str], list[int]] = {}
         for i, p in enumerate(parts):
@@ -261,7 +351,7 @@ class AttributeCaptioner:
             location = join_words(locations[:3])
             directions = list(dict.fromkeys(parts[i].region.orientation for i in idx))
             direction = directions[0] if len(directions) == 1 else "mixed"
-            texture = first.texture if n == 1 else texture_name(img, union)
+            texture = first.texture if n == 1 else img.texture(union)
             area = float(sum(parts[i].region.area for i in idx))
             noun = plural(name, n)
             name_words = set(name.split())
@@ -285,14 +375,14 @@ class AttributeCaptioner:
             caption = f"a {obj} surface: {listing}, filling the whole image"
         else:
             caption = f"{a(obj)} made of {listing}, on {a(background + ' background')}"
-        defect = self._defect(req) if req.is_anomalous else None
+        defect = self._defect(req, img) if req.is_anomalous else None
         return LevelFields(ImageView(obj, background), fg, components, caption, defect, region_names)
 
-    def _background(self, img: np.ndarray, regs: ImageRegions) -> str:
+    def _background(self, img: ImageMeasures, regs: ImageRegions) -> str:
         if regs.textured or regs.background.empty:
             return "none"
-        colour = colour_name(img, regs.background.mask)
-        tex = texture_name(img, regs.background.mask)
+        colour = img.colour(regs.background.mask)
+        tex = img.texture(regs.background.mask)
         return f"plain {colour}" if tex == "smooth" else f"{tex} {colour}"
 
     def _relation(self, obj: str, comps: list[ComponentView], parts: list[_Part], names: list[str],
@@ -313,7 +403,7 @@ class AttributeCaptioner:
             out.append(f"the {plural(comp.name, comp.count)} {verb} {rel} the {names[0]}")
         return "; ".join(out) if out else f"{number_word(len(parts))} {plural(names[0], len(parts))} side by side"
 
-    def _defect(self, req: CaptionRequest) -> DefectView:
+    def _defect(self, req: CaptionRequest, img: ImageMeasures) -> DefectView:
         kind = (req.defect_type or "defect").replace("_", " ")
         defects = req.regions.defects
         if not defects:
@@ -322,7 +412,7 @@ class AttributeCaptioner:
         whole = Region.from_mask("defect", "defect", union, req.regions.size)
         fg_area = max(req.regions.foreground.area, 1e-9)
         size = size_word(whole.area / fg_area)
-        colour = colour_name(req.image, union)
+        colour = img.colour(union)
         count = f"{number_word(len(defects))} " if len(defects) > 1 else "a "
         noun = "areas" if len(defects) > 1 else "area"
         sentence = f"{count}{size} {colour} {kind} {noun} at the {whole.location} of the {req.object_name}"
