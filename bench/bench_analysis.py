@@ -17,6 +17,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core: what one build worker gets
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,10 @@ BASE = "1f0c3f6"  # main before issue 12 part 3's analysis work
 TOKEN_TEXT = "a photo of a red pill box with a crack, made of a smooth white rectangular part"
 
 
-def load_base(rev: str) -> tuple[types.ModuleType, types.ModuleType] | None:
-    """crop.py and captioners/attributes.py of commit `rev` as the modules `_base_crop` and
-    `_base_attributes` (the base captioner reads the base crop module); None without git or that commit."""
+def load_base(rev: str, folder: Path) -> tuple[types.ModuleType, types.ModuleType] | None:
+    """crop.py and captioners/attributes.py of commit `rev`, written to `folder` and imported as the modules
+    `_base_crop` and `_base_attributes` (the base captioner reads the base crop module); None without git or
+    without that commit."""
     mods = []
     for rel, name in (("mfsc_builder/crop.py", "_base_crop"),
                       ("mfsc_builder/captioners/attributes.py", "_base_attributes")):
@@ -44,11 +46,12 @@ def load_base(rev: str) -> tuple[types.ModuleType, types.ModuleType] | None:
                                  text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
-        mod = types.ModuleType(name)
-        mod.__file__ = f"{rev}:{rel}"
-        sys.modules[name] = mod  # dataclasses look their module up
-        exec(compile(src.replace("from mfsc_builder.crop import", "from _base_crop import"), mod.__file__, "exec"),
-             mod.__dict__)
+        path = folder / f"{name}.py"
+        path.write_text(src.replace("from mfsc_builder.crop import", "from _base_crop import"))
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses and the captioner look their module up
+        spec.loader.exec_module(mod)
         mods.append(mod)
     return mods[0], mods[1]
 
@@ -149,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     from mfsc_builder.captioners import attributes
 
     codes: dict[str, tuple] = {}
-    base = load_base(args.base)
-    if base is None:
-        print(f"no git or no commit {args.base} here: printing this tree's figures only")
-    else:
-        codes["base"] = base
-    codes["ours"] = (crop, attributes)
-    print(f"per-image analysis, one core (cv2 threads 1), base = {args.base}")
     with tempfile.TemporaryDirectory() as tmp:
+        base = load_base(args.base, Path(tmp))
+        if base is None:
+            print(f"no git or no commit {args.base} here: printing this tree's figures only")
+        else:
+            codes["base"] = base
+        codes["ours"] = (crop, attributes)
+        print(f"per-image analysis, one core (cv2 threads 1), base = {args.base}")
         demo = make_demo_data(Path(tmp) / "demo", seed=0)
         for size in (int(s) for s in args.sizes.split(",")):
             for noisy in (False, True):

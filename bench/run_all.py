@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,export]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ BENCHES = {
     "predict": ["bench_predict.py"],
     "train": ["bench_train.py"],
     "attributes": ["bench_attributes.py"],
+    "analysis": ["bench_analysis.py"],
     "export": ["bench_export.py"],
 }
 QUICK = {
@@ -29,6 +30,7 @@ QUICK = {
     "backbone": ["--repeats", "2"],
     "predict": ["--repeats", "2"],
     "export": ["--repeats", "1"],
+    "analysis": ["--limit", "12"],
     "train": ["--epochs", "2", "--image-epochs", "1"],
 }
 

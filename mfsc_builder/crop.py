@@ -15,6 +15,10 @@ orientations are mapped back to the original image. Images at or below the limit
 
 Boxes are (x0, y0, x1, y1) in original pixels with x1, y1 exclusive (slice bounds); areas are fractions of
 the image.
+
+Speed, with the same results (`tests/test_analysis_reference.py`): Lab is computed once per image, region
+geometry comes from exact integer moments (`Moments`), morphology runs inside the mask's grown bounding box,
+and each pixel's nearest colour centre is found in float32 and re-decided in float64 where float32 could err.
 """
 from __future__ import annotations
 
@@ -84,6 +88,15 @@ class CropConfig:
 def _u8(mask: np.ndarray) -> np.ndarray:
     """A bool mask as a contiguous 0/1 uint8 image for OpenCV (a view, no copy, when it already is one)."""
     return np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+
+
+def grown_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """(rows, columns) slices of the mask's bounding box grown by `margin` pixels, inside the image. Morphology
+    with a kernel of radius r on this part, with margin > 2r, gives what it gives on the whole mask (outside
+    the box the mask is empty and stays so), at the cost of the box instead of the image."""
+    x, y, w, h = cv2.boundingRect(_u8(mask))
+    H, W = mask.shape[:2]
+    return slice(max(0, y - margin), min(H, y + h + margin)), slice(max(0, x - margin), min(W, x + w + margin))
 
 
 @dataclass(frozen=True)
@@ -329,8 +342,9 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     mask = dist > thr
     k = max(1, round(min(h, w) / 100))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    m8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
-    m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, kernel)
+    box = grown_box(mask, 2 * k + 2)
+    m8 = np.zeros((h, w), np.uint8)
+    m8[box] = cv2.morphologyEx(cv2.morphologyEx(_u8(mask[box]), cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
     mask = _fill_holes(m8 > 0)
     if ignore is not None and ignore.any():
         touch_ignored = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
@@ -383,7 +397,7 @@ def colour_clusters(image: np.ndarray, mask: np.ndarray, config: CropConfig, lab
     channels = [lab[..., c].ravel().take(flat) for c in range(3)]  # the masked pixels, one array per channel
     labels = np.full(mask.shape, -1, np.int32)
     if len(flat) == 0:
-        return labels, np.zeros((0, 3), np.float32)
+        return labels, np.zeros((0, 3))
     rng = np.random.default_rng(config.seed)
     pick = slice(None) if len(flat) <= 6000 else rng.choice(len(flat), 6000, replace=False)
     sample = np.stack([ch[pick] for ch in channels], axis=1)
@@ -401,7 +415,7 @@ def colour_clusters(image: np.ndarray, mask: np.ndarray, config: CropConfig, lab
     remap = np.empty_like(order)
     remap[order] = np.arange(len(order))
     labels.ravel()[flat] = remap[lbl]
-    return labels, centres[order][counts[order] > 0].astype(np.float32)
+    return labels, centres[order][counts[order] > 0]
 
 
 def nearest_centre(channels: list[np.ndarray], centres: np.ndarray) -> np.ndarray:
@@ -461,17 +475,26 @@ def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfi
     min_px = max(1, int(np.ceil(config.min_component * h * w)))
     k = max(1, round(min(h, w) / 150))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    parts: list[tuple[int, int, np.ndarray]] = []  # (pixels, first pixel in row-major order, mask)
+    # all the work inside the box of the foreground and the bridge (a bridge part must stay whole)
+    rows, cols = grown_box(foreground if bridge is None else foreground | bridge, 2 * k + 2)
+    labels, bridge = labels[rows, cols], None if bridge is None else bridge[rows, cols]
+    parts: list[tuple[int, int, np.ndarray]] = []  # (pixels, first pixel in row-major order, mask in the box)
     for c in range(int(labels.max()) + 1):
-        m = cv2.morphologyEx((labels == c).astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+        m = cv2.morphologyEx((labels == c).view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
         joined = m if bridge is None else m | _touching(bridge, m)
         n, cc = cv2.connectedComponents(joined.view(np.uint8), connectivity=8)
         sizes = np.bincount(cc[m], minlength=n)  # a part's own pixels (bridge pixels only join)
         for i in np.flatnonzero(sizes[1:] >= min_px) + 1:
             part = (cc == i) & m
-            parts.append((int(sizes[i]), int(np.argmax(part)), part))
+            y, x = divmod(int(np.argmax(part)), part.shape[1])
+            parts.append((int(sizes[i]), (y + rows.start) * w + x + cols.start, part))
     parts.sort(key=lambda p: (-p[0], p[1]))
-    return [p[2] for p in parts[: config.max_components]]
+    out = []
+    for _size, _first, part in parts[: config.max_components]:
+        full = np.zeros((h, w), bool)
+        full[rows, cols] = part
+        out.append(full)
+    return out
 
 
 def _touching(bridge: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -19,6 +19,10 @@
 - Names: the class's object noun for the main (largest) part, "<colour> <shape noun>" for the others.
 Everything is measured on the stage-1 working copy (`crop.working_image`, the masks' size), so a huge image
 costs no more than one of `CropConfig.work_size`; boxes and locations are in original pixels.
+Speed (`ImageMeasures`): Lab and the filtered L planes are computed once per image, each region is read inside
+its bounding box, and a region's statistics use all its pixels up to `SAMPLE_PIXELS` (so every image up to
+256 x 256 is measured on every pixel) and a fixed pseudo-random subset of that many beyond (the same pixels on
+every run; `tests/test_analysis_reference.py` compares both with the plain whole-image formulas).
 """
 from __future__ import annotations
 
@@ -130,16 +134,16 @@ class ImageMeasures:
         H, W = self.shape
         return max(0, y - margin), min(H, y + h + margin), max(0, x - margin), min(W, x + w + margin)
 
-    def _flat(self, pick: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """Row-major image indices of the True pixels of `pick` (the `box` part of the image): a plane's
-        `ravel().take(...)` is then the plane's values under the mask, in the order boolean indexing gives."""
+    def _flat(self, pick: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image indices, rows, columns in the box) of the True pixels of `pick` (the `box` part of the image),
+        row-major: a plane's `ravel().take(indices)` is its values under the mask, as boolean indexing gives."""
         ys, xs = np.nonzero(pick)
-        return (ys + box[0]) * self.shape[1] + (xs + box[2])
+        return (ys + box[0]) * self.shape[1] + (xs + box[2]), ys, xs
 
     def colour(self, mask: np.ndarray) -> str:
         """Name of the median Lab colour of the masked pixels."""
         y0, y1, x0, x1 = box = self._box(mask, 0)
-        pix = self.lab.reshape(-1, 3).take(self._flat(_sample(mask[y0:y1, x0:x1], self.shape, box), box), axis=0)
+        pix = self.lab.reshape(-1, 3).take(self._flat(_sample(mask[y0:y1, x0:x1], self.shape, box), box)[0], axis=0)
         if len(pix) == 0:
             return ""
         return colour_name_lab(np.median(pix, axis=0))
@@ -150,7 +154,7 @@ class ImageMeasures:
         y0, y1, x0, x1 = box = self._box(mask, 3)
         inner = _inner(mask[y0:y1, x0:x1])
         pick = _sample(inner, self.shape, box)
-        flat = self._flat(pick, box)
+        flat, ys, xs = self._flat(pick, box)
         p = {k: v.ravel().take(flat) for k, v in self.planes.items()}
         grad = float(np.hypot(p["gx"], p["gy"]).mean())
         jxx, jyy, jxy = (p["gx_raw"] ** 2).sum(), (p["gy_raw"] ** 2).sum(), (p["gx_raw"] * p["gy_raw"]).sum()
@@ -161,7 +165,7 @@ class ImageMeasures:
         fine = p["fine"]
         detail = float(1.4826 * np.median(np.abs(fine - np.median(fine)))) if fine.size else 0.0
         L = self.planes["L"][y0:y1, x0:x1]
-        separable = _separable(L, inner) if pick is inner else _separable_sampled(L, inner, pick)
+        separable = _separable(L, inner) if pick is inner else _separable_sampled(L, inner, p["L"], ys, xs)
         return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": separable, "detail": detail}
 
     def texture(self, mask: np.ndarray) -> str:
@@ -214,17 +218,17 @@ def _separable(L: np.ndarray, mask: np.ndarray) -> float:
     return float(1.0 - (resid**2).mean() / total) if total > 1e-9 else 0.0
 
 
-def _separable_sampled(L: np.ndarray, mask: np.ndarray, pick: np.ndarray) -> float:
+def _separable_sampled(L: np.ndarray, mask: np.ndarray, values: np.ndarray, ys: np.ndarray, xs: np.ndarray
+                       ) -> float:
     """`_separable` of a large region: the mean, row and column means from all its pixels, the variances
-    from the `pick` subset of them."""
+    from a subset of them (`values` of `L` at rows `ys`, columns `xs`)."""
     rows_n, cols_n = np.count_nonzero(mask, axis=1), np.count_nonzero(mask, axis=0)
     v = np.where(mask, L, np.float32(0))
     row_sum, col_sum = v.sum(1, dtype=np.float64), v.sum(0, dtype=np.float64)
     mu = row_sum.sum() / max(int(rows_n.sum()), 1)
     rows = (row_sum - rows_n * mu) / np.maximum(rows_n, 1)
     cols = (col_sum - cols_n * mu) / np.maximum(cols_n, 1)
-    ys, xs = np.nonzero(pick)
-    d = L[ys, xs].astype(np.float64) - mu
+    d = values.astype(np.float64) - mu
     total = (d**2).mean()
     resid = d - rows[ys] - cols[xs]
     return float(1.0 - (resid**2).mean() / total) if total > 1e-9 else 0.0
