@@ -40,6 +40,8 @@ from fsad_data.config import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
+    PositiveInt,
+    Seed,
     read_config_file,
     to_config,
 )
@@ -53,9 +55,8 @@ TEXT_CHECKPOINTING = ("auto", "on", "off")
 
 
 # value types pydantic checks (fsad_data.config.to_config): strict integers, so true, "3" and 3.0 are not counts
-Count = Annotated[int, Field(strict=True, ge=1)]
-Epochs = Annotated[int, Field(strict=True, ge=0)]
-Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]  # shot ranking, torch and numpy seeds all take it
+Count = PositiveInt
+Epochs = NonNegativeInt
 Text = Annotated[str, Field(strict=True)]  # a class folder name: `class_name: 01` would silently read as "1"
 TAU_MAX = 1000.0  # a logit scale; CLIP stores log(100)
 

@@ -25,9 +25,12 @@ from fsad_data.errors import DataError
 MAX_BYTES = 1 << 20  # a settings file is a few hundred bytes; a megabyte is already absurd
 MAX_ALIASES = 50  # anchors/aliases are fine for sharing a block or two, not for exponential expansion
 
-# field types for the configs' dataclasses: pydantic reads these constraints when it checks a mapping
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# field types for the configs' dataclasses: pydantic reads these constraints when it checks a mapping. Counts
+# are strict: true, "3" and 3.0 are not whole numbers (pydantic's lax mode would read them as 1, 3 and 3)
+StrictInt = Annotated[int, Field(strict=True)]
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]  # shot ranking, torch and numpy seeds all take it
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 

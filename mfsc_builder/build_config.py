@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
 
-from fsad_data.config import ConfigError, read_config_file, to_config
+from pydantic import Field
+
+from fsad_data.config import ConfigError, Seed, StrictInt, read_config_file, to_config
 from fsad_data.samples import Sample
 from mfsc_builder.captioners.base import Captioner
 from mfsc_builder.captioners.settings import CaptionerSettings
@@ -30,6 +32,20 @@ BUILTIN_VOCABS = ("generic", "dataset", "model")
 _NESTED = ("captioner", "crop")  # mappings that flags and overrides update key by key
 
 
+def _crop_settings() -> type:
+    """``crop:`` as pydantic checks it: CropConfig's fields (the one owner of their names and defaults), each
+    optional (None: not given, CropConfig's default applies), whole numbers and true/false strict, numbers finite
+    and never true/false, so ``n_colours: true`` or ``max_components: 2.5`` is one line naming the key."""
+    strict = {int: StrictInt, bool: Annotated[bool, Field(strict=True)],
+              float: Annotated[float, Field(strict=True, allow_inf_nan=False)]}
+    hints = get_type_hints(CropConfig)
+    return make_dataclass("CropSettings", [(f.name, strict.get(hints[f.name], hints[f.name]) | None, None)
+                                           for f in fields(CropConfig)])
+
+
+CropSettings = _crop_settings()
+
+
 @dataclass
 class BuildConfig:
     """Everything ``mfsc build`` needs; loadable from YAML/JSON (``--config``), overridden by flags."""
@@ -39,15 +55,15 @@ class BuildConfig:
     layout: str = "auto"
     classes: list[str] | None = None
     captioner: CaptionerSettings = field(default_factory=CaptionerSettings)
-    shots: int = 1
-    seed: int = 0
+    shots: StrictInt = 1  # whole numbers only (true, "1", 1.5 refused); ranges checked by validate()
+    seed: Seed = 0
     shots_file: str | None = None
     defect_vocab: str = "generic"
-    num_shards: int = 1
-    shard_index: int = 0
+    num_shards: StrictInt = 1
+    shard_index: StrictInt = 0
     on_error: str = "raise"
-    part_size: int = 32
-    crop: dict[str, Any] = field(default_factory=dict)
+    part_size: StrictInt = 32
+    crop: CropSettings = field(default_factory=dict)  # checked as CropSettings, kept as a dict of the keys given
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str):  # the short form: captioner="hf:<model>"
@@ -78,7 +94,8 @@ class BuildConfig:
             cfg = to_config(cls, data, origin)
         except ConfigError as exc:
             raise BuildError(str(exc)) from None
-        cfg.crop = dict(cfg.crop or {})
+        given = cfg.crop if isinstance(cfg.crop, dict) else asdict(cfg.crop)
+        cfg.crop = {k: v for k, v in given.items() if v is not None}
         return cfg
 
     @classmethod

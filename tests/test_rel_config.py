@@ -27,6 +27,9 @@ class _Cfg:
     ({"epochs": "abc"}, "c.yaml: key 'epochs': expected an integer, got 'abc'"),
     ({"epochs": 2.5}, "c.yaml: key 'epochs': expected an integer, got 2.5"),
     ({"epochs": 0}, "c.yaml: key 'epochs': expected a value at least 1, got 0"),
+    ({"epochs": True}, "c.yaml: key 'epochs': expected an integer, got True"),  # counts are strict:
+    ({"epochs": "3"}, "c.yaml: key 'epochs': expected an integer, got '3'"),  # pydantic's lax mode reads 1, 3
+    ({"epochs": 3.0}, "c.yaml: key 'epochs': expected an integer, got 3.0"),
     ({"lr": float("inf")}, "c.yaml: key 'lr': expected a finite number, got inf"),
     ({"lr": "fast"}, "c.yaml: key 'lr': expected a number, got 'fast'"),
     ({"tags": "x"}, "c.yaml: key 'tags': expected a list, got 'x'"),
@@ -41,7 +44,7 @@ def test_first_error_is_one_line_naming_file_and_key(data, line):
 
 
 def test_valid_values_are_converted_and_dashes_accepted():
-    cfg = to_config(_Cfg, {"epochs": "3", "lr": 1, "name": 7, "tags": ["a"], "flag": "true"}, "x")
+    cfg = to_config(_Cfg, {"epochs": 3, "lr": 1, "name": 7, "tags": ["a"], "flag": "true"}, "x")
     assert (cfg.epochs, cfg.lr, cfg.name, cfg.tags, cfg.flag) == (3, 1.0, "7", ["a"], True)
 
 
