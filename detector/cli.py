@@ -304,7 +304,8 @@ def predict(
                                          **_naming_settings(min_area, min_margin)))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
 
-    _run(body, interrupted="interrupted; scores.csv was not written: rerun the same command")
+    _run(body, interrupted="interrupted; --out was left as it was (nothing of this run written): rerun the same "
+         "command")
 
 
 # ---- export --------------------------------------------------------------------------------------

@@ -11,8 +11,14 @@ For each input image (files, or folders searched recursively, sorted) it writes 
   ``regions/<name>.png`` (the regions' label map: region k has value k, its mask), the count and the
   sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
 ``<name>`` is the image's path relative to the common folder of the inputs, extension kept (``x.jpg``,
-``sub/x.png``): unique, the same on every run. Files under OUT are never read as inputs. Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in batches; one
-batch of images is held in memory at a time.
+``sub/x.png``): unique, the same on every run. Images are decoded with ``fsad_data.load_rgb`` (RGB) and
+processed in batches; one batch of images is held in memory at a time.
+
+OUT is ours only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
+``PREDICT_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
+temporary folder beside OUT and swapped in at the end, so a rerun never leaves an earlier run's maps beside this
+one's and a kill or Ctrl-C leaves the previous OUT whole. Files under OUT (and its temporary siblings) are never
+read as inputs (``predict DIR --out DIR/sub``), and an input inside OUT is refused: OUT is replaced.
 """
 from __future__ import annotations
 
@@ -34,8 +40,17 @@ from detector.evaluate import Predictor
 from detector.outputs import json_safe, write_csv
 from detector.scoring import DEFAULT_BRANCH
 from detector.thresholds import Thresholds
-from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic
+from fsad_data.atomic import (
+    clean_orphans,
+    staged_folder,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 from fsad_data.images import is_image_file
+
+PREDICT_FORMAT = "finegrained-ad-predictions"  # scores.json's tag: an --out this command may replace
+SCORES_JSON = "scores.json"
 
 
 @dataclass
@@ -57,19 +72,55 @@ class PredictConfig:
     min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
 
 
+def is_prediction_folder(path: Path) -> bool:
+    """Whether ``path`` holds an output of ``detector predict`` (its scores.json, tagged or of the older form)."""
+    from detector.validate import read_json
+
+    try:
+        data = read_json(Path(path) / SCORES_JSON, "")
+    except DetectorError:
+        return False
+    return isinstance(data, dict) and (data.get("format") == PREDICT_FORMAT
+                                       or {"branch", "resolution", "threshold", "images"} <= set(data))
+
+
+def check_predict_out(out: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, an --out that is a file, a non-empty folder that is not an earlier prediction, or
+    one that holds an input (it is replaced whole at the end)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DetectorError(f"--out {out} is a file; give a folder for the maps and scores")
+    if out.is_dir() and any(out.iterdir()) and not is_prediction_folder(out):
+        raise DetectorError(f"--out {out} is not empty and is not an earlier output of `detector predict` (no "
+                            f"{SCORES_JSON}); it is never replaced: choose another --out or empty it")
+    where = out.resolve()
+    for p in map(Path, inputs):
+        if p.exists() and p.resolve().is_relative_to(where):
+            raise DetectorError(f"the input {p} lies inside --out {out}, which this run replaces; predict never "
+                                "reads what it wrote: give images outside --out")
+
+
+def _output_folders(out: Path) -> list[Path]:
+    """OUT and its temporary siblings (``.OUT.tmp-*`` of a run in progress): never read as inputs."""
+    out = Path(out).resolve()
+    beside = sorted(out.parent.glob(f".{out.name}.*")) if out.parent.is_dir() else []
+    return [out, *(p.resolve() for p in beside if p.is_dir())]
+
+
 def list_inputs(inputs: list[Path], exclude: Path | None = None) -> list[tuple[str, Path]]:
     """(output name, path) for every image: files as given, folders recursively in sorted order.
 
     The name is the image's path relative to the common folder of all inputs, extension kept (``x.jpg`` and
     ``x.png`` are two images; ``a/000.png`` and ``b/000.png`` too): unique and the same on every run. Files under
-    ``exclude`` (the output folder) are never inputs, so a rerun does not score its own overlays and masks.
+    ``exclude`` (the output folder) and its temporary siblings are never inputs, so a rerun does not score its own
+    overlays and masks.
     """
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = _output_folders(exclude) if exclude is not None else []
     found: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
             found += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                            and not (skip is not None and f.resolve().is_relative_to(skip)))
+                            and not any(f.resolve().is_relative_to(s) for s in skip))
         elif p.is_file():
             if not is_image_file(p):
                 raise DetectorError(f"{p} is not an image (PNG/JPEG/BMP/TIFF); pass images or folders of images")
@@ -175,7 +226,8 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
         write_json_atomic(out / "defects.json", json_safe({
             **(info or {}), "threshold": threshold, "min_area": naming.min_area, "min_margin": naming.min_margin,
             "images": named}))
-    write_json_atomic(out / "scores.json", json_safe({
+    write_json_atomic(out / SCORES_JSON, json_safe({
+        "format": PREDICT_FORMAT,
         **(info or {}),
         "branch": branch,
         "resolution": resolution,
@@ -201,6 +253,11 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
     """``detector predict``: load the checkpoint (or export, local or Hub) once, then score every input image."""
     from detector.hub import resolve_checkpoint
 
+    out = Path(config.out)
+    if out.is_symlink() and out.is_dir():
+        out = out.resolve()  # the folder the link names is the output: replaced there, the link stays
+    check_predict_out(out, list(config.inputs))
+    clean_orphans(out)  # what a killed run left beside OUT (never read as inputs either way)
     ckpt = resolve_checkpoint(config.checkpoint)
     exported = None
     if config.engine == "torch":
@@ -210,7 +267,7 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
 
         exported = load_exported(ckpt, engine=config.engine, device=config.device)
         meta = exported.spec.get("checkpoint_meta") or {}
-    items = list_inputs(list(config.inputs), exclude=Path(config.out))
+    items = list_inputs(list(config.inputs), exclude=out)
     thresholds = resolve_threshold(config.threshold, ckpt, config.branch)
     resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else 256)
     if thresholds.resolution and resolution != thresholds.resolution:
@@ -226,6 +283,7 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
         model = load_detector(ckpt, device=config.device, precision=config.precision)
         info = {"checkpoint": str(config.checkpoint), "class_name": meta.get("class_name"),
                 **checkpoint_info(meta), "engine": "torch"}
-    return predict_paths(model, items, Path(config.out), thresholds=thresholds, resolution=resolution,
-                         branch=config.branch, batch_size=config.batch_size, info=info,
-                         progress=config.progress, min_area=config.min_area, min_margin=config.min_margin)
+    with staged_folder(out) as tmp:  # the whole run, then swapped in: never one run's maps beside another's
+        return predict_paths(model, items, tmp, thresholds=thresholds, resolution=resolution,
+                             branch=config.branch, batch_size=config.batch_size, info=info,
+                             progress=config.progress, min_area=config.min_area, min_margin=config.min_margin)

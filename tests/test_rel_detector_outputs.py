@@ -97,6 +97,79 @@ def test_predict_never_reads_its_own_outputs(trained, demo_root, tmp_path):
         assert sorted(r["name"] for r in rows) == ["000.png", "001.png", "002.png"], rows
 
 
+def test_predict_refuses_a_folder_it_did_not_write_before_any_work(trained, demo_root, tmp_path):
+    """A user's folder (their own scores.csv) as --out: refused at once, naming it, nothing in it changes; a file
+    as --out and an input inside an earlier predict output are refused too."""
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "scores.csv").write_text("my,own,scores\n")
+    (thesis / "notes.txt").write_text("years of work\n")
+    before = _tree(thesis)
+    folder = demo_root / "pill_box" / "test" / "good"
+    res, _ = _invoke(["predict", folder, "--checkpoint", trained, "--out", thesis])
+    line = _one_error(res)
+    assert str(thesis) in line and "not an earlier output of `detector predict`" in line, line
+    assert _tree(thesis) == before and sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("x")
+    res, _ = _invoke(["predict", folder, "--checkpoint", trained, "--out", a_file])
+    assert str(a_file) in _one_error(res) and a_file.read_text() == "x"
+    out = tmp_path / "pred"
+    res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out])
+    assert res.exit_code == 0, text
+    earlier = _tree(out)
+    res, _ = _invoke(["predict", out / "overlays" / "000.png.png", "--checkpoint", trained, "--out", out])
+    line = _one_error(res)
+    assert "inside --out" in line and str(out) in line, line
+    assert _tree(out) == earlier
+
+
+def test_predict_replaces_its_own_output_whole(trained, demo_root, tmp_path):
+    """A rerun with fewer images leaves no map, overlay or mask of the earlier run beside its own."""
+    folder = demo_root / "pill_box" / "test" / "good"
+    out = tmp_path / "pred"
+    res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out, "--threshold", "0.5"])
+    assert res.exit_code == 0, text
+    assert len(list((out / "maps").iterdir())) > 1 and json.loads((out / "scores.json").read_text())["format"]
+    res, text = _invoke(["predict", folder / "000.png", "--checkpoint", trained, "--out", out])
+    assert res.exit_code == 0, text
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "maps/000.png.npy", "overlays/000.png.png", "scores.csv", "scores.json"]
+
+
+def test_predict_interrupted_leaves_the_earlier_output_whole(trained, demo_root, tmp_path, monkeypatch):
+    folder = demo_root / "pill_box" / "test" / "good"
+    out = tmp_path / "pred"
+    res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out])
+    assert res.exit_code == 0, text
+    first = _tree(out)
+    from detector import report
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C in the second pass: the maps of this run are written, the overlays not
+
+    monkeypatch.setattr(report, "overlay", stop)
+    res, text = _invoke(["predict", folder / "001.png", "--checkpoint", trained, "--out", out])
+    assert res.exit_code == 130 and "left as it was" in text, text
+    assert _tree(out) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no temporary folder left
+
+
+def test_predict_never_reads_what_a_killed_run_left_inside_its_input(trained, demo_root, tmp_path):
+    """`predict DIR --out DIR/sub` after a run killed mid-write: its temporary folder inside DIR is not an input."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(demo_root / "pill_box" / "test" / "color_spot", folder)
+    orphan = folder / f".pred.tmp-{_dead_pid()}-0badf00d" / "overlays"
+    orphan.mkdir(parents=True)
+    shutil.copy(folder / "000.png", orphan / "000.png.png")
+    out = folder / "pred"
+    res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out])
+    assert res.exit_code == 0, text
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert sorted(r["name"] for r in rows) == ["000.png", "001.png", "002.png"], rows
+    assert not orphan.parent.exists()
+
+
 # ====================================================================== 2. results: never mixed, never silently wrong
 def test_predict_output_names_are_unique_and_keep_the_file_name(trained, demo_root, tmp_path):
     src = demo_root / "pill_box" / "test" / "color_spot"
