@@ -37,7 +37,7 @@ from detector.data import class_test_samples, select_class_shots
 from detector.errors import DetectorError
 from detector.evaluate import Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
-from detector.outputs import write_csv
+from detector.outputs import output_lock, write_csv
 from detector.recipes import train_config_fields
 from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.thresholds import checkpoint_sha256
@@ -284,12 +284,37 @@ def discover_classes(config: BenchmarkConfig) -> list[str]:
     return found
 
 
+def check_benchmark_out(out: Path) -> None:
+    """Refuse, before any work, an --out that is a file or a non-empty folder that is not a benchmark (neither its
+    manifest nor cells/): summary.md, report.html and tables/ would overwrite a user's files of those names."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DetectorError(f"--out {out} is a file; give a folder for the benchmark")
+    if out.is_dir() and any(out.iterdir()) and not ((out / MANIFEST).is_file() or (out / "cells").is_dir()):
+        raise DetectorError(f"--out {out} is not empty and is not a benchmark of `detector benchmark` (no {MANIFEST} "
+                            "or cells/); its files are never overwritten: choose another --out or empty it")
+
+
 def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predictor] = default_trainer,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run this shard's unfinished cells, then (single shard, or --merge) write the tables."""
+    """Run this shard's unfinished cells, then (single shard, or --merge) write the tables.
+
+    One run per OUT (per shard of OUT when sharded: shards may share a folder), and one per cell, locked
+    with ``detector.outputs.output_lock``: a second benchmark into the same folder is refused at once, never
+    trains or evaluates a cell that another run is computing."""
     out = Path(config.out)
-    if config.merge:
-        return merge(out, dataset_name(config), log=log)
+    check_benchmark_out(out)
+    sharded = config.num_shards > 1 and not config.merge
+    shard = f"{out.name}.shard-{config.shard_index}-of-{config.num_shards}" if sharded else None
+    with output_lock(out, "detector benchmark", name=shard):
+        if config.merge:
+            return merge(out, dataset_name(config), log=log)
+        return _run_shard(config, trainer, log)
+
+
+def _run_shard(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predictor],
+               log: Callable[[str], None]) -> dict[str, Any]:
+    out = Path(config.out)
     classes = discover_classes(config)
     check_settings(config, classes)
     cells = shard_cells(all_cells(config, classes), config.num_shards, config.shard_index)
@@ -302,14 +327,20 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
         if cell.class_name not in samples_by_class:
             samples_by_class[cell.class_name] = class_test_samples(config.data, cell.class_name, config.layout)
         t0 = time.perf_counter()
-        try:
-            m = run_cell(cell, config, samples_by_class[cell.class_name], trainer)
-        except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
-            write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
-            failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
-            log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: FAILED: {exc}")
-            continue
-        (cell.folder(out) / "error.txt").unlink(missing_ok=True)  # an earlier failure of this cell is history
+        with output_lock(cell.folder(out), "detector benchmark"):  # another shard split may hold this cell
+            if is_finished(cell, out):  # finished by another run since this one listed its cells
+                log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: finished "
+                    "by another run")
+                continue
+            try:
+                m = run_cell(cell, config, samples_by_class[cell.class_name], trainer)
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+                write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
+                failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")
+                log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: FAILED: "
+                    f"{exc}")
+                continue
+            (cell.folder(out) / "error.txt").unlink(missing_ok=True)  # an earlier failure of this cell is history
         log(f"[{i}/{len(todo)}] {cell.method} {cell.class_name} k={cell.shots} seed={cell.seed}: "
             + ", ".join(f"{METRIC[k].title} {_pct(m.get(k))}" for k in SUMMARY_METRICS)
             + f" ({time.perf_counter() - t0:.1f} s)")

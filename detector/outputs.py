@@ -2,6 +2,8 @@
 
 ``eval``, ``predict``, ``benchmark`` and ``train`` use these instead of each their own; the files are written
 through ``fsad_data.atomic`` (one temporary name, fsync, rename), so a crash never leaves half a table.
+``output_lock`` is the one lock of the detector's commands: one run per ``--out`` (train, benchmark) and per
+benchmark cell.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from detector.errors import DetectorError
 from fsad_data.atomic import write_text_atomic
 
 Step = Callable[..., None]
@@ -48,6 +51,28 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
         writer.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
     write_text_atomic(path, buf.getvalue())
     return path
+
+
+@contextmanager
+def output_lock(out: str | Path, command: str = "detector train", name: str | None = None) -> Iterator[None]:
+    """Hold ``out`` for one run (an OS file lock on ``.NAME.lock`` beside it, released by the OS even on kill -9):
+    a second run into the same folder is refused at once, naming ``command`` and the lock, instead of both
+    claiming to have written it. ``name``: another lock beside ``out`` (one shard of a benchmark)."""
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out.parent / f".{name or out.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DetectorError(f"{out} is in use by another `{command}` (lock {lock.lock_file}); wait for it "
+                            "to finish or use another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)  # filelock re-checks the inode, so a racing peer is safe
 
 
 def progress(enabled: bool, total: int, what: str) -> Step:

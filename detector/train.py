@@ -280,11 +280,11 @@ def train_and_save(config: TrainConfig, progress: bool = True,
     removing its state) wins: it is loaded, the leftover state removed, nothing trained (``--restart`` retrains).
     """
     from detector.checkpoint_io import check_replaceable
+    from detector.outputs import output_lock
     from detector.train_state import (
         discard_state,
         finished_checkpoint,
         image_digests,
-        output_lock,
         run_fingerprint,
     )
 

@@ -6,15 +6,13 @@ removes the folder once the checkpoint is written (renamed aside first, so a kil
 A state written by another config, other shots or another caption record is refused (its fingerprint differs),
 never silently mixed in; the shots count by their pixels, so an image edited between a kill and the rerun is
 not served from cached features. The fingerprint is also recorded in the checkpoint: a rerun of a finished run
-finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``output_lock`` keeps two
-runs out of one ``--out``.
+finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``detector.outputs.output_lock``
+keeps two runs out of one ``--out``.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,27 +58,6 @@ def run_fingerprint(config: TrainConfig, shot_names: list[str] | None, record: d
     blob = json.dumps({"config": cfg, "shots": list(shot_names or []), "shot_pixels": list(shot_digests or []),
                        "record": record}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@contextlib.contextmanager
-def output_lock(out: str | Path) -> Iterator[None]:
-    """Hold ``--out`` for one run (an OS file lock on ``.NAME.lock`` beside it, released by the OS even on
-    kill -9): a second run into the same folder is refused at once instead of both claiming to have written it."""
-    from filelock import FileLock, Timeout
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out.parent / f".{out.name}.lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise DetectorError(f"{out} is in use by another `detector train` (lock {lock.lock_file}); wait for it "
-                            "to finish or use another --out") from None
-    try:
-        yield
-    finally:
-        lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)  # filelock re-checks the inode, so a racing peer is safe
 
 
 def finished_checkpoint(config: TrainConfig, fingerprint: str) -> bool:

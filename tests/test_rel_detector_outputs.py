@@ -310,7 +310,7 @@ def test_benchmark_rerun_with_other_settings_is_refused_naming_them(demo_root, t
 
 def test_two_trainings_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_clip_name):
     """While one `detector train` holds --out, a second is refused naming the folder and the process."""
-    from detector.train_state import output_lock
+    from detector.outputs import output_lock
 
     out = tmp_path / "ckpt"
     with output_lock(out):
@@ -320,6 +320,50 @@ def test_two_trainings_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_
     assert not out.exists()
     res, text = _invoke(_train_args(demo_root, out, tiny_clip_name))  # released: the next run trains
     assert res.exit_code == 0, text
+
+
+def test_two_benchmarks_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_clip_name):
+    """While one `detector benchmark` holds --out, a second is refused at once naming the folder; it writes nothing
+    (no manifest, no cell, no error.txt in a cell the other run is computing)."""
+    from detector.outputs import output_lock
+
+    out = tmp_path / "bench"
+    with output_lock(out, "detector benchmark"):
+        for extra in ([], ["--merge"]):
+            res, _ = _invoke(_bench_args(demo_root, out, tiny_clip_name, *extra))
+            line = _one_error(res)
+            assert str(out) in line and "in use by another `detector benchmark`" in line, line
+    assert not out.exists()
+
+
+def test_a_benchmark_never_computes_a_cell_another_run_holds(demo_root, tmp_path, tiny_clip_name):
+    """Shards share a folder (each its own lock); a cell held by another run (an overlapping shard split) stops
+    this run at that cell, before training it, and leaves no error.txt in it."""
+    from detector.outputs import output_lock
+
+    out = tmp_path / "bench"
+    cell = out / "cells" / "promptad" / "pill_box" / "k1_s0"
+    with output_lock(cell, "detector benchmark"):
+        res, _ = _invoke(_bench_args(demo_root, out, tiny_clip_name))
+        line = _one_error(res)
+    assert str(cell) in line and "in use" in line, line
+    assert not cell.exists()
+    with output_lock(out, "detector benchmark", name="bench.shard-0-of-2"):  # shard 0 of 2 runs elsewhere
+        res, text = _invoke(_bench_args(demo_root, out, tiny_clip_name, "--seeds", "0,1", "--num-shards", "2",
+                                        "--shard-index", "1"))
+    assert res.exit_code == 0, text
+    assert (out / "cells" / "promptad" / "pill_box" / "k1_s1" / "metrics.json").is_file()
+
+
+def test_benchmark_refuses_a_folder_that_is_not_a_benchmark(demo_root, tmp_path, tiny_clip_name):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "summary.md").write_text("# my own summary\n")
+    before = _tree(out)
+    res, _ = _invoke(_bench_args(demo_root, out, tiny_clip_name))
+    line = _one_error(res)
+    assert str(out) in line and "not a benchmark" in line, line
+    assert _tree(out) == before
 
 
 def _copy_class(demo_root: Path, dst: Path) -> Path:
