@@ -201,7 +201,7 @@ CELL_NAME = re.compile(r"^k(\d+)_s(\d+)$")
 # what may differ between the cells of one benchmark (the grid, where things are written, how memory is spent,
 # where the inputs live) and so is left out of the settings a rerun must share
 CELL_FIELDS = ("class_name", "shots", "seed", "out", "baseline", "restart", "text_checkpointing", "device", "data",
-               "captions", "layout")
+               "captions", "layout", "on_error")
 
 
 def method_settings(config: BenchmarkConfig, classes: list[str]) -> dict[str, dict[str, Any]]:

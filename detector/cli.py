@@ -148,6 +148,11 @@ def _train_overrides(**flags: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
 
 
+OnErrorOpt = Annotated[Literal["raise", "skip"] | None, typer.Option(
+    "--on-error", help="An image that does not decode or is smaller than 8 px: raise (stop, naming it) or skip "
+    "(leave it out, listed).", show_default="raise")]
+
+
 # ---- train ---------------------------------------------------------------------------------------
 
 
@@ -167,6 +172,7 @@ def train(
         "--baseline", help="'promptad': class-name prompts only (the PromptAD baseline).")] = None,
     config: ConfigOpt = None,
     layout: LayoutOpt = None,
+    on_error: OnErrorOpt = None,
     *,
     train_flags: TrainFlags,  # from with_train_flags (not a CLI option itself)
 ) -> None:
@@ -178,7 +184,8 @@ def train(
         from detector.train import train as train_fn
 
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
-                                     out=out, shots_file=shots_file, baseline=baseline, layout=layout)
+                                     out=out, shots_file=shots_file, baseline=baseline, layout=layout,
+                                     on_error=on_error)
         cfg = build_train_config(train_flags.recipe, config, **{**train_flags.overrides(), **overrides})
         _not_a_file(Path(cfg.out), "--out", "a folder name for the checkpoint")
         path = train_fn(cfg, progress=True)
@@ -226,6 +233,7 @@ def eval_cmd(
         "for naming_accuracy.", show_default="the training captions")] = None,
     min_area: MinAreaOpt = None,
     min_margin: MinMarginOpt = None,
+    on_error: OnErrorOpt = None,
 ) -> None:
     """Evaluate a checkpoint on its class's test split: metrics, named defects, overlays, HTML report with a
     threshold explorer, F1-max threshold."""
@@ -240,12 +248,20 @@ def eval_cmd(
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
                                   class_name=class_name, exact_metrics=exact_metrics, captions=captions,
-                                  progress=_bars(), **_naming_settings(min_area, min_margin)))
+                                  progress=_bars(), on_error=on_error or "raise",
+                                  **_naming_settings(min_area, min_margin)))
         _print_metrics(res.metrics, res.metrics_path)
+        _say_skipped(res.skipped, res.metrics_path, "test image")
         if res.report_path:
             _console().print(f"report: {res.report_path}")
 
     _run(body, interrupted="interrupted; metrics.json was not written: rerun the same command")
+
+
+def _say_skipped(skipped: list[dict[str, str]], listed_in: Path, what: str) -> None:
+    if skipped:
+        _console().print(f"[yellow]{len(skipped)} {what}(s) skipped (--on-error skip), listed in {listed_in}: "
+                         f"{skipped[0]['path']}{' ...' if len(skipped) > 1 else ''}[/yellow]")
 
 
 def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
@@ -288,6 +304,7 @@ def predict(
     = "torch",
     min_area: MinAreaOpt = None,
     min_margin: MinMarginOpt = None,
+    on_error: OnErrorOpt = None,
 ) -> None:
     """Anomaly maps, overlays, image scores and, with a threshold, masks and named defects for new images."""
 
@@ -301,8 +318,9 @@ def predict(
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
                                          precision=precision, progress=_bars(), engine=engine,
-                                         **_naming_settings(min_area, min_margin)))
+                                         on_error=on_error or "raise", **_naming_settings(min_area, min_margin)))
         _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
+        _say_skipped(getattr(rows, "skipped", []), Path(out) / "scores.json", "image")
 
     _run(body, interrupted="interrupted; --out was left as it was (nothing of this run written): rerun the same "
          "command")

@@ -10,7 +10,9 @@ evaluation, the benchmark and prediction read images, masks and shots the same w
 - ``class_test_samples`` / ``test_split``: the test split in id order (``detector eval``, ``benchmark``);
 - ``iter_batches(samples, batch_size)``: ``TestBatch(samples, images, masks)`` in the order given; images are
   RGB uint8 (H, W, 3), masks bool (H, W) at the image's size (all False for normal images);
-- ``load_images``: RGB uint8 pixels of samples or image files (``detector predict`` names its own files).
+- ``load_images``: RGB uint8 pixels of samples or image files (``detector predict`` names its own files);
+- ``readable(samples, on_error)``: ``--on-error skip`` of train and eval: the samples whose image and mask
+  decode, and the skipped ones with their reasons (``raise``: all samples, a bad file fails where it is read).
 """
 from __future__ import annotations
 
@@ -60,6 +62,18 @@ def select_class_shots(
 def load_images(items: Sequence[Sample | str | Path]) -> list[np.ndarray]:
     """RGB uint8 (H, W, 3) pixels of samples or image files, in order (``fsad_data.load_rgb``)."""
     return [fsad_data.load_rgb(s.image_path if isinstance(s, Sample) else s) for s in items]
+
+
+def readable(samples: Sequence[Sample], on_error: str = "raise") -> tuple[list[Sample], list[dict[str, str]]]:
+    """``on_error="skip"``: the samples whose image (at least ``fsad_data.images.MIN_SIDE`` px) and mask decode,
+    plus ``{"path", "error"}`` for each one left out. ``"raise"``: the samples as given (a bad file stops the
+    command where it is read, naming it)."""
+    if on_error not in ("raise", "skip"):
+        raise DetectorError(f"--on-error {on_error!r}: use raise or skip")
+    if on_error == "raise":
+        return list(samples), []
+    good = fsad_data.validate_samples(list(samples), on_error="skip", decode=True)
+    return list(good), [{"path": str(k.path), "error": k.message} for k in good.skipped]
 
 
 def load_sample_mask(sample: Sample, image_shape: tuple[int, int] | None) -> np.ndarray:

@@ -39,7 +39,7 @@ import numpy as np
 from detector import metrics as M
 from detector import outputs, report
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
-from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask
+from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask, readable
 from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
 from detector.errors import DetectorError
 from detector.outputs import json_safe, write_csv
@@ -84,6 +84,7 @@ class EvalConfig:
     min_area: float = DEFAULT_MIN_AREA  # named defects: smallest region, fraction of the image
     min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
     report_bytes: int = 4_000_000  # the report's overlay gallery stops at about this many bytes
+    on_error: str = "raise"  # a test image or mask that does not decode: stop (naming it) or skip (listed)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class EvalResult:
     csv_path: Path
     report_path: Path | None
     overlays: list[Path] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # --on-error skip: {"path", "error"} per test image
 
 
 def mask_at(mask: np.ndarray, resolution: int) -> np.ndarray:
@@ -494,10 +496,16 @@ def run_eval(config: EvalConfig) -> EvalResult:
     samples = class_test_samples(config.data, class_name, config.layout)
     out = Path(config.out)
     check_eval_out(out)
+    samples, skipped = readable(samples, config.on_error)
+    if not samples:
+        raise DetectorError(f"no test image of class {class_name!r} could be read (all {len(skipped)} skipped); "
+                            f"first: {skipped[0]['error']}")
     model = load_detector(ckpt, device=config.device, precision=config.precision)
     info = checkpoint_info(meta)
     info.update(checkpoint=str(ckpt), data=str(config.data), config={
         k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
+    if skipped:
+        info["skipped"] = skipped  # not in the metrics: listed so that nobody compares them as the full split
     with staged_folder(out) as tmp:  # the whole evaluation, then swapped in: never one run's metrics beside
         res = evaluate_model(model, samples, tmp, class_name=class_name,  # another's CSVs
                              resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
@@ -514,4 +522,4 @@ def run_eval(config: EvalConfig) -> EvalResult:
         return None if p is None else out / Path(p).relative_to(tmp)
 
     return EvalResult(res.metrics, out, moved(res.metrics_path), moved(res.csv_path), moved(res.report_path),
-                      [moved(p) for p in res.overlays])
+                      [moved(p) for p in res.overlays], skipped)

@@ -70,6 +70,16 @@ class PredictConfig:
     engine: str = "torch"  # torch (the checkpoint), onnx or openvino (a `detector export` folder)
     min_area: float = DEFAULT_MIN_AREA  # named defects: smallest region, fraction of the image
     min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
+    on_error: str = "raise"  # an image that does not decode: stop (naming it) or skip it (listed in scores.json)
+
+
+class ScoredRows(list):
+    """The rows of ``predict_paths`` (one dict per scored image), with ``skipped``: {"path", "error"} per image
+    left out under ``--on-error skip``."""
+
+    def __init__(self, rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> None:
+        super().__init__(rows)
+        self.skipped = skipped
 
 
 def is_prediction_folder(path: Path) -> bool:
@@ -163,11 +173,16 @@ def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
                   resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
                   info: dict[str, Any] | None = None, progress: bool = False,
-                  min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN) -> list[dict[str, Any]]:
-    """Score the images in batches and write maps, overlays, masks, named defects, scores.csv and scores.json."""
+                  min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
+                  on_error: str = "raise") -> ScoredRows:
+    """Score the images in batches and write maps, overlays, masks, named defects, scores.csv and scores.json.
+    ``on_error="skip"``: an image that does not decode is left out and listed (scores.json "skipped")."""
     from detector import defects as D
 
+    if on_error not in ("raise", "skip"):
+        raise DetectorError(f"--on-error {on_error!r}: use raise or skip")
     out = Path(out)
+    skipped: list[dict[str, str]] = []
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     named: list[dict[str, Any]] = []
@@ -180,7 +195,13 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
     bar = outputs.progress(progress, len(items), "predicting")
     for start in range(0, len(items), max(1, batch_size)):
         batch = items[start : start + batch_size]
-        images = load_images([p for _, p in batch])
+        if on_error == "skip":
+            batch, images = _readable(batch, skipped)
+            if not batch:
+                bar(len(items[start : start + batch_size]))
+                continue
+        else:
+            images = load_images([p for _, p in batch])
         if naming is not None:
             pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
         else:
@@ -207,8 +228,11 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
                 named.append({"name": name, "path": str(path), "regions": f"regions/{name}.png",
                               "defects": [d.to_dict() for d in found]})
             rows.append(row)
-        bar(len(batch))
+        bar(len(items[start : start + batch_size]))
     bar(0, done=True)
+    if not rows:
+        raise DetectorError(f"none of the {len(items)} image(s) could be read (all skipped); first: "
+                            f"{skipped[0]['path']}: {skipped[0]['error']}")
     # second pass: overlays on one colour scale for the run (maps read back, one image at a time)
     for k, row in enumerate(rows):
         img = load_images([row["path"]])[0]
@@ -234,8 +258,25 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
         "threshold": threshold,
         "colour_scale": [lo, hi],
         "images": [dict(r, defects=n["defects"]) for r, n in zip(rows, named)] if naming is not None else rows,
+        **({"skipped": skipped} if skipped else {}),
     }))
-    return rows
+    return ScoredRows(rows, skipped)
+
+
+def _readable(batch: list[tuple[str, Path]], skipped: list[dict[str, str]]) -> tuple[list[tuple[str, Path]],
+                                                                                     list[np.ndarray]]:
+    """The items of ``batch`` whose image decodes, with their pixels; the others appended to ``skipped``."""
+    from fsad_data import DataError
+
+    kept, images = [], []
+    for name, path in batch:
+        try:
+            images.append(load_images([path])[0])
+        except DataError as exc:
+            skipped.append({"path": str(path), "error": str(exc)})
+            continue
+        kept.append((name, path))
+    return kept, images
 
 
 def _label_png(labels: np.ndarray) -> np.ndarray:
@@ -249,7 +290,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
+def run_predict(config: PredictConfig) -> ScoredRows:
     """``detector predict``: load the checkpoint (or export, local or Hub) once, then score every input image."""
     from detector.hub import resolve_checkpoint
 
@@ -286,4 +327,5 @@ def run_predict(config: PredictConfig) -> list[dict[str, Any]]:
     with staged_folder(out) as tmp:  # the whole run, then swapped in: never one run's maps beside another's
         return predict_paths(model, items, tmp, thresholds=thresholds, resolution=resolution,
                              branch=config.branch, batch_size=config.batch_size, info=info,
-                             progress=config.progress, min_area=config.min_area, min_margin=config.min_margin)
+                             progress=config.progress, min_area=config.min_area, min_margin=config.min_margin,
+                             on_error=config.on_error)

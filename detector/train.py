@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BeforeValidator, Field
@@ -139,6 +139,7 @@ class TrainConfig:
     region_match: str = "token_mean"  # component -> cluster by its mean token (public) | feature_mean
     text_checkpointing: str = "auto"  # auto | on | off: recompute the text blocks in backward (see text_checkpoint)
     restart: bool = False  # discard the resumable state in <out>.partial/ and train from the first epoch
+    on_error: Literal["raise", "skip"] = "raise"  # a normal train image that does not decode: stop, or leave it out
 
     def __post_init__(self) -> None:
         if self.baseline not in (None, "promptad"):
@@ -198,6 +199,13 @@ def load_shots(config: TrainConfig) -> tuple[list[np.ndarray], list[str]]:
     if not config.class_name:
         raise DetectorError("no class: pass --class NAME")
     samples = data.class_samples(config.data, config.class_name, layout=config.layout)
+    if config.on_error == "skip":  # only the shot candidates (normal train images) are decoded to check them
+        candidates = [s for s in samples if s.split == "train" and int(s.label) == 0]
+        good, skipped = data.readable(candidates, "skip")
+        for k in skipped:
+            print(f"skipped {k['path']}: {k['error']}", file=sys.stderr, flush=True)
+        left_out = {s.id for s in candidates} - {s.id for s in good}
+        samples = [s for s in samples if s.id not in left_out]
     shots = data.select_class_shots(samples, config.class_name, int(config.shots), int(config.seed),
                                     shots_file=config.shots_file)
     return data.load_images(shots), [s.file_name for s in shots]

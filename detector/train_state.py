@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from detector.train import TrainConfig
 
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
-RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing")
+RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing", "on_error")  # on_error: its effect is in the shots
 PHASES = ("pixel", "image")
 STATE, FEATURES = "state", "features"  # the two checkpoint_io folders inside <out>.partial/
 

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from fsad_data.errors import DataError
-from fsad_data.images import image_size, load_mask, load_rgb
+from fsad_data.errors import SKIP_HINT, DataError
+from fsad_data.images import MIN_SIDE, image_size, load_mask, load_rgb
 from fsad_data.layouts import DESCRIPTIONS, LAYOUTS, READERS, accepted, detect_layout
 from fsad_data.layouts.common import Issues, SampleList, Skip
 from fsad_data.samples import Sample
@@ -85,7 +85,7 @@ def _checked_image_size(path: Path, decode: bool) -> tuple[int, int]:
     if decode:
         h, w = load_rgb(path).shape[:2]
         return w, h
-    return image_size(path)
+    return image_size(path, min_side=MIN_SIDE)
 
 
 def _check_mask(mask: Path, size: tuple[int, int], image: Path, decode: bool) -> None:
@@ -96,6 +96,5 @@ def _check_mask(mask: Path, size: tuple[int, int], image: Path, decode: bool) ->
     if msize != size:
         raise DataError(
             f"mask {mask} is {msize[0]}x{msize[1]} (WxH) but its image {image} is {size[0]}x{size[1]}. "
-            "Re-export the mask at the image size (nearest neighbour), fix the pairing, or read with "
-            "on_error='skip'."
+            f"Re-export the mask at the image size (nearest neighbour), fix the pairing, or skip it with {SKIP_HINT}."
         )

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fsad_data.errors import DataError
+from fsad_data.errors import SKIP_HINT, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MIN_SIDE = 8  # px: a smaller picture (a 1x1 placeholder, a thumbnail stub) is no data set image; cropping needs 8
 
 
 def is_image_file(path: Path) -> bool:
@@ -41,7 +42,7 @@ def _check_file(path: Path, what: str) -> None:
     if path.stat().st_size == 0:
         raise DataError(
             f"{what} is empty (0 bytes): {path}. Re-download or re-export it, or remove it from the data set "
-            "(or read the data set with on_error='skip')."
+            f"(or skip it with {SKIP_HINT})."
         )
 
 
@@ -61,14 +62,12 @@ def _open(path: Path, what: str):
     except Image.DecompressionBombError as exc:  # a valid but huge image is not "corrupt": say what to do
         raise DataError(
             f"{what} {path} is too large to decode safely ({exc}). Downscale it (e.g. to at most 8192 px per "
-            "side), or if you trust the file raise PIL.Image.MAX_IMAGE_PIXELS; or read the data set with "
-            "on_error='skip'."
+            f"side), or if you trust the file raise PIL.Image.MAX_IMAGE_PIXELS; or skip it with {SKIP_HINT}."
         ) from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
         raise DataError(
             f"cannot decode {what} {path}: {exc.__class__.__name__}: {exc}. The file is truncated, corrupt or "
-            "not an image (PNG/JPEG/BMP/TIFF); re-download or re-export it, or read the data set with "
-            "on_error='skip'."
+            f"not an image (PNG/JPEG/BMP/TIFF); re-download or re-export it, or skip it with {SKIP_HINT}."
         ) from exc
 
 
@@ -99,11 +98,21 @@ def to_rgb_array(im) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Load any PNG/JPEG/BMP/TIFF as (H, W, 3) uint8 RGB; a missing, empty or undecodable file is a DataError."""
+def _check_side(path: Path, width: int, height: int, min_side: int) -> None:
+    if min(width, height) < min_side:
+        raise DataError(
+            f"image {path} is {width}x{height} px: too small to be an image of a data set (at least "
+            f"{min_side}x{min_side} px); replace or remove it, or skip it with {SKIP_HINT}."
+        )
+
+
+def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Load any PNG/JPEG/BMP/TIFF as (H, W, 3) uint8 RGB; a missing, empty, undecodable or smaller than
+    ``min_side`` px file is a DataError naming it (``min_side=1``: any size, e.g. to test the conversions)."""
     path = Path(path)
     im = _open(path, "image")
     try:
+        _check_side(path, im.width, im.height, min_side)
         return to_rgb_array(im)
     finally:
         im.close()
@@ -133,24 +142,27 @@ def load_mask(
             raise DataError(
                 f"mask {path} is {im.width}x{im.height} (WxH) but the image{of} is {int(size[0])}x{int(size[1])}. "
                 "The mask belongs to another image or was resized: re-export it at the image size (nearest "
-                "neighbour), fix the pairing, or read the data set with on_error='skip'."
+                f"neighbour), fix the pairing, or skip it with {SKIP_HINT}."
             )
         return mask_to_bool(im)
     finally:
         im.close()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(W, H) of an image from its header only (cheap; used by validate_samples). DataError if unreadable."""
+def image_size(path: str | Path, min_side: int = 1) -> tuple[int, int]:
+    """(W, H) of an image from its header only (cheap; used by validate_samples). DataError if unreadable or,
+    with ``min_side``, smaller than that (masks have no minimum: ``load_mask`` checks them against their image)."""
     from PIL import Image
 
     path = Path(path)
     _check_file(path, "image")
     try:
         with Image.open(path) as im:
-            return int(im.width), int(im.height)
+            size = int(im.width), int(im.height)
     except Exception as exc:
         raise DataError(
             f"cannot read the header of {path}: {exc}. The file is corrupt or not an image; re-download or "
-            "re-export it, or read the data set with on_error='skip'."
+            f"re-export it, or skip it with {SKIP_HINT}."
         ) from exc
+    _check_side(path, *size, min_side)
+    return size

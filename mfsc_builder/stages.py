@@ -332,6 +332,9 @@ def class_records(ctx: Context, work: WorkStore, fills: Mapping[str, dict]) -> d
         new.append((cls, rec.to_dict()))
     st.append(new)
     stored.update(new)
+    if not stored:  # --on-error skip left every class without a record: there is no caption dataset to write
+        raise BuildError("no class record could be made: the reference images of every class were skipped (see "
+                         "the lines above); fix or remove them, or choose other ones with --seed / --shots-file")
     return stored
 
 

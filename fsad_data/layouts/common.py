@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsad_data.errors import DataError
+from fsad_data.errors import SKIP_HINT, DataError
 from fsad_data.images import is_image_file
 from fsad_data.samples import Sample, make_id
 
@@ -116,14 +116,14 @@ class Builder:
             self.issues.problem(
                 image_path,
                 f"cannot read image {image_path}: {exc.strerror or exc}. Check that the file (or the link) "
-                "exists and is readable, or read with on_error='skip'.",
+                f"exists and is readable, or skip it with {SKIP_HINT}.",
             )
             return None
         if size == 0:
             self.issues.problem(
                 image_path,
                 f"image is empty (0 bytes): {image_path}. Re-download or re-export it, or delete it "
-                "(or read with on_error='skip').",
+                f"(or skip it with {SKIP_HINT}).",
             )
             return None
         if label == 1 and mask_path is None and mask_required:
@@ -131,14 +131,14 @@ class Builder:
             self.issues.problem(
                 image_path,
                 f"no mask for anomalous image {image_path}{where}. Add the ground-truth mask, or remove the "
-                "image (or read with on_error='skip').",
+                f"image (or skip it with {SKIP_HINT}).",
             )
             return None
         if mask_path is not None and mask_path.stat().st_size == 0:
             self.issues.problem(
                 mask_path,
-                f"mask is empty (0 bytes): {mask_path} (for {image_path}). Re-export the mask, or read with "
-                "on_error='skip'.",
+                f"mask is empty (0 bytes): {mask_path} (for {image_path}). Re-export the mask, or skip it with "
+                f"{SKIP_HINT}.",
             )
             return None
         file_name = relative_name(image_path, class_root)
