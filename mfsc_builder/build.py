@@ -13,7 +13,6 @@ records in ``stages``, the datasets' writing in ``write``; this module runs them
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import signal
@@ -32,10 +31,18 @@ from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig, build_manifest
 from mfsc_builder.captioners import Captioner, make_captioner
 from mfsc_builder.errors import BuildError
-from mfsc_builder.ownership import BUILD_INFO_NAME, WORK_DIR, check_apart, check_build_output
+from mfsc_builder.ownership import (
+    BUILD_INFO_NAME,
+    WORK_DIR,
+    check_apart,
+    check_build_output,
+    image_storage,
+    read_build_info,
+)
 from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.stages import Context, Progress, class_records, run_image_stages, textured_classes
 from mfsc_builder.store import WorkStore, write_json
+from mfsc_builder.workers import default_workers
 from mfsc_builder.write import group_by_split, split_key, staged_datasets, write_datasets
 
 log = logging.getLogger(__name__)
@@ -123,7 +130,9 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     if captioner is None:
         captioner = make_captioner(cfg.captioner)
     manifest = build_manifest(cfg, samples, captioner)
-    ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner, textured_classes(cfg, refs, samples))
+    workers = cfg.workers or default_workers()
+    ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner, textured_classes(cfg, refs, samples),
+                  workers=workers)
     ref_ids = {s.id for rs in refs.values() for s in rs}
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
@@ -143,7 +152,8 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
         image_recs = group_by_split([fills[i] for i in sorted(mine_ids) if i in fills])
         if progress:
             progress("writing", 0, 1)
-        write_datasets(out, image_recs, [classes[c] for c in sorted(classes)])
+        write_datasets(out, image_recs, [classes[c] for c in sorted(classes)], source=cfg.source,
+                       images=cfg.images, workers=workers)
         seconds.update({"classes": t1 - t0, "write": time.perf_counter() - t1})
         info = _build_info(cfg, ctx, manifest, image_recs, sorted(classes), skipped)
         write_json(out / BUILD_INFO_NAME, info)
@@ -187,6 +197,7 @@ def _build_info(cfg: BuildConfig, ctx: Context, manifest: dict[str, Any], image_
         "images": {k: len(v) for k, v in image_recs.items()},
         "classes": classes,
         "textured_classes": sorted(c for c, t in ctx.textured.items() if t),
+        "image_storage": cfg.images,
         "skipped": [list(x) for x in skipped],
     }
 
@@ -199,29 +210,7 @@ def _formats_used(image_recs: dict[str, list[dict]]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- merge
-_PART_KEYS = {"num_shards": int, "shard_index": int, "base_fingerprint": str, "classes": list}
-
-
-def _read_part_info(part: Path) -> dict[str, Any]:
-    """A part's ``build_info.json``, checked for what merging reads; one line naming the file otherwise."""
-    path = part / BUILD_INFO_NAME
-    if not path.is_file():
-        raise BuildError(f"{path} not found: {part} is not a finished `mfsc build` output; finish that part first")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BuildError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); rebuild that part "
-                         "with mfsc build") from None
-    if not isinstance(info, dict):
-        raise BuildError(f"{path} holds a {type(info).__name__}, not the build's summary object; rebuild that "
-                         "part with mfsc build")
-    for key, kind in _PART_KEYS.items():
-        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
-            raise BuildError(f"{path}: key {key!r} is missing or not a {kind.__name__}; rebuild that part "
-                             "with mfsc build")
-    return info
-
-
+PART_KEYS = ("num_shards", "shard_index", "base_fingerprint", "classes")  # what merging reads of a part
 def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the outputs of ``--num-shards N`` parts into one build equal to a single-machine build."""
     import datasets  # heavy: loaded when a command runs
@@ -230,12 +219,16 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         raise BuildError("mfsc merge needs at least one part folder")
     check_apart(Path(out), [Path(p) for p in parts])
     check_build_output(Path(out), "mfsc merge")
-    infos = [_read_part_info(Path(p)) for p in parts]
+    infos = [read_build_info(Path(p), PART_KEYS) for p in parts]
     n = infos[0]["num_shards"]
     if any(i["base_fingerprint"] != infos[0]["base_fingerprint"] for i in infos):
         bad = next(p for p, i in zip(parts, infos) if i["base_fingerprint"] != infos[0]["base_fingerprint"])
         raise BuildError(f"{bad} was built with another configuration or captioner than {parts[0]}; "
                          "rebuild it with the same settings")
+    storage = {str(p): image_storage(i) for p, i in zip(parts, infos)}
+    if len(set(storage.values())) > 1:
+        raise BuildError("the parts keep their images differently (" + ", ".join(f"{p}: {m}" for p, m in
+                         storage.items()) + "); rerun mfsc build on the odd ones with the same --images")
     indices = sorted(i["shard_index"] for i in infos)
     if any(i["num_shards"] != n for i in infos) or indices != list(range(n)):
         raise BuildError(f"parts cover shard indices {indices} of --num-shards {n}; give each of 0..{n - 1} "

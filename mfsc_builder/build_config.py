@@ -22,11 +22,13 @@ from mfsc_builder.captioners.base import Captioner
 from mfsc_builder.captioners.settings import CaptionerSettings
 from mfsc_builder.crop import CropConfig
 from mfsc_builder.errors import BuildError
+from mfsc_builder.image_files import IMAGE_MODES
 from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.store import fingerprint
 
 PIPELINE_VERSION = 3  # bump when a stage's output changes meaning: old work folders are then refused
-# fields that change what is built (others, such as device or concurrency, only change how fast)
+# fields that change what is built (others, such as device, concurrency or workers, only change how fast; and
+# `images` only changes how the datasets are written from the stored work, which every run does again)
 OUTPUT_FIELDS = ("layout", "classes", "shots", "seed", "defect_vocab", "num_shards", "shard_index", "crop")
 BUILTIN_VOCABS = ("generic", "dataset", "model")
 _NESTED = ("captioner", "crop")  # mappings that flags and overrides update key by key
@@ -64,6 +66,8 @@ class BuildConfig:
     on_error: str = "raise"
     part_size: StrictInt = 32
     crop: CropSettings = field(default_factory=dict)  # checked as CropSettings, kept as a dict of the keys given
+    images: str = "embed"  # what the images dataset keeps of each file (image_files.IMAGE_MODES)
+    workers: StrictInt | None = None  # processes that crop (and run the attribute captioner); None: every core, <= 8
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str):  # the short form: captioner="hf:<model>"
@@ -150,6 +154,12 @@ class BuildConfig:
             raise BuildError(f"--on-error {self.on_error!r}: use 'raise' or 'skip'")
         if self.captioner.batch_size < 1 or self.part_size < 1 or self.captioner.concurrency < 1:
             raise BuildError("--batch-size, --concurrency and part_size must be at least 1")
+        if self.images not in IMAGE_MODES:
+            raise BuildError(f"--images {self.images!r}: use embed (keep the image files in the dataset) or "
+                             "reference (keep only their relative names, sizes and checksums)")
+        if self.workers is not None and not 1 <= self.workers <= 256:
+            raise BuildError(f"--workers {self.workers}: use 1 (no worker processes) up to 256, or leave it out "
+                             "for every core")
         if self.shots_file and not Path(self.shots_file).is_file():
             raise BuildError(f"shots file {self.shots_file} not found; check the --shots-file path")
         if self.defect_vocab not in BUILTIN_VOCABS and not Path(self.defect_vocab.removeprefix("file:")).is_file():

@@ -119,6 +119,13 @@ def build(
         help="raise (stop) or skip (record and go on).", show_default="raise")] = None,
     crop: Annotated[list[str] | None, typer.Option(
         help="Cropping setting KEY=VALUE, repeatable.", show_default="none")] = None,
+    images: Annotated[str | None, typer.Option(
+        help="embed: keep the image files in the dataset (unchanged when they are 8-bit RGB/gray PNG or JPEG); "
+             "reference: keep only their relative names, sizes and SHA-256 (for licences that forbid "
+             "redistribution; users read the images from their copy).", show_default="embed")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes that crop and run the attribute captioner (1: none).", show_default="every core, <= 8")]
+    = None,
     force: Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")] = False,
@@ -139,7 +146,7 @@ def build(
                        "max_retries": max_retries, "trust_remote_code": trust_remote_code, "prompt": prompt,
                        "response_format": response_format},
             shots=shots, seed=seed, shots_file=shots_file, defect_vocab=defect_vocab, num_shards=num_shards,
-            shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop),
+            shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop), images=images, workers=workers,
         )
         _not_a_file(cfg.out, "an output folder to --out")
         summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))

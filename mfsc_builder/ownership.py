@@ -1,4 +1,5 @@
-"""Which folders an mfsc command may write into or replace: its own outputs, and nothing it reads.
+"""Which folders an mfsc command may write into or replace: its own outputs, and nothing it reads; and the one
+reader of a build's marker and summary, ``build_info.json``.
 
 Why: a build, a merge or a publish dry run replaces its earlier results, and a user's folder may hold anything
 else (a thesis, code, another tool's ``images/``). A folder is recognised as ours only by a marker the command
@@ -8,10 +9,13 @@ lies inside one or holds one is refused too, so a command never reads what it wr
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mfsc_builder.errors import BuildError
+from mfsc_builder.image_files import IMAGE_MODES
 from mfsc_builder.store import LOCK_NAME, MANIFEST_NAME
 
 BUILD_INFO_NAME = "build_info.json"
@@ -62,3 +66,40 @@ def check_dry_run_output(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file():
         raise BuildError(f"--dry-run {out} is not empty and is not an earlier dry run (no {DRY_RUN_MARKER}); "
                          "it is never replaced: choose an empty or new folder")
+
+
+_INFO_TYPES: dict[str, type] = {"config": dict, "skipped": list, "schema_version": int, "num_shards": int,
+                                "shard_index": int, "base_fingerprint": str, "classes": list, "image_storage": str}
+
+
+def read_build_info(folder: Path, required: Iterable[str] = (), *, must_exist: bool = True) -> dict[str, Any]:
+    """``folder/build_info.json``, its known keys type-checked and ``required`` ones present; ``{}`` for a
+    missing file unless ``must_exist``. Anything wrong is one line naming the file (never a traceback)."""
+    path = Path(folder) / BUILD_INFO_NAME
+    fix = "rebuild it with mfsc build (or mfsc merge) into that folder"
+    if not path.is_file():
+        if must_exist:
+            raise BuildError(f"{path} not found: {folder} is not a finished `mfsc build` output; finish that "
+                             "build first")
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BuildError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); {fix}") from None
+    if not isinstance(info, dict):
+        raise BuildError(f"{path} holds a {type(info).__name__}, not the build's summary object; {fix}")
+    for key in required:
+        if key not in info:
+            raise BuildError(f"{path}: key {key!r} is missing; {fix}")
+    for key, kind in _INFO_TYPES.items():
+        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
+            raise BuildError(f"{path}: key {key!r} must be a {kind.__name__}, not {info[key]!r:.40}; {fix}")
+    if info.get("image_storage", "embed") not in IMAGE_MODES:
+        raise BuildError(f"{path}: image_storage {info['image_storage']!r:.40} is not one of "
+                         f"{', '.join(IMAGE_MODES)}; {fix}")
+    return info
+
+
+def image_storage(info: Mapping[str, Any]) -> str:
+    """How a build keeps its images (``mfsc build --images``); builds made before the option embedded them."""
+    return str(info.get("image_storage", "embed"))

@@ -22,7 +22,7 @@ import yaml
 from fsad_data.atomic import staged_folder
 from mfsc_builder.crop import TEXTURED_CLASSES
 from mfsc_builder.errors import BuildError
-from mfsc_builder.ownership import BUILD_INFO_NAME, DRY_RUN_MARKER, check_dry_run_output
+from mfsc_builder.ownership import DRY_RUN_MARKER, check_dry_run_output, image_storage, read_build_info
 
 if TYPE_CHECKING:  # types only: both are heavy, loaded in the command bodies
     import datasets
@@ -74,6 +74,7 @@ class CardInfo:
     textured_classes: list[str] | None = None  # None: not recorded by the build
     skipped: list[str] = field(default_factory=list)  # images the build could not read
     requested_vocab: str = ""  # --defect-vocab as given (a class record says what was really used)
+    image_storage: str = "embed"  # mfsc build --images: embed or reference
 
     @property
     def n_images(self) -> int:
@@ -115,25 +116,7 @@ def _load_build(build_dir: Path) -> tuple[Any, Any, dict]:
         raise BuildError(f"{build_dir} does not hold a readable MFSC build ({exc}); rebuild it") from exc
     if not isinstance(images, datasets.DatasetDict) or not isinstance(classes, datasets.Dataset):
         raise BuildError(f"{build_dir}: images must be a DatasetDict and classes a Dataset; rebuild it")
-    return images, classes, _read_info(build_dir / BUILD_INFO_NAME)
-
-
-def _read_info(path: Path) -> dict:
-    """The build's summary (``{}`` when absent); a damaged one is one line naming it, never a traceback."""
-    if not path.exists():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BuildError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); rebuild with "
-                         "mfsc build (or mfsc merge) into that folder") from None
-    if not isinstance(info, dict):
-        raise BuildError(f"{path} holds a {type(info).__name__}, not a build summary object; rebuild with "
-                         "mfsc build (or mfsc merge)")
-    for key, kind in (("config", dict), ("skipped", list), ("schema_version", int)):
-        if key in info and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
-            raise BuildError(f"{path}: key {key!r} must be a {kind.__name__}; rebuild with mfsc build")
-    return info
+    return images, classes, read_build_info(build_dir, must_exist=False)
 
 
 def _one(values: list[str], default: str = "") -> str:
@@ -175,6 +158,7 @@ def card_info(build_dir: Path, repo_id: str, license: str | None = None) -> Card
         textured_classes=info.get("textured_classes"),
         skipped=[str(x[0]) for x in info.get("skipped", [])],
         requested_vocab=str(info.get("config", {}).get("defect_vocab", "")),
+        image_storage=image_storage(info),
     )
 
 
@@ -249,6 +233,24 @@ def _skipped_text(info: CardInfo) -> str:
     return f"{len(info.skipped)} ({shown}{', ...' if len(info.skipped) > 10 else ''}); they have no rows"
 
 
+IMAGE_ROW = {  # the card's "one row is" for the images configuration, per mfsc build --images
+    "embed": "one image (train and test) with its mask, regions and MFSC record",
+    "reference": "one image's MFSC record, regions and file reference (no pixels: see below)",
+}
+IMAGE_STORAGE_TEXT = {
+    "embed": "The `image` column holds each source file itself when it is an 8-bit RGB or gray PNG or JPEG, "
+             "else a PNG of its pixels; gray images stay gray, so decode with `.convert(\"RGB\")`. `mask` is a "
+             "0/255 PNG (255: defect). `image_file`, `image_file_size` and `image_sha256` (and the "
+             "same for `mask_`) name the source file and let you check it.",
+    "reference": "**No image or mask pixels are included** (built with `mfsc build --images reference`, for a "
+                 "source whose license does not allow redistribution): `image` and `mask` are empty, and "
+                 "`image_file` / `mask_file` give each file's path relative to the root of the source data set, "
+                 "with `image_file_size` and `image_sha256` (and the same for `mask_`) to check your copy. "
+                 "Get the images from the data set's publisher; FineGrainedAD's `detector` reads them from your "
+                 "copy with `--data`.",
+}
+
+
 def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
     """Fill the card template; the YAML header is checked to parse."""
     if not Path(template).exists():
@@ -265,6 +267,8 @@ def render_card(info: CardInfo, template: Path = CARD_TEMPLATE) -> str:
         "source_layout": info.source_layout,
         "license_text": info.license_text,
         "image_splits": ", ".join(f"{s} ({n})" for s, n in info.splits.items()),
+        "image_row": IMAGE_ROW[info.image_storage],
+        "image_storage": IMAGE_STORAGE_TEXT[info.image_storage],
         "n_images": info.n_images,
         "n_classes": len(info.classes),
         "repo_id": info.repo_id,

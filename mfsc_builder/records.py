@@ -7,8 +7,7 @@ dataset contract with the detector (docs/CONTRACTS.md, schema_version 1); keep t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
 
@@ -169,13 +168,21 @@ class PromptText:
         return t
 
 
-def _image_value(value: str | Path | bytes | None) -> dict[str, Any] | None:
-    """A value that `datasets.Image()` encodes: raw bytes or a file path (re-encoded as PNG by the writer)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bytes):
-        return {"bytes": value, "path": None}
-    return {"bytes": None, "path": str(value)}
+class StoredFileLike(Protocol):
+    """What a row keeps of a source file (`mfsc_builder.image_files.StoredFile`)."""
+
+    data: bytes | None
+    file: str
+    size: int
+    sha256: str
+
+
+def _image_value(stored: StoredFileLike | None, path: str | None) -> dict[str, Any] | None:
+    """A value that `datasets.Image()` stores: the kept bytes (no path: the row's ``image_file`` names the file),
+    nothing in reference mode, or (no stored file given) the path, which `datasets` reads and stores."""
+    if stored is not None:
+        return None if stored.data is None else {"bytes": stored.data, "path": None}
+    return {"bytes": None, "path": str(path)} if path else None
 
 
 @dataclass
@@ -237,14 +244,18 @@ class ImageRecord:
         d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
         return _from(cls, d)
 
-    def to_row(self, image: bytes | str | Path | None = None, mask: bytes | str | Path | None = None
-               ) -> dict[str, Any]:
-        """The `images` dataset row. `image`/`mask` default to the record's paths; `datasets.Image()`
-        embeds them (as PNG when bytes are given; pass PNG bytes to be independent of the source files)."""
+    def to_row(self, image: StoredFileLike | None = None, mask: StoredFileLike | None = None) -> dict[str, Any]:
+        """The `images` dataset row. ``image``/``mask`` are what `write` keeps of the source files
+        (`image_files.StoredFile`: bytes or none, relative name, size, SHA-256); without them the record's
+        paths are given to `datasets.Image()` (tests, quick looks) and the file columns stay empty."""
         d = self.to_dict()
         image_path, mask_path = d.pop("image_path"), d.pop("mask_path")
-        d["image"] = _image_value(image if image is not None else image_path)
-        d["mask"] = _image_value(mask if mask is not None else mask_path)
+        d["image"] = _image_value(image, image_path)
+        d["mask"] = _image_value(mask, mask_path)
+        for prefix, stored in (("image", image), ("mask", mask)):
+            d[f"{prefix}_file"] = stored.file if stored is not None else ""
+            d[f"{prefix}_file_size"] = stored.size if stored is not None else 0
+            d[f"{prefix}_sha256"] = stored.sha256 if stored is not None else ""
         return {name: d[name] for name in _get("IMAGES_FEATURES")}
 
 
@@ -325,6 +336,12 @@ def _features() -> tuple[Any, Any]:
         "file_name": s,
         "image": Image(),
         "mask": Image(),
+        "image_file": s,
+        "image_file_size": Value("int64"),
+        "image_sha256": s,
+        "mask_file": s,
+        "mask_file_size": Value("int64"),
+        "mask_sha256": s,
         "width": Value("int32"),
         "height": Value("int32"),
         "is_reference": Value("bool"),

@@ -2,9 +2,11 @@
 
 Why separate steps: each one is stored per sample id (``store.StageStore``) as soon as it is done, so a killed
 build resumes where it stopped; the loop (``run_image_stages``) only orders them. Around the steps, and not
-inside them: ``_Prefetch`` runs ``prepare`` in one helper thread up to about one part ahead, so a model
-captioner never waits for the CPU; ``_SkipPolicy`` decides whether a failing sample stops the build
-(``on_error=raise``) or is listed and left out (``skip``); ``_Timer`` adds the wall time of each step.
+inside them: ``_Prefetch`` runs ``prepare`` ahead of the loop, in one helper thread or in ``workers`` processes
+(``workers.py``), up to about one part ahead, so a model captioner never waits for the CPU and the offline
+attribute captioner (which runs inside ``prepare`` there) uses every core; ``_SkipPolicy`` decides whether a
+failing sample stops the build (``on_error=raise``) or is listed and left out (``skip``); ``_Timer`` adds the
+time of each step.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
@@ -53,6 +55,13 @@ class Context:
     source_layout: str
     captioner: Captioner
     textured: dict[str, bool]  # class -> whole image is the foreground (a surface)
+    workers: int = 1  # processes that prepare (1: one helper thread)
+
+    @property
+    def caption_in_workers(self) -> bool:
+        """A captioner that is pure CPU work on the pixels (the attribute captioner) runs inside ``prepare``,
+        beside the crop, instead of in the loop."""
+        return bool(getattr(self.captioner, "runs_beside_crop", False))
 
 
 @dataclass
@@ -69,13 +78,18 @@ class StageResults:
 class _SkipPolicy:
     """``on_error=raise``: the first failing sample stops the build; ``skip``: it is listed and left out."""
 
-    def __init__(self, on_error: str, skipped: list[tuple[str, str]]) -> None:
+    def __init__(self, on_error: str, skipped: list[tuple[str, str]],
+                 deferred: list[tuple[Sample, Exception]] | None = None) -> None:
         self.skips = on_error == "skip"
         self.skipped = skipped
+        self.deferred = deferred  # inside prepare: failures go back to the loop, which lists and logs them
 
     def fail(self, sample: Sample, exc: Exception) -> None:
         if not self.skips:
             raise exc
+        if self.deferred is not None:
+            self.deferred.append((sample, exc))
+            return
         self.skipped.append((sample.id, str(exc)))
         log.warning("skipped %s: %s", sample.id, exc)
 
@@ -96,19 +110,34 @@ class _Timer:
 
 
 class _Prefetch:
-    """Runs ``fn`` on the batches in order in one helper thread, ``lookahead`` batches ahead of ``next()``."""
+    """Runs ``prepare`` on the jobs in order, ``lookahead`` jobs ahead of ``next()``: in one helper thread, or
+    with ``workers > 1`` in that many worker processes (``mfsc_builder.workers``)."""
 
-    def __init__(self, fn: Callable[[list[Sample]], _Prepared], batches: list[list[Sample]], lookahead: int,
-                 stop: StopRequest) -> None:
-        self._fn, self._batches, self._stop = fn, batches, stop
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
-        self._queue: deque[Future[_Prepared]] = deque(self._pool.submit(fn, b) for b in batches[:lookahead])
+    def __init__(self, ctx: Context, jobs: list[Job], lookahead: int, stop: StopRequest) -> None:
+        self._jobs, self._stop = jobs, stop
+        self._pool: Executor
+        if ctx.workers > 1:
+            from mfsc_builder.workers import prepare_in_worker, worker_pool  # it imports this module
+
+            self._pool = worker_pool(ctx.workers, ctx.cfg, ctx.textured,
+                                     ctx.captioner if ctx.caption_in_workers else None)
+            self._fn: Callable[[Job], _Prepared] = prepare_in_worker
+        else:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
+            cap = ctx.captioner if ctx.caption_in_workers else None
+            self._fn = lambda job: prepare(ctx.cfg, ctx.textured, job, cap)
+        self._queue: deque[Future[_Prepared]] = deque(self._pool.submit(self._fn, j) for j in jobs[:lookahead])
         self._submitted = len(self._queue)
 
     def next(self) -> _Prepared:
-        got = self._queue.popleft().result()
-        if self._submitted < len(self._batches) and not self._stop.requested:
-            self._queue.append(self._pool.submit(self._fn, self._batches[self._submitted]))
+        try:
+            got = self._queue.popleft().result()
+        except BrokenExecutor as exc:
+            raise BuildError(f"a worker process of the build died ({exc}); if you call run_build from a script, "
+                             "put the call under `if __name__ == \"__main__\":` (Python's rule for worker "
+                             "processes), or use --workers 1; rerun to resume") from None
+        if self._submitted < len(self._jobs) and not self._stop.requested:
+            self._queue.append(self._pool.submit(self._fn, self._jobs[self._submitted]))
             self._submitted += 1
         return got
 
@@ -131,6 +160,18 @@ class _Prepared:
     crops: list[Item]  # newly computed crop results
     failures: list[tuple[Sample, Exception]]
     seconds: float
+    caps: list[Item] = field(default_factory=list)  # captions made inside ``prepare`` (in-worker captioner)
+    caption_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One captioner batch to prepare, with the stored results of its samples: small and picklable, so a
+    worker process needs nothing else."""
+
+    batch: list[Sample]
+    crops: dict[str, dict]  # stored crop results of the batch's samples
+    captioned: frozenset[str]  # the batch's samples whose caption is stored
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
@@ -143,20 +184,23 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     return image, mask
 
 
-def prepare(ctx: Context, batch: list[Sample], crops: Mapping[str, dict], caps: Mapping[str, dict]) -> _Prepared:
-    """Decode and crop a few samples (in the helper thread). The captioner gets the working copy the masks
-    belong to; a sample whose crop and caption are both stored needs no pixels."""
+def prepare(cfg: BuildConfig, textured: Mapping[str, bool], job: Job, captioner: Captioner | None = None
+            ) -> _Prepared:
+    """Decode and crop a few samples (in a helper thread or a worker process). The captioner gets the working
+    copy the masks belong to; a sample whose crop and caption are both stored needs no pixels. With
+    ``captioner`` (one that runs where the pixels are), the samples are captioned here too and no pixels
+    are returned."""
     t0 = time.perf_counter()
     out = _Prepared({}, [], [], 0.0)
-    for s in batch:
+    for s in job.batch:
         try:
-            if s.id in crops and s.id in caps:  # only the fill is missing
-                out.loaded[s.id] = (None, ImageRegions.from_dict(crops[s.id]))
+            if s.id in job.crops and s.id in job.captioned:  # only the fill is missing
+                out.loaded[s.id] = (None, ImageRegions.from_dict(job.crops[s.id]))
                 continue
             image, mask = load_sample(s)
-            crop_cfg = ctx.cfg.crop_config(ctx.textured[s.class_name])
-            if s.id in crops:
-                regions = ImageRegions.from_dict(crops[s.id])
+            crop_cfg = cfg.crop_config(textured[s.class_name])
+            if s.id in job.crops:
+                regions = ImageRegions.from_dict(job.crops[s.id])
             else:
                 regions = crop_regions(image, mask, crop_cfg)
                 out.crops.append((s.id, regions.to_dict()))
@@ -165,6 +209,13 @@ def prepare(ctx: Context, batch: list[Sample], crops: Mapping[str, dict], caps: 
             continue
         out.loaded[s.id] = (working_image(image, crop_cfg.work_size), regions)
     out.seconds = time.perf_counter() - t0
+    if captioner is not None:
+        need = [s for s in job.batch if s.id in out.loaded and s.id not in job.captioned]
+        t1 = time.perf_counter()
+        policy = _SkipPolicy(cfg.on_error, [], deferred=out.failures)
+        out.caps = caption(captioner, need, out.loaded, policy) if need else []
+        out.caption_seconds = time.perf_counter() - t1
+        out.loaded = {k: (None, regions) for k, (_, regions) in out.loaded.items()}
     return out
 
 
@@ -175,15 +226,15 @@ def caption_request(sample: Sample, image: np.ndarray | None, regions: ImageRegi
     )
 
 
-def caption(ctx: Context, need: list[Sample], loaded: Loaded, policy: _SkipPolicy) -> list[Item]:
+def caption(captioner: Captioner, need: list[Sample], loaded: Loaded, policy: _SkipPolicy) -> list[Item]:
     """Caption a batch in one call; when it fails and failures are skipped, find the failing sample one by one
     and keep the others."""
     reqs = [caption_request(s, *loaded[s.id]) for s in need]
     results: list[CaptionResult | None]
     try:
-        results = list(ctx.captioner.caption(reqs))
+        results = list(captioner.caption(reqs))
         if len(results) != len(reqs):
-            raise BuildError(f"captioner {ctx.captioner.name} returned {len(results)} results for "
+            raise BuildError(f"captioner {captioner.name} returned {len(results)} results for "
                              f"{len(reqs)} images; this is a backend bug, please report it")
     except BuildError:
         if not policy.skips:
@@ -191,7 +242,7 @@ def caption(ctx: Context, need: list[Sample], loaded: Loaded, policy: _SkipPolic
         results = []
         for s, r in zip(need, reqs):
             try:
-                results.append(ctx.captioner.caption([r])[0])
+                results.append(captioner.caption([r])[0])
             except BuildError as one:
                 policy.fail(s, one)
                 results.append(None)
@@ -227,9 +278,10 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
         progress("images", done, total)
     size = cfg.captioner.batch_size
     chunks = list(_chunks(pending, cfg.part_size))
-    batches = [b for c in chunks for b in _chunks(c, size)]
-    lookahead = max(2, -(-cfg.part_size // size))
-    with _Prefetch(lambda b: prepare(ctx, b, crops, caps), batches, lookahead, stop) as ahead:
+    jobs = [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps))
+            for c in chunks for b in _chunks(c, size)]
+    lookahead = max(2 * ctx.workers, -(-cfg.part_size // size))
+    with _Prefetch(ctx, jobs, lookahead, stop) as ahead:
         for chunk in chunks:
             loaded: Loaded = {}
             new_crops: list[Item] = []
@@ -237,15 +289,21 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
                 with timer("crop_wait"):
                     got = ahead.next()
                 res.seconds["crop"] += got.seconds
+                res.seconds["caption"] += got.caption_seconds
                 for s, exc in got.failures:
                     policy.fail(s, exc)
                 loaded.update(got.loaded)
                 new_crops += got.crops
+                if got.caps:
+                    with timer("store"):
+                        cap_st.append(got.caps)
+                    caps.update(got.caps)
+                    res.computed["caption"] += len(got.caps)
                 need = [s for s in batch if s.id in got.loaded and s.id not in caps]
                 if not need or stop.requested:
                     continue
                 with timer("caption"):
-                    new_caps = caption(ctx, need, loaded, policy)
+                    new_caps = caption(ctx.captioner, need, loaded, policy)
                 with timer("store"):
                     cap_st.append(new_caps)
                 caps.update(new_caps)

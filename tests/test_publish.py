@@ -48,7 +48,7 @@ def build_dir(tmp_path_factory) -> Path:
                       texts=[PromptText("image", "image", ["a photo of a widget"], ["a photo of a widget with a crack"])],
                       provenance=prov)
     out = root / "build"
-    write_datasets(out, {"train": recs[:2], "test": recs[2:]}, [cls.to_dict()])
+    write_datasets(out, {"train": recs[:2], "test": recs[2:]}, [cls.to_dict()], source=root)
     (out / BUILD_INFO_NAME).write_text(json.dumps({"source_name": "widgets", "source_layout": "mvtec",
                                                    "synthetic": False, "schema_version": 1}))
     return out

@@ -65,7 +65,8 @@ def test_from_dict_ignores_unknown_keys():
 def test_features_match_contract_keys():
     img_keys = list(R.IMAGES_FEATURES)
     assert img_keys == ["id", "class_name", "object_name", "split", "label", "defect_type", "file_name", "image",
-                        "mask", "width", "height", "is_reference", "image_view", "foreground_view", "components",
+                        "mask", "image_file", "image_file_size", "image_sha256", "mask_file", "mask_file_size",
+                        "mask_sha256", "width", "height", "is_reference", "image_view", "foreground_view", "components",
                         "caption", "regions", "defect", "provenance"]
     assert R.IMAGES_FEATURES["label"].names == ["normal", "anomaly"]
     assert "schema_version" in R.CLASSES_FEATURES and "texts" in R.CLASSES_FEATURES

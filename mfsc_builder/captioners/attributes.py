@@ -310,6 +310,7 @@ class AttributeCaptioner:
     model = "opencv"
     revision = ATTRIBUTES_VERSION
     prompt_version = ""
+    runs_beside_crop = True  # pure CPU work on the pixels: the build runs it in its crop workers
 
     def caption(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         return [CaptionResult(self.fields(r), self.provenance()) for r in requests]

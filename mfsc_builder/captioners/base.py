@@ -72,7 +72,9 @@ class CaptionResult:
 
 @runtime_checkable
 class Captioner(Protocol):
-    """A captioning backend. `name` is the backend ("attributes", "hf", "openai")."""
+    """A captioning backend. `name` is the backend ("attributes", "hf", "openai"). A backend that is pure CPU
+    work on the pixels sets ``runs_beside_crop = True`` and must pickle: the build then runs it in its crop
+    workers (``mfsc_builder.workers``)."""
 
     name: str
     model: str
