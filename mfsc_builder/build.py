@@ -42,7 +42,7 @@ from mfsc_builder.ownership import (
 from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.stages import Context, Progress, class_records, run_image_stages, textured_classes
 from mfsc_builder.store import WorkStore, write_json
-from mfsc_builder.workers import default_workers
+from mfsc_builder.workers import build_workers, default_workers
 from mfsc_builder.write import group_by_split, split_key, staged_datasets, write_datasets
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,6 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
         captioner = make_captioner(cfg.captioner)
     manifest = build_manifest(cfg, samples, captioner)
     workers = cfg.workers or default_workers()
-    ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner, textured_classes(cfg, refs, samples),
-                  workers=workers)
     ref_ids = {s.id for rs in refs.values() for s in rs}
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
@@ -141,7 +139,9 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     try:
         _clear(out, work, force)
         resumed = work.open(manifest)
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, build_workers(workers, cfg, captioner) as pool:
+            ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
+                          textured_classes(cfg, refs, samples, pool), pool)
             res = run_image_stages(ctx, work, todo, stop, progress)
         fills, seconds = res.fills, res.seconds
         skipped = [(str(k.path), k.message) for k in getattr(samples, "skipped", [])] + res.skipped

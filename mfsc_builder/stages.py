@@ -55,7 +55,7 @@ class Context:
     source_layout: str
     captioner: Captioner
     textured: dict[str, bool]  # class -> whole image is the foreground (a surface)
-    workers: int = 1  # processes that prepare (1: one helper thread)
+    pool: Executor | None = None  # worker processes (``workers.worker_pool``); None: one helper thread
 
     @property
     def caption_in_workers(self) -> bool:
@@ -110,22 +110,21 @@ class _Timer:
 
 
 class _Prefetch:
-    """Runs ``prepare`` on the jobs in order, ``lookahead`` jobs ahead of ``next()``: in one helper thread, or
-    with ``workers > 1`` in that many worker processes (``mfsc_builder.workers``)."""
+    """Runs ``prepare`` on the jobs in order, ``lookahead`` jobs ahead of ``next()``: in the build's worker
+    processes (``ctx.pool``), else in one helper thread."""
 
     def __init__(self, ctx: Context, jobs: list[Job], lookahead: int, stop: StopRequest) -> None:
         self._jobs, self._stop = jobs, stop
+        self._own: ThreadPoolExecutor | None = None
         self._pool: Executor
-        if ctx.workers > 1:
-            from mfsc_builder.workers import prepare_in_worker, worker_pool  # it imports this module
+        if ctx.pool is not None:
+            from mfsc_builder.workers import prepare_in_worker  # it imports this module
 
-            self._pool = worker_pool(ctx.workers, ctx.cfg, ctx.textured,
-                                     ctx.captioner if ctx.caption_in_workers else None)
-            self._fn: Callable[[Job], _Prepared] = prepare_in_worker
+            self._pool, self._fn = ctx.pool, prepare_in_worker
         else:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
             cap = ctx.captioner if ctx.caption_in_workers else None
-            self._fn = lambda job: prepare(ctx.cfg, ctx.textured, job, cap)
+            self._pool = self._own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
+            self._fn = lambda job: prepare(ctx.cfg, job, cap)
         self._queue: deque[Future[_Prepared]] = deque(self._pool.submit(self._fn, j) for j in jobs[:lookahead])
         self._submitted = len(self._queue)
 
@@ -133,9 +132,7 @@ class _Prefetch:
         try:
             got = self._queue.popleft().result()
         except BrokenExecutor as exc:
-            raise BuildError(f"a worker process of the build died ({exc}); if you call run_build from a script, "
-                             "put the call under `if __name__ == \"__main__\":` (Python's rule for worker "
-                             "processes), or use --workers 1; rerun to resume") from None
+            raise worker_died(exc) from None
         if self._submitted < len(self._jobs) and not self._stop.requested:
             self._queue.append(self._pool.submit(self._fn, self._jobs[self._submitted]))
             self._submitted += 1
@@ -145,7 +142,17 @@ class _Prefetch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in self._queue:  # an interrupted loop: jobs not started are dropped
+            future.cancel()
+        if self._own is not None:
+            self._own.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_died(exc: BaseException) -> BuildError:
+    """The line for a worker process that died (killed, out of memory, or an unguarded script)."""
+    return BuildError(f"a worker process of the build died ({exc}); if you call run_build from a script, put "
+                      "the call under `if __name__ == \"__main__\":` (Python's rule for worker processes), or "
+                      "use --workers 1; rerun to resume")
 
 
 def _chunks(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
@@ -172,6 +179,7 @@ class Job:
     batch: list[Sample]
     crops: dict[str, dict]  # stored crop results of the batch's samples
     captioned: frozenset[str]  # the batch's samples whose caption is stored
+    textured: dict[str, bool]  # the class decisions of the batch's classes
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
@@ -184,8 +192,7 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     return image, mask
 
 
-def prepare(cfg: BuildConfig, textured: Mapping[str, bool], job: Job, captioner: Captioner | None = None
-            ) -> _Prepared:
+def prepare(cfg: BuildConfig, job: Job, captioner: Captioner | None = None) -> _Prepared:
     """Decode and crop a few samples (in a helper thread or a worker process). The captioner gets the working
     copy the masks belong to; a sample whose crop and caption are both stored needs no pixels. With
     ``captioner`` (one that runs where the pixels are), the samples are captioned here too and no pixels
@@ -198,7 +205,7 @@ def prepare(cfg: BuildConfig, textured: Mapping[str, bool], job: Job, captioner:
                 out.loaded[s.id] = (None, ImageRegions.from_dict(job.crops[s.id]))
                 continue
             image, mask = load_sample(s)
-            crop_cfg = cfg.crop_config(textured[s.class_name])
+            crop_cfg = cfg.crop_config(job.textured[s.class_name])
             if s.id in job.crops:
                 regions = ImageRegions.from_dict(job.crops[s.id])
             else:
@@ -278,9 +285,11 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
         progress("images", done, total)
     size = cfg.captioner.batch_size
     chunks = list(_chunks(pending, cfg.part_size))
-    jobs = [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps))
+    jobs = [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps),
+                {s.class_name: ctx.textured[s.class_name] for s in b})
             for c in chunks for b in _chunks(c, size)]
-    lookahead = max(2 * ctx.workers, -(-cfg.part_size // size))
+    workers = getattr(ctx.pool, "_max_workers", 1)
+    lookahead = max(2 * workers, -(-cfg.part_size // size))
     with _Prefetch(ctx, jobs, lookahead, stop) as ahead:
         for chunk in chunks:
             loaded: Loaded = {}
@@ -337,27 +346,37 @@ def _surface_voters(refs: list[Sample], samples: Sequence[Sample], class_name: s
     return (list(refs) + more)[:max(SURFACE_VOTERS, len(refs))]
 
 
-def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_samples: Sequence[Sample] = ()
-                     ) -> dict[str, bool]:
+def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_samples: Sequence[Sample] = (),
+                     pool: Executor | None = None) -> dict[str, bool]:
     """Per class, once: is it a surface filling the frame? By its name or by a clear majority of several of
     its normal images (``crop.class_is_textured``), so an unknown surface class is found, every image of a
     class gets the same kind of record, and one odd reference cannot flip the class. Unreadable images do
-    not vote (with on_error=skip)."""
+    not vote (with on_error=skip). The classes are decided in the worker processes when there are some."""
+    if "textured" in cfg.crop:
+        return {cls: bool(cfg.crop["textured"]) for cls in sorted(refs)}
+    voters = {cls: _surface_voters(refs_of, all_samples, cls) for cls, refs_of in sorted(refs.items())}
+    if pool is None:
+        return {cls: class_surface(cfg, cls, v) for cls, v in voters.items()}
+    from mfsc_builder.workers import surface_in_worker  # it imports this module
+
+    futures = {cls: pool.submit(surface_in_worker, cls, v) for cls, v in voters.items()}
+    try:
+        return {cls: f.result() for cls, f in futures.items()}
+    except BrokenExecutor as exc:
+        raise worker_died(exc) from None
+
+
+def class_surface(cfg: BuildConfig, class_name: str, voters: list[Sample]) -> bool:
+    """``crop.class_is_textured`` of one class on its voting images (read here, in a worker when there are)."""
     config = cfg.crop_config()
-    out = {}
-    for cls, refs_of in sorted(refs.items()):
-        if "textured" in cfg.crop:
-            out[cls] = bool(cfg.crop["textured"])
-            continue
-        images = []
-        for s in _surface_voters(refs_of, all_samples, cls):
-            try:
-                images.append(working_image(load_rgb(s.image_path), config.work_size))
-            except DataError:
-                if cfg.on_error == "raise":
-                    raise
-        out[cls] = class_is_textured(cls, images, config)
-    return out
+    images = []
+    for s in voters:
+        try:
+            images.append(working_image(load_rgb(s.image_path), config.work_size))
+        except DataError:
+            if cfg.on_error == "raise":
+                raise
+    return class_is_textured(class_name, images, config)
 
 
 def class_records(ctx: Context, work: WorkStore, fills: Mapping[str, dict]) -> dict[str, dict]:

@@ -10,17 +10,19 @@ thread each, and exit when the main process is gone, so a ``kill -9`` of a build
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
+from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig
 from mfsc_builder.captioners import Captioner
-from mfsc_builder.stages import Job, _Prepared, prepare
+from mfsc_builder.stages import Job, _Prepared, class_surface, prepare
 
 PRELOAD = ["mfsc_builder.workers", "mfsc_builder.captioners.attributes"]  # imported by the fork server
 _STATE: dict[str, object] = {}
@@ -36,21 +38,40 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
-def worker_pool(workers: int, cfg: BuildConfig, textured: Mapping[str, bool],
-                captioner: Captioner | None) -> ProcessPoolExecutor:
-    """``workers`` processes that run :func:`prepare_in_worker`; ``captioner`` (or None) is sent once."""
+def worker_pool(workers: int, cfg: BuildConfig, captioner: Captioner | None) -> ProcessPoolExecutor:
+    """``workers`` processes that run :func:`prepare_in_worker` and :func:`surface_in_worker`; the settings and
+    ``captioner`` (one that runs beside the crop, or None) are sent once."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)  # once per Python process: later pools start in milliseconds
     return ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=_init, initargs=(cfg, dict(textured), captioner, os.getpid()))
+                               initializer=_init, initargs=(cfg, captioner, os.getpid()))
+
+
+@contextlib.contextmanager
+def build_workers(workers: int, cfg: BuildConfig, captioner: Captioner) -> Iterator[ProcessPoolExecutor | None]:
+    """The build's worker processes while the image stages run (None for ``workers == 1``); a captioner that
+    runs beside the crop (``runs_beside_crop``) is sent to them."""
+    if workers <= 1:
+        yield None
+        return
+    pool = worker_pool(workers, cfg, captioner if getattr(captioner, "runs_beside_crop", False) else None)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare_in_worker(job: Job) -> _Prepared:
     """``stages.prepare`` with the settings this worker was started with."""
-    return prepare(_STATE["cfg"], _STATE["textured"], job, _STATE["captioner"])  # type: ignore[arg-type]
+    return prepare(_STATE["cfg"], job, _STATE["captioner"])  # type: ignore[arg-type]
 
 
-def _init(cfg: BuildConfig, textured: dict[str, bool], captioner: Captioner | None, main_pid: int) -> None:
+def surface_in_worker(class_name: str, voters: list[Sample]) -> bool:
+    """``stages.class_surface`` with the settings this worker was started with."""
+    return class_surface(_STATE["cfg"], class_name, voters)  # type: ignore[arg-type]
+
+
+def _init(cfg: BuildConfig, captioner: Captioner | None, main_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
@@ -58,7 +79,7 @@ def _init(cfg: BuildConfig, textured: dict[str, bool], captioner: Captioner | No
         cv2.setNumThreads(1)  # one process per core already
     except ImportError:  # pragma: no cover - OpenCV is a dependency
         pass
-    _STATE.update(cfg=cfg, textured=textured, captioner=captioner)
+    _STATE.update(cfg=cfg, captioner=captioner)
     threading.Thread(target=_exit_with, args=(main_pid,), name="mfsc-watch", daemon=True).start()
 
 
