@@ -96,6 +96,9 @@ def _print_image(console: Console, row: dict[str, Any]) -> None:
     grid.add_row("split / label", f"{row['split']} / {'anomaly' if row['label'] else 'normal'} ({row['defect_type']})")
     grid.add_row("file", f"{row['file_name']} ({row['width']}x{row['height']})"
                  + (" reference" if row["is_reference"] else ""))
+    if row.get("image_file"):  # builds before the file columns lack them
+        grid.add_row("source file", f"{row['image_file']} ({row['image_file_size']} bytes, sha256 "
+                     f"{row['image_sha256'][:12]}…)" + (f"; mask {row['mask_file']}" if row.get("mask_file") else ""))
     grid.add_row("image view", _attrs(row["image_view"]))
     grid.add_row("foreground view", _attrs(row["foreground_view"]))
     grid.add_row("caption", row["caption"])
