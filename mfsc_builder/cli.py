@@ -120,7 +120,7 @@ def build(
     crop: Annotated[list[str] | None, typer.Option(
         help="Cropping setting KEY=VALUE, repeatable.", show_default="none")] = None,
     images: Annotated[str | None, typer.Option(
-        help="embed: keep the image files in the dataset (unchanged when they are 8-bit RGB/gray PNG or JPEG); "
+        help="embed: keep the image files in the dataset (unchanged when they are 8-bit RGB PNG or JPEG); "
              "reference: keep only their relative names, sizes and SHA-256 (for licences that forbid "
              "redistribution; users read the images from their copy).", show_default="embed")] = None,
     workers: Annotated[int | None, typer.Option(

@@ -3,9 +3,9 @@ reference (relative path, size, SHA-256).
 
 Why: re-encoding every original as PNG took 41% of a build and made VisA's JPEGs several times larger. A file
 is kept byte for byte when decoding it as ``datasets.Image`` does (Pillow, EXIF rotation applied) and
-converting to RGB gives exactly ``fsad_data.load_rgb``'s pixels: an 8-bit RGB or gray PNG or JPEG without an
-EXIF rotation. Anything else (16-bit, palette, alpha, 1-bit, CMYK, BMP/TIFF, animated, rotated) is stored as
-a PNG of ``load_rgb``'s pixels. Masks are always an 8-bit 0/255 PNG of ``load_mask`` (any value > 0 is defect),
+gives exactly ``fsad_data.load_rgb``'s pixels, RGB as the contract says: an 8-bit RGB PNG or JPEG without an
+EXIF rotation. Anything else (gray, 16-bit, palette, alpha, 1-bit, CMYK, BMP/TIFF, animated, rotated) is stored
+as an RGB PNG of ``load_rgb``'s pixels. Masks are always an 8-bit 0/255 PNG of ``load_mask`` (any value > 0 is defect),
 as MVTec-AD stores them, so a VisA label map and an MVTec mask read the same. ``reference`` keeps no pixels at all, for data sets
 whose licence forbids redistribution: users read the images from their own copy of the data set.
 """
@@ -23,8 +23,8 @@ import numpy as np
 from fsad_data import DataError, load_mask, load_rgb
 
 IMAGE_MODES = ("embed", "reference")
-_KEPT_FORMATS = {"PNG": ("RGB", "L"), "JPEG": ("RGB", "L")}
-_KEPT_PNG_RAWMODES = ("RGB", "L")  # 8 bits per sample; 16-bit files decode to the same modes with "RGB;16B" etc.
+_KEPT_FORMATS = {"PNG": ("RGB",), "JPEG": ("RGB",)}
+_KEPT_PNG_RAWMODES = ("RGB",)  # 8 bits per sample; a 16-bit file decodes to mode RGB too, with raw mode "RGB;16B"
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -54,8 +54,8 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def keeps_own_bytes(data: bytes) -> bool:
-    """True when these file bytes decode (as ``datasets.Image`` decodes them) to ``load_rgb``'s pixels after
-    ``.convert("RGB")``: an 8-bit RGB or gray PNG or JPEG, one frame, no EXIF rotation."""
+    """True when these file bytes decode (as ``datasets.Image`` decodes them) to ``load_rgb``'s RGB pixels: an
+    8-bit RGB PNG or JPEG, one frame, no EXIF rotation."""
     from PIL import Image
 
     try:

@@ -238,8 +238,8 @@ IMAGE_ROW = {  # the card's "one row is" for the images configuration, per mfsc 
     "reference": "one image's MFSC record, regions and file reference (no pixels: see below)",
 }
 IMAGE_STORAGE_TEXT = {
-    "embed": "The `image` column holds each source file itself when it is an 8-bit RGB or gray PNG or JPEG, "
-             "else a PNG of its pixels; gray images stay gray, so decode with `.convert(\"RGB\")`. `mask` is a "
+    "embed": "The `image` column holds each source file itself when it is an 8-bit RGB PNG or JPEG, else an "
+             "RGB PNG of its pixels (gray, 16-bit, palette or rotated files), so every image decodes to RGB. `mask` is a "
              "0/255 PNG (255: defect). `image_file`, `image_file_size` and `image_sha256` (and the "
              "same for `mask_`) name the source file and let you check it.",
     "reference": "**No image or mask pixels are included** (built with `mfsc build --images reference`, for a "

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig
@@ -84,12 +85,19 @@ def _init(cfg: BuildConfig, captioner: Captioner | None, main_pid: int) -> None:
 
 
 def _exit_with(main_pid: int) -> None:
-    """Leave at once when the main process has died (kill -9 leaves no orphan working on)."""
+    """Leave at once when the main process has died (kill -9 leaves no orphan working on). Dead means gone,
+    a zombie not yet reaped (its parent may be waiting for the pipes this worker holds open), or this worker
+    handed to another parent (the fork server exits with the main process)."""
+    parent = os.getppid()
+    stat = Path(f"/proc/{main_pid}/stat")
     while True:
         time.sleep(_WATCH_SECONDS)
         try:
             os.kill(main_pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # pid reused by another user's process: ours is gone
+            zombie = stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to someone else
+            zombie = True
+        except OSError:
+            zombie = False
+        if zombie or os.getppid() != parent:
             os._exit(0)

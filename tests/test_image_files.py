@@ -1,5 +1,5 @@
 """What the images dataset keeps of each file (mfsc_builder.image_files): the file itself exactly when a reader
-decoding it as `datasets.Image` does gets fsad_data.load_rgb's pixels, a PNG of those pixels otherwise."""
+decoding it as `datasets.Image` does gets fsad_data.load_rgb's RGB pixels, an RGB PNG of those otherwise."""
 from __future__ import annotations
 
 import hashlib
@@ -41,9 +41,9 @@ def _files(root: Path) -> dict[str, tuple[Path, bool]]:
     cmyk = Image.fromarray(RGB).convert("CMYK")
     return {
         "rgb png": (_save(d / "rgb.png", Image.fromarray(RGB)), True),
-        "gray png": (_save(d / "gray.png", Image.fromarray(GRAY)), True),
+        "gray png": (_save(d / "gray.png", Image.fromarray(GRAY)), False),  # the contract: RGB rows
         "rgb jpeg": (_save(d / "rgb.jpg", Image.fromarray(RGB), quality=90), True),
-        "gray jpeg": (_save(d / "gray.jpeg", Image.fromarray(GRAY)), True),
+        "gray jpeg": (_save(d / "gray.jpeg", Image.fromarray(GRAY)), False),
         "16-bit rgb png": (sixteen, False),
         "16-bit gray png": (_save(d / "gray16.png", Image.fromarray(GRAY.astype(np.uint16) * 257)), False),
         "palette png": (_save(d / "pal.png", Image.fromarray(RGB).quantize(8)), False),
@@ -73,6 +73,7 @@ def test_every_kind_of_file_reads_back_as_load_rgb_and_only_safe_ones_are_kept(t
         else:
             assert stored.data.startswith(b"\x89PNG"), name
         assert np.array_equal(_decoded_like_datasets(stored.data), load_rgb(path)), name
+        assert Image.open(io.BytesIO(stored.data)).mode == "RGB", name
         assert stored.file == f"cls/{path.name}" and stored.size == path.stat().st_size
         assert stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
