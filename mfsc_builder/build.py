@@ -141,7 +141,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
         resumed = work.open(manifest)
         with _StopFlag() as stop, build_workers(workers, cfg, captioner) as pool:
             ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
-                          textured_classes(cfg, refs, samples, pool), pool)
+                          textured_classes(cfg, refs, samples, pool), pool, workers)
             res = run_image_stages(ctx, work, todo, stop, progress)
         fills, seconds = res.fills, res.seconds
         skipped = [(str(k.path), k.message) for k in getattr(samples, "skipped", [])] + res.skipped

@@ -56,6 +56,7 @@ class Context:
     captioner: Captioner
     textured: dict[str, bool]  # class -> whole image is the foreground (a surface)
     pool: Executor | None = None  # worker processes (``workers.worker_pool``); None: one helper thread
+    workers: int = 1  # how many processes ``pool`` has
 
     @property
     def caption_in_workers(self) -> bool:
@@ -288,8 +289,7 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
     jobs = [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps),
                 {s.class_name: ctx.textured[s.class_name] for s in b})
             for c in chunks for b in _chunks(c, size)]
-    workers = getattr(ctx.pool, "_max_workers", 1)
-    lookahead = max(2 * workers, -(-cfg.part_size // size))
+    lookahead = max(2 * ctx.workers, -(-cfg.part_size // size))
     with _Prefetch(ctx, jobs, lookahead, stop) as ahead:
         for chunk in chunks:
             loaded: Loaded = {}
