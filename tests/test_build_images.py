@@ -133,6 +133,11 @@ def test_merge_refuses_parts_that_keep_their_images_differently(demo_root, tmp_p
     with pytest.raises(BuildError, match="keep their images differently.*same --images"):
         merge_builds(parts, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+    run_build(_cfg(demo_root, parts[0], num_shards=2, shard_index=0, images="reference", workers=1))
+    merged = merge_builds(parts, tmp_path / "merged")
+    rows = _rows(merged.out)
+    assert all(r["image"] is None and r["image_sha256"] for r in rows["train"] + rows["test"])
+    assert json.loads((merged.out / "build_info.json").read_text())["image_storage"] == "reference"
 
 
 @pytest.mark.parametrize(("key", "value", "hint"), [("images", "copy", "use embed"), ("workers", 0, "use 1")])
