@@ -135,14 +135,20 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
-    work.lock()  # before --force wipes anything: never pull the floor from under a running build
+    with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
+        # the class decisions read images: a bad one stops the build before anything is written
+        ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
+                      textured_classes(cfg, refs, samples, pool), pool, workers)
+        work.lock()  # before --force wipes anything: never pull the floor from under a running build
+        try:
+            _clear(out, work, force)
+            resumed = work.open(manifest)
+            with _StopFlag() as stop:
+                res = run_image_stages(ctx, work, todo, stop, progress)
+        except BaseException:
+            work.unlock()
+            raise
     try:
-        _clear(out, work, force)
-        resumed = work.open(manifest)
-        with _StopFlag() as stop, build_workers(workers, cfg, captioner) as pool:
-            ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
-                          textured_classes(cfg, refs, samples, pool), pool, workers)
-            res = run_image_stages(ctx, work, todo, stop, progress)
         fills, seconds = res.fills, res.seconds
         skipped = [(str(k.path), k.message) for k in getattr(samples, "skipped", [])] + res.skipped
         t0 = time.perf_counter()
