@@ -55,7 +55,23 @@ def train_config_fields(recipe: str | Path | None, config_file: Path | None) -> 
     merged = {**base, **raw}
     if recipe is not None:
         merged["recipe"] = base["recipe"]
+    if config_file is not None:
+        _check_values(merged, str(config_file))
     return merged
+
+
+def _check_values(fields: dict[str, Any], source: str) -> None:
+    """Every value of a config file has its field's type even where a flag replaces it (``epochs: "abc"`` with
+    ``--epochs 1`` is still a broken file); combinations of options are judged on the final settings."""
+    from detector.train import TrainConfig
+    from fsad_data.config import ConfigError, to_config
+
+    try:
+        to_config(TrainConfig, fields, source)
+    except ConfigError as e:
+        raise DetectorError(str(e)) from None
+    except DetectorError:
+        pass  # a check across options (detector.method): the flags may complete it
 
 
 def build_train_config(recipe: str | Path | None, config_file: Path | None, **overrides: Any) -> Any:

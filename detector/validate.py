@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 StrictInt = Annotated[int, Field(strict=True)]
 Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]  # torch.manual_seed's range (int64)
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # the tools write numbers: "0.5" or true is damage
 
 
 def read_json(path: str | Path, fix: str) -> Any:

@@ -75,6 +75,25 @@ def test_bad_train_config_values_are_one_line_naming_file_key_and_expectation(
     assert not out.exists() and not (tmp_path / "ckpt.partial").exists()
 
 
+@pytest.mark.parametrize("text, key", [('epochs: "abc"', "epochs"), ("epochs: true", "epochs"),
+                                       ('shots: "two"', "shots"), ("class_name: 5", "class_name")])
+@pytest.mark.parametrize("command", ["train", "benchmark"])
+def test_a_bad_value_in_the_file_is_refused_even_where_a_flag_replaces_it(
+        demo_root, tmp_path, tiny_clip_name, text, key, command):
+    """`--config f.yaml --epochs 1` with `epochs: "abc"` in f.yaml: the file is still broken (before, the flag
+    hid it and the run went ahead)."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(text + "\n")
+    args = _train(demo_root, tmp_path / "c", tiny_clip_name, "--config", cfg)  # --class, --shots, --epochs given
+    if command == "benchmark":
+        args = ["benchmark", "--data", str(demo_root), "--out", str(tmp_path / "b"), "--classes", "pill_box",
+                "--shots", "1", "--seeds", "0", "--no-main", "--baseline", "promptad", "--backbone", tiny_clip_name,
+                "--pretrained", "none", "--epochs", "1", "--image-epochs", "1", "--config", str(cfg)]
+    line = _one_error(runner.invoke(app, args))
+    assert str(cfg) in line and f"'{key}'" in line, line
+    assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("value", [str(2**128), "-3"])
 def test_seed_flag_out_of_range_is_one_line(demo_root, tmp_path, tiny_clip_name, value):
     res = runner.invoke(app, _train(demo_root, tmp_path / "c", tiny_clip_name, "--seed", value))
@@ -182,6 +201,8 @@ def test_a_huge_n_memory_fails_before_allocating(trained, tmp_path):
     ("[0.5]", ["mapping"]),
     ("{not json", ["not valid JSON"]),
     ('{"fused": {"pixel_threshold": "high", "resolution": 32}}', ["pixel_threshold", "number"]),
+    ('{"fused": {"pixel_threshold": "0.5", "resolution": 32}}', ["pixel_threshold", "number"]),  # text: damage
+    ('{"fused": {"pixel_threshold": true, "resolution": 32}}', ["pixel_threshold", "number"]),
     ('{"fused": {"pixel_threshold": 0.5, "resolution": "32px"}}', ["resolution", "integer"]),
     ('{"fused": {"pixel_threshold": NaN, "resolution": 32}}', ["NaN"]),
 ])
