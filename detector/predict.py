@@ -296,7 +296,7 @@ def run_predict(config: PredictConfig) -> ScoredRows:
 
     out = Path(config.out)
     if out.is_symlink() and out.is_dir():
-        out = out.resolve()  # the folder the link names is the output: replaced there, the link stays
+        out = out.resolve()  # the folder the link names is the output (staged_folder replaces it there)
     check_predict_out(out, list(config.inputs))
     clean_orphans(out)  # what a killed run left beside OUT (never read as inputs either way)
     ckpt = resolve_checkpoint(config.checkpoint)

@@ -130,8 +130,11 @@ def swap_folder(new: str | Path, target: str | Path) -> None:
 @contextlib.contextmanager
 def staged_folder(target: str | Path) -> Iterator[Path]:
     """``with staged_folder(out) as tmp:`` fill ``tmp``; on success it replaces ``out`` whole, on any error it is
-    removed and ``out`` is unchanged. Orphans of killed runs beside ``out`` are removed first."""
+    removed and ``out`` is unchanged. Orphans of killed runs beside ``out`` are removed first. An ``out`` that is
+    a symbolic link to a folder stays a link: the folder it names is the one replaced (built beside it)."""
     target = Path(target)
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()
     clean_orphans(target)
     tmp = temp_folder_beside(target)
     try:

@@ -99,3 +99,20 @@ def test_orphans_of_a_killed_run_are_recognised_and_removed(tmp_path):
     removed = clean_orphans(target)
     assert sorted(p.name for p in removed) == [f".ck.old-{pid}-abcd", f".ck.tmp-{pid}-abcd"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, ".other.tmp-1-abcd"])
+
+
+def test_a_symlinked_target_stays_a_link_and_its_folder_is_replaced(tmp_path):
+    """`--out LINK` where LINK names an earlier output elsewhere: the folder it names gets the new content and the
+    link stays (before: the link itself was swapped for a new folder, the results landed beside the user's link
+    and the folder it named kept the old ones)."""
+    real = tmp_path / "disk" / "results"
+    real.mkdir(parents=True)
+    (real / "old.txt").write_text("old")
+    link = tmp_path / "results"
+    link.symlink_to(real, target_is_directory=True)
+    with staged_folder(link) as tmp:
+        assert tmp.parent == real.parent  # built beside the real folder: one file system, an atomic rename
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert sorted(p.name for p in real.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "results"]

@@ -84,6 +84,29 @@ def test_train_replaces_its_own_checkpoint(demo_root, tmp_path, tiny_clip_name, 
     assert meta["config"]["seed"] == 1
 
 
+def test_train_and_eval_into_a_symlinked_out_write_where_the_link_points(demo_root, tmp_path, tiny_clip_name,
+                                                                          trained):
+    """--out LINK naming an earlier checkpoint / evaluation elsewhere: the results land in the folder it names, the
+    link stays a link (before: the link was replaced by a new folder and the named folder kept the old run)."""
+    real = tmp_path / "disk" / "ckpt"
+    shutil.copytree(trained, real)
+    link = tmp_path / "ckpt"
+    link.symlink_to(real, target_is_directory=True)
+    res, text = _invoke(_train_args(demo_root, link, tiny_clip_name, "--seed", "1"))
+    assert res.exit_code == 0, text
+    assert link.is_symlink() and json.loads((real / "config.json").read_text())["meta"]["config"]["seed"] == 1
+    ev_real = tmp_path / "disk" / "eval"
+    res, text = _invoke(_eval_args(real, demo_root, ev_real))
+    assert res.exit_code == 0, text
+    (ev_real / "metrics.json").write_text((ev_real / "metrics.json").read_text())  # an earlier evaluation
+    before = (ev_real / "metrics.json").stat().st_mtime_ns
+    ev_link = tmp_path / "eval"
+    ev_link.symlink_to(ev_real, target_is_directory=True)
+    res, text = _invoke(_eval_args(link, demo_root, ev_link))
+    assert res.exit_code == 0, text
+    assert ev_link.is_symlink() and (ev_real / "metrics.json").stat().st_mtime_ns != before
+
+
 def test_predict_never_reads_its_own_outputs(trained, demo_root, tmp_path):
     """`predict DIR --out DIR/sub`, twice: the second run scores the same images (not the first run's overlays
     and masks)."""
