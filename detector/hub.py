@@ -52,11 +52,14 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Path:
 
 
 PUSH_FILES = ("model.safetensors", "config.json", "threshold.json", "evaluation.json")
+DRY_RUN_MARKER = ".detector-dry-run"  # written by --dry-run only (never uploaded): a folder it may replace
 
 
-def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME") -> Path:
+def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME", marker: bool = False) -> Path:
     """Write exactly what ``push_checkpoint`` uploads into ``out`` (replaced whole): the checkpoint's safetensors
-    and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied."""
+    and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied. ``out`` is
+    replaced only when it is new, empty or an earlier dry run (``DRY_RUN_MARKER``, which ``marker`` writes): a
+    README.md alone proves nothing (a thesis, a project)."""
     import shutil
 
     from detector.checkpoint_io import load_checkpoint
@@ -66,13 +69,16 @@ def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME
     ckpt = Path(ckpt_dir)
     load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file())):
-        raise DetectorError(f"{out} exists and is not an earlier dry run; choose a new or empty folder for --dry-run")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file())):
+        raise DetectorError(f"{out} exists and is not an earlier dry run of `detector push` (no {DRY_RUN_MARKER}); "
+                            "it is never replaced: choose a new or empty folder for --dry-run")
     with staged_folder(out) as tmp:
         for name in PUSH_FILES:
             if (ckpt / name).is_file():
                 shutil.copyfile(ckpt / name, tmp / name)
         (tmp / CARD_FILE).write_text(render_card(ckpt, repo_id), encoding="utf-8")
+        if marker:
+            (tmp / DRY_RUN_MARKER).write_text(f"detector push --dry-run of {ckpt} for {repo_id}\n", encoding="utf-8")
     return out
 
 
@@ -88,7 +94,7 @@ def push_checkpoint(ckpt_dir: str | Path, repo_id: str, private: bool = False, d
     if not is_hub_id(repo_id):
         raise DetectorError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     if dry_run is not None:
-        return stage_upload(ckpt_dir, dry_run, repo_id)
+        return stage_upload(ckpt_dir, dry_run, repo_id, marker=True)
     if api is None:
         from huggingface_hub import HfApi
 

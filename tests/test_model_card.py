@@ -65,8 +65,8 @@ def test_push_dry_run_and_mocked_upload(widget_checkpoint, tmp_path):
     (folder / "old.pt").write_bytes(b"not a pickle we would ever send")
     (folder / "threshold.json").write_text(json.dumps({"fused": {"pixel_threshold": 0.5, "resolution": 64}}))
     out = push_checkpoint(folder, "org/widget-detector", dry_run=tmp_path / "dry")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                     "threshold.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".detector-dry-run", "README.md", "config.json",
+                                                     "model.safetensors", "threshold.json"]
     assert _card(out)[0]["finegrained_ad"]["repo_id"] == "org/widget-detector"
     assert 'Detector.load("org/widget-detector")' in (out / "README.md").read_text()
     api = mock.Mock()
@@ -80,7 +80,8 @@ def test_push_dry_run_and_mocked_upload(widget_checkpoint, tmp_path):
     url = push_checkpoint(folder, "org/widget-detector", private=True, api=api)
     assert url == "https://hub.example/org/widget-detector"
     api.create_repo.assert_called_once_with("org/widget-detector", repo_type="model", private=True, exist_ok=True)
-    assert sent["repo_type"] == "model" and sent["files"] == sorted(p.name for p in out.iterdir())
+    assert sent["repo_type"] == "model" and sent["files"] == sorted(p.name for p in out.iterdir()
+                                                                    if p.name != ".detector-dry-run")
     with pytest.raises(DetectorError, match="ORG/NAME"):
         push_checkpoint(folder, "no-slash", api=mock.Mock())
     api.upload_folder.side_effect = RuntimeError("401 unauthorized")

@@ -107,6 +107,25 @@ def test_train_and_eval_into_a_symlinked_out_write_where_the_link_points(demo_ro
     assert ev_link.is_symlink() and (ev_real / "metrics.json").stat().st_mtime_ns != before
 
 
+def test_push_dry_run_never_replaces_a_folder_it_did_not_write(trained, tmp_path):
+    """`detector push --dry-run DIR`: a folder with a README.md (a thesis, a project) is not a dry run; before, it
+    was replaced whole. Its own earlier dry run (the marker) is replaced."""
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "README.md").write_text("# my thesis\n")
+    (thesis / "main.py").write_text("print('years of work')\n")
+    before = _tree(thesis)
+    res, _ = _invoke(["push", trained, "--repo-id", "me/model", "--dry-run", thesis])
+    line = _one_error(res)
+    assert str(thesis) in line and "not an earlier dry run" in line, line
+    assert _tree(thesis) == before
+    dry = tmp_path / "dry"
+    for _ in range(2):
+        res, text = _invoke(["push", trained, "--repo-id", "me/model", "--dry-run", dry])
+        assert res.exit_code == 0, text
+    assert (dry / "README.md").is_file() and (dry / ".detector-dry-run").is_file()
+
+
 def test_predict_never_reads_its_own_outputs(trained, demo_root, tmp_path):
     """`predict DIR --out DIR/sub`, twice: the second run scores the same images (not the first run's overlays
     and masks)."""
