@@ -101,10 +101,12 @@ def grown_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 @dataclass(frozen=True)
 class Moments:
-    """Pixel count, sums and second sums of a mask's pixel coordinates, exact integers (OpenCV's binary image
-    moments: per-row integer sums, added in doubles below 2**53 for any working-size mask). One pass instead
-    of listing the pixels (`np.nonzero`) for each of box, area, centre and orientation."""
+    """Bounding box (x0, y0, x1, y1), pixel count, sums and second sums of a mask's pixel coordinates, exact
+    integers: OpenCV's binary image moments of the box (integer sums per row, exact in doubles for any box
+    up to 8192 px a side), moved to the image origin in Python integers. Instead of listing the pixels
+    (`np.nonzero`) for each of box, area, centre and orientation."""
 
+    box: tuple[int, int, int, int]
     n: int
     sx: int
     sy: int
@@ -114,8 +116,12 @@ class Moments:
 
     @classmethod
     def of(cls, mask: np.ndarray) -> Moments:
-        m = cv2.moments(_u8(mask), binaryImage=True)
-        return cls(*(int(m[k]) for k in ("m00", "m10", "m01", "m20", "m11", "m02")))
+        m8 = _u8(mask)
+        x, y, w, h = cv2.boundingRect(m8)
+        m = cv2.moments(m8[y: y + h, x: x + w], binaryImage=True)
+        n, sx, sy, sxx, sxy, syy = (int(m[k]) for k in ("m00", "m10", "m01", "m20", "m11", "m02"))
+        return cls((x, y, x + w, y + h), n, sx + n * x, sy + n * y, sxx + 2 * x * sx + n * x * x,
+                   sxy + x * sy + y * sx + n * x * y, syy + 2 * y * sy + n * y * y)
 
     def covariance(self, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
         """The sample covariance (n - 1) of the scaled pixel coordinates, from the exact integer sums."""
@@ -172,8 +178,7 @@ class Region:
         mom = Moments.of(mask)
         if mom.n == 0:
             return cls(kind, name, mask, (0, 0, 0, 0), 0.0, "", "none")
-        x, y, bw, bh = cv2.boundingRect(_u8(mask))
-        box = (x, y, x + bw, y + bh)
+        box = mom.box
         if (big_w, big_h) != (w, h):  # a working pixel covers [x * sx, (x + 1) * sx) of the original
             box = (math.floor(box[0] * sx), math.floor(box[1] * sy),
                    min(big_w, math.ceil(box[2] * sx)), min(big_h, math.ceil(box[3] * sy)))
