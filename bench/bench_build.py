@@ -6,8 +6,8 @@ Why a git baseline: the figures that matter are ratios (these machines are noisy
 is the code users had, not a slowed-down mode of the new code. The baseline tree is `git archive`d from
 ``--baseline`` (default: main before issue 12's speed work) into a temporary folder; every build runs in its
 own Python process (as `mfsc build` does), baseline and ours interleaved, and the best of ``--repeat`` runs
-is shown. Memory is the peak of the summed resident memory of the build and all its worker processes, sampled
-every 20 ms. The images are the synthetic set's, scaled to ``--size`` with sensor-like noise (flat upscaled
+is shown. Memory is the peak of the summed proportional set size (PSS) of the build and all its worker
+processes, sampled every 20 ms. The images are the synthetic set's, scaled to ``--size`` with sensor-like noise (flat upscaled
 images would compress unrealistically well); ``--format jpg`` makes a VisA-like JPEG set.
 
 The model backend is stood in for by a captioner that sleeps a fixed time per image (default 0.5 s, a fast
@@ -110,13 +110,24 @@ def baseline_tree(rev: str, dest: Path) -> Path | None:
 
 
 class PeakMemory:
-    """Peak of the summed resident memory of a process group (the build and its workers), from /proc."""
+    """Peak memory of a process group (the build, its fork server and workers), from /proc: the sum of each
+    process's proportional set size (PSS: a page shared by n processes counts 1/n in each, so the forked
+    workers' shared libraries are not counted n times); resident size where PSS is not available."""
 
     def __init__(self, pgid: int) -> None:
         self.pgid, self.peak, self._stop = pgid, 0, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _bytes(pid_dir: Path) -> int:
+        try:
+            for line in (pid_dir / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return int((pid_dir / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -125,7 +136,7 @@ class PeakMemory:
                 try:
                     fields = stat.read_text().rsplit(")", 1)[1].split()
                     if int(fields[2]) == self.pgid:
-                        total += int((stat.parent / "statm").read_text().split()[1]) * self._page
+                        total += self._bytes(stat.parent)
                 except (OSError, ValueError, IndexError):
                     continue
             self.peak = max(self.peak, total)
