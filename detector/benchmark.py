@@ -33,7 +33,7 @@ from typing import Any
 from detector import report
 from detector.captions import load_class_record
 from detector.checkpoint_io import checkpoint_info
-from detector.data import class_test_samples, select_class_shots
+from detector.data import class_test_samples, readable, select_class_shots
 from detector.errors import DetectorError
 from detector.evaluate import Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
@@ -96,6 +96,7 @@ class BenchmarkConfig:
     variants: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # --variants: (name, fields)
     train: dict[str, Any] = field(default_factory=dict)
     main: bool = True  # run FineGrainedAD itself (False: only the baseline)
+    on_error: str = "raise"  # an image that does not decode: stop the cell (naming it) or skip it (listed per cell)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -159,7 +160,7 @@ def train_config_for(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
     """The TrainConfig of one cell: recipe < file < flags < the cell's variant < its class/shots/seed/out."""
     own = {"captions": config.captions, "data": str(config.data), "class_name": cell.class_name,
            "shots": cell.shots, "seed": cell.seed, "layout": config.layout,
-           "out": str(cell.folder(config.out) / "checkpoint"),
+           "out": str(cell.folder(config.out) / "checkpoint"), "on_error": config.on_error,
            "baseline": cell.method if cell.method in BASELINES else None}
     overrides = {k: v for k, v in config.train.items() if v is not None}
     base = train_config_fields(config.recipe, config.train_config)
@@ -176,8 +177,10 @@ def default_trainer(train_config: TrainConfig) -> Predictor:
 
 
 def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
-             trainer: Callable[[TrainConfig], Predictor] = default_trainer) -> dict[str, Any]:
-    """Train and evaluate one cell into its folder; returns the metrics."""
+             trainer: Callable[[TrainConfig], Predictor] = default_trainer,
+             skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell into its folder; returns the metrics. ``skipped``: the test images left out
+    under --on-error skip (recorded in the cell's metrics.json)."""
     tc = train_config_for(cell, config)
     t0 = time.perf_counter()
     model = trainer(tc)
@@ -186,6 +189,8 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
     info = checkpoint_info(meta) if meta else {"meaningful": tc.pretrained not in (None, "", "none")}
     info.update(method=cell.method, shots=cell.shots, seed=cell.seed, dataset=dataset_name(config),
                 checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
+    if skipped:
+        info["skipped"] = skipped
     ckpt = Path(tc.out)
     sha = checkpoint_sha256(ckpt) if (ckpt / "config.json").is_file() else None
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
@@ -321,11 +326,12 @@ def _run_shard(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predict
     todo = [c for c in cells if not is_finished(c, out)]
     log(f"shard {config.shard_index + 1}/{config.num_shards}: {len(cells)} cells, {len(cells) - len(todo)} "
         f"already finished, {len(todo)} to run")
-    samples_by_class: dict[str, list[Sample]] = {}
+    samples_by_class: dict[str, tuple[list[Sample], list[dict[str, str]]]] = {}
     failures: list[str] = []
     for i, cell in enumerate(todo, 1):
         if cell.class_name not in samples_by_class:
-            samples_by_class[cell.class_name] = class_test_samples(config.data, cell.class_name, config.layout)
+            samples_by_class[cell.class_name] = readable(
+                class_test_samples(config.data, cell.class_name, config.layout), config.on_error)
         t0 = time.perf_counter()
         with output_lock(cell.folder(out), "detector benchmark"):  # another shard split may hold this cell
             if is_finished(cell, out):  # finished by another run since this one listed its cells
@@ -333,7 +339,8 @@ def _run_shard(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predict
                     "by another run")
                 continue
             try:
-                m = run_cell(cell, config, samples_by_class[cell.class_name], trainer)
+                test, skipped = samples_by_class[cell.class_name]
+                m = run_cell(cell, config, test, trainer, skipped)
             except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
                 write_text_atomic(cell.folder(out) / "error.txt", f"{exc.__class__.__name__}: {exc}\n")
                 failures.append(f"{cell.method}/{cell.class_name}/k{cell.shots}_s{cell.seed}: {exc}")

@@ -413,6 +413,7 @@ def benchmark(
         "--variants", help="Run several recipes on the same cells, side by side: 'NAME=OPTIONS;NAME=OPTIONS', "
         "OPTIONS space-separated KEY=VALUE over the run's recipe (recipe=ours expands), e.g. "
         "'paper=;ours=recipe=ours;ours_stored=recipe=ours tau=stored'.", show_default="the recipe alone")] = None,
+    on_error: OnErrorOpt = None,
     *,
     train_flags: TrainFlags,  # from with_train_flags (not a CLI option itself)
 ) -> None:
@@ -433,7 +434,7 @@ def benchmark(
             num_shards=num_shards, shard_index=shard_index, merge=merge, main=main, resolution=resolution,
             batch_size=batch_size, exact_metrics=exact_metrics, layout=layout or "auto", dataset_name=dataset_name,
             train_config=config, recipe=train_flags.recipe, variants=parse_variants(variants),
-            train=train_flags.overrides())
+            train=train_flags.overrides(), on_error=on_error or "raise")
         if not merge:
             check_cells(cfg)
         con = _console()

@@ -7,4 +7,4 @@ class DataError(Exception):
 
 SKIP_HINT = "--on-error skip (on_error='skip' in Python)"
 """How every message about one bad file says it can be left out: the commands that read images (``mfsc build``,
-``detector train/eval/predict``) take ``--on-error skip``, the Python readers ``on_error='skip'``."""
+``detector train/eval/predict/benchmark``) take ``--on-error skip``, the Python readers ``on_error='skip'``."""

@@ -109,3 +109,21 @@ def test_a_build_whose_only_reference_image_is_skipped_is_one_line(data, tmp_pat
     err = " ".join(res.stderr.split())
     assert "Traceback" not in res.output and "no class record could be made" in err and "--seed" in err, err
     assert not (tmp_path / "out" / "classes").exists()
+
+
+def test_benchmark_names_the_image_and_with_on_error_skip_lists_it_per_cell(data, tmp_path):
+    args = ["benchmark", "--data", str(data), "--out", str(tmp_path / "b"), "--classes", "pill_box", "--shots", "2",
+            "--seeds", "0", "--no-main", "--baseline", "promptad", "--backbone", str(TINY_CLIP), "--pretrained",
+            "none", "--epochs", "1", "--image-epochs", "1", "--resolution", "32", "--dataset-name", "synthetic"]
+    res = runner.invoke(detector_app, args)
+    assert res.exit_code == 1, res.output
+    err = " ".join(res.stderr.split())
+    assert str(data / "pill_box" / "train" / "good" / "002.png") in err and "--on-error skip" in err, err
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output, res.output
+    res = runner.invoke(detector_app, [*args, "--on-error", "skip"])
+    assert res.exit_code == 0, res.output
+    cell = tmp_path / "b" / "cells" / "promptad" / "pill_box" / "k2_s0"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert [s["path"] for s in metrics["skipped"]] == [str(data / "pill_box" / "test" / "good" / "000.png")]
+    shots = json.loads((cell / "checkpoint" / "config.json").read_text())["meta"]["shots"]
+    assert len(shots) == 2 and "train/good/002.png" not in shots, shots
