@@ -6,7 +6,10 @@ exit code 130 with one yellow line saying what was kept. Usage errors stay typer
 """
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -38,10 +41,22 @@ def run_guarded(body: Callable[[], T], user_errors: tuple[type[BaseException], .
         say(f"error: {exc}", "red")
         raise typer.Exit(1) from None
     except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
+        where = f": {user_path(exc.filename)}" if exc.filename else ""
         say(f"error: {exc.strerror or exc}{where}; check that path (a writable folder, not a file) and the free "
             "disk space", "red")
         raise typer.Exit(1) from None
+
+
+# the names fsad_data.atomic and the --out locks give their helpers beside a target NAME
+_HELPER = re.compile(r"^\.(?P<name>.+?)(?:\.(?:tmp|old)-\d+-[0-9a-f]+|\.[0-9a-f]{8}\.tmp|\.lock)$")
+
+
+def user_path(filename: str | bytes | os.PathLike) -> str:
+    """The path a user gave for a helper file of ours (``.out.tmp-123-ab12cd34`` -> ``out``), so an error names
+    the folder the user knows; any other path as it is."""
+    path = Path(os.fsdecode(filename))
+    m = _HELPER.match(path.name)
+    return str(path.with_name(m["name"])) if m else str(path)
 
 
 def say(message: str, style: str) -> None:

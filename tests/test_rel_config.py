@@ -120,3 +120,23 @@ def test_light_submodules_do_not_load_the_data_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "fsad_data.dataset"
     assert all(getattr(fsad_data, n) for n in fsad_data.__all__)
+
+
+@pytest.mark.parametrize("helper, shown", [(".ev.tmp-18475-3bb694e0", "ev"), (".ck.lock", "ck"),
+                                           (".scores.csv.1a2b3c4d.tmp", "scores.csv"), ("plain.png", "plain.png")])
+def test_a_write_error_names_the_folder_the_user_gave_not_our_helper(tmp_path, capsys, helper, shown):
+    """A read-only or full disk fails on our temporary or lock file beside --out: the line names --out itself."""
+    import errno
+
+    import typer
+
+    from fsad_data.cli_guard import run_guarded
+
+    def body():
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / helper))
+
+    with pytest.raises(typer.Exit) as e:
+        run_guarded(body, ())
+    assert e.value.exit_code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: Read-only file system: {tmp_path / shown}; check that path"), err
