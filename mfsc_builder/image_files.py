@@ -68,6 +68,8 @@ def keeps_own_bytes(data: bytes) -> bool:
                 rawmodes = [t[3] if isinstance(t[3], str) else t[3][0] for t in im.tile]
                 if not rawmodes or any(r not in _KEPT_PNG_RAWMODES for r in rawmodes):
                     return False
+                if b"eXIf" not in data:  # no EXIF chunk (its type must appear as these bytes): skip the decode
+                    return True          # that Pillow's getexif does to find one after the pixel data
             return im.getexif().get(_EXIF_ORIENTATION, 1) == 1
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, Image.DecompressionBombError):
         return False  # what Pillow cannot parse goes through load_rgb, whose error names the file

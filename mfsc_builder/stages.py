@@ -25,7 +25,14 @@ from fsad_data import DataError, load_mask, load_rgb, readable_name, shots_selec
 from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig
 from mfsc_builder.captioners import Captioner, CaptionRequest, CaptionResult
-from mfsc_builder.crop import SURFACE_VOTERS, ImageRegions, class_is_textured, crop_regions, working_image
+from mfsc_builder.crop import (
+    SURFACE_VOTERS,
+    ImageRegions,
+    class_is_textured,
+    crop_regions,
+    is_textured_class,
+    working_image,
+)
 from mfsc_builder.errors import BuildError, BuildInterrupted
 from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary, image_record
 from mfsc_builder.records import ImageRecord
@@ -369,6 +376,8 @@ def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_sample
 def class_surface(cfg: BuildConfig, class_name: str, voters: list[Sample]) -> bool:
     """``crop.class_is_textured`` of one class on its voting images (read here, in a worker when there are)."""
     config = cfg.crop_config()
+    if is_textured_class(class_name):  # decided by its name: no image to read
+        return True
     images = []
     for s in voters:
         try:
