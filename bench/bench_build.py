@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
             runs = {f"baseline {args.baseline}": (base, {}), **runs}
         best: dict[str, dict] = {}
         for r in range(args.repeat):
-            for name, (tree, extra) in runs.items():
-                out = tmp_path / f"out-{len(best)}-{r}"
+            for i, (name, (tree, extra)) in enumerate(runs.items()):
+                out = tmp_path / f"out-{i}-{r}"  # a new folder for every run: nothing is resumed
                 res = run_child(tree, {"source": str(source), "out": str(out), **extra})
                 res["mb"] = folder_mb(out / "images")
                 if name not in best or res["seconds"] < best[name]["seconds"]:
