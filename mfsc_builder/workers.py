@@ -5,8 +5,9 @@ time, so threads do not scale; each worker gets the settings once (``_init``) an
 (``stages.Job``), and sends back the stored-result dicts (pixels only when the captioner runs in the main
 process). Workers start with ``forkserver`` (never a fork of a process that may hold a loaded model and its
 threads: a forked OpenCV thread pool hangs), so, as with every ``multiprocessing`` user, a script that calls
-``run_build`` must do it under ``if __name__ == "__main__":`` (or set ``workers=1``). Workers ignore Ctrl-C (the main process decides when to stop, see ``build._StopFlag``), use one OpenCV
-thread each, and exit when the main process is gone, so a ``kill -9`` of a build leaves no process behind.
+``run_build`` must do it under ``if __name__ == "__main__":`` (or set ``workers=1``). Workers ignore Ctrl-C
+(the main process decides when to stop, see ``build._StopFlag``), use one OpenCV thread each, and exit when
+the main process is gone, so a ``kill -9`` of a build leaves no process behind.
 """
 from __future__ import annotations
 
