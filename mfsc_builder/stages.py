@@ -67,9 +67,13 @@ class Context:
 
     @property
     def caption_in_workers(self) -> bool:
-        """A captioner that is pure CPU work on the pixels (the attribute captioner) runs inside ``prepare``,
-        beside the crop, instead of in the loop."""
-        return bool(getattr(self.captioner, "runs_beside_crop", False))
+        return runs_beside_crop(self.captioner)
+
+
+def runs_beside_crop(captioner: Captioner) -> bool:
+    """A captioner that is pure CPU work on the pixels (the attribute captioner) runs inside ``prepare``,
+    beside the crop, instead of in the loop."""
+    return bool(getattr(captioner, "runs_beside_crop", False))
 
 
 @dataclass

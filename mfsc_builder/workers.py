@@ -24,7 +24,7 @@ from pathlib import Path
 from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig
 from mfsc_builder.captioners import Captioner
-from mfsc_builder.stages import Job, _Prepared, class_surface, prepare
+from mfsc_builder.stages import Job, _Prepared, class_surface, prepare, runs_beside_crop
 
 PRELOAD = ["mfsc_builder.workers", "mfsc_builder.captioners.attributes"]  # imported by the fork server
 _STATE: dict[str, object] = {}
@@ -56,7 +56,7 @@ def build_workers(workers: int, cfg: BuildConfig, captioner: Captioner) -> Itera
     if workers <= 1:
         yield None
         return
-    pool = worker_pool(workers, cfg, captioner if getattr(captioner, "runs_beside_crop", False) else None)
+    pool = worker_pool(workers, cfg, captioner if runs_beside_crop(captioner) else None)
     try:
         yield pool
     finally:
