@@ -12,6 +12,7 @@ records in ``stages``, the datasets' writing in ``write``; this module runs them
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -28,6 +29,7 @@ from typing import Any, Self
 from fsad_data import detect_layout, read_dataset, select_shots
 from fsad_data.atomic import clean_orphans
 from fsad_data.samples import Sample
+from mfsc_builder import clip_tokens
 from mfsc_builder.build_config import BuildConfig, build_manifest
 from mfsc_builder.captioners import Captioner, make_captioner
 from mfsc_builder.errors import BuildError
@@ -43,7 +45,7 @@ from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.stages import Context, Progress, class_records, run_image_stages, textured_classes
 from mfsc_builder.store import WorkStore, write_json
 from mfsc_builder.workers import build_workers, default_workers
-from mfsc_builder.write import group_by_split, split_key, staged_datasets, write_datasets
+from mfsc_builder.write import ImagesWriter, group_by_split, split_key, staged_datasets, write_datasets
 
 log = logging.getLogger(__name__)
 
@@ -135,20 +137,20 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
-    with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
-        # the class decisions read images: a bad one stops the build before anything is written
-        ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
-                      textured_classes(cfg, refs, samples, pool), pool, workers)
-        work.lock()  # before --force wipes anything: never pull the floor from under a running build
-        try:
+    threading.Thread(target=clip_tokens.counter, daemon=True).start()  # the class records' tokenizer, loaded aside
+    with contextlib.ExitStack() as done:  # unwinds in reverse: the writer stops, then the lock goes
+        with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
+            # the class decisions read images: a bad one stops the build before anything is written
+            ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
+                          textured_classes(cfg, refs, samples, pool), pool, workers)
+            work.lock()  # before --force wipes anything: never pull the floor from under a running build
+            done.callback(work.unlock)
             _clear(out, work, force)
             resumed = work.open(manifest)
+            writer = done.enter_context(ImagesWriter(out, _row_order(mine), source=cfg.source, images=cfg.images,
+                                                     workers=workers))
             with _StopFlag() as stop:
-                res = run_image_stages(ctx, work, todo, stop, progress)
-        except BaseException:
-            work.unlock()
-            raise
-    try:
+                res = run_image_stages(ctx, work, todo, stop, progress, stored=writer.add)
         fills, seconds = res.fills, res.seconds
         skipped = [(str(k.path), k.message) for k in getattr(samples, "skipped", [])] + res.skipped
         t0 = time.perf_counter()
@@ -158,16 +160,21 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
         image_recs = group_by_split([fills[i] for i in sorted(mine_ids) if i in fills])
         if progress:
             progress("writing", 0, 1)
-        write_datasets(out, image_recs, [classes[c] for c in sorted(classes)], source=cfg.source,
-                       images=cfg.images, workers=workers)
+        writer.finish([classes[c] for c in sorted(classes)])
         seconds.update({"classes": t1 - t0, "write": time.perf_counter() - t1})
         info = _build_info(cfg, ctx, manifest, image_recs, sorted(classes), skipped)
         write_json(out / BUILD_INFO_NAME, info)
         if progress:
             progress("writing", 1, 1)
-    finally:
-        work.unlock()
     return BuildSummary(out, info["images"], info["classes"], resumed, res.computed, skipped, seconds)
+
+
+def _row_order(samples: list[Sample]) -> dict[str, list[str]]:
+    """The ids of each split's ``images`` rows, in the datasets' order (by id)."""
+    order: dict[str, list[str]] = {}
+    for s in sorted(samples, key=lambda s: s.id):
+        order.setdefault(s.split, []).append(s.id)
+    return order
 
 
 def _clear(out: Path, work: WorkStore, force: bool) -> None:

@@ -41,6 +41,7 @@ from mfsc_builder.store import WorkStore
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+Stored = Callable[[list[str], list[dict]], None]  # (settled sample ids, their image records)
 Item = tuple[str, dict]  # (sample id, stored value)
 Loaded = dict[str, tuple[np.ndarray | None, ImageRegions]]  # id -> (working image or None, regions)
 SECONDS = ("crop", "crop_wait", "caption", "fill", "store")
@@ -282,13 +283,18 @@ def fill(chunk: list[Sample], loaded: Loaded, caps: Mapping[str, dict], ref_ids:
 
 # --------------------------------------------------------------------------- the loop
 def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: StopRequest,
-                     progress: Progress | None) -> StageResults:
+                     progress: Progress | None, stored: Stored | None = None) -> StageResults:
     """Crop, caption and fill every sample of ``todo`` not stored yet, one part (``part_size`` samples) at a
-    time, each part cut into captioner batches; the parts are stored in the order caption, crop, fill."""
+    time, each part cut into captioner batches; the parts are stored in the order caption, crop, fill. Once the
+    stored fills are read, and after each batch, ``stored`` hears which samples are settled and their records
+    (a settled sample without one was skipped): the records of a batch reach it before its part is stored,
+    which is safe for a reader that publishes nothing before the build has finished (``write.ImagesWriter``)."""
     cfg = ctx.cfg
     crop_st, cap_st, fill_st = work.stage("crop"), work.stage("caption"), work.stage("fill")
     crops, caps = crop_st.load(), cap_st.load()
     res = StageResults(fill_st.load())
+    if stored:
+        stored(list(res.fills), list(res.fills.values()))
     timer, policy = _Timer(res.seconds), _SkipPolicy(cfg.on_error, res.skipped)
     ref_ids = {s.id for refs in ctx.refs.values() for s in refs}
     pending = [s for s in todo if s.id not in res.fills]
@@ -305,6 +311,7 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
         for chunk in chunks:
             loaded: Loaded = {}
             new_crops: list[Item] = []
+            new_fills: list[Item] = []
             for batch in _chunks(chunk, size):
                 with timer("crop_wait"):
                     got = ahead.next()
@@ -319,21 +326,25 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
                         cap_st.append(got.caps)
                     caps.update(got.caps)
                     res.computed["caption"] += len(got.caps)
-                need = [s for s in batch if s.id in got.loaded and s.id not in caps]
-                if not need or stop.requested:
+                if stop.requested:
                     continue
-                with timer("caption"):
-                    new_caps = caption(ctx.captioner, need, loaded, policy)
-                with timer("store"):
-                    cap_st.append(new_caps)
-                caps.update(new_caps)
-                res.computed["caption"] += len(new_caps)
+                need = [s for s in batch if s.id in got.loaded and s.id not in caps]
+                if need:
+                    with timer("caption"):
+                        new_caps = caption(ctx.captioner, need, loaded, policy)
+                    with timer("store"):
+                        cap_st.append(new_caps)
+                    caps.update(new_caps)
+                    res.computed["caption"] += len(new_caps)
+                with timer("fill"):
+                    batch_fills = fill(batch, loaded, caps, ref_ids)
+                new_fills += batch_fills
+                if stored:
+                    stored([s.id for s in batch], [d for _, d in batch_fills])
             with timer("store"):
                 crop_st.append(new_crops)
             crops.update(new_crops)
             res.computed["crop"] += len(new_crops)
-            with timer("fill"):
-                new_fills = fill(chunk, loaded, caps, ref_ids)
             with timer("store"):
                 fill_st.append(new_fills)
             res.fills.update(new_fills)

@@ -2,9 +2,12 @@
 
 Why from stored records: an interrupted-and-resumed build and an uninterrupted one then write identical
 bytes. What a row keeps of its image and mask files is decided by ``image_files``; the files are read, hashed
-and (when they must be) encoded by a few threads while ``datasets`` writes the rows in order. The datasets are
-saved in a scratch folder inside ``out`` (``.write-*`` / ``.merge-*``) and swapped into place with
-``fsad_data.atomic.swap_folder`` only when both are complete.
+and (when they must be) encoded by a few threads while ``datasets`` writes the rows in order. A build writes
+its ``images`` rows while it still captions (``ImagesWriter``): each row is written as soon as its record is
+stored and every row before it in the dataset's order is, so with a model backend only the last few rows and
+the final save are left when the last caption comes back. The datasets are saved in a scratch folder inside
+``out`` (``.write-*`` / ``.merge-*``) and swapped into place with ``fsad_data.atomic.swap_folder`` only when
+both are complete.
 """
 from __future__ import annotations
 
@@ -12,10 +15,12 @@ import contextlib
 import itertools
 import shutil
 import tempfile
+import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 from fsad_data import DataError
 from fsad_data.atomic import swap_folder
@@ -24,7 +29,7 @@ from mfsc_builder.image_files import stored_image, stored_mask
 from mfsc_builder.records import CLASSES_FEATURES, IMAGES_FEATURES, ClassRecord, ImageRecord
 
 SPLIT_ORDER = ("train", "test")
-WRITER_BATCH_ROWS = 32  # rows datasets holds before writing: 32 inspection images stay well under 1 GB
+WRITER_BATCH_ROWS = 8  # rows datasets holds before writing: few are left to write when the last record comes
 
 
 def _row(d: dict, source: str, images: str) -> dict:
@@ -36,7 +41,7 @@ def _row(d: dict, source: str, images: str) -> dict:
     return rec.to_row(image=image, mask=mask)
 
 
-def _image_rows(records: list[dict], source: str, images: str, workers: int) -> Iterator[dict]:
+def _image_rows(records: Iterable[dict], source: str, images: str, workers: int) -> Iterator[dict]:
     """The rows in record order, read and (where needed) encoded by ``workers`` threads a few rows ahead:
     Pillow's encoder and hashlib release the GIL, and at most ``4 * workers`` rows wait in memory."""
     if workers <= 1:
@@ -57,36 +62,138 @@ def _image_rows(records: list[dict], source: str, images: str, workers: int) -> 
 
 def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_records: list[dict], *,
                    source: str | Path, images: str = "embed", workers: int = 1) -> None:
-    """Write ``out/images`` (DatasetDict of the splits present) and ``out/classes`` atomically; ``images``
-    (embed or reference) says what is kept of the files under ``source`` (``image_files``)."""
-    import datasets
+    """Write ``out/images`` (DatasetDict of the splits present) and ``out/classes`` atomically from records
+    already in memory; ``images`` (embed or reference) says what is kept of the files under ``source``."""
+    expected = {split: [r["id"] for r in recs] for split, recs in image_records.items()}
+    with ImagesWriter(out, expected, source=source, images=images, workers=workers) as writer:
+        writer.add([r["id"] for recs in image_records.values() for r in recs],
+                   [r for recs in image_records.values() for r in recs])
+        writer.finish(class_records)
 
-    out = Path(out)
-    with staged_datasets(out, ".write-", "datasets") as tmp:
-        splits = {}
-        for split in sorted(image_records, key=split_key):
-            recs = image_records[split]
-            if not recs:
-                continue
-            try:
-                splits[split] = datasets.Dataset.from_generator(
-                    _image_rows, features=IMAGES_FEATURES, cache_dir=str(tmp / "cache" / split),
-                    gen_kwargs={"records": recs, "source": str(source), "images": images, "workers": workers},
-                    split=datasets.NamedSplit(split), writer_batch_size=WRITER_BATCH_ROWS,
-                )
-            except Exception as exc:  # datasets wraps errors of the generator: show the user's one
-                cause: BaseException | None = exc
-                while cause is not None and not isinstance(cause, DataError | BuildError):
-                    cause = cause.__cause__
-                if cause is not None:
-                    raise cause from None
-                raise
-        if not splits:
-            raise BuildError(f"nothing to write to {out}: no image was captioned (see the warnings above)")
-        datasets.DatasetDict(splits).save_to_disk(str(tmp / "images"))
+
+class _Aborted(Exception):
+    """The build stopped before every row was known: the writer thread gives up, nothing is published."""
+
+
+class ImagesWriter:
+    """Writes the ``images`` splits in a background thread while the build still runs, then saves both
+    datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's order (sorted
+    by id); the build reports each stored part with ``add`` (the ids it settled and the records made; an id
+    without a record was skipped). Rows are produced strictly in order, so the bytes do not depend on when
+    the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the thread and
+    publishes nothing."""
+
+    def __init__(self, out: Path, expected: Mapping[str, Sequence[str]], *, source: str | Path,
+                 images: str = "embed", workers: int = 1) -> None:
+        self.out, self._source, self._images, self._workers = Path(out), str(source), images, workers
+        self._expected = {s: list(expected[s]) for s in sorted(expected, key=split_key) if expected[s]}
+        self._records: dict[str, dict | None] = {}  # id -> record, or None: settled without one (skipped)
+        self._changed = threading.Condition()
+        self._aborted = False
+        self._error: BaseException | None = None
+        self._splits: dict = {}  # split -> the datasets.Dataset of its rows, in the datasets cache
+        self._finished = False
+        self._staging = staged_datasets(self.out, ".write-", "datasets")
+        self._threads = [threading.Thread(target=self._write_split, args=(split, ids), daemon=True,
+                                          name=f"mfsc-write-{split}") for split, ids in self._expected.items()]
+
+    def __enter__(self) -> Self:
+        self._tmp = self._staging.__enter__()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._finished:
+            return
+        self._stop_threads()  # left without finish (an error, Ctrl-C): nothing is published
+        if exc[0] is None:
+            exc = (_Aborted, _Aborted(), None)
+        self._staging.__exit__(*exc)
+
+    def add(self, settled: Iterable[str], records: Iterable[dict]) -> None:
+        """Rows that can be written now; raises at once when the writer thread failed (a file it could not
+        read), so a long build does not caption on for nothing."""
+        with self._changed:
+            for rid in settled:
+                self._records.setdefault(rid, None)
+            for r in records:
+                self._records[r["id"]] = r
+            self._changed.notify_all()
+        if self._error is not None:
+            self._raise_error()
+
+    def finish(self, class_records: list[dict]) -> None:
+        """Wait for the last rows, save ``images`` and ``classes``, and put both in place."""
+        import datasets
+
+        with self._changed:
+            for ids in self._expected.values():  # ids never reported were not captioned: no row
+                for rid in ids:
+                    self._records.setdefault(rid, None)
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join()
+        if self._error is not None:
+            self._raise_error()
+        if not self._splits:
+            raise BuildError(f"nothing to write to {self.out}: no image was captioned (see the warnings above)")
+        # saved here, not as each split is done: the save copies the rows through memory, better done once
+        # the build's worker processes are gone
+        datasets.DatasetDict({s: self._splits[s] for s in self._expected if s in self._splits}).save_to_disk(
+            str(self._tmp / "images"))
+        self._splits = {}
         rows = [ClassRecord.from_dict(c).to_row() for c in class_records]
-        datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp / "classes"))
-        del splits
+        datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(self._tmp / "classes"))
+        self._finished = True
+        self._staging.__exit__(None, None, None)  # the swap; an error there has cleaned up already
+
+    # ---------------------------------------------------------------- the thread
+    def _stop_threads(self) -> None:
+        with self._changed:
+            self._aborted = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _raise_error(self) -> None:
+        cause: BaseException | None = self._error  # datasets wraps errors of the generator: show the user's one
+        while cause is not None and not isinstance(cause, DataError | BuildError):
+            cause = cause.__cause__
+        raise (cause or self._error) from None  # type: ignore[misc]
+
+    def _settled(self, rid: str) -> dict | None:
+        with self._changed:
+            while rid not in self._records:
+                if self._aborted:
+                    raise _Aborted
+                self._changed.wait()
+            return self._records[rid]
+
+    def _in_order(self, ids: list[str]) -> Iterator[dict]:
+        for rid in ids:
+            rec = self._settled(rid)
+            if rec is not None:
+                yield rec
+
+    def _write_split(self, split: str, ids: list[str]) -> None:
+        """One split's rows into the ``datasets`` cache as they come, in its own thread (the splits' records
+        come interleaved)."""
+        import datasets
+
+        try:
+            if next(self._in_order(ids), None) is None:  # a split every image of which was skipped is left out
+                return
+            self._splits[split] = datasets.Dataset.from_generator(
+                _image_rows, features=IMAGES_FEATURES, cache_dir=str(self._tmp / "cache" / split),
+                gen_kwargs={"records": self._in_order(ids), "source": self._source, "images": self._images,
+                            "workers": self._workers},
+                split=datasets.NamedSplit(split), writer_batch_size=WRITER_BATCH_ROWS,
+                fingerprint=f"mfsc-images-{split}",  # the rows are not hashed: the folder is new each time
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the build's thread by add / finish
+            if not self._aborted and self._error is None:  # an abort arrives wrapped by datasets: no error
+                self._error = exc
 
 
 def split_key(split: str) -> tuple[int, str]:
