@@ -12,7 +12,8 @@ images would compress unrealistically well); ``--format jpg`` makes a VisA-like 
 
 The model backend is stood in for by a captioner that sleeps a fixed time per image (default 0.5 s, a fast
 VLM on a GPU) and returns the attribute captioner's fields; the builder's overhead is the total time minus
-the captioner's. Prints figures; asserts nothing.
+the sleeps (the stand-in's one real answer, about 0.2 s, counts as the builder's). Prints figures; asserts
+nothing.
 
     .venv/bin/python bench/bench_build.py [--size 1024] [--format png|jpg] [--repeat 2] [--baseline REV]
 """

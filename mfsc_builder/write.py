@@ -72,15 +72,15 @@ def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_rec
 
 
 class _Aborted(Exception):
-    """The build stopped before every row was known: the writer thread gives up, nothing is published."""
+    """The build stopped before every row was known: the writer threads give up, nothing is published."""
 
 
 class ImagesWriter:
-    """Writes the ``images`` splits in a background thread while the build still runs, then saves both
-    datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's order (sorted
-    by id); the build reports each stored part with ``add`` (the ids it settled and the records made; an id
-    without a record was skipped). Rows are produced strictly in order, so the bytes do not depend on when
-    the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the thread and
+    """Writes the ``images`` splits in background threads (one per split) while the build still runs, then
+    saves both datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's order (sorted
+    by id); the build reports each captioned batch with ``add`` (the ids it settled and the records made; an
+    id without a record was skipped). Rows are produced strictly in order, so the bytes do not depend on when
+    the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the threads and
     publishes nothing."""
 
     def __init__(self, out: Path, expected: Mapping[str, Sequence[str]], *, source: str | Path,
@@ -148,7 +148,7 @@ class ImagesWriter:
         self._finished = True
         self._staging.__exit__(None, None, None)  # the swap; an error there has cleaned up already
 
-    # ---------------------------------------------------------------- the thread
+    # ---------------------------------------------------------------- the threads
     def _stop_threads(self) -> None:
         with self._changed:
             self._aborted = True

@@ -1,0 +1,154 @@
+"""The images rows written while a build still captions (``write.ImagesWriter``): the bytes do not depend on
+when or in which order the records come, a failing row stops the build at once, and leaving early publishes
+nothing and leaves no thread or scratch folder behind."""
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsad_data import DataError
+from mfsc_builder.errors import BuildError
+from mfsc_builder.records import ClassRecord, ImageRecord, ImageView, PromptText, Provenance
+from mfsc_builder.write import ImagesWriter, group_by_split
+
+PROV = Provenance("attributes", "", "", "attr-1", "ok")
+
+
+def _records(src: Path, n_classes: int = 3, per_split: int = 5) -> list[dict]:
+    """Records of small noisy PNGs, ids ordered as a real build's are: class, then split, so the splits'
+    records come interleaved."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for c in range(n_classes):
+        for split in ("test", "train"):
+            for i in range(per_split):
+                path = src / f"c{c}" / split / f"{i:03d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+                recs.append(ImageRecord(
+                    id=f"c{c}/{split}/good/{i:03d}", class_name=f"c{c}", object_name=f"c{c}", split=split,
+                    label=0, defect_type="good", file_name=path.name, image_path=str(path), mask_path=None,
+                    width=32, height=24, is_reference=False, image_view=ImageView(f"c{c}", "black"),
+                    caption=f"thing {c} {i}", provenance=PROV).to_dict())
+    return recs
+
+
+def _classes() -> list[dict]:
+    return [ClassRecord("c0", "c0", "folder", ["000.png"], "k=1 seed=0", ImageView("c0", "black"),
+                        caption="c0", defect_states=["crack"], defect_vocab="generic",
+                        texts=[PromptText("image", "image", ["a c0"], ["a c0 with a crack"])],
+                        provenance=PROV).to_dict()]
+
+
+def _order(recs: list[dict]) -> dict[str, list[str]]:
+    return {split: [r["id"] for r in rs] for split, rs in group_by_split(recs).items()}
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every data file of the images dataset (the Arrow shards and the split list), by relative path."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*"))
+            if p.is_file() and (p.suffix == ".arrow" or p.name == "dataset_dict.json")}
+
+
+def _no_writer_threads() -> bool:
+    return not any(t.name.startswith("mfsc-write") and t.is_alive() for t in threading.enumerate())
+
+
+def test_rows_do_not_depend_on_the_order_or_timing_of_the_records(tmp_path):
+    import datasets
+
+    recs = _records(tmp_path / "src")
+    at_once = tmp_path / "at-once"
+    with ImagesWriter(at_once, _order(recs), source=tmp_path, workers=1) as w:
+        w.add([r["id"] for r in recs], recs)
+        w.finish(_classes())
+    shuffled = recs[:]
+    random.Random(1).shuffle(shuffled)
+    late = tmp_path / "late"
+    with ImagesWriter(late, _order(recs), source=tmp_path, workers=3) as w:
+        for i in range(0, len(shuffled), 4):  # small parts, out of order, with the threads kept waiting
+            part = shuffled[i:i + 4]
+            w.add([r["id"] for r in part], part)
+            time.sleep(0.01)
+        w.finish(_classes())
+    assert _files(late) == _files(at_once)
+    images = datasets.load_from_disk(str(late / "images"))
+    assert list(images) == ["train", "test"]
+    for split, ids in _order(recs).items():
+        assert images[split]["id"] == ids
+        got = images[split].cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
+        assert got == Path(recs[[r["id"] for r in recs].index(ids[0])]["image_path"]).read_bytes()
+    assert not [p for p in late.iterdir() if p.name.startswith(".")] and _no_writer_threads()
+
+
+def test_rows_are_written_before_finish(tmp_path):
+    """The build's write is not one step after the last caption: rows reach the disk as records come."""
+    recs = _records(tmp_path / "src")
+    test_recs = [r for r in recs if r["split"] == "test"]
+    image_bytes = sum(Path(r["image_path"]).stat().st_size for r in test_recs)
+    out = tmp_path / "out"
+    with ImagesWriter(out, _order(recs), source=tmp_path) as w:
+        w.add([r["id"] for r in test_recs], test_recs)  # the train rows are still to come
+        deadline, cached = time.monotonic() + 30, 0
+        while time.monotonic() < deadline and cached < image_bytes:
+            cached = sum(p.stat().st_size for p in out.glob(".write-*/cache/test/**/*.arrow"))
+            time.sleep(0.02)
+        assert cached >= image_bytes, "the test split's rows were not written while the build went on"
+        assert not (out / "images").exists()  # and nothing is published before finish
+        w.add([r["id"] for r in recs], recs)
+        w.finish(_classes())
+    assert (out / "images" / "test").is_dir()
+
+
+def test_a_row_that_cannot_be_read_stops_the_build_at_the_next_add(tmp_path):
+    recs = _records(tmp_path / "src", n_classes=1)
+    gone = Path(recs[0]["image_path"])
+    gone.unlink()
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=gone.name), ImagesWriter(out, _order(recs), source=tmp_path) as w:
+        w.add([recs[0]["id"]], recs[:1])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the build adds part after part; one of them hears it
+            w.add([], [])
+            time.sleep(0.01)
+        pytest.fail("the writer's error was not reported while the build went on")
+    assert not (out / "images").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert _no_writer_threads()
+
+
+def test_leaving_without_finish_publishes_nothing_and_stops_the_threads(tmp_path):
+    recs = _records(tmp_path / "src")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), ImagesWriter(out, _order(recs), source=tmp_path) as w:
+        w.add([r["id"] for r in recs[:7]], recs[:7])  # some rows written, the threads wait for more
+        raise KeyboardInterrupt
+    assert list(out.iterdir()) == [] and _no_writer_threads()
+    with ImagesWriter(out, _order(recs), source=tmp_path) as w:  # a plain exit without finish: same
+        w.add([r["id"] for r in recs[:3]], recs[:3])
+    assert list(out.iterdir()) == [] and _no_writer_threads()
+
+
+def test_skipped_images_leave_no_row_and_a_split_without_rows_is_left_out(tmp_path):
+    import datasets
+
+    recs = _records(tmp_path / "src", n_classes=2)
+    kept = [r for r in recs if r["split"] == "train" and not r["id"].endswith("/001")]
+    out = tmp_path / "out"
+    with ImagesWriter(out, _order(recs), source=tmp_path) as w:
+        w.add([r["id"] for r in recs], kept)  # every test image and two train images settled, skipped
+        w.finish(_classes())
+    images = datasets.load_from_disk(str(out / "images"))
+    assert list(images) == ["train"] and images["train"]["id"] == [r["id"] for r in kept]
+
+
+def test_nothing_captioned_is_one_clear_error_and_nothing_written(tmp_path):
+    recs = _records(tmp_path / "src", n_classes=1)
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match="no image was captioned"), \
+            ImagesWriter(out, _order(recs), source=tmp_path) as w:
+        w.finish(_classes())  # ids never reported were not captioned
+    assert list(out.iterdir()) == [] and _no_writer_threads()
