@@ -2,7 +2,7 @@
 
 Why staged: each stage's result is stored per sample id (``store.StageStore``), so a crashed or
 interrupted build resumes where it stopped and gives the same dataset as an uninterrupted one; the
-final datasets are always written from the stored results, never from in-memory objects, so both paths
+final datasets are always written from the stored form of the results (``store.as_stored``), so both paths
 produce identical bytes. ``--num-shards N --shard-index I`` gives each machine the samples whose stable
 hash falls into its shard; every part also processes the (few) reference normal images of every class,
 so each part can write complete ``classes`` records and ``merge_builds`` only joins the ``images`` rows.

@@ -36,7 +36,7 @@ from mfsc_builder.crop import (
 from mfsc_builder.errors import BuildError, BuildInterrupted
 from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary, image_record
 from mfsc_builder.records import ImageRecord
-from mfsc_builder.store import WorkStore
+from mfsc_builder.store import WorkStore, as_stored
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,9 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
     """Crop, caption and fill every sample of ``todo`` not stored yet, one part (``part_size`` samples) at a
     time, each part cut into captioner batches; the parts are stored in the order caption, crop, fill. Once the
     stored fills are read, and after each batch, ``stored`` hears which samples are settled and their records
-    (a settled sample without one was skipped): the records of a batch reach it before its part is stored,
-    which is safe for a reader that publishes nothing before the build has finished (``write.ImagesWriter``)."""
+    (a settled sample without one was skipped): the records of a batch reach it, in their stored form, before
+    its part is stored, which is safe for a reader that publishes nothing before the build has finished
+    (``write.ImagesWriter``)."""
     cfg = ctx.cfg
     crop_st, cap_st, fill_st = work.stage("crop"), work.stage("caption"), work.stage("fill")
     crops, caps = crop_st.load(), cap_st.load()
@@ -340,7 +341,7 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
                     batch_fills = fill(batch, loaded, caps, ref_ids)
                 new_fills += batch_fills
                 if stored:
-                    stored([s.id for s in batch], [d for _, d in batch_fills])
+                    stored([s.id for s in batch], [as_stored(d) for _, d in batch_fills])
             with timer("store"):
                 crop_st.append(new_crops)
             crops.update(new_crops)

@@ -64,6 +64,12 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def as_stored(obj: Any) -> Any:
+    """``obj`` as a stage part gives it back (one JSON round trip): what a reader of fresh results sees is
+    exactly what it would read after a resume."""
+    return json.loads(canonical_json(obj))
+
+
 def fingerprint(obj: Any) -> str:
     """SHA-256 of the canonical JSON of ``obj`` (used for configurations)."""
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()

@@ -4,7 +4,7 @@ Why from stored records: an interrupted-and-resumed build and an uninterrupted o
 bytes. What a row keeps of its image and mask files is decided by ``image_files``; the files are read, hashed
 and (when they must be) encoded by a few threads while ``datasets`` writes the rows in order. A build writes
 its ``images`` rows while it still captions (``ImagesWriter``): each row is written as soon as its record is
-stored and every row before it in the dataset's order is, so with a model backend only the last few rows and
+made and every row before it in the dataset's order is, so with a model backend only the last few rows and
 the final save are left when the last caption comes back. The datasets are saved in a scratch folder inside
 ``out`` (``.write-*`` / ``.merge-*``) and swapped into place with ``fsad_data.atomic.swap_folder`` only when
 both are complete.
@@ -77,10 +77,10 @@ class _Aborted(Exception):
 
 class ImagesWriter:
     """Writes the ``images`` splits in background threads (one per split) while the build still runs, then
-    saves both datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's order (sorted
-    by id); the build reports each captioned batch with ``add`` (the ids it settled and the records made; an
-    id without a record was skipped). Rows are produced strictly in order, so the bytes do not depend on when
-    the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the threads and
+    saves both datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's
+    order (sorted by id); the build reports each captioned batch with ``add`` (the ids it settled and the
+    records made; an id without a record was skipped). Rows are produced strictly in order, so the bytes do
+    not depend on when the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the threads and
     publishes nothing."""
 
     def __init__(self, out: Path, expected: Mapping[str, Sequence[str]], *, source: str | Path,
@@ -112,7 +112,7 @@ class ImagesWriter:
         self._staging.__exit__(*exc)
 
     def add(self, settled: Iterable[str], records: Iterable[dict]) -> None:
-        """Rows that can be written now; raises at once when the writer thread failed (a file it could not
+        """Rows that can be written now; raises at once when a writer thread failed (a file it could not
         read), so a long build does not caption on for nothing."""
         with self._changed:
             for rid in settled:
