@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from detector.errors import DetectorError
 from fsad_data.atomic import write_text_atomic
+from fsad_data.folder_lock import FolderInUse, FolderLock
 
 Step = Callable[..., None]
 """``step(k, done=False)``: k more items finished; ``done=True`` closes the bar."""
@@ -55,24 +56,21 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 @contextmanager
 def output_lock(out: str | Path, command: str = "detector train", name: str | None = None) -> Iterator[None]:
-    """Hold ``out`` for one run (an OS file lock on ``.NAME.lock`` beside it, released by the OS even on kill -9):
-    a second run into the same folder is refused at once, naming ``command`` and the lock, instead of both
-    claiming to have written it. ``name``: another lock beside ``out`` (one shard of a benchmark)."""
-    from filelock import FileLock, Timeout
-
+    """Hold ``out`` for one run (``fsad_data.folder_lock`` on ``.NAME.lock`` beside it, released by the OS even
+    on kill -9): a second run into the same folder is refused at once, naming ``command`` and the lock, instead
+    of both claiming to have written it. ``name``: another lock beside ``out`` (one shard of a benchmark)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out.parent / f".{name or out.name}.lock", timeout=0)
+    lock = FolderLock(out.parent / f".{name or out.name}.lock")
     try:
         lock.acquire()
-    except Timeout:
-        raise DetectorError(f"{out} is in use by another `{command}` (lock {lock.lock_file}); wait for it "
+    except FolderInUse as exc:
+        who = f" (process {exc.holder})" if exc.holder else ""
+        raise DetectorError(f"{out} is in use by another `{command}`{who}, lock {exc.lock_file}; wait for it "
                             "to finish or use another --out") from None
     try:
         yield
     finally:
         lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)  # filelock re-checks the inode, so a racing peer is safe
 
 
 def progress(enabled: bool, total: int, what: str) -> Step:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic
+from fsad_data.folder_lock import FolderInUse, FolderLock
 from mfsc_builder.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class WorkStore:
     def __init__(self, work_dir: Path) -> None:
         self.dir = Path(work_dir)
         self.manifest_path = self.dir / MANIFEST_NAME
-        self._locked = False
+        self._lock = FolderLock(self.dir / LOCK_NAME)
 
     def read_manifest(self) -> dict | None:
         """The stored manifest, or None when there is none yet."""
@@ -246,44 +247,17 @@ class WorkStore:
         st.clean_temporaries()
         return st
 
-    # -- a simple lock so that two builds never write into the same folder
+    # -- two builds never write into the same folder
     def lock(self) -> None:
-        """Take the folder's lock; a lock left by a dead process is taken over."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / LOCK_NAME
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(path.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise BuildError(
-                        f"{self.dir} is in use by process {pid}; wait for it to finish or use another --out"
-                    ) from None
-                _remove_quietly(path)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self._locked = True
-            return
-        raise BuildError(f"could not lock {path}; remove it if no build is running")
+        """Take the folder's lock (``fsad_data.folder_lock``): a second build into it is refused, naming the
+        process; a lock left by a killed build is free again."""
+        try:
+            self._lock.acquire()
+        except FolderInUse as exc:
+            who = f"process {exc.holder}" if exc.holder else "another build"
+            raise BuildError(f"{self.dir} is in use by {who}; wait for it to finish or use another --out") from None
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock`."""
-        if self._locked:
-            _remove_quietly(self.dir / LOCK_NAME)
-            self._locked = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        self._lock.release()
 

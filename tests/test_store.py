@@ -1,6 +1,8 @@
 """The stage store: atomic parts, damaged parts never read back, manifest refusal, lock."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -81,14 +83,26 @@ def test_fingerprint_is_order_independent():
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
 
 
-def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+def test_lock_refuses_a_live_holder_and_is_free_after_a_kill(tmp_path):
+    """A holder that is alive is refused and named; a lock file left by a killed build blocks nothing, even
+    when the pid written in it now belongs to another live process (a pid file lock refused that one)."""
     ws = WorkStore(tmp_path / "work")
-    ws.dir.mkdir()
-    (ws.dir / ".lock").write_text(str(os.getppid()))  # a live process that is not us
-    with pytest.raises(BuildError, match="in use by process"):
-        ws.lock()
-    (ws.dir / ".lock").write_text("999999999")  # no such process
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from fsad_data.folder_lock import FolderLock; held = FolderLock(sys.argv[1]); "
+        "held.acquire(); print('held', flush=True); time.sleep(60)"), str(ws.dir / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BuildError, match=f"in use by process {holder.pid}"):
+            ws.lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (ws.dir / ".lock").read_text() == str(holder.pid)  # a kill -9 leaves the file
+    (ws.dir / ".lock").write_text(str(os.getppid()))  # and its pid reused by a live process
     ws.lock()
     assert (ws.dir / ".lock").read_text() == str(os.getpid())
+    with pytest.raises(BuildError, match=f"in use by process {os.getpid()}"):
+        WorkStore(ws.dir).lock()  # a second build in this very process is refused too
     ws.unlock()
     assert not (ws.dir / ".lock").exists()
