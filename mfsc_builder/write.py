@@ -3,16 +3,18 @@
 Why from stored records: an interrupted-and-resumed build and an uninterrupted one then write identical
 bytes. What a row keeps of its image and mask files is decided by ``image_files``; the files are read, hashed
 and (when they must be) encoded by a few threads while ``datasets`` writes the rows in order. A build writes
-its ``images`` rows while it still captions (``ImagesWriter``): each row is written as soon as its record is
-made and every row before it in the dataset's order is, so with a model backend only the last few rows and
-the final save are left when the last caption comes back. The datasets are saved in a scratch folder inside
-``out`` (``.write-*`` / ``.merge-*``) and swapped into place with ``fsad_data.atomic.swap_folder`` only when
-both are complete.
+its ``images`` rows while it still captions (``ImagesWriter``), straight into the Arrow files of the saved
+dataset: each row is written as soon as its record is made and every row before it in the dataset's order is,
+so with a model backend only the last few rows are left when the last caption comes back. The datasets are
+saved in a scratch folder inside ``out`` (``.write-*`` / ``.merge-*``) and swapped into place with
+``fsad_data.atomic.swap_folder`` only when both are complete.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
 import shutil
 import tempfile
 import threading
@@ -27,9 +29,12 @@ from fsad_data.atomic import swap_folder
 from mfsc_builder.errors import BuildError
 from mfsc_builder.image_files import stored_image, stored_mask
 from mfsc_builder.records import CLASSES_FEATURES, IMAGES_FEATURES, ClassRecord, ImageRecord
+from mfsc_builder.store import canonical_json
 
 SPLIT_ORDER = ("train", "test")
 WRITER_BATCH_ROWS = 8  # rows datasets holds before writing: few are left to write when the last record comes
+SHARD_BYTES = 500 * 2**20  # one Arrow file per this many bytes of a split's images (datasets' own default)
+DATASET_STATE_FILE, DATASET_DICT_FILE = "state.json", "dataset_dict.json"  # names load_from_disk reads
 
 
 def _row(d: dict, source: str, images: str) -> dict:
@@ -76,8 +81,8 @@ class _Aborted(Exception):
 
 
 class ImagesWriter:
-    """Writes the ``images`` splits in background threads (one per split) while the build still runs, then
-    saves both datasets on ``finish``. ``expected`` lists, per split, the ids of the rows in the dataset's
+    """Writes the ``images`` splits in background threads (one per split) while the build still runs; on
+    ``finish``, completes them and saves ``classes``. ``expected`` lists, per split, the ids of the rows in the dataset's
     order (sorted by id); the build reports each captioned batch with ``add`` (the ids it settled and the
     records made; an id without a record was skipped). Rows are produced strictly in order, so the bytes do
     not depend on when the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the threads and
@@ -91,7 +96,7 @@ class ImagesWriter:
         self._changed = threading.Condition()
         self._aborted = False
         self._error: BaseException | None = None
-        self._splits: dict = {}  # split -> the datasets.Dataset of its rows, in the datasets cache
+        self._splits: dict[str, tuple[list[Path], str]] = {}  # split -> (its Arrow files, its fingerprint)
         self._finished = False
         self._staging = staged_datasets(self.out, ".write-", "datasets")
         self._threads = [threading.Thread(target=self._write_split, args=(split, ids), daemon=True,
@@ -138,10 +143,10 @@ class ImagesWriter:
             self._raise_error()
         if not self._splits:
             raise BuildError(f"nothing to write to {self.out}: no image was captioned (see the warnings above)")
-        # saved here, not as each split is done: the save copies the rows through memory, better done once
-        # the build's worker processes are gone
-        datasets.DatasetDict({s: self._splits[s] for s in self._expected if s in self._splits}).save_to_disk(
-            str(self._tmp / "images"))
+        splits = [s for s in self._expected if s in self._splits]
+        for split in splits:
+            _saved_dataset_files(self._tmp / "images" / split, split, *self._splits[split])
+        (self._tmp / "images" / DATASET_DICT_FILE).write_text(json.dumps({"splits": splits}), encoding="utf-8")
         self._splits = {}
         rows = [ClassRecord.from_dict(c).to_row() for c in class_records]
         datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(self._tmp / "classes"))
@@ -177,23 +182,54 @@ class ImagesWriter:
                 yield rec
 
     def _write_split(self, split: str, ids: list[str]) -> None:
-        """One split's rows into the ``datasets`` cache as they come, in its own thread (the splits' records
-        come interleaved)."""
-        import datasets
+        """One split's rows, in its own thread (the splits' records come interleaved), straight into the Arrow
+        files of the saved dataset (``datasets``' writer, one file per ``SHARD_BYTES`` of images): written once,
+        no cache copy to save again."""
+        from datasets.arrow_writer import ArrowWriter
 
+        folder = self._tmp / "images" / split
+        files: list[Path] = []
+        digest = hashlib.sha256()  # of the rows without their pixels: the dataset's fingerprint
+        writer, size = None, 0
         try:
-            if next(self._in_order(ids), None) is None:  # a split every image of which was skipped is left out
-                return
-            self._splits[split] = datasets.Dataset.from_generator(
-                _image_rows, features=IMAGES_FEATURES, cache_dir=str(self._tmp / "cache" / split),
-                gen_kwargs={"records": self._in_order(ids), "source": self._source, "images": self._images,
-                            "workers": self._workers},
-                split=datasets.NamedSplit(split), writer_batch_size=WRITER_BATCH_ROWS,
-                fingerprint=f"mfsc-images-{split}",  # the rows are not hashed: the folder is new each time
-            )
+            for row in _image_rows(self._in_order(ids), self._source, self._images, self._workers):
+                if writer is None or size >= SHARD_BYTES:
+                    if writer is not None:
+                        writer.finalize()
+                        writer.close()
+                    files.append(folder / f"shard-{len(files):05d}.arrow")
+                    folder.mkdir(parents=True, exist_ok=True)
+                    writer, size = ArrowWriter(features=IMAGES_FEATURES, path=str(files[-1]),
+                                               writer_batch_size=WRITER_BATCH_ROWS), 0
+                writer.write(IMAGES_FEATURES.encode_example(row))
+                size += sum(len(row[k]["bytes"] or b"") for k in ("image", "mask") if row.get(k))
+                digest.update(canonical_json({k: v for k, v in row.items() if k not in ("image", "mask")}).encode())
+            if writer is not None:
+                writer.finalize()
+                self._splits[split] = (files, digest.hexdigest())
         except BaseException as exc:  # noqa: BLE001 - handed to the build's thread by add / finish
-            if not self._aborted and self._error is None:  # an abort arrives wrapped by datasets: no error
+            if not self._aborted and self._error is None:
                 self._error = exc
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def _saved_dataset_files(folder: Path, split: str, files: list[Path], fingerprint: str) -> None:
+    """What ``Dataset.save_to_disk`` writes beside its Arrow files, for files written by ``ImagesWriter``:
+    the files named as it names them, ``state.json`` and ``dataset_info.json`` (by ``datasets.DatasetInfo``).
+    ``tests/test_images_writer.py`` checks both against ``save_to_disk``'s own, so a change in ``datasets``
+    shows there first."""
+    import datasets
+
+    names = [f"data-{i:05d}-of-{len(files):05d}.arrow" for i in range(len(files))]
+    for path, name in zip(files, names):
+        path.rename(folder / name)
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": split}
+    (folder / DATASET_STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    datasets.DatasetInfo(features=IMAGES_FEATURES).write_to_directory(str(folder), pretty_print=True)
 
 
 def split_key(split: str) -> tuple[int, str]:

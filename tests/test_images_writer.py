@@ -1,6 +1,8 @@
-"""The images rows written while a build still captions (``write.ImagesWriter``): the bytes do not depend on
-when or in which order the records come, a failing row stops the build at once, and leaving early publishes
-nothing and leaves no thread or scratch folder behind."""
+"""The images rows written while a build still captions (``write.ImagesWriter``): the saved layout is the one
+``datasets``' own ``save_to_disk`` writes, the bytes do not depend on when or in which order the records come,
+a failing row stops the build at once, and leaving early publishes nothing and leaves no thread or scratch
+folder behind."""
+import json
 import random
 import threading
 import time
@@ -11,8 +13,9 @@ import pytest
 from PIL import Image
 
 from fsad_data import DataError
+from mfsc_builder import write
 from mfsc_builder.errors import BuildError
-from mfsc_builder.records import ClassRecord, ImageRecord, ImageView, PromptText, Provenance
+from mfsc_builder.records import IMAGES_FEATURES, ClassRecord, ImageRecord, ImageView, PromptText, Provenance
 from mfsc_builder.write import ImagesWriter, group_by_split
 
 PROV = Provenance("attributes", "", "", "attr-1", "ok")
@@ -58,14 +61,65 @@ def _no_writer_threads() -> bool:
     return not any(t.name.startswith("mfsc-write") and t.is_alive() for t in threading.enumerate())
 
 
+def _write_all(out: Path, recs: list[dict], source: Path) -> None:
+    with ImagesWriter(out, _order(recs), source=source) as w:
+        w.add([r["id"] for r in recs], recs)
+        w.finish(_classes())
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_the_saved_layout_is_the_one_datasets_save_to_disk_writes(tmp_path):
+    """Our files beside the Arrow files (state.json, dataset_info.json, dataset_dict.json) equal what
+    ``DatasetDict.save_to_disk`` writes for the same rows, fingerprint aside: a ``datasets`` release that
+    changes its layout fails here."""
+    import datasets
+
+    recs = _records(tmp_path / "src")
+    ours = tmp_path / "ours"
+    _write_all(ours, recs, tmp_path)
+    ref = tmp_path / "ref"
+    datasets.DatasetDict({
+        split: datasets.Dataset.from_list([write._row(r, str(tmp_path), "embed") for r in rs],
+                                          features=IMAGES_FEATURES, split=datasets.NamedSplit(split))
+        for split, rs in group_by_split(recs).items()}).save_to_disk(str(ref))
+    assert _json(ours / "images" / "dataset_dict.json") == _json(ref / "dataset_dict.json")
+    for split in ("train", "test"):
+        mine, theirs = ours / "images" / split, ref / split
+        assert sorted(p.name for p in mine.iterdir()) == sorted(p.name for p in theirs.iterdir())
+        state, ref_state = _json(mine / "state.json"), _json(theirs / "state.json")
+        assert state.keys() == ref_state.keys()
+        assert {k: v for k, v in state.items() if k != "_fingerprint"} == \
+            {k: v for k, v in ref_state.items() if k != "_fingerprint"}
+        info, ref_info = _json(mine / "dataset_info.json"), _json(theirs / "dataset_info.json")
+        assert info.keys() == ref_info.keys() and info["features"] == ref_info["features"]
+    got, want = datasets.load_from_disk(str(ours / "images")), datasets.load_from_disk(str(ref))
+    for split in ("train", "test"):
+        assert got[split].features == want[split].features and got[split].split == want[split].split
+        assert got[split].data.to_pylist() == want[split].data.to_pylist()
+
+
+def test_a_large_split_is_written_in_several_arrow_files(tmp_path, monkeypatch):
+    import datasets
+
+    recs = _records(tmp_path / "src", n_classes=2)
+    monkeypatch.setattr(write, "SHARD_BYTES", 3 * Path(recs[0]["image_path"]).stat().st_size)
+    out = tmp_path / "out"
+    _write_all(out, recs, tmp_path)
+    files = sorted(p.name for p in (out / "images" / "train").glob("*.arrow"))
+    assert files == [f"data-{i:05d}-of-00004.arrow" for i in range(4)]  # 10 rows, 3 a file
+    images = datasets.load_from_disk(str(out / "images"))
+    assert images["train"]["id"] == _order(recs)["train"]
+
+
 def test_rows_do_not_depend_on_the_order_or_timing_of_the_records(tmp_path):
     import datasets
 
     recs = _records(tmp_path / "src")
     at_once = tmp_path / "at-once"
-    with ImagesWriter(at_once, _order(recs), source=tmp_path, workers=1) as w:
-        w.add([r["id"] for r in recs], recs)
-        w.finish(_classes())
+    _write_all(at_once, recs, tmp_path)
     shuffled = recs[:]
     random.Random(1).shuffle(shuffled)
     late = tmp_path / "late"
@@ -95,7 +149,7 @@ def test_rows_are_written_before_finish(tmp_path):
         w.add([r["id"] for r in test_recs], test_recs)  # the train rows are still to come
         deadline, cached = time.monotonic() + 30, 0
         while time.monotonic() < deadline and cached < image_bytes:
-            cached = sum(p.stat().st_size for p in out.glob(".write-*/cache/test/**/*.arrow"))
+            cached = sum(p.stat().st_size for p in out.glob(".write-*/images/test/*.arrow"))
             time.sleep(0.02)
         assert cached >= image_bytes, "the test split's rows were not written while the build went on"
         assert not (out / "images").exists()  # and nothing is published before finish
