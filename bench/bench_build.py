@@ -207,10 +207,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"peak {res['peak_mb']:6.0f} MB  images/ {res['mb']:6.1f} MB{ratio}")
             print("      stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res["stages"].items()))
 
-        print(f"\n[model stand-in, {args.sleep:.2f} s/image, the same images]")
+        print(f"\n[model stand-in, {args.sleep:.2f} s/image, the same images, best of {args.repeat}]")
         for name, tree in ([(f"baseline {args.baseline}", base)] if base else []) + [("ours", ROOT)]:
-            res = run_child(tree, {"source": str(source), "out": str(tmp_path / f"model-{name[:4]}"),
-                                   "sleep": args.sleep})
+            res = min((run_child(tree, {"source": str(source), "out": str(tmp_path / f"model-{name[:4]}-{r}"),
+                                        "sleep": args.sleep}) for r in range(args.repeat)),
+                      key=lambda x: x["seconds"] - x["model"])
             overhead = res["seconds"] - res["model"]
             print(f"  {name:28s} total {res['seconds']:.2f} s, captioner {res['model']:.2f} s, builder "
                   f"{overhead:.2f} s = {100 * overhead / res['model']:.1f}% of the captioner's time (target < 10%)")

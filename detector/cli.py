@@ -252,6 +252,8 @@ def eval_cmd(
                                   **_naming_settings(min_area, min_margin)))
         _print_metrics(res.metrics, res.metrics_path)
         _say_skipped(res.skipped, res.metrics_path, "test image")
+        if res.card_note:
+            _console().print(f"[yellow]{res.card_note}[/yellow]")
         if res.report_path:
             _console().print(f"report: {res.report_path}")
 

@@ -15,8 +15,10 @@
   (capped by a byte budget) with its named defects, and the panels above.
 - ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.thresholds``), naming the
   checkpoint by its weights' SHA-256, for ``detector predict --threshold OUT``. Picked on the test split: a
-  convenience for inspection, never used for any reported metric. Nothing is written into the checkpoint.
-The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
+  convenience for inspection, never used for any reported metric.
+Into the checkpoint, where it is writable: the evaluation's summary per branch (``evaluation.json``) and the
+refreshed model card (``README.md``, ``detector.model_card``), so that ``detector push`` shares them; a
+read-only or busy checkpoint is left as it is, with a warning. The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
 an earlier evaluation is refused before any work), so a kill leaves the previous evaluation whole.
 
 Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
@@ -98,6 +100,7 @@ class EvalResult:
     report_path: Path | None
     overlays: list[Path] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # --on-error skip: {"path", "error"} per test image
+    card_note: str = ""  # why the checkpoint's model card was not updated, when it was not
 
 
 def mask_at(mask: np.ndarray, resolution: int) -> np.ndarray:
@@ -325,15 +328,18 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
     if write_threshold:
         write_json_atomic(out / THRESHOLD_FILE, threshold_record(branch, values, resolution, class_name,
                                                                  checkpoint_sha256))
+    card_note = ""
     if card_dir is not None:  # the checkpoint's model card states this evaluation, where the folder is writable
         from detector.model_card import record_evaluation
+        from fsad_data.folder_lock import FolderInUse
 
         try:
             record_evaluation(card_dir, json_safe(record))
-        except OSError:
-            pass  # a read-only or shared checkpoint: the evaluation itself is complete without the card
+        except (OSError, FolderInUse) as exc:  # a read-only, shared or busy checkpoint: the evaluation is whole
+            card_note = (f"the model card of {card_dir} was not updated with this evaluation ({exc}); rerun "
+                         "detector eval when the checkpoint is writable and free, to record it there")
     write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
-    return EvalResult(values, out, metrics_path, csv_path, report_path, overlays)
+    return EvalResult(values, out, metrics_path, csv_path, report_path, overlays, card_note=card_note)
 
 
 def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str, Any]]:
@@ -522,4 +528,4 @@ def run_eval(config: EvalConfig) -> EvalResult:
         return None if p is None else out / Path(p).relative_to(tmp)
 
     return EvalResult(res.metrics, out, moved(res.metrics_path), moved(res.csv_path), moved(res.report_path),
-                      [moved(p) for p in res.overlays], skipped)
+                      [moved(p) for p in res.overlays], skipped, res.card_note)

@@ -19,6 +19,7 @@ from detector.errors import DetectorError
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"
+EVALUATION_LOCK, EVALUATION_LOCK_SECONDS = ".evaluation.lock", 60.0  # while evaluation.json and the card change
 RANDOM_NOTE = ("**Random backbone weights** (`--pretrained none`): this checkpoint proves that the pipeline runs; "
                "its scores and maps are not meaningful.")
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
@@ -50,16 +51,20 @@ def read_evaluations(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def record_evaluation(ckpt_dir: Path, record: dict[str, Any]) -> None:
-    """Keep the summary of ``detector eval``'s metrics.json record in the checkpoint, then refresh the card."""
+    """Keep the summary of ``detector eval``'s metrics.json record in the checkpoint, then refresh the card.
+    Two evaluations of one checkpoint (other branches, at once) take turns, so neither loses the other's;
+    ``FolderInUse`` when the other one holds it longer than ``EVALUATION_LOCK_SECONDS``."""
     from fsad_data.atomic import write_json_atomic
+    from fsad_data.folder_lock import FolderLock
 
     keep = ("class_name", "branch", "resolution", "n_images", "n_anomalous", "n_normal", "meaningful",
             "metrics", "data", "pixel_metrics")
-    evals = read_evaluations(ckpt_dir)
-    evals[str(record.get("branch", "fused"))] = {k: record.get(k) for k in keep if k in record}
-    write_json_atomic(Path(ckpt_dir) / EVALUATION_FILE, evals)
-    if (Path(ckpt_dir) / "config.json").is_file():  # a model evaluated without a checkpoint has no card
-        write_card(ckpt_dir)
+    with FolderLock(Path(ckpt_dir) / EVALUATION_LOCK, timeout=EVALUATION_LOCK_SECONDS):
+        evals = read_evaluations(ckpt_dir)
+        evals[str(record.get("branch", "fused"))] = {k: record.get(k) for k in keep if k in record}
+        write_json_atomic(Path(ckpt_dir) / EVALUATION_FILE, evals)
+        if (Path(ckpt_dir) / "config.json").is_file():  # a model evaluated without a checkpoint has no card
+            write_card(ckpt_dir)
 
 
 def card_data(ckpt_dir: Path, repo_id: str | None = None) -> dict[str, Any]:

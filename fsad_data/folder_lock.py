@@ -24,10 +24,11 @@ class FolderInUse(Exception):
 
 class FolderLock:
     """Hold ``lock_file`` (created with its folder) from ``acquire`` to ``release``; the file is removed on
-    release. A second holder, in this process or another, gets ``FolderInUse`` at once."""
+    release. A second holder, in this process or another, gets ``FolderInUse`` at once, or after waiting up
+    to ``timeout`` seconds for the first to finish."""
 
-    def __init__(self, lock_file: str | Path) -> None:
-        self.lock_file = Path(lock_file)
+    def __init__(self, lock_file: str | Path, timeout: float = 0) -> None:
+        self.lock_file, self.timeout = Path(lock_file), timeout
         self._lock = None
 
     @property
@@ -38,7 +39,7 @@ class FolderLock:
         from filelock import FileLock, Timeout
 
         self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.lock_file, timeout=0)
+        lock = FileLock(self.lock_file, timeout=self.timeout)
         try:
             lock.acquire()
         except Timeout:

@@ -58,6 +58,30 @@ def test_card_of_a_pretrained_captioned_evaluated_checkpoint(widget_checkpoint, 
     assert "| fused | 64 | 9 | 87.50 | 90.00 | – |" in text and "Random backbone" not in text
 
 
+def test_two_evaluations_of_one_checkpoint_take_turns_and_keep_both(widget_checkpoint, tmp_path):
+    """While one evaluation updates the checkpoint's evaluation.json, another waits for it instead of writing
+    over it (a lost update dropped one branch from the card); the lock file goes with the last one."""
+    import threading
+
+    from detector.model_card import EVALUATION_LOCK, read_evaluations, record_evaluation
+    from fsad_data.folder_lock import FolderLock
+
+    folder = shutil.copytree(widget_checkpoint, tmp_path / "ckpt")
+    first = FolderLock(folder / EVALUATION_LOCK)
+    first.acquire()  # the first evaluation is between reading and writing evaluation.json
+    record = {"class_name": "widget", "resolution": 64, "n_images": 9, "metrics": {"image_auroc": 0.5}}
+    second = threading.Thread(target=record_evaluation, args=(folder, {**record, "branch": "image"}))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive() and read_evaluations(folder) == {}  # it waits
+    (folder / "evaluation.json").write_text(json.dumps({"fused": {**record, "branch": "fused"}}))
+    first.release()
+    second.join(30)
+    assert not second.is_alive() and sorted(read_evaluations(folder)) == ["fused", "image"]
+    assert not (folder / EVALUATION_LOCK).exists()
+    assert "| image | 64 | 9 |" in (folder / "README.md").read_text()
+
+
 def test_push_dry_run_and_mocked_upload(widget_checkpoint, tmp_path):
     from detector.hub import push_checkpoint
 

@@ -297,6 +297,7 @@ def test_eval_of_a_read_only_checkpoint_completes(trained, demo_root, tmp_path, 
     res, text = _invoke(_eval_args(trained, demo_root, ev))
     assert res.exit_code == 0, text
     assert (ev / "metrics.json").is_file() and (ev / "threshold.json").is_file()
+    assert "model card" in text and "was not updated" in text and "Permission denied" in text  # said, not silent
 
 
 def test_eval_leaves_the_checkpoint_untouched_and_predict_finds_the_threshold(trained, demo_root, tmp_path):
@@ -310,7 +311,8 @@ def test_eval_leaves_the_checkpoint_untouched_and_predict_finds_the_threshold(tr
     assert res.exit_code == 0, text
     after = _tree(ckpt)
     assert all(after[k] == before[k] for k in ("config.json", "model.safetensors"))
-    assert not (ckpt / "threshold.json").exists()
+    assert not (ckpt / "threshold.json").exists() and not (ckpt / ".evaluation.lock").exists()
+    assert "fused" in json.loads((ckpt / "evaluation.json").read_text())  # what the card shows, documented
     thr = json.loads((ev / "threshold.json").read_text())
     assert thr["fused"]["resolution"] == 32
     folder = demo_root / "pill_box" / "test" / "color_spot"
