@@ -64,8 +64,7 @@ def output_lock(out: str | Path, command: str = "detector train", name: str | No
     try:
         lock.acquire()
     except FolderInUse as exc:
-        who = f" (process {exc.holder})" if exc.holder else ""
-        raise DetectorError(f"{out} is in use by another `{command}`{who}, lock {exc.lock_file}; wait for it "
+        raise DetectorError(f"{out} is in use by another `{command}` (lock {exc.lock_file}); wait for it "
                             "to finish or use another --out") from None
     try:
         yield

@@ -137,7 +137,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     mine = [s for s in samples if shard_of(s.id, cfg.num_shards) == cfg.shard_index]
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
-    threading.Thread(target=clip_tokens.counter, daemon=True).start()  # the class records' tokenizer, loaded aside
+    threading.Thread(target=_load_aside, args=(clip_tokens.counter,), daemon=True).start()  # class records' tokenizer
     with contextlib.ExitStack() as done:  # unwinds in reverse: the writer stops, then the lock goes
         with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
             # the class decisions read images: a bad one stops the build before anything is written
@@ -167,6 +167,12 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
         if progress:
             progress("writing", 1, 1)
     return BuildSummary(out, info["images"], info["classes"], resumed, res.computed, skipped, seconds)
+
+
+def _load_aside(load: Callable[[], object]) -> None:
+    """Load something the build needs later while it works; a failure is left to that later call to report."""
+    with contextlib.suppress(Exception):
+        load()
 
 
 def _row_order(samples: list[Sample]) -> dict[str, list[str]]:

@@ -249,13 +249,13 @@ class WorkStore:
 
     # -- two builds never write into the same folder
     def lock(self) -> None:
-        """Take the folder's lock (``fsad_data.folder_lock``): a second build into it is refused, naming the
-        process; a lock left by a killed build is free again."""
+        """Take the folder's lock (``fsad_data.folder_lock``): a second build into it is refused; a lock left
+        by a killed build is free again."""
         try:
             self._lock.acquire()
         except FolderInUse as exc:
-            who = f"process {exc.holder}" if exc.holder else "another build"
-            raise BuildError(f"{self.dir} is in use by {who}; wait for it to finish or use another --out") from None
+            raise BuildError(f"{self.dir} is in use by another build (its lock: {exc.lock_file}); wait for it to "
+                             "finish or use another --out") from None
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock`."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import shutil
 import tempfile
@@ -24,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-from fsad_data import DataError
 from fsad_data.atomic import swap_folder
 from mfsc_builder.errors import BuildError
 from mfsc_builder.image_files import stored_image, stored_mask
@@ -46,25 +44,6 @@ def _row(d: dict, source: str, images: str) -> dict:
     return rec.to_row(image=image, mask=mask)
 
 
-def _image_rows(records: Iterable[dict], source: str, images: str, workers: int) -> Iterator[dict]:
-    """The rows in record order, read and (where needed) encoded by ``workers`` threads a few rows ahead:
-    Pillow's encoder and hashlib release the GIL, and at most ``4 * workers`` rows wait in memory."""
-    if workers <= 1:
-        yield from (_row(d, source, images) for d in records)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfsc-write") as pool:
-        ahead: deque[Future[dict]] = deque()
-        todo = iter(records)
-        for d in itertools.islice(todo, 4 * workers):
-            ahead.append(pool.submit(_row, d, source, images))
-        while ahead:
-            row = ahead.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                ahead.append(pool.submit(_row, nxt, source, images))
-            yield row
-
-
 def write_datasets(out: Path, image_records: Mapping[str, list[dict]], class_records: list[dict], *,
                    source: str | Path, images: str = "embed", workers: int = 1) -> None:
     """Write ``out/images`` (DatasetDict of the splits present) and ``out/classes`` atomically from records
@@ -82,19 +61,20 @@ class _Aborted(Exception):
 
 class ImagesWriter:
     """Writes the ``images`` splits in background threads (one per split) while the build still runs; on
-    ``finish``, completes them and saves ``classes``. ``expected`` lists, per split, the ids of the rows in the dataset's
-    order (sorted by id); the build reports each captioned batch with ``add`` (the ids it settled and the
-    records made; an id without a record was skipped). Rows are produced strictly in order, so the bytes do
-    not depend on when the records came. Leaving the ``with`` block without ``finish`` (an error, Ctrl-C) stops the threads and
-    publishes nothing."""
+    ``finish``, completes them and saves ``classes``. ``expected`` lists, per split, the ids of the rows in the
+    dataset's order (sorted by id); the build reports each captioned batch with ``add`` (the ids it settled and
+    the records made; an id without a record was skipped). Rows are produced strictly in order, so the bytes do
+    not depend on when the records came; each record is dropped once its row is written. Leaving the ``with``
+    block without ``finish`` (an error, Ctrl-C) stops the threads and publishes nothing."""
 
     def __init__(self, out: Path, expected: Mapping[str, Sequence[str]], *, source: str | Path,
                  images: str = "embed", workers: int = 1) -> None:
-        self.out, self._source, self._images, self._workers = Path(out), str(source), images, workers
+        self.out, self._source, self._images, self._workers = Path(out), str(source), images, max(1, workers)
         self._expected = {s: list(expected[s]) for s in sorted(expected, key=split_key) if expected[s]}
-        self._records: dict[str, dict | None] = {}  # id -> record, or None: settled without one (skipped)
+        self._wanted = {rid for ids in self._expected.values() for rid in ids}
+        self._records: dict[str, dict | None] = {}  # settled, not yet written: id -> record, None = skipped
         self._changed = threading.Condition()
-        self._aborted = False
+        self._aborted = self._finishing = False  # the build stopped / every record has come
         self._error: BaseException | None = None
         self._splits: dict[str, tuple[list[Path], str]] = {}  # split -> (its Arrow files, its fingerprint)
         self._finished = False
@@ -111,31 +91,32 @@ class ImagesWriter:
     def __exit__(self, *exc: object) -> None:
         if self._finished:
             return
-        self._stop_threads()  # left without finish (an error, Ctrl-C): nothing is published
-        if exc[0] is None:
-            exc = (_Aborted, _Aborted(), None)
-        self._staging.__exit__(*exc)
+        try:
+            self._stop_threads()  # left without finish (an error, Ctrl-C): nothing is published
+        finally:  # even when a second Ctrl-C lands while the threads stop: the scratch folder goes
+            self._staging.__exit__(_Aborted, _Aborted(), None)  # the caller's own exception goes on as it is
 
     def add(self, settled: Iterable[str], records: Iterable[dict]) -> None:
-        """Rows that can be written now; raises at once when a writer thread failed (a file it could not
-        read), so a long build does not caption on for nothing."""
+        """Rows that can be written now (ids not expected here, such as another shard's references, are
+        ignored); raises at once when a writer thread failed (a file it could not read, a full disk), so a
+        long build does not caption on for nothing."""
         with self._changed:
             for rid in settled:
-                self._records.setdefault(rid, None)
+                if rid in self._wanted:
+                    self._records.setdefault(rid, None)
             for r in records:
-                self._records[r["id"]] = r
+                if r["id"] in self._wanted:
+                    self._records[r["id"]] = r
             self._changed.notify_all()
         if self._error is not None:
             self._raise_error()
 
     def finish(self, class_records: list[dict]) -> None:
-        """Wait for the last rows, save ``images`` and ``classes``, and put both in place."""
+        """Wait for the last rows, complete the ``images`` splits, save ``classes``, and put both in place."""
         import datasets
 
         with self._changed:
-            for ids in self._expected.values():  # ids never reported were not captioned: no row
-                for rid in ids:
-                    self._records.setdefault(rid, None)
+            self._finishing = True  # ids never reported were not captioned: they have no row
             self._changed.notify_all()
         for thread in self._threads:
             thread.join()
@@ -144,12 +125,15 @@ class ImagesWriter:
         if not self._splits:
             raise BuildError(f"nothing to write to {self.out}: no image was captioned (see the warnings above)")
         splits = [s for s in self._expected if s in self._splits]
-        for split in splits:
-            _saved_dataset_files(self._tmp / "images" / split, split, *self._splits[split])
-        (self._tmp / "images" / DATASET_DICT_FILE).write_text(json.dumps({"splits": splits}), encoding="utf-8")
+        try:
+            for split in splits:
+                _saved_dataset_files(self._tmp / "images" / split, split, *self._splits[split])
+            (self._tmp / "images" / DATASET_DICT_FILE).write_text(json.dumps({"splits": splits}), encoding="utf-8")
+            rows = [ClassRecord.from_dict(c).to_row() for c in class_records]
+            datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(self._tmp / "classes"))
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from exc
         self._splits = {}
-        rows = [ClassRecord.from_dict(c).to_row() for c in class_records]
-        datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(self._tmp / "classes"))
         self._finished = True
         self._staging.__exit__(None, None, None)  # the swap; an error there has cleaned up already
 
@@ -162,24 +146,50 @@ class ImagesWriter:
             thread.join()
 
     def _raise_error(self) -> None:
-        cause: BaseException | None = self._error  # datasets wraps errors of the generator: show the user's one
-        while cause is not None and not isinstance(cause, DataError | BuildError):
-            cause = cause.__cause__
-        raise (cause or self._error) from None  # type: ignore[misc]
+        exc = self._error
+        if isinstance(exc, OSError):
+            raise _write_failed(self.out, exc) from exc
+        raise exc  # type: ignore[misc]
 
-    def _settled(self, rid: str) -> dict | None:
+    def _take(self, rid: str, wait: bool) -> tuple[bool, dict | None]:
+        """(settled?, its record) of ``rid``, dropped from memory once taken; with ``wait``, waits until it is
+        settled (every id is, once ``finish`` runs). Raises ``_Aborted`` once the build stopped."""
         with self._changed:
-            while rid not in self._records:
+            while True:
                 if self._aborted:
                     raise _Aborted
+                if rid in self._records:
+                    return True, self._records.pop(rid)
+                if self._finishing:
+                    return True, None
+                if not wait:
+                    return False, None
                 self._changed.wait()
-            return self._records[rid]
 
-    def _in_order(self, ids: list[str]) -> Iterator[dict]:
-        for rid in ids:
-            rec = self._settled(rid)
-            if rec is not None:
-                yield rec
+    def _rows(self, ids: list[str]) -> Iterator[dict]:
+        """The split's rows in order. With several workers, up to ``2 * workers`` rows whose records are already
+        settled are read and (where needed) encoded ahead by threads (Pillow's encoder and hashlib release the
+        GIL); a row is never held back waiting for a record that has not come yet."""
+        pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mfsc-read") if self._workers > 1 else None
+        ahead: deque[Future[dict]] = deque()
+        depth, i = (2 * self._workers if pool else 1), 0
+        try:
+            while i < len(ids) or ahead:
+                while i < len(ids) and len(ahead) < depth:  # settled records go ahead; wait only with none in hand
+                    ready, rec = self._take(ids[i], wait=not ahead)
+                    if not ready:
+                        break
+                    i += 1
+                    if rec is not None:
+                        ahead.append(pool.submit(_row, rec, self._source, self._images) if pool else
+                                     _done(_row(rec, self._source, self._images)))
+                if ahead:
+                    yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def _write_split(self, split: str, ids: list[str]) -> None:
         """One split's rows, in its own thread (the splits' records come interleaved), straight into the Arrow
@@ -189,10 +199,10 @@ class ImagesWriter:
 
         folder = self._tmp / "images" / split
         files: list[Path] = []
-        digest = hashlib.sha256()  # of the rows without their pixels: the dataset's fingerprint
+        digest = hashlib.sha256(self._images.encode())  # of the rows without their pixels: the fingerprint
         writer, size = None, 0
         try:
-            for row in _image_rows(self._in_order(ids), self._source, self._images, self._workers):
+            for row in self._rows(ids):
                 if writer is None or size >= SHARD_BYTES:
                     if writer is not None:
                         writer.finalize()
@@ -208,11 +218,22 @@ class ImagesWriter:
                 writer.finalize()
                 self._splits[split] = (files, digest.hexdigest())
         except BaseException as exc:  # noqa: BLE001 - handed to the build's thread by add / finish
-            if not self._aborted and self._error is None:
+            if not isinstance(exc, _Aborted) and self._error is None:
                 self._error = exc
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _done(row: dict) -> Future[dict]:
+    future: Future[dict] = Future()
+    future.set_result(row)
+    return future
+
+
+def _write_failed(out: Path, exc: OSError) -> BuildError:
+    return BuildError(f"could not write the datasets under {out}: {exc}; check free space, then rerun (finished "
+                      "stages and earlier outputs are kept)")
 
 
 def _saved_dataset_files(folder: Path, split: str, files: list[Path], fingerprint: str) -> None:

@@ -158,9 +158,50 @@ def test_rows_are_written_before_finish(tmp_path):
     assert (out / "images" / "test").is_dir()
 
 
+def test_a_row_is_not_held_back_for_records_still_to_come(tmp_path):
+    """With reading threads, the rows whose records have come are written without waiting for more records
+    (a read-ahead that waited for the next record held the last 4 x workers rows of every stretch back)."""
+    recs = _records(tmp_path / "src", n_classes=3)
+    test_recs = [r for r in recs if r["split"] == "test"][:write.WRITER_BATCH_ROWS + 1]
+    out = tmp_path / "out"
+    with ImagesWriter(out, _order(recs), source=tmp_path, workers=2) as w:
+        w.add([r["id"] for r in test_recs], test_recs)  # 9 of the 15 test records, the rest still to come
+        deadline, written = time.monotonic() + 30, 0
+        while time.monotonic() < deadline and written == 0:  # the first Arrow batch (8 rows) reaches the file
+            written = sum(p.stat().st_size for p in out.glob(".write-*/images/test/*.arrow"))
+            written = written if written > sum(Path(r["image_path"]).stat().st_size for r in test_recs[:8]) else 0
+            time.sleep(0.02)
+        assert written, "rows whose records had come were held back"
+        w.add([r["id"] for r in recs], recs)
+        w.finish(_classes())
+
+
+def test_stopping_does_not_write_the_rows_still_in_hand(tmp_path, monkeypatch):
+    """A build stopped early (Ctrl-C, an error) with many records in hand, as a resumed build has, stops its
+    writer at once instead of reading and writing every one of them first."""
+    recs = _records(tmp_path / "src", n_classes=4, per_split=20)
+    made = []
+    real_row = write._row
+
+    def slow_row(*args):
+        made.append(1)
+        time.sleep(0.02)
+        return real_row(*args)
+
+    monkeypatch.setattr(write, "_row", slow_row)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="captioner broke"), ImagesWriter(out, _order(recs), source=tmp_path,
+                                                                          workers=2) as w:
+        w.add([r["id"] for r in recs], recs)  # 160 records in hand
+        time.sleep(0.1)
+        raise RuntimeError("captioner broke")
+    assert len(made) < 40, f"{len(made)} of {len(recs)} rows were still made after the stop"
+    assert list(out.iterdir()) == [] and _no_writer_threads()
+
+
 def test_a_row_that_cannot_be_read_stops_the_build_at_the_next_add(tmp_path):
     recs = _records(tmp_path / "src", n_classes=1)
-    gone = Path(recs[0]["image_path"])
+    gone = Path(recs[0]["image_path"])  # a file removed while the build runs
     gone.unlink()
     out = tmp_path / "out"
     with pytest.raises(DataError, match=gone.name), ImagesWriter(out, _order(recs), source=tmp_path) as w:

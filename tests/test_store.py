@@ -84,8 +84,8 @@ def test_fingerprint_is_order_independent():
 
 
 def test_lock_refuses_a_live_holder_and_is_free_after_a_kill(tmp_path):
-    """A holder that is alive is refused and named; a lock file left by a killed build blocks nothing, even
-    when the pid written in it now belongs to another live process (a pid file lock refused that one)."""
+    """A holder that is alive is refused; a lock file left by a killed build blocks nothing, even when it names
+    a pid that now belongs to another live process (the pid-file lock refused that one)."""
     ws = WorkStore(tmp_path / "work")
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from fsad_data.folder_lock import FolderLock; held = FolderLock(sys.argv[1]); "
@@ -93,16 +93,14 @@ def test_lock_refuses_a_live_holder_and_is_free_after_a_kill(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(BuildError, match=f"in use by process {holder.pid}"):
+        with pytest.raises(BuildError, match="in use by another build"):
             ws.lock()
     finally:
         holder.kill()
         holder.wait()
-    assert (ws.dir / ".lock").read_text() == str(holder.pid)  # a kill -9 leaves the file
-    (ws.dir / ".lock").write_text(str(os.getppid()))  # and its pid reused by a live process
+    (ws.dir / ".lock").write_text(str(os.getppid()))  # what a killed build left, its pid reused by a live process
     ws.lock()
-    assert (ws.dir / ".lock").read_text() == str(os.getpid())
-    with pytest.raises(BuildError, match=f"in use by process {os.getpid()}"):
+    with pytest.raises(BuildError, match="in use by another build"):
         WorkStore(ws.dir).lock()  # a second build in this very process is refused too
     ws.unlock()
     assert not (ws.dir / ".lock").exists()
