@@ -6,10 +6,10 @@ pid is reused by another process, which in a container happens within seconds. T
 ``filelock``'s (its soft fallback, on file systems without ``flock``, keeps its marker there), so the
 refusal names the lock file, not the process.
 
-The file is deleted while still held, then unlocked: a run that opens it afterwards creates a new one. A run
-that opened the old file in the instant before the delete could, in principle, lock the deleted file beside
-a newcomer; runs into one folder do not start within microseconds of each other, and keeping every lock file
-forever beside the users' folders was the alternative.
+The file is deleted while still held, then unlocked, so no lock file stays beside the users' folders: a run
+that opens the path afterwards creates a new one, and one that opened the old file just before the delete
+finds, once it has locked it, that it has no name any more (filelock re-checks the link count) and tries
+again on the new one.
 """
 from __future__ import annotations
 

@@ -84,6 +84,7 @@ class ImagesWriter:
 
     def __enter__(self) -> Self:
         self._tmp = self._staging.__enter__()
+        (self._tmp / "images").mkdir()  # the threads make only their split's folder in it: none once it is gone
         for thread in self._threads:
             thread.start()
         return self
@@ -207,8 +208,10 @@ class ImagesWriter:
                     if writer is not None:
                         writer.finalize()
                         writer.close()
+                    if self._aborted:
+                        raise _Aborted
                     files.append(folder / f"shard-{len(files):05d}.arrow")
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(exist_ok=True)
                     writer, size = ArrowWriter(features=IMAGES_FEATURES, path=str(files[-1]),
                                                writer_batch_size=WRITER_BATCH_ROWS), 0
                 writer.write(IMAGES_FEATURES.encode_example(row))
@@ -221,8 +224,12 @@ class ImagesWriter:
             if not isinstance(exc, _Aborted) and self._error is None:
                 self._error = exc
         finally:
-            if writer is not None:
-                writer.close()
+            try:
+                if writer is not None:
+                    writer.close()  # after a failed write (a full disk) the close fails too: said once, above
+            except OSError as exc:
+                if self._error is None and not self._aborted:
+                    self._error = exc
 
 
 def _done(row: dict) -> Future[dict]:
