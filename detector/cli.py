@@ -72,7 +72,8 @@ LayoutOpt = Annotated[str | None, typer.Option(
 BranchOpt = Annotated[Literal[BRANCHES], typer.Option(  # a tuple subscript: Literal["fused", "text", "visual"]
     "--branch", help="Map to score: fused (the method), text or visual (ablations).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-CkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`.")]
+EvalCkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`, or a "
+                                           "Hub id ORG/NAME (its snapshot is read, never written).")]
 RunDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps.")]
 RunPrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16.")]
 PredictCkptOpt = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `detector train`, a "
@@ -216,7 +217,7 @@ ExactMetricsOpt = Annotated[bool, typer.Option(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: CkptOpt,
+    checkpoint: EvalCkptOpt,
     data: Annotated[Path, typer.Option("--data", help="Data set root holding the class's test split.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, overlays, report.")],
     resolution: EvalResolutionOpt = EVAL_RESOLUTION,

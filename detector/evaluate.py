@@ -16,9 +16,10 @@
 - ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.thresholds``), naming the
   checkpoint by its weights' SHA-256, for ``detector predict --threshold OUT``. Picked on the test split: a
   convenience for inspection, never used for any reported metric.
-Into the checkpoint, where it is writable: the evaluation's summary per branch (``evaluation.json``) and the
-refreshed model card (``README.md``, ``detector.model_card``), so that ``detector push`` shares them; a
-read-only or busy checkpoint is left as it is, with a warning. The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
+Into the checkpoint folder, where it is writable: the evaluation's summary per branch (``evaluation.json``)
+and the refreshed model card (``README.md``, ``detector.model_card``), so that ``detector push`` shares them;
+a read-only or busy checkpoint is left as it is, with a warning, and a Hub snapshot (``--checkpoint
+ORG/NAME``) is never written. The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
 an earlier evaluation is refused before any work), so a kill leaves the previous evaluation whole.
 
 Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
@@ -493,10 +494,13 @@ def pixel_method_note(record: dict[str, Any]) -> str:
 
 
 def run_eval(config: EvalConfig) -> EvalResult:
-    """``detector eval``: load the checkpoint, evaluate its class's test split, write everything."""
+    """``detector eval``: load the checkpoint (a folder, or a Hub id ``ORG/NAME``: its snapshot), evaluate its
+    class's test split, write everything."""
+    from detector.hub import resolve_checkpoint
     from detector.model import load_detector
 
-    ckpt = Path(config.checkpoint)
+    ckpt = resolve_checkpoint(config.checkpoint)
+    from_hub = not Path(config.checkpoint).expanduser().exists()  # a snapshot in the Hub cache is not ours
     meta = checkpoint_meta(ckpt)
     class_name = config.class_name or meta_class_name(meta, ckpt)
     samples = class_test_samples(config.data, class_name, config.layout)
@@ -508,14 +512,15 @@ def run_eval(config: EvalConfig) -> EvalResult:
                             f"first: {skipped[0]['error']}")
     model = load_detector(ckpt, device=config.device, precision=config.precision)
     info = checkpoint_info(meta)
-    info.update(checkpoint=str(ckpt), data=str(config.data), config={
+    info.update(checkpoint=str(config.checkpoint if from_hub else ckpt), data=str(config.data), config={
         k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
     if skipped:
         info["skipped"] = skipped  # not in the metrics: listed so that nobody compares them as the full split
     with staged_folder(out) as tmp:  # the whole evaluation, then swapped in: never one run's metrics beside
         res = evaluate_model(model, samples, tmp, class_name=class_name,  # another's CSVs
                              resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
-                             info=info, checkpoint_sha256=checkpoint_sha256(ckpt), card_dir=ckpt,
+                             info=info, checkpoint_sha256=checkpoint_sha256(ckpt),
+                             card_dir=None if from_hub else ckpt,
                              write_threshold=config.write_threshold,
                              n_anomalous_figures=config.n_anomalous_figures,
                              n_normal_figures=config.n_normal_figures, progress=config.progress,

@@ -300,6 +300,29 @@ def test_eval_of_a_read_only_checkpoint_completes(trained, demo_root, tmp_path, 
     assert "model card" in text and "was not updated" in text and "Permission denied" in text  # said, not silent
 
 
+def test_eval_of_a_hub_id_reads_its_snapshot_and_never_writes_into_the_cache(trained, demo_root, tmp_path,
+                                                                            monkeypatch):
+    """`detector eval --checkpoint ORG/NAME` evaluates the cached snapshot (HF_HUB_OFFLINE=1 here) and writes
+    only its --out: the Hub cache is not ours to change, so no evaluation.json or card goes there."""
+    import huggingface_hub.constants as hc
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--pill-box-detector"
+    shutil.copytree(trained, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    before = _tree(repo)
+    ev = tmp_path / "eval"
+    res, text = _invoke(["eval", "--checkpoint", "org/pill-box-detector", "--data", demo_root, "--out", ev,
+                         "--resolution", "32"])
+    assert res.exit_code == 0, text
+    assert json.loads((ev / "metrics.json").read_text())["checkpoint"] == "org/pill-box-detector"
+    assert _tree(repo) == before
+    res, _ = _invoke(["eval", "--checkpoint", "org/not-cached", "--data", demo_root, "--out", tmp_path / "e2"])
+    assert "could not be fetched from the Hub" in _one_error(res)
+
+
 def test_eval_leaves_the_checkpoint_untouched_and_predict_finds_the_threshold(trained, demo_root, tmp_path):
     """threshold.json goes with the evaluation (a read-only checkpoint folder works); predict takes it from the
     evaluation folder or file, and `auto` finds it beside a benchmark-style checkpoint."""
