@@ -279,6 +279,14 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
                     for m in METRICS))
     con = _console()
     con.print(table)
+    naming = data.get("naming")
+    if isinstance(naming, dict) and naming.get("n_defect_regions"):
+        def pct(v: object) -> str:
+            return "–" if not isinstance(v, int | float) or math.isnan(v) else f"{100 * v:.1f}%"
+
+        con.print(f"defect naming: {pct(naming.get('naming_accuracy'))} of {naming['n_defect_regions']} ground-truth "
+                  f"regions named as the captions name them ({naming.get('n_missed_regions', 0)} missed), state "
+                  f"{pct(naming.get('state_accuracy'))}; per region in defects.json")
     if not data.get("meaningful", True):
         con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
     con.print(f"metrics: {metrics_path}")

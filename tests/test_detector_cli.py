@@ -104,6 +104,11 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
     assert "not meaningful" in res.output
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["class_name"] == "pill_box" and metrics["resolution"] == 64 and metrics["shots"] == 1
+    naming = metrics.get("naming") or {}
+    said = " ".join(res.output.split())
+    assert ("defect naming:" in said) == bool(naming.get("n_defect_regions"))  # the figure is said where it exists
+    if naming.get("n_defect_regions"):
+        assert f"of {naming['n_defect_regions']} ground-truth regions" in said
     assert (ev / "report.html").exists() and (ev / "threshold.json").exists()
     assert not (ckpt / "threshold.json").exists()  # the evaluation never writes into the checkpoint
     card = (ckpt / "README.md").read_text()  # the model card states this evaluation
