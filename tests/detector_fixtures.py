@@ -1,4 +1,7 @@
-"""A small caption record and drawn images shared by the detector model and training tests."""
+"""A small caption record, drawn images and a Hub-cache snapshot shared by the detector tests."""
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 RECORD = {
@@ -23,3 +26,17 @@ def make_image(square: tuple[int, int, int] | None = None, size: int = 64) -> np
         y, x, s = square
         a[y : y + s, x : x + s] = (220, 30, 30)
     return a
+
+
+def hub_snapshot(folder: Path, cache: Path, repo_id: str, monkeypatch,
+                 rev: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """``folder`` laid out as the Hub cache's snapshot of ``repo_id`` (models--ORG--NAME/snapshots/REV,
+    refs/main) under ``cache``, which huggingface_hub then reads (offline); returns the repo folder."""
+    import huggingface_hub.constants as hc
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    return repo

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from detector_fixtures import make_image
+from detector_fixtures import hub_snapshot, make_image
 from PIL import Image
 
 
@@ -101,17 +101,10 @@ def test_bad_images_are_clear_errors(ckpt, bad, words):
 
 def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
     """A local folder laid out as the Hub cache (models--org--name/snapshots/REV, refs/main), HF_HUB_OFFLINE=1."""
-    import huggingface_hub.constants as hc
-
     from detector import Detector
     from detector.errors import DetectorError
 
-    rev = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--org--widget-detector"
-    shutil.copytree(ckpt, repo / "snapshots" / rev)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub_snapshot(ckpt, tmp_path / "hub", "org/widget-detector", monkeypatch)
     det = Detector.load("org/widget-detector")
     a = make_image((10, 10, 20))
     assert det.predict([a])[0].score == pytest.approx(float(_reference(ckpt, [a]).scores[0]), abs=1e-6)

@@ -7,7 +7,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import yaml
-from detector_fixtures import RECORD, make_image
+from detector_fixtures import RECORD, hub_snapshot, make_image
 from typer.testing import CliRunner
 
 from detector.cli import app
@@ -115,18 +115,12 @@ def test_push_dry_run_and_mocked_upload(widget_checkpoint, tmp_path):
 
 def test_push_command_and_predict_by_hub_id(widget_checkpoint, tmp_path, monkeypatch):
     """What `detector push` uploads, laid out as the Hub cache, loads with `--checkpoint ORG/NAME` offline."""
-    import huggingface_hub.constants as hc
     from PIL import Image
 
     dry = tmp_path / "dry"
     res = runner.invoke(app, ["push", str(widget_checkpoint), "--repo-id", "org/widget", "--dry-run", str(dry)])
     assert res.exit_code == 0, res.output + res.stderr
-    rev = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = tmp_path / "hub" / "models--org--widget"
-    shutil.copytree(dry, repo / "snapshots" / rev)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub_snapshot(dry, tmp_path / "hub", "org/widget", monkeypatch, rev="89abcdef0123456789abcdef0123456789abcdef")
     Image.fromarray(make_image((10, 10, 20))).save(tmp_path / "a.png")
     res = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--checkpoint", "org/widget", "--out",
                               str(tmp_path / "pred")])

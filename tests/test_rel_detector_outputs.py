@@ -304,14 +304,9 @@ def test_eval_of_a_hub_id_reads_its_snapshot_and_never_writes_into_the_cache(tra
                                                                             monkeypatch):
     """`detector eval --checkpoint ORG/NAME` evaluates the cached snapshot (HF_HUB_OFFLINE=1 here) and writes
     only its --out: the Hub cache is not ours to change, so no evaluation.json or card goes there."""
-    import huggingface_hub.constants as hc
+    from detector_fixtures import hub_snapshot
 
-    rev = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--org--pill-box-detector"
-    shutil.copytree(trained, repo / "snapshots" / rev)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = hub_snapshot(trained, tmp_path / "hub", "org/pill-box-detector", monkeypatch)
     before = _tree(repo)
     ev = tmp_path / "eval"
     res, text = _invoke(["eval", "--checkpoint", "org/pill-box-detector", "--data", demo_root, "--out", ev,
