@@ -19,7 +19,8 @@
 Into the checkpoint folder, where it is writable: the evaluation's summary per branch (``evaluation.json``)
 and the refreshed model card (``README.md``, ``detector.model_card``), so that ``detector push`` shares them;
 a read-only or busy checkpoint is left as it is, with a warning, and a Hub snapshot (``--checkpoint
-ORG/NAME``) is never written. The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
+ORG/NAME``) is never written.
+The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
 an earlier evaluation is refused before any work), so a kill leaves the previous evaluation whole.
 
 Masks are resized to the evaluation resolution (R x R, the same squash as the image preprocessing)
