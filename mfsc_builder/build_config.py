@@ -16,7 +16,7 @@ from typing import Annotated, Any, get_type_hints
 
 from pydantic import Field
 
-from fsad_data.config import ConfigError, Seed, StrictInt, read_config_file, to_config
+from fsad_data.config import ConfigError, PositiveFloat, Seed, StrictInt, read_config_file, to_config
 from fsad_data.samples import Sample
 from mfsc_builder.captioners.base import Captioner
 from mfsc_builder.captioners.settings import CaptionerSettings
@@ -31,6 +31,7 @@ PIPELINE_VERSION = 3  # bump when a stage's output changes meaning: old work fol
 # `images` only changes how the datasets are written from the stored work, which every run does again)
 OUTPUT_FIELDS = ("layout", "classes", "shots", "seed", "defect_vocab", "num_shards", "shard_index", "crop")
 BUILTIN_VOCABS = ("generic", "dataset", "model")
+MAX_WORKER_TIMEOUT = 86400
 _NESTED = ("captioner", "crop")  # mappings that flags and overrides update key by key
 
 
@@ -68,6 +69,7 @@ class BuildConfig:
     crop: CropSettings = field(default_factory=dict)  # checked as CropSettings, kept as a dict of the keys given
     images: str = "embed"  # what the images dataset keeps of each file (image_files.IMAGE_MODES)
     workers: StrictInt | None = None  # processes that crop (and run the attribute captioner); None: every core, <= 8
+    worker_timeout: PositiveFloat = 120.0  # seconds the workers may take to start, or to finish one job
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str):  # the short form: captioner="hf:<model>"
@@ -160,6 +162,9 @@ class BuildConfig:
         if self.workers is not None and not 1 <= self.workers <= 256:
             raise BuildError(f"--workers {self.workers}: use 1 (no worker processes) up to 256, or leave it out "
                              "for every core")
+        if not 0 < self.worker_timeout <= MAX_WORKER_TIMEOUT:  # NaN fails too
+            raise BuildError(f"--worker-timeout {self.worker_timeout:g}: use a number of seconds above 0, at most "
+                             f"{MAX_WORKER_TIMEOUT} (a day)")
         if self.shots_file and not Path(self.shots_file).is_file():
             raise BuildError(f"shots file {self.shots_file} not found; check the --shots-file path")
         if self.defect_vocab not in BUILTIN_VOCABS and not Path(self.defect_vocab.removeprefix("file:")).is_file():

@@ -126,6 +126,9 @@ def build(
     workers: Annotated[int | None, typer.Option(
         help="Processes that crop and run the attribute captioner (1: none).", show_default="every core, <= 8")]
     = None,
+    worker_timeout: Annotated[float | None, typer.Option(
+        help="Seconds the worker processes may take to start, or to finish one job, before the build stops "
+             "with an error (a hung worker never makes a build wait for ever).", show_default="120")] = None,
     force: Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")] = False,
@@ -147,6 +150,7 @@ def build(
                        "response_format": response_format},
             shots=shots, seed=seed, shots_file=shots_file, defect_vocab=defect_vocab, num_shards=num_shards,
             shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop), images=images, workers=workers,
+            worker_timeout=worker_timeout,
         )
         _not_a_file(cfg.out, "an output folder to --out")
         summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))

@@ -15,9 +15,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from mfsc_builder.errors import BuildError, BuildInterrupted
 from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary, image_record
 from mfsc_builder.records import ImageRecord
 from mfsc_builder.store import WorkStore, as_stored
+
+if TYPE_CHECKING:
+    from mfsc_builder.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Context:
     source_layout: str
     captioner: Captioner
     textured: dict[str, bool]  # class -> whole image is the foreground (a surface)
-    pool: Executor | None = None  # worker processes (``workers.worker_pool``); None: one helper thread
+    pool: WorkerPool | None = None  # worker processes (``workers.WorkerPool``); None: one helper thread
     workers: int = 1  # how many processes ``pool`` has
 
     @property
@@ -129,7 +132,8 @@ class _Prefetch:
     def __init__(self, ctx: Context, jobs: list[Job], lookahead: int, stop: StopRequest) -> None:
         self._jobs, self._stop = jobs, stop
         self._own: ThreadPoolExecutor | None = None
-        self._pool: Executor
+        self._workers = ctx.pool
+        self._pool: WorkerPool | ThreadPoolExecutor
         if ctx.pool is not None:
             from mfsc_builder.workers import prepare_in_worker  # it imports this module
 
@@ -138,16 +142,19 @@ class _Prefetch:
             cap = ctx.captioner if ctx.caption_in_workers else None
             self._pool = self._own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
             self._fn = lambda job: prepare(ctx.cfg, job, cap)
-        self._queue: deque[Future[_Prepared]] = deque(self._pool.submit(self._fn, j) for j in jobs[:lookahead])
+        self._queue: deque[tuple[Job, Future[_Prepared]]] = deque((j, self._pool.submit(self._fn, j))
+                                                                  for j in jobs[:lookahead])
         self._submitted = len(self._queue)
 
     def next(self) -> _Prepared:
-        try:
-            got = self._queue.popleft().result()
-        except BrokenExecutor as exc:
-            raise worker_died(exc) from None
+        job, future = self._queue.popleft()
+        if self._workers is None:
+            got = future.result()
+        else:
+            got = self._workers.result(future, f"the images {job.batch[0].id} .. {job.batch[-1].id}", self._stop)
         if self._submitted < len(self._jobs) and not self._stop.requested:
-            self._queue.append(self._pool.submit(self._fn, self._jobs[self._submitted]))
+            nxt = self._jobs[self._submitted]
+            self._queue.append((nxt, self._pool.submit(self._fn, nxt)))
             self._submitted += 1
         return got
 
@@ -155,17 +162,10 @@ class _Prefetch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for future in self._queue:  # an interrupted loop: jobs not started are dropped
+        for _, future in self._queue:  # an interrupted loop: jobs not started are dropped
             future.cancel()
         if self._own is not None:
             self._own.shutdown(wait=True, cancel_futures=True)
-
-
-def worker_died(exc: BaseException) -> BuildError:
-    """The line for a worker process that died (killed, out of memory, or an unguarded script)."""
-    return BuildError(f"a worker process of the build died ({exc}); if you call run_build from a script, put "
-                      "the call under `if __name__ == \"__main__\":` (Python's rule for worker processes), or "
-                      "use --workers 1; rerun to resume")
 
 
 def _chunks(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
@@ -370,7 +370,7 @@ def _surface_voters(refs: list[Sample], samples: Sequence[Sample], class_name: s
 
 
 def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_samples: Sequence[Sample] = (),
-                     pool: Executor | None = None) -> dict[str, bool]:
+                     pool: WorkerPool | None = None) -> dict[str, bool]:
     """Per class, once: is it a surface filling the frame? By its name or by a clear majority of several of
     its normal images (``crop.class_is_textured``), so an unknown surface class is found, every image of a
     class gets the same kind of record, and one odd reference cannot flip the class. Unreadable images do
@@ -383,10 +383,7 @@ def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_sample
     from mfsc_builder.workers import surface_in_worker  # it imports this module
 
     futures = {cls: pool.submit(surface_in_worker, cls, v) for cls, v in voters.items()}
-    try:
-        return {cls: f.result() for cls, f in futures.items()}
-    except BrokenExecutor as exc:
-        raise worker_died(exc) from None
+    return {cls: pool.result(f, f"the surface decision of class {cls!r}") for cls, f in futures.items()}
 
 
 def class_surface(cfg: BuildConfig, class_name: str, voters: list[Sample]) -> bool:

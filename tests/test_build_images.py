@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from worker_probes import session_processes
 
 from fsad_data import load_mask, read_dataset
 from mfsc_builder.build import BuildConfig, merge_builds, run_build
@@ -146,20 +147,6 @@ def test_bad_images_or_workers_is_one_line(demo_root, tmp_path, key, value, hint
         run_build(_cfg(demo_root, tmp_path / "o", **{key: value}))
 
 
-def _group(pgid: int) -> list[int]:
-    """Pids of the live processes in a process group (Linux /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_kill_9_of_a_build_leaves_no_worker_behind_and_the_rerun_resumes(demo_root, tmp_path):
     out = tmp_path / "build"
     script = ("import sys\nfrom mfsc_builder.build import BuildConfig, run_build\n"
@@ -170,12 +157,12 @@ def test_kill_9_of_a_build_leaves_no_worker_behind_and_the_rerun_resumes(demo_ro
     deadline = time.time() + 60
     while time.time() < deadline and not list((out / "work" / "crop").glob("part-*.jsonl")):
         time.sleep(0.05)
-    assert len(_group(proc.pid)) >= 3  # the build, the fork server and its workers
+    assert len(session_processes(proc.pid)) >= 3  # the build, its workers and the resource tracker
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while _group(proc.pid) and time.time() < deadline:
+    while session_processes(proc.pid) and time.time() < deadline:
         time.sleep(0.1)
-    assert _group(proc.pid) == []
+    assert session_processes(proc.pid) == []
     summary = run_build(BuildConfig(source=str(demo_root), out=str(out), workers=2, part_size=4))
     assert summary.resumed and summary.images == {"train": 24, "test": 36}
