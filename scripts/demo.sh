@@ -38,7 +38,7 @@ step "5/6 evaluate on the test split (metrics, overlays, HTML report)"
 detector eval --checkpoint "$OUT/checkpoint" --data "$OUT/data" --out "$OUT/eval"
 
 step "6/6 predict on new images"
-detector predict --checkpoint "$OUT/checkpoint" "$OUT/data/$CLASS/test" --out "$OUT/predict" --threshold auto
+detector predict --checkpoint "$OUT/checkpoint" "$OUT/data/$CLASS/test" --out "$OUT/predict" --threshold "$OUT/eval"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s; outputs in $OUT"
