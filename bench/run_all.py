@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export,workers]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ BENCHES = {
     "attributes": ["bench_attributes.py"],
     "analysis": ["bench_analysis.py"],
     "export": ["bench_export.py"],
+    "workers": ["bench_workers.py"],
 }
 QUICK = {
     "metrics": ["--repeats", "1"],
@@ -31,6 +32,7 @@ QUICK = {
     "predict": ["--repeats", "2"],
     "export": ["--repeats", "1"],
     "analysis": ["--limit", "12"],
+    "workers": ["--repeat", "1"],
     "train": ["--epochs", "2", "--image-epochs", "1"],
 }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -108,14 +109,16 @@ class WorkerPool:
     def close(self, finished: bool) -> None:
         """Idle workers leave at once; after an error or an interruption, workers still busy (or hung) are
         killed instead of waited for, so a stuck worker can never hold the build open."""
-        processes = self._processes()  # read first: shutdown forgets them
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        running = {p.sentinel: p for p in self._processes()}  # read first: shutdown forgets them
+        self.executor.shutdown(wait=False, cancel_futures=True)  # its manager thread reaps the processes
         deadline = time.monotonic() + (10.0 if finished else 0.0)
-        for p in processes:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join(5.0)
+        while running:  # a sentinel is ready once its process has exited, whoever reaps it
+            for gone in multiprocessing.connection.wait(list(running), max(0.0, deadline - time.monotonic())):
+                running.pop(gone)  # type: ignore[call-overload]
+            if time.monotonic() >= deadline:
+                break
+        for p in running.values():
+            p.kill()
 
     def _processes(self) -> list[Any]:
         """The pool's processes (``multiprocessing.Process``). concurrent.futures keeps them in a private dict

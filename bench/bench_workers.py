@@ -1,0 +1,114 @@
+"""Start-up of the build's worker pool: spawned workers (now) against the fork server with a preload (before).
+
+What is timed: from creating a pool of ``--workers`` processes to every worker having started (OpenCV imported,
+one OpenCV thread set) and answered one job, for the first pool of a fresh process and for the pools after it.
+Each method runs in its own process, ``--repeat`` times. The fork server is the code before the fix, rebuilt
+here: it preloads the worker and attribute-captioner modules, and its forked workers can hang for ever in
+``cv2.setNumThreads`` (OpenCV 5.1 runs a thread pool from import): a pool that does not answer within
+``--hang-after`` seconds is counted as hung, not timed.
+
+    python bench/bench_workers.py [--workers 2] [--pools 3] [--repeat 3] [--hang-after 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = r"""
+import json, multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+def _forkserver_init():
+    import cv2
+    cv2.setNumThreads(1)
+
+def _pid():
+    return os.getpid()
+
+def _spawned(workers, timeout):
+    from mfsc_builder.build_config import BuildConfig
+    from mfsc_builder.workers import WorkerPool
+    pool = WorkerPool(workers, BuildConfig(), None, timeout=timeout)
+    return pool.executor, pool.started
+
+def _forked(workers, timeout):
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mfsc_builder.workers", "mfsc_builder.captioners.attributes"])
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_forkserver_init), None
+
+if __name__ == "__main__":
+    method, workers, pools, hang_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    make = {"spawn": _spawned, "forkserver": _forked}[method]
+    times = []
+    for _ in range(pools):
+        t0 = time.perf_counter()
+        executor, started = make(workers, hang_after)
+        futures = [executor.submit(_pid) for _ in range(workers)]
+        try:
+            [f.result(timeout=hang_after) for f in futures]
+            while started is not None and started() < workers:
+                if time.perf_counter() - t0 > hang_after:
+                    raise TimeoutError
+                time.sleep(0.005)
+        except TimeoutError:
+            print(json.dumps({"times": times, "hung": True}), flush=True)
+            os._exit(0)
+        times.append(time.perf_counter() - t0)
+        executor.shutdown(wait=True)
+    print(json.dumps({"times": times, "hung": False}), flush=True)
+"""
+
+
+def run_once(method: str, workers: int, pools: int, hang_after: float) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(workers), str(pools), str(hang_after)],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=hang_after * pools + 120,
+                          check=False, start_new_session=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"{method}: no result (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _ms(times: list[float]) -> str:
+    return f"{statistics.median(times) * 1000:7.0f} ms" if times else "      - "
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pools", type=int, default=3, help="pools made one after another in each process")
+    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per method")
+    ap.add_argument("--hang-after", type=float, default=20.0)
+    args = ap.parse_args()
+    import cv2
+
+    print(f"worker pool start-up, {args.workers} workers, OpenCV {cv2.__version__}, {args.repeat} processes x "
+          f"{args.pools} pools per method")
+    rows = {}
+    for method in ("spawn", "forkserver"):
+        first, later, hung = [], [], 0
+        for _ in range(args.repeat):
+            res = run_once(method, args.workers, args.pools, args.hang_after)
+            times = res["times"]
+            hung += bool(res["hung"])
+            if times:
+                first.append(times[0])
+                later += times[1:]
+        rows[method] = (first, later, hung)
+        print(f"  {method:<10} first pool {_ms(first)}   later pools {_ms(later)}   "
+              f"hung: {hung} of {args.repeat} processes")
+    s_first, f_first = rows["spawn"][0], rows["forkserver"][0]
+    if s_first and f_first:
+        print(f"  spawn / forkserver, first pool: {statistics.median(s_first) / statistics.median(f_first):.2f}x")
+    if rows["spawn"][1] and rows["forkserver"][1]:
+        print(f"  spawn / forkserver, later pools: "
+              f"{statistics.median(rows['spawn'][1]) / statistics.median(rows['forkserver'][1]):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
