@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 ifneq ($(LOCK),)
 	$(PY) -m pip install -q "$$(grep -m1 '^pip==' $(LOCK))"
 	$(PY) -m pip install -q -r $(LOCK)
+	$(VENV)/bin/pip-sync -q $(LOCK)  # an existing venv: what the lock no longer lists goes
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 else
 	$(PY) -m pip install -q --upgrade pip
@@ -48,7 +49,7 @@ lock: setup
 
 # The canary: the newest releases the ranges allow, in a throw-away venv, against a short smoke of the main job.
 check-latest:
-	$(PYTHON) scripts/check_latest.py --lock $(LOCK)
+	$(PYTHON) scripts/check_latest.py $(if $(LOCK),--lock $(LOCK))
 
 clean:
 	rm -rf out .pytest_cache

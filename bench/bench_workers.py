@@ -12,7 +12,10 @@ here: it preloads the worker and attribute-captioner modules, and its forked wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +71,8 @@ def run_once(method: str, workers: int, pools: int, hang_after: float) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, method, str(workers), str(pools), str(hang_after)],
                           cwd=str(ROOT), capture_output=True, text=True, timeout=hang_after * pools + 120,
                           check=False, start_new_session=True)
+    with contextlib.suppress(ProcessLookupError):  # forked workers of a hung pool have no parent-death signal
+        os.killpg(proc.pid, signal.SIGKILL)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"{method}: no result (exit {proc.returncode}): {proc.stderr[-2000:]}")

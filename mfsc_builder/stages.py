@@ -161,11 +161,11 @@ class _Prefetch:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for _, future in self._queue:  # an interrupted loop: jobs not started are dropped
             future.cancel()
-        if self._own is not None:
-            self._own.shutdown(wait=True, cancel_futures=True)
+        if self._own is not None:  # after an error or a stop, a job still running is not waited for
+            self._own.shutdown(wait=exc_type is None, cancel_futures=True)
 
 
 def _chunks(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:

@@ -26,6 +26,7 @@ import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -34,13 +35,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsad_data.samples import Sample
-from mfsc_builder.build_config import BuildConfig
-from mfsc_builder.captioners import Captioner
 from mfsc_builder.errors import BuildError, BuildInterrupted
-from mfsc_builder.stages import Job, StopRequest, _Prepared, class_surface, prepare, runs_beside_crop
+
+if TYPE_CHECKING:  # a worker imports this module before anything can hang: the standard library only, at first
+    from fsad_data.samples import Sample
+    from mfsc_builder.build_config import BuildConfig
+    from mfsc_builder.captioners import Captioner
+    from mfsc_builder.stages import Job, StopRequest, _Prepared
 
 START_METHOD = "spawn"  # see the module docstring: never a fork of a process that may run threads
 STOP_GRACE_SECONDS = 5.0  # after Ctrl-C, how long a wait for a busy worker may still last
@@ -69,11 +72,17 @@ class WorkerPool:
         self.timeout = timeout
         self._started = context.Value("i", 0)  # each worker adds one when its start-up is done
         self._since = time.monotonic()
+        self._stop_seen: float | None = None  # when a wait first saw the stop request
+        settings = pickle.dumps((cfg, captioner))  # unpickled by _init, after the worker is tied to this process
         self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init,
-                                            initargs=(cfg, captioner, os.getpid(), self._started))
-        with _sigint_ignored():  # inherited through exec: a worker never turns Ctrl-C into a traceback
-            for _ in range(workers):  # each submit to a pool with no idle worker starts one process
-                self.executor.submit(_started)
+                                            initargs=(settings, os.getpid(), self._started))
+        try:
+            with _sigint_ignored():  # inherited through exec: a worker never turns Ctrl-C into a traceback
+                for _ in range(workers):  # each submit to a pool with no idle worker starts one process
+                    self.executor.submit(_started)
+        except BaseException:
+            self.close(finished=False)
+            raise
         self.workers = len(self._processes()) or workers  # the processes started above, all expected to answer
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -85,7 +94,7 @@ class WorkerPool:
     def result(self, future: Future[T], what: str, stop: StopRequest | None = None) -> T:
         """``future``'s result. A pool whose workers have not all started within ``timeout`` seconds of its
         creation, or that has not finished this job (``what``) within ``timeout`` seconds of this wait, is a
-        ``BuildError`` naming what hung; after a stop request the wait lasts at most ``STOP_GRACE_SECONDS``."""
+        ``BuildError`` naming what hung; once a stop is requested, waits end ``STOP_GRACE_SECONDS`` after it."""
         began = time.monotonic()
         while True:
             try:
@@ -102,7 +111,9 @@ class WorkerPool:
             if now - began > self.timeout:
                 raise BuildError(f"no worker process finished {what} within {self.timeout:g} s (a worker hung or "
                                  f"the job is far slower than usual); {_HANG_HINT}")
-            if stop is not None and stop.requested and now - began > STOP_GRACE_SECONDS:
+            if stop is not None and stop.requested and self._stop_seen is None:
+                self._stop_seen = now
+            if self._stop_seen is not None and now - self._stop_seen > STOP_GRACE_SECONDS:
                 raise BuildInterrupted("interrupted while a worker process was busy; the parts finished before "
                                        "are stored: run the same command again to resume")
 
@@ -112,13 +123,15 @@ class WorkerPool:
         running = {p.sentinel: p for p in self._processes()}  # read first: shutdown forgets them
         self.executor.shutdown(wait=False, cancel_futures=True)  # its manager thread reaps the processes
         deadline = time.monotonic() + (10.0 if finished else 0.0)
-        while running:  # a sentinel is ready once its process has exited, whoever reaps it
-            for gone in multiprocessing.connection.wait(list(running), max(0.0, deadline - time.monotonic())):
-                running.pop(gone)  # type: ignore[call-overload]
-            if time.monotonic() >= deadline:
-                break
-        for p in running.values():
-            p.kill()
+        try:
+            while running:  # a sentinel is ready once its process has exited, whoever reaps it
+                for gone in multiprocessing.connection.wait(list(running), max(0.0, deadline - time.monotonic())):
+                    running.pop(gone)  # type: ignore[call-overload]
+                if time.monotonic() >= deadline:
+                    break
+        finally:  # even when a signal ends the wait
+            for p in running.values():
+                p.kill()
 
     def _processes(self) -> list[Any]:
         """The pool's processes (``multiprocessing.Process``). concurrent.futures keeps them in a private dict
@@ -134,6 +147,8 @@ _HANG_HINT = ("the build stopped, finished parts are stored; rerun the same comm
 def build_workers(workers: int, cfg: BuildConfig, captioner: Captioner) -> Iterator[WorkerPool | None]:
     """The build's worker processes while the image stages run (None for ``workers == 1``); a captioner that
     runs beside the crop (``runs_beside_crop``) is sent to them."""
+    from mfsc_builder.stages import runs_beside_crop
+
     if workers <= 1:
         yield None
         return
@@ -155,11 +170,15 @@ def worker_died(exc: BaseException) -> BuildError:
 
 def prepare_in_worker(job: Job) -> _Prepared:
     """``stages.prepare`` with the settings this worker was started with."""
+    from mfsc_builder.stages import prepare
+
     return prepare(_STATE["cfg"], job, _STATE["captioner"])  # type: ignore[arg-type]
 
 
 def surface_in_worker(class_name: str, voters: list[Sample]) -> bool:
     """``stages.class_surface`` with the settings this worker was started with."""
+    from mfsc_builder.stages import class_surface
+
     return class_surface(_STATE["cfg"], class_name, voters)  # type: ignore[arg-type]
 
 
@@ -179,9 +198,10 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _init(cfg: BuildConfig, captioner: Captioner | None, main_pid: int, started: Any) -> None:
-    _die_with(main_pid)  # first: whatever hangs after this, the worker still goes with the main process
+def _init(settings: bytes, main_pid: int, started: Any) -> None:
+    _die_with(main_pid)  # first: whatever hangs after this (imports included), the worker goes with the build
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cfg, captioner = pickle.loads(settings)
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already

@@ -12,10 +12,12 @@ processes, one train, eval and predict at the evaluation's threshold). Exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,10 +63,11 @@ def main() -> int:
     args = ap.parse_args()
     venv = args.keep or Path(tempfile.mkdtemp(prefix="check-latest-")) / "venv"
     python = venv / "bin" / "python"
+    hf_home = tempfile.mkdtemp(prefix="check-latest-hf-")  # an empty Hugging Face cache, removed at the end
     t0 = time.perf_counter()
     try:
         if run([sys.executable, "-m", "venv", str(venv)]) or \
-                run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"]) or \
+                run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools", "wheel"]) or \
                 run([str(python), "-m", "pip", "install", "-q", "--upgrade", "-e", f"{ROOT}[dev]"]):
             print("check-latest: the newest allowed versions did not install (see above)", file=sys.stderr)
             return 1
@@ -73,12 +76,16 @@ def main() -> int:
         differ = sorted((n, locked.get(n, "-"), v) for n, v in installed.items()
                         if n != "finegrained-ad" and locked.get(n) != v)
         env = dict(os.environ, **OFFLINE, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
-        env.setdefault("HF_HOME", tempfile.mkdtemp(prefix="check-latest-hf-"))
+        env["HF_HOME"] = hf_home
+        proc = subprocess.Popen([str(python), "-m", "pytest", "-p", "no:cacheprovider", *SMOKE], cwd=ROOT, env=env,
+                                start_new_session=True)
         try:
-            smoke = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", *SMOKE], cwd=ROOT,
-                                   env=env, check=False, timeout=SMOKE_MINUTES * 60).returncode
+            smoke = proc.wait(timeout=SMOKE_MINUTES * 60)
         except subprocess.TimeoutExpired:
             smoke = -1
+        finally:  # the smoke's own processes go with it, hung or not
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         print(f"\ncheck-latest: {len(differ)} installed version(s) differ from {args.lock.name}:")
         width = max([len(n) for n, _, _ in differ] + [7])
         print(f"  {'package':<{width}}  {'lock':<14} newest allowed")
@@ -88,6 +95,7 @@ def main() -> int:
         print(f"check-latest: smoke ({', '.join(SMOKE)}) {verdict} in {time.perf_counter() - t0:.0f} s")
         return 0 if smoke == 0 else 1
     finally:
+        shutil.rmtree(hf_home, ignore_errors=True)
         if args.keep is None:
             shutil.rmtree(venv.parent, ignore_errors=True)
 
