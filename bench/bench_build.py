@@ -111,7 +111,7 @@ def baseline_tree(rev: str, dest: Path) -> Path | None:
 
 
 class PeakMemory:
-    """Peak memory of a process group (the build, its fork server and workers), from /proc: the sum of each
+    """Peak memory of a process group (the build, its workers and the resource tracker), from /proc: the sum of each
     process's proportional set size (PSS: a page shared by n processes counts 1/n in each, so the forked
     workers' shared libraries are not counted n times); resident size where PSS is not available."""
 

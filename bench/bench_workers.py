@@ -14,47 +14,60 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD = r"""
-import json, multiprocessing, os, sys, time
-from concurrent.futures import ProcessPoolExecutor
 
-def _forkserver_init():
+
+def _forkserver_init(started) -> None:  # started: a multiprocessing.Value
     import cv2
-    cv2.setNumThreads(1)
 
-def _pid():
+    cv2.setNumThreads(1)
+    with started.get_lock():
+        started.value += 1
+
+
+def _pid() -> int:
     return os.getpid()
 
-def _spawned(workers, timeout):
+
+def _spawned(workers: int, timeout: float) -> tuple:
     from mfsc_builder.build_config import BuildConfig
     from mfsc_builder.workers import WorkerPool
+
     pool = WorkerPool(workers, BuildConfig(), None, timeout=timeout)
     return pool.executor, pool.started
 
-def _forked(workers, timeout):
+
+def _forked(workers: int, timeout: float) -> tuple:
+    """The pool before the fix: a fork server that preloads the worker and attribute-captioner modules."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["mfsc_builder.workers", "mfsc_builder.captioners.attributes"])
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_forkserver_init), None
+    started = ctx.Value("i", 0)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_forkserver_init, initargs=(started,))
+    return pool, lambda: started.value
 
-if __name__ == "__main__":
-    method, workers, pools, hang_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+
+def child(method: str, workers: int, pools: int, hang_after: float) -> None:
+    """One fresh process: ``pools`` pools one after another; prints their start-up times as JSON."""
     make = {"spawn": _spawned, "forkserver": _forked}[method]
-    times = []
+    times: list[float] = []
     for _ in range(pools):
         t0 = time.perf_counter()
         executor, started = make(workers, hang_after)
         futures = [executor.submit(_pid) for _ in range(workers)]
         try:
-            [f.result(timeout=hang_after) for f in futures]
-            while started is not None and started() < workers:
+            for f in futures:
+                f.result(timeout=hang_after)
+            while started() < workers:  # every worker through its start-up: shutdown cannot hang
                 if time.perf_counter() - t0 > hang_after:
                     raise TimeoutError
                 time.sleep(0.005)
@@ -64,18 +77,20 @@ if __name__ == "__main__":
         times.append(time.perf_counter() - t0)
         executor.shutdown(wait=True)
     print(json.dumps({"times": times, "hung": False}), flush=True)
-"""
 
 
 def run_once(method: str, workers: int, pools: int, hang_after: float) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(workers), str(pools), str(hang_after)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=hang_after * pools + 120,
-                          check=False, start_new_session=True)
-    with contextlib.suppress(ProcessLookupError):  # forked workers of a hung pool have no parent-death signal
-        os.killpg(proc.pid, signal.SIGKILL)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    proc = subprocess.Popen([sys.executable, __file__, "--child", method, str(workers), str(pools), str(hang_after)],
+                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=hang_after * pools + 120)
+    finally:  # forked workers of a hung pool have no parent-death signal: the whole session goes
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise SystemExit(f"{method}: no result (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        raise SystemExit(f"{method}: no result (exit {proc.returncode}): {stderr[-2000:]}")
     return json.loads(lines[-1])
 
 
@@ -89,7 +104,12 @@ def main() -> None:
     ap.add_argument("--pools", type=int, default=3, help="pools made one after another in each process")
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per method")
     ap.add_argument("--hang-after", type=float, default=20.0)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        method, workers, pools, hang_after = args.child
+        child(method, int(workers), int(pools), float(hang_after))
+        return
     import cv2
 
     print(f"worker pool start-up, {args.workers} workers, OpenCV {cv2.__version__}, {args.repeat} processes x "
