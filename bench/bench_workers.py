@@ -20,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -80,17 +81,21 @@ def child(method: str, workers: int, pools: int, hang_after: float) -> None:
 
 
 def run_once(method: str, workers: int, pools: int, hang_after: float) -> dict:
-    proc = subprocess.Popen([sys.executable, __file__, "--child", method, str(workers), str(pools), str(hang_after)],
-                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=hang_after * pools + 120)
-    finally:  # forked workers of a hung pool have no parent-death signal: the whole session goes
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise SystemExit(f"{method}: no result (exit {proc.returncode}): {stderr[-2000:]}")
+    """One fresh child process. Its output goes to files, not pipes: hung forked workers would hold a pipe open."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", method, str(workers), str(pools),
+                                 str(hang_after)], cwd=str(ROOT), stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=hang_after * pools + 120)
+        finally:  # forked workers of a hung pool have no parent-death signal: the whole session goes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        out.seek(0)
+        err.seek(0)
+        lines = [ln for ln in out.read().splitlines() if ln.startswith("{")]
+        if not lines:
+            raise SystemExit(f"{method}: no result (exit {proc.returncode}): {err.read()[-2000:]}")
     return json.loads(lines[-1])
 
 
