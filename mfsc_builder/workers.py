@@ -64,8 +64,8 @@ def default_workers() -> int:
 
 class WorkerPool:
     """``workers`` spawned processes that run :func:`prepare_in_worker` and :func:`surface_in_worker`, and the
-    deadlines that turn a silent pool into one line (``result``). All processes start at once, while the main
-    process goes on reading the data set."""
+    deadlines that turn a silent pool into one line (``result``). All processes start at once, when the pool is
+    made, so a worker that cannot start is found by the first wait."""
 
     def __init__(self, workers: int, cfg: BuildConfig, captioner: Captioner | None, timeout: float) -> None:
         context = multiprocessing.get_context(START_METHOD)
