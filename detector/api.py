@@ -15,17 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from detector.errors import DetectorError
 from detector.scoring import DEFAULT_BRANCH
 
+if TYPE_CHECKING:
+    from detector.thresholds import Thresholds
+
 DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
 
 ImageLike = str | Path | np.ndarray | Any  # Any: a PIL.Image.Image (PIL is imported only when given one)
-Threshold = float | Literal["auto"] | None
+Threshold = float | Literal["auto"] | str | Path | None  # str / Path: an evaluation folder or its threshold.json
 
 
 class Engine(Protocol):
@@ -85,11 +88,12 @@ class Detector:
     """
 
     def __init__(self, engine: Engine, meta: dict[str, Any], thresholds: dict[str, Any] | None,
-                 source: str, resolution: int | None = None) -> None:
+                 source: str, resolution: int | None = None, folder: Path | None = None) -> None:
         self.engine = engine
         self.meta = meta
-        self.thresholds = thresholds or {}  # threshold.json's entry for the fused branch, if any
+        self.thresholds = thresholds or {}  # what threshold="auto" finds for the fused branch, if anything
         self.source = source
+        self.folder = folder  # the checkpoint or export folder (a Hub id's snapshot); None: built in memory
         self._fixed_resolution = resolution  # an export's map size; None: any
         from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
 
@@ -113,7 +117,7 @@ class Detector:
 
             model = load_exported(folder, engine=engine, device=device)
             return cls(model, model.spec.get("checkpoint_meta") or {}, read_thresholds(folder),
-                       str(path_or_hub_id), resolution=model.resolution)
+                       str(path_or_hub_id), resolution=model.resolution, folder=folder)
         if engine not in (None, "torch"):
             raise DetectorError(f"{folder} is a PyTorch checkpoint; engine {engine!r} needs an export: run "
                                 f"`detector export --checkpoint {folder} --format {engine} --out DIR`")
@@ -122,7 +126,7 @@ class Detector:
 
         meta = checkpoint_meta(folder)
         model = load_detector(folder, device=device, precision=precision)
-        return cls(model, meta, read_thresholds(folder), str(path_or_hub_id))
+        return cls(model, meta, read_thresholds(folder), str(path_or_hub_id), folder=folder)
 
     @property
     def class_name(self) -> str | None:
@@ -144,17 +148,25 @@ class Detector:
                 resolution: int | None = None, batch_size: int = 8) -> list[DetectorResult]:
         """Score images (paths, PIL images, arrays; one or a list): one ``DetectorResult`` per image.
 
-        ``threshold``: "auto" (the F1-max thresholds `detector eval` stored; no mask if there are none),
+        ``threshold``: "auto" (the F1-max thresholds of the checkpoint's latest `detector eval`; no mask if
+        there are none), an evaluation folder or its ``threshold.json`` (as ``detector predict --threshold``),
         a number (pixel threshold for the mask) or None (no mask). The map is computed at ``resolution``
         (default ``self.resolution``) and resized to each image's size.
         """
         from detector.predict import map_to_image_size
 
-        res = int(resolution or self.resolution)
+        picked = self._picked(threshold)
+        res = int(resolution or (picked.resolution if picked else None) or self.resolution)
         if self._fixed_resolution and res != self._fixed_resolution:
             raise DetectorError(f"{self.source} was exported at resolution {self._fixed_resolution}; predict at "
                                 f"that resolution or export again with --resolution {res}")
-        pixel_t, image_t = self._thresholds(threshold, res)
+        if picked is not None:  # an evaluation named by the caller: its resolution, or a clear refusal
+            if picked.resolution and picked.resolution != res:
+                raise DetectorError(f"threshold {str(threshold)!r} was picked at resolution {picked.resolution}, "
+                                    f"not {res}; leave resolution out or pass a number as threshold")
+            pixel_t, image_t = picked.pixel, picked.image
+        else:
+            pixel_t, image_t = self._thresholds(threshold, res)
         items = _as_list(images)
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
@@ -176,14 +188,25 @@ class Detector:
         if threshold is None:
             return None, None
         if isinstance(threshold, str):
-            if threshold != "auto":
-                raise DetectorError(f"threshold={threshold!r}: use 'auto', a number or None")
             t = self.thresholds
             if t.get("pixel_threshold") is None or (t.get("resolution") and t["resolution"] != resolution):
                 return None, None
             image = t.get("image_threshold")
             return float(t["pixel_threshold"]), None if image is None else float(image)
         return float(threshold), None
+
+    def _picked(self, threshold: Threshold) -> Thresholds | None:
+        """The thresholds of an evaluation folder or ``threshold.json`` given as ``threshold`` (checked by
+        ``detector.thresholds``, as ``detector predict --threshold PATH``); None for auto, a number or None."""
+        if not isinstance(threshold, (str, Path)) or str(threshold) == "auto":
+            return None
+        from detector.thresholds import resolve_threshold
+
+        try:
+            float(str(threshold))
+        except ValueError:
+            return resolve_threshold(Path(threshold), self.folder or Path("."))
+        raise DetectorError(f"threshold={threshold!r}: give a number as a number, 'auto', an evaluation folder or None")
 
     def _name_defects(self, amap: np.ndarray, pred: Any, j: int, threshold: float) -> list[dict[str, Any]]:
         """Named defects of image j (``detector.defects``) at the pixel threshold, on its full-size map: boxes

@@ -303,7 +303,7 @@ def predict(
     batch_size: BatchOpt = 8,
     threshold: Annotated[str, typer.Option(
         "--threshold", help="An evaluation folder of `detector eval` or its threshold.json (the F1-max threshold), "
-        "auto (a threshold.json in or beside the checkpoint), none, or a number.")] = "none",
+        "auto (the checkpoint's latest evaluation, as `detector eval` recorded it), none, or a number.")] = "none",
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution before resizing to each image.",
         show_default="the threshold's, else 256")] = None,

@@ -327,16 +327,16 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
                            branch=branch, notes=notes + details, figures=figures, ckpt_dir=card_dir,
                            budget_bytes=report_bytes)
         report_path = report.write_report(out / "report.html", page)
+    thresholds = threshold_record(branch, values, resolution, class_name, checkpoint_sha256)
     if write_threshold:
-        write_json_atomic(out / THRESHOLD_FILE, threshold_record(branch, values, resolution, class_name,
-                                                                 checkpoint_sha256))
+        write_json_atomic(out / THRESHOLD_FILE, thresholds)
     card_note = ""
     if card_dir is not None:  # the checkpoint's model card states this evaluation, where the folder is writable
         from detector.model_card import record_evaluation
         from fsad_data.folder_lock import FolderInUse
 
-        try:
-            record_evaluation(card_dir, json_safe(record))
+        try:  # with its thresholds, which --threshold auto then finds (detector.thresholds)
+            record_evaluation(card_dir, json_safe({**record, "thresholds": thresholds[branch]}))
         except (OSError, FolderInUse) as exc:  # a read-only, shared or busy checkpoint: the evaluation is whole
             card_note = (f"the model card of {card_dir} was not updated with this evaluation ({exc}); rerun "
                          "detector eval when the checkpoint is writable and free, to record it there")

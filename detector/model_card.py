@@ -58,7 +58,7 @@ def record_evaluation(ckpt_dir: Path, record: dict[str, Any]) -> None:
     from fsad_data.folder_lock import FolderLock
 
     keep = ("class_name", "branch", "resolution", "n_images", "n_anomalous", "n_normal", "meaningful",
-            "metrics", "data", "pixel_metrics")
+            "metrics", "data", "pixel_metrics", "thresholds")  # thresholds: what --threshold auto takes
     with FolderLock(Path(ckpt_dir) / EVALUATION_LOCK, timeout=EVALUATION_LOCK_SECONDS):
         evals = read_evaluations(ckpt_dir)
         evals[str(record.get("branch", "fused"))] = {k: record.get(k) for k in keep if k in record}

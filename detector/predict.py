@@ -4,8 +4,8 @@ For each input image (files, or folders searched recursively, sorted) it writes 
 - ``maps/<name>.npy``: the anomaly map resized (bilinear) to the image's own size, float32 (H, W);
 - ``overlays/<name>.png``: the image with the heat map blended in, one colour scale for the whole run;
 - ``masks/<name>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
-- ``scores.csv`` and ``scores.json``: per image the score (and, with ``--threshold auto``, the
-  anomalous/normal decision at the image F1-max threshold of ``detector eval``);
+- ``scores.csv`` and ``scores.json``: per image the score (and, with an evaluation's thresholds: ``auto`` or
+  an evaluation folder, the anomalous/normal decision at its image F1-max threshold);
 - with a threshold, named defects (``detector.defects``): ``defects.json`` (per image every region's box
   in the image's pixels, area, peak/mean score, component, vote share, location, state, sentence),
   ``regions/<name>.png`` (the regions' label map: region k has value k, its mask), the count and the
@@ -61,7 +61,7 @@ class PredictConfig:
     inputs: list[Path]
     out: Path
     batch_size: int = 8
-    threshold: str = "none"  # "auto" (threshold.json in/beside CKPT), an evaluation folder or file, "none", a number
+    threshold: str = "none"  # "auto" (detector.thresholds), an evaluation folder or file, "none", a number
     resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
     branch: str = DEFAULT_BRANCH
     device: str = "cpu"

@@ -4,9 +4,14 @@ read by ``detector predict --threshold`` and the Python API.
 Why here and not in the checkpoint: an evaluation must not write into the checkpoint it reads (a read-only or
 shared model folder, a Hub snapshot); the thresholds belong to the evaluation that picked them, on the test split,
 for inspection only. The file names the checkpoint it was picked for (its weights' SHA-256), so a threshold
-is never applied to another model by mistake. ``--threshold auto`` finds it inside the checkpoint folder (placed
-there by a user or a Hub upload) or beside it (a benchmark cell: ``cell/threshold.json`` next to
-``cell/checkpoint/``); ``--threshold PATH`` takes an evaluation folder or the file itself.
+is never applied to another model by mistake.
+
+``auto`` (``detector predict``, the Python API, ``detector export``) needs no file copied by hand. It takes, in
+this order: a ``threshold.json`` inside the checkpoint folder (placed there by a user or a Hub upload); the
+thresholds of the checkpoint's latest evaluation, which ``detector eval`` records in the checkpoint's
+``evaluation.json`` beside its summary; a ``threshold.json`` beside the folder (a benchmark cell:
+``cell/threshold.json`` next to ``cell/checkpoint/``). ``PATH`` takes an evaluation folder or its file. This module
+is the one place that decides; every reader calls ``resolve_threshold`` or ``find_thresholds``.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from typing import Any
 
 from detector.errors import DetectorError
 from detector.scoring import DEFAULT_BRANCH
-from detector.validate import ThresholdEntry, read_json, read_threshold_file
+from detector.validate import THRESHOLD_FILE as THRESHOLD_ENTRIES
+from detector.validate import ThresholdEntry, check, read_json, read_threshold_file
 
 THRESHOLD_FILE = "threshold.json"
 
@@ -93,17 +99,12 @@ def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: s
     ckpt_dir = Path(ckpt_dir)
     sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
     if text.lower() == "auto":
-        for path in (ckpt_dir / THRESHOLD_FILE, ckpt_dir.parent / THRESHOLD_FILE):
-            if not path.is_file():
-                continue
-            entry = read_entry(path, branch, sha)
-            beside = path.parent != ckpt_dir
-            if entry is None or (beside and (not sha or entry.checkpoint_sha256 != sha)):
-                continue  # beside the folder: only an evaluation of this very checkpoint counts
-            return _as_thresholds(entry, path, branch)
-        raise DetectorError(f"no {THRESHOLD_FILE} for branch {branch!r} found in or beside {ckpt_dir}: run "
-                            f"`detector eval --checkpoint {ckpt_dir} --out EVAL` and pass --threshold "
-                            f"EVAL/{THRESHOLD_FILE}, or --threshold FLOAT / none")
+        found = find_thresholds(ckpt_dir, branch)
+        if found is None:
+            raise DetectorError(f"no evaluation of {ckpt_dir} is recorded for branch {branch!r}: run `detector eval "
+                                f"--checkpoint {ckpt_dir} --data DATA --out EVAL` (it records its thresholds in "
+                                "the checkpoint for --threshold auto), or pass --threshold EVAL / FLOAT / none")
+        return _as_thresholds(*found, branch)
     path = Path(text)
     if path.is_dir():
         path = path / THRESHOLD_FILE
@@ -117,11 +118,34 @@ def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: s
     return _as_thresholds(entry, path, branch)
 
 
+def find_thresholds(ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> tuple[ThresholdEntry, Path] | None:
+    """What ``auto`` takes for the checkpoint folder (the order is in the module docstring), and the file it came
+    from; None when no evaluation of this checkpoint is found. An entry picked for another checkpoint inside the
+    folder is refused; beside it, only an evaluation of this very checkpoint counts."""
+    from detector.model_card import EVALUATION_FILE, read_evaluations
+
+    ckpt_dir = Path(ckpt_dir)
+    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
+    inside = ckpt_dir / THRESHOLD_FILE
+    if inside.is_file() and (entry := read_entry(inside, branch, sha)) is not None:
+        return entry, inside
+    recorded = read_evaluations(ckpt_dir).get(branch) if (ckpt_dir / EVALUATION_FILE).is_file() else None
+    if isinstance(recorded, dict) and isinstance(recorded.get("thresholds"), dict):
+        index = ckpt_dir / EVALUATION_FILE
+        entry = check(THRESHOLD_ENTRIES, {branch: recorded["thresholds"]}, str(index),
+                      "run `detector eval` again or pass --threshold FLOAT")[branch]
+        if sha and entry.checkpoint_sha256 and entry.checkpoint_sha256 != sha:
+            raise DetectorError(f"{index} records an evaluation of another checkpoint (its weights differ); "
+                                "evaluate this checkpoint with `detector eval`, or pass --threshold FLOAT")
+        return entry, index
+    beside = ckpt_dir.parent / THRESHOLD_FILE
+    if beside.is_file() and sha and (entry := read_entry(beside, branch, sha)) is not None \
+            and entry.checkpoint_sha256 == sha:
+        return entry, beside
+    return None
+
+
 def stored_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
-    """The checked entry of FOLDER/threshold.json as a plain dict (the Python API), or None without one."""
-    path = Path(folder) / THRESHOLD_FILE
-    if not path.is_file():
-        return None
-    sha = checkpoint_sha256(folder) if (Path(folder) / "config.json").is_file() else None
-    entry = read_entry(path, branch, sha)
-    return None if entry is None else entry.model_dump()
+    """What ``auto`` finds for FOLDER (``find_thresholds``) as a plain dict (the Python API), or None."""
+    found = find_thresholds(Path(folder), branch)
+    return None if found is None else found[0].model_dump()

@@ -26,7 +26,6 @@ import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mfsc_builder.errors import BuildError, BuildInterrupted
 
-if TYPE_CHECKING:  # a worker imports this module before anything can hang: the standard library only, at first
+if TYPE_CHECKING:  # imported where they are used: ``import mfsc_builder.workers`` stays light
     from fsad_data.samples import Sample
     from mfsc_builder.build_config import BuildConfig
     from mfsc_builder.captioners import Captioner
@@ -47,6 +46,7 @@ if TYPE_CHECKING:  # a worker imports this module before anything can hang: the 
 
 START_METHOD = "spawn"  # see the module docstring: never a fork of a process that may run threads
 STOP_GRACE_SECONDS = 5.0  # after Ctrl-C, how long a wait for a busy worker may still last
+CLOSE_GRACE_SECONDS = 5.0  # how long a closing pool waits for its workers to finish the job in hand
 _POLL_SECONDS = 0.2  # waits are cut into slices so that a stop or a deadline is seen at once
 _WATCH_SECONDS = 0.5
 _STATE: dict[str, object] = {}
@@ -73,9 +73,8 @@ class WorkerPool:
         self._started = context.Value("i", 0)  # each worker adds one when its start-up is done
         self._since = time.monotonic()
         self._stop_seen: float | None = None  # when a wait first saw the stop request
-        settings = pickle.dumps((cfg, captioner))  # unpickled by _init, after the worker is tied to this process
         self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init,
-                                            initargs=(settings, os.getpid(), self._started))
+                                            initargs=(cfg, captioner, os.getpid(), self._started))
         try:
             with _sigint_ignored():  # inherited through exec: a worker never turns Ctrl-C into a traceback
                 for _ in range(workers):  # each submit to a pool with no idle worker starts one process
@@ -118,11 +117,13 @@ class WorkerPool:
                                        "are stored: run the same command again to resume")
 
     def close(self, finished: bool) -> None:
-        """Idle workers leave at once; after an error or an interruption, workers still busy (or hung) are
-        killed instead of waited for, so a stuck worker can never hold the build open."""
+        """Jobs not started are dropped and the workers leave once their job in hand is done; a worker still
+        busy after ``CLOSE_GRACE_SECONDS`` (hung) is killed instead of waited for, so a stuck worker can never
+        hold the build open."""
         running = {p.sentinel: p for p in self._processes()}  # read first: shutdown forgets them
+        results = getattr(self.executor, "_result_queue", None)
         self.executor.shutdown(wait=False, cancel_futures=True)  # its manager thread reaps the processes
-        deadline = time.monotonic() + (10.0 if finished else 0.0)
+        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         try:
             while running:  # a sentinel is ready once its process has exited, whoever reaps it
                 for gone in multiprocessing.connection.wait(list(running), max(0.0, deadline - time.monotonic())):
@@ -132,10 +133,15 @@ class WorkerPool:
         finally:  # even when a signal ends the wait
             for p in running.values():
                 p.kill()
+            if running and results is not None:
+                # a worker killed while it sent a result leaves half a message; with this process's copy of the
+                # pipe's write end closed, the pool's manager thread reads its end instead of waiting for ever
+                # (and Python's exit, which joins that thread, with it)
+                results._writer.close()
 
     def _processes(self) -> list[Any]:
-        """The pool's processes (``multiprocessing.Process``). concurrent.futures keeps them in a private dict
-        (Python 3.14 adds ``kill_workers``); without it there is nothing to kill and ``close`` only asks."""
+        """The pool's processes (``multiprocessing.Process``). concurrent.futures keeps them, and its result
+        pipe, in private attributes (Python 3.14 adds ``kill_workers``); without them ``close`` only asks."""
         return list((getattr(self.executor, "_processes", None) or {}).values())
 
 
@@ -198,10 +204,9 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def _init(settings: bytes, main_pid: int, started: Any) -> None:
-    _die_with(main_pid)  # first: whatever hangs after this (imports included), the worker goes with the build
+def _init(cfg: BuildConfig, captioner: Captioner | None, main_pid: int, started: Any) -> None:
+    _die_with(main_pid)  # first: whatever hangs after this, the worker goes with the build
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cfg, captioner = pickle.loads(settings)
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already
