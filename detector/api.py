@@ -128,6 +128,17 @@ class Detector:
         model = load_detector(folder, device=device, precision=precision)
         return cls(model, meta, read_thresholds(folder), str(path_or_hub_id), folder=folder)
 
+    def __repr__(self) -> str:
+        t = self.thresholds
+        thresholds = (f"pixel {t['pixel_threshold']:.4g}, image {t.get('image_threshold') or float('nan'):.4g}"
+                      if t.get("pixel_threshold") is not None else "none (run detector eval)")
+        backbone = self.meta.get("backbone")
+        name = (backbone.get("model_name") or backbone.get("name")) if isinstance(backbone, dict) else backbone
+        shots = self.meta.get("shots")
+        return (f"Detector({self.source!r}: class {self.class_name!r}, backbone {name}, shots "
+                f"{len(shots) if isinstance(shots, list) else shots}, resolution {self.resolution}, "
+                f"thresholds {thresholds})")
+
     @property
     def class_name(self) -> str | None:
         """The class the detector was trained for."""

@@ -321,7 +321,7 @@ def predict(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.predict import PredictConfig, run_predict
+        from detector.predict import PredictConfig, run_predict, summary_line
 
         _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
         _not_a_file(out, "--out", "a folder for the maps and scores")
@@ -330,7 +330,7 @@ def predict(
                                          threshold=threshold, resolution=resolution, branch=branch, device=device,
                                          precision=precision, progress=_bars(), engine=engine,
                                          on_error=on_error or "raise", **_naming_settings(min_area, min_margin)))
-        _console().print(f"{len(rows)} image(s) scored; scores: {Path(out) / 'scores.csv'}")
+        _console().print(summary_line(rows, Path(out)), soft_wrap=True)
         _say_skipped(getattr(rows, "skipped", []), Path(out) / "scores.json", "image")
 
     _run(body, interrupted="interrupted; --out was left as it was (nothing of this run written): rerun the same "

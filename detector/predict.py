@@ -263,6 +263,21 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
     return ScoredRows(rows, skipped)
 
 
+def summary_line(rows: list[dict[str, Any]], out: Path) -> str:
+    """What ``detector predict`` did, in one line: images, how many the image threshold flags, named regions,
+    and which of its files and folders OUT holds."""
+    parts = [f"{len(rows)} image(s) scored"]
+    if any("anomalous" in r for r in rows):
+        parts.append(f"{sum(r.get('anomalous') is True for r in rows)} flagged anomalous (image threshold)")
+    named = any("n_defects" in r for r in rows)
+    if named:
+        parts.append(f"{sum(int(r.get('n_defects') or 0) for r in rows)} region(s) named")
+    files = ["scores.csv", "scores.json"] + (["defects.json"] if named else []) + \
+        (["masks/"] if any("mask_fraction" in r for r in rows) else []) + (["regions/"] if named else []) + \
+        ["overlays/", "maps/"]
+    return f"{', '.join(parts)}; in {out}: {', '.join(files)}"
+
+
 def _readable(batch: list[tuple[str, Path]], skipped: list[dict[str, str]]) -> tuple[list[tuple[str, Path]],
                                                                                      list[np.ndarray]]:
     """The items of ``batch`` whose image decodes, with their pixels; the others appended to ``skipped``."""

@@ -47,6 +47,11 @@ def test_predict_auto_takes_the_latest_evaluation_of_the_checkpoint(evaluated, d
                                                                         picked["image_threshold"])
     assert used["resolution"] == picked["resolution"] == 64  # the evaluation's resolution, not predict's 256
     assert used["threshold"]["source"].endswith("evaluation.json)")
+    flagged = sum(r["anomalous"] for r in used["images"])
+    named = sum(r["n_defects"] for r in used["images"])
+    assert res.stdout.strip() == (f"12 image(s) scored, {flagged} flagged anomalous (image threshold), {named} "
+                                  f"region(s) named; in {tmp_path / 'pred'}: scores.csv, scores.json, defects.json, "
+                                  "masks/, regions/, overlays/, maps/")
 
 
 def test_the_api_takes_auto_and_an_evaluation_folder_alike(evaluated, demo_root):
@@ -56,6 +61,10 @@ def test_the_api_takes_auto_and_an_evaluation_folder_alike(evaluated, demo_root)
     image = min((demo_root / CLASS / "test").rglob("*.png"))
     det = Detector.load(ckpt)
     assert det.resolution == 64
+    picked = _picked(ev)
+    assert repr(det) == (f"Detector({str(ckpt)!r}: class 'pill_box', backbone {det.meta['backbone']['model_name']}, shots 1, "
+                         f"resolution 64, thresholds pixel {picked['pixel_threshold']:.4g}, "
+                         f"image {picked['image_threshold']:.4g})")
     auto = det.predict(image)[0]
     from_folder = det.predict(image, threshold=ev)[0]
     from_file = det.predict(image, threshold=str(ev / "threshold.json"))[0]
