@@ -138,13 +138,14 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
     threading.Thread(target=_load_aside, args=(clip_tokens.counter,), daemon=True).start()  # class records' tokenizer
+    work.check_free()  # a second build is refused before it starts workers
     with contextlib.ExitStack() as done:  # unwinds in reverse: the writer stops, then the lock goes
-        work.lock()  # first: a second build is refused before it starts workers or --force wipes anything
-        done.callback(work.unlock)
         with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
-            # the class decisions read images: a bad one stops the build before any result is written
+            # the class decisions read images: a bad one stops the build before anything is written
             ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
                           textured_classes(cfg, refs, samples, pool), pool, workers)
+            work.lock()  # before --force wipes anything: never pull the floor from under a running build
+            done.callback(work.unlock)
             _clear(out, work, force)
             resumed = work.open(manifest)
             writer = done.enter_context(ImagesWriter(out, _row_order(mine), source=cfg.source, images=cfg.images,

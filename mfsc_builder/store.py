@@ -261,3 +261,10 @@ class WorkStore:
         """Release the lock taken by :meth:`lock`."""
         self._lock.release()
 
+    def check_free(self) -> None:
+        """Refuse at once when another build holds the folder, creating nothing: the lock file of a live build
+        exists (a free folder has none), so only an existing file is tried, and let go of at once."""
+        if (self.dir / LOCK_NAME).exists():
+            self.lock()
+            self.unlock()
+

@@ -320,7 +320,7 @@ def test_eval_of_a_hub_id_reads_its_snapshot_and_never_writes_into_the_cache(tra
 
 def test_eval_leaves_the_checkpoint_untouched_and_predict_finds_the_threshold(trained, demo_root, tmp_path):
     """threshold.json goes with the evaluation (a read-only checkpoint folder works); predict takes it from the
-    evaluation folder or file, and `auto` finds it beside a benchmark-style checkpoint."""
+    evaluation folder or file, and `auto` from the evaluation that eval recorded in evaluation.json."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(trained, ckpt)
     before = _tree(ckpt)
@@ -339,9 +339,14 @@ def test_eval_leaves_the_checkpoint_untouched_and_predict_finds_the_threshold(tr
         res, text = _invoke(["predict", folder, "--checkpoint", ckpt, "--out", out, "--threshold", spec])
         assert res.exit_code == 0, text
         assert len(list((out / "masks").iterdir())) == 3
-    res, _ = _invoke(["predict", folder, "--checkpoint", ckpt, "--out", tmp_path / "p3", "--threshold", "auto"])
+    res, text = _invoke(["predict", folder, "--checkpoint", ckpt, "--out", tmp_path / "p3", "--threshold", "auto"])
+    assert res.exit_code == 0, text
+    used = json.loads((tmp_path / "p3" / "scores.json").read_text())["threshold"]
+    assert used["pixel"] == thr["fused"]["pixel_threshold"] and used["image"] == thr["fused"]["image_threshold"]
+    (ckpt / "evaluation.json").unlink()  # no evaluation recorded: one line saying which eval to run
+    res, _ = _invoke(["predict", folder, "--checkpoint", ckpt, "--out", tmp_path / "p4", "--threshold", "auto"])
     line = _one_error(res)
-    assert "--threshold" in line and "threshold.json" in line
+    assert "--threshold" in line and "detector eval --checkpoint" in line
 
 
 def _bench_args(demo_root: Path, out: Path, tiny: str, *extra: str) -> list:
