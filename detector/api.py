@@ -130,7 +130,8 @@ class Detector:
 
     def __repr__(self) -> str:
         t = self.thresholds
-        thresholds = (f"pixel {t['pixel_threshold']:.4g}, image {t.get('image_threshold') or float('nan'):.4g}"
+        image = t.get("image_threshold")
+        thresholds = (f"pixel {t['pixel_threshold']:.4g}, image {'none' if image is None else format(image, '.4g')}"
                       if t.get("pixel_threshold") is not None else "none (run detector eval)")
         backbone = self.meta.get("backbone")
         name = (backbone.get("model_name") or backbone.get("name")) if isinstance(backbone, dict) else backbone

@@ -67,10 +67,13 @@ def read_entry(path: Path, branch: str, ckpt_sha: str | None) -> ThresholdEntry 
     """``branch``'s checked entry of a threshold file; None when the file holds no such branch. An entry picked
     for another checkpoint is refused."""
     entry = read_threshold_file(path).get(branch)
-    if entry is None:
-        return None
+    return None if entry is None else _of_checkpoint(entry, path, ckpt_sha)
+
+
+def _of_checkpoint(entry: ThresholdEntry, where: Path, ckpt_sha: str | None) -> ThresholdEntry:
+    """``entry``, unless it names other weights than the checkpoint's (then one line saying what to do)."""
     if ckpt_sha and entry.checkpoint_sha256 and entry.checkpoint_sha256 != ckpt_sha:
-        raise DetectorError(f"{path} was picked for another checkpoint (its weights differ); evaluate this "
+        raise DetectorError(f"{where} was picked for another checkpoint (its weights differ); evaluate this "
                             "checkpoint with `detector eval`, or pass --threshold FLOAT")
     return entry
 
@@ -97,7 +100,6 @@ def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: s
             raise DetectorError(f"--threshold {text!r} is not a finite number")
         return Thresholds(value, None, None, "value")
     ckpt_dir = Path(ckpt_dir)
-    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
     if text.lower() == "auto":
         found = find_thresholds(ckpt_dir, branch)
         if found is None:
@@ -105,6 +107,7 @@ def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: s
                                 f"--checkpoint {ckpt_dir} --data DATA --out EVAL` (it records its thresholds in "
                                 "the checkpoint for --threshold auto), or pass --threshold EVAL / FLOAT / none")
         return _as_thresholds(*found, branch)
+    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
     path = Path(text)
     if path.is_dir():
         path = path / THRESHOLD_FILE
@@ -134,10 +137,7 @@ def find_thresholds(ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> tuple[Thres
         index = ckpt_dir / EVALUATION_FILE
         entry = check(THRESHOLD_ENTRIES, {branch: recorded["thresholds"]}, str(index),
                       "run `detector eval` again or pass --threshold FLOAT")[branch]
-        if sha and entry.checkpoint_sha256 and entry.checkpoint_sha256 != sha:
-            raise DetectorError(f"{index} records an evaluation of another checkpoint (its weights differ); "
-                                "evaluate this checkpoint with `detector eval`, or pass --threshold FLOAT")
-        return entry, index
+        return _of_checkpoint(entry, index, sha), index
     beside = ckpt_dir.parent / THRESHOLD_FILE
     if beside.is_file() and sha and (entry := read_entry(beside, branch, sha)) is not None \
             and entry.checkpoint_sha256 == sha:

@@ -58,25 +58,23 @@ class HangsOnEveryJob(AttributeCaptioner):
 def session_processes(sid: int) -> list[int]:
     """Pids of the live processes of a session (Linux /proc): a command started with start_new_session=True and
     everything it started."""
+    return _live_where(3, sid)
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid`` (the multiprocessing resource tracker included)."""
+    return _live_where(1, pid)
+
+
+def _live_where(field: int, value: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose /proc stat field after the name (1: ppid, 3: session)
+    equals ``value``."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid and fields[0] != "Z":
+        if int(fields[field]) == value and fields[0] != "Z":
             pids.append(int(stat.parent.name))
     return pids
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids of the live child processes of ``pid`` (the multiprocessing resource tracker included)."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
