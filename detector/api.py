@@ -129,10 +129,13 @@ class Detector:
         return cls(model, meta, read_thresholds(folder), str(path_or_hub_id), folder=folder)
 
     def __repr__(self) -> str:
-        t = self.thresholds
-        image = t.get("image_threshold")
-        thresholds = (f"pixel {t['pixel_threshold']:.4g}, image {'none' if image is None else format(image, '.4g')}"
-                      if t.get("pixel_threshold") is not None else "none (run detector eval)")
+        def num(key: str) -> str:
+            value = self.thresholds.get(key)
+            return "none" if value is None else format(value, ".4g")
+
+        found = any(self.thresholds.get(k) is not None for k in ("pixel_threshold", "image_threshold"))
+        thresholds = f"pixel {num('pixel_threshold')}, image {num('image_threshold')}" if found else \
+            "none (run detector eval)"
         backbone = self.meta.get("backbone")
         name = (backbone.get("model_name") or backbone.get("name")) if isinstance(backbone, dict) else backbone
         shots = self.meta.get("shots")
@@ -157,15 +160,19 @@ class Detector:
         return int(self._fixed_resolution or self.thresholds.get("resolution") or DEFAULT_RESOLUTION)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, threshold: Threshold = "auto",
-                resolution: int | None = None, batch_size: int = 8) -> list[DetectorResult]:
+                image_threshold: float | None = None, resolution: int | None = None,
+                batch_size: int = 8) -> list[DetectorResult]:
         """Score images (paths, PIL images, arrays; one or a list): one ``DetectorResult`` per image.
 
         ``threshold``: "auto" (the F1-max thresholds of the checkpoint's latest `detector eval`; no mask if
         there are none), an evaluation folder or its ``threshold.json`` (as ``detector predict --threshold``),
-        a number (pixel threshold for the mask) or None (no mask). The map is computed at ``resolution``
-        (default ``self.resolution``) and resized to each image's size.
+        a number (pixel threshold for the mask) or None (no mask). ``image_threshold``: the image score at or
+        above which ``anomalous`` is True, over the evaluation's (as ``detector predict --image-threshold``;
+        with threshold None or a number, the only one). The map is computed at ``resolution`` (default
+        ``self.resolution``) and resized to each image's size.
         """
         from detector.predict import map_to_image_size
+        from detector.thresholds import image_threshold_in_force
 
         picked = self._picked(threshold)
         res = int(resolution or (picked.resolution if picked else None) or self.resolution)
@@ -179,6 +186,7 @@ class Detector:
             pixel_t, image_t = picked.pixel, picked.image
         else:
             pixel_t, image_t = self._thresholds(threshold, res)
+        image_t = image_threshold_in_force(image_threshold, image_t, "image_threshold")
         items = _as_list(images)
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
@@ -201,10 +209,10 @@ class Detector:
             return None, None
         if isinstance(threshold, str):
             t = self.thresholds
-            if t.get("pixel_threshold") is None or (t.get("resolution") and t["resolution"] != resolution):
+            if t.get("resolution") and t["resolution"] != resolution:
                 return None, None
-            image = t.get("image_threshold")
-            return float(t["pixel_threshold"]), None if image is None else float(image)
+            pixel, image = t.get("pixel_threshold"), t.get("image_threshold")  # an image-level eval: no pixel one
+            return None if pixel is None else float(pixel), None if image is None else float(image)
         return float(threshold), None
 
     def _picked(self, threshold: Threshold) -> Thresholds | None:

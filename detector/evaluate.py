@@ -11,8 +11,9 @@
   and per ground-truth region the true and the named component (``naming_accuracy`` in metrics.json; the
   truth needs the test images' caption regions: ``--captions``, default the training captions);
 - ``report.html``: the self-contained page: metrics and per-defect-type tables, ROC/PR curves and score
-  histograms (matplotlib), the threshold explorer (slider, flips, outlines) over every test image's overlay
-  (capped by a byte budget) with its named defects, and the panels above.
+  histograms (matplotlib), the threshold explorer (an image-threshold slider: flags, false alarms, misses,
+  flips; a pixel-threshold slider: region outlines; the ``detector predict`` command applying both) over every
+  test image's overlay (capped by a byte budget) with its named defects, and the panels above.
 - ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.thresholds``), naming the
   checkpoint by its weights' SHA-256, for ``detector predict --threshold OUT``. Picked on the test split: a
   convenience for inspection, never used for any reported metric.
@@ -43,7 +44,14 @@ import numpy as np
 from detector import metrics as M
 from detector import outputs, report
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
-from detector.data import class_test_samples, iter_batches, load_images, load_sample_mask, readable
+from detector.data import (
+    class_test_samples,
+    image_level_only,
+    iter_batches,
+    load_images,
+    load_sample_mask,
+    readable,
+)
 from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
 from detector.errors import DetectorError
 from detector.outputs import json_safe, write_csv
@@ -55,6 +63,7 @@ from fsad_data.atomic import staged_folder, write_json_atomic, write_png_atomic
 if TYPE_CHECKING:
     from detector.model import Prediction
 
+IMAGE_LEVEL_NOTE = "image-level evaluation: the anomalous test images have no masks"
 RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test the wiring and are not meaningful"
 
 
@@ -169,7 +178,7 @@ def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, 
     bar = outputs.progress(show_progress, n, "evaluating")
     start = 0
     by_type: dict[str, Any] = {}
-    for batch, images, full_masks in iter_batches(samples, batch_size):
+    for batch, images, full_masks in iter_batches(samples, batch_size, image_level_only(samples)):
         if namer is not None:
             pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
         else:
@@ -264,7 +273,9 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
     values = M.image_metrics(col.scores, col.labels)
     if col.has_masks:
         values.update(col.pixels.metrics(M.AUPRO_LIMIT))
-    pixel_record = col.pixels.record() if col.has_masks else {"method": "none"}  # no anomalous pixel
+    pixel_record = col.pixels.record() if col.has_masks else {  # no anomalous pixel: no pixel metric
+        "method": "none", "why": IMAGE_LEVEL_NOTE if image_level_only(samples) else "no anomalous pixel in the "
+        "ground truth"}
     info = dict(info or {})
     meaningful = bool(info.get("meaningful", True))
     naming, naming_record = None, None
@@ -389,14 +400,20 @@ def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sam
 def _name_defects(model: Any, samples: Sequence[Sample], col: Collected, values: dict[str, float],
                   config: NamingConfig, captions: str | None, class_name: str) -> tuple[Any, dict[str, Any]]:
     """Named defects of every test image at the pixel F1-max threshold (without ground-truth pixels: the
-    F1-max of the images' flag thresholds), scored against the caption regions."""
+    F1-max of the images' flag thresholds; without anomalous images, just above every image's regions, so the
+    normal split still gets its report), scored against the caption regions."""
     assert col.namer is not None
     threshold = values.get("pixel_f1_threshold")
     source = "pixel F1-max of this evaluation"
-    if threshold is None or not math.isfinite(threshold):
+    if (threshold is None or not math.isfinite(threshold)) and col.labels.any():
         flags = col.namer.flags(config.min_area)
         threshold = M.f1_max(np.where(np.isfinite(flags), flags, -1.0), col.labels)[1]
         source = "image F1-max of the flag thresholds (no ground-truth pixels)"
+    elif threshold is None or not math.isfinite(threshold):
+        flags = col.namer.flags(config.min_area)
+        top = float(flags[np.isfinite(flags)].max()) if np.isfinite(flags).any() else col.map_range[1]
+        threshold = top + 0.01 * ((col.map_range[1] - col.map_range[0]) or abs(top) or 1.0)
+        source = "threshold just above every image's regions (no anomalous test image: no F1-max)"
     config = NamingConfig(float(threshold), config.min_area, config.min_margin)
     regions, note = caption_regions(captions, class_name, samples)
     meta = getattr(model, "meta", {}) or {}
@@ -436,9 +453,9 @@ def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, flo
                                      "threshold_label": "image F1-max threshold"}]
     reference = None if naming is None else record["naming"]["threshold"]
     if naming is not None:
-        panels.append({"title": "flag threshold per image", "normal": naming.flags[~col.labels],
-                       "anomalous": naming.flags[col.labels], "threshold": reference,
-                       "threshold_label": "reference map threshold"})
+        panels.append({"title": "highest pixel threshold with a region, per image",
+                       "normal": naming.flags[~col.labels], "anomalous": naming.flags[col.labels],
+                       "threshold": reference, "threshold_label": "reference pixel threshold"})
     if col.has_masks and hist is not None:
         panels.append(_pixel_panel(hist, values.get("pixel_f1_threshold")))
     plots.append(report.Plot("Score histograms of normal and anomalous images (and pixels) with the thresholds",
@@ -453,7 +470,7 @@ def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, flo
         for i in order:
             s = samples[i]
             rows.append({"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
-                         "flag": float(naming.flags[i])})
+                         "score": float(col.scores[i]), "region": float(naming.flags[i])})
             img = cv2.resize(load_images([s])[0], (160, 160), interpolation=cv2.INTER_AREA)
             gt = col.namer.ground_truth(i)
             pic = report.overlay(img, maps[i], gt if gt.any() else None, vmin, vmax)
@@ -461,14 +478,36 @@ def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, flo
                        f"score {float(col.scores[i]):.4f}")
             thumbs.append(report.Thumb(s.id, caption, pic, report.quantise_map(maps[i], vmin, vmax, 80),
                                        [d.sentence for d in naming.defects[i]]))
-        command = f"detector predict --checkpoint {ckpt_dir or 'CKPT'} IMAGES --min-area {record['naming']['min_area']}"
+        image_t = values.get("image_f1_threshold")
+        image_t = float(image_t) if image_t is not None and math.isfinite(image_t) else None
         sections.append(report.threshold_explorer(
-            rows, float(reference), vmin, vmax, thumbs, command=command, budget_bytes=budget_bytes,
-            note=f"Reference: the {record['naming']['threshold_source']}."))
+            rows, image_t, float(reference), vmin, vmax, thumbs, command=explorer_command(record, ckpt_dir),
+            budget_bytes=budget_bytes, note=f"Image threshold reference: the image F1-max of this evaluation; "
+            f"pixel threshold reference: the {record['naming']['threshold_source']}.",
+            no_image="F1-max needs anomalous images and this test split has none" if not record["n_anomalous"]
+            else "F1-max found none"))
         page_figures = []  # the full-size panels stay in overlays/ (the page stays bounded)
         notes = [*notes, "Full-size panels (image | overlay | colour bar) are in the overlays/ folder."]
     return report.Report(f"FineGrainedAD evaluation: {class_name}", notes, [table, per_type], page_figures,
                          plots, sections)
+
+
+def explorer_command(record: dict[str, Any], ckpt_dir: Path | None) -> str:
+    """The ``detector predict`` command the report's explorer completes with its two thresholds: this checkpoint
+    (its absolute folder, or the Hub id evaluated), a placeholder IMAGES, ``--out predictions``, the evaluation's
+    resolution, branch and naming settings, so that it scores and names as this evaluation did."""
+    import shlex
+
+    ckpt = str(Path(ckpt_dir).resolve()) if ckpt_dir is not None else str(record.get("checkpoint") or "CKPT")
+    naming = record["naming"]
+    parts = ["detector predict --checkpoint", shlex.quote(ckpt), "IMAGES --out predictions --resolution",
+             str(record["resolution"])]
+    if record["branch"] != DEFAULT_BRANCH:
+        parts += ["--branch", shlex.quote(record["branch"])]
+    parts += ["--min-area", report.js_number(naming["min_area"])]
+    if naming["min_margin"] != DEFAULT_MIN_MARGIN:
+        parts += ["--min-margin", report.js_number(naming["min_margin"])]
+    return " ".join(parts)
 
 
 def _pixel_panel(hist: Any, threshold: float | None, bins: int = 60) -> dict[str, Any]:
@@ -488,7 +527,7 @@ def pixel_method_note(record: dict[str, Any]) -> str:
     if record["method"] == "exact":
         return "pixel metrics: exact (every float32 map kept)"
     if record["method"] != "histogram":
-        return "pixel metrics: none (no anomalous pixel in the ground truth)"
+        return f"pixel metrics: none ({record.get('why') or 'no anomalous pixel in the ground truth'})"
     clamped = f"; {record['clamped_pixels']} map values outside [0, 1] clamped" if record["clamped_pixels"] else ""
     return (f"pixel metrics: {record['levels']}-level histogram (pixel AUROC within "
             f"{record['auroc_bound']:.1e} of the float maps; --exact-metrics for exact){clamped}")

@@ -5,12 +5,15 @@ URI, so the file can be mailed or opened offline. Table cells carry the exact va
 metrics.json holds) next to the rounded text a person reads. Plots (ROC and PR curves, score histograms,
 per-class bars) are drawn by matplotlib (Agg, no pyplot state) and embedded as PNG.
 
-The threshold explorer (``threshold_explorer``) is the one decision an inspection engineer makes: a slider
-over the anomaly-map threshold (the value ``detector predict --threshold`` takes). An image is flagged at
-threshold t when its map has a defect region there (``detector.defects.flag_threshold`` >= t, the same
-regions ``predict`` names); the page counts false alarms and misses, lists the images whose decision differs
-from the reference threshold, and redraws the predicted mask outlines on the overlays from small embedded
-score maps (uint8 over the page's colour scale). The gallery is capped by a byte budget, said on the page.
+The threshold explorer (``threshold_explorer``) holds the two decisions an inspection engineer makes, with the
+project's one rule: the image threshold on the image score decides whether an image is anomalous (the
+``anomalous`` column of ``detector predict --image-threshold``); the pixel threshold decides the regions (the
+masks and named defects of ``--threshold``). The image slider counts false alarms and misses and lists the images
+whose decision differs from the evaluation's image threshold; the pixel slider redraws the predicted region
+outlines on the overlays from small embedded score maps (uint8 over the page's colour scale) and counts the
+images with a region. The page shows, and copies, the ``detector predict`` command that applies both. The Python
+re-statements (``flagged_at``, ``regions_at``, ``slider_value``, ``page_threshold``, ``predict_command``) are
+what the script computes. The gallery is capped by a byte budget, said on the page.
 """
 from __future__ import annotations
 
@@ -417,31 +420,102 @@ def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
-def decision_at(flags: np.ndarray, threshold: float) -> np.ndarray:
-    """Flagged images at a threshold: those with a defect region there (flag threshold >= t); what the
-    page's script computes, in Python."""
-    return np.asarray(flags, np.float64) >= float(threshold)
+def flagged_at(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Images anomalous at an image threshold: image score >= t (``anomalous`` of ``detector predict`` and the
+    API; a non-finite score never: the page carries none); what the page's script computes, in Python."""
+    s = np.asarray(scores, np.float64)
+    return np.isfinite(s) & (s >= float(threshold))
+
+
+def regions_at(region_thresholds: np.ndarray, threshold: float) -> np.ndarray:
+    """Images with a defect region at a pixel threshold (their ``defects.flag_threshold`` >= t): regions only,
+    not the image decision; the page's count, in Python."""
+    return np.asarray(region_thresholds, np.float64) >= float(threshold)
 
 
 def slider_value(threshold: float) -> float:
-    """The threshold the page uses for a slider position: its value rounded to 6 significant digits (the
-    number shown and copied for ``detector predict --threshold``)."""
+    """The threshold the page uses for a moved slider: its position rounded to 6 significant digits (the number
+    shown and copied)."""
     return float(f"{float(threshold):.6g}")
 
 
-def threshold_explorer(rows: list[dict[str, object]], reference: float, vmin: float, vmax: float,
-                       thumbs: list[Thumb], *, command: str = "detector predict --checkpoint CKPT IMAGES",
-                       budget_bytes: int = 4_000_000, note: str = "") -> str:
-    """The slider section: ``rows`` hold per image {"id", "label" (0/1), "defect_type", "flag"} (flag: the
-    highest threshold at which the image has a defect region); ``reference`` is the starting threshold
-    (e.g. the pixel F1-max). Overlays are added in order until ``budget_bytes`` of embedded data is
-    reached; the page says how many were left out."""
+def page_threshold(exact: float, values: np.ndarray) -> float:
+    """The number a slider starts at, shows and copies for an evaluation's threshold: the shortest decimal a
+    little below the exact value (an F1-max threshold is one of the scores), at most half way down to the next
+    lower of ``values`` (the image scores, or the region thresholds) and within 1 %: it decides every image as
+    the exact one does, and a rerun whose scores differ in the last bits decides alike."""
+    from decimal import ROUND_FLOOR, Decimal
+
+    exact = float(exact)
+    v = np.asarray(values, np.float64)
+    below = v[np.isfinite(v) & (v < exact)]
+    gap = exact - float(below.max()) if below.size else (abs(exact) or 1.0) * 0.01
+    scale = abs(exact) or 1.0
+    top, bottom = exact - min(gap / 4, 1e-4 * scale), exact - min(gap / 2, 0.01 * scale)
+    for digits in range(1, 18):
+        q = Decimal(repr(top))
+        d = float(q.quantize(Decimal(1).scaleb(q.adjusted() - digits + 1), rounding=ROUND_FLOOR))
+        if d >= bottom:
+            return d
+    return top
+
+
+def js_number(value: float) -> str:
+    """A number as the page's script writes it (JavaScript's ``String(x)``: shortest round-trip digits, plain
+    from 1e-6 to below 1e21, else ``1.5e-7`` / ``1e+21``), so the command Python restates is the page's text."""
+    from decimal import Decimal
+
+    value = float(value)
+    if value == 0:
+        return "0"
+    _, digits, exp = Decimal(repr(abs(value))).normalize().as_tuple()
+    d = "".join(map(str, digits))
+    k, n = len(d), len(d) + int(exp)
+    minus = "-" if value < 0 else ""
+    if k <= n <= 21:
+        return minus + d + "0" * (n - k)
+    if 0 < n <= 21:
+        return minus + d[:n] + "." + d[n:]
+    if -6 < n <= 0:
+        return minus + "0." + "0" * -n + d
+    e = n - 1
+    return minus + (d if k == 1 else d[0] + "." + d[1:]) + "e" + ("+" if e >= 0 else "-") + str(abs(e))
+
+
+def predict_command(base: str, pixel: float, image: float | None) -> str:
+    """The command the page shows and copies for the sliders' thresholds: ``base`` (``detector predict
+    --checkpoint C IMAGES --out predictions ...``) with ``--threshold`` (pixel) and ``--image-threshold``."""
+    text = f"{base} --threshold {js_number(pixel)}"
+    return text if image is None else f"{text} --image-threshold {js_number(image)}"
+
+
+def _finite(value: object) -> float | None:
+    v = float(value)  # type: ignore[arg-type]
+    return v if math.isfinite(v) else None
+
+
+def threshold_explorer(rows: list[dict[str, object]], image_reference: float | None, pixel_reference: float,
+                       vmin: float, vmax: float, thumbs: list[Thumb], *,
+                       command: str = "detector predict --checkpoint CKPT IMAGES --out predictions",
+                       budget_bytes: int = 4_000_000, note: str = "",
+                       no_image: str = "this evaluation has no image threshold") -> str:
+    """The sliders section. ``rows`` hold per image {"id", "label" (0/1), "defect_type", "score" (the image
+    score), "region" (the highest pixel threshold at which its map has a defect region)}.
+
+    Two thresholds, as ``detector predict`` applies them: the image slider decides which images are anomalous
+    (score >= t: false alarms, misses, images that flip against ``image_reference``, the frame on flagged
+    overlays); the pixel slider draws the predicted regions and counts the images that have one. Each starts at
+    its reference (``page_threshold`` of the evaluation's F1-max); ``image_reference`` None (no image threshold,
+    ``no_image`` says why) leaves the pixel slider alone. ``command`` (the predict command without thresholds)
+    is completed with both and shown as copied. Overlays are added in order until ``budget_bytes`` of embedded
+    data is reached; the page says how many were left out."""
     import json
 
-    flags = [float(r["flag"]) for r in rows]
-    finite = [f for f in flags if math.isfinite(f)]
-    lo = min([*finite, float(reference), vmin]) if finite else min(float(reference), vmin)
-    hi = max([*finite, float(reference), vmax]) if finite else max(float(reference), vmax)
+    scores = [_finite(r["score"]) for r in rows]
+    regions = [_finite(r["region"]) for r in rows]
+    px_ref = page_threshold(pixel_reference, [r for r in regions if r is not None])
+    img_ref = None if image_reference is None or not math.isfinite(float(image_reference)) else \
+        page_threshold(float(image_reference), [s for s in scores if s is not None])
     items, used, left_out = [], 0, 0
     for t in thumbs:
         pic = base64.b64encode(jpeg_bytes(t.image)).decode("ascii")
@@ -455,28 +529,49 @@ def threshold_explorer(rows: list[dict[str, object]], reference: float, vmin: fl
                       "mw": int(t.map_q.shape[1]), "mh": int(t.map_q.shape[0]), "pic": pic, "map": amap,
                       "defects": list(t.defects)})
     data = {"images": [{"id": str(r["id"]), "label": int(r["label"]), "type": str(r.get("defect_type", "")),
-                        "flag": float(r["flag"]) if math.isfinite(float(r["flag"])) else None} for r in rows],
-            "reference": slider_value(reference), "vmin": float(vmin), "vmax": float(vmax), "thumbs": items,
-            "command": command}
+                        "score": s, "region": g} for r, s, g in zip(rows, scores, regions)],
+            "image": {"reference": img_ref}, "pixel": {"reference": px_ref},
+            "vmin": float(vmin), "vmax": float(vmax), "thumbs": items, "command": command}
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     capped = (f"{len(items)} of {len(thumbs)} overlays embedded ({left_out} left out to keep the page under "
               f"{budget_bytes / 1e6:.1f} MB; all images are counted above and listed in scores.csv)."
               if left_out else f"{len(items)} overlays embedded ({used / 1e6:.2f} MB).")
+
+    def span(values: list[float | None], ref: float, extra: tuple[float, ...] = ()) -> tuple[float, float]:
+        """A slider's range: every value and the reference, with 5 % room to flag all or none."""
+        finite = [v for v in values if v is not None]
+        lo, hi = min([*finite, ref, *extra]), max([*finite, ref, *extra])
+        room = 0.05 * ((hi - lo) or abs(ref) or 1.0)
+        return lo - room, hi + room
+
+    px_lo, px_hi = span(regions, px_ref, (vmin, vmax))
+    if img_ref is not None:
+        lo, hi = span(scores, img_ref)
+        image_part = f"""<p>Image threshold: <input type="range" id="img-thr" min="{lo!r}" max="{hi!r}" step="any"
+ value="{img_ref!r}"> <b id="img-value"></b>
+ <button id="img-reset" type="button">back to {js_number(img_ref)}</button></p>
+<p class="counts">An image is anomalous when its image score is at or above the image threshold (the
+ <code>anomalous</code> column of <code>detector predict</code>): false alarms <span id="false-alarms"></span>,
+ misses <span id="misses"></span>; <span id="flips-count"></span> images decide differently from the image
+ F1-max threshold (shown as {js_number(img_ref)}, which decides every image as it does).</p>
+<details><summary>images that flip</summary><ul id="flip-list"></ul></details>"""
+    else:
+        image_part = (f'<p class="note" id="no-image-threshold">No image threshold: {html.escape(no_image)}. No '
+                      "image is flagged here and the command carries the pixel threshold only.</p>")
     return f"""<h2>Threshold explorer</h2>
 <div class="explorer" id="explorer">
-<p>Anomaly-map threshold: <input type="range" id="thr" min="{lo!r}" max="{hi!r}" step="any"
- value="{slider_value(reference)!r}"> <b id="thr-value"></b>
- <button id="copy" type="button">copy value</button> <code id="cmd"></code> <span id="copied"></span></p>
-<p class="counts">At this threshold an image is flagged when its map has a defect region (as
- <code>detector predict --threshold</code> names them): false alarms <span id="false-alarms"></span>,
- misses <span id="misses"></span>; <span id="flips-count"></span> images decide differently from the
- reference threshold {slider_value(reference):.6g}
- <button id="reset" type="button">back to the reference</button>.</p>
-<details><summary>images that flip</summary><ul id="flip-list"></ul></details>
+{image_part}
+<p>Pixel threshold: <input type="range" id="px-thr" min="{px_lo!r}" max="{px_hi!r}" step="any"
+ value="{px_ref!r}"> <b id="px-value"></b>
+ <button id="px-reset" type="button">back to {js_number(px_ref)}</button>: the predicted defect regions
+ (outlined in magenta) are where the map is at or above it; <span id="regions-count"></span> images have a
+ region there.</p>
 </div>
+<p>Run it on new images (replace IMAGES with files or folders; the results go to the folder predictions):
+ <code id="cmd"></code> <button id="copy" type="button">copy command</button> <span id="copied"></span></p>
 <p>{html.escape(note)} Overlays: heat map of the page's colour scale, ground truth in green, the predicted
-mask at the slider's threshold outlined in magenta, a magenta frame on flagged images. {html.escape(capped)}
-The named defects under each overlay are those at the reference threshold.</p>
+regions at the pixel threshold outlined in magenta, a magenta frame on images anomalous at the image threshold.
+{html.escape(capped)} The named defects under each overlay are those of the evaluation's pixel threshold.</p>
 <div class="gallery" id="gallery"></div>
 <script type="application/json" id="explorer-data">{payload}</script>
 <script>{_EXPLORER_JS}</script>"""
@@ -486,11 +581,23 @@ _EXPLORER_JS = r"""
 (function () {
   "use strict";
   const D = JSON.parse(document.getElementById("explorer-data").textContent);
-  const slider = document.getElementById("thr");
   const el = (id) => document.getElementById(id);
   const norm = (t) => Number(Number(t).toPrecision(6));
-  const flagged = (img, t) => img.flag !== null && img.flag >= t;
-  const ref = D.reference;
+  // a slider's threshold: its reference until moved, then the position rounded (report.slider_value)
+  function control(id, ref) {
+    const c = {slider: el(id), ref: ref, value: ref};
+    if (c.slider) {
+      c.slider.addEventListener("input", () => { c.value = norm(c.slider.value); update(); });
+      el(id.replace("thr", "reset")).addEventListener("click", () => {
+        c.slider.value = String(c.ref);
+        c.value = c.ref;
+        update();
+      });
+    }
+    return c;
+  }
+  const flagged = (im, t) => t !== null && im.score !== null && im.score >= t;  // report.flagged_at
+  const hasRegion = (im, t) => im.region !== null && im.region >= t;  // report.regions_at
   const thumbs = [];
   const gallery = el("gallery");
   for (const t of D.thumbs) {
@@ -518,7 +625,7 @@ _EXPLORER_JS = r"""
     }
     if (!t.defects.length) {
       const li = document.createElement("li");
-      li.textContent = "no defect at the reference threshold";
+      li.textContent = "no defect at the evaluation's pixel threshold";
       list.append(li);
     }
     fig.append(pic, cap, list);
@@ -546,51 +653,67 @@ _EXPLORER_JS = r"""
       }
     }
   }
+  function count(id, n, text) {
+    el(id).textContent = text;
+    el(id).dataset.count = n;
+  }
+  let drawnAt = null;
   function update() {
-    const t = norm(slider.value);
-    const normal = D.images.filter((im) => im.label === 0);
-    const anomalous = D.images.filter((im) => im.label === 1);
-    const fa = normal.filter((im) => flagged(im, t)).length;
-    const miss = anomalous.filter((im) => !flagged(im, t)).length;
-    const flips = D.images.filter((im) => flagged(im, t) !== flagged(im, ref));
-    el("thr-value").textContent = String(t);
-    el("false-alarms").textContent = fa + " of " + normal.length + " normal images";
-    el("false-alarms").dataset.count = fa;
-    el("misses").textContent = miss + " of " + anomalous.length + " anomalous images";
-    el("misses").dataset.count = miss;
-    el("flips-count").textContent = String(flips.length);
-    el("flips-count").dataset.count = flips.length;
-    el("cmd").textContent = D.command + " --threshold " + t;
-    const list = el("flip-list");
-    list.replaceChildren();
-    for (const im of flips.slice(0, 200)) {
-      const li = document.createElement("li");
-      const now = flagged(im, t) ? "flagged" : "passed";
-      li.textContent = im.id + " (" + (im.label ? "anomalous" : "normal") + "): now " + now;
-      li.dataset.id = im.id;
-      list.append(li);
+    const ti = image.value, tp = pixel.value;
+    if (ti !== null) {
+      const normal = D.images.filter((im) => im.label === 0);
+      const anomalous = D.images.filter((im) => im.label === 1);
+      const fa = normal.filter((im) => flagged(im, ti)).length;
+      const miss = anomalous.filter((im) => !flagged(im, ti)).length;
+      const flips = D.images.filter((im) => flagged(im, ti) !== flagged(im, image.ref));
+      el("img-value").textContent = String(ti);
+      count("false-alarms", fa, fa + " of " + normal.length + " normal images");
+      count("misses", miss, miss + " of " + anomalous.length + " anomalous images");
+      count("flips-count", flips.length, String(flips.length));
+      const list = el("flip-list");
+      list.replaceChildren();
+      for (const im of flips.slice(0, 200)) {
+        const li = document.createElement("li");
+        const now = flagged(im, ti) ? "flagged" : "passed";
+        li.textContent = im.id + " (" + (im.label ? "anomalous" : "normal") + "): now " + now;
+        li.dataset.id = im.id;
+        list.append(li);
+      }
+      if (flips.length > 200) {
+        const li = document.createElement("li");
+        li.textContent = "and " + (flips.length - 200) + " more";
+        list.append(li);
+      }
     }
-    if (flips.length > 200) {
-      const li = document.createElement("li");
-      li.textContent = "and " + (flips.length - 200) + " more";
-      list.append(li);
-    }
+    el("px-value").textContent = String(tp);
+    const withRegion = D.images.filter((im) => hasRegion(im, tp)).length;
+    count("regions-count", withRegion, withRegion + " of " + D.images.length);
+    // report.predict_command
+    el("cmd").textContent = D.command + " --threshold " + String(tp) +
+      (ti !== null ? " --image-threshold " + String(ti) : "");
     for (const th of thumbs) {
       const im = byId.get(th.t.id);
-      th.fig.classList.toggle("flagged", Boolean(im && flagged(im, t)));
-      outline(th, t);
+      th.fig.classList.toggle("flagged", Boolean(im && flagged(im, ti)));
+      if (tp !== drawnAt) outline(th, tp);
     }
+    drawnAt = tp;
   }
-  slider.addEventListener("input", update);
-  el("reset").addEventListener("click", () => { slider.value = ref; update(); });
+  const image = control("img-thr", D.image.reference);
+  const pixel = control("px-thr", D.pixel.reference);
   el("copy").addEventListener("click", () => {
-    const text = String(norm(slider.value));
+    const text = el("cmd").textContent;
     const done = (msg) => { el("copied").textContent = msg; };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(() => done("copied " + text),
-        () => done("select and copy: " + text));
-    } else {
+    const manual = () => {  // no clipboard (not a secure context, or refused): select it for the user
       done("select and copy: " + text);
+      const range = document.createRange();
+      range.selectNodeContents(el("cmd"));
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(() => done("copied"), manual);
+    } else {
+      manual();
     }
   });
   update();

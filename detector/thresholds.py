@@ -10,13 +10,16 @@ is never applied to another model by mistake.
 this order: a ``threshold.json`` inside the checkpoint folder (placed there by a user or a Hub upload); the
 thresholds of the checkpoint's latest evaluation, which ``detector eval`` records in the checkpoint's
 ``evaluation.json`` beside its summary; a ``threshold.json`` beside the folder (a benchmark cell:
-``cell/threshold.json`` next to ``cell/checkpoint/``). ``PATH`` takes an evaluation folder or its file. This module
-is the one place that decides; every reader calls ``resolve_threshold`` or ``find_thresholds``.
+``cell/threshold.json`` next to ``cell/checkpoint/``). ``PATH`` takes an evaluation folder or its file. An
+explicit image threshold (``detector predict --image-threshold``, the API's ``image_threshold=``) replaces the
+evaluation's image threshold or adds one to a number / none (``image_threshold_in_force``): the image decision is
+the caller's, the pixel threshold and resolution stay. This module is the one place that decides; every reader
+calls ``resolve_threshold`` or ``find_thresholds``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +82,45 @@ def _of_checkpoint(entry: ThresholdEntry, where: Path, ckpt_sha: str | None) -> 
 
 
 def _as_thresholds(entry: ThresholdEntry, path: Path, branch: str) -> Thresholds:
-    if entry.pixel_threshold is None:
-        raise DetectorError(f"{path} has no pixel threshold for branch {branch!r} (no anomalous pixel in that "
-                            "evaluation); pass --threshold FLOAT")
+    """An evaluation's thresholds; an image-level one (no masks) has an image threshold only: images are then
+    decided, and no mask or region is drawn."""
+    if entry.pixel_threshold is None and entry.image_threshold is None:
+        raise DetectorError(f"{path} has no threshold for branch {branch!r} (that evaluation had no anomalous "
+                            "image); pass --threshold FLOAT")
     return Thresholds(entry.pixel_threshold, entry.image_threshold, entry.resolution, f"file ({path})")
 
 
-def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> Thresholds:
+def resolve_threshold(spec: str | float | Path | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH,
+                      image: str | float | None = None) -> Thresholds:
     """``--threshold``: none, a number, auto (the checkpoint's or its benchmark cell's threshold.json), or the path
-    of an evaluation folder / threshold.json."""
+    of an evaluation folder / threshold.json; ``image`` (``--image-threshold``), when given, is the image
+    threshold in force (``image_threshold_in_force``)."""
+    found = _resolve(spec, ckpt_dir, branch)
+    if image is None:
+        return found
+    value = image_threshold_in_force(image, found.image)
+    return replace(found, image=value, source=f"{found.source}; image threshold {value:.6g} given")
+
+
+def image_threshold_in_force(given: str | float | None, current: float | None = None,
+                             name: str = "--image-threshold") -> float | None:
+    """The image threshold that decides ``anomalous``: one given explicitly over the evaluation's ``current``
+    (why: an engineer picks the image threshold in the report's explorer and runs predict with it, with or
+    without the evaluation's pixel threshold); a value that is not a finite number is refused."""
+    if given is None:
+        return current
+    try:
+        value = float(str(given).strip())
+    except ValueError:
+        value = math.nan
+    if isinstance(given, bool) or not math.isfinite(value):
+        raise DetectorError(f"{name} {str(given)!r} is not a finite number; pass the image score at or above "
+                            "which an image is anomalous (e.g. the report's image threshold)")
+    return value
+
+
+def _resolve(spec: str | float | Path | None, ckpt_dir: Path, branch: str) -> Thresholds:
+    """``resolve_threshold`` without an explicit image threshold."""
     if spec is None or str(spec).lower() == "none":
         return Thresholds(None, None, None, "none")
     text = str(spec)

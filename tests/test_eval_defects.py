@@ -10,6 +10,7 @@ from test_evaluate import OracleModel, _key, mvtec_test_samples
 
 from detector import evaluate as E
 from detector import metrics as M
+from detector import report
 
 STATES = ["color spot", "missing part"]
 GROUPS = ["image", "background", "left part", "right part"]
@@ -99,7 +100,15 @@ def test_naming_accuracy_is_one_when_the_constructed_matching_is_right(tmp_path,
     assert len(payload["images"]) == len(payload["thumbs"]) == len(samples)
     thumb = next(t for t in payload["thumbs"] if t["id"] == "pill_box/test/color_spot/000")
     assert thumb["defects"] == [spot["sentence"]]
-    assert payload["reference"] == pytest.approx(data["naming"]["threshold"], rel=1e-5)
+    # both sliders start at numbers that decide every image as the evaluation's exact thresholds do
+    regions = [-np.inf if im["region"] is None else im["region"] for im in payload["images"]]
+    scores = [im["score"] for im in payload["images"]]
+    for values, shown, exact, decide in ((regions, payload["pixel"]["reference"], data["naming"]["threshold"],
+                                          report.regions_at),
+                                         (scores, payload["image"]["reference"],
+                                          data["metrics"]["image_f1_threshold"], report.flagged_at)):
+        assert exact * 0.99 <= shown <= exact and (decide(values, shown) == decide(values, exact)).all()
+    assert payload["command"].endswith("IMAGES --out predictions --resolution 64 --min-area 0")  # as evaluated
     assert "Per defect type" in html and len(html.encode()) < 2_000_000
 
 
@@ -142,3 +151,17 @@ def test_per_type_table_equals_metrics_by_hand(tmp_path, samples):
         exact = M.pixel_metrics(pred.maps[sel], masks[sel])
         assert r["pixel_auroc"] == pytest.approx(exact["pixel_auroc"], abs=1e-3)
         assert r["aupro"] == pytest.approx(exact["aupro"], abs=1e-3)
+
+
+def test_a_split_without_anomalous_images_gets_its_report_without_an_image_threshold(tmp_path, samples):
+    normals = [s for s in samples if not s.label]
+    res = _eval(NamingOracle(samples), normals, tmp_path / "normal", None)
+    data = json.loads(res.metrics_path.read_text())
+    assert data["metrics"]["image_f1_threshold"] is None and "no anomalous test image" in data["naming"][
+        "threshold_source"]
+    html = res.report_path.read_text()
+    payload = json.loads(re.search(r'id="explorer-data">(.*?)</script>', html, re.DOTALL).group(1))
+    assert payload["image"]["reference"] is None and 'id="img-thr"' not in html and 'id="px-thr"' in html
+    assert "No image threshold: F1-max needs anomalous images and this test split has none." in html
+    regions = [-np.inf if im["region"] is None else im["region"] for im in payload["images"]]
+    assert not report.regions_at(regions, payload["pixel"]["reference"]).any()  # no region on a normal image

@@ -129,19 +129,45 @@ def test_plots_are_real_pngs():
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and pic.shape[1] >= min_w and pic.std() > 10
 
 
+def _explorer_data(page):
+    return json.loads(re.search(r'id="explorer-data">(.*?)</script>', page, re.DOTALL).group(1))
+
+
 def test_explorer_embeds_data_and_caps_overlays_by_budget():
-    rows = [{"id": f"c/test/good/{i}", "label": i % 2, "defect_type": "good", "flag": 0.1 * i} for i in range(6)]
-    rows[0]["flag"] = float("-inf")
+    rows = [{"id": f"c/test/good/{i}", "label": i % 2, "defect_type": "good", "score": 0.2 + 0.1 * i,
+             "region": 0.1 * i} for i in range(6)]
+    rows[0]["region"] = float("-inf")
+    rows[1]["score"] = float("nan")
     rng = np.random.default_rng(0)
     thumbs = [report.Thumb(r["id"], r["id"], rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
                            report.quantise_map(rng.random((64, 64)), 0, 1, 32), ["a line </script>"]) for r in rows]
-    page = report.threshold_explorer(rows, 0.25, 0.0, 1.0, thumbs)
-    data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', page, re.DOTALL).group(1))
-    assert len(data["thumbs"]) == 6 and data["images"][0]["flag"] is None and data["reference"] == 0.25
+    page = report.threshold_explorer(rows, 0.5, 0.25, 0.0, 1.0, thumbs)
+    data = _explorer_data(page)
+    assert len(data["thumbs"]) == 6 and data["images"][0]["region"] is None and data["images"][1]["score"] is None
+    assert data["image"]["reference"] == 0.499 and data["pixel"]["reference"] == 0.249  # decide as 0.5 / 0.25
+    assert 'id="img-thr"' in page and 'id="px-thr"' in page and "no-image-threshold" not in page
     assert data["thumbs"][0]["mw"] == 32 and len(base64.b64decode(data["thumbs"][0]["map"])) == 32 * 32
     assert data["thumbs"][0]["defects"] == ["a line </script>"]  # escaped inside the script element
-    small = report.threshold_explorer(rows, 0.25, 0.0, 1.0, thumbs, budget_bytes=12_000)
-    kept = len(json.loads(re.search(r'id="explorer-data">(.*?)</script>', small, re.DOTALL).group(1))["thumbs"])
+    small = report.threshold_explorer(rows, 0.5, 0.25, 0.0, 1.0, thumbs, budget_bytes=12_000)
+    kept = len(_explorer_data(small)["thumbs"])
     assert 0 < kept < 6 and f"{kept} of 6 overlays embedded ({6 - kept} left out" in small
-    assert report.decision_at([0.2, 0.3, float("-inf")], 0.3).tolist() == [False, True, False]
+    # no image threshold (no anomalous image): said on the page, the pixel slider stays
+    alone = report.threshold_explorer(rows, None, 0.25, 0.0, 1.0, thumbs, no_image="no anomalous image")
+    assert _explorer_data(alone)["image"]["reference"] is None and 'id="img-thr"' not in alone
+    assert "No image threshold: no anomalous image." in alone and 'id="px-thr"' in alone
+
+
+def test_the_explorers_python_restatements():
+    assert report.flagged_at([0.2, 0.3, float("nan")], 0.3).tolist() == [False, True, False]
+    assert report.regions_at([0.2, 0.3, float("-inf")], 0.3).tolist() == [False, True, False]
     assert report.slider_value(0.123456789) == 0.123457
+    scores = np.array([0.1, 0.4, 0.72345674, 0.9])
+    for exact in scores[1:]:  # an F1-max threshold is one of the scores: the page's number decides alike
+        shown = report.page_threshold(exact, scores)
+        assert shown < exact and (report.flagged_at(scores, shown) == report.flagged_at(scores, exact)).all()
+    assert report.page_threshold(0.72345674, scores) == 0.72
+    assert report.page_threshold(0.5, [0.49999, 0.5]) == 0.499997  # close neighbours: more digits
+    assert [report.js_number(x) for x in (0.5, 3.0, 1e-6, 1.5e-7, 1e21, 1e20, -0.25)] == [
+        "0.5", "3", "0.000001", "1.5e-7", "1e+21", "100000000000000000000", "-0.25"]  # JavaScript's String(x)
+    assert report.predict_command("detector predict X", 0.25, None) == "detector predict X --threshold 0.25"
+    assert report.predict_command("p", 1e-7, 0.5) == "p --threshold 1e-7 --image-threshold 0.5"

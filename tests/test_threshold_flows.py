@@ -108,3 +108,27 @@ def test_an_export_carries_the_evaluations_thresholds_and_predicts_with_auto(eva
     assert res.exit_code == 0, res.output
     used = json.loads((tmp_path / "pred" / "scores.json").read_text())["threshold"]
     assert (used["pixel"], used["image"]) == (picked["pixel_threshold"], picked["image_threshold"])
+
+
+def test_an_image_threshold_given_decides_anomalous_in_predict_and_the_api(evaluated, demo_root, tmp_path):
+    from detector import Detector
+
+    ckpt, ev = evaluated
+    picked = _picked(ev)
+    res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), str(demo_root / CLASS / "test"),
+                              "--out", str(tmp_path / "pred"), "--threshold", str(ev), "--image-threshold", "-1e9"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((tmp_path / "pred" / "scores.json").read_text())
+    assert (used["threshold"]["pixel"], used["threshold"]["image"]) == (picked["pixel_threshold"], -1e9)
+    assert used["resolution"] == 64 and all(r["anomalous"] for r in used["images"])
+    res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), str(demo_root / CLASS / "test"),
+                              "--out", str(tmp_path / "pred2"), "--threshold", "auto", "--image-threshold", "nan"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert " ".join(res.stderr.split()).startswith("error: --image-threshold 'nan' is not a finite number;")
+    image = min((demo_root / CLASS / "test").rglob("*.png"))
+    det = Detector.load(ckpt)
+    r = det.predict(image, image_threshold=1e9)[0]
+    assert r.anomalous is False and r.mask is not None  # the pixel threshold of auto stays
+    assert det.predict(image, threshold=None, image_threshold=-1e9)[0].anomalous is True
+    with pytest.raises(Exception, match=r"^image_threshold 'inf' is not a finite number"):
+        det.predict(image, image_threshold=float("inf"))
