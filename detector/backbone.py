@@ -38,6 +38,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -333,9 +334,45 @@ def _check_supported(visual: nn.Module | None, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------
+LEAN_OPEN_CLIP_ENV = "FGAD_LEAN_OPEN_CLIP"  # "1": the detector's commands set it (cli._quiet_libraries)
+
+
+def import_open_clip() -> Any:
+    """open_clip; where ``FGAD_LEAN_OPEN_CLIP=1`` and it is not imported yet, imported without transformers and
+    timm.
+
+    Why: open_clip imports both at its own import (2-3 s of every command's start, a third of a short predict
+    run's start-up) only for Hugging Face text towers, timm image towers and CoCa generation, and it runs
+    without them (it catches their ImportError). The detector uses none of these (``_check_supported``,
+    ``text_encoder.TextTower``). Only the ``detector`` commands ask for it: in a library user's process open_clip
+    keeps every tower. Both stay importable afterwards; a failed lean import falls back to the plain one.
+    """
+    import sys
+
+    if "open_clip" in sys.modules or os.environ.get(LEAN_OPEN_CLIP_ENV) != "1":
+        import open_clip
+
+        return open_clip
+    blocked = [m for m in ("transformers", "timm") if m not in sys.modules]
+    try:
+        for m in blocked:
+            sys.modules[m] = None  # type: ignore[assignment]  # `import m` raises ImportError, open_clip catches it
+        import open_clip
+    except ImportError:  # a newer open_clip that needs them: drop its half-imported modules, import it plainly
+        for m in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
+            del sys.modules[m]
+    finally:
+        for m in blocked:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+    import open_clip
+
+    return open_clip
+
+
 def _resolve_name(name: str) -> str:
     """A registered open_clip model name, registering a JSON config path first when given one."""
-    import open_clip
+    open_clip = import_open_clip()
 
     p = Path(name)
     if name.endswith(".json") or p.is_file():
@@ -434,7 +471,7 @@ def load_backbone(
     ``laion400m_e32``, its release checksum); the SHA-256 of the loaded file is ``Backbone.weights_sha256``
     (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.
     """
-    import open_clip
+    open_clip = import_open_clip()
 
     if precision not in PRECISIONS:
         raise DetectorError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")

@@ -1,18 +1,22 @@
 """``detector predict``: anomaly maps and scores for new images with a trained checkpoint.
 
 For each input image (files, or folders searched recursively, sorted) it writes into OUT:
-- ``maps/<name>.npy``: the anomaly map resized (bilinear) to the image's own size, float32 (H, W);
-- ``overlays/<name>.png``: the image with the heat map blended in, one colour scale for the whole run;
-- ``masks/<name>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
-- ``scores.csv`` and ``scores.json``: per image the score (and, with an evaluation's thresholds: ``auto`` or
-  an evaluation folder, the anomalous/normal decision at its image F1-max threshold);
+- ``maps/<stem>.npy`` (unless ``maps=False``, ``--no-maps``): the anomaly map resized (bilinear) to the image's
+  own size, float32 (H, W);
+- ``overlays/<stem>.png`` (unless ``overlays=False``, ``--no-overlays``): the image with the heat map blended
+  in, one colour scale for the whole run, above a caption band (``detector.overlay_caption``: the verdict, the
+  score against the image threshold, the named defects' sentences);
+- ``masks/<stem>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
+- ``scores.csv`` and ``scores.json``: per image the score (and, with an image threshold, the anomalous/normal
+  decision) and the paths of its files in OUT (``map``, ``overlay``, ``mask``, ``regions``: only those written);
 - with a threshold, named defects (``detector.defects``): ``defects.json`` (per image every region's box
   in the image's pixels, area, peak/mean score, component, vote share, location, state, sentence),
-  ``regions/<name>.png`` (the regions' label map: region k has value k, its mask), the count and the
+  ``regions/<stem>.png`` (the regions' label map: region k has value k, its mask), the count and the
   sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
-``<name>`` is the image's path relative to the common folder of the inputs, extension kept (``x.jpg``,
-``sub/x.png``): unique, the same on every run. Images are decoded with ``fsad_data.load_rgb`` (RGB) and
-processed in batches; one batch of images is held in memory at a time.
+An image's ``name`` (scores.csv) is its path relative to the common folder of the inputs, extension kept
+(``x.jpg``, ``sub/x.png``): unique, the same on every run. Its files are named by ``output_stems``: the name
+without its extension (``good/000.png`` -> ``overlays/good/000.png``). Images are decoded with
+``fsad_data.load_rgb`` (RGB) and processed in batches; one batch of images is held in memory at a time.
 
 OUT is ours only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
 ``PREDICT_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
@@ -62,6 +66,7 @@ class PredictConfig:
     out: Path
     batch_size: int = 8
     threshold: str = "none"  # "auto" (detector.thresholds), an evaluation folder or file, "none", a number
+    image_threshold: float | None = None  # decides `anomalous` over the threshold's own (detector.thresholds)
     resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
     branch: str = DEFAULT_BRANCH
     device: str = "cpu"
@@ -71,6 +76,8 @@ class PredictConfig:
     min_area: float = DEFAULT_MIN_AREA  # named defects: smallest region, fraction of the image
     min_margin: float = DEFAULT_MIN_MARGIN  # named defects: state probability margin, else "unknown"
     on_error: str = "raise"  # an image that does not decode: stop (naming it) or skip it (listed in scores.json)
+    overlays: bool = True  # overlays/: the slowest output on large images (PNG encoding)
+    maps: bool = True  # maps/: float32 .npy, 4 bytes per pixel of every image
 
 
 class ScoredRows(list):
@@ -118,10 +125,11 @@ def _output_folders(out: Path) -> list[Path]:
 
 
 def list_inputs(inputs: list[Path], exclude: Path | None = None) -> list[tuple[str, Path]]:
-    """(output name, path) for every image: files as given, folders recursively in sorted order.
+    """(name, path) for every image: files as given, folders recursively in sorted order.
 
     The name is the image's path relative to the common folder of all inputs, extension kept (``x.jpg`` and
-    ``x.png`` are two images; ``a/000.png`` and ``b/000.png`` too): unique and the same on every run. Files under
+    ``x.png`` are two images; ``a/000.png`` and ``b/000.png`` too): unique and the same on every run (its files
+    in OUT are named by ``output_stems``). Files under
     ``exclude`` (the output folder) and its temporary siblings are never inputs, so a rerun does not score its own
     overlays and masks.
     """
@@ -153,11 +161,63 @@ def list_inputs(inputs: list[Path], exclude: Path | None = None) -> list[tuple[s
     return out
 
 
-def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> Thresholds:
-    """``--threshold``: none, a number, auto, or an evaluation folder / threshold.json (``detector.thresholds``)."""
+OUTPUT_FILES = {"map": ("maps", ".npy"), "overlay": ("overlays", ".png"), "mask": ("masks", ".png"),
+                "regions": ("regions", ".png")}  # an image's files in OUT: scores.csv column -> (folder, extension)
+
+
+def output_stems(names: list[str]) -> list[str]:
+    """The stem of each image's files in OUT (``overlays/<stem>.png``, ``maps/<stem>.npy``): its name without
+    the extension (``good/000.png`` -> ``good/000``), so no file reads ``000.png.png``.
+
+    Names that would share a stem keep their extension in it (``x.jpg`` and ``x.png`` -> ``x_jpg``, ``x_png``);
+    one still taken (an input named ``x_jpg.png``, which keeps ``x_jpg``), or whose file would be a folder of
+    another's (``x.png`` beside a folder ``x.png/``), gets ``-2``, ``-3``, ... Stems are compared case-folded, so
+    they stay distinct on a case-insensitive file system too. Unique for unique names, and the same for the same
+    inputs on every run.
+    """
+    def split(name: str) -> tuple[str, str]:
+        base = name.rsplit("/", 1)[-1]
+        return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in base.lstrip(".") else (name, "")
+
+    parts = [split(n) for n in names]
+    folders = {"/".join(n.split("/")[:k]).casefold() for n in names for k in range(1, n.count("/") + 1)}
+    exts = {ext for _, ext in OUTPUT_FILES.values()}
+
+    def free(stem: str, taken: set[str]) -> bool:
+        key = stem.casefold()
+        return key not in taken and not any(f"{key}{ext}" in folders for ext in exts)
+
+    count: dict[str, int] = {}
+    for plain, _ in parts:
+        count[plain.casefold()] = count.get(plain.casefold(), 0) + 1
+    stems: list[str | None] = [plain if count[plain.casefold()] == 1 and free(plain, set()) else None
+                               for plain, _ in parts]
+    taken = {s.casefold() for s in stems if s is not None}
+    for i, (plain, ext) in enumerate(parts):
+        if stems[i] is not None:
+            continue
+        stem = f"{plain}_{ext}" if ext else plain
+        k = 1
+        while not free(candidate := stem if k == 1 else f"{stem}-{k}", taken):
+            k += 1
+        stems[i] = candidate
+        taken.add(candidate.casefold())
+    return [s for s in stems if s is not None]
+
+
+def output_file(kind: str, stem: str) -> str:
+    """An image's file of ``kind`` (``OUTPUT_FILES``) relative to OUT, as scores.csv and defects.json record it."""
+    folder, ext = OUTPUT_FILES[kind]
+    return f"{folder}/{stem}{ext}"
+
+
+def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH,
+                      image: float | None = None) -> Thresholds:
+    """``--threshold``: none, a number, auto, or an evaluation folder / threshold.json, and ``--image-threshold``
+    (``detector.thresholds``)."""
     from detector.thresholds import resolve_threshold as resolve
 
-    return resolve(spec, ckpt_dir, branch)
+    return resolve(spec, ckpt_dir, branch, image)
 
 
 def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -174,16 +234,20 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
                   resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
                   info: dict[str, Any] | None = None, progress: bool = False,
                   min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
-                  on_error: str = "raise") -> ScoredRows:
+                  on_error: str = "raise", overlays: bool = True, maps: bool = True) -> ScoredRows:
     """Score the images in batches and write maps, overlays, masks, named defects, scores.csv and scores.json.
-    ``on_error="skip"``: an image that does not decode is left out and listed (scores.json "skipped")."""
+    ``on_error="skip"``: an image that does not decode is left out and listed (scores.json "skipped").
+    ``overlays`` / ``maps`` False: those files are not written (nor listed in the rows), and cost nothing."""
+    import tempfile
+
     from detector import defects as D
 
     if on_error not in ("raise", "skip"):
         raise DetectorError(f"--on-error {on_error!r}: use raise or skip")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = dict(zip((n for n, _ in items), output_stems([n for n, _ in items])))
     skipped: list[dict[str, str]] = []
-    (out / "maps").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     named: list[dict[str, Any]] = []
     lo, hi = math.inf, -math.inf
@@ -192,58 +256,67 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
         naming = NamingConfig(thresholds.pixel, min_area, min_margin)
         bank = D.model_state_bank(model)
         object_name = str((getattr(model, "meta", None) or {}).get("object_name") or "")
-    bar = outputs.progress(progress, len(items), "predicting")
-    for start in range(0, len(items), max(1, batch_size)):
-        batch = items[start : start + batch_size]
-        if on_error == "skip":
-            batch, images = _readable(batch, skipped)
-            if not batch:
-                bar(len(items[start : start + batch_size]))
-                continue
-        else:
-            images = load_images([p for _, p in batch])
-        if naming is not None:
-            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
-        else:
-            pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
-        for j, ((name, path), img, score, amap) in enumerate(zip(batch, images, pred.scores, pred.maps)):
-            full = map_to_image_size(amap, img.shape[0], img.shape[1])
-            buf = _npy_bytes(full)
-            write_bytes_atomic(out / "maps" / f"{name}.npy", buf)
-            lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
-            row: dict[str, Any] = {"name": name, "path": str(path), "width": img.shape[1], "height": img.shape[0],
-                                   "score": float(score), "map_max": float(amap.max())}
-            if thresholds.image is not None:
-                row["anomalous"] = bool(score >= thresholds.image)
-            if thresholds.pixel is not None:
-                mask = full >= thresholds.pixel
-                row["mask_fraction"] = float(mask.mean())
-                write_png_atomic(out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
-            if naming is not None:  # named at the image's own size: boxes and masks in its pixels
-                ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], bank)
-                found, labels = D.name_regions(full, ev, bank, naming, object_name=object_name, tau=float(model.tau))
-                write_png_atomic(out / "regions" / f"{name}.png", _label_png(labels))
-                row["n_defects"] = len(found)
-                row["defects"] = "; ".join(d.sentence for d in found)
-                named.append({"name": name, "path": str(path), "regions": f"regions/{name}.png",
-                              "defects": [d.to_dict() for d in found]})
-            rows.append(row)
-        bar(len(items[start : start + batch_size]))
-    bar(0, done=True)
-    if not rows:
-        raise DetectorError(f"none of the {len(items)} image(s) could be read (all skipped); first: "
-                            f"{skipped[0]['path']}: {skipped[0]['error']}")
-    # second pass: overlays on one colour scale for the run (maps read back, one image at a time)
-    for k, row in enumerate(rows):
-        img = load_images([row["path"]])[0]
-        full = np.load(out / "maps" / f"{row['name']}.npy")
-        pic = report.overlay(img, full, None, lo, hi)
-        if naming is not None:
-            from PIL import Image
-
-            labels = np.asarray(Image.open(out / named[k]["regions"]))
-            pic = report.draw_regions(pic, labels, [d["box"] for d in named[k]["defects"]])
-        write_png_atomic(out / "overlays" / f"{row['name']}.png", pic)
+    kinds = [k for k, wanted in (("map", maps), ("overlay", overlays), ("mask", thresholds.pixel is not None),
+                                 ("regions", naming is not None)) if wanted]
+    # the overlays wait for the run's colour scale: each image's map at the model's resolution is kept here
+    scratch = tempfile.TemporaryDirectory(prefix=".overlay-maps-", dir=out) if overlays else None
+    try:
+        bar = outputs.progress(progress, len(items), "predicting")
+        for start in range(0, len(items), max(1, batch_size)):
+            batch = items[start : start + batch_size]
+            if on_error == "skip":
+                batch, images = _readable(batch, skipped)
+                if not batch:
+                    bar(len(items[start : start + batch_size]))
+                    continue
+            else:
+                images = load_images([p for _, p in batch])
+            if naming is not None:
+                pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size,
+                                     tokens=True)
+            else:
+                pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
+            for j, ((name, path), img, score, amap) in enumerate(zip(batch, images, pred.scores, pred.maps)):
+                full = map_to_image_size(amap, img.shape[0], img.shape[1])
+                lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
+                row: dict[str, Any] = {"name": name, "path": str(path), "width": img.shape[1],
+                                       "height": img.shape[0], "score": float(score), "map_max": float(amap.max())}
+                if thresholds.image is not None:
+                    row["anomalous"] = bool(score >= thresholds.image)
+                if thresholds.pixel is not None:
+                    mask = full >= thresholds.pixel
+                    row["mask_fraction"] = float(mask.mean())
+                if naming is not None:  # named at the image's own size: boxes and masks in its pixels
+                    ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], bank)
+                    found, labels = D.name_regions(full, ev, bank, naming, object_name=object_name,
+                                                   tau=float(model.tau))
+                    row["n_defects"] = len(found)
+                    row["defects"] = "; ".join(d.sentence for d in found)
+                row.update((kind, output_file(kind, stems[name])) for kind in kinds)
+                if maps:
+                    write_bytes_atomic(out / row["map"], _npy_bytes(full))
+                if scratch is not None:
+                    np.save(Path(scratch.name) / f"{len(rows)}.npy", np.asarray(amap, dtype=np.float32))
+                if thresholds.pixel is not None:
+                    write_png_atomic(out / row["mask"], mask.astype(np.uint8) * 255)
+                if naming is not None:
+                    write_png_atomic(out / row["regions"], _label_png(labels))
+                    named.append({"name": name, "path": str(path), "regions": row["regions"],
+                                  "defects": [d.to_dict() for d in found]})
+                rows.append(row)
+            bar(len(items[start : start + batch_size]))
+        bar(0, done=True)
+        if not rows:
+            raise DetectorError(f"none of the {len(items)} image(s) could be read (all skipped); first: "
+                                f"{skipped[0]['path']}: {skipped[0]['error']}")
+        if scratch is not None:  # second pass: overlays on one colour scale for the run, one image at a time
+            for k, row in enumerate(rows):
+                amap = np.load(Path(scratch.name) / f"{k}.npy")
+                _write_overlay(out / row["overlay"], load_images([row["path"]])[0], amap, (lo, hi), row,
+                               thresholds.image, named[k] if naming is not None else None, out)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     write_csv(out / "scores.csv", rows)
     threshold = {"pixel": thresholds.pixel, "image": thresholds.image, "source": thresholds.source}
     if naming is not None:
@@ -263,9 +336,31 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
     return ScoredRows(rows, skipped)
 
 
+OVERLAY_PNG_LEVEL = 1  # zlib level of the overlays: ~6x faster than the default 6 on large pictures, ~15% larger
+
+
+def _write_overlay(path: Path, image: np.ndarray, amap: np.ndarray, scale: tuple[float, float],
+                   row: dict[str, Any], image_threshold: float | None, named: dict[str, Any] | None,
+                   out: Path) -> None:
+    """One overlay: the heat map on the run's colour scale, the named regions outlined and numbered, and the
+    caption band (verdict, score against the image threshold, the defects' sentences in region order)."""
+    from detector.overlay_caption import add_caption, caption_lines
+
+    pic = report.overlay(image, amap, None, *scale)  # the map resized to the image as maps/ holds it
+    sentences = None
+    if named is not None:
+        from PIL import Image
+
+        labels = np.asarray(Image.open(out / named["regions"]))
+        pic = report.draw_regions(pic, labels, [d["box"] for d in named["defects"]])
+        sentences = [d["sentence"] for d in named["defects"]]
+    lines = caption_lines(row["score"], image_threshold, row.get("anomalous"), sentences)
+    write_png_atomic(path, add_caption(pic, lines), compress_level=OVERLAY_PNG_LEVEL)
+
+
 def summary_line(rows: list[dict[str, Any]], out: Path) -> str:
     """What ``detector predict`` did, in one line: images, how many the image threshold flags, named regions,
-    and which of its files and folders OUT holds."""
+    and which of its files and folders OUT holds (a folder only when the rows record files in it)."""
     parts = [f"{len(rows)} image(s) scored"]
     if any("anomalous" in r for r in rows):
         parts.append(f"{sum(r.get('anomalous') is True for r in rows)} flagged anomalous (image threshold)")
@@ -273,8 +368,7 @@ def summary_line(rows: list[dict[str, Any]], out: Path) -> str:
     if named:
         parts.append(f"{sum(int(r.get('n_defects') or 0) for r in rows)} region(s) named")
     files = ["scores.csv", "scores.json"] + (["defects.json"] if named else []) + \
-        (["masks/"] if any("mask_fraction" in r for r in rows) else []) + (["regions/"] if named else []) + \
-        ["overlays/", "maps/"]
+        [f"{OUTPUT_FILES[kind][0]}/" for kind in ("mask", "regions", "overlay", "map") if any(kind in r for r in rows)]
     return f"{', '.join(parts)}; in {out}: {', '.join(files)}"
 
 
@@ -324,7 +418,7 @@ def run_predict(config: PredictConfig) -> ScoredRows:
         exported = load_exported(ckpt, engine=config.engine, device=config.device)
         meta = exported.spec.get("checkpoint_meta") or {}
     items = list_inputs(list(config.inputs), exclude=out)
-    thresholds = resolve_threshold(config.threshold, ckpt, config.branch)
+    thresholds = resolve_threshold(config.threshold, ckpt, config.branch, config.image_threshold)
     resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else 256)
     if thresholds.resolution and resolution != thresholds.resolution:
         raise DetectorError(f"--resolution {resolution} differs from the resolution {thresholds.resolution} "
@@ -343,4 +437,4 @@ def run_predict(config: PredictConfig) -> ScoredRows:
         return predict_paths(model, items, tmp, thresholds=thresholds, resolution=resolution,
                              branch=config.branch, batch_size=config.batch_size, info=info,
                              progress=config.progress, min_area=config.min_area, min_margin=config.min_margin,
-                             on_error=config.on_error)
+                             on_error=config.on_error, overlays=config.overlays, maps=config.maps)

@@ -64,12 +64,17 @@ def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False) ->
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
 
 
-def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Save an RGB (H, W, 3) or gray (H, W) uint8 array as PNG atomically (Pillow, no channel swap)."""
+def write_png_atomic(path: str | Path, array: np.ndarray, compress_level: int | None = None) -> None:
+    """Save an RGB (H, W, 3) or gray (H, W) uint8 array as PNG atomically (Pillow, no channel swap).
+
+    ``compress_level``: zlib's 0-9 (None: Pillow's default, 6). Level 1 writes a large photo-like picture about
+    6x faster for some 15% more bytes: what a writer of many big pictures (predict's overlays) chooses.
+    """
     from PIL import Image  # Pillow's plugins load on first use; only PNG writers pay for them
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    options = {} if compress_level is None else {"compress_level": int(compress_level)}
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", **options)
     write_bytes_atomic(path, buf.getvalue())
 
 

@@ -145,10 +145,10 @@ def test_predict_engine_onnx_writes_what_torch_writes(onnx_dir, ckpt, tmp_path):
     for a, b in zip(rows["onnx"], rows["torch"]):
         assert float(a["score"]) == pytest.approx(float(b["score"]), abs=1e-4)
         assert a["anomalous"] == b["anomalous"]
-        np.testing.assert_allclose(np.load(outs["onnx"] / "maps" / f"{a['name']}.npy"),
-                                   np.load(outs["torch"] / "maps" / f"{a['name']}.npy"), atol=1e-4)
-        for sub in ("overlays", "masks"):
-            assert (outs["onnx"] / sub / f"{a['name']}.png").is_file()
+        assert (a["map"], a["overlay"], a["mask"]) == (b["map"], b["overlay"], b["mask"])
+        np.testing.assert_allclose(np.load(outs["onnx"] / a["map"]), np.load(outs["torch"] / b["map"]), atol=1e-4)
+        for kind in ("overlay", "mask"):
+            assert (outs["onnx"] / a[kind]).is_file()
     assert json.loads((outs["onnx"] / "scores.json").read_text())["engine"] == "onnx"
     res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"),
                               "--engine", "onnx"])

@@ -131,6 +131,6 @@ def test_push_command_and_predict_by_hub_id(widget_checkpoint, tmp_path, monkeyp
     got = json.loads((tmp_path / "pred" / "scores.json").read_text())
     assert got["checkpoint"] == "org/widget"
     assert got["images"][0]["score"] == pytest.approx(float(ref.scores[0]), abs=1e-6)
-    assert np.load(tmp_path / "pred" / "maps" / "a.png.npy").shape == (64, 64)
+    assert np.load(tmp_path / "pred" / "maps" / "a.npy").shape == (64, 64)
     res = runner.invoke(app, ["push", str(tmp_path / "nothing"), "--repo-id", "org/x", "--dry-run", str(dry)])
     assert res.exit_code == 1 and "error:" in res.stderr

@@ -107,7 +107,7 @@ def test_predict_on_file_names_with_spaces_and_non_ascii(checkpoint, tmp_path):
     out = tmp_path / "out é"
     res, _ = _invoke(["predict", "--checkpoint", checkpoint, folder, "--out", out, "--resolution", "32"])
     assert res.exit_code == 0, res.output
-    assert (out / "maps" / "sub dir" / "bild ä 1.png.npy").is_file() and (out / "maps" / "画像.png.npy").is_file()
+    assert (out / "maps" / "sub dir" / "bild ä 1.npy").is_file() and (out / "maps" / "画像.npy").is_file()
     assert "画像" in (out / "scores.csv").read_text(encoding="utf-8")
 
 

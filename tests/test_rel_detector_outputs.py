@@ -160,7 +160,7 @@ def test_predict_refuses_a_folder_it_did_not_write_before_any_work(trained, demo
     res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out])
     assert res.exit_code == 0, text
     earlier = _tree(out)
-    res, _ = _invoke(["predict", out / "overlays" / "000.png.png", "--checkpoint", trained, "--out", out])
+    res, _ = _invoke(["predict", out / "overlays" / "000.png", "--checkpoint", trained, "--out", out])
     line = _one_error(res)
     assert "inside --out" in line and str(out) in line, line
     assert _tree(out) == earlier
@@ -176,7 +176,7 @@ def test_predict_replaces_its_own_output_whole(trained, demo_root, tmp_path):
     res, text = _invoke(["predict", folder / "000.png", "--checkpoint", trained, "--out", out])
     assert res.exit_code == 0, text
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
-        "maps/000.png.npy", "overlays/000.png.png", "scores.csv", "scores.json"]
+        "maps/000.npy", "overlays/000.png", "scores.csv", "scores.json"]
 
 
 def test_predict_interrupted_leaves_the_earlier_output_whole(trained, demo_root, tmp_path, monkeypatch):
@@ -203,7 +203,7 @@ def test_predict_never_reads_what_a_killed_run_left_inside_its_input(trained, de
     shutil.copytree(demo_root / "pill_box" / "test" / "color_spot", folder)
     orphan = folder / f".pred.tmp-{_dead_pid()}-0badf00d" / "overlays"
     orphan.mkdir(parents=True)
-    shutil.copy(folder / "000.png", orphan / "000.png.png")
+    shutil.copy(folder / "000.png", orphan / "000.png")
     out = folder / "pred"
     res, text = _invoke(["predict", folder, "--checkpoint", trained, "--out", out])
     assert res.exit_code == 0, text
@@ -227,7 +227,10 @@ def test_predict_output_names_are_unique_and_keep_the_file_name(trained, demo_ro
     assert [r["name"] for r in rows] == ["x.jpg", "x.png", "x_1.png"]
     assert [Path(r["path"]).name for r in rows] == ["x.jpg", "x.png", "x_1.png"]
     maps = sorted(p.name for p in (out / "maps").iterdir())
-    assert maps == ["x.jpg.npy", "x.png.npy", "x_1.png.npy"]
+    assert maps == ["x_1.npy", "x_jpg.npy", "x_png.npy"]  # one extension; x.jpg and x.png keep theirs apart
+    assert [r["map"] for r in rows] == ["maps/x_jpg.npy", "maps/x_png.npy", "maps/x_1.npy"]
+    assert [r["overlay"] for r in rows] == ["overlays/x_jpg.png", "overlays/x_png.png", "overlays/x_1.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["x_1.png", "x_jpg.png", "x_png.png"]
     # each map is its own image's: the three images differ, so do their maps
     a, b, c = (np.load(out / "maps" / m) for m in maps)
     assert not np.array_equal(a, b) and not np.array_equal(b, c)
@@ -244,7 +247,9 @@ def test_predict_names_in_folders_keep_the_relative_path(trained, tmp_path, demo
     assert res.exit_code == 0, text
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert [r["name"] for r in rows] == ["a/000.png", "b/000.png"]
-    assert (out / "maps" / "a" / "000.png.npy").is_file() and (out / "overlays" / "b" / "000.png.png").is_file()
+    assert (out / "maps" / "a" / "000.npy").is_file() and (out / "overlays" / "b" / "000.png").is_file()
+    assert [(r["map"], r["overlay"]) for r in rows] == [("maps/a/000.npy", "overlays/a/000.png"),
+                                                     ("maps/b/000.npy", "overlays/b/000.png")]
 
 
 def _eval_args(ckpt: Path, demo_root: Path, out: Path) -> list:
