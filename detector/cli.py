@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,16 +52,12 @@ def _not_a_file(path: Path | None, flag: str, what: str) -> None:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("FGAD_LEAN_OPEN_CLIP", "1")  # open_clip without transformers/timm: backbone.import_open_clip
     warnings.filterwarnings("ignore", category=UserWarning, module="open_clip")
 
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)  # log lines and Markdown tables stay whole in files
-
-
-def _bars() -> bool:
-    """Progress bars of eval and predict (drawn on stdout) only on a terminal: no blank lines in logs."""
-    return _console().is_terminal
 
 
 # ---- options shared by several commands ---------------------------------------------------------
@@ -195,6 +192,54 @@ def train(
     _run(body, interrupted=None)  # train says how many epochs were saved and how to resume
 
 
+# ---- fit-folder ----------------------------------------------------------------------------------
+
+
+@app.command("fit-folder")
+@with_train_flags
+def fit_folder(
+    folder: Annotated[Path, typer.Argument(help="Your images: FOLDER/normal/ (+ FOLDER/anomaly/[<defect>/], "
+                                           "optional FOLDER/masks/), or any layout of --layout.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for captions/, checkpoint/ and eval/.")],
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="Class to fit when FOLDER holds several.", show_default="the only one")] = None,
+    shots: Annotated[int | None, typer.Option(
+        "--shots", min=1, help="Normal shots k.", show_default="4, or fewer when FOLDER has fewer")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Shot selection and prompt init seed.")] = 0,
+    captioner: Annotated[str | None, typer.Option(
+        "--captioner", help="Captioner of `mfsc build` (attributes: offline; or hf:MODEL, openai:MODEL).",
+        show_default="attributes")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="Data set layout: auto, folder, mvtec, ...")] = "auto",
+    config: ConfigOpt = None,
+    *,
+    train_flags: TrainFlags,  # from with_train_flags (not a CLI option itself)
+) -> None:
+    """Your folder in one command: MFSC captions, a trained detector, and an evaluation with its report when
+    FOLDER has anomalous images (CPU-sized epochs without a GPU). Rerun the same command to resume."""
+
+    def body() -> None:
+        _quiet_libraries()
+        from detector.fit_folder import FitFolderConfig, run_fit_folder
+
+        _not_a_file(out, "--out", "a folder for the captions, checkpoint and evaluation")
+        con = _console()
+        res = run_fit_folder(FitFolderConfig(
+            folder=folder, out=out, class_name=class_name, shots=shots, seed=seed, layout=layout,
+            captioner=captioner, recipe=train_flags.recipe, config=config, train_overrides=train_flags.overrides()),
+            say=lambda line: con.print(line, markup=False, highlight=False))
+        if res.metrics is not None and res.metrics_path is not None:
+            _print_metrics(res.metrics, res.metrics_path)
+        con.print(f"checkpoint: {res.checkpoint}" + (f"   report: {res.report}" if res.report else ""),
+                  markup=False, highlight=False)
+        threshold = "auto" if res.evaluation is not None else "none"
+        con.print(f"next: detector predict --checkpoint {shlex.quote(str(res.checkpoint))} IMAGES --out "
+                  f"{shlex.quote(str(Path(out) / 'predictions'))} --threshold {threshold}", markup=False,
+                  highlight=False, soft_wrap=True)
+
+    _run(body, interrupted="interrupted; rerun the same command to resume (captions and training continue where "
+         "they stopped)")
+
+
 # ---- eval ----------------------------------------------------------------------------------------
 
 MinAreaOpt = Annotated[float | None, typer.Option(
@@ -249,7 +294,7 @@ def eval_cmd(
         res = run_eval(EvalConfig(checkpoint=checkpoint, data=data, out=out, resolution=resolution, branch=branch,
                                   batch_size=batch_size, device=device, precision=precision, layout=layout,
                                   class_name=class_name, exact_metrics=exact_metrics, captions=captions,
-                                  progress=_bars(), on_error=on_error or "raise",
+                                  progress=True, on_error=on_error or "raise",
                                   **_naming_settings(min_area, min_margin)))
         _print_metrics(res.metrics, res.metrics_path)
         _say_skipped(res.skipped, res.metrics_path, "test image")
@@ -277,8 +322,10 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
         table.add_column(m.short, justify="right")
     table.add_row(*("–" if values.get(m.key) is None or math.isnan(values[m.key]) else f"{100 * values[m.key]:.2f}"
                     for m in METRICS))
+    from fsad_data.plain_tables import print_table
+
     con = _console()
-    con.print(table)
+    print_table(con, table)
     naming = data.get("naming")
     if isinstance(naming, dict) and naming.get("n_defect_regions"):
         def pct(v: object) -> str:
@@ -287,6 +334,9 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
         con.print(f"defect naming: {pct(naming.get('naming_accuracy'))} of {naming['n_defect_regions']} ground-truth "
                   f"regions named as the captions name them ({naming.get('n_missed_regions', 0)} missed), state "
                   f"{pct(naming.get('state_accuracy'))}; per region in defects.json")
+    pixel = data.get("pixel_metrics")
+    if isinstance(pixel, dict) and pixel.get("method") == "none" and pixel.get("why"):
+        con.print(f"pixel metrics: none ({pixel['why']})", markup=False)
     if not data.get("meaningful", True):
         con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
     con.print(f"metrics: {metrics_path}")
@@ -303,7 +353,12 @@ def predict(
     batch_size: BatchOpt = 8,
     threshold: Annotated[str, typer.Option(
         "--threshold", help="An evaluation folder of `detector eval` or its threshold.json (the F1-max threshold), "
-        "auto (the checkpoint's latest evaluation, as `detector eval` recorded it), none, or a number.")] = "none",
+        "auto (the checkpoint's latest evaluation, as `detector eval` recorded it), none, or a number (the pixel "
+        "threshold: masks and named regions).")] = "none",
+    image_threshold: Annotated[float | None, typer.Option(
+        "--image-threshold", help="Image score at or above which an image is anomalous (scores.csv's anomalous); "
+        "replaces the evaluation's image threshold.", show_default="the evaluation's, with --threshold EVAL/auto")]
+    = None,
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution before resizing to each image.",
         show_default="the threshold's, else 256")] = None,
@@ -316,6 +371,13 @@ def predict(
     min_area: MinAreaOpt = None,
     min_margin: MinMarginOpt = None,
     on_error: OnErrorOpt = None,
+    overlays: Annotated[bool, typer.Option(
+        "--overlays/--no-overlays", help="Write overlays/ (PNG: heat map, outlined regions, a caption with the "
+        "verdict and the named defects); --no-overlays saves their PNG encoding, the slowest output on large "
+        "images.")] = True,
+    maps: Annotated[bool, typer.Option(
+        "--maps/--no-maps", help="Write maps/ (the float32 anomaly map of every image as .npy, 4 bytes per "
+        "pixel).")] = True,
 ) -> None:
     """Anomaly maps, overlays, image scores and, with a threshold, masks and named defects for new images."""
 
@@ -327,9 +389,11 @@ def predict(
         _not_a_file(out, "--out", "a folder for the maps and scores")
 
         rows = run_predict(PredictConfig(checkpoint=checkpoint, inputs=list(inputs), out=out, batch_size=batch_size,
-                                         threshold=threshold, resolution=resolution, branch=branch, device=device,
-                                         precision=precision, progress=_bars(), engine=engine,
-                                         on_error=on_error or "raise", **_naming_settings(min_area, min_margin)))
+                                         threshold=threshold, image_threshold=image_threshold,
+                                         resolution=resolution, branch=branch, device=device,
+                                         precision=precision, progress=True, engine=engine,
+                                         on_error=on_error or "raise", overlays=overlays, maps=maps,
+                                         **_naming_settings(min_area, min_margin)))
         _console().print(summary_line(rows, Path(out)), soft_wrap=True)
         _say_skipped(getattr(rows, "skipped", []), Path(out) / "scores.json", "image")
 

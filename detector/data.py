@@ -76,19 +76,32 @@ def readable(samples: Sequence[Sample], on_error: str = "raise") -> tuple[list[S
     return list(good), [{"path": str(k.path), "error": k.message} for k in good.skipped]
 
 
-def load_sample_mask(sample: Sample, image_shape: tuple[int, int] | None) -> np.ndarray:
+def image_level_only(samples: Sequence[Sample]) -> bool:
+    """Whether the test split is evaluated at image level only: it has anomalous images and none has a mask (a
+    ``folder`` data set without ``masks/``, Real-IAD entries with null masks). Some with and some without is an
+    error naming the first without: its pixels would be counted as normal."""
+    anomalous = [s for s in samples if int(s.label) == 1]
+    missing = [s for s in anomalous if s.mask_path is None]
+    if missing and len(missing) < len(anomalous):
+        raise DetectorError(f"{missing[0].image_path}: anomalous test image without a mask while "
+                            f"{len(anomalous) - len(missing)} others have one; add its mask (or remove every mask "
+                            "for an image-level evaluation)")
+    return bool(anomalous) and len(missing) == len(anomalous)
+
+
+def load_sample_mask(sample: Sample, image_shape: tuple[int, int] | None, image_level: bool = False) -> np.ndarray:
     """The sample's ground truth (H, W) bool at its image's size; all False for a normal image.
 
     ``image_shape`` None: the mask file's own size. An anomalous image without a mask is an error (pixel
-    metrics would count it as all normal).
+    metrics would count it as all normal), unless the whole split is ``image_level`` (``image_level_only``):
+    then its mask is all False too and no pixel metric is computed.
     """
     if sample.mask_path is None:
-        if int(sample.label) == 1:
-            raise DetectorError(
-                f"{sample.image_path}: anomalous test image without a mask; add the mask or evaluate image-level only"
-            )
+        if int(sample.label) == 1 and not image_level:
+            raise DetectorError(f"{sample.image_path}: anomalous test image without a mask; add the mask (or remove "
+                                "every mask of the class for an image-level evaluation)")
         if image_shape is None:
-            raise DetectorError(f"{sample.image_path}: a normal image without a mask needs its image size")
+            raise DetectorError(f"{sample.image_path}: an image without a mask needs its image size")
         return np.zeros((int(image_shape[0]), int(image_shape[1])), dtype=bool)
     size = None if image_shape is None else (int(image_shape[1]), int(image_shape[0]))
     return fsad_data.load_mask(sample.mask_path, size, image_path=sample.image_path)
@@ -112,14 +125,15 @@ def class_test_samples(data: str | Path, class_name: str, layout: str = "auto") 
     return test_split(class_samples(data, class_name, layout), class_name)
 
 
-def iter_batches(samples: Sequence[Sample], batch_size: int = 8) -> Iterator[TestBatch]:
-    """Batches of the samples in the order given, decoded lazily (one batch in memory at a time)."""
+def iter_batches(samples: Sequence[Sample], batch_size: int = 8, image_level: bool = False) -> Iterator[TestBatch]:
+    """Batches of the samples in the order given, decoded lazily (one batch in memory at a time); ``image_level``:
+    see ``load_sample_mask``."""
     if batch_size < 1:
         raise DetectorError(f"batch size {batch_size} must be at least 1")
     for i in range(0, len(samples), batch_size):
         chunk = list(samples[i : i + batch_size])
         images = load_images(chunk)
-        masks = [load_sample_mask(s, img.shape[:2]) for s, img in zip(chunk, images)]
+        masks = [load_sample_mask(s, img.shape[:2], image_level) for s, img in zip(chunk, images)]
         yield TestBatch(chunk, images, masks)
 
 
@@ -129,4 +143,5 @@ def iter_test_batches(
     """Batches of the test split in id order."""
     if batch_size < 1:
         raise DetectorError(f"batch size {batch_size} must be at least 1")
-    yield from iter_batches(test_split(samples, class_name), batch_size)
+    tests = test_split(samples, class_name)
+    yield from iter_batches(tests, batch_size, image_level_only(tests))

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from detector.errors import DetectorError
 from fsad_data.atomic import write_text_atomic
 from fsad_data.folder_lock import FolderInUse, FolderLock
+from fsad_data.progress import ProgressLines, heartbeat
 
 Step = Callable[..., None]
 """``step(k, done=False)``: k more items finished; ``done=True`` closes the bar."""
@@ -73,9 +74,22 @@ def output_lock(out: str | Path, command: str = "detector train", name: str | No
 
 
 def progress(enabled: bool, total: int, what: str) -> Step:
-    """A transient bar over ``total`` items (a no-op when disabled, e.g. when stdout is not a terminal)."""
+    """Progress over ``total`` items: a transient bar on a terminal, plain lines at most every 15 s in a log or a
+    pipe (``fsad_data.progress``: a short run prints nothing there); a no-op when disabled (the Python API)."""
     if not enabled:
         return lambda k, done=False: None
+    from rich.console import Console
+
+    if not Console().is_terminal:
+        lines = ProgressLines(what)
+        count = [0]
+        lines("images", 0, total)
+
+        def line(k: int, done: bool = False) -> None:
+            count[0] += k
+            lines("images", total if done else count[0], total)
+
+        return line
     prog = Progress(transient=True)
     task = prog.add_task(what, total=total)
     prog.start()
@@ -88,42 +102,21 @@ def progress(enabled: bool, total: int, what: str) -> Step:
     return step
 
 
-def _clock(seconds: float) -> str:
-    s = max(0, round(float(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class EpochLines:
-    """Training progress for a log file or a pipe (CI, nohup, a batch job), where a bar shows nothing: one
-    plain line when a prompt set starts, then after an epoch when ``every`` seconds passed since the last
-    line (so one per epoch when epochs are slow, one every ~10 s when they are fast) and after its last epoch:
-    phase, epoch/total, loss, elapsed, an estimate of the time left in the phase (from this run's epochs)."""
+    """Training progress for a log file or a pipe, where a bar shows nothing: one plain line when a prompt set
+    starts, then after an epoch when ``every`` seconds (default ``fsad_data.progress.EVERY_SECONDS``) passed
+    since the last line, and after its last epoch: phase, epoch/total, loss, elapsed, an estimate of the time
+    left in the phase (from this run's epochs). Under ``epoch_bars`` a heartbeat adds a line while an epoch
+    longer than ``every`` is still running, and while the shots are being encoded."""
 
-    def __init__(self, write: Callable[[str], None] = print, every: float = 10.0,
+    def __init__(self, write: Callable[[str], None] = print, every: float | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         import time
 
-        self.write, self.every = write, float(every)
-        self.clock = clock or time.monotonic
-        self.start: dict[str, tuple[float, int]] = {}  # label -> (time, epochs done) when it started
-        self.last = -math.inf
+        self.lines = ProgressLines("train", write, every, clock or time.monotonic, unit="epoch", announce=True)
 
     def __call__(self, label: str, done: int, total: int, loss: float) -> None:
-        now = self.clock()
-        if label not in self.start:
-            self.start[label] = (now, done)
-            self.last = now
-            resumed = f" (resumed after epoch {done})" if done else ""
-            self.write(f"train: {label} {done}/{total} epochs{resumed}")
-            return
-        if now - self.last < self.every and done < total:
-            return
-        t0, d0 = self.start[label]
-        elapsed = now - t0
-        rate = elapsed / (done - d0) if done > d0 else math.nan
-        left = "" if math.isnan(rate) else f", left ~{_clock(rate * (total - done))}"
-        self.write(f"train: {label} epoch {done}/{total}, loss {loss:.4f}, elapsed {_clock(elapsed)}{left}")
-        self.last = now
+        self.lines(label, done, total, f", loss {loss:.4f}")
 
 
 @contextmanager
@@ -138,7 +131,9 @@ def epoch_bars(enabled: bool) -> Iterator[EpochReport | None]:
     if not Console().is_terminal:
         import sys
 
-        yield EpochLines(lambda line: print(line, file=sys.stdout, flush=True))
+        report = EpochLines(lambda line: print(line, file=sys.stdout, flush=True))
+        with heartbeat(report.lines, before_first="encoding the shots (backbone and region weights)"):
+            yield report
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), transient=False)

@@ -182,9 +182,15 @@ def _fallback_count(build_out: Path) -> tuple[int, int]:
 
 
 def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] | None], T]) -> T:
-    """Run ``run(callback)`` under a rich progress bar (or none when quiet / not a terminal)."""
-    if quiet or not err.is_terminal:  # no bar in logs and pipes: they get the summary line only
+    """Run ``run(callback)`` under a rich progress bar on a terminal, plain lines in a log, nothing when quiet."""
+    if quiet:
         return run(None)
+    if not err.is_terminal:  # a log or a pipe: a plain line at most every 15 s (a bar would print nothing)
+        from fsad_data.progress import ProgressLines
+
+        lines = ProgressLines("mfsc build", lambda line: err.print(line, markup=False, highlight=False,
+                                                                    soft_wrap=True))
+        return run(lambda what, done, total: lines(what, done, total))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

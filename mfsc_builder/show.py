@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from fsad_data.plain_tables import print_table
 from mfsc_builder.errors import BuildError
 
 if TYPE_CHECKING:  # heavy: imported in show_build's body
@@ -76,19 +77,19 @@ def _print_class(console: Console, name: str, c: dict[str, Any]) -> None:
     head.add_row("caption", c["caption"])
     head.add_row("defect states", f"{', '.join(c['defect_states'])} ({c['defect_vocab']})")
     head.add_row("provenance", _attrs(c["provenance"]))
-    console.print(Panel(head, title=f"class {name}", expand=False))
+    print_table(console, Panel(head, title=f"class {name}", expand=False))
     comps = Table("component", "count", "location", "colour", "texture", "shape", "direction", "area",
                   "sentence", title="components")
     for k in c["components"]:
         comps.add_row(k["name"], str(k["count"]), k["location"], k["colour"], k["texture"], k["shape"],
                       k["direction"], f"{k['area']:.3f}", k["sentence"])
-    console.print(comps)
+    print_table(console, comps)
     texts = Table("level", "group", "normal", "abnormal", title="texts for the detector")
     for t in c["texts"]:
         texts.add_row(t["level"], t["group"], "\n".join(t["normal"]),
                       "\n".join(t["abnormal"][:3]) + (f"\n(+{len(t['abnormal']) - 3} more)"
                                                       if len(t["abnormal"]) > 3 else ""))
-    console.print(texts)
+    print_table(console, texts)
 
 
 def _print_image(console: Console, row: dict[str, Any]) -> None:
@@ -108,8 +109,8 @@ def _print_image(console: Console, row: dict[str, Any]) -> None:
     if row["label"]:
         grid.add_row("defect", _attrs(row["defect"]))
     grid.add_row("provenance", _attrs(row["provenance"]))
-    console.print(Panel(grid, title=f"image {row['id']}", expand=False))
+    print_table(console, Panel(grid, title=f"image {row['id']}", expand=False))
     regs = Table("kind", "name", "location", "orientation", "box", "area", title="regions")
     for r in row["regions"]:
         regs.add_row(r["kind"], r["name"], r["location"], r["orientation"], str(list(r["box"])), f"{r['area']:.3f}")
-    console.print(regs)
+    print_table(console, regs)

@@ -6,8 +6,10 @@ OUT="${1:-out/demo}"
 OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
 CLASS="${DEMO_CLASS:-pill_box}"
 SHOTS="${DEMO_SHOTS:-2}"
-EPOCHS="${DEMO_EPOCHS:-4}"
-IMAGE_EPOCHS="${DEMO_IMAGE_EPOCHS:-2}"
+# the CPU-sized epochs of `detector fit-folder` (its CPU_EPOCHS decides them for both)
+cpu_epochs() { python -c "from detector.fit_folder import CPU_EPOCHS; print(CPU_EPOCHS['$1'])"; }
+EPOCHS="${DEMO_EPOCHS:-$(cpu_epochs epochs)}"
+IMAGE_EPOCHS="${DEMO_IMAGE_EPOCHS:-$(cpu_epochs image_epochs)}"
 BACKBONE="${DEMO_BACKBONE:-ViT-B-16-plus-240}"
 PRETRAINED="${DEMO_PRETRAINED:-laion400m_e32}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

@@ -12,6 +12,7 @@ from detector import predict as P
 from detector.cli import app
 from detector.errors import DetectorError
 from detector.model import Prediction
+from detector.overlay_caption import MIN_WIDTH
 from fsad_data import load_rgb
 
 runner = CliRunner()
@@ -63,12 +64,16 @@ def test_predict_loader_feeds_rgb_and_writes_outputs(demo_root, tmp_path):
     for (_, path), seen in zip(items[:3] + items[-1:], model.seen):
         np.testing.assert_array_equal(seen, load_rgb(path))  # the exact RGB decode of fsad_data
     assert model.seen[0][64, 64, 0] > 150 and model.seen[0][64, 64, 2] < 100  # red part stays red
-    amap = np.load(tmp_path / "maps" / "pill_box/test/color_spot/000.png.npy")
+    amap = np.load(tmp_path / "maps" / "pill_box/test/color_spot/000.npy")
     assert amap.shape == (256, 256) and amap.dtype == np.float32
-    mask = load_rgb(tmp_path / "masks" / "pill_box/test/color_spot/000.png.png")[..., 0] > 0
+    mask = load_rgb(tmp_path / "masks" / "pill_box/test/color_spot/000.png")[..., 0] > 0
     np.testing.assert_array_equal(mask, amap >= 0.5)
-    assert load_rgb(tmp_path / "overlays" / "hex_nut/test/good/000.png.png").shape == (256, 256, 3)
+    overlay = load_rgb(tmp_path / "overlays" / "hex_nut/test/good/000.png")  # the picture, a caption band below
+    assert overlay.shape[0] > 256 and overlay.shape[1] == max(256, MIN_WIDTH) and overlay.shape[2] == 3
     table = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert table[0]["map"] == "maps/pill_box/test/color_spot/000.npy"
+    assert table[0]["mask"] == "masks/pill_box/test/color_spot/000.png"
+    assert table[-1]["overlay"] == "overlays/hex_nut/test/good/000.png"
     assert [r["name"] for r in table] == [r["name"] for r in rows] and table[1]["anomalous"] == "True"
     data = json.loads((tmp_path / "scores.json").read_text())
     assert data["threshold"]["pixel"] == 0.5 and len(data["images"]) == 4
@@ -123,8 +128,8 @@ def test_train_eval_predict_end_to_end(demo_root, tmp_path, tiny_clip_name):
     assert len(pr_rows) == 3 and all("anomalous" in r for r in pr_rows)
     for r in pr_rows:
         assert float(r["score"]) == pytest.approx(ev_scores[f"pill_box/test/color_spot/{r['name'][:-4]}"], abs=1e-5)
-    assert np.load(pr / "maps" / "000.png.npy").shape == (256, 256)
-    assert (pr / "masks" / "000.png.png").exists()
+    assert np.load(pr / "maps" / "000.npy").shape == (256, 256)
+    assert (pr / "masks" / "000.png").exists()
     # named defects: a region label map per image, its defects in scores.json and defects.json
     named = json.loads((pr / "defects.json").read_text())["images"]
     scores = json.loads((pr / "scores.json").read_text())["images"]
@@ -353,8 +358,20 @@ def test_predict_and_eval_on_inputs_without_images_of_the_class(widget_ckpt, dem
     assert not out.exists()
 
 
-def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
+def test_progress_in_a_pipe_is_plain_lines_and_a_short_run_prints_none(tmp_path, monkeypatch):
+    """The command asks for progress; outside a terminal detector.outputs.progress draws no bar but writes a
+    plain line at most every 15 s, so a short run's output is its summary line alone."""
+    from detector import outputs
+
     seen = []
-    monkeypatch.setattr(P, "run_predict", lambda config: seen.append(config.progress) or [])
+
+    def fake(config):
+        seen.append(config.progress)
+        step = outputs.progress(config.progress, 3, "predicting")
+        step(3)
+        step(0, done=True)
+        return []
+
+    monkeypatch.setattr(P, "run_predict", fake)
     res = runner.invoke(app, ["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 0 and seen == [False] and res.stdout.startswith("0 image(s) scored")
+    assert res.exit_code == 0 and seen == [True] and res.stdout.startswith("0 image(s) scored")
