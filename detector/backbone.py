@@ -484,9 +484,12 @@ def load_backbone(
     if precision == "fp16" and dev.type == "cpu":
         raise DetectorError("fp16 is not supported on CPU; use --precision bf16 or fp32 there")
     model_name = _resolve_name(str(name))
-    tag = "none" if pretrained is None else str(pretrained)
+    from detector.weights_check import RANDOM_WEIGHTS, is_random_weights
+
+    random = is_random_weights(pretrained)
+    tag = RANDOM_WEIGHTS if random else str(pretrained)
     local: Path | None = None
-    if tag.lower() != "none":
+    if not random:
         p = Path(tag).expanduser()
         if p.exists():
             local = _weight_file(p)
@@ -503,7 +506,7 @@ def load_backbone(
     oc_log.setLevel(max(level, logging.ERROR))  # open_clip logs a warning for random init; we say it ourselves
     sha256: str | None = None
     try:
-        if tag.lower() == "none" or local is not None:
+        if random or local is not None:
             model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
             if local is not None:
                 from detector.weights_check import file_sha256

@@ -35,7 +35,7 @@ from detector.captions import load_class_record
 from detector.checkpoint_io import checkpoint_info
 from detector.data import class_test_samples, readable, select_class_shots
 from detector.errors import DetectorError
-from detector.evaluate import Predictor, evaluate_model
+from detector.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
 from detector.metrics import METRIC, METRIC_KEYS, METRICS
 from detector.outputs import output_lock, write_csv
 from detector.recipes import train_config_fields
@@ -43,6 +43,7 @@ from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.thresholds import checkpoint_sha256
 from detector.train import TrainConfig, train_and_save
 from detector.validate import read_cell_metrics, read_json
+from detector.weights_check import is_random_weights
 from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
@@ -186,7 +187,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
     model = trainer(tc)
     t1 = time.perf_counter()
     meta = getattr(model, "meta", {}) or {}
-    info = checkpoint_info(meta) if meta else {"meaningful": tc.pretrained not in (None, "", "none")}
+    info = checkpoint_info(meta) if meta else {"meaningful": not is_random_weights(tc.pretrained)}
     info.update(method=cell.method, shots=cell.shots, seed=cell.seed, dataset=dataset_name(config),
                 checkpoint=str(Path(tc.out)), timing_s={"train": t1 - t0})
     if skipped:
@@ -520,7 +521,7 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
     write_csv(out / "cells.csv", rows)
     md_parts = [f"# Benchmark: {dataset}", ""]
     if not meaningful:
-        md_parts += ["**Random (untrained) backbone weights: these figures are not meaningful.**", ""]
+        md_parts += [f"**{RANDOM_WEIGHTS_NOTE[0].upper()}{RANDOM_WEIGHTS_NOTE[1:]}.**", ""]
     html_tables = []
     header = ["class", "seeds", *(m.title for m in METRICS)]
     for method, k in sorted({(a["method"], a["shots"]) for a in agg}):
@@ -558,7 +559,7 @@ def merge(out: Path, dataset: str, log: Callable[[str], None] = print) -> dict[s
     md_parts[2:2] = ["## Summary (mean over classes)", "", summary_md, "", "## What was run", "",
                      markdown_table(r_header, r_rows), ""]
     write_text_atomic(out / "summary.md", "\n".join(md_parts) + "\n")
-    notes = [] if meaningful else ["random (untrained) backbone weights: these figures are not meaningful"]
+    notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
     report.write_report(out / "report.html", report.Report(
         f"FineGrainedAD benchmark: {dataset}", notes,
         [report.Table("Summary (mean over classes)", s_header, s_rows), report.Table("What was run", r_header, r_rows),

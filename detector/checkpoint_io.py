@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
 from detector.outputs import json_safe
+from detector.weights_check import is_random_weights
 from fsad_data.atomic import staged_folder
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
@@ -231,7 +232,7 @@ def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
         "backbone": backbone.get("name", cfg.get("backbone")),
         "pretrained": pretrained,
         "shot_files": shot_files,
-        "meaningful": pretrained not in (None, "", "none"),
+        "meaningful": not is_random_weights(pretrained),
         "recipe": cfg.get("recipe"),
         "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,
         "captions": captions,  # who wrote the caption record: its provenance backend (model)

@@ -338,7 +338,9 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
     if isinstance(pixel, dict) and pixel.get("method") == "none" and pixel.get("why"):
         con.print(f"pixel metrics: none ({pixel['why']})", markup=False)
     if not data.get("meaningful", True):
-        con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
+        from detector.evaluate import RANDOM_WEIGHTS_NOTE
+
+        con.print(RANDOM_WEIGHTS_NOTE, style="yellow", markup=False)
     con.print(f"metrics: {metrics_path}")
 
 
@@ -517,7 +519,9 @@ def benchmark(
         if "summary_md" in result:
             con.print(result["summary_md"], markup=False)
             if not result.get("meaningful", True):
-                con.print("[yellow]random (untrained) backbone weights: these figures are not meaningful[/yellow]")
+                from detector.evaluate import RANDOM_WEIGHTS_NOTE
+
+                con.print(RANDOM_WEIGHTS_NOTE, style="yellow", markup=False)
 
     _run(body, interrupted="interrupted; finished cells are kept: rerun the same command to resume")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.errors import DetectorError
+from detector.weights_check import RANDOM_WEIGHTS, is_random_weights
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"
@@ -73,8 +74,8 @@ def card_data(ckpt_dir: Path, repo_id: str | None = None) -> dict[str, Any]:
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     bb = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
     record = meta.get("record") if isinstance(meta.get("record"), dict) else None
-    pretrained = str(bb.get("pretrained") or cfg.get("pretrained") or "none")
-    random = pretrained.lower() == "none"
+    pretrained = str(bb.get("pretrained") or cfg.get("pretrained") or RANDOM_WEIGHTS)
+    random = is_random_weights(pretrained)
     history = meta.get("history") if isinstance(meta.get("history"), dict) else {}
     evals = read_evaluations(ckpt_dir)
     if record is not None:

@@ -31,6 +31,15 @@ from urllib.parse import urlparse
 from detector.errors import DetectorError
 
 HUB_HOST = "huggingface.co"
+RANDOM_WEIGHTS = "none"  # the --pretrained value for random (untrained) backbone weights
+
+
+def is_random_weights(tag: object) -> bool:
+    """Whether a ``--pretrained`` value (or a checkpoint's record of it) means random weights: ``none`` in any
+    case, empty or missing. The one test every reader uses, so a run on random weights is never called
+    meaningful (``--pretrained None`` once trained on random weights while metrics.json said otherwise)."""
+    return tag is None or str(tag).strip().lower() in ("", RANDOM_WEIGHTS)
+
 URL_CACHE = "~/.cache/clip"  # open_clip's download_pretrained_from_url default
 
 
@@ -162,7 +171,7 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 
 def weights_problem(name: str, tag: str) -> str | None:
     """None when weights `tag` of model `name` are local, cached (and right) or downloadable; else why not."""
-    if tag.lower() == "none" or Path(tag).expanduser().exists():
+    if is_random_weights(tag) or Path(tag).expanduser().exists():
         return None
     route = weights_route(name, tag)
     if route is None:
