@@ -32,18 +32,29 @@ code also appends a "." to each D when it builds its prompt strings):
 Texts are cut at a word boundary to fit CLIP's context with the learned tokens (the public tokenizer
 truncates at 77 tokens as well); an abnormal text that equals a normal text (ignoring case, as CLIP's
 tokenizer does) is dropped, and a group left without one is reported, never dropped silently.
+
+Bounds (a hostile file is refused in one line naming it, before the work it would cost): the file's size
+(``MAX_BYTES``, checked before it is read: Python's parser needs up to about 900 bytes of memory per byte of
+source), an expression too deep for the parser, values of the wrong shape, and the size of what the import
+would make (``MAX_OUTPUT``: records shared by many classes or very long lists multiply it). Each text made by a
+replacement is cut to ``LONGEST`` characters as it is made (the public relation rule replaces every entity in
+turn, so a few bytes of file could otherwise ask for an exponentially long text).
 """
 from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsad_data.folder_lock import FolderInUse, FolderLock
 from mfsc_builder.errors import BuildError
+from mfsc_builder.ownership import check_apart
 from mfsc_builder.records import ClassRecord, ComponentView, ForegroundView, ImageView, PromptText, Provenance
+from mfsc_builder.store import LOCK_NAME
 
 PROMPTS = "fine_grained_normal_prompts_v3"
 STATES = "class_state_abnormal_refined"
@@ -55,6 +66,11 @@ REQUIRED = (PROMPTS, STATES, CLASS_IDS, *VOCABULARIES.values())
 OPTIONAL = (NAMES,)
 BACKEND = "official"
 INFO_NAME = "import_info.json"
+
+MAX_BYTES = 512 * 1024  # the public file is about 100 KB; worst-case parser memory about 0.5 GB at this size
+LONGEST = 1024  # characters of a text made here: a 77-token CLIP text has a few hundred
+TEXT_COST = 256  # what one text counts towards MAX_OUTPUT (its characters and its row)
+MAX_OUTPUT = 16_000_000  # characters of records and texts of one import: over ten times the public file's
 
 FIELDS = {  # the record shape of fine_grained_normal_prompts_v3: level -> (required keys, per-entity keys)
     "Level_1": ({"foreground", "background"}, set()),
@@ -77,18 +93,47 @@ class ImportSummary:
 # ----------------------------------------------------------------------------------------------- reading
 def read_official(path: str | Path) -> dict[str, Any]:
     """The literal records of the public prompts module, by name, parsed with ``ast`` (never executed)."""
-    path = Path(path)
+    return _read(Path(path))[0]
+
+
+def _source_bytes(path: Path) -> bytes:
+    """The file's bytes, its size checked against ``MAX_BYTES`` before anything is read."""
     if not path.is_file():
         raise BuildError(f"{path} not found; give the path of PromptAD/fine_grained_prompts.py")
+    fix = (f"is it PromptAD/fine_grained_prompts.py? If it is a larger version, delete the records the importer "
+           f"does not read (it reads only {', '.join((*REQUIRED, *OPTIONAL))}; not e.g. "
+           "fine_grained_normal_prompts_old or class_state_abnormal_refined_filo) and run again")
+    too_big = f"over the importer's bound of 512 KiB ({MAX_BYTES} bytes; the public file is about 100 KB)"
     try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BuildError(f"cannot read {path} as UTF-8 text ({exc}); give the public fine_grained_prompts.py")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise BuildError(f"{path} is {size} bytes, {too_big}; {fix}")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise BuildError(f"cannot read {path} ({exc.strerror or exc}); give the public fine_grained_prompts.py"
+                         ) from None
+    if len(data) > MAX_BYTES:  # it grew after the check
+        raise BuildError(f"{path} is more than {MAX_BYTES} bytes, {too_big}; {fix}")
+    return data
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    """The literal records and the SHA-256 of the bytes they were read from."""
+    data = _source_bytes(path)
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"cannot read {path} as UTF-8 text ({exc}); give the public fine_grained_prompts.py"
+                         ) from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         raise BuildError(f"{path} line {exc.lineno}: not valid Python ({exc.msg}); give the public "
                          "fine_grained_prompts.py unchanged") from None
+    except (MemoryError, RecursionError):  # the parser's own stack ("too complex") or its AST conversion
+        raise BuildError(f"{path}: an expression is nested too deeply to parse (Python's parser gave up); the "
+                         "public file has none: give the public fine_grained_prompts.py unchanged") from None
     wanted = set(REQUIRED) | set(OPTIONAL)
     found: dict[str, Any] = {}
     for node in tree.body:  # module level only: nothing under `if __name__ == "__main__":` or in functions
@@ -104,9 +149,17 @@ def read_official(path: str | Path) -> dict[str, Any]:
                 except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     raise BuildError(f"{path} line {node.lineno}: {target.id} is not a literal value; the importer "
                                      "reads literals only (it never runs the file)") from None
+    del tree
     missing = [name for name in REQUIRED if name not in found]
     if missing:
         raise BuildError(f"{path} has no module-level {', '.join(missing)}; is it PromptAD/fine_grained_prompts.py?")
+    _check_shapes(found, path)
+    found.setdefault(NAMES, {})
+    return found, hashlib.sha256(data).hexdigest()
+
+
+def _check_shapes(found: dict[str, Any], path: Path) -> None:
+    """The records' types, the keys and values of the three dicts, and text the output can hold (UTF-8)."""
     for name, kind in ((PROMPTS, list), (STATES, dict), (CLASS_IDS, dict), (NAMES, dict),
                        *((v, list) for v in VOCABULARIES.values())):
         if name in found and not isinstance(found[name], kind):
@@ -114,8 +167,40 @@ def read_official(path: str | Path) -> dict[str, Any]:
     for name in VOCABULARIES.values():
         if not all(isinstance(v, str) for v in found[name]):
             raise BuildError(f"{path}: {name} must be a list of strings")
-    found.setdefault(NAMES, {})
-    return found
+    values = {CLASS_IDS: (int, "an index (a whole number) into " + PROMPTS), NAMES: (str, "a string"),
+              STATES: (list, "a list of templates such as '{} with crack'")}
+    for name, (kind, what) in values.items():
+        for key, value in found.get(name, {}).items():
+            if not isinstance(key, str):
+                raise BuildError(f"{path}: {name} has the key {key!r:.40}; its keys must be class names (strings "
+                                 "such as 'bottle')")
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise BuildError(f"{path}: {name} maps {key!r:.40} to {value!r:.40}; it must map each class to "
+                                 f"{what}")
+    for name in (*REQUIRED, *OPTIONAL):
+        for text in _all_strings(found.get(name)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BuildError(f"{path}: {name} holds the text {text!r:.60} with a lone surrogate escape "
+                                 "(\\ud800-\\udfff), which no dataset can store; fix that text") from None
+
+
+def _all_strings(value: Any) -> Iterable[str]:
+    """Every string in a literal (keys too), without recursion."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            stack += list(v)
+
+
+def _chars(value: Any) -> int:
+    return sum(len(s) for s in _all_strings(value))
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -151,17 +236,33 @@ def _level(record: dict, level: str, where: str) -> dict:
 
 # ----------------------------------------------------------------------------------------------- texts
 def _fit(text: str) -> str:
-    """`text` cut at word boundaries to fit CLIP's context with the learned tokens (as `mfsc build` texts)."""
+    """`text` cut at word boundaries to fit CLIP's context with the learned tokens (as `mfsc build` texts): the
+    most words that fit (at least one), found by bisection (a word adds at least one token, so the count only
+    grows with the words), then cut to ``LONGEST`` characters (a single hostile word)."""
     from mfsc_builder.fill import MAX_TOKENS, token_length
 
-    words = " ".join(text.split()).split()
-    while len(words) > 1 and token_length(" ".join(words)) > MAX_TOKENS:
-        words.pop()
-    return " ".join(words)
+    words = text.split()[:MAX_TOKENS]  # every word is at least one token: later ones never fit
+    if len(words) > 1 and token_length(" ".join(words)) > MAX_TOKENS:
+        lo, hi = 1, len(words) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if token_length(" ".join(words[:mid])) <= MAX_TOKENS else (lo, mid - 1)
+        words = words[:lo]
+    return " ".join(words)[:LONGEST]
 
 
-def _entry(level: str, group: str, normal: list[str], abnormal: list[str], where: str,
+def _swap(text: str, old: str, new: str) -> str:
+    """``text.replace(old, new)[:LONGEST]`` in bounded memory: no more replacements than can begin before the
+    cut (the text itself is one read from the file or an earlier cut text)."""
+    grow = len(new) - len(old)
+    if grow <= 0:
+        return text.replace(old, new)[:LONGEST]
+    return text.replace(old, new, -(-LONGEST // grow))[:LONGEST]
+
+
+def _entry(level: str, group: str, normal: list[str], abnormal: Iterable[str], where: str,
            notes: list[str]) -> PromptText | None:
+    """One group's texts, fitted; ``abnormal`` is consumed one text at a time (each made and cut in turn)."""
     normal = list(dict.fromkeys(_fit(t) for t in normal))
     seen = {t.lower() for t in normal}
     ab = [t for t in dict.fromkeys(_fit(t) for t in abnormal) if t and t.lower() not in seen]
@@ -176,30 +277,59 @@ def _component_abnormal(caption: str, entity: str, location: str, suffix: str, n
     """The public rule: lower-case, state after the entity (its plural if present), location swapped."""
     text = caption.lower()
     if not entity.endswith("s") and entity + "s" in text:
-        text = text.replace(entity + "s", entity + "s" + suffix)
+        text = _swap(text, entity + "s", entity + "s" + suffix)
     else:
-        text = text.replace(entity, entity + suffix)
+        text = _swap(text, entity, entity + suffix)
     if location == "center":
-        return text.replace("center", new_location).replace("centrally", new_location)
-    return text.replace(location, new_location)
+        return _swap(_swap(text, "center", new_location), "centrally", new_location)
+    return _swap(text, location, new_location)
 
 
 def _unique_names(entities: list[str], locations: list[str]) -> list[str]:
     """Group names: the entity, with its location where entities repeat ("candle (top left)")."""
-    names = [e if entities.count(e) == 1 else f"{e} ({loc})" for e, loc in zip(entities, locations)]
-    return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
+    counts = Counter(entities)
+    names = [e if counts[e] == 1 else f"{e} ({loc})" for e, loc in zip(entities, locations)]
+    counts = Counter(names)
+    return [n if counts[n] == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
 
 
-def _count(number: str) -> int:
-    """A Level_2 number as an int; "multiple" (no number given) is 0."""
-    return int(number) if number.strip().isdigit() else 0
+def _count(number: str, where: str) -> int:
+    """A Level_2 number as an int; a word such as "multiple" or "many" (no number given) is 0."""
+    n = number.strip()
+    if not n.isdigit():
+        return 0
+    if not (n.isascii() and len(n) <= 9):
+        raise BuildError(f"{where} Level_2.number {number!r:.20} is not a count (digits 0-9, at most 9 of them) nor "
+                         "a word such as 'multiple'")
+    return int(n)
 
 
-def _attribute(values: list[str], i: int, n: int) -> str:
-    """Component i's value of a Level_3 list: one per entity, else (a class-wide list) all of them."""
-    if len(values) == n:
-        return values[i]
-    return " and ".join(dict.fromkeys(values))
+def _attribute(values: list[str], joined: str, i: int, n: int) -> str:
+    """Component i's value of a Level_3 list: one per entity, else (a class-wide list) all of them (``joined``)."""
+    return values[i] if len(values) == n else joined
+
+
+def _planned_output(data: dict[str, Any], class_name: str, sizes: dict[int, int]) -> int:
+    """At most how many characters ``official_class_record`` makes for the class (its record, copied into each
+    component's view, and ``TEXT_COST`` per text), from the raw values without copying them; a value of the
+    wrong shape counts nothing here (its class is refused when it is read). ``sizes``: the records' characters
+    by index, counted once however many classes share a record."""
+    def length(level: str, key: str) -> int:
+        try:
+            v = rec[level][0][key]
+        except (TypeError, KeyError, IndexError):
+            return 0
+        return len(v) if isinstance(v, list) else 0
+
+    index = data[CLASS_IDS].get(class_name)
+    records = data[PROMPTS]
+    rec = records[index] if isinstance(index, int) and 0 <= index < len(records) else None
+    states = data[STATES].get(class_name)
+    n, t = length("Level_2", "entity"), len(states) if isinstance(states, list) else 0
+    vocab = sum(len(data[VOCABULARIES[k]]) for k in ("colour", "texture", "shape"))
+    if rec is not None and index not in sizes:
+        sizes[index] = _chars(rec)
+    return (1 + n) * sizes.get(index, 0) + _chars(states) + TEXT_COST * (t * (3 + 2 * n) + vocab + 3)
 
 
 def official_class_record(data: dict[str, Any], class_name: str, source: str, sha256: str,
@@ -232,6 +362,7 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
     bg = _text(l1["background"], f"{where} Level_1.background")
     relation = _text(l2["relation"], f"{where} Level_2.relation")
     entities, numbers, locations = (_strings(l2[k], f"{where} Level_2.{k}") for k in ("entity", "number", "location"))
+    counts = [_count(v, where) for v in numbers]
     captions = _strings(l3["entity_caption"], f"{where} Level_3.entity_caption")
     attrs = {k: _strings(l3[k], f"{where} Level_3.{k}") for k in ("direction", "color", "texture", "shape")}
     n = len(entities)
@@ -252,39 +383,46 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
     suffixes = [t.replace("{}", "") for t in templates]  # " with large breakage": what the public code appends
     object_name = str(data[NAMES].get(class_name) or readable_name(class_name))
     vocab = {k: list(data[v]) for k, v in VOCABULARIES.items()}
+    joined = {k: " and ".join(dict.fromkeys(v)) for k, v in attrs.items()}
 
     names = _unique_names(entities, locations)
-    components = [ComponentView(name=names[i], count=_count(numbers[i]), location=locations[i],
-                                colour=_attribute(attrs["color"], i, n), texture=_attribute(attrs["texture"], i, n),
-                                shape=_attribute(attrs["shape"], i, n),
-                                direction=_attribute(attrs["direction"], i, n), sentence=captions[i])
+    components = [ComponentView(name=names[i], count=counts[i], location=locations[i],
+                                colour=_attribute(attrs["color"], joined["color"], i, n),
+                                texture=_attribute(attrs["texture"], joined["texture"], i, n),
+                                shape=_attribute(attrs["shape"], joined["shape"], i, n),
+                                direction=_attribute(attrs["direction"], joined["direction"], i, n),
+                                sentence=captions[i])
                   for i in range(n)]
 
     texts: list[PromptText | None] = []
-    image_abnormal = [caption.replace(fg, t.replace("{}", fg)) for t in templates]
+    image_abnormal = (_swap(caption, fg, t.replace("{}", fg)) for t in templates)
     image = _entry("image", "image", [caption], image_abnormal, where, notes)
     if image is None:
         raise BuildError(f"{where}: the caption does not contain the foreground {fg!r}, so no image-level abnormal "
                          "text can be made the public way; fix Level_1.foreground or the caption")
     texts.append(image)
     background = f"{bg} background"
-    texts.append(_entry("background", "background", [background], [background + s for s in suffixes], where, notes))
+    texts.append(_entry("background", "background", [background], (background + s for s in suffixes), where,
+                        notes))
     for i in range(n):
         others = [loc for loc in vocab["location"] if loc != locations[i]] or [locations[i]]
-        abnormal = [_component_abnormal(captions[i], entities[i], locations[i], s, others[k % len(others)])
-                    for k, s in enumerate(suffixes)]
+        abnormal = (_component_abnormal(captions[i], entities[i], locations[i], s, others[k % len(others)])
+                    for k, s in enumerate(suffixes))
         texts.append(_entry("component", names[i], [captions[i]], abnormal, where, notes))
-    relation_abnormal = []
-    for t in templates:
-        r = relation
-        for e in entities:
-            r = r.replace(e, t.replace("{}", e))
-        relation_abnormal.append(r)
-    texts.append(_entry("relation", "relation", [relation], relation_abnormal, where, notes))
+
+    def relation_abnormal() -> Iterable[str]:
+        for t in templates:
+            r = relation
+            for e in entities:
+                r = _swap(r, e, t.replace("{}", e))
+            yield r
+
+    texts.append(_entry("relation", "relation", [relation], relation_abnormal(), where, notes))
     for level, key in (("colour", "color"), ("texture", "texture"), ("shape", "shape")):
         values = attrs[key]
         if values:
-            texts.append(_entry(level, level, [".".join(values)], [v for v in vocab[level] if v not in values],
+            have = set(values)
+            texts.append(_entry(level, level, [".".join(values)], (v for v in vocab[level] if v not in have),
                                 where, notes))
 
     return ClassRecord(
@@ -301,43 +439,73 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def _check_out(out: Path) -> None:
-    """Refuse a folder whose ``classes`` this command did not write (an `mfsc build` output, anything else)."""
+def _check_out(out: Path, source: Path) -> None:
+    """Refuse an ``out`` this command may not write: a file, one holding the input, or a non-empty folder that is
+    not its earlier output (no ``INFO_NAME``; a lone lock file is what a run killed at its start leaves)."""
     if out.exists() and not out.is_dir():
-        raise BuildError(f"{out} is a file; give a folder to --out")
-    if (out / "classes").exists() and not (out / INFO_NAME).is_file():
-        raise BuildError(f"{out / 'classes'} was not written by `mfsc import-official` (no {INFO_NAME}); give a new "
-                         "--out folder")
+        raise BuildError(f"--out {out} is a file; give a folder")
+    check_apart(out, [source])
+    if out.is_dir() and not (out / INFO_NAME).is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise BuildError(f"--out {out} is not empty and holds files not written by `mfsc import-official` (no "
+                         f"{INFO_NAME}); it never writes beside or replaces files it did not write: choose an empty "
+                         "or new folder")
+
+
+def _lock(out: Path) -> FolderLock:
+    """``out``'s lock, taken (it creates ``out``); another run holding it is one line."""
+    lock = FolderLock(out / LOCK_NAME)
+    try:
+        lock.acquire()
+    except FolderInUse as exc:
+        raise BuildError(f"--out {out} is in use by another run (its lock: {exc.lock_file}); wait for it to "
+                         "finish or use another --out") from None
+    return lock
 
 
 def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | None = None) -> ImportSummary:
-    """Parse the public prompts file and write ``out/classes`` (schema v1) plus ``out/import_info.json``."""
+    """Parse the public prompts file and write ``out/classes`` (schema v1) plus ``out/import_info.json``.
+
+    ``out`` is held by the OS lock `mfsc build` takes (``fsad_data.folder_lock``, ``out/.lock``) while it is
+    written: a second run into it is refused at once."""
     import datasets
 
     from fsad_data.atomic import staged_folder, write_json_atomic
     from mfsc_builder.records import CLASSES_FEATURES, SCHEMA_VERSION
 
     path, out = Path(path), Path(out)
-    _check_out(out)
-    data = read_official(path)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    names = list(dict.fromkeys(classes)) if classes else sorted(map(str, data[CLASS_IDS]), key=lambda c: data[CLASS_IDS][c])
+    _check_out(out, path)
+    if (out / LOCK_NAME).exists():  # a live run's lock: refused before any work (a killed run's: free, removed)
+        _lock(out).release()
+    data, sha256 = _read(path)
+    ids = data[CLASS_IDS]
+    names = list(dict.fromkeys(classes)) if classes else sorted(ids, key=lambda c: ids[c])
     if not names:
         raise BuildError(f"{path}: {CLASS_IDS} is empty; nothing to import")
+    sizes: dict[int, int] = {}
+    planned = sum(_planned_output(data, c, sizes) for c in names)
+    if planned > MAX_OUTPUT:
+        raise BuildError(f"{path}: importing its {len(names)} classes would make up to {planned:,} characters of "
+                         f"records and texts, over the importer's bound of {MAX_OUTPUT:,} (more than ten times "
+                         "the public file's); import fewer classes with --classes, or check the file for records "
+                         "shared by many classes or very long lists")
     notes: list[str] = []
     rows = [official_class_record(data, c, str(path), sha256, notes).to_row() for c in names]
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / INFO_NAME, {  # the marker first: a folder holding it is this command's to replace
-        "command": "mfsc import-official", "schema_version": SCHEMA_VERSION, "source": path.name,
-        "sha256": sha256, "classes": names, "notes": notes,
-    })
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+    lock = _lock(out)
     try:
-        with staged_folder(out / "classes") as tmp:  # complete beside the old one, then swapped in
-            datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp))
+        _check_out(out, path)  # again, holding the lock: what another run wrote before it took it counts
+        write_json_atomic(out / INFO_NAME, {  # the marker first: a folder holding it is this command's to replace
+            "command": "mfsc import-official", "schema_version": SCHEMA_VERSION, "source": path.name,
+            "sha256": sha256, "classes": names, "notes": notes,
+        })
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            with staged_folder(out / "classes") as tmp:  # complete beside the old one, then swapped in
+                datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp))
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
     finally:
-        if bars:
-            datasets.enable_progress_bars()
+        lock.release()
     return ImportSummary(out, names, sha256, notes)
