@@ -2,8 +2,11 @@
 
 The sort-based metrics are exact (no histogram binning): scores are sorted once, equal scores are
 grouped so a tie moves as one threshold step (like scikit-learn's ``_binary_clf_curve``), and the curves
-are read off cumulative sums. The pixel metrics share that single sort of all pixel scores, including
-AUPRO. ``PixelHistogram`` reads the same curves off per-level counts instead (below).
+are read off cumulative sums. The exact pixel metrics (``pixel_metrics``, ``PixelMaps``) sort the normal
+pixels' scores and the defect pixels (score and region id packed in one key) in place, then sweep the
+distinct scores a bounded block at a time, every metric AUPRO included read off the same curve: the
+results of sorting every pixel at once, without its full-size temporaries. ``PixelHistogram`` reads the
+same curves off per-level counts instead (below).
 
 AUPRO follows the MVTec AD reference evaluation (Bergmann et al., ``pro_curve_util.compute_pro`` and
 ``generic_util.trapezoid``): per image the ground truth is split into connected components with an
@@ -13,17 +16,22 @@ pixel adds 1 to the false-positive count, the (FPR, PRO) curve starts at (0, 0) 
 the trapezoid integral up to FPR 0.3 (interpolating the curve at 0.3) is divided by 0.3.
 
 Memory: ``pixel_metrics`` takes the maps as one (N, H, W) array (float32: 256 KiB per image at 256 px,
-200 images 52 MB; 400 px 128 MB). ``detector eval`` therefore streams batches into a ``PixelHistogram``
-(constant 1.5 MiB, exact for the maps quantised to 2^16 levels, see its docstring) by default, and into
-``PixelMaps`` (every float32 map kept, then ``pixel_metrics``) with ``--exact-metrics``.
+200 images 52 MB; 400 px 128 MB) and adds 4 bytes per normal pixel, 8 per defect pixel and a few MiB.
+``detector eval`` therefore streams batches into a ``PixelHistogram`` (constant 1.5 MiB, exact for the maps
+quantised to 2^16 levels, see its docstring) by default, and into ``PixelMaps`` with ``--exact-metrics``:
+every pixel's float32 score kept (4 bytes per pixel, 8 per defect pixel), the metrics then adding 8 per
+defect pixel and a few MiB. Measured (bench/bench_metrics.py, 192 maps of 400 px, 1.2 % defect pixels): a
+peak of 4.3 bytes per pixel for either (the one-sort code before: 36 and 41).
 
 ``METRICS`` is the one table of the reported metrics (key, title, short name, direction) that evaluation,
 the benchmark tables, the CLI and the reports read. A new metric touches this file only: a row in ``METRICS``
-and its value in ``curve_values`` (a curve metric of image scores and pixels alike) or ``_pixel_values``
-(pixel only, like AUPRO); everything that prints or tabulates metrics follows the table.
+and its formula in ``CurveSums`` (every curve metric of image scores and pixels alike, AUPRO included, for
+whole curves and the exact pixel sweep's blocks); everything that prints or tabulates metrics follows the
+table.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +94,17 @@ def _check(scores: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarra
     return scores, labels
 
 
+def _score_keys(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys of float32 scores in the same order; equal floats (-0.0 and 0.0 too) give equal keys."""
+    bits = (scores + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0: one key for zero
+    return np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+
+
+def _key_scores(keys: np.ndarray) -> np.ndarray:
+    """The float32 scores of uint32 ``_score_keys`` (zero comes back as +0.0)."""
+    return np.where(keys >> np.uint32(31), keys & np.uint32(0x7FFFFFFF), ~keys).view(np.float32)
+
+
 def sort_descending(scores: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores sorted high to low and the uint32 payload carried along (order inside ties unspecified).
 
@@ -97,15 +116,11 @@ def sort_descending(scores: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray
     if scores.dtype != np.float32:
         order = np.argsort(scores, kind="quicksort")[::-1]
         return scores[order], payload[order]
-    bits = (scores + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0: one key for zero
-    key32 = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    keys = (key32.astype(np.uint64) << np.uint64(32)) | payload
-    del key32
+    keys = (_score_keys(scores).astype(np.uint64) << np.uint64(32)) | payload
     keys.sort()
     keys = keys[::-1]
-    hi = (keys >> np.uint64(32)).astype(np.uint32)
-    back = np.where(hi >> np.uint32(31), hi & np.uint32(0x7FFFFFFF), ~hi)
-    return back.view(np.float32), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    back = _key_scores((keys >> np.uint64(32)).astype(np.uint32))
+    return back, (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def binary_curve(scores: np.ndarray, labels: np.ndarray, payload: np.ndarray | None = None) -> Curve:
@@ -126,60 +141,110 @@ def binary_curve(scores: np.ndarray, labels: np.ndarray, payload: np.ndarray | N
                  ends if payload is not None else None)
 
 
-def auroc_from_curve(c: Curve) -> float:
-    """Trapezoid area under the ROC curve (exactly scikit-learn's roc_auc_score)."""
-    pos, neg = int(c.tps[-1]), int(c.fps[-1])
-    if pos == 0 or neg == 0:
-        return float("nan")
-    tpr = np.concatenate(([0.0], c.tps / pos))
-    fpr = np.concatenate(([0.0], c.fps / neg))
-    return float(np.trapezoid(tpr, fpr))
+class CurveSums:
+    """The metrics of a curve, given whole (``curve_values``) or block by block, highest threshold first
+    (the exact pixel sweep): every formula of the reported curve metrics lives here.
 
+    AUROC: trapezoid area under the ROC curve from (0, 0) (exactly scikit-learn's roc_auc_score). AP:
+    step-wise sum_n (R_n - R_{n-1}) P_n, not a trapezoid (scikit-learn's average_precision_score). F1-max
+    and the threshold reaching it (predict anomalous when score >= it; the first maximum). AUPRO (with
+    ``n_regions``, see ``add``): the PRO curve from (0, 0) to (1, 1), trapezoids up to FPR ``limit``,
+    interpolated at ``limit``, divided by ``limit``. A block's terms start from the last point of the block
+    before and are summed by numpy (pairwise); the block sums are added exactly (``math.fsum``), so one
+    block gives the plain whole-curve values (see ``pixel_metrics`` for several)."""
 
-def ap_from_curve(c: Curve) -> float:
-    """Step-wise average precision sum_n (R_n - R_{n-1}) P_n, as scikit-learn's average_precision_score."""
-    pos = int(c.tps[-1])
-    if pos == 0:
-        return float("nan")
-    precision = c.tps / (c.tps + c.fps)
-    recall = c.tps / pos
-    return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * precision))
+    def __init__(self, pos: int, neg: int, n_regions: int | None = None, limit: float = AUPRO_LIMIT) -> None:
+        self.pos, self.neg, self.n_regions, self.limit = pos, neg, n_regions, limit
+        self.roc = (0.0, 0.0)  # the last (FPR, TPR)
+        self.recall = 0.0
+        self.pro = (0.0, 0.0)  # the last (FPR, PRO)
+        self.roc_sums: list[float] = []
+        self.ap_sums: list[float] = []
+        self.pro_sums: list[float] = []
+        self.pro_tail: float | None = None  # set once the PRO curve passes FPR = limit
+        self.f1, self.threshold = -1.0, float("nan")
 
+    def add(self, thresholds: np.ndarray, tps: np.ndarray, fps: np.ndarray,
+            region_sums: np.ndarray | None = None) -> None:
+        """The next points: per distinct threshold (descending) the positives and negatives at or above it
+        and, for AUPRO, the sum of ``1 / region size`` over the defect pixels at or above it (PRO =
+        region_sums / n_regions)."""
+        pos, neg = self.pos, self.neg
+        if pos and neg:
+            tpr = np.concatenate(([self.roc[1]], tps / pos))
+            fpr = np.concatenate(([self.roc[0]], fps / neg))
+            self.roc_sums.append(float(np.trapezoid(tpr, fpr)))
+            self.roc = (fpr[-1], tpr[-1])
+        if pos:
+            precision = tps / (tps + fps)
+            recall = tps / pos
+            self.ap_sums.append(float(np.sum(np.diff(np.concatenate(([self.recall], recall))) * precision)))
+            self.recall = recall[-1]
+            denom = precision + recall
+            f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+            best = int(np.argmax(f1))
+            if f1[best] > self.f1:  # the first maximum, as np.argmax over the whole curve
+                self.f1, self.threshold = float(f1[best]), float(thresholds[best])
+        if self.n_regions and neg and self.pro_tail is None and region_sums is not None:
+            self._pro(np.minimum(fps / neg, 1.0), np.minimum(region_sums / self.n_regions, 1.0))
 
-def f1max_from_curve(c: Curve) -> tuple[float, float]:
-    """Best F1 over all thresholds and the threshold reaching it (predict anomalous when score >= it)."""
-    pos = int(c.tps[-1])
-    if pos == 0:
-        return float("nan"), float("nan")
-    precision = c.tps / (c.tps + c.fps)
-    recall = c.tps / pos
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-    best = int(np.argmax(f1))
-    return float(f1[best]), float(c.thresholds[best])
+    def _pro(self, fpr: np.ndarray, pro: np.ndarray) -> None:
+        """``integrate_to`` step by step: the trapezoids up to FPR = limit, then the interpolated piece."""
+        x, y = np.concatenate(([self.pro[0]], fpr)), np.concatenate(([self.pro[1]], pro))
+        inside = int(np.count_nonzero(x <= self.limit))  # a prefix: the FPR never decreases
+        self.pro_sums.append(float(np.trapezoid(y[:inside], x[:inside])))
+        if inside == x.size:
+            self.pro = (x[-1], y[-1])
+            return
+        x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
+        self.pro_tail = 0.0
+        if x0 < self.limit:
+            y_at = y0 + (y1 - y0) * (self.limit - x0) / (x1 - x0)
+            self.pro_tail = float(0.5 * (y0 + y_at) * (self.limit - x0))
+
+    def values(self, level: str) -> dict[str, float]:
+        """``{level}_auroc``, ``_ap``, ``_f1_max``, ``_f1_threshold`` (NaN where undefined), and ``aupro``
+        when regions were given (NaN without a normal pixel)."""
+        nan = float("nan")
+        out = {f"{level}_auroc": math.fsum(self.roc_sums) if self.pos and self.neg else nan,
+               f"{level}_ap": math.fsum(self.ap_sums) if self.pos else nan,
+               f"{level}_f1_max": self.f1 if self.pos else nan,
+               f"{level}_f1_threshold": self.threshold if self.pos else nan}
+        if self.n_regions is None:
+            return out
+        out["aupro"] = nan
+        if self.n_regions and self.neg:
+            if self.pro_tail is None:
+                self._pro(np.ones(1), np.ones(1))  # the curve's end point (1, 1)
+            area = math.fsum(self.pro_sums)
+            if self.pro_tail is not None:
+                area += self.pro_tail
+            out["aupro"] = float(area / self.limit)
+        return out
 
 
 def curve_values(c: Curve, level: str) -> dict[str, float]:
     """AUROC, AP, F1-max and its threshold of one curve as ``{level}_auroc`` ... (level: image or pixel):
     the one place these keys are built, for image scores and pixels alike."""
-    f1, thr = f1max_from_curve(c)
-    return {f"{level}_auroc": auroc_from_curve(c), f"{level}_ap": ap_from_curve(c), f"{level}_f1_max": f1,
-            f"{level}_f1_threshold": thr}
+    sums = CurveSums(int(c.tps[-1]), int(c.fps[-1]))
+    sums.add(c.thresholds, c.tps, c.fps)
+    return sums.values(level)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
-    return auroc_from_curve(binary_curve(scores, labels))
+    return curve_values(binary_curve(scores, labels), "x")["x_auroc"]
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Step-wise average precision (not a trapezoid); NaN without positives."""
-    return ap_from_curve(binary_curve(scores, labels))
+    return curve_values(binary_curve(scores, labels), "x")["x_ap"]
 
 
 def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(F1-max, threshold) over all thresholds."""
-    return f1max_from_curve(binary_curve(scores, labels))
+    v = curve_values(binary_curve(scores, labels), "x")
+    return v["x_f1_max"], v["x_f1_threshold"]
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,58 +258,6 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab, stats[:, cv2.CC_STAT_AREA].astype(np.int64)
 
 
-def region_ids(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel the id of its ground-truth region (0 for normal pixels, ids unique over all images),
-    and ``1 / size`` per id (index 0: 0). Regions are ``components`` of each image's mask."""
-    masks = np.asarray(masks, dtype=bool)
-    ids = np.zeros(masks.shape, dtype=np.uint32)
-    inv_sizes = [np.zeros(1)]
-    offset = 0
-    for i, m in enumerate(masks):
-        if not m.any():
-            continue
-        lab, sizes = components(m)
-        ids[i] = np.where(lab > 0, lab + offset, 0)
-        inv_sizes.append(1.0 / sizes[1:].astype(np.float64))
-        offset += sizes.size - 1
-    return ids, np.concatenate(inv_sizes)
-
-
-def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
-    """Trapezoid integral of y(x) for x in [x0, x_max], the curve interpolated linearly at x_max."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    inside = x <= x_max
-    area = float(np.trapezoid(y[inside], x[inside]))
-    last = int(np.flatnonzero(inside)[-1])
-    if x[last] < x_max and last + 1 < x.size:
-        x0, x1, y0, y1 = x[last], x[last + 1], y[last], y[last + 1]
-        y_at = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
-        area += float(0.5 * (y0 + y_at) * (x_max - x0))
-    return area
-
-
-def aupro_from_sums(fps: np.ndarray, region_sums: np.ndarray, n_regions: int,
-                    limit: float = AUPRO_LIMIT) -> float:
-    """Normalised area under the PRO curve up to FPR ``limit``.
-
-    Per distinct threshold (highest first): ``fps`` normal pixels at or above it, ``region_sums`` the sum
-    of ``1 / region size`` over the defect pixels at or above it (so PRO = region_sums / n_regions). The
-    curve gets the end points (0, 0) and (1, 1)."""
-    if n_regions == 0 or int(fps[-1]) == 0:
-        return float("nan")
-    fpr = np.concatenate(([0.0], np.minimum(fps / int(fps[-1]), 1.0), [1.0]))
-    pro = np.concatenate(([0.0], np.minimum(region_sums / n_regions, 1.0), [1.0]))
-    return float(integrate_to(fpr, pro, limit) / limit)
-
-
-def aupro_from_curve(c: Curve, inv_sizes: np.ndarray, limit: float = AUPRO_LIMIT) -> float:
-    """AUPRO from a pixel curve carrying region ids and ``1 / size`` per id (``region_ids``)."""
-    if inv_sizes.size <= 1:
-        return float("nan")
-    return aupro_from_sums(c.fps, np.cumsum(inv_sizes[c.payload])[c.ends], inv_sizes.size - 1, limit)
-
-
 def _check_maps(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     maps = np.asarray(maps)
     masks = np.asarray(masks, dtype=bool)
@@ -256,27 +269,217 @@ def _check_maps(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.ndar
     return maps, masks
 
 
-def _pixel_curve(maps: np.ndarray, masks: np.ndarray, what: str) -> tuple[Curve, np.ndarray]:
+_BLOCK = 1 << 15  # the exact sweep takes the next _BLOCK normal and _BLOCK defect scores at a time
+
+
+class _Positives:
+    """The defect pixels sorted by (score, region id), ascending. float32: one uint64 key each (the score's
+    order-preserving ``_score_keys`` above the region id), so a single in-place sort orders both; other
+    dtypes: float64 scores and uint32 ids, ordered by ``np.lexsort``."""
+
+    def __init__(self, keys: np.ndarray | None, scores: np.ndarray | None = None, ids: np.ndarray | None = None):
+        self.keys, self._scores, self._ids = keys, scores, ids
+        self.n = keys.size if keys is not None else scores.size
+
+    def scores(self, lo: int, hi: int) -> np.ndarray:
+        """The scores at sorted positions [lo, hi)."""
+        if self.keys is None:
+            return self._scores[lo:hi]
+        return _key_scores((self.keys[lo:hi] >> np.uint64(32)).astype(np.uint32))
+
+    def ids(self, lo: int, hi: int) -> np.ndarray:
+        """The region ids at sorted positions [lo, hi)."""
+        return self._ids[lo:hi] if self.keys is None else self.keys[lo:hi] & np.uint64(0xFFFFFFFF)
+
+    def below(self, thresholds: np.ndarray, end: int) -> np.ndarray:
+        """Per (ascending) threshold, how many of the first ``end`` positions score below it."""
+        arr, needles = self._scores, thresholds
+        if self.keys is not None:  # id 0 is no region: key << 32 is below every key of that score
+            arr, needles = self.keys, _score_keys(thresholds).astype(np.uint64) << np.uint64(32)
+        first = int(np.searchsorted(arr[:end], needles[0]))
+        return first + np.searchsorted(arr[first:end], needles)
+
+
+class _Store:
+    """A 1-D array filled part by part: straight into one buffer while the parts fit its capacity (a total
+    known in advance), the rest kept as parts and joined into one array when asked (so the join briefly
+    holds those parts twice)."""
+
+    def __init__(self, dtype: np.dtype, capacity: int = 0) -> None:
+        self.dtype = dtype
+        self.buf = np.empty(capacity, dtype)
+        self.n = 0
+        self.parts: list[np.ndarray] = []
+
+    def append(self, part: np.ndarray) -> None:
+        if not self.parts and self.n + part.size <= self.buf.size:
+            self.buf[self.n : self.n + part.size] = part
+            self.n += part.size
+        else:
+            self.parts.append(part if part.base is None else part.copy())  # never a view of the caller's maps
+
+    @property
+    def nbytes(self) -> int:
+        return self.buf.nbytes + sum(p.nbytes for p in self.parts)
+
+    def array(self) -> np.ndarray:
+        """Every value appended, in order, as one array (a view of the buffer)."""
+        if self.parts:
+            out = np.empty(self.n + sum(p.size for p in self.parts), self.dtype)
+            out[: self.n] = self.buf[: self.n]
+            self.buf, at = out, self.n
+            while self.parts:  # each part let go once copied
+                p = self.parts.pop(0)
+                out[at : at + p.size] = p
+                at += p.size
+            self.n = at
+        return self.buf[: self.n]
+
+
+class _PixelScores:
+    """Every pixel of (N, H, W) maps as the exact sweep needs it, the maps themselves not kept: the scores of
+    the normal pixels, and of the defect pixels with their ground-truth region (``components`` of each
+    image's mask; ids unique over all images as the images come, ``1 / size`` per id).
+
+    float32 (float16 widens exactly): 4 bytes per normal pixel and 8 per defect pixel (``_Positives``); any
+    other dtype is kept as float64 (8 and 12 bytes). The normal scores go into one buffer of ``n_neg``
+    (at most: the pixels announced); the defect pixels into one of ``n_pos`` when known, else per image,
+    joined once by ``sorted`` (16 bytes per defect pixel for that moment). ``sorted`` sorts them in place.
+    """
+
+    def __init__(self, dtype: type, n_neg: int, n_pos: int = 0) -> None:
+        self.dtype = np.dtype(dtype)
+        self.packed = self.dtype == np.float32
+        self.neg = _Store(self.dtype, n_neg)
+        self.pos = _Store(np.dtype(np.uint64) if self.packed else self.dtype, n_pos)  # packed keys, or scores
+        self.pos_ids = _Store(np.dtype(np.uint32), 0 if self.packed else n_pos)  # unpacked: the region ids
+        self.inv_sizes: list[np.ndarray] = [np.zeros(1)]  # index 0: normal pixels
+        self.n_regions = 0
+
+    def add(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        """Keep the pixels of (B, H, W) maps against their masks (already checked by ``_check_maps``)."""
+        for mp in maps:  # one image's temporaries at a time; nothing is kept before the batch is checked
+            if not np.isfinite(np.asarray(mp, self.dtype)).all():
+                raise DetectorError("pixel metrics: scores contain NaN or inf; check the model output")
+        for mp, m in zip(maps, masks):
+            mp = np.asarray(mp, self.dtype)
+            if not m.any():
+                self.neg.append(mp.ravel())
+                continue
+            lab, sizes = components(m)
+            self.neg.append(mp[~m])
+            ids = lab[m].astype(np.uint32) + np.uint32(self.n_regions)
+            if self.packed:
+                self.pos.append((_score_keys(mp[m]).astype(np.uint64) << np.uint64(32)) | ids)
+            else:
+                self.pos.append(mp[m])
+                self.pos_ids.append(ids)
+            self.inv_sizes.append(1.0 / sizes[1:].astype(np.float64))
+            self.n_regions += sizes.size - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.neg.nbytes + self.pos.nbytes + self.pos_ids.nbytes
+
+    def sorted(self) -> tuple[np.ndarray, _Positives]:
+        """The normal scores (ascending) and the defect pixels, each sorted in place."""
+        neg = self.neg.array()
+        neg.sort()
+        if self.packed:
+            keys = self.pos.array()
+            keys.sort()
+            return neg, _Positives(keys)
+        scores, ids = self.pos.array(), self.pos_ids.array()
+        order = np.lexsort((ids, scores))
+        scores[:], ids[:] = scores[order], ids[order]
+        return neg, _Positives(None, scores, ids)
+
+    def metrics(self, limit: float) -> dict[str, float]:
+        neg, pos = self.sorted()
+        return _sweep(neg, pos, np.concatenate(self.inv_sizes), self.n_regions, limit)
+
+
+def _sweep(neg: np.ndarray, pos: _Positives, inv_sizes: np.ndarray, n_regions: int,
+           limit: float) -> dict[str, float]:
+    """The pixel metrics of sorted scores, one block of distinct thresholds at a time (highest first).
+
+    A block: the next ``_BLOCK`` normal and defect scores, cut at the higher of their lowest (a tie never
+    splits); its thresholds are the distinct scores at or above the cut, and the counts at or above each
+    are found by binary search in the sorted scores, so a long run of equal scores costs no memory. The
+    weight sums of AUPRO (``1 / region size`` per defect pixel at or above) are running sums over the
+    defect pixels in the order of the packed keys, descending, the order ``binary_curve`` summed them in.
+    Temporaries: a few arrays of at most 2 * ``_BLOCK`` elements."""
+    n0, n1 = neg.size, pos.n
+    sums = CurveSums(n1, n0, n_regions, limit)
+    r0, r1 = n0, n1  # not swept yet: neg[:r0] and the positives' sorted positions [0, r1)
+    run = 0.0  # the weights of the defect pixels swept so far
+    while r0 or r1:
+        w0, w1 = neg[max(r0 - _BLOCK, 0) : r0], pos.scores(max(r1 - _BLOCK, 0), r1)
+        cut = None
+        if r0 > _BLOCK:
+            cut = w0[0]
+        if r1 > _BLOCK:
+            cut = w1[0] if cut is None else max(cut, w1[0])
+        if cut is not None:
+            w0, w1 = w0[np.searchsorted(w0, cut) :], w1[np.searchsorted(w1, cut) :]
+        t = np.concatenate((w0, w1))
+        t.sort(kind="stable")  # two sorted runs: one merge
+        t = t[np.append(t[1:] != t[:-1], True)] + t.dtype.type(0)  # distinct, ascending; -0.0 as 0.0
+        first = int(np.searchsorted(neg[:r0], t[0]))
+        below0 = first + np.searchsorted(neg[first:r0], t)
+        below1 = pos.below(t, r1)
+        need = r1 - below1  # per threshold: the block's defect pixels at or above it (descending)
+        region_sums = np.empty(t.size)
+        a, m = 0, int(need[0])
+        while True:  # the running weight sum, _BLOCK defect pixels at a time (a long tie included)
+            b = min(a + _BLOCK, m)
+            cs = np.cumsum(np.concatenate(([run], inv_sizes[pos.ids(r1 - b, r1 - a)[::-1]])))
+            sel = (need >= a) & (need <= b)
+            region_sums[sel] = cs[need[sel] - a]
+            run = float(cs[-1])
+            if b == m:
+                break
+            a = b
+        sums.add(t[::-1], (n1 - below1)[::-1], (n0 - below0)[::-1], region_sums[::-1])
+        r0, r1 = int(below0[0]), int(below1[0])
+    return sums.values("pixel")
+
+
+def _exact(maps: np.ndarray, masks: np.ndarray, limit: float, what: str) -> dict[str, float]:
     maps, masks = _check_maps(maps, masks, what)
-    ids, inv_sizes = region_ids(masks)
-    return binary_curve(maps, masks, payload=ids), inv_sizes
+    if maps.size == 0:
+        raise DetectorError(f"{what}: no scores to evaluate; the test split is empty")
+    n_pos = int(np.count_nonzero(masks))
+    scores = _PixelScores(np.float32 if maps.dtype in (np.float16, np.float32) else np.float64,
+                          maps.size - n_pos, n_pos)
+    scores.add(maps, masks)
+    return scores.metrics(limit)
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMIT) -> float:
     """AUPRO of (N, H, W) maps against (N, H, W) binary masks, normalised to [0, 1]."""
-    c, inv_sizes = _pixel_curve(maps, masks, "aupro")
-    return aupro_from_curve(c, inv_sizes, limit)
+    return _exact(maps, masks, limit, "aupro")["aupro"]
 
 
 def _pixel_values(c: Curve, region_sums: np.ndarray, n_regions: int, limit: float) -> dict[str, float]:
-    """The pixel metrics of a curve (and its per-threshold region weights, see ``aupro_from_sums``)."""
-    return {**curve_values(c, "pixel"), "aupro": aupro_from_sums(c.fps, region_sums, n_regions, limit)}
+    """The pixel metrics of a whole curve and its per-threshold region weight sums (``CurveSums.add``)."""
+    sums = CurveSums(int(c.tps[-1]), int(c.fps[-1]), n_regions, limit)
+    sums.add(c.thresholds, c.tps, c.fps, region_sums)
+    return sums.values("pixel")
 
 
 def pixel_metrics(maps: np.ndarray, masks: np.ndarray, limit: float = AUPRO_LIMIT) -> dict[str, float]:
-    """Pixel AUROC, AP, F1-max (+ threshold) and AUPRO from one sort of all pixel scores."""
-    c, inv_sizes = _pixel_curve(maps, masks, "pixel metrics")
-    return _pixel_values(c, np.cumsum(inv_sizes[c.payload])[c.ends], inv_sizes.size - 1, limit)
+    """Pixel AUROC, AP, F1-max (+ threshold) and AUPRO of (N, H, W) maps, exact (no binning).
+
+    The maps are not copied whole: their pixels go into a ``_PixelScores`` (4 bytes per normal pixel, 8
+    per defect pixel, float32 maps) sorted in place, then ``_sweep`` reads every metric off it with
+    temporaries of a few MiB. The curve is the one ``binary_curve`` gives for the pixels (thresholds,
+    counts, AUPRO weight sums, all bit for bit) and so are F1-max and its threshold. AUROC, AP and AUPRO
+    add the same terms, grouped by block: a block's pairwise sum, block sums added exactly. Every term is
+    >= 0 and each total <= 1, so either grouping is within about log2(terms) * 2^-53 < 5e-15 of the exact
+    sum, and they agree to 1e-14; with at most ``_BLOCK`` distinct scores (one block) they are identical.
+    """
+    return _exact(maps, masks, limit, "pixel metrics")
 
 
 LEVELS = 1 << 16  # PixelHistogram: scores in [0, 1] quantised to uint16 levels
@@ -299,8 +502,8 @@ class PixelHistogram:
     maps selects exactly the pixels counted at or above it. Against the float maps, quantising only turns
     scores that share a level into ties: pixel AUROC moves by at most ``auroc_bound`` (half the fraction of
     (defect, normal) pairs sharing a level), recorded with the metrics. AP, F1-max and AUPRO have no such
-    bound; they stay within 1e-3 in the tests and within 1e-4 on bench/bench_metrics.py's 200 maps. Image
-    metrics are not affected (one exact float per image).
+    bound; they stay within 1e-3 in the tests and within 1.1e-4 on bench/bench_metrics.py (192 maps of
+    400 px). Image metrics are not affected (one exact float per image).
     """
 
     def __init__(self) -> None:
@@ -375,37 +578,40 @@ class PixelHistogram:
 
 
 class PixelMaps:
-    """The exact fallback (``--exact-metrics``): every map kept as float32 (memory grows with the images:
-    5 bytes per pixel with the mask), then ``pixel_metrics`` with one sort of all scores."""
+    """The exact fallback (``--exact-metrics``): every pixel's float32 score kept, then the exact metrics of
+    ``pixel_metrics``. Not the maps: per image as it comes, its normal pixels' scores and its defect
+    pixels' scores packed with their region (``_PixelScores``). Held: 4 bytes per pixel announced (the
+    buffer is reserved at the first batch, as the maps were) and 8 per defect pixel; the metrics add 8 per
+    defect pixel (joining the per-image parts) and the sweep's few MiB. 4.3 bytes per pixel at the peak on
+    ``bench/bench_metrics.py`` (192 maps of 400 px; the code before kept every map and mask: 41)."""
 
     def __init__(self, n_images: int) -> None:
         self.n_images = n_images
         self.filled = 0
-        self.maps: np.ndarray | None = None
-        self.masks: np.ndarray | None = None
+        self.shape: tuple[int, ...] | None = None
+        self.pixels: _PixelScores | None = None
 
     def add(self, maps: np.ndarray, masks: np.ndarray) -> None:
-        """Store one batch of (B, H, W) maps and masks (allocated for every image at the first batch)."""
+        """Keep the pixels of one batch of (B, H, W) maps against their masks."""
         maps, masks = _check_maps(maps, masks, "pixel metrics")
-        if self.maps is None:
-            self.maps = np.zeros((self.n_images, *maps.shape[1:]), np.float32)
-            self.masks = np.zeros((self.n_images, *maps.shape[1:]), bool)
+        if self.pixels is None:  # every pixel announced may be normal
+            self.shape = maps.shape[1:]
+            self.pixels = _PixelScores(np.float32, self.n_images * math.prod(self.shape))
         end = self.filled + len(maps)
-        if end > self.n_images or maps.shape[1:] != self.maps.shape[1:]:
+        if end > self.n_images or maps.shape[1:] != self.shape:
             raise DetectorError(f"pixel metrics: batch {maps.shape} does not fit the {self.n_images} maps of "
-                                f"{self.maps.shape[1:]} announced")
-        self.maps[self.filled : end] = maps
-        self.masks[self.filled : end] = masks
+                                f"{self.shape} announced")
+        self.pixels.add(maps, masks)
         self.filled = end
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.maps is None else self.maps.nbytes + self.masks.nbytes
+        return 0 if self.pixels is None else self.pixels.nbytes
 
     def metrics(self, limit: float = AUPRO_LIMIT) -> dict[str, float]:
-        if self.maps is None:
+        if self.pixels is None or not self.filled:
             raise DetectorError("pixel metrics: no pixels were added; the test split is empty")
-        return pixel_metrics(self.maps[: self.filled], self.masks[: self.filled], limit)
+        return self.pixels.metrics(limit)
 
     def record(self) -> dict[str, object]:
         return {"method": "exact"}

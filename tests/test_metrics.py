@@ -285,7 +285,8 @@ def test_histogram_memory_does_not_grow_with_images():
     assert _held_bytes(acc) == start == acc.nbytes
     exact = metrics.PixelMaps(40)
     exact.add(maps, masks)
-    assert exact.nbytes == 40 * maps[0].size * 5  # the fallback: float32 map + bool mask per image
+    # the fallback: 4 bytes per pixel announced (a normal pixel's score), 8 per defect pixel (score + region)
+    assert exact.nbytes == 40 * maps[0].size * 4 + int(masks.sum()) * 8
 
 
 def test_histogram_clamps_counts_and_rejects_nan():
@@ -314,3 +315,153 @@ def test_exact_fallback_equals_pixel_metrics():
     assert exact.record() == {"method": "exact"}
     with pytest.raises(DetectorError, match="does not fit"):
         exact.add(maps[:1], masks[:1])
+
+
+# ---- the exact pixel sweep (issue 22): the previous code's results in bounded memory -------------------------
+
+
+def _previous_pixel_metrics(maps, masks, limit=0.3):
+    """The previous exact pixel metrics, restated from detector/metrics.py before issue 22: every pixel
+    sorted at once carrying its region id (``binary_curve``), the metrics read off the whole curve."""
+    masks = np.asarray(masks, bool)
+    ids, inv, offset = np.zeros(masks.shape, np.uint32), [np.zeros(1)], 0
+    for i, m in enumerate(masks):  # region_ids
+        if m.any():
+            lab, sizes = metrics.components(m)
+            ids[i] = np.where(lab > 0, lab + offset, 0)
+            inv.append(1.0 / sizes[1:].astype(np.float64))
+            offset += sizes.size - 1
+    inv = np.concatenate(inv)
+    c = metrics.binary_curve(maps, masks, payload=ids)
+    nan = float("nan")
+    pos, neg = int(c.tps[-1]), int(c.fps[-1])
+    out = {"pixel_auroc": nan, "pixel_ap": nan, "pixel_f1_max": nan, "pixel_f1_threshold": nan, "aupro": nan}
+    if pos and neg:  # auroc_from_curve
+        out["pixel_auroc"] = float(np.trapezoid(np.concatenate(([0.0], c.tps / pos)),
+                                                np.concatenate(([0.0], c.fps / neg))))
+    if pos:  # ap_from_curve, f1max_from_curve
+        precision, recall = c.tps / (c.tps + c.fps), c.tps / pos
+        out["pixel_ap"] = float(np.sum(np.diff(np.concatenate(([0.0], recall))) * precision))
+        denom = precision + recall
+        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+        best = int(np.argmax(f1))
+        out["pixel_f1_max"], out["pixel_f1_threshold"] = float(f1[best]), float(c.thresholds[best])
+    if inv.size > 1 and neg:  # aupro_from_sums, integrate_to
+        x = np.concatenate(([0.0], np.minimum(c.fps / neg, 1.0), [1.0]))
+        y = np.concatenate(([0.0], np.minimum(np.cumsum(inv[c.payload])[c.ends] / (inv.size - 1), 1.0), [1.0]))
+        inside = x <= limit
+        area = float(np.trapezoid(y[inside], x[inside]))
+        last = int(np.flatnonzero(inside)[-1])
+        if x[last] < limit and last + 1 < x.size:
+            x0, x1, y0, y1 = x[last], x[last + 1], y[last], y[last + 1]
+            area += float(0.5 * (y0 + (y0 + (y1 - y0) * (limit - x0) / (x1 - x0))) * (limit - x0))
+        out["aupro"] = float(area / limit)
+    return out
+
+
+def _sweep_cases():
+    """Detector-like maps, heavy ties across both classes, one long tie, signed zeros, odd edge cases."""
+    maps, masks = _smooth_case(11, n=6, size=28)
+    yield "smooth", maps, masks
+    yield "ties", np.round(maps * 20).astype(np.float32) / 20, masks
+    tie = maps.copy()
+    tie[:, 4:22] = 0.5  # a run of equal scores, defect pixels among them, far longer than a block
+    yield "long tie", tie, masks
+    zeros = maps - np.float32(0.5)
+    zeros[:, :6] = -0.0
+    zeros[:, 6:12] = 0.0
+    yield "signed zeros", zeros, masks
+    yield "constant", np.full(maps.shape, 0.25, np.float32), masks
+    yield "oracle", masks.astype(np.float32), masks
+    yield "no defect", maps, np.zeros_like(masks)
+    yield "all defect", maps[:2], np.ones_like(masks[:2])
+    yield "float64", np.exp(maps.astype(np.float64)), masks
+
+
+def _same(a, b):
+    return a == b or (np.isnan(a) and np.isnan(b))
+
+
+@pytest.mark.parametrize("block", [None, 16, 200])
+def test_exact_sweep_gives_the_previous_results(monkeypatch, block):
+    # one block (the default here): bit for bit. Several: the same curve and terms grouped by block, so
+    # F1-max and its threshold stay bit for bit and the sums agree to float rounding (1e-14)
+    if block:
+        monkeypatch.setattr(metrics, "_BLOCK", block)
+    for name, maps, masks in _sweep_cases():
+        got, ref = metrics.pixel_metrics(maps, masks), _previous_pixel_metrics(maps, masks)
+        assert list(got) == list(ref), name
+        for k in ("pixel_f1_max", "pixel_f1_threshold"):
+            assert _same(got[k], ref[k]), (name, k, got[k], ref[k])
+        for k in ("pixel_auroc", "pixel_ap", "aupro"):
+            assert _same(got[k], ref[k]) or abs(got[k] - ref[k]) <= 1e-14, (name, k, got[k], ref[k])
+            if block is None and name != "float64":  # float64 ties: the old argsort's order was unspecified
+                assert _same(got[k], ref[k]), (name, k, got[k], ref[k])
+        if block is None and name in ("smooth", "ties", "long tie"):
+            assert got["aupro"] == pytest.approx(_slow_aupro(maps, masks), abs=1e-12)
+            assert got["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+            assert got["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+        acc = metrics.PixelMaps(len(maps))  # the streaming fallback, in uneven batches: the same numbers
+        for a, b in ((0, 1), (1, 4), (4, len(maps))):
+            acc.add(maps[a:b], masks[a:b])
+        if maps.dtype == np.float32:
+            assert all(_same(acc.metrics()[k], got[k]) for k in got), name
+
+
+def test_exact_sweep_threshold_zero_is_positive_zero():
+    # -0.0 and 0.0 are one threshold, reported as 0.0 (as the packed sort did), never as -0.0
+    maps = np.array([[[-0.0, 0.0, -0.0, -1.0, -1.0, -2.0]]], np.float32)
+    masks = np.array([[[1, 1, 1, 0, 0, 0]]], bool)
+    for block in (2, 1 << 15):
+        metrics._BLOCK, saved = block, metrics._BLOCK
+        try:
+            got = metrics.pixel_metrics(maps, masks)
+        finally:
+            metrics._BLOCK = saved
+        assert got["pixel_f1_max"] == 1.0 and got["pixel_f1_threshold"] == 0.0
+        assert np.copysign(1.0, got["pixel_f1_threshold"]) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_sweep_matches_sklearn_on_random_cases(seed):
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(size=(6, 30, 30)).astype(np.float32)
+    masks = rng.random((6, 30, 30)) < rng.uniform(0.05, 0.5)
+    maps += masks * np.float32(rng.uniform(0, 1.5))
+    for block in (7, 1 << 15):
+        metrics._BLOCK, saved = block, metrics._BLOCK
+        try:
+            got = metrics.pixel_metrics(maps, masks)
+        finally:
+            metrics._BLOCK = saved
+        assert got["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+        assert got["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
+def _traced_peak(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_exact_pixel_metrics_memory_is_bounded():
+    # the previous code sorted every pixel at once with full-size temporaries: 46 (pixel_metrics) and
+    # 51 (PixelMaps, which kept every map and mask) bytes per pixel here. Now the normal pixels' scores
+    # (4 B), the defect pixels packed with their region (8 B) and the sweep's few MiB: 6.7 B/px at this size
+    maps, masks = _smooth_case(3, n=48, size=256)  # 3.1 M pixels
+    n = maps.size
+
+    def streamed():
+        acc = metrics.PixelMaps(len(maps))
+        for start in range(0, len(maps), 8):
+            acc.add(maps[start : start + 8], masks[start : start + 8])
+        return acc.metrics()
+
+    assert _traced_peak(lambda: metrics.pixel_metrics(maps, masks)) < 8 * n
+    assert _traced_peak(streamed) < 8 * n
