@@ -34,6 +34,7 @@ scores are kept. ``exact_metrics`` (``--exact-metrics``) keeps every float32 map
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -379,7 +380,7 @@ def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str
 def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sample]
                     ) -> tuple[dict[int, list[dict[str, Any]]] | None, str]:
     """The test images' caption regions by sample index (None when there are none) and a line saying so."""
-    from detector.captions import load_image_regions
+    from detector.captions import drop_changed, load_image_regions
 
     if not captions:
         return None, "naming accuracy: no caption dataset for the test images (pass --captions)"
@@ -387,13 +388,18 @@ def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sam
         by_id = load_image_regions(captions, class_name, "test")
     except DetectorError as exc:
         return None, f"naming accuracy: not computed ({exc})"
+    changed = drop_changed(by_id, samples, str(captions))  # edited since the build: left out, with a warning
+    if changed:
+        print(f"warning: {changed}", file=sys.stderr, flush=True)
+    changed = f"; {changed}" if changed else ""
     found = {i: by_id[s.id]["regions"] for i, s in enumerate(samples) if s.id in by_id}
     anomalous = [i for i, s in enumerate(samples) if s.label]
     if not any(i in found for i in anomalous):
         return None, (f"naming accuracy: {captions} holds no caption regions for these test images; build the "
-                      "captions over the test split (mfsc build) or pass --captions")
+                      f"captions over the test split (mfsc build) or pass --captions{changed}")
     missing = sum(i not in found for i in anomalous)
     extra = f"; {missing} anomalous images without caption regions left out" if missing else ""
+    extra += changed
     return found, f"naming accuracy: true components from the caption regions of {captions}{extra}"
 
 

@@ -381,10 +381,29 @@ def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir
         raise DetectorError(f"{where}: group names do not match the cached text features; retrain")
 
 
+def _usable_tensors(tensors: dict[str, torch.Tensor], ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor as float32, the dtype the detector computes its scores in (a checkpoint converted to float16
+    or bfloat16 would fail in a matmul), and finite: NaN or inf, stored under a valid checksum, would score every
+    image NaN without a word (an isfinite pass over tensors of a few MB at most)."""
+    out = {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise DetectorError(f"{ckpt_dir}: tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}, not "
+                                "floating point; retrain or restore the checkpoint")
+        t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise DetectorError(f"{ckpt_dir}: tensor {name!r} holds NaN or infinite values (saved so: its checksum "
+                                "matches); retrain or restore the checkpoint")
+        out[name] = t
+    return out
+
+
 def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> FineGrainedAD:
     """Rebuild a trained detector from its checkpoint folder (no pickles; bit-exact predictions)."""
     ckpt_dir = Path(ckpt_dir)
     tensors, meta = load_checkpoint(ckpt_dir)
+    tensors = _usable_tensors(tensors, ckpt_dir)
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DetectorError(f"{ckpt_dir}: checkpoint format {version!r}, this detector reads {FORMAT_VERSION}; "

@@ -208,6 +208,8 @@ def load_shots(config: TrainConfig) -> tuple[list[np.ndarray], list[str]]:
         samples = [s for s in samples if s.id not in left_out]
     shots = data.select_class_shots(samples, config.class_name, int(config.shots), int(config.seed),
                                     shots_file=config.shots_file)
+    if config.baseline != "promptad" and config.captions:  # the shots are the files the captions were built from
+        captions.check_shot_files(config.captions, config.class_name, shots)
     return data.load_images(shots), [s.file_name for s in shots]
 
 
@@ -307,6 +309,7 @@ def train_and_save(config: TrainConfig, progress: bool = True,
             from detector.model import load_detector
 
             discard_state(config)
+            _complete_card(out)
             if log is not None:
                 log(f"{out} already holds the checkpoint of this run (same settings, shots and captions); nothing "
                     "to train (--restart retrains)")
@@ -316,3 +319,14 @@ def train_and_save(config: TrainConfig, progress: bool = True,
         model.save(out)
         discard_state(config)
     return model
+
+
+def _complete_card(out: Path) -> None:
+    """A run killed between writing its checkpoint and the checkpoint's README.md: the rerun writes the card (and
+    drops the temporary file a kill inside that write left), so it ends as an uninterrupted run."""
+    from detector.model_card import CARD_FILE, write_card
+
+    for tmp in out.glob(f".{CARD_FILE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if not (out / CARD_FILE).is_file():
+        write_card(out)

@@ -1,7 +1,8 @@
 """The resumable state of one training run, kept in ``<out>.partial/`` beside the checkpoint folder.
 
 After every epoch the state is saved atomically (``checkpoint_io``'s format); rerunning the same command
-continues from there and writes a checkpoint bit-identical to an uninterrupted run; ``detector.train``
+continues from there and writes a checkpoint bit-identical to an uninterrupted run, whatever instant the kill hit
+(what a kill inside a save leaves is recognised as ours and undone, an old state moved aside put back); ``detector.train``
 removes the folder once the checkpoint is written (renamed aside first, so a kill never leaves half of it).
 A state written by another config, other shots or another caption record is refused (its fingerprint differs),
 never silently mixed in; the shots count by their pixels, so an image edited between a kill and the rerun is
@@ -23,7 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from detector.checkpoint_io import checkpoint_meta, is_checkpoint_folder, load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
-from fsad_data.atomic import clean_orphans, discard_folder
+from fsad_data.atomic import clean_orphans, discard_folder, leftovers, restore_set_aside
 
 if TYPE_CHECKING:
     from detector.train import TrainConfig
@@ -80,10 +81,24 @@ def discard_state(config: TrainConfig) -> None:
 
 
 def _check_own_state(d: Path) -> None:
-    """``<out>.partial`` is removed only when it holds nothing but this tool's state folders."""
-    if d.exists() and (not d.is_dir() or any(p.name not in (STATE, FEATURES) for p in d.iterdir())):
+    """``<out>.partial`` is used or removed only when it holds nothing but this tool's state folders and what a
+    run killed while replacing them left (``.state.old-PID-*``, ``.features.tmp-PID-*``): a kill at any instant
+    resumes with the same command, a user's file is never touched."""
+    if d.exists() and (not d.is_dir() or any(p.name not in _own_names(d) for p in d.iterdir())):
         raise DetectorError(f"{d} holds files that are not a training state of `detector train`; it is never "
                             "deleted: move it away or choose another --out")
+
+
+def _own_names(d: Path) -> set[str]:
+    return {STATE, FEATURES, *(p.name for name in (STATE, FEATURES) for p in leftovers(d / name))}
+
+
+def _recover(d: Path) -> None:
+    """Undo what a killed save left: the old state put back if it was moved aside without the new one moved
+    in (one epoch lost, not all), then the temporary and set-aside folders of dead runs removed."""
+    restore_set_aside(d / STATE)
+    for name in (STATE, FEATURES):
+        clean_orphans(d / name)
 
 
 def optim_state(opt: Optimizer, sched: LRScheduler) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -124,6 +139,7 @@ class ResumableState:
         self.tensors: dict[str, Tensor] = {}
         self.optim: dict[str, Any] | None = None
         _check_own_state(self.dir)
+        _recover(self.dir)
         clean_orphans(self.dir)
         if config.restart:
             discard_folder(self.dir)

@@ -8,7 +8,8 @@ replaced one), not ``mkstemp``'s 0600. A folder is built complete under a tempor
 (``.NAME.tmp-PID-XXXX``), the old one is moved aside (``.NAME.old-PID-XXXX``), the new one swapped in, the old
 one removed; what a killed run leaves is named after its process id and removed by the next run.
 
-Errors are plain ``OSError``: each caller says in its own words what to do (free space, rerun).
+Errors are plain ``OSError``, naming the file being written (a failed write or fsync names none by itself):
+each caller says in its own words what to do (free space, rerun).
 """
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a write or fsync names no file (a full disk): name the one being written, so the error says where
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -174,6 +178,34 @@ def clean_orphans(target: str | Path) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+def leftovers(target: str | Path) -> list[Path]:
+    """The temporary and set-aside folders of ``target`` (any run's, alive or not): what a caller that owns the
+    folder around ``target`` recognises as its own."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(_ORPHAN_RE.format(name=re.escape(target.name)))
+    return sorted(p for p in target.parent.iterdir() if pattern.match(p.name) and p.is_dir())
+
+
+def restore_set_aside(target: str | Path) -> bool:
+    """Put back the old ``target`` that a run killed inside :func:`swap_folder` moved aside before it could move
+    the new one in (``target`` missing, ``.NAME.old-PID-XXXX/previous`` complete): the swap's promise is the old
+    folder or the new one, and :func:`clean_orphans` would delete the only copy. Returns whether it did."""
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return False
+    pattern = re.compile(_ORPHAN_RE.format(name=re.escape(target.name)))
+    for p in leftovers(target):
+        m = pattern.match(p.name)
+        if m and p.name.startswith(f".{target.name}.old-") and not _alive(int(m.group(1))) \
+                and (p / "previous").is_dir():
+            os.replace(p / "previous", target)
+            _fsync_dir(target.parent)
+            return True
+    return False
 
 
 def _new_sibling(target: Path, kind: str) -> Path:
