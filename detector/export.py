@@ -42,6 +42,7 @@ from detector.runtime import (
     FORMATS,
     GRAPH_FILES,
     INPUT_NAME,
+    MAX_RESOLUTION,
     OPENVINO_MISSING,
     OUTPUT_NAMES,
 )
@@ -119,7 +120,18 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
     ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else 256,
     as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
+    ``out`` is locked for the run (``detector.outputs.output_lock``: a second export into it is refused at once),
+    and a write error that names no file (a full disk) names it.
     """
+    from detector.outputs import naming_folder, output_lock
+
+    out = Path(out)
+    lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
+    with output_lock(lock_at, "detector export"), naming_folder(out):
+        return _export(checkpoint, fmt, out, precision, resolution)
+
+
+def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
     from detector.api import DEFAULT_RESOLUTION, read_thresholds
     from detector.checkpoint_io import checkpoint_info, checkpoint_meta
     from detector.hub import resolve_checkpoint
@@ -138,7 +150,6 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
             import openvino  # noqa: F401
         except ImportError as exc:
             raise DetectorError(OPENVINO_MISSING) from exc
-    out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_JSON).is_file())):
         raise DetectorError(f"{out} exists and is not an earlier export (no {EXPORT_JSON}); choose a new or empty "
                             "folder for --out")
@@ -146,8 +157,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
     meta = checkpoint_meta(ckpt)
     thresholds = read_thresholds(ckpt)
     res = int(resolution or (thresholds or {}).get("resolution") or DEFAULT_RESOLUTION)
-    if res < 8:
-        raise DetectorError(f"--resolution {res}: use at least 8 pixels")
+    if not 8 <= res <= MAX_RESOLUTION:  # the runtime refuses an export.json outside these (detector.runtime)
+        raise DetectorError(f"--resolution {res}: use from 8 to {MAX_RESOLUTION} pixels")
     if thresholds and thresholds.get("resolution") not in (None, res):
         thresholds = None  # picked at another resolution: not valid for these maps
     model = load_detector(ckpt, device="cpu", precision="fp32")

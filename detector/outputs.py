@@ -2,8 +2,8 @@
 
 ``eval``, ``predict``, ``benchmark`` and ``train`` use these instead of each their own; the files are written
 through ``fsad_data.atomic`` (one temporary name, fsync, rename), so a crash never leaves half a table.
-``output_lock`` is the one lock of the detector's commands: one run per ``--out`` (train, benchmark) and per
-benchmark cell.
+``output_lock`` is the one lock of the detector's commands: one run per ``--out`` (train, benchmark, predict,
+export) and per benchmark cell; ``naming_folder`` makes a write error that names no file name the ``--out``.
 """
 from __future__ import annotations
 
@@ -71,6 +71,19 @@ def output_lock(out: str | Path, command: str = "detector train", name: str | No
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def naming_folder(out: str | Path) -> Iterator[None]:
+    """An ``OSError`` that names no file (a library's own write on a full disk; ``fsad_data.atomic`` names its
+    files itself) raised inside is raised again naming ``out``, the folder being written, so the CLI's line says
+    where: "No space left on device: OUT; check that path ..."."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        raise
 
 
 def progress(enabled: bool, total: int, what: str) -> Step:

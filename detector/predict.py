@@ -15,10 +15,18 @@ For each input image (files, or folders searched recursively, sorted) it writes 
   sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
 An image's ``name`` (scores.csv) is its path relative to the common folder of the inputs, extension kept
 (``x.jpg``, ``sub/x.png``): unique, the same on every run. Its files are named by ``output_stems``: the name
-without its extension (``good/000.png`` -> ``overlays/good/000.png``). Images are decoded with
-``fsad_data.load_rgb`` (RGB) and processed in batches; one batch of images is held in memory at a time.
+without its extension (``good/000.png`` -> ``overlays/good/000.png``; a file name too long for the file system
+is shortened, with a hash of the name). Images are decoded with ``fsad_data.load_rgb`` (RGB) and processed in
+batches; one batch of images is held in memory at a time.
 
-OUT is ours only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
+Large images are scored, not refused: one of more than ``MAX_IMAGE_PIXELS`` pixels (a line-scan frame, a 12000 x
+12000 picture) is decoded reduced by a whole factor to at most that many (``load_rgb(..., max_pixels=)``: JPEG
+scaled while decoding, other formats box-averaged), the model sees that copy (it works at its fixed input size
+either way) and its map, mask, regions, overlay and defect boxes are at that size. scores.csv/json record the
+file's own ``width`` and ``height`` and the ``scale`` of its files (1.0, or e.g. 0.333 for a third of each side).
+
+OUT is locked for the run (``detector.outputs.output_lock``: a second run into it is refused at once). OUT is ours
+only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
 ``PREDICT_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
 temporary folder beside OUT and swapped in at the end, so a rerun never leaves an earlier run's maps beside this
 one's and a kill or Ctrl-C leaves the previous OUT whole. Files under OUT (and its temporary siblings) are never
@@ -26,6 +34,7 @@ read as inputs (``predict DIR --out DIR/sub``), and an input inside OUT is refus
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -37,7 +46,6 @@ import numpy as np
 
 from detector import outputs, report
 from detector.checkpoint_io import checkpoint_info, checkpoint_meta
-from detector.data import load_images
 from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingConfig
 from detector.errors import DetectorError
 from detector.evaluate import Predictor
@@ -51,10 +59,13 @@ from fsad_data.atomic import (
     write_json_atomic,
     write_png_atomic,
 )
-from fsad_data.images import is_image_file
+from fsad_data.images import image_size, is_image_file, load_rgb
 
 PREDICT_FORMAT = "finegrained-ad-predictions"  # scores.json's tag: an --out this command may replace
 SCORES_JSON = "scores.json"
+MAX_IMAGE_PIXELS = 25_000_000  # an image of more pixels (above a 20 MP camera frame) is decoded reduced to this
+MAX_NAME_BYTES = 200  # an output file's stem, in UTF-8 bytes: with "_jpeg", "-k", ".npy" and the atomic write's
+#                       temporary name (+14) it stays within the 255 bytes of a file name
 
 
 @dataclass
@@ -169,6 +180,9 @@ def output_stems(names: list[str]) -> list[str]:
     """The stem of each image's files in OUT (``overlays/<stem>.png``, ``maps/<stem>.npy``): its name without
     the extension (``good/000.png`` -> ``good/000``), so no file reads ``000.png.png``.
 
+    A file name whose stem is longer than ``MAX_NAME_BYTES`` (UTF-8) is cut there and ends with ``~`` and 12
+    hex digits of the SHA-256 of the whole name (``<first 187 bytes>~3f2c1b9e0d4a``): valid on the file system
+    and the same on every run.
     Names that would share a stem keep their extension in it (``x.jpg`` and ``x.png`` -> ``x_jpg``, ``x_png``);
     one still taken (an input named ``x_jpg.png``, which keeps ``x_jpg``), or whose file would be a folder of
     another's (``x.png`` beside a folder ``x.png/``), gets ``-2``, ``-3``, ... Stems are compared case-folded, so
@@ -177,7 +191,8 @@ def output_stems(names: list[str]) -> list[str]:
     """
     def split(name: str) -> tuple[str, str]:
         base = name.rsplit("/", 1)[-1]
-        return (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in base.lstrip(".") else (name, "")
+        plain, ext = (name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]) if "." in base.lstrip(".") else (name, "")
+        return _short_stem(plain, name), ext
 
     parts = [split(n) for n in names]
     folders = {"/".join(n.split("/")[:k]).casefold() for n in names for k in range(1, n.count("/") + 1)}
@@ -203,6 +218,24 @@ def output_stems(names: list[str]) -> list[str]:
         stems[i] = candidate
         taken.add(candidate.casefold())
     return [s for s in stems if s is not None]
+
+
+def _short_stem(plain: str, name: str) -> str:
+    """``plain`` with its last component cut to ``MAX_NAME_BYTES`` (UTF-8, whole characters) and marked with a hash
+    of ``name`` when it is longer; as it is otherwise."""
+    folder, sep, last = plain.rpartition("/")
+    size = len(last.encode("utf-8", "surrogateescape"))
+    if size <= MAX_NAME_BYTES:
+        return plain
+    tag = "~" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    keep, used = [], 0
+    for ch in last:
+        n = len(ch.encode("utf-8", "surrogateescape"))
+        if used + n > MAX_NAME_BYTES - len(tag):
+            break
+        keep.append(ch)
+        used += n
+    return f"{folder}{sep}{''.join(keep)}{tag}"
 
 
 def output_file(kind: str, stem: str) -> str:
@@ -265,22 +298,24 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
         for start in range(0, len(items), max(1, batch_size)):
             batch = items[start : start + batch_size]
             if on_error == "skip":
-                batch, images = _readable(batch, skipped)
+                batch, images, sizes = _readable(batch, skipped)
                 if not batch:
                     bar(len(items[start : start + batch_size]))
                     continue
             else:
-                images = load_images([p for _, p in batch])
+                images, sizes = _load_images([p for _, p in batch])
             if naming is not None:
                 pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size,
                                      tokens=True)
             else:
                 pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
-            for j, ((name, path), img, score, amap) in enumerate(zip(batch, images, pred.scores, pred.maps)):
-                full = map_to_image_size(amap, img.shape[0], img.shape[1])
+            for j, ((name, path), img, (width, height), score, amap) in enumerate(
+                    zip(batch, images, sizes, pred.scores, pred.maps)):
+                full = map_to_image_size(amap, img.shape[0], img.shape[1])  # the decoded size: bounded
                 lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
-                row: dict[str, Any] = {"name": name, "path": str(path), "width": img.shape[1],
-                                       "height": img.shape[0], "score": float(score), "map_max": float(amap.max())}
+                row: dict[str, Any] = {"name": name, "path": str(path), "width": width, "height": height,
+                                       "scale": round(img.shape[1] / width, 6), "score": float(score),
+                                       "map_max": float(amap.max())}
                 if thresholds.image is not None:
                     row["anomalous"] = bool(score >= thresholds.image)
                 if thresholds.pixel is not None:
@@ -312,7 +347,7 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
         if scratch is not None:  # second pass: overlays on one colour scale for the run, one image at a time
             for k, row in enumerate(rows):
                 amap = np.load(Path(scratch.name) / f"{k}.npy")
-                _write_overlay(out / row["overlay"], load_images([row["path"]])[0], amap, (lo, hi), row,
+                _write_overlay(out / row["overlay"], _load_images([row["path"]])[0][0], amap, (lo, hi), row,
                                thresholds.image, named[k] if naming is not None else None, out)
     finally:
         if scratch is not None:
@@ -372,20 +407,33 @@ def summary_line(rows: list[dict[str, Any]], out: Path) -> str:
     return f"{', '.join(parts)}; in {out}: {', '.join(files)}"
 
 
-def _readable(batch: list[tuple[str, Path]], skipped: list[dict[str, str]]) -> tuple[list[tuple[str, Path]],
-                                                                                     list[np.ndarray]]:
-    """The items of ``batch`` whose image decodes, with their pixels; the others appended to ``skipped``."""
+def _load_images(paths: list[str | Path]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """The RGB pixels of each file, reduced to at most ``MAX_IMAGE_PIXELS`` (``fsad_data.load_rgb``), and the
+    file's own (width, height)."""
+    images, sizes = [], []
+    for p in paths:
+        images.append(load_rgb(p, max_pixels=MAX_IMAGE_PIXELS))
+        sizes.append(image_size(p))  # the header: the file's own size, also of an image decoded reduced
+    return images, sizes
+
+
+def _readable(batch: list[tuple[str, Path]], skipped: list[dict[str, str]]) -> tuple[
+        list[tuple[str, Path]], list[np.ndarray], list[tuple[int, int]]]:
+    """The items of ``batch`` whose image decodes, with their pixels and own sizes; the others appended to
+    ``skipped``."""
     from fsad_data import DataError
 
-    kept, images = [], []
+    kept, images, sizes = [], [], []
     for name, path in batch:
         try:
-            images.append(load_images([path])[0])
+            (img,), (size,) = _load_images([path])
         except DataError as exc:
             skipped.append({"path": str(path), "error": str(exc)})
             continue
         kept.append((name, path))
-    return kept, images
+        images.append(img)
+        sizes.append(size)
+    return kept, images, sizes
 
 
 def _label_png(labels: np.ndarray) -> np.ndarray:
@@ -400,12 +448,19 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def run_predict(config: PredictConfig) -> ScoredRows:
-    """``detector predict``: load the checkpoint (or export, local or Hub) once, then score every input image."""
-    from detector.hub import resolve_checkpoint
-
+    """``detector predict``: load the checkpoint (or export, local or Hub) once, then score every input image.
+    OUT is locked for the run (a second run into it is refused at once, naming it); a write error that names no
+    file (a full disk) names OUT."""
     out = Path(config.out)
     if out.is_symlink() and out.is_dir():
         out = out.resolve()  # the folder the link names is the output (staged_folder replaces it there)
+    with outputs.output_lock(out, "detector predict"), outputs.naming_folder(out):
+        return _run_predict(config, out)
+
+
+def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
+    from detector.hub import resolve_checkpoint
+
     check_predict_out(out, list(config.inputs))
     clean_orphans(out)  # what a killed run left beside OUT (never read as inputs either way)
     ckpt = resolve_checkpoint(config.checkpoint)

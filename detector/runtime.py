@@ -9,6 +9,12 @@ uint8 pixels as the PyTorch path and gives the same scores and maps.
 
 An export folder holds ``export.json`` (``ExportSpec`` fields, written by ``detector.export``) and the
 graph: ``model.onnx`` (ONNX) or ``model.xml`` + ``model.bin`` (OpenVINO IR).
+
+``export.json`` can be hand-edited or crafted, and its numbers size the buffers here (an input size of 60000 is
+60000 x 60000 pixels an image), so ``read_spec`` bounds what it may cost before anything is built: the file's
+size before reading (``MAX_SPEC_BYTES``), its nesting while parsing (as ``detector.validate.read_json``, without
+that module's pydantic import), and every value this module reads, by type and range (``MAX_INPUT_SIZE``,
+``MAX_RESOLUTION``), each refused in one line naming the file and the key. The graph's own input size must match.
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ FORMATS = ("onnx", "openvino")
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "maps")
+MAX_SPEC_BYTES = 1 << 20  # export.json is about 2 kB; a megabyte is no export of ours
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048  # the backbone's square input (CLIP towers: 224 to 518 px)
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # the maps' side R: (B, R, R) float32, 64 MiB an image at the limit
 OPENVINO_MISSING = ("OpenVINO is not installed: pip install openvino (or the project's extra: "
                     "pip install 'finegrained-ad[openvino]')")
 
@@ -47,19 +56,56 @@ def read_spec(folder: Path) -> dict[str, Any]:
         raise DetectorError(f"{path} not found: {folder} is not an export folder; run `detector export "
                             "--checkpoint CKPT --format onnx --out DIR` and pass DIR")
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise DetectorError(f"{path}: {size} bytes is too big for an {EXPORT_JSON} (limit {MAX_SPEC_BYTES}); "
+                                "export again")
+        spec = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DetectorError(f"cannot read {path}: {exc.strerror or exc}; export again") from None
+    except RecursionError:
+        raise DetectorError(f"{path} nests its values too deep to be an export of this tool; export again") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DetectorError(f"{path} is not valid JSON ({exc}); export again") from exc
+        raise DetectorError(f"{path} is not valid JSON ({exc}); export again") from None
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
         raise DetectorError(f"{path} is not a FineGrainedAD export (format != {EXPORT_FORMAT!r}); export again")
     if spec.get("format_version") != EXPORT_VERSION:
         raise DetectorError(f"{path}: export format_version {spec.get('format_version')!r}, this runtime reads "
                             f"{EXPORT_VERSION}; export again with this version")
     inp = spec.get("input")
-    if spec.get("engine") not in FORMATS or not isinstance(inp, dict) or not isinstance(inp.get("size"), list) \
-            or not isinstance(spec.get("resolution"), int):
+    if spec.get("engine") not in FORMATS or not isinstance(inp, dict) or "size" not in inp \
+            or "resolution" not in spec:
         raise DetectorError(f"{path}: engine, input.size or resolution missing; export again")
+    _check_values(spec, path)
     return spec
+
+
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    return type(value) is int and lo <= value <= hi  # not bool, not 64.0
+
+
+def _check_values(spec: dict[str, Any], path: Path) -> None:
+    """Every value of ``spec`` this module or ``detector predict`` reads, by type and range; one line naming the
+    key otherwise (before any buffer is sized by it)."""
+    def bad(key: str, value: Any, expected: str) -> DetectorError:
+        text = repr(value)
+        return DetectorError(f"{path}: {key} {text if len(text) <= 60 else text[:57] + '...'}: expected "
+                             f"{expected}; export again")
+
+    inp = spec["input"]
+    size = inp["size"]
+    if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1]
+            and all(_whole(v, MIN_INPUT_SIZE, MAX_INPUT_SIZE) for v in size)):
+        raise bad("input.size", size, f"[S, S], S a whole number from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} "
+                  "(the backbone's square input)")
+    if not _whole(spec["resolution"], MIN_RESOLUTION, MAX_RESOLUTION):
+        raise bad("resolution", spec["resolution"], f"a whole number from {MIN_RESOLUTION} to {MAX_RESOLUTION}")
+    resize = inp.get("resize", {})
+    if not isinstance(resize, dict) or not isinstance(resize.get("interpolation", "bicubic"), str):
+        raise bad("input.resize", resize, 'a mapping with "interpolation": "bicubic" or "bilinear"')
+    for key, kinds in (("branch", str), ("precision", str), ("checkpoint_meta", dict)):
+        if spec.get(key) is not None and not isinstance(spec[key], kinds):
+            raise bad(key, spec[key], "a mapping" if kinds is dict else "text")
 
 
 class ExportedModel:
@@ -128,6 +174,7 @@ def _onnx_runner(graph: Path, threads: int | None) -> Any:
         s, m = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return s, m
 
+    run.input_shape = list(session.get_inputs()[0].shape)  # type: ignore[attr-defined]  # ["batch", S, S, 3]
     return run
 
 
@@ -150,6 +197,11 @@ def _openvino_runner(graph: Path, device: str, threads: int | None, precision: s
         res = compiled({INPUT_NAME: x})
         return res[outputs[0]], res[outputs[1]]
 
+    try:
+        run.input_shape = [d.get_length() if d.is_static else None  # type: ignore[attr-defined]
+                           for d in compiled.input(INPUT_NAME).get_partial_shape()]
+    except (AttributeError, RuntimeError, TypeError):  # an OpenVINO without these calls: checked when it runs
+        run.input_shape = None  # type: ignore[attr-defined]
     return run
 
 
@@ -177,4 +229,9 @@ def load_exported(folder: str | Path, engine: str | None = None, device: str = "
     else:
         run = _openvino_runner(graph, "CPU" if device == "cpu" else device, threads,
                                str(spec.get("precision", "fp32")))
+    shape = getattr(run, "input_shape", None)
+    if isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[1:3]) \
+            and list(shape[1:3]) != list(spec["input"]["size"]):
+        raise DetectorError(f"{folder / EXPORT_JSON}: input.size {spec['input']['size']} but {graph.name} takes "
+                            f"{shape[1]} x {shape[2]} images; the folder mixes two exports: export again")
     return ExportedModel(folder, spec, engine, run)

@@ -82,11 +82,12 @@ _HELPER = re.compile(r"^\.(?P<name>.+?)(?:\.(?:tmp|old)-\d+-[0-9a-f]+|\.[0-9a-f]
 
 
 def user_path(filename: str | bytes | os.PathLike) -> str:
-    """The path a user gave for a helper file of ours (``.out.tmp-123-ab12cd34`` -> ``out``), so an error names
-    the folder the user knows; any other path as it is."""
+    """The path a user gave for a helper file of ours (``.out.tmp-123-ab12cd34`` -> ``out``, also inside a path:
+    ``.out.tmp-123-ab12cd34/maps/x.npy`` -> ``out/maps/x.npy``), so an error names the folder the user knows;
+    any other path as it is."""
     path = Path(os.fsdecode(filename))
-    m = _HELPER.match(path.name)
-    return str(path.with_name(m["name"])) if m else str(path)
+    parts = [m["name"] if (m := _HELPER.match(part)) else part for part in path.parts]
+    return str(Path(*parts)) if parts else str(path)
 
 
 def say(message: str, style: str) -> None:

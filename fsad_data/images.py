@@ -13,11 +13,19 @@ Conversions (Pillow decodes; one rule per case so results are the same on every 
 EXIF orientation is NOT applied: masks are stored in the pixel order of their images, and rotating one
 without the other would misalign them.
 
+Large images: ``load_rgb(path, max_pixels=N)`` decodes an image of more than N pixels reduced by the smallest
+whole factor k that brings it to N or fewer (``ceil(W/k) x ceil(H/k)``), for a caller that works at a fixed small
+size (``detector predict``): a JPEG is scaled while it is decoded (Pillow's ``draft``, DCT scaling by 1/2, 1/4
+or 1/8), then every format is box-averaged over k x k blocks (Pillow's ``reduce``) band by band after the rules
+above, so the memory is Pillow's decoded copy (at most 4 bytes a pixel under its bomb limit) plus the result,
+never the full-size RGB array and its temporaries.
+
 Masks: any value > 0 is defect (VisA masks hold small label values, MVTec-AD masks 0/255); a palette mask is
 read as its indices (a label map), colour masks count a pixel when any colour channel is > 0.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -46,8 +54,10 @@ def _check_file(path: Path, what: str) -> None:
         )
 
 
-def _open(path: Path, what: str):
-    """Open and fully decode with Pillow, turning every decoder failure into a DataError naming the file."""
+def _open(path: Path, what: str, max_pixels: int | None = None):
+    """Open and fully decode with Pillow, turning every decoder failure into a DataError naming the file.
+    ``max_pixels``: a JPEG of more pixels is scaled while decoding (``draft``), to no fewer than the reduced size
+    ``reduction`` gives; ``im.info["original_size"]`` keeps the file's (W, H)."""
     from PIL import Image
 
     _check_file(path, what)
@@ -55,7 +65,12 @@ def _open(path: Path, what: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(path)
+            original = im.size
+            k = reduction(*original, max_pixels)
+            if k > 1 and im.format == "JPEG":
+                im.draft(None, (-(-original[0] // k), -(-original[1] // k)))
             im.load()  # forces the full decode: truncated files fail here, not later
+        im.info["original_size"] = original
         return im
     except DataError:
         raise
@@ -75,20 +90,24 @@ def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
     return (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
 
 
-def _float_to_eight(arr: np.ndarray) -> np.ndarray:
+def _float_to_eight(arr: np.ndarray, unit: bool | None = None) -> np.ndarray:
+    """``unit``: whether the whole image lies in [0, 1] (None: decided from ``arr``; a band passes the image's)."""
     arr = np.nan_to_num(arr.astype(np.float64))
-    if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+    if unit is None:
+        unit = bool(arr.size and arr.min() >= 0.0 and arr.max() <= 1.0)
+    if unit:
         arr = arr * 255.0
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def to_rgb_array(im) -> np.ndarray:
-    """Convert a decoded Pillow image to an (H, W, 3) uint8 RGB array by the rules in the module docstring."""
+def to_rgb_array(im, float_unit: bool | None = None) -> np.ndarray:
+    """Convert a decoded Pillow image to an (H, W, 3) uint8 RGB array by the rules in the module docstring.
+    ``float_unit``: for a band of a float image, whether the whole image lies in [0, 1] (None: this one)."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
         gray = _sixteen_to_eight(np.asarray(im))
     elif mode == "F":
-        gray = _float_to_eight(np.asarray(im))
+        gray = _float_to_eight(np.asarray(im), float_unit)
     else:
         if mode != "RGB":
             with warnings.catch_warnings():
@@ -106,16 +125,52 @@ def _check_side(path: Path, width: int, height: int, min_side: int) -> None:
         )
 
 
-def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> np.ndarray:
+def load_rgb(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int | None = None) -> np.ndarray:
     """Load any PNG/JPEG/BMP/TIFF as (H, W, 3) uint8 RGB; a missing, empty, undecodable or smaller than
-    ``min_side`` px file is a DataError naming it (``min_side=1``: any size, e.g. to test the conversions)."""
+    ``min_side`` px file is a DataError naming it (``min_side=1``: any size, e.g. to test the conversions).
+    ``max_pixels``: an image of more pixels comes back reduced by a whole factor to at most that many (module
+    docstring, "Large images"); its own size is ``image_size(path)``."""
     path = Path(path)
-    im = _open(path, "image")
+    im = _open(path, "image", max_pixels)
     try:
-        _check_side(path, im.width, im.height, min_side)
-        return to_rgb_array(im)
+        _check_side(path, *im.info["original_size"], min_side)
+        k = reduction(im.width, im.height, max_pixels)
+        return to_rgb_array(im) if k == 1 else _reduced_rgb(im, k)
     finally:
         im.close()
+
+
+def reduction(width: int, height: int, max_pixels: int | None) -> int:
+    """The smallest whole k with ``ceil(width / k) * ceil(height / k) <= max_pixels`` (1: within it, or None)."""
+    if not max_pixels or width * height <= max_pixels:
+        return 1
+    k = max(2, math.isqrt(width * height // max(1, int(max_pixels))))  # no smaller k fits: W*H/k^2 <= N
+    while -(-width // k) * -(-height // k) > max_pixels:
+        k += 1
+    return k
+
+
+BAND_PIXELS = 1 << 22  # pixels of the decoded image converted at a time by _reduced_rgb (16 MiB in Pillow)
+
+
+def _reduced_rgb(im, k: int) -> np.ndarray:
+    """``to_rgb_array(im)`` box-reduced by ``k`` (Pillow's ``reduce``: the mean of each k x k block, partial
+    blocks at the right and bottom edges included), converted band by band of whole k-row blocks, so no
+    full-size copy is made beside ``im``: equal to reducing the full conversion."""
+    from PIL import Image
+
+    width, height = im.size
+    rows = k * max(1, BAND_PIXELS // (width * k))
+    bands = [(0, y, width, min(height, y + rows)) for y in range(0, height, rows)]
+    unit = None
+    if im.mode == "F":  # the [0, 1] rule is the whole image's: decided before the first band is converted
+        lo, hi = math.inf, -math.inf
+        for box in bands:
+            arr = np.nan_to_num(np.asarray(im.crop(box), dtype=np.float64))
+            lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
+        unit = lo >= 0.0 and hi <= 1.0
+    parts = [np.asarray(Image.fromarray(to_rgb_array(im.crop(box), unit)).reduce(k)) for box in bands]
+    return np.ascontiguousarray(np.concatenate(parts))
 
 
 def mask_to_bool(im) -> np.ndarray:
