@@ -543,7 +543,6 @@ def run_eval(config: EvalConfig) -> EvalResult:
     """``detector eval``: load the checkpoint (a folder, or a Hub id ``ORG/NAME``: its snapshot), evaluate its
     class's test split, write everything."""
     from detector.hub import resolve_checkpoint
-    from detector.model import load_detector
 
     ckpt = resolve_checkpoint(config.checkpoint)
     from_hub = not Path(config.checkpoint).expanduser().exists()  # a snapshot in the Hub cache is not ours
@@ -551,6 +550,15 @@ def run_eval(config: EvalConfig) -> EvalResult:
     class_name = config.class_name or meta_class_name(meta, ckpt)
     samples = class_test_samples(config.data, class_name, config.layout)
     out = Path(config.out)
+    with outputs.output_lock(out, "detector eval"):  # one run per --out, as every command that writes a folder
+        return _run_eval(config, ckpt, from_hub, meta, class_name, samples, out)
+
+
+def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, Any], class_name: str,
+              samples: list[Sample], out: Path) -> EvalResult:
+    """``run_eval`` under the lock of ``out``."""
+    from detector.model import load_detector
+
     check_eval_out(out)
     samples, skipped = readable(samples, config.on_error)
     if not samples:

@@ -325,3 +325,17 @@ def test_export_into_a_folder_another_run_holds_is_refused_at_once(widget_checkp
         line = _one_error_line(_invoke(["export", "--checkpoint", widget_checkpoint, "--out", out])[0])
     assert str(out) in line and "in use by another `detector export`" in line, line
     assert not out.exists()
+
+
+def test_eval_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, demo_root, tmp_path):
+    from detector.outputs import output_lock
+
+    out = tmp_path / "ev"
+    args = ["eval", "--checkpoint", widget_checkpoint, "--data", demo_root, "--class", "hex_nut", "--out", out,
+            "--resolution", "32"]
+    with output_lock(out, "detector eval"):
+        line = _one_error_line(_invoke(args)[0])
+    assert str(out) in line and "in use by another `detector eval`" in line, line
+    assert not out.exists()
+    res, text = _invoke(args)  # released: the next run writes
+    assert res.exit_code == 0, text
