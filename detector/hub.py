@@ -59,16 +59,24 @@ def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME
     """Write exactly what ``push_checkpoint`` uploads into ``out`` (replaced whole): the checkpoint's safetensors
     and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied. ``out`` is
     replaced only when it is new, empty or an earlier dry run (``DRY_RUN_MARKER``, which ``marker`` writes): a
-    README.md alone proves nothing (a thesis, a project)."""
-    import shutil
-
+    README.md alone proves nothing (a thesis, a project). ``out`` is locked while it is written."""
     from detector.checkpoint_io import load_checkpoint
-    from detector.model_card import CARD_FILE, render_card
-    from fsad_data.atomic import staged_folder
+    from detector.outputs import output_lock
 
     ckpt = Path(ckpt_dir)
     load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
     out = Path(out)
+    with output_lock(out, "detector push --dry-run"):
+        return _stage(ckpt, out, repo_id, marker)
+
+
+def _stage(ckpt: Path, out: Path, repo_id: str, marker: bool) -> Path:
+    """``stage_upload`` under the lock of ``out``."""
+    import shutil
+
+    from detector.model_card import CARD_FILE, render_card
+    from fsad_data.atomic import staged_folder
+
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file())):
         raise DetectorError(f"{out} exists and is not an earlier dry run of `detector push` (no {DRY_RUN_MARKER}); "
                             "it is never replaced: choose a new or empty folder for --dry-run")

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from detector.errors import DetectorError
 from fsad_data.atomic import write_text_atomic
-from fsad_data.folder_lock import FolderInUse, FolderLock
+from fsad_data.folder_lock import FolderInUse, lock_beside
 from fsad_data.progress import ProgressLines, heartbeat
 
 Step = Callable[..., None]
@@ -61,7 +61,7 @@ def output_lock(out: str | Path, command: str = "detector train", name: str | No
     on kill -9): a second run into the same folder is refused at once, naming ``command`` and the lock, instead
     of both claiming to have written it. ``name``: another lock beside ``out`` (one shard of a benchmark)."""
     out = Path(out)
-    lock = FolderLock(out.parent / f".{name or out.name}.lock")
+    lock = lock_beside(out, name)
     try:
         lock.acquire()
     except FolderInUse as exc:

@@ -62,3 +62,11 @@ class FolderLock:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def lock_beside(folder: str | Path, name: str | None = None) -> FolderLock:
+    """The lock of a run that replaces ``folder`` whole (``.NAME.lock`` in its parent, so the swap never moves
+    it): one owner of where that lock lives, for both halves. ``name``: another lock beside it (a benchmark
+    shard). Not taken yet: ``acquire`` it, or use it as a context manager."""
+    folder = Path(folder)
+    return FolderLock(folder.parent / f".{name or folder.name}.lock")

@@ -38,6 +38,7 @@ from mfsc_builder.ownership import (
     WORK_DIR,
     check_apart,
     check_build_output,
+    holding,
     image_storage,
     read_build_info,
 )
@@ -233,10 +234,16 @@ def _formats_used(image_recs: dict[str, list[dict]]) -> dict[str, int]:
 PART_KEYS = ("num_shards", "shard_index", "base_fingerprint", "classes")  # what merging reads of a part
 def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the outputs of ``--num-shards N`` parts into one build equal to a single-machine build."""
-    import datasets  # heavy: loaded when a command runs
-
     if not parts:
         raise BuildError("mfsc merge needs at least one part folder")
+    with holding(Path(out), "mfsc merge"):  # one merge per --out: a second is refused at once
+        return _merge_builds(parts, Path(out))
+
+
+def _merge_builds(parts: list[Path], out: Path) -> BuildSummary:
+    """``merge_builds`` under the lock of ``out``."""
+    import datasets  # heavy: loaded when a command runs
+
     check_apart(Path(out), [Path(p) for p in parts])
     check_build_output(Path(out), "mfsc merge")
     infos = [read_build_info(Path(p), PART_KEYS) for p in parts]

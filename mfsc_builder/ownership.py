@@ -10,7 +10,8 @@ lies inside one or holds one is refused too, so a command never reads what it wr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ def check_build_output(out: Path, command: str = "mfsc build") -> None:
         raise BuildError(f"--out {out} is not empty and is not an earlier mfsc build or merge output "
                          f"(no {BUILD_INFO_NAME} or {WORK_DIR}/{MANIFEST_NAME}); {command} never replaces "
                          "files it did not write: choose an empty or new folder")
+
+
+@contextmanager
+def holding(out: Path, command: str) -> Iterator[None]:
+    """Hold the lock beside ``out`` (``fsad_data.folder_lock.lock_beside``) while a command that replaces it whole
+    (``mfsc merge``, ``mfsc publish --dry-run``) writes: a second run into it is refused at once."""
+    from fsad_data.folder_lock import FolderInUse, lock_beside
+
+    lock = lock_beside(out)
+    try:
+        lock.acquire()
+    except FolderInUse as exc:
+        raise BuildError(f"{out} is in use by another `{command}` (lock {exc.lock_file}); wait for it to finish or "
+                         "use another folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_dry_run_output(out: Path) -> None:

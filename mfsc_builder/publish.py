@@ -22,7 +22,13 @@ import yaml
 from fsad_data.atomic import staged_folder
 from mfsc_builder.crop import TEXTURED_CLASSES
 from mfsc_builder.errors import BuildError
-from mfsc_builder.ownership import DRY_RUN_MARKER, check_dry_run_output, image_storage, read_build_info
+from mfsc_builder.ownership import (
+    DRY_RUN_MARKER,
+    check_dry_run_output,
+    holding,
+    image_storage,
+    read_build_info,
+)
 
 if TYPE_CHECKING:  # types only: both are heavy, loaded in the command bodies
     import datasets
@@ -306,9 +312,16 @@ def _write_parquet(ds: datasets.Dataset, folder: Path, split: str, max_shard_byt
 def dry_run(build_dir: Path, out: Path, repo_id: str = "ORG/NAME", license: str | None = None,
             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Write exactly what ``publish`` would upload into ``out`` (replaced atomically as a whole)."""
-    import datasets
 
     out = Path(out)
+    with holding(out, "mfsc publish --dry-run"):
+        return _dry_run(build_dir, out, repo_id, license, max_shard_bytes)
+
+
+def _dry_run(build_dir: Path, out: Path, repo_id: str, license: str | None, max_shard_bytes: int) -> Path:
+    """``dry_run`` under the lock of ``out``."""
+    import datasets
+
     check_dry_run_output(out)
     info = card_info(build_dir, repo_id, license)
     images, classes, _ = _load_build(build_dir)

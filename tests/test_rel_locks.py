@@ -1,0 +1,40 @@
+"""Every command that writes an output folder holds its lock: a second run into the same folder is refused at
+once with one line, before any work (here: the folder's lock is held by the test, as a running command would)."""
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fsad_data.folder_lock import lock_beside
+
+
+def _refused(app, args: list[str], out: Path, command: str) -> None:
+    with lock_beside(out):
+        res = CliRunner().invoke(app, args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"in use by another `{command}`" in text and str(out) in text, text
+    assert not out.exists()
+
+
+def test_mfsc_merge_into_a_held_folder_is_refused(tmp_path):
+    from mfsc_builder.cli import app
+
+    out = tmp_path / "merged"
+    _refused(app, ["merge", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out", str(out)], out, "mfsc merge")
+
+
+def test_mfsc_publish_dry_run_into_a_held_folder_is_refused(tmp_path):
+    from mfsc_builder.cli import app
+
+    out = tmp_path / "upload"
+    _refused(app, ["publish", str(tmp_path / "build"), "--dry-run", str(out)], out, "mfsc publish --dry-run")
+
+
+def test_detector_push_dry_run_into_a_held_folder_is_refused(widget_checkpoint, tmp_path):
+    from detector.cli import app
+
+    out = tmp_path / "upload"
+    _refused(app, ["push", str(widget_checkpoint), "--repo-id", "org/name", "--dry-run", str(out)], out,
+             "detector push --dry-run")
+    res = CliRunner().invoke(app, ["push", str(widget_checkpoint), "--repo-id", "org/name", "--dry-run", str(out)])
+    assert res.exit_code == 0, res.output  # released: the next run writes
