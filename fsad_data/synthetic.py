@@ -240,9 +240,34 @@ should find on the normal images (colour names, components, 3x3 location words).
 
 def make_demo_data(out: str | Path, seed: int = 0) -> Path:
     """Write the synthetic data set to ``out`` (MVTec-AD layout) and return ``out``. Deterministic for ``seed``."""
+    from fsad_data.folder_lock import FolderInUse, lock_beside
+
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"cannot write the demo data set to {root}: it is a file. Choose a folder path.")
+    try:
+        with lock_beside(root):  # one writer at a time
+            _check_demo_out(root)
+            _write_demo_data(root, seed)
+    except FolderInUse as exc:
+        raise DataError(f"{root} is in use by another run writing the demo data set (lock {exc.lock_file}); "
+                        "wait for it to finish or choose another folder") from None
+    return root
+
+
+def _check_demo_out(root: Path) -> None:
+    """Write only into a new or empty folder, or an earlier demo data set (its licence note): never beside, or
+    over, a user's files."""
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    note = root / "license.txt"
+    head = _NOTE.split("(", 1)[0]
+    if not (note.is_file() and note.read_text(encoding="utf-8", errors="replace").startswith(head)):
+        raise DataError(f"{root} holds files that are not the demo data set (no license.txt of make_demo_data); "
+                        "it is never written into: choose an empty or new folder")
+
+
+def _write_demo_data(root: Path, seed: int) -> None:
     for ci, cls in enumerate(CLASSES):
         draw = _DRAW[cls]
         base = root / cls
@@ -262,7 +287,6 @@ def make_demo_data(out: str | Path, seed: int = 0) -> Path:
                 write_png_atomic(base / "ground_truth" / defect / f"{i:03d}_mask.png", drawn.mask)
         write_json_atomic(base / "truth.json", _truth(cls))
     write_text_atomic(root / "license.txt", _NOTE.format(seed=seed))
-    return root
 
 
 def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:

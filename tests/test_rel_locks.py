@@ -38,3 +38,23 @@ def test_detector_push_dry_run_into_a_held_folder_is_refused(widget_checkpoint, 
              "detector push --dry-run")
     res = CliRunner().invoke(app, ["push", str(widget_checkpoint), "--repo-id", "org/name", "--dry-run", str(out)])
     assert res.exit_code == 0, res.output  # released: the next run writes
+
+
+def test_demo_data_never_writes_beside_a_users_files_and_rewrites_its_own(tmp_path):
+    from mfsc_builder.cli import app
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = CliRunner().invoke(app, ["demo-data", str(mine)])
+    assert res.exit_code == 1 and "never written into" in " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    ours = tmp_path / "demo"
+    for _ in range(2):  # its own earlier output is rewritten (the same bytes)
+        res = CliRunner().invoke(app, ["demo-data", str(ours)])
+        assert res.exit_code == 0, res.output
+    held = tmp_path / "held"
+    with lock_beside(held):
+        res = CliRunner().invoke(app, ["demo-data", str(held)])
+    assert res.exit_code == 1 and "in use by another run" in " ".join(res.output.split()), res.output
+    assert not held.exists()
