@@ -47,12 +47,12 @@ from torch import Tensor, nn
 
 from detector.errors import DetectorError
 from detector.text_encoder import Tokenizer
+from detector.weights_check import PICKLE_SUFFIXES
 
 DEFAULT_NAME = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
 DEFAULT_TAPS_OF_12 = (3, 8)
 PRECISIONS = ("fp32", "bf16", "fp16")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 PREFERRED_WEIGHT_FILES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",

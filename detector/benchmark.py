@@ -32,7 +32,7 @@ from typing import Any
 
 from detector import report
 from detector.captions import load_class_record
-from detector.checkpoint_io import checkpoint_info
+from detector.checkpoint_io import CONFIG_FILE, checkpoint_info
 from detector.data import class_test_samples, readable, select_class_shots
 from detector.errors import DetectorError
 from detector.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
@@ -193,7 +193,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
     if skipped:
         info["skipped"] = skipped
     ckpt = Path(tc.out)
-    sha = checkpoint_sha256(ckpt) if (ckpt / "config.json").is_file() else None
+    sha = checkpoint_sha256(ckpt) if (ckpt / CONFIG_FILE).is_file() else None
     res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
                          resolution=config.resolution, branch=DEFAULT_BRANCH, batch_size=config.batch_size,
                          info=info, checkpoint_sha256=sha, card_dir=ckpt if sha else None,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
 from detector.outputs import json_safe
-from detector.weights_check import is_random_weights
+from detector.weights_check import PICKLE_SUFFIXES, is_random_weights
 from fsad_data.atomic import staged_folder
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
@@ -31,7 +31,6 @@ CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"  # run-to-run timings, kept out of config.json (byte-identical checkpoints)
 FORMAT_NAME = "finegrained-ad-checkpoint"
 FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
 def _sha256(path: Path) -> str:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detector.checkpoint_io import CONFIG_FILE
 from detector.errors import DetectorError
 from detector.runtime import (
     EXPORT_FORMAT,
@@ -164,7 +165,7 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
     model = load_detector(ckpt, device="cpu", precision="fp32")
     bb = model.backbone
     graph = ExportGraph(model, res).eval()
-    cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    cfg = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
     spec = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
@@ -187,7 +188,7 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
         "class_name": meta.get("class_name"),
         "object_name": meta.get("object_name"),
         "checkpoint": {"source": str(checkpoint), "weights_sha256": _sha256(ckpt / "model.safetensors"),
-                       "config_sha256": _sha256(ckpt / "config.json"), "format_version": cfg.get("format_version")},
+                       "config_sha256": _sha256(ckpt / CONFIG_FILE), "format_version": cfg.get("format_version")},
         "checkpoint_meta": {"class_name": meta.get("class_name"), **checkpoint_info(meta)},
         "torch_version": torch.__version__,
     }

@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from detector.checkpoint_io import CONFIG_FILE, WEIGHTS_FILE
 from detector.errors import DetectorError
+from detector.model_card import EVALUATION_FILE
+from detector.thresholds import THRESHOLD_FILE
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.onnx", "*.onnx.data", "*.xml", "*.bin"]
@@ -51,7 +54,7 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Path:
     return Path(folder)
 
 
-PUSH_FILES = ("model.safetensors", "config.json", "threshold.json", "evaluation.json")
+PUSH_FILES = (WEIGHTS_FILE, CONFIG_FILE, THRESHOLD_FILE, EVALUATION_FILE)
 DRY_RUN_MARKER = ".detector-dry-run"  # written by --dry-run only (never uploaded): a folder it may replace
 
 

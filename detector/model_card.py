@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from detector.checkpoint_io import CONFIG_FILE
 from detector.errors import DetectorError
 from detector.weights_check import RANDOM_WEIGHTS, is_random_weights
 
@@ -29,7 +30,7 @@ METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aup
 
 
 def _meta(ckpt_dir: Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / "config.json"
+    path = Path(ckpt_dir) / CONFIG_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8")).get("meta")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
@@ -64,7 +65,7 @@ def record_evaluation(ckpt_dir: Path, record: dict[str, Any]) -> None:
         evals = read_evaluations(ckpt_dir)
         evals[str(record.get("branch", "fused"))] = {k: record.get(k) for k in keep if k in record}
         write_json_atomic(Path(ckpt_dir) / EVALUATION_FILE, evals)
-        if (Path(ckpt_dir) / "config.json").is_file():  # a model evaluated without a checkpoint has no card
+        if (Path(ckpt_dir) / CONFIG_FILE).is_file():  # a model evaluated without a checkpoint has no card
             write_card(ckpt_dir)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from detector.checkpoint_io import CONFIG_FILE
 from detector.errors import DetectorError
 from detector.scoring import DEFAULT_BRANCH
 from detector.validate import THRESHOLD_FILE as THRESHOLD_ENTRIES
@@ -61,7 +62,7 @@ def threshold_record(branch: str, metrics: dict[str, Any], resolution: int, clas
 
 def checkpoint_sha256(ckpt_dir: Path) -> str | None:
     """The weights' SHA-256 recorded in a checkpoint's config.json (None when it records none)."""
-    data = read_json(Path(ckpt_dir) / "config.json", "retrain or restore the checkpoint")
+    data = read_json(Path(ckpt_dir) / CONFIG_FILE, "retrain or restore the checkpoint")
     sha = data.get("weights_sha256") if isinstance(data, dict) else None
     return sha if isinstance(sha, str) else None
 
@@ -140,7 +141,7 @@ def _resolve(spec: str | float | Path | None, ckpt_dir: Path, branch: str) -> Th
                                 f"--checkpoint {ckpt_dir} --data DATA --out EVAL` (it records its thresholds in "
                                 "the checkpoint for --threshold auto), or pass --threshold EVAL / FLOAT / none")
         return _as_thresholds(*found, branch)
-    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
+    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / CONFIG_FILE).is_file() else None
     path = Path(text)
     if path.is_dir():
         path = path / THRESHOLD_FILE
@@ -161,7 +162,7 @@ def find_thresholds(ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> tuple[Thres
     from detector.model_card import EVALUATION_FILE, read_evaluations
 
     ckpt_dir = Path(ckpt_dir)
-    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / "config.json").is_file() else None
+    sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / CONFIG_FILE).is_file() else None
     inside = ckpt_dir / THRESHOLD_FILE
     if inside.is_file() and (entry := read_entry(inside, branch, sha)) is not None:
         return entry, inside

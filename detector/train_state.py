@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from detector.checkpoint_io import checkpoint_meta, is_checkpoint_folder, load_checkpoint, save_checkpoint
+from detector.checkpoint_io import (
+    CONFIG_FILE,
+    checkpoint_meta,
+    is_checkpoint_folder,
+    load_checkpoint,
+    save_checkpoint,
+)
 from detector.errors import DetectorError
 from fsad_data.atomic import clean_orphans, discard_folder, leftovers, restore_set_aside
 
@@ -220,7 +226,7 @@ def describe_partial(config: TrainConfig) -> str:
     """One line for a Ctrl-C: what was saved and how to resume (reads JSON only: no torch needed)."""
     d = partial_dir(config)
     try:
-        meta = json.loads((d / STATE / "config.json").read_text(encoding="utf-8"))["meta"]
+        meta = json.loads((d / STATE / CONFIG_FILE).read_text(encoding="utf-8"))["meta"]
         done = {k: len(v) for k, v in meta["history"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         if (d / FEATURES).is_dir():

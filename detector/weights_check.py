@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from detector.errors import DetectorError
 
 HUB_HOST = "huggingface.co"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")  # files torch.load would unpickle
 RANDOM_WEIGHTS = "none"  # the --pretrained value for random (untrained) backbone weights
 
 
