@@ -40,3 +40,22 @@ def hub_snapshot(folder: Path, cache: Path, repo_id: str, monkeypatch,
     (repo / "refs" / "main").write_text(rev)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     return repo
+
+
+def train_and_evaluate(root: Path, data: Path, backbone: str, class_name: str) -> tuple[Path, Path]:
+    """``detector train`` (1-epoch class-name checkpoint, 1 shot) then ``detector eval`` at 64 px, through the CLI as
+    the README gives them; returns (checkpoint, evaluation) folders under ``root``."""
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    runner = CliRunner()
+    ckpt, ev = root / "ckpt", root / "eval"
+    res = runner.invoke(app, [str(a) for a in [
+        "train", "--data", data, "--class", class_name, "--shots", "1", "--out", ckpt, "--backbone", backbone,
+        "--pretrained", "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"]])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(ev),
+                              "--resolution", "64"])
+    assert res.exit_code == 0, res.output
+    return ckpt, ev

@@ -200,19 +200,9 @@ def test_without_an_image_threshold_the_page_says_so_and_the_pixel_slider_works(
 @pytest.fixture(scope="module")
 def evaluated(browser, demo_root, tmp_path_factory, tiny_clip_name):
     """A tiny checkpoint and its `detector eval` (made only where a browser runs)."""
-    from detector.cli import app
+    from detector_fixtures import train_and_evaluate
 
-    runner = CliRunner()
-    root = tmp_path_factory.mktemp("report-browser")
-    ckpt, ev = root / "ckpt", root / "eval"
-    res = runner.invoke(app, [str(a) for a in [
-        "train", "--data", demo_root, "--class", CLASS, "--shots", "1", "--out", ckpt, "--backbone", tiny_clip_name,
-        "--pretrained", "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"]])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(demo_root), "--out", str(ev),
-                              "--resolution", "64"])
-    assert res.exit_code == 0, res.output
-    return ckpt, ev
+    return train_and_evaluate(tmp_path_factory.mktemp("report-browser"), demo_root, tiny_clip_name, CLASS)
 
 
 def _run_pasted(command, images, cwd, monkeypatch):

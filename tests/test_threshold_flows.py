@@ -19,16 +19,9 @@ CLASS = "pill_box"
 @pytest.fixture(scope="module")
 def evaluated(demo_root, tmp_path_factory, tiny_clip_name) -> tuple[Path, Path]:
     """A checkpoint and its evaluation, made by the commands the README gives."""
-    root = tmp_path_factory.mktemp("threshold-flows")
-    ckpt, ev = root / "ckpt", root / "eval"
-    res = runner.invoke(app, [str(a) for a in [
-        "train", "--data", demo_root, "--class", CLASS, "--shots", "1", "--out", ckpt, "--backbone", tiny_clip_name,
-        "--pretrained", "none", "--epochs", "1", "--image-epochs", "1", "--baseline", "promptad"]])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(demo_root), "--out", str(ev),
-                              "--resolution", "64"])
-    assert res.exit_code == 0, res.output
-    return ckpt, ev
+    from detector_fixtures import train_and_evaluate
+
+    return train_and_evaluate(tmp_path_factory.mktemp("threshold-flows"), demo_root, tiny_clip_name, CLASS)
 
 
 def _picked(ev: Path) -> dict:
