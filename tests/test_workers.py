@@ -31,12 +31,19 @@ def _cfg(demo_root: Path, out: Path, **kw) -> BuildConfig:
     return BuildConfig(source=str(demo_root), out=str(out), classes=[CLASS], workers=2, **kw)
 
 
+def _tracker_or_gone(pid: int) -> bool:
+    """Multiprocessing's resource tracker, or a process that exited since it was listed (a race CI hit)."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
 def _no_worker_left() -> bool:
     """Every child of this test process is gone but multiprocessing's resource tracker (one per process)."""
     deadline = time.time() + 10
     while time.time() < deadline:
-        kids = [p for p in worker_probes.children_of(os.getpid())
-                if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+        kids = [p for p in worker_probes.children_of(os.getpid()) if not _tracker_or_gone(p)]
         if not kids:
             return True
         time.sleep(0.1)
