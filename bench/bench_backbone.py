@@ -38,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    from detector.backbone import load_backbone
+    from detector.method.backbone import load_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)

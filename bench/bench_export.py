@@ -39,9 +39,9 @@ def main() -> None:
 
     import torch
 
-    from detector.export import export_checkpoint
-    from detector.runtime import load_exported
-    from detector.train import TrainConfig, train_model
+    from detector.deploy.export import export_checkpoint
+    from detector.run.runtime import load_exported
+    from detector.run.train import TrainConfig, train_model
     from fsad_data import load_rgb, make_demo_data
 
     if args.threads:

@@ -1,7 +1,7 @@
 """Benchmark: the exact pixel metrics (AUROC, AP, F1-max, AUPRO@0.3) against the previous code, in time and memory.
 
 Same pixels, same run (default 192 maps of 400x400, the size of issue 22): the time and the peak memory of
-``detector.metrics.pixel_metrics`` and of ``PixelMaps`` (what ``detector eval --exact-metrics`` holds: the
+``detector.eval.metrics.pixel_metrics`` and of ``PixelMaps`` (what ``detector eval --exact-metrics`` holds: the
 maps added in batches of 8, then the metrics) against the previous implementation (one packed sort of every
 pixel carrying its region id, several full-size temporaries), loaded from git (``--old-rev``, the last
 commit with it); how far apart their figures are (the exact figures should agree to 1e-14; F1-max and its
@@ -53,7 +53,7 @@ def make_case(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def old_module(rev: str) -> ModuleType | None:
-    """detector/metrics.py as of ``rev`` (None when git or the commit is not there)."""
+    """detector/metrics.py (its path then) as of ``rev`` (None when git or the commit is not there)."""
     try:
         src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:detector/metrics.py"], check=True,
                              capture_output=True, text=True).stdout
@@ -90,7 +90,7 @@ def _status_kib(field: str) -> int | None:
 
 def peak_child(which: str, path: str, images: int, size: int, rev: str) -> None:
     """(In a fresh process) the peak memory of one variant above its inputs, as one JSON line."""
-    import detector.metrics as new
+    import detector.eval.metrics as new
 
     mod = new if which == "new" else old_module(rev)
     maps, masks = make_case(images, size)
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--size", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--old-rev", default=OLD_REV, help="git revision holding the previous detector/metrics.py")
+    ap.add_argument("--old-rev", default=OLD_REV, help="git revision holding the previous detector/eval/metrics.py")
     ap.add_argument("--peak", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
     if args.peak:
@@ -132,7 +132,7 @@ def main() -> None:
 
     from sklearn.metrics import roc_auc_score
 
-    import detector.metrics as new
+    import detector.eval.metrics as new
 
     old = old_module(args.old_rev)
     maps, masks = make_case(args.images, args.size)

@@ -47,7 +47,7 @@ def main() -> None:
 
     import torch
 
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
     from fsad_data import load_rgb, make_demo_data
 
     if args.threads:
@@ -128,8 +128,8 @@ def _file_pass(args: argparse.Namespace, model, files: list[Path], bare: float) 
     """``predict_paths`` over the files with each output setting, interleaved rounds, per image."""
     import numpy as np
 
-    from detector import predict as P
-    from detector.thresholds import Thresholds
+    from detector.run import predict as P
+    from detector.store.thresholds import Thresholds
     from fsad_data import load_rgb
 
     first = model.predict([load_rgb(files[0])], resolution=args.resolution, branch="fused")
@@ -171,7 +171,7 @@ def _loads(args: argparse.Namespace, ckpt: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     code = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
-            f"from detector.model import load_detector\nload_detector({str(ckpt)!r}, device={args.device!r})")
+            f"from detector.method.model import load_detector\nload_detector({str(ckpt)!r}, device={args.device!r})")
     modes = {"as the detector commands import open_clip (lean)": "1", "plain open_clip import": "0"}
     best = {k: float("inf") for k in modes}
     for _ in range(args.loads):

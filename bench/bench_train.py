@@ -12,7 +12,7 @@ its own subprocess, so that one part's memory never counts in another's peak:
   floor (target ratio <= 1.3x), the whole run (excluding the backbone's construction), and peak RSS per
   phase (target < 4 GB on CPU). Peaks per phase: the kernel's high-water mark VmHWM is reset (write "5" to
   /proc/self/clear_refs, Linux) when a phase starts and read when it ends; the phases are "encode" (backbone
-  load, shot encoding, region weights) and each prompt set's epochs (bench wraps detector.fit.fit_prompt_set).
+  load, shot encoding, region weights) and each prompt set's epochs (bench wraps detector.method.fit.fit_prompt_set).
   "rss at end" is the resident size when the phase ends: far above the next phase's start would mean freed
   memory the allocator keeps;
 - ``--malloc-check``: the "on" run again with glibc told to return freed memory (MALLOC_ARENA_MAX=1,
@@ -81,7 +81,7 @@ def _reset_peak() -> None:
 
 def _real_record(tmp: Path, root: Path) -> dict:
     """pill_box's record as `mfsc build` writes it with the offline attribute captioner."""
-    from detector.captions import load_class_record
+    from detector.store.captions import load_class_record
     from mfsc_builder.build import BuildConfig, run_build
 
     run_build(BuildConfig(source=str(root), out=str(tmp / "captions"), classes=["pill_box"]))
@@ -98,7 +98,7 @@ def _shots(args: argparse.Namespace, tmp: Path) -> tuple[list, list[str]]:
 
 
 def _config(args: argparse.Namespace, mode: str):
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
 
     return TrainConfig(class_name="pill_box", backbone=args.model, pretrained="none", shots=args.shots,
                        epochs=args.epochs, image_epochs=args.image_epochs, device=args.device,
@@ -116,8 +116,8 @@ def _best(args: argparse.Namespace, fn) -> float:
 
 def _floor(args: argparse.Namespace, images: list, record: dict) -> dict:
     """Seconds of the necessary compute: image passes over the shots, one text fwd+bwd per prompt set."""
-    from detector.fit import encode_shots
-    from detector.model import build_prompt_sets, load_backbone_for
+    from detector.method.fit import encode_shots
+    from detector.method.model import build_prompt_sets, load_backbone_for
 
     cfg = _config(args, "off")
     t0 = time.perf_counter()
@@ -143,9 +143,9 @@ def _train(args: argparse.Namespace, mode: str, images: list, names: list[str], 
     """One training run with text checkpointing ``mode``: phase times, per-phase peaks, the state save cost."""
     import torch
 
-    import detector.fit as fit_mod
-    from detector.train import TrainConfig, train_model
-    from detector.train_state import ResumableState
+    import detector.method.fit as fit_mod
+    from detector.run.train import TrainConfig, train_model
+    from detector.store.train_state import ResumableState
 
     phases: dict[str, dict] = {}
     fit = fit_mod.fit_prompt_set

@@ -88,8 +88,8 @@ def _data(args: argparse.Namespace, tmp: Path) -> tuple[dict, list, list[str], l
 
 def _floor(args: argparse.Namespace, cfg, model, shots: list, record: dict) -> dict[str, float]:
     """Seconds of the necessary training compute, measured on the trained model's own backbone."""
-    from detector.fit import encode_shots
-    from detector.model import build_prompt_sets
+    from detector.method.fit import encode_shots
+    from detector.method.model import build_prompt_sets
 
     timed = _timer(args.device)
     bb = model.backbone
@@ -144,8 +144,8 @@ def main() -> int:
               "machine with a CUDA GPU and a CUDA build of torch (or --device cpu --tiny for a dry run)",
               file=sys.stderr)
         return 2
-    from detector.model import load_detector
-    from detector.train import TrainConfig, train_model
+    from detector.method.model import load_detector
+    from detector.run.train import TrainConfig, train_model
 
     dev = args.device
     card = torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "cpu"

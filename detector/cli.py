@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from detector.errors import DetectorError
+from detector.method.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.recipes import parse_settings
-from detector.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION
 from fsad_data.cli_guard import run_guarded
 
 app = typer.Typer(help="FineGrainedAD few-shot anomaly detector: train, eval, predict, benchmark.",
@@ -179,7 +179,7 @@ def train(
     def body() -> None:
         _quiet_libraries()
         from detector.recipes import build_train_config
-        from detector.train import train as train_fn
+        from detector.run.train import train as train_fn
 
         overrides = _train_overrides(captions=captions, data=data, class_name=class_name, shots=shots, seed=seed,
                                      out=out, shots_file=shots_file, baseline=baseline, layout=layout,
@@ -219,7 +219,7 @@ def fit_folder(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.fit_folder import FitFolderConfig, run_fit_folder
+        from detector.run.fit_folder import FitFolderConfig, run_fit_folder
 
         _not_a_file(out, "--out", "a folder for the captions, checkpoint and evaluation")
         con = _console()
@@ -251,7 +251,7 @@ MinMarginOpt = Annotated[float | None, typer.Option(
 
 
 def _naming_settings(min_area: float | None, min_margin: float | None) -> dict[str, float]:
-    """The named-defect flags given (the defaults live in detector.defects)."""
+    """The named-defect flags given (the defaults live in detector.eval.defects)."""
     return {k: v for k, v in (("min_area", min_area), ("min_margin", min_margin)) if v is not None}
 
 
@@ -286,7 +286,7 @@ def eval_cmd(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.evaluate import EvalConfig, run_eval
+        from detector.run.evaluate import EvalConfig, run_eval
 
         _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
         _not_a_file(out, "--out", "a folder for the evaluation outputs")
@@ -313,7 +313,7 @@ def _say_skipped(skipped: list[dict[str, str]], listed_in: Path, what: str) -> N
 
 
 def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
-    from detector.metrics import METRICS  # numpy: not for --help
+    from detector.eval.metrics import METRICS  # numpy: not for --help
 
     data = json.loads(Path(metrics_path).read_text())
     title = f"{data.get('class_name')} ({data.get('n_images')} test images, {data.get('resolution')} px)"
@@ -338,7 +338,7 @@ def _print_metrics(values: dict[str, float], metrics_path: Path) -> None:
     if isinstance(pixel, dict) and pixel.get("method") == "none" and pixel.get("why"):
         con.print(f"pixel metrics: none ({pixel['why']})", markup=False)
     if not data.get("meaningful", True):
-        from detector.evaluate import RANDOM_WEIGHTS_NOTE
+        from detector.run.evaluate import RANDOM_WEIGHTS_NOTE
 
         con.print(RANDOM_WEIGHTS_NOTE, style="yellow", markup=False)
     con.print(f"metrics: {metrics_path}")
@@ -385,7 +385,7 @@ def predict(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.predict import PredictConfig, run_predict, summary_line
+        from detector.run.predict import PredictConfig, run_predict, summary_line
 
         _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
         _not_a_file(out, "--out", "a folder for the maps and scores")
@@ -423,7 +423,7 @@ def export(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.export import export_checkpoint
+        from detector.deploy.export import export_checkpoint
 
         _not_a_file(out, "--out", "a folder for the export")
         path = export_checkpoint(checkpoint, fmt, out, precision=precision, resolution=resolution)
@@ -448,7 +448,7 @@ def push(
     """Upload a checkpoint (safetensors + JSON + model card, never pickles) to the Hugging Face Hub."""
 
     def body() -> None:
-        from detector.hub import push_checkpoint
+        from detector.store.hub import push_checkpoint
 
         _not_a_file(checkpoint, "CHECKPOINT", CKPT_FOLDER)
         where = push_checkpoint(checkpoint, repo_id, private=private, dry_run=dry_run)
@@ -498,8 +498,8 @@ def benchmark(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.benchmark import BenchmarkConfig, check_cells, parse_int_list, run_benchmark
         from detector.recipes import parse_variants
+        from detector.run.benchmark import BenchmarkConfig, check_cells, parse_int_list, run_benchmark
 
 
         _not_a_file(out, "--out", "a folder for the benchmark")
@@ -519,7 +519,7 @@ def benchmark(
         if "summary_md" in result:
             con.print(result["summary_md"], markup=False)
             if not result.get("meaningful", True):
-                from detector.evaluate import RANDOM_WEIGHTS_NOTE
+                from detector.run.evaluate import RANDOM_WEIGHTS_NOTE
 
                 con.print(RANDOM_WEIGHTS_NOTE, style="yellow", markup=False)
 

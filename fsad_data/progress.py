@@ -5,7 +5,7 @@ A rich bar in a pipe prints nothing until it ends, so a 20-minute build or a 2-m
 before): task, done/total, elapsed, an estimate of the time left from this run's own pace. ``heartbeat`` adds a
 line while one step is still running (an image-prompt epoch of the full-size backbone is minutes long on a CPU),
 so a log is never silent for more than ``every`` seconds. Both commands' progress goes through here
-(``mfsc build``; ``detector train / eval / predict / benchmark`` via ``detector.outputs``).
+(``mfsc build``; ``detector train / eval / predict / benchmark`` via ``detector.run.outputs``).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
 CLASS="${DEMO_CLASS:-pill_box}"
 SHOTS="${DEMO_SHOTS:-2}"
 # the CPU-sized epochs of `detector fit-folder` (its CPU_EPOCHS decides them for both)
-cpu_epochs() { python -c "from detector.fit_folder import CPU_EPOCHS; print(CPU_EPOCHS['$1'])"; }
+cpu_epochs() { python -c "from detector.run.fit_folder import CPU_EPOCHS; print(CPU_EPOCHS['$1'])"; }
 EPOCHS="${DEMO_EPOCHS:-$(cpu_epochs epochs)}"
 IMAGE_EPOCHS="${DEMO_IMAGE_EPOCHS:-$(cpu_epochs image_epochs)}"
 BACKBONE="${DEMO_BACKBONE:-ViT-B-16-plus-240}"
@@ -29,7 +29,7 @@ step "3/6 the class record the detector will use"
 mfsc show "$OUT/captions" --class "$CLASS"
 
 step "4/6 train FineGrainedAD"
-if ! python -m detector.weights_check "$BACKBONE" "$PRETRAINED"; then
+if ! python -m detector.method.weights "$BACKBONE" "$PRETRAINED"; then
   PRETRAINED=none
 fi
 detector train --captions "$OUT/captions" --data "$OUT/data" --class "$CLASS" --shots "$SHOTS" --seed 0 \

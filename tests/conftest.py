@@ -86,7 +86,7 @@ def widget_checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A 1-epoch class-name checkpoint (tiny CLIP, 2 drawn shots) of a class named 'widget'; do not modify it."""
     from detector_fixtures import make_image
 
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=2, baseline="promptad")

@@ -17,7 +17,7 @@ def ckpt(widget_checkpoint):
 
 
 def _reference(ckpt, arrays, resolution=256):
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     return load_detector(ckpt).predict(arrays, resolution=resolution)
 
@@ -44,7 +44,7 @@ def test_predict_paths_pil_and_arrays_like_the_model(ckpt, tmp_path):
         assert r.score == pytest.approx(float(score), abs=1e-6)
         assert r.mask is None and r.anomalous is None and r.defects is None
         assert r.map.dtype == np.float32
-    from detector.predict import map_to_image_size
+    from detector.run.predict import map_to_image_size
 
     np.testing.assert_allclose(results[1].map, map_to_image_size(ref.maps[1], 96, 96), atol=1e-6)
     np.testing.assert_allclose(results[0].map, ref.maps[0][::4, ::4], atol=0.05)  # 256 -> 64 bilinear
@@ -67,7 +67,7 @@ def test_thresholds_number_auto_and_none(ckpt, tmp_path):
     assert masked.anomalous is None and 0 < masked.mask.mean() < 1
     assert det.predict([a], threshold="auto")[0].mask is None  # no eval run: no stored threshold
     # named defects at the threshold: one per region of the mask of at least min_area, boxes in image pixels
-    from detector.metrics import components
+    from detector.eval.metrics import components
 
     _, sizes = components(masked.mask)
     big = [k for k in range(1, len(sizes)) if sizes[k] >= det.min_area * masked.mask.size]
@@ -116,8 +116,8 @@ def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
 
 def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
     from detector import Detector
-    from detector.defects import NamingConfig, detect
-    from detector.model import load_detector
+    from detector.eval.defects import NamingConfig, detect
+    from detector.method.model import load_detector
 
     a = make_image((10, 10, 20))
     det = Detector.load(ckpt)

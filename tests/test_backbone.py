@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.backbone import Backbone, BackboneOutput, load_backbone, resolve_taps
 from detector.errors import DetectorError
+from detector.method.backbone import Backbone, BackboneOutput, load_backbone, resolve_taps
 
 TINY_CONFIG = Path(__file__).parent / "assets" / "fgad-tiny-test.json"
 

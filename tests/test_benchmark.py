@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from detector import benchmark as B
 from detector.errors import DetectorError
-from detector.metrics import METRIC_KEYS
-from detector.model import Prediction
+from detector.eval.metrics import METRIC_KEYS
+from detector.method.model import Prediction
+from detector.run import benchmark as B
 
 
 class NoiseModel:

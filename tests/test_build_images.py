@@ -115,7 +115,7 @@ def test_the_card_and_parquet_of_a_reference_build_carry_no_pixels(embedded, dem
 def test_the_detector_trains_from_a_reference_build_reading_images_from_data(embedded, demo_root, tmp_path):
     import shutil
 
-    from detector.train import TrainConfig, train
+    from detector.run.train import TrainConfig, train
 
     out = tmp_path / "build"
     shutil.copytree(embedded, out)

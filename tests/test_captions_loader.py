@@ -1,10 +1,10 @@
-"""detector.captions.load_class_record on the three sources, with schema and class checks."""
+"""detector.store.captions.load_class_record on the three sources, with schema and class checks."""
 from __future__ import annotations
 
 import pytest
 
-from detector.captions import load_class_record
 from detector.errors import DetectorError
+from detector.store.captions import load_class_record
 
 
 def _features():

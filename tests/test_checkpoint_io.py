@@ -7,14 +7,14 @@ import pickle
 import pytest
 import torch
 
-from detector.checkpoint_io import (
+from detector.errors import DetectorError
+from detector.store.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     checkpoint_info,
     load_checkpoint,
     save_checkpoint,
 )
-from detector.errors import DetectorError
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from detector_fixtures import make_image
 
-from detector.defects import (
+from detector.errors import DetectorError
+from detector.eval.defects import (
     NamingConfig,
     TokenEvidence,
     naming_rows,
@@ -15,8 +16,7 @@ from detector.defects import (
     token_evidence,
     truth_component,
 )
-from detector.defects import name_regions as _name
-from detector.errors import DetectorError
+from detector.eval.defects import name_regions as _name
 
 E = np.eye(6, dtype=np.float32)
 NAMES = ["image", "background", "cap", "leg"]
@@ -153,7 +153,7 @@ def test_truth_component_most_overlap_smaller_on_ties_then_object_or_background(
 
 
 def test_naming_rows_matched_missed_and_state_accuracy():
-    from detector.defects import Defect
+    from detector.eval.defects import Defect
 
     gt = np.zeros((50, 100), bool)
     gt[2:5, 25:30] = True  # on the cap
@@ -189,7 +189,7 @@ RECORD = {
 
 @pytest.fixture(scope="module")
 def trained(tiny_clip_name):
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=2, image_epochs=1,
                       shots=1)
@@ -218,7 +218,7 @@ def test_model_exposes_groups_tokens_and_abnormal_texts(trained):
 
 
 def test_detect_names_what_the_evidence_says(trained):
-    from detector.defects import detect, model_state_bank, pixel_tokens
+    from detector.eval.defects import detect, model_state_bank, pixel_tokens
 
     bank = model_state_bank(trained)
     assert bank.states == [["scratch", "hole"], ["hole"], ["scratch", "hole"]]
@@ -235,7 +235,7 @@ def test_detect_names_what_the_evidence_says(trained):
 
 
 def test_flag_threshold_is_the_highest_threshold_with_a_region():
-    from detector.defects import flag_threshold
+    from detector.eval.defects import flag_threshold
 
     bank = _bank()
     rng = np.random.default_rng(0)
@@ -255,7 +255,7 @@ def test_flag_threshold_is_the_highest_threshold_with_a_region():
 
 def test_collector_names_at_a_later_threshold_and_scores_against_caption_regions():
     """Evaluation keeps small maps and token evidence, then names at the threshold picked afterwards."""
-    from detector.defects import NamingCollector
+    from detector.eval.defects import NamingCollector
 
     bank = _bank()
     amap, groups, feats = _scene()
@@ -286,7 +286,8 @@ def test_cli_shows_the_naming_defaults_of_this_module():
     """The CLI's flags default to None (resolved here); their shown defaults must be this module's values."""
     import typing
 
-    from detector import cli, defects
+    from detector import cli
+    from detector.eval import defects
 
     for alias, value in ((cli.MinAreaOpt, defects.DEFAULT_MIN_AREA), (cli.MinMarginOpt, defects.DEFAULT_MIN_MARGIN)):
         info = typing.get_args(alias)[1]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from detector import predict as P
 from detector.cli import app
 from detector.errors import DetectorError
-from detector.model import Prediction
-from detector.overlay_caption import MIN_WIDTH
+from detector.eval.overlay_caption import MIN_WIDTH
+from detector.method.model import Prediction
+from detector.run import predict as P
 from fsad_data import load_rgb
 
 runner = CliRunner()
@@ -259,7 +259,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_exits_130_with_one_hint_or_trains_own_line(tmp_path, monkeypatch):
-    import detector.train as T
+    import detector.run.train as T
 
     def stop(*_a, **_k):
         raise KeyboardInterrupt
@@ -274,8 +274,8 @@ def test_ctrl_c_exits_130_with_one_hint_or_trains_own_line(tmp_path, monkeypatch
 
 
 def test_restart_reaches_train_config(demo_root, tmp_path, monkeypatch):
-    import detector.benchmark as B
-    import detector.train as T
+    import detector.run.benchmark as B
+    import detector.run.train as T
 
     seen = []
     monkeypatch.setattr(T, "train", lambda cfg, progress=True: seen.append(cfg.restart) or tmp_path)
@@ -300,7 +300,7 @@ def test_every_option_has_a_one_line_help_with_its_default():
 
     import typer
 
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
 
     defaults = asdict(TrainConfig())
     for name, cmd in typer.main.get_command(app).commands.items():
@@ -333,7 +333,7 @@ def test_training_flags_are_written_once_for_train_and_benchmark():
 @pytest.fixture(scope="module")
 def widget_ckpt(tmp_path_factory, tiny_clip_name):
     """A 1-epoch class-name checkpoint of a class named 'widget' (in no data set here)."""
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=1, baseline="promptad")
@@ -359,9 +359,9 @@ def test_predict_and_eval_on_inputs_without_images_of_the_class(widget_ckpt, dem
 
 
 def test_progress_in_a_pipe_is_plain_lines_and_a_short_run_prints_none(tmp_path, monkeypatch):
-    """The command asks for progress; outside a terminal detector.outputs.progress draws no bar but writes a
+    """The command asks for progress; outside a terminal detector.run.outputs.progress draws no bar but writes a
     plain line at most every 15 s, so a short run's output is its summary line alone."""
-    from detector import outputs
+    from detector.run import outputs
 
     seen = []
 

@@ -1,4 +1,4 @@
-"""detector.data on the synthetic data set: class samples, shots, test batches (RGB images, masks)."""
+"""detector.store.data on the synthetic data set: class samples, shots, test batches (RGB images, masks)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.data import (
+from detector.errors import DetectorError
+from detector.store.data import (
     class_samples,
     iter_test_batches,
     load_images,
@@ -15,7 +16,6 @@ from detector.data import (
     select_class_shots,
     test_split,
 )
-from detector.errors import DetectorError
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from test_evaluate import OracleModel, _key, mvtec_test_samples
 
-from detector import evaluate as E
-from detector import metrics as M
-from detector import report
+from detector.eval import metrics as M
+from detector.eval import report
+from detector.run import evaluate as E
 
 STATES = ["color spot", "missing part"]
 GROUPS = ["image", "background", "left part", "right part"]

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from detector import evaluate as E
-from detector.metrics import METRIC_KEYS
-from detector.model import Prediction
+from detector.eval.metrics import METRIC_KEYS
+from detector.method.model import Prediction
+from detector.run import evaluate as E
 from fsad_data import Sample, load_mask, load_rgb
 
 

@@ -40,14 +40,14 @@ def ckpt(widget_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_dir(ckpt, tmp_path_factory):
-    from detector.export import export_checkpoint
+    from detector.deploy.export import export_checkpoint
 
     return export_checkpoint(ckpt, "onnx", tmp_path_factory.mktemp("onnx") / "widget-onnx")
 
 
 @pytest.fixture(scope="module")
 def torch_model(ckpt):
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     return load_detector(ckpt)
 
@@ -59,7 +59,7 @@ def _assert_same(pred, ref, tol=1e-4):
 
 
 def test_onnx_equals_pytorch_for_batch_1_and_5(onnx_dir, torch_model):
-    from detector.runtime import load_exported
+    from detector.run.runtime import load_exported
 
     images = _images(5)
     ref = torch_model.predict(images, resolution=RES)
@@ -98,7 +98,7 @@ def test_runtime_runs_with_torch_unimportable(onnx_dir, torch_model):
     np.save(onnx_dir.parent / "imgs.npy", np.stack([im[:80, :80] for im in images]))
     code = (
         "import sys\nsys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
-        "import numpy as np\nfrom detector.runtime import load_exported\n"
+        "import numpy as np\nfrom detector.run.runtime import load_exported\n"
         f"m = load_exported({str(onnx_dir)!r})\n"
         f"p = m.predict(list(np.load({str(onnx_dir.parent / 'imgs.npy')!r})))\n"
         f"np.save({str(onnx_dir.parent / 'out.npy')!r}, p.maps)\n"
@@ -157,7 +157,7 @@ def test_predict_engine_onnx_writes_what_torch_writes(onnx_dir, ckpt, tmp_path):
 
 def test_openvino_export_and_engine(ckpt, torch_model, tmp_path):
     pytest.importorskip("openvino")
-    from detector.runtime import load_exported
+    from detector.run.runtime import load_exported
 
     out = tmp_path / "ov"
     res = runner.invoke(app, ["export", "--checkpoint", str(ckpt), "--format", "openvino", "--out", str(out),
@@ -174,8 +174,8 @@ def test_openvino_export_and_engine(ckpt, torch_model, tmp_path):
 
 def test_openvino_fp16_is_close(ckpt, torch_model, tmp_path):
     pytest.importorskip("openvino")
-    from detector.export import export_checkpoint
-    from detector.runtime import load_exported
+    from detector.deploy.export import export_checkpoint
+    from detector.run.runtime import load_exported
 
     out = export_checkpoint(ckpt, "openvino", tmp_path / "ov16", precision="fp16")
     images = _images(2)
@@ -183,7 +183,7 @@ def test_openvino_fp16_is_close(ckpt, torch_model, tmp_path):
 
 
 def test_export_errors_are_clear(ckpt, tmp_path, monkeypatch):
-    from detector.export import export_checkpoint
+    from detector.deploy.export import export_checkpoint
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("x")

@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.backbone import load_backbone
-from detector.losses import image_loss, logit_scale_of, mlsa_loss
-from detector.prompts import (
+from detector.method.backbone import load_backbone
+from detector.method.losses import image_loss, logit_scale_of, mlsa_loss
+from detector.method.prompts import (
     ATTRIBUTE_LEVELS,
     HANDCRAFTED,
     LEARNED,
@@ -29,7 +29,7 @@ from detector.prompts import (
     PromptConfig,
     groups_from_record,
 )
-from detector.text_encoder import placeholder_id
+from detector.method.text_encoder import placeholder_id
 
 ATOL = 1e-5
 
@@ -239,7 +239,7 @@ def _public_text_score(f: torch.Tensor, normal: torch.Tensor, abnormal: torch.Te
 
 
 def test_textual_map_and_cls_score_use_the_stored_scale_and_matching(tiny_clip_name, clip):
-    from detector.model import FineGrainedAD
+    from detector.method.model import FineGrainedAD
 
     torch.manual_seed(0)
     bb = load_backbone(tiny_clip_name, pretrained="none")
@@ -337,7 +337,7 @@ def test_image_loss_equals_the_public_cls_loss(clip, prompts):
 
 
 def test_paper_recipe_is_the_default_and_ours_changes_every_listed_choice():
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
 
     paper = TrainConfig()
     assert (paper.tau, paper.vv_blocks, paper.gate_mode, paper.gate_init, paper.prototype) == (
@@ -354,8 +354,8 @@ def test_fused_map_and_image_score_equal_the_public_forward(tiny_clip_name):
     Ours is the harmonic MEAN, 2 / (1/a + 1/b): twice the public value, the same ranking and AUROC."""
     from scipy.ndimage import gaussian_filter
 
-    from detector.backbone import BackboneOutput
-    from detector.model import FineGrainedAD
+    from detector.method.backbone import BackboneOutput
+    from detector.method.model import FineGrainedAD
 
     g = torch.Generator().manual_seed(7)
     b, h, d = 2, 8, 32
@@ -382,7 +382,7 @@ def test_fused_map_and_image_score_equal_the_public_forward(tiny_clip_name):
 
 def test_component_cluster_match_is_the_public_token_mean_cosine():
     """seg fit: each component text goes to the cluster whose mean (normalised) hr token is most similar."""
-    from detector.regions import RegionConfig, region_weights
+    from detector.method.regions import RegionConfig, region_weights
 
     g = torch.Generator().manual_seed(11)
     tokens = F.normalize(torch.randn(2, 16 * 16, 8, generator=g), dim=-1)

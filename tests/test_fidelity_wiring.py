@@ -4,9 +4,9 @@ import math
 import pytest
 from detector_fixtures import RECORD, make_image
 
-from detector import losses, regions
+from detector.method import losses, regions
 from detector.recipes import build_train_config
-from detector.train import train_model
+from detector.run.train import train_model
 
 SHOTS = [make_image(), make_image((20, 20, 12))]
 IMAGE_TEXTS = {"level": "image", "group": "image", "normal": ["a photo of a grey widget", "a flawless widget"],
@@ -36,7 +36,7 @@ def test_recipe_options_reach_losses_regions_prompts_backbone_and_model(tiny_cli
 
     monkeypatch.setattr(losses, "mlsa_loss", pixel)
     monkeypatch.setattr(losses, "image_loss", image)
-    import detector.fit as fit_module
+    import detector.method.fit as fit_module
 
     monkeypatch.setattr(fit_module, "region_weights", region)  # fit imports it by name
     monkeypatch.setattr(regions, "region_weights", region)

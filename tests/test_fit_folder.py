@@ -54,7 +54,7 @@ def test_quickstart_then_the_printed_predict_command_runs(folder, tmp_path, capf
 
 
 def test_cpu_sized_epochs_are_said_and_used(folder, tmp_path, monkeypatch):
-    from detector import fit_folder
+    from detector.run import fit_folder
 
     monkeypatch.setattr(fit_folder, "CPU_EPOCHS", {"epochs": 1, "image_epochs": 1})
     lines: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from detector.captions import load_class_record
+from detector.store.captions import load_class_record
 from mfsc_builder.cli import app as mfsc_app
 
 runner = CliRunner()

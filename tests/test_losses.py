@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detector.errors import DetectorError
-from detector.losses import (
+from detector.method.losses import (
     abnormal_matching,
     alignment_ce,
     composition,
@@ -17,7 +17,7 @@ from detector.losses import (
     mlsa_loss,
     triplet,
 )
-from detector.prompts import MultiLevelPrompts, PromptConfig, TextFeatures, groups_from_record
+from detector.method.prompts import MultiLevelPrompts, PromptConfig, TextFeatures, groups_from_record
 
 T = torch.tensor
 

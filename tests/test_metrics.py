@@ -6,8 +6,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
-from detector import metrics
 from detector.errors import DetectorError
+from detector.eval import metrics
 
 
 def _random_case(seed: int, n: int = 300, ties: bool = True):
@@ -166,7 +166,7 @@ def test_evaluate_returns_every_metric():
     assert set(metrics.evaluate(scores, labels, None, None)) == {
         "image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
     # the one table names exactly the reported keys (thresholds are not metrics), each once, AUPRO with its limit
-    # plus the two naming figures, which detector.defects computes (not metrics.evaluate)
+    # plus the two naming figures, which detector.eval.defects computes (not metrics.evaluate)
     assert set(metrics.METRIC_KEYS) == set(out) - {"image_f1_threshold", "pixel_f1_threshold"} | {
         "naming_accuracy", "state_accuracy"}
     assert len(set(metrics.METRIC_KEYS)) == len(metrics.METRICS) == len({m.title for m in metrics.METRICS})
@@ -321,7 +321,7 @@ def test_exact_fallback_equals_pixel_metrics():
 
 
 def _previous_pixel_metrics(maps, masks, limit=0.3):
-    """The previous exact pixel metrics, restated from detector/metrics.py before issue 22: every pixel
+    """The previous exact pixel metrics, restated from detector/eval/metrics.py before issue 22: every pixel
     sorted at once carrying its region id (``binary_curve``), the metrics read off the whole curve."""
     masks = np.asarray(masks, bool)
     ids, inv, offset = np.zeros(masks.shape, np.uint32), [np.zeros(1)], 0

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from detector_fixtures import RECORD, make_image
 
 from detector.errors import DetectorError
-from detector.model import (
+from detector.method.model import (
     FineGrainedAD,
     gaussian_kernel1d,
     gaussian_smooth,
@@ -80,7 +80,7 @@ def test_visual_map_and_image_score_by_hand():
 
 @pytest.fixture(scope="module")
 def trained(tiny_clip_name):
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=3, image_epochs=2,
                       shots=2)
@@ -123,8 +123,8 @@ def test_predict_branches_batching_and_errors(trained):
 
 
 def test_save_reload_bit_exact(trained, tmp_path):
-    from detector.checkpoint_io import load_checkpoint
-    from detector.model import load_detector
+    from detector.method.model import load_detector
+    from detector.store.checkpoint import load_checkpoint
 
     images = [make_image(), make_image((40, 8, 16))]
     before = trained.predict(images, resolution=64)
@@ -175,7 +175,7 @@ def test_no_hard_coded_cuda():
 def test_fusion_rule_and_the_tokens_each_branch_reads():
     """METHOD: PAD on the V-V patch tokens, VAD on the tapped blocks; harmonic mean on the patch grid, then
     bilinear upsampling, then Gaussian sigma 4; image score = harmonic(CLS text score, max of the visual grid)."""
-    from detector.backbone import BackboneOutput
+    from detector.method.backbone import BackboneOutput
 
     torch.manual_seed(0)
     m = _bare_model(F.normalize(torch.randn(2, 4), dim=-1), F.normalize(torch.randn(2, 4), dim=-1),

@@ -34,7 +34,7 @@ def test_every_saved_checkpoint_has_an_honest_card(widget_checkpoint):
 
 
 def test_card_of_a_pretrained_captioned_evaluated_checkpoint(widget_checkpoint, tmp_path):
-    from detector.model_card import record_evaluation
+    from detector.store.model_card import record_evaluation
 
     folder = shutil.copytree(widget_checkpoint, tmp_path / "ckpt")
     cfg = json.loads((folder / "config.json").read_text())
@@ -63,7 +63,7 @@ def test_two_evaluations_of_one_checkpoint_take_turns_and_keep_both(widget_check
     over it (a lost update dropped one branch from the card); the lock file goes with the last one."""
     import threading
 
-    from detector.model_card import EVALUATION_LOCK, read_evaluations, record_evaluation
+    from detector.store.model_card import EVALUATION_LOCK, read_evaluations, record_evaluation
     from fsad_data.folder_lock import FolderLock
 
     folder = shutil.copytree(widget_checkpoint, tmp_path / "ckpt")
@@ -83,7 +83,7 @@ def test_two_evaluations_of_one_checkpoint_take_turns_and_keep_both(widget_check
 
 
 def test_push_dry_run_and_mocked_upload(widget_checkpoint, tmp_path):
-    from detector.hub import push_checkpoint
+    from detector.store.hub import push_checkpoint
 
     folder = shutil.copytree(widget_checkpoint, tmp_path / "ckpt")
     (folder / "old.pt").write_bytes(b"not a pickle we would ever send")
@@ -125,7 +125,7 @@ def test_push_command_and_predict_by_hub_id(widget_checkpoint, tmp_path, monkeyp
     res = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--checkpoint", "org/widget", "--out",
                               str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output + res.stderr
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     ref = load_detector(widget_checkpoint).predict([make_image((10, 10, 20))])
     got = json.loads((tmp_path / "pred" / "scores.json").read_text())

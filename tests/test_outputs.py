@@ -1,11 +1,11 @@
-"""detector.outputs: strict JSON values and CSV rows as the commands write them."""
+"""detector.run.outputs: strict JSON values and CSV rows as the commands write them."""
 import csv
 import json
 import math
 
 import numpy as np
 
-from detector.outputs import json_safe, write_csv
+from detector.run.outputs import json_safe, write_csv
 
 
 def test_json_safe_turns_nan_and_numpy_into_strict_json():
@@ -21,7 +21,7 @@ def test_write_csv_writes_none_and_nan_as_empty_cells(tmp_path):
 
 
 def test_epoch_lines_one_per_epoch_or_every_ten_seconds_with_an_estimate():
-    from detector.outputs import EpochLines
+    from detector.run.outputs import EpochLines
 
     now = [0.0]
     lines: list[str] = []

@@ -12,11 +12,11 @@ from detector_fixtures import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from detector import overlay_caption as C
-from detector import predict as P
 from detector.cli import app
-from detector.model import Prediction
-from detector.thresholds import Thresholds
+from detector.eval import overlay_caption as C
+from detector.method.model import Prediction
+from detector.run import predict as P
+from detector.store.thresholds import Thresholds
 
 runner = CliRunner()
 
@@ -152,7 +152,7 @@ def test_each_overlay_has_a_caption_band_and_the_csv_names_every_file(tmp_path):
 
 
 def test_overlays_show_the_decision_and_the_named_defects_in_region_order(widget_checkpoint, tmp_path, monkeypatch):
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     model = load_detector(widget_checkpoint)
     folder = tmp_path / "in"
@@ -213,7 +213,7 @@ def test_detector_commands_import_open_clip_without_transformers_and_timm():
     import sys
 
     config = Path(__file__).parent / "assets" / "fgad-tiny-test.json"
-    code = ("import sys\nfrom detector.backbone import load_backbone\n"
+    code = ("import sys\nfrom detector.method.backbone import load_backbone\n"
             f"bb = load_backbone({str(config)!r}, pretrained='none')\n"
             "print('LOADED', [m for m in ('transformers', 'timm') if m in sys.modules], bb.depth)\n"
             "import timm, transformers\nprint('IMPORTABLE')\n")

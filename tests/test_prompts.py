@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
-from detector.prompts import (
+from detector.method.prompts import (
     ATTRIBUTE_LEVELS,
     HANDCRAFTED,
     LEARNED,
@@ -21,7 +21,7 @@ from detector.prompts import (
     groups_from_class_name,
     groups_from_record,
 )
-from detector.text_encoder import placeholder_id
+from detector.method.text_encoder import placeholder_id
 
 RECORD = {
     "class_name": "bottle",

@@ -1,10 +1,10 @@
-"""One owner decides "random backbone weights" (detector.weights_check.is_random_weights). ``--pretrained None``
+"""One owner decides "random backbone weights" (detector.method.weights.is_random_weights). ``--pretrained None``
 once trained on random weights (the loader lower-cased the tag) while checkpoint_io compared case-sensitively and
 metrics.json called the figures meaningful; every reader now asks the same function."""
 import pytest
 
-from detector.checkpoint_io import checkpoint_info
-from detector.weights_check import is_random_weights
+from detector.method.weights import is_random_weights
+from detector.store.checkpoint import checkpoint_info
 
 
 @pytest.mark.parametrize("tag, random", [(None, True), ("", True), ("none", True), ("None", True), (" NONE ", True),
@@ -27,7 +27,7 @@ def test_train_with_pretrained_None_records_random_weights_everywhere(tiny_clip_
     from typer.testing import CliRunner
 
     from detector.cli import app
-    from detector.model_card import card_data
+    from detector.store.model_card import card_data
 
     ckpt = tmp_path / "ckpt"
     res = CliRunner().invoke(app, ["train", "--baseline", "promptad", "--data", str(demo_root), "--class", "hex_nut",

@@ -6,8 +6,8 @@ import pytest
 
 from detector import recipes as R
 from detector.errors import DetectorError
-from detector.method import METHOD_FIELDS
-from detector.train import TrainConfig
+from detector.method.options import METHOD_FIELDS
+from detector.run.train import TrainConfig
 
 
 def test_paper_recipe_is_exactly_the_defaults_and_ours_differs_in_every_listed_choice():
@@ -55,7 +55,7 @@ def test_settings_and_variants_parse_and_refuse_clearly():
 def test_benchmark_variants_run_side_by_side(demo_root, tmp_path):
     from test_benchmark import CountingTrainer
 
-    from detector import benchmark as B
+    from detector.run import benchmark as B
 
     seen = []
 

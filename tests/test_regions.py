@@ -1,7 +1,7 @@
 """MLSA region aggregation on constructed tensors: clustering, matching, weights, determinism."""
 import torch
 
-from detector.regions import (
+from detector.method.regions import (
     RegionAssignment,
     RegionConfig,
     assign_regions,

@@ -443,8 +443,8 @@ def test_disk_full_while_writing_the_datasets_keeps_the_previous_ones(tmp_path, 
 def test_disk_full_while_saving_a_checkpoint_is_a_clear_error_and_keeps_the_old_one(tmp_path, monkeypatch):
     import torch
 
-    from detector.checkpoint_io import load_checkpoint, save_checkpoint
     from detector.errors import DetectorError
+    from detector.store.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, {"w": torch.ones(3)}, {"v": 1})

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from detector import captions as C
 from detector.cli import app as detector_app
-from detector.data import select_class_shots
+from detector.store import captions as C
+from detector.store.data import select_class_shots
 from fsad_data import Sample, read_dataset
 from mfsc_builder.cli import app as mfsc_app
 

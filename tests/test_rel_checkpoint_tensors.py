@@ -13,10 +13,10 @@ import pytest
 import torch
 from detector_fixtures import RECORD, make_image
 
-from detector.checkpoint_io import load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
-from detector.model import load_detector
-from detector.train import TrainConfig, train_model
+from detector.method.model import load_detector
+from detector.run.train import TrainConfig, train_model
+from detector.store.checkpoint import load_checkpoint, save_checkpoint
 
 IMAGES = [make_image(), make_image((40, 8, 16))]
 

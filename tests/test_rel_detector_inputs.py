@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A tiny 1-epoch class-name (PromptAD) checkpoint: no caption dataset needed."""
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     img = np.full((64, 64, 3), 200, np.uint8)
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,

@@ -184,7 +184,7 @@ def test_a_huge_n_memory_fails_before_allocating(trained, tmp_path):
         import resource
         resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30))
         from detector.errors import DetectorError
-        from detector.model import load_detector
+        from detector.method.model import load_detector
         try:
             load_detector({str(ckpt)!r})
         except DetectorError as e:
@@ -217,7 +217,7 @@ def test_bad_threshold_file_is_one_line_naming_it(trained, demo_root, tmp_path, 
 
 
 def test_the_python_api_reads_threshold_files_through_the_same_check(trained, tmp_path):
-    from detector.api import read_thresholds
+    from detector.deploy.api import read_thresholds
     from detector.errors import DetectorError
 
     ckpt = tmp_path / "ckpt"

@@ -123,7 +123,7 @@ def test_replacements_cannot_grow_without_bound(tmp_path):
     res, _ = run_import(src, out, "--classes", "pill_box")
     assert res.exit_code == 0, res.output
     assert time.perf_counter() - t0 < 20
-    from detector.captions import load_class_record
+    from detector.store.captions import load_class_record
 
     rec = load_class_record(out, "pill_box")
     relation = next(t for t in rec["texts"] if t["level"] == "relation")

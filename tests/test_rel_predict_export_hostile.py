@@ -47,7 +47,7 @@ def _scene(size: int = 48) -> np.ndarray:
 @pytest.fixture(scope="module")
 def onnx_export(widget_checkpoint, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
-    from detector.export import export_checkpoint
+    from detector.deploy.export import export_checkpoint
 
     return export_checkpoint(widget_checkpoint, "onnx", tmp_path_factory.mktemp("onnx") / "widget-onnx",
                              resolution=32)
@@ -77,7 +77,7 @@ def test_export_json_values_out_of_bounds_are_one_line(onnx_export, tmp_path, ed
     """An export.json whose input size is 60000 (2.8 GB and rising before), not numbers, or any value the
     runtime reads of the wrong type or out of range: one DetectorError naming the file and the key, before any
     image is scored."""
-    from detector.runtime import load_exported
+    from detector.run.runtime import load_exported
 
     folder = _edited_export(onnx_export, tmp_path, edit)
     with pytest.raises(DetectorError) as info:
@@ -93,7 +93,7 @@ def test_export_json_values_out_of_bounds_are_one_line(onnx_export, tmp_path, ed
 
 def test_export_json_nested_deep_or_huge_is_refused_before_parsing(onnx_export, tmp_path):
     """export.json nested 100000 deep (RecursionError before) or of megabytes (read whole before): one line."""
-    from detector.runtime import load_exported
+    from detector.run.runtime import load_exported
 
     folder = _edited_export(onnx_export, tmp_path, lambda s: '{"format": ' + "[" * 100000 + "]" * 100000 + "}")
     with pytest.raises(DetectorError, match=r"export\.json.*(deep|nest)"):
@@ -105,8 +105,8 @@ def test_export_json_nested_deep_or_huge_is_refused_before_parsing(onnx_export, 
 
 
 def test_export_refuses_a_resolution_the_runtime_would_refuse(widget_checkpoint, tmp_path):
-    from detector.export import export_checkpoint
-    from detector.runtime import MAX_RESOLUTION
+    from detector.deploy.export import export_checkpoint
+    from detector.run.runtime import MAX_RESOLUTION
 
     with pytest.raises(DetectorError, match="--resolution"):
         export_checkpoint(widget_checkpoint, "onnx", tmp_path / "o", resolution=MAX_RESOLUTION + 1)
@@ -207,7 +207,7 @@ def test_predict_scores_a_large_image_at_a_bounded_size_and_records_the_scale(wi
                                                                               monkeypatch):
     """An image above predict's pixel limit is scored, not refused: its maps, masks and overlays are at the
     reduced size, and scores.csv/json record the file's own size and the scale."""
-    import detector.predict as P
+    import detector.run.predict as P
 
     monkeypatch.setattr(P, "MAX_IMAGE_PIXELS", 400 * 480)
     Image.fromarray(np.kron(_scene(), np.ones((20, 20, 1), np.uint8))[:, :800]).save(tmp_path / "big.png")  # 800x960
@@ -230,7 +230,7 @@ def test_predict_scores_a_large_image_at_a_bounded_size_and_records_the_scale(wi
 
 # --------------------------------------------------------------------------- 3. long file names
 def test_output_stems_shorten_over_long_names_deterministically():
-    from detector.predict import output_stems
+    from detector.run.predict import output_stems
 
     long_a, long_b = "a" * 240 + "1.png", "a" * 240 + "2.png"
     nested = "sub/" + "é" * 120 + ".png"  # 240 bytes in UTF-8
@@ -303,7 +303,7 @@ def test_export_on_a_full_disk_names_the_output_folder(widget_checkpoint, tmp_pa
 
 # --------------------------------------------------------------------------- 5. one run per --out
 def test_predict_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, tmp_path):
-    from detector.outputs import output_lock
+    from detector.run.outputs import output_lock
 
     Image.fromarray(_scene()).save(tmp_path / "x.png")
     out = tmp_path / "out"
@@ -318,7 +318,7 @@ def test_predict_into_a_folder_another_run_holds_is_refused_at_once(widget_check
 
 def test_export_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
-    from detector.outputs import output_lock
+    from detector.run.outputs import output_lock
 
     out = tmp_path / "exp"
     with output_lock(out, "detector export"):
@@ -328,7 +328,7 @@ def test_export_into_a_folder_another_run_holds_is_refused_at_once(widget_checkp
 
 
 def test_eval_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, demo_root, tmp_path):
-    from detector.outputs import output_lock
+    from detector.run.outputs import output_lock
 
     out = tmp_path / "ev"
     args = ["eval", "--checkpoint", widget_checkpoint, "--data", demo_root, "--class", "hex_nut", "--out", out,

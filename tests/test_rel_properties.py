@@ -1,4 +1,4 @@
-"""Property tests (hypothesis): metric invariants against detector.metrics, and the MLLP text contract of
+"""Property tests (hypothesis): metric invariants against detector.eval.metrics, and the MLLP text contract of
 mfsc_builder.fill (docs/CONTRACTS.md) on generated records. Small example counts keep the file in seconds."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector import metrics
+from detector.eval import metrics
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -48,7 +48,7 @@ def test_the_crafted_pickle_really_runs_code(tmp_path):
 
 @pytest.mark.parametrize("name", ["weights.pt", "pytorch_model.bin", "weights.pth", "w.ckpt"])
 def test_pickled_pretrained_weights_are_refused_without_running(tmp_path, tiny_clip_name, name):
-    from detector.backbone import load_backbone
+    from detector.method.backbone import load_backbone
 
     marker = tmp_path / "pwned"
     f = _evil_state_dict(tmp_path / name, marker)
@@ -66,7 +66,7 @@ def test_pickled_pretrained_weights_are_refused_without_running(tmp_path, tiny_c
 
 
 def test_pickle_renamed_to_safetensors_is_refused(tmp_path, tiny_clip_name):
-    from detector.backbone import load_backbone
+    from detector.method.backbone import load_backbone
 
     marker = tmp_path / "pwned"
     f = _evil_state_dict(tmp_path / "open_clip_model.safetensors", marker)
@@ -81,7 +81,7 @@ def checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A real (tiny, 1-epoch) FineGrainedAD checkpoint."""
     import numpy as np
 
-    from detector.train import TrainConfig, train_model
+    from detector.run.train import TrainConfig, train_model
 
     record = {"class_name": "widget", "object_name": "widget", "texts": [
         {"level": "image", "group": "image", "normal": ["a photo of a widget"], "abnormal": ["a broken widget"]},
@@ -116,7 +116,7 @@ def _sha(path: Path) -> str:
 
 
 def test_checkpoint_with_pickle_weights_is_refused(checkpoint, tmp_path):
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     marker = tmp_path / "pwned"
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
@@ -129,7 +129,7 @@ def test_checkpoint_with_pickle_weights_is_refused(checkpoint, tmp_path):
 
 def test_pickle_disguised_as_checkpoint_weights_with_a_matching_checksum(checkpoint, tmp_path):
     """The attacker also fixes the checksum: the safetensors reader still refuses, nothing runs."""
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     marker = tmp_path / "pwned"
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
@@ -150,7 +150,7 @@ def test_pickle_disguised_as_checkpoint_weights_with_a_matching_checksum(checkpo
     (lambda c: c.update(weights_sha256=12), "checksum"),
 ])
 def test_checkpoint_config_with_wrong_types_or_version_is_a_clear_error(checkpoint, tmp_path, edit, words):
-    from detector.checkpoint_io import load_checkpoint
+    from detector.store.checkpoint import load_checkpoint
 
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
     _edit_config(ckpt, edit)
@@ -160,7 +160,7 @@ def test_checkpoint_config_with_wrong_types_or_version_is_a_clear_error(checkpoi
 
 
 def test_checkpoint_config_that_is_not_json_is_a_clear_error(checkpoint, tmp_path):
-    from detector.checkpoint_io import load_checkpoint
+    from detector.store.checkpoint import load_checkpoint
 
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
     (ckpt / "config.json").write_bytes(b"\x80\x04K\x01.")  # a pickle where JSON belongs
@@ -170,7 +170,7 @@ def test_checkpoint_config_that_is_not_json_is_a_clear_error(checkpoint, tmp_pat
 
 @pytest.mark.parametrize("tensors", [5, "model", None, [1, 2]])
 def test_checkpoint_tensor_list_of_the_wrong_type_is_a_clear_error(checkpoint, tmp_path, tensors):
-    from detector.checkpoint_io import load_checkpoint
+    from detector.store.checkpoint import load_checkpoint
 
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
     _edit_config(ckpt, lambda c: c.update(tensors=tensors))
@@ -191,7 +191,7 @@ def test_checkpoint_tensor_list_of_the_wrong_type_is_a_clear_error(checkpoint, t
 def test_checkpoint_meta_with_wrong_fields_is_a_detector_error(checkpoint, tmp_path, edit):
     """The checksum only covers the weights: a hand-edited meta must still give a DetectorError naming the
     checkpoint, not a KeyError/TypeError traceback."""
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
     _edit_config(ckpt, lambda c: edit(c["meta"]))
@@ -202,7 +202,7 @@ def test_checkpoint_meta_with_wrong_fields_is_a_detector_error(checkpoint, tmp_p
 
 def test_checkpoint_from_another_backbone_is_a_clear_error(checkpoint, tmp_path):
     """Reloading with a backbone of another width (a config swapped in meta) fails with a message."""
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     other = json.loads((ROOT / "tests" / "assets" / "fgad-tiny-test.json").read_text())
     other["embed_dim"] = 48
@@ -333,7 +333,7 @@ def test_the_source_scan_would_catch_an_unsafe_load(tmp_path, monkeypatch):
 
 def test_caption_dataset_folder_with_a_loading_script_runs_no_code(tmp_path):
     """A published caption folder that ships a dataset script: the loader never imports it."""
-    from detector.captions import load_class_record
+    from detector.store.captions import load_class_record
 
     marker = tmp_path / "pwned"
     d = tmp_path / "caps"

@@ -7,7 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from detector import report
+from detector.eval import report
 
 
 def _metrics():
@@ -96,7 +96,7 @@ def test_colour_bar_numbers_are_readable():
 def test_curve_points_equal_scikit_learn():
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from detector.metrics import binary_curve
+    from detector.eval.metrics import binary_curve
 
     rng = np.random.default_rng(1)
     labels = rng.random(200) < 0.3
@@ -111,7 +111,7 @@ def test_curve_points_equal_scikit_learn():
 
 
 def test_plots_are_real_pngs():
-    from detector.metrics import binary_curve
+    from detector.eval.metrics import binary_curve
 
     rng = np.random.default_rng(2)
     labels = rng.random(50) < 0.5

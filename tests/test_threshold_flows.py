@@ -1,6 +1,6 @@
 """The README's threshold flows as an engineer runs them, with no file copied by hand: train -> eval ->
 ``predict --threshold auto``; the Python API with ``"auto"`` and with an evaluation folder; a stale or missing
-evaluation is one line saying which eval to run (``detector.thresholds`` decides for all of them)."""
+evaluation is one line saying which eval to run (``detector.store.thresholds`` decides for all of them)."""
 from __future__ import annotations
 
 import json

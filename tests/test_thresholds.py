@@ -1,4 +1,4 @@
-"""The threshold owner (``detector.thresholds``) with an explicit image threshold: ``--image-threshold`` and the
+"""The threshold owner (``detector.store.thresholds``) with an explicit image threshold: ``--image-threshold`` and the
 API's ``image_threshold=`` replace the evaluation's image threshold, or add one to a number / none; the pixel
 threshold and resolution stay; a value that is not a finite number is one line."""
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from detector.errors import DetectorError
-from detector.thresholds import image_threshold_in_force, resolve_threshold
+from detector.store.thresholds import image_threshold_in_force, resolve_threshold
 
 
 def _evaluation(folder):

@@ -7,7 +7,7 @@ import torch
 from detector_fixtures import RECORD, make_image
 
 from detector.errors import DetectorError
-from detector.train import TrainConfig, train, train_model
+from detector.run.train import TrainConfig, train, train_model
 
 SHOTS = [make_image(), make_image()]
 NAMES = ["good/000.png", "good/001.png"]
@@ -36,8 +36,8 @@ def test_gradients_reach_exactly_the_prompts(tiny_clip_name):
     """One loss step: ctx, abnormal tokens and gates (of the attributes present) get gradients, CLIP none."""
     import torch.nn.functional as F
 
-    from detector.losses import mlsa_loss
-    from detector.model import build_prompt_sets, load_backbone_for
+    from detector.method.losses import mlsa_loss
+    from detector.method.model import build_prompt_sets, load_backbone_for
 
     cfg = _cfg(tiny_clip_name)
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
@@ -98,13 +98,13 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):
-    import detector.fit
-    import detector.train as tr
+    import detector.method.fit
+    import detector.run.train as tr
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(detector.fit, "fit_prompt_set", boom)
+    monkeypatch.setattr(detector.method.fit, "fit_prompt_set", boom)
     out = tmp_path / "ckpt"
     monkeypatch.setattr(tr, "load_shots", lambda cfg: (SHOTS, NAMES))
     with pytest.raises(KeyboardInterrupt):
@@ -144,7 +144,7 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
     from sklearn.metrics import roc_auc_score
 
     import fsad_data
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
     cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=4,
@@ -170,8 +170,8 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
 def test_tau_is_the_stored_logit_scale_by_default(tiny_clip_name):
     import math
 
-    from detector.fit import resolve_tau
-    from detector.model import load_backbone_for
+    from detector.method.fit import resolve_tau
+    from detector.method.model import load_backbone_for
 
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
     # open_clip's init stores log(1 / 0.07); the public code multiplies by that value as it is
@@ -202,17 +202,17 @@ class _StopAt:
 
 
 def _resumable(monkeypatch, tiny_clip_name, out, **kw) -> TrainConfig:
-    import detector.captions
-    import detector.train as tr
+    import detector.run.train as tr
+    import detector.store.captions
 
     monkeypatch.setattr(tr, "load_shots", lambda cfg: (SHOTS, NAMES))
-    monkeypatch.setattr(detector.captions, "load_class_record", lambda captions, name: RECORD)
+    monkeypatch.setattr(detector.store.captions, "load_class_record", lambda captions, name: RECORD)
     return _cfg(tiny_clip_name, captions="caps", out=str(out), epochs=4, image_epochs=3, **kw)
 
 
 def _run_stopping(monkeypatch, cfg, pixel_stop=None, image_stop=None):
     """train() with the pixel / image loss raising Ctrl-C on the given call; returns the two call counters."""
-    from detector import losses
+    from detector.method import losses
 
     px, im = _StopAt(losses.mlsa_loss, pixel_stop), _StopAt(losses.image_loss, image_stop)
     with monkeypatch.context() as m:
@@ -229,9 +229,9 @@ def _run_stopping(monkeypatch, cfg, pixel_stop=None, image_stop=None):
 def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the pixel phase, then in the image phase; each rerun continues where the last saved epoch
     left off, and the final checkpoint equals an uninterrupted run's tensor for tensor."""
-    import detector.fit
-    from detector.checkpoint_io import load_checkpoint
-    from detector.model import load_detector
+    import detector.method.fit
+    from detector.method.model import load_detector
+    from detector.store.checkpoint import load_checkpoint
 
     ref = train(_resumable(monkeypatch, tiny_clip_name, tmp_path / "ref"), progress=False)
     cfg = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run")
@@ -240,7 +240,7 @@ def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "after 2/4 pixel and 0/3 image epochs" in err and "rerun" in err
     assert partial.is_dir() and not (tmp_path / "run").exists()
-    monkeypatch.setattr(detector.fit, "encode_shots", lambda *a, **k: pytest.fail("shots re-encoded on resume"))
+    monkeypatch.setattr(detector.method.fit, "encode_shots", lambda *a, **k: pytest.fail("shots re-encoded on resume"))
     # the rerun does pixel epochs 3 and 4 only, then stops inside image epoch 2
     assert _run_stopping(monkeypatch, cfg, image_stop=2) == (2, 2)
     assert "after 4/4 pixel and 1/3 image epochs" in capsys.readouterr().err
@@ -257,7 +257,7 @@ def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, 
 
 
 def test_stale_partial_state_of_another_config_is_refused(tiny_clip_name, tmp_path, monkeypatch, capsys):
-    from detector.checkpoint_io import load_checkpoint
+    from detector.store.checkpoint import load_checkpoint
 
     cfg = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run")
     _run_stopping(monkeypatch, cfg, pixel_stop=2)
@@ -277,7 +277,7 @@ def test_stale_partial_state_of_another_config_is_refused(tiny_clip_name, tmp_pa
 
 
 def test_end_of_training_prints_the_loss_of_each_prompt_set(tiny_clip_name, capsys):
-    from detector.train import loss_line
+    from detector.run.train import loss_line
 
     assert loss_line("pixel prompts", [2.31, 1.2, 0.87]) == "pixel prompts: loss 2.31 -> 0.87 over 3 epochs"
     m = train_model(_cfg(tiny_clip_name, baseline="promptad", epochs=2, image_epochs=1), progress=True,
@@ -293,7 +293,7 @@ def test_full_size_backbone_trains_and_predicts(demo_root, tmp_path):
     import datasets
 
     import fsad_data
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
     cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=1,
@@ -315,7 +315,7 @@ def test_pixel_loss_gets_each_groups_region_weights_in_token_order(tiny_clip_nam
     aligned with the flattened patch tokens (a wrong permute/reshape would mix groups or shots)."""
     import torch.nn.functional as F
 
-    from detector import losses
+    from detector.method import losses
 
     seen = {}
     real = losses.mlsa_loss
@@ -342,8 +342,8 @@ def test_pixel_loss_gets_each_groups_region_weights_in_token_order(tiny_clip_nam
 def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_clip_name, tmp_path, monkeypatch):
     """on/off give the same prompts (the setting is left out of the resume fingerprint: a run interrupted
     with it off resumes with it on); auto follows the activation estimate; unknown values are refused."""
-    from detector import fit
-    from detector.checkpoint_io import load_checkpoint
+    from detector.method import fit
+    from detector.store.checkpoint import load_checkpoint
 
     off = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, text_checkpointing="off"))
     on = _train(_cfg(tiny_clip_name, epochs=3, image_epochs=2, text_checkpointing="on"))
@@ -375,10 +375,10 @@ def test_text_checkpointing_trains_the_same_and_resumes_across_settings(tiny_cli
 
 
 def test_fit_is_pure_and_is_what_train_model_runs(tiny_clip_name, tmp_path, monkeypatch, capsys):
-    """detector.fit.fit: tensors + record in, the detector out; no file written, nothing printed, and the
+    """detector.method.fit.fit: tensors + record in, the detector out; no file written, nothing printed, and the
     same prompts as train_model (which only adds the files, the backbone and the console around it)."""
-    from detector.fit import fit
-    from detector.model import load_backbone_for
+    from detector.method.fit import fit
+    from detector.method.model import load_backbone_for
 
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(tiny_clip_name, epochs=2, image_epochs=1, out=str(tmp_path / "never"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detector.errors import DetectorError
-from detector.weights_check import cached_file, main, weights_problem, weights_route
+from detector.method.weights import cached_file, main, weights_problem, weights_route
 
 
 def test_none_and_local_paths_need_nothing(tmp_path):
@@ -89,7 +89,7 @@ def test_cached_weights_are_found_in_the_hub_and_url_layouts(caches):
     problem = weights_problem(*PAPER)
     assert problem is not None and "699c4b84" in problem and E32_FILE in problem
     with pytest.raises(DetectorError, match="699c4b84"):
-        from detector.backbone import load_backbone
+        from detector.method.backbone import load_backbone
 
         load_backbone(*PAPER)
 
@@ -109,7 +109,7 @@ def _tiny_release(tiny_clip_name, folder, seed: int):
 def test_a_verified_file_is_loaded_and_its_sha256_recorded(caches, tiny_clip_name, tmp_path, monkeypatch):
     import open_clip.pretrained as P
 
-    from detector.backbone import load_backbone
+    from detector.method.backbone import load_backbone
 
     _, url_cache = caches
     tmp, sha, model = _tiny_release(tiny_clip_name, tmp_path, seed=1)
@@ -129,8 +129,8 @@ def test_a_verified_file_is_loaded_and_its_sha256_recorded(caches, tiny_clip_nam
     assert "\n" not in str(e.value)
     assert load_backbone(tiny_clip_name, "none").weights_sha256 is None
     # a checkpoint records the file's SHA-256 and reloads only on the same file
-    from detector.model import load_detector
-    from detector.train import TrainConfig, train_model
+    from detector.method.model import load_detector
+    from detector.run.train import TrainConfig, train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="laion400m_e32", epochs=1,
                       image_epochs=1, shots=1, baseline="promptad")

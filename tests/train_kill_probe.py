@@ -88,18 +88,18 @@ def main() -> None:
             return result
         return run
 
-    import detector.checkpoint_io as cio
+    import detector.store.checkpoint as cio
 
     if name == "card":  # the checkpoint's README.md, written after the checkpoint
-        import detector.model_card as card
+        import detector.store.model_card as card
 
         card.write_card = watched(card.write_card, lambda d, *a, **kw: Path(d) / card.CARD_FILE)
     elif name == "discard":
-        import detector.train_state as ts
+        import detector.store.train_state as ts
 
         partial = out.with_name(out.name + ".partial")
         ts.discard_state = watched(ts.discard_state, lambda *a, **kw: partial)
-    else:  # before detector.model / detector.train_state import it by name
+    else:  # before detector.method.model / detector.store.train_state import it by name
         cio.save_checkpoint = watched(cio.save_checkpoint,
                                       lambda d, *a, **kw: Path(d) if Path(d).name == name else None)
     from detector.cli import app

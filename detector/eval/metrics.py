@@ -60,7 +60,7 @@ METRICS = (
     Metric("pixel_f1_max", "pixel F1-max", "px F1"),
     Metric("image_ap", "image AP", "img AP"),
     Metric("pixel_ap", "pixel AP", "px AP"),
-    Metric("naming_accuracy", "naming accuracy", "naming"),  # detector.defects: named component right
+    Metric("naming_accuracy", "naming accuracy", "naming"),  # detector.eval.defects: named component right
     Metric("state_accuracy", "state accuracy", "state"),  # named state = defect folder (dataset states only)
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)

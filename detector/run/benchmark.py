@@ -30,20 +30,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detector import report
-from detector.captions import load_class_record
-from detector.checkpoint_io import CONFIG_FILE, checkpoint_info
-from detector.data import class_test_samples, readable, select_class_shots
 from detector.errors import DetectorError
-from detector.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
-from detector.metrics import METRIC, METRIC_KEYS, METRICS
-from detector.outputs import output_lock, write_csv
+from detector.eval import report
+from detector.eval.metrics import METRIC, METRIC_KEYS, METRICS
+from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.method.weights import is_random_weights
 from detector.recipes import train_config_fields
-from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
-from detector.thresholds import checkpoint_sha256
-from detector.train import TrainConfig, train_and_save
-from detector.validate import read_cell_metrics, read_json
-from detector.weights_check import is_random_weights
+from detector.run.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
+from detector.run.outputs import output_lock, write_csv
+from detector.run.train import TrainConfig, train_and_save
+from detector.store.captions import load_class_record
+from detector.store.checkpoint import CONFIG_FILE, checkpoint_info
+from detector.store.data import class_test_samples, readable, select_class_shots
+from detector.store.schemas import read_cell_metrics, read_json
+from detector.store.thresholds import checkpoint_sha256
 from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
@@ -89,7 +89,7 @@ class BenchmarkConfig:
     merge: bool = False  # only assemble the tables
     resolution: int = EVAL_RESOLUTION
     batch_size: int = 8
-    exact_metrics: bool = False  # keep every float32 map (see detector.evaluate) instead of the histogram
+    exact_metrics: bool = False  # keep every float32 map (see detector.run.evaluate) instead of the histogram
     layout: str = "auto"
     dataset_name: str | None = None  # default: the data folder's name
     train_config: Path | None = None  # a TrainConfig YAML/JSON the flags override
@@ -306,7 +306,7 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
     """Run this shard's unfinished cells, then (single shard, or --merge) write the tables.
 
     One run per OUT (per shard of OUT when sharded: shards may share a folder), and one per cell, locked
-    with ``detector.outputs.output_lock``: a second benchmark into the same folder is refused at once, never
+    with ``detector.run.outputs.output_lock``: a second benchmark into the same folder is refused at once, never
     trains or evaluates a cell that another run is computing."""
     out = Path(config.out)
     check_benchmark_out(out)

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detector.checkpoint_io import CONFIG_FILE
 from detector.errors import DetectorError
-from detector.weights_check import RANDOM_WEIGHTS, is_random_weights
+from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
+from detector.store.checkpoint import CONFIG_FILE
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"

@@ -7,12 +7,12 @@ left outside the graph is the resize to the fixed input size, done exactly as ``
 does it (Pillow, the backbone's interpolation, straight to S x S with no crop), so the graph sees the same
 uint8 pixels as the PyTorch path and gives the same scores and maps.
 
-An export folder holds ``export.json`` (``ExportSpec`` fields, written by ``detector.export``) and the
+An export folder holds ``export.json`` (``ExportSpec`` fields, written by ``detector.deploy.export``) and the
 graph: ``model.onnx`` (ONNX) or ``model.xml`` + ``model.bin`` (OpenVINO IR).
 
 ``export.json`` can be hand-edited or crafted, and its numbers size the buffers here (an input size of 60000 is
 60000 x 60000 pixels an image), so ``read_spec`` bounds what it may cost before anything is built: the file's
-size before reading (``MAX_SPEC_BYTES``), its nesting while parsing (as ``detector.validate.read_json``, without
+size before reading (``MAX_SPEC_BYTES``), its nesting while parsing (as ``detector.store.schemas.read_json``, without
 that module's pydantic import), and every value this module reads, by type and range (``MAX_INPUT_SIZE``,
 ``MAX_RESOLUTION``), each refused in one line naming the file and the key. The graph's own input size must match.
 """
@@ -43,7 +43,7 @@ OPENVINO_MISSING = ("OpenVINO is not installed: pip install openvino (or the pro
 
 @dataclass
 class RuntimePrediction:
-    """Image scores (B,) and anomaly maps (B, R, R) float32, as ``detector.model.Prediction``."""
+    """Image scores (B,) and anomaly maps (B, R, R) float32, as ``detector.method.model.Prediction``."""
 
     scores: np.ndarray
     maps: np.ndarray

@@ -17,7 +17,7 @@ the whole batch (tests hold both paths equal to 1e-4 for several batch sizes). T
 ``torch.onnx.export`` with the dynamo exporter (torch.export + onnxscript, opset 18); OpenVINO IR is
 converted from that ONNX file by ``openvino.convert_model`` (optional extra). ``export.json`` beside the
 graph says what a caller needs (input size and resize rule, normalisation, output names, thresholds, class,
-the source checkpoint and the SHA-256 of its files). ``detector.runtime`` runs it without torch.
+the source checkpoint and the SHA-256 of its files). ``detector.run.runtime`` runs it without torch.
 """
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.checkpoint_io import CONFIG_FILE
 from detector.errors import DetectorError
-from detector.runtime import (
+from detector.run.runtime import (
     EXPORT_FORMAT,
     EXPORT_JSON,
     EXPORT_VERSION,
@@ -47,6 +46,7 @@ from detector.runtime import (
     OPENVINO_MISSING,
     OUTPUT_NAMES,
 )
+from detector.store.checkpoint import CONFIG_FILE
 
 PRECISIONS = ("fp32", "fp16")
 OPSET = 18
@@ -121,10 +121,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
     ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else 256,
     as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
-    ``out`` is locked for the run (``detector.outputs.output_lock``: a second export into it is refused at once),
+    ``out`` is locked for the run (``detector.run.outputs.output_lock``: a second export into it is refused at once),
     and a write error that names no file (a full disk) names it.
     """
-    from detector.outputs import naming_folder, output_lock
+    from detector.run.outputs import naming_folder, output_lock
 
     out = Path(out)
     lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
@@ -133,10 +133,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
 
 def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
-    from detector.api import DEFAULT_RESOLUTION, read_thresholds
-    from detector.checkpoint_io import checkpoint_info, checkpoint_meta
-    from detector.hub import resolve_checkpoint
-    from detector.model import SMOOTH_SIGMA, load_detector
+    from detector.deploy.api import DEFAULT_RESOLUTION, read_thresholds
+    from detector.method.model import SMOOTH_SIGMA, load_detector
+    from detector.store.checkpoint import checkpoint_info, checkpoint_meta
+    from detector.store.hub import resolve_checkpoint
     from fsad_data.atomic import staged_folder, write_json_atomic
 
     if fmt not in FORMATS:
@@ -158,7 +158,7 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
     meta = checkpoint_meta(ckpt)
     thresholds = read_thresholds(ckpt)
     res = int(resolution or (thresholds or {}).get("resolution") or DEFAULT_RESOLUTION)
-    if not 8 <= res <= MAX_RESOLUTION:  # the runtime refuses an export.json outside these (detector.runtime)
+    if not 8 <= res <= MAX_RESOLUTION:  # the runtime refuses an export.json outside these (detector.run.runtime)
         raise DetectorError(f"--resolution {res}: use from 8 to {MAX_RESOLUTION} pixels")
     if thresholds and thresholds.get("resolution") not in (None, res):
         thresholds = None  # picked at another resolution: not valid for these maps

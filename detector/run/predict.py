@@ -4,12 +4,12 @@ For each input image (files, or folders searched recursively, sorted) it writes 
 - ``maps/<stem>.npy`` (unless ``maps=False``, ``--no-maps``): the anomaly map resized (bilinear) to the image's
   own size, float32 (H, W);
 - ``overlays/<stem>.png`` (unless ``overlays=False``, ``--no-overlays``): the image with the heat map blended
-  in, one colour scale for the whole run, above a caption band (``detector.overlay_caption``: the verdict, the
+  in, one colour scale for the whole run, above a caption band (``detector.eval.overlay_caption``: the verdict, the
   score against the image threshold, the named defects' sentences);
 - ``masks/<stem>.png`` (only with a threshold): 255 where map >= threshold, else 0, at the image's size;
 - ``scores.csv`` and ``scores.json``: per image the score (and, with an image threshold, the anomalous/normal
   decision) and the paths of its files in OUT (``map``, ``overlay``, ``mask``, ``regions``: only those written);
-- with a threshold, named defects (``detector.defects``): ``defects.json`` (per image every region's box
+- with a threshold, named defects (``detector.eval.defects``): ``defects.json`` (per image every region's box
   in the image's pixels, area, peak/mean score, component, vote share, location, state, sentence),
   ``regions/<stem>.png`` (the regions' label map: region k has value k, its mask), the count and the
   sentences in scores.csv/json, and the regions outlined and numbered on the overlays.
@@ -25,7 +25,7 @@ scaled while decoding, other formats box-averaged), the model sees that copy (it
 either way) and its map, mask, regions, overlay and defect boxes are at that size. scores.csv/json record the
 file's own ``width`` and ``height`` and the ``scale`` of its files (1.0, or e.g. 0.333 for a third of each side).
 
-OUT is locked for the run (``detector.outputs.output_lock``: a second run into it is refused at once). OUT is ours
+OUT is locked for the run (``detector.run.outputs.output_lock``: a second run into it is refused at once). OUT is ours
 only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
 ``PREDICT_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
 temporary folder beside OUT and swapped in at the end, so a rerun never leaves an earlier run's maps beside this
@@ -44,14 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from detector import outputs, report
-from detector.checkpoint_io import checkpoint_info, checkpoint_meta
-from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingConfig
 from detector.errors import DetectorError
-from detector.evaluate import Predictor
-from detector.outputs import json_safe, write_csv
-from detector.scoring import DEFAULT_BRANCH
-from detector.thresholds import Thresholds
+from detector.eval import report
+from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingConfig
+from detector.method.scoring import DEFAULT_BRANCH
+from detector.run import outputs
+from detector.run.evaluate import Predictor
+from detector.run.outputs import json_safe, write_csv
+from detector.store.checkpoint import checkpoint_info, checkpoint_meta
+from detector.store.thresholds import Thresholds
 from fsad_data.atomic import (
     clean_orphans,
     staged_folder,
@@ -76,8 +77,8 @@ class PredictConfig:
     inputs: list[Path]
     out: Path
     batch_size: int = 8
-    threshold: str = "none"  # "auto" (detector.thresholds), an evaluation folder or file, "none", a number
-    image_threshold: float | None = None  # decides `anomalous` over the threshold's own (detector.thresholds)
+    threshold: str = "none"  # "auto" (detector.store.thresholds), an evaluation folder or file, "none", a number
+    image_threshold: float | None = None  # decides `anomalous` over the threshold's own (detector.store.thresholds)
     resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
     branch: str = DEFAULT_BRANCH
     device: str = "cpu"
@@ -102,7 +103,7 @@ class ScoredRows(list):
 
 def is_prediction_folder(path: Path) -> bool:
     """Whether ``path`` holds an output of ``detector predict`` (its scores.json, tagged or of the older form)."""
-    from detector.validate import read_json
+    from detector.store.schemas import read_json
 
     try:
         data = read_json(Path(path) / SCORES_JSON, "")
@@ -247,8 +248,8 @@ def output_file(kind: str, stem: str) -> str:
 def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DEFAULT_BRANCH,
                       image: float | None = None) -> Thresholds:
     """``--threshold``: none, a number, auto, or an evaluation folder / threshold.json, and ``--image-threshold``
-    (``detector.thresholds``)."""
-    from detector.thresholds import resolve_threshold as resolve
+    (``detector.store.thresholds``)."""
+    from detector.store.thresholds import resolve_threshold as resolve
 
     return resolve(spec, ckpt_dir, branch, image)
 
@@ -273,7 +274,7 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
     ``overlays`` / ``maps`` False: those files are not written (nor listed in the rows), and cost nothing."""
     import tempfile
 
-    from detector import defects as D
+    from detector.eval import defects as D
 
     if on_error not in ("raise", "skip"):
         raise DetectorError(f"--on-error {on_error!r}: use raise or skip")
@@ -379,7 +380,7 @@ def _write_overlay(path: Path, image: np.ndarray, amap: np.ndarray, scale: tuple
                    out: Path) -> None:
     """One overlay: the heat map on the run's colour scale, the named regions outlined and numbered, and the
     caption band (verdict, score against the image threshold, the defects' sentences in region order)."""
-    from detector.overlay_caption import add_caption, caption_lines
+    from detector.eval.overlay_caption import add_caption, caption_lines
 
     pic = report.overlay(image, amap, None, *scale)  # the map resized to the image as maps/ holds it
     sentences = None
@@ -459,7 +460,7 @@ def run_predict(config: PredictConfig) -> ScoredRows:
 
 
 def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
-    from detector.hub import resolve_checkpoint
+    from detector.store.hub import resolve_checkpoint
 
     check_predict_out(out, list(config.inputs))
     clean_orphans(out)  # what a killed run left beside OUT (never read as inputs either way)
@@ -468,7 +469,7 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
     if config.engine == "torch":
         meta = checkpoint_meta(ckpt)
     else:
-        from detector.runtime import load_exported
+        from detector.run.runtime import load_exported
 
         exported = load_exported(ckpt, engine=config.engine, device=config.device)
         meta = exported.spec.get("checkpoint_meta") or {}
@@ -483,7 +484,7 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
         model: Any = exported
         info = {"checkpoint": str(config.checkpoint), **meta, "engine": config.engine}
     else:
-        from detector.model import load_detector
+        from detector.method.model import load_detector
 
         model = load_detector(ckpt, device=config.device, precision=config.precision)
         info = {"checkpoint": str(config.checkpoint), "class_name": meta.get("class_name"),

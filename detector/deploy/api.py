@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.scoring import DEFAULT_BRANCH
+from detector.method.scoring import DEFAULT_BRANCH
 
 if TYPE_CHECKING:
-    from detector.thresholds import Thresholds
+    from detector.store.thresholds import Thresholds
 
 DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
 
@@ -46,7 +46,7 @@ class DetectorResult:
     map: np.ndarray  # (H, W) float32 anomaly map
     mask: np.ndarray | None  # (H, W) bool, map >= pixel threshold; None without a threshold
     anomalous: bool | None  # score >= the image threshold; None unless `detector eval` stored one
-    defects: list[dict[str, Any]] | None = None  # named defects at the pixel threshold (detector.defects);
+    defects: list[dict[str, Any]] | None = None  # named defects at the pixel threshold (detector.eval.defects);
     # None without a threshold or for an engine that exposes no token matching (an export)
 
 
@@ -95,7 +95,7 @@ class Detector:
         self.source = source
         self.folder = folder  # the checkpoint or export folder (a Hub id's snapshot); None: built in memory
         self._fixed_resolution = resolution  # an export's map size; None: any
-        from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
+        from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
 
         self.min_area, self.min_margin = DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN  # named defects (settable)
         self._bank: Any = None
@@ -108,12 +108,12 @@ class Detector:
         ``engine``: None (PyTorch for a checkpoint, the export's own runtime for an export), or "onnx" /
         "openvino" to pick the runtime of an export (OpenVINO also runs ONNX exports).
         """
-        from detector.hub import resolve_checkpoint
-        from detector.runtime import EXPORT_JSON
+        from detector.run.runtime import EXPORT_JSON
+        from detector.store.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(path_or_hub_id, revision=revision)
         if (folder / EXPORT_JSON).is_file():
-            from detector.runtime import load_exported
+            from detector.run.runtime import load_exported
 
             model = load_exported(folder, engine=engine, device=device)
             return cls(model, model.spec.get("checkpoint_meta") or {}, read_thresholds(folder),
@@ -121,8 +121,8 @@ class Detector:
         if engine not in (None, "torch"):
             raise DetectorError(f"{folder} is a PyTorch checkpoint; engine {engine!r} needs an export: run "
                                 f"`detector export --checkpoint {folder} --format {engine} --out DIR`")
-        from detector.checkpoint_io import checkpoint_meta
-        from detector.model import load_detector
+        from detector.method.model import load_detector
+        from detector.store.checkpoint import checkpoint_meta
 
         meta = checkpoint_meta(folder)
         model = load_detector(folder, device=device, precision=precision)
@@ -150,7 +150,7 @@ class Detector:
 
     @property
     def names_defects(self) -> bool:
-        """Whether ``predict`` names defects (``detector.defects``): the PyTorch engine does, with a pixel
+        """Whether ``predict`` names defects (``detector.eval.defects``): the PyTorch engine does, with a pixel
         threshold; an export gives scores and maps only (its graph has no token outputs)."""
         return hasattr(self.engine, "abnormal_text_features")
 
@@ -171,8 +171,8 @@ class Detector:
         with threshold None or a number, the only one). The map is computed at ``resolution`` (default
         ``self.resolution``) and resized to each image's size.
         """
-        from detector.predict import map_to_image_size
-        from detector.thresholds import image_threshold_in_force
+        from detector.run.predict import map_to_image_size
+        from detector.store.thresholds import image_threshold_in_force
 
         picked = self._picked(threshold)
         res = int(resolution or (picked.resolution if picked else None) or self.resolution)
@@ -217,10 +217,10 @@ class Detector:
 
     def _picked(self, threshold: Threshold) -> Thresholds | None:
         """The thresholds of an evaluation folder or ``threshold.json`` given as ``threshold`` (checked by
-        ``detector.thresholds``, as ``detector predict --threshold PATH``); None for auto, a number or None."""
+        ``detector.store.thresholds``, as ``detector predict --threshold PATH``); None for auto, a number or None."""
         if not isinstance(threshold, (str, Path)) or str(threshold) == "auto":
             return None
-        from detector.thresholds import resolve_threshold
+        from detector.store.thresholds import resolve_threshold
 
         try:
             float(str(threshold))
@@ -229,9 +229,9 @@ class Detector:
         raise DetectorError(f"threshold={threshold!r}: give a number as a number, 'auto', an evaluation folder or None")
 
     def _name_defects(self, amap: np.ndarray, pred: Any, j: int, threshold: float) -> list[dict[str, Any]]:
-        """Named defects of image j (``detector.defects``) at the pixel threshold, on its full-size map: boxes
+        """Named defects of image j (``detector.eval.defects``) at the pixel threshold, on its full-size map: boxes
         in the image's pixels, as ``detector predict`` writes them (the region masks are ``mask`` regions)."""
-        from detector import defects as D
+        from detector.eval import defects as D
 
         if getattr(self, "_bank", None) is None:
             self._bank = D.model_state_bank(self.engine)
@@ -243,7 +243,7 @@ class Detector:
 
 
 def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
-    """The ``branch`` entry of FOLDER/threshold.json (`detector eval`'s, checked by ``detector.thresholds``), or None."""
-    from detector.thresholds import stored_thresholds
+    """The ``branch`` entry of FOLDER/threshold.json (`detector eval`'s, checked by ``detector.store.thresholds``), or None."""
+    from detector.store.thresholds import stored_thresholds
 
     return stored_thresholds(Path(folder), branch)

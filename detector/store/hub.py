@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from detector.checkpoint_io import CONFIG_FILE, WEIGHTS_FILE
 from detector.errors import DetectorError
-from detector.model_card import EVALUATION_FILE
-from detector.thresholds import THRESHOLD_FILE
+from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from detector.store.model_card import EVALUATION_FILE
+from detector.store.thresholds import THRESHOLD_FILE
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.onnx", "*.onnx.data", "*.xml", "*.bin"]
@@ -63,8 +63,8 @@ def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME
     and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied. ``out`` is
     replaced only when it is new, empty or an earlier dry run (``DRY_RUN_MARKER``, which ``marker`` writes): a
     README.md alone proves nothing (a thesis, a project). ``out`` is locked while it is written."""
-    from detector.checkpoint_io import load_checkpoint
-    from detector.outputs import output_lock
+    from detector.run.outputs import output_lock
+    from detector.store.checkpoint import load_checkpoint
 
     ckpt = Path(ckpt_dir)
     load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
@@ -77,7 +77,7 @@ def _stage(ckpt: Path, out: Path, repo_id: str, marker: bool) -> Path:
     """``stage_upload`` under the lock of ``out``."""
     import shutil
 
-    from detector.model_card import CARD_FILE, render_card
+    from detector.store.model_card import CARD_FILE, render_card
     from fsad_data.atomic import staged_folder
 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file())):

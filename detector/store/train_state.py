@@ -2,12 +2,12 @@
 
 After every epoch the state is saved atomically (``checkpoint_io``'s format); rerunning the same command
 continues from there and writes a checkpoint bit-identical to an uninterrupted run, whatever instant the kill hit
-(what a kill inside a save leaves is recognised as ours and undone, an old state moved aside put back); ``detector.train``
+(what a kill inside a save leaves is recognised as ours and undone, an old state moved aside put back); ``detector.run.train``
 removes the folder once the checkpoint is written (renamed aside first, so a kill never leaves half of it).
 A state written by another config, other shots or another caption record is refused (its fingerprint differs),
 never silently mixed in; the shots count by their pixels, so an image edited between a kill and the rerun is
 not served from cached features. The fingerprint is also recorded in the checkpoint: a rerun of a finished run
-finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``detector.outputs.output_lock``
+finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``detector.run.outputs.output_lock``
 keeps two runs out of one ``--out``.
 """
 from __future__ import annotations
@@ -22,18 +22,18 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from detector.checkpoint_io import (
+from detector.errors import DetectorError
+from detector.store.checkpoint import (
     CONFIG_FILE,
     checkpoint_meta,
     is_checkpoint_folder,
     load_checkpoint,
     save_checkpoint,
 )
-from detector.errors import DetectorError
 from fsad_data.atomic import clean_orphans, discard_folder, leftovers, restore_set_aside
 
 if TYPE_CHECKING:
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
 
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
 RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing", "on_error")  # on_error: its effect is in the shots

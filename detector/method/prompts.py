@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
-from detector.text_encoder import TextTower, Tokenizer, tokenize_with_placeholders
+from detector.method.text_encoder import TextTower, Tokenizer, tokenize_with_placeholders
 
 IMAGE = "image"
 BACKGROUND = "background"

@@ -40,11 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.backbone import Backbone, BackboneOutput, load_backbone
-from detector.checkpoint_io import TIMINGS_FILE, load_checkpoint, save_checkpoint
 from detector.errors import DetectorError
-from detector.prompts import MultiLevelPrompts, PromptConfig, groups_from_class_name, groups_from_record
-from detector.scoring import BRANCHES, DEFAULT_BRANCH
+from detector.method.backbone import Backbone, BackboneOutput, load_backbone
+from detector.method.prompts import (
+    MultiLevelPrompts,
+    PromptConfig,
+    groups_from_class_name,
+    groups_from_record,
+)
+from detector.method.scoring import BRANCHES, DEFAULT_BRANCH
+from detector.store.checkpoint import TIMINGS_FILE, load_checkpoint, save_checkpoint
 
 FORMAT_VERSION = 2  # 2: method options (V-V blocks, tau mode, matched CLS group...) recorded in the meta
 IMAGE_SCORE_GROUPS = ("matched", "image")
@@ -105,7 +110,7 @@ def two_way_abnormal_prob(sim_normal: torch.Tensor, sim_abnormal: torch.Tensor, 
 
 
 class FineGrainedAD(nn.Module):
-    """The detector for one class; build it with ``detector.train.train`` or ``load_detector``."""
+    """The detector for one class; build it with ``detector.run.train.train`` or ``load_detector``."""
 
     def __init__(self, backbone: Backbone, pixel_prompts: MultiLevelPrompts, image_prompts: MultiLevelPrompts,
                  region_weights: torch.Tensor, memory: list[torch.Tensor], tau: float,
@@ -224,7 +229,7 @@ class FineGrainedAD(nn.Module):
     def abnormal_text_features(self) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
         """Per region group (model order): its normal texts, its handcrafted abnormal texts and their unit
         features (A, D) with the trained context (copies averaged). Runs the text encoder once; named
-        defects (``detector.defects``) compare a region's tokens with them."""
+        defects (``detector.eval.defects``) compare a region's tokens with them."""
         feats = self.pixel_prompts()
         out = {}
         for g, name in enumerate(feats.names):
@@ -290,7 +295,7 @@ class FineGrainedAD(nn.Module):
         meta = json.loads(json.dumps(meta, default=_json_default))  # numpy/tuples/paths -> plain JSON
         extra = {TIMINGS_FILE: {"timing_s": json.loads(json.dumps(timings, default=_json_default))}} if timings else {}
         save_checkpoint(Path(ckpt_dir), self.checkpoint_tensors(), meta, extra_files=extra)
-        from detector.model_card import write_card
+        from detector.store.model_card import write_card
 
         write_card(Path(ckpt_dir))  # README.md with YAML metadata, for people and the Hub
         return Path(ckpt_dir)
@@ -341,7 +346,7 @@ def load_backbone_for(meta_backbone: dict, device: str, precision: str) -> Backb
 
 def _check_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
     """Types of the meta fields load_detector reads: a hand-edited config.json fails here with a clear message."""
-    from detector.validate import check_checkpoint_meta
+    from detector.store.schemas import check_checkpoint_meta
 
     where = f"{ckpt_dir}/config.json"
     # types and ranges first, and n_memory against the memory tensors really stored (before any list is built)

@@ -13,7 +13,7 @@ Where files are looked for, as the two download routes leave them:
     safetensors file first, as open_clip tries it first;
   - URL route: open_clip's URL cache ``~/.cache/clip/FILE``.
 
-`python -m detector.weights_check NAME TAG` exits 0 when the weights are cached or can be downloaded, and 1
+`python -m detector.method.weights NAME TAG` exits 0 when the weights are cached or can be downloaded, and 1
 with one line saying why not (the demo then falls back to `--pretrained none`); open_clip would otherwise
 retry a failed download for about a minute.
 """
@@ -194,7 +194,7 @@ def weights_problem(name: str, tag: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m detector.weights_check MODEL_NAME TAG", file=sys.stderr)
+        print("usage: python -m detector.method.weights MODEL_NAME TAG", file=sys.stderr)
         return 2
     problem = weights_problem(argv[0], argv[1])
     if problem:

@@ -134,7 +134,7 @@ class EpochLines:
 
 @contextmanager
 def epoch_bars(enabled: bool) -> Iterator[EpochReport | None]:
-    """One bar per prompt set with its latest loss, as ``detector.fit.fit``'s ``report`` (None when disabled);
+    """One bar per prompt set with its latest loss, as ``detector.method.fit.fit``'s ``report`` (None when disabled);
     plain ``EpochLines`` when stdout is not a terminal (a bar would print nothing until the end)."""
     if not enabled:
         yield None

@@ -1,7 +1,7 @@
 """The method's options, read from a TrainConfig in one place: loss functions, region settings, tau.
 
 Each option's default is the public code's behaviour (docs/FIDELITY.md has the table); the ``ours`` recipe
-(detector/configs/recipes/ours.json) sets the project's own choices. Training (detector.train) calls only
+(detector/configs/recipes/ours.json) sets the project's own choices. Training (detector.run.train) calls only
 these helpers, so a new option is wired here and nowhere else.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from detector.errors import DetectorError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from detector.prompts import TextFeatures
-    from detector.regions import RegionConfig
-    from detector.train import TrainConfig
+    from detector.method.prompts import TextFeatures
+    from detector.method.regions import RegionConfig
+    from detector.run.train import TrainConfig
 
 LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 
@@ -79,7 +79,7 @@ def method_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
 
 def region_config(config: TrainConfig) -> RegionConfig:
     """RegionConfig of a TrainConfig."""
-    from detector.regions import RegionConfig
+    from detector.method.regions import RegionConfig
 
     return RegionConfig(knn=config.region_knn, boost=config.region_boost, assign=config.region_assign,
                         scale_distance=bool(config.region_scale_distance), match=config.region_match)
@@ -87,7 +87,7 @@ def region_config(config: TrainConfig) -> RegionConfig:
 
 def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float) -> LossFn:
     """The pixel-level (patch token) MLSA loss of a TrainConfig, as a function of the text features."""
-    from detector import losses
+    from detector.method import losses
 
     def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.mlsa_loss(tokens, weights, text, tau, config.lambda1, config.lambda_comp,
@@ -98,7 +98,7 @@ def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float)
 
 def image_loss(config: TrainConfig, cls: Tensor, tau: float) -> LossFn:
     """The image-level (CLS) MLSA loss of a TrainConfig (composition weight ``image_lambda_comp``, public 0)."""
-    from detector import losses
+    from detector.method import losses
 
     def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.image_loss(cls, text, tau, config.lambda1, config.image_lambda_comp,

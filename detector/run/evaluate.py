@@ -7,18 +7,18 @@
 - ``scores.csv``: one row per test image (id, label, defect type, image score, map max);
 - ``overlays/*.png``: image with the ground-truth contour | heat-map overlay, for up to 8 anomalous and 4
   normal images picked evenly along the id-sorted list (deterministic, independent of the scores);
-- ``defects.json``: per test image its named defects (``detector.defects``) at the pixel F1-max threshold,
+- ``defects.json``: per test image its named defects (``detector.eval.defects``) at the pixel F1-max threshold,
   and per ground-truth region the true and the named component (``naming_accuracy`` in metrics.json; the
   truth needs the test images' caption regions: ``--captions``, default the training captions);
 - ``report.html``: the self-contained page: metrics and per-defect-type tables, ROC/PR curves and score
   histograms (matplotlib), the threshold explorer (an image-threshold slider: flags, false alarms, misses,
   flips; a pixel-threshold slider: region outlines; the ``detector predict`` command applying both) over every
   test image's overlay (capped by a byte budget) with its named defects, and the panels above.
-- ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.thresholds``), naming the
+- ``threshold.json``: the pixel and image F1-max thresholds of the branch (``detector.store.thresholds``), naming the
   checkpoint by its weights' SHA-256, for ``detector predict --threshold OUT``. Picked on the test split: a
   convenience for inspection, never used for any reported metric.
 Into the checkpoint folder, where it is writable: the evaluation's summary per branch (``evaluation.json``)
-and the refreshed model card (``README.md``, ``detector.model_card``), so that ``detector push`` shares them;
+and the refreshed model card (``README.md``, ``detector.store.model_card``), so that ``detector push`` shares them;
 a read-only or busy checkpoint is left as it is, with a warning, and a Hub snapshot (``--checkpoint
 ORG/NAME``) is never written.
 The whole evaluation is written to a temporary folder beside OUT and swapped in at the end (an OUT that is not
@@ -42,10 +42,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from detector import metrics as M
-from detector import outputs, report
-from detector.checkpoint_io import checkpoint_info, checkpoint_meta, meta_class_name
-from detector.data import (
+from detector.errors import DetectorError
+from detector.eval import metrics as M
+from detector.eval import report
+from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
+from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.run import outputs
+from detector.run.outputs import json_safe, write_csv
+from detector.store.checkpoint import checkpoint_info, checkpoint_meta, meta_class_name
+from detector.store.data import (
     class_test_samples,
     image_level_only,
     iter_batches,
@@ -53,16 +58,12 @@ from detector.data import (
     load_sample_mask,
     readable,
 )
-from detector.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
-from detector.errors import DetectorError
-from detector.outputs import json_safe, write_csv
-from detector.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
-from detector.thresholds import THRESHOLD_FILE, checkpoint_sha256, threshold_record
+from detector.store.thresholds import THRESHOLD_FILE, checkpoint_sha256, threshold_record
 from fsad_data import Sample
 from fsad_data.atomic import staged_folder, write_json_atomic, write_png_atomic
 
 if TYPE_CHECKING:
-    from detector.model import Prediction
+    from detector.method.model import Prediction
 
 IMAGE_LEVEL_NOTE = "image-level evaluation: the anomalous test images have no masks"
 RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test the wiring and are not meaningful"
@@ -124,7 +125,7 @@ def mask_at(mask: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def eval_mask(sample: Sample, resolution: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The sample's ground truth at R x R (``detector.data.load_sample_mask``, then ``mask_at``); without
+    """The sample's ground truth at R x R (``detector.store.data.load_sample_mask``, then ``mask_at``); without
     ``image_shape`` the mask is read at its file's own size."""
     if sample.mask_path is None and image_shape is None:
         image_shape = (resolution, resolution)  # a normal image without a mask: all False at any size
@@ -164,7 +165,7 @@ class Collected:
 def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, branch: str = DEFAULT_BRANCH,
             batch_size: int = 8, show_progress: bool = False, exact: bool = False,
             keep: Sequence[int] = (), namer: NamingCollector | None = None) -> Collected:
-    """Run the model over the samples in batches (``detector.data.iter_batches``); one batch of images and maps
+    """Run the model over the samples in batches (``detector.store.data.iter_batches``); one batch of images and maps
     is in memory at a time (plus every map with ``exact``). The maps and masks of the samples at ``keep`` are
     kept for figures; with ``namer`` every image's small map and token evidence for named defects, and one
     pixel histogram per defect type (1.5 MiB each) for the per-type table."""
@@ -229,7 +230,7 @@ EVAL_FORMAT = "finegrained-ad-evaluation"  # metrics.json's tag: an --out this c
 
 def is_evaluation_folder(path: Path) -> bool:
     """Whether ``path`` holds an evaluation written by this tool (its metrics.json, tagged or of the older form)."""
-    from detector.validate import read_json
+    from detector.store.schemas import read_json
 
     try:
         data = read_json(Path(path) / "metrics.json", "")
@@ -267,7 +268,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
     picks = pick_figures(samples, n_anomalous_figures, n_normal_figures)
     namer = None
     if hasattr(model, "abnormal_text_features"):
-        from detector.defects import model_state_bank
+        from detector.eval.defects import model_state_bank
 
         namer = NamingCollector(model_state_bank(model))
     col = collect(model, samples, resolution, branch, batch_size, progress, exact_metrics, picks, namer)
@@ -344,10 +345,10 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         write_json_atomic(out / THRESHOLD_FILE, thresholds)
     card_note = ""
     if card_dir is not None:  # the checkpoint's model card states this evaluation, where the folder is writable
-        from detector.model_card import record_evaluation
+        from detector.store.model_card import record_evaluation
         from fsad_data.folder_lock import FolderInUse
 
-        try:  # with its thresholds, which --threshold auto then finds (detector.thresholds)
+        try:  # with its thresholds, which --threshold auto then finds (detector.store.thresholds)
             record_evaluation(card_dir, json_safe({**record, "thresholds": thresholds[branch]}))
         except (OSError, FolderInUse) as exc:  # a read-only, shared or busy checkpoint: the evaluation is whole
             card_note = (f"the model card of {card_dir} was not updated with this evaluation ({exc}); rerun "
@@ -380,7 +381,7 @@ def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str
 def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sample]
                     ) -> tuple[dict[int, list[dict[str, Any]]] | None, str]:
     """The test images' caption regions by sample index (None when there are none) and a line saying so."""
-    from detector.captions import drop_changed, load_image_regions
+    from detector.store.captions import drop_changed, load_image_regions
 
     if not captions:
         return None, "naming accuracy: no caption dataset for the test images (pass --captions)"
@@ -542,7 +543,7 @@ def pixel_method_note(record: dict[str, Any]) -> str:
 def run_eval(config: EvalConfig) -> EvalResult:
     """``detector eval``: load the checkpoint (a folder, or a Hub id ``ORG/NAME``: its snapshot), evaluate its
     class's test split, write everything."""
-    from detector.hub import resolve_checkpoint
+    from detector.store.hub import resolve_checkpoint
 
     ckpt = resolve_checkpoint(config.checkpoint)
     from_hub = not Path(config.checkpoint).expanduser().exists()  # a snapshot in the Hub cache is not ours
@@ -557,7 +558,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
 def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, Any], class_name: str,
               samples: list[Sample], out: Path) -> EvalResult:
     """``run_eval`` under the lock of ``out``."""
-    from detector.model import load_detector
+    from detector.method.model import load_detector
 
     check_eval_out(out)
     samples, skipped = readable(samples, config.on_error)

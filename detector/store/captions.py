@@ -132,7 +132,7 @@ def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:
         )
     if not row.get("texts"):
         raise DetectorError(f"{where}: class '{class_name}' has no texts; rebuild the captions with `mfsc build`")
-    from detector.validate import check_record_texts
+    from detector.store.schemas import check_record_texts
 
     check_record_texts(row["texts"], where, class_name)
     return row

@@ -1,19 +1,19 @@
 """Training FineGrainedAD for one class from files: the ``TrainConfig`` and the file-level entry points.
 
 ``train`` (the ``detector train`` command) and ``train_and_save`` (each benchmark cell), through ``train_model``:
-1. shots: ``detector.data`` (normal train images, by sorted file name; a shots file wins);
-2. caption record: ``detector.captions.load_class_record`` (the PromptAD baseline uses class-name
+1. shots: ``detector.store.data`` (normal train images, by sorted file name; a shots file wins);
+2. caption record: ``detector.store.captions.load_class_record`` (the PromptAD baseline uses class-name
    prompts and no record);
-3. the frozen backbone: ``detector.model.load_backbone_for`` (an open_clip name or JSON config, weights tag);
-4. ``detector.fit.fit``: the method's training on those tensors (encoding, MLSA regions, both prompt sets);
+3. the frozen backbone: ``detector.method.model.load_backbone_for`` (an open_clip name or JSON config, weights tag);
+4. ``detector.method.fit.fit``: the method's training on those tensors (encoding, MLSA regions, both prompt sets);
 5. the checkpoint: written only at the end, atomically, so a Ctrl-C leaves no half checkpoint.
 
 Interruptible and resumable: after every epoch the state is saved in ``<out>.partial/``
-(``detector.train_state``); rerunning the same command continues from there, and the folder goes when the
+(``detector.store.train_state``); rerunning the same command continues from there, and the folder goes when the
 checkpoint is written. A Ctrl-C prints one line saying what was kept.
 
 The method's options (``tau`` = CLIP's stored log-space logit scale by default, as the public code, V-V
-blocks, loss forms, ...) are read in ``detector.method``; docs/FIDELITY.md lists them; ``detector.recipes``
+blocks, loss forms, ...) are read in ``detector.method.options``; docs/FIDELITY.md lists them; ``detector.recipes``
 builds a TrainConfig from a recipe, a config file and flags.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ import numpy as np
 from pydantic import BeforeValidator, Field
 from rich.console import Console
 
-from detector import captions, data
 from detector.errors import DetectorError
-from detector.method import check_method_options
-from detector.outputs import epoch_bars
+from detector.method.options import check_method_options
+from detector.run.outputs import epoch_bars
+from detector.store import captions, data
 from fsad_data import readable_name
 from fsad_data.config import (
     ConfigError,
@@ -47,7 +47,7 @@ from fsad_data.config import (
 )
 
 if TYPE_CHECKING:
-    from detector.model import FineGrainedAD
+    from detector.method.model import FineGrainedAD
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate",
                  "period")
@@ -101,7 +101,7 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 5e-4
     lr_min: NonNegativeFloat = 1e-5
     lambda1: NonNegativeFloat = 0.001
-    # the method's options (detector.method; defaults = the public code, docs/FIDELITY.md; ours: --recipe ours)
+    # the method's options (detector.method.options; defaults = the public code, docs/FIDELITY.md; ours: --recipe ours)
     recipe: str = "paper"  # the recipe these settings came from (paper, ours, a file), for the record
     tau: Tau = "stored"  # "stored" (CLIP's log-space logit scale, public), "exp" (capped at 100) or a number
     vv_blocks: int | str | None = None  # final blocks with a V-V branch: None/"all" = every block (public), "half"
@@ -193,7 +193,7 @@ def loss_line(label: str, history: list[float]) -> str:
 
 
 def load_shots(config: TrainConfig) -> tuple[list[np.ndarray], list[str]]:
-    """The shot images (RGB uint8) and their file names (``detector.data``: by sorted file name or a shots file)."""
+    """The shot images (RGB uint8) and their file names (``detector.store.data``: by sorted file name or a shots file)."""
     if not config.data:
         raise DetectorError("no data root: pass --data ROOT (the data set folder)")
     if not config.class_name:
@@ -231,9 +231,9 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
     ``resume``: save the resumable state after every epoch in ``<out>.partial/`` and continue from it
     when it is there (``train`` does; the caller removes the folder once the checkpoint is written).
     """
-    from detector.fit import fit
-    from detector.model import load_backbone_for
-    from detector.train_state import ResumableState, image_digests, run_fingerprint
+    from detector.method.fit import fit
+    from detector.method.model import load_backbone_for
+    from detector.store.train_state import ResumableState, image_digests, run_fingerprint
 
     t0 = time.perf_counter()
     if shot_images is None:
@@ -271,7 +271,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     Resumable: a rerun after an interruption continues from ``<out>.partial/`` (removed once the checkpoint
     is written); a Ctrl-C prints one line saying so.
     """
-    from detector.train_state import describe_partial
+    from detector.store.train_state import describe_partial
 
     try:
         train_and_save(config, progress=progress, log=print if progress else None)
@@ -289,9 +289,9 @@ def train_and_save(config: TrainConfig, progress: bool = True,
     against a second run. A checkpoint of exactly this run already in place (a rerun, or a run killed while
     removing its state) wins: it is loaded, the leftover state removed, nothing trained (``--restart`` retrains).
     """
-    from detector.checkpoint_io import check_replaceable
-    from detector.outputs import output_lock
-    from detector.train_state import (
+    from detector.run.outputs import output_lock
+    from detector.store.checkpoint import check_replaceable
+    from detector.store.train_state import (
         discard_state,
         finished_checkpoint,
         image_digests,
@@ -306,7 +306,7 @@ def train_and_save(config: TrainConfig, progress: bool = True,
         record = caption_record(config)
         if not config.restart and finished_checkpoint(
                 config, run_fingerprint(config, shot_names, record, image_digests(shot_images))):
-            from detector.model import load_detector
+            from detector.method.model import load_detector
 
             discard_state(config)
             _complete_card(out)
@@ -324,7 +324,7 @@ def train_and_save(config: TrainConfig, progress: bool = True,
 def _complete_card(out: Path) -> None:
     """A run killed between writing its checkpoint and the checkpoint's README.md: the rerun writes the card (and
     drops the temporary file a kill inside that write left), so it ends as an uninterrupted run."""
-    from detector.model_card import CARD_FILE, write_card
+    from detector.store.model_card import CARD_FILE, write_card
 
     for tmp in out.glob(f".{CARD_FILE}.*.tmp"):
         tmp.unlink(missing_ok=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
-from detector.outputs import json_safe
-from detector.weights_check import PICKLE_SUFFIXES, is_random_weights
+from detector.method.weights import PICKLE_SUFFIXES, is_random_weights
+from detector.run.outputs import json_safe
 from fsad_data.atomic import staged_folder
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
@@ -67,7 +67,7 @@ def _check_json(obj: Any, where: str = "meta") -> None:
 def is_checkpoint_folder(path: Path) -> bool:
     """Whether ``path`` holds a checkpoint this tool wrote: a config.json with the checkpoint's format tag."""
     try:
-        from detector.validate import read_json
+        from detector.store.schemas import read_json
 
         data = read_json(Path(path) / CONFIG_FILE, "")
     except DetectorError:
@@ -165,7 +165,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     cfg_path = d / CONFIG_FILE
     if not cfg_path.is_file():
         raise DetectorError(f"{cfg_path} not found; {d} is not a complete checkpoint, retrain with `detector train`")
-    from detector.validate import read_json
+    from detector.store.schemas import read_json
 
     config = read_json(cfg_path, "the checkpoint is damaged: retrain or restore it")
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
@@ -201,7 +201,7 @@ def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
-    from detector.validate import read_json
+    from detector.store.schemas import read_json
 
     data = read_json(path, "retrain or restore the checkpoint")
     meta = data.get("meta", data) if isinstance(data, dict) else None

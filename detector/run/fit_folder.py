@@ -57,9 +57,9 @@ def plan(cfg: FitFolderConfig, say: Callable[[str], None]) -> tuple[str, int, di
     Everything that can refuse the folder does so here, before any caption or training work."""
     from dataclasses import fields as dataclass_fields
 
-    from detector.data import image_level_only
     from detector.recipes import train_config_fields
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
+    from detector.store.data import image_level_only
     from fsad_data import DataError, read_dataset
 
     try:
@@ -105,7 +105,7 @@ def plan(cfg: FitFolderConfig, say: Callable[[str], None]) -> tuple[str, int, di
 def run_fit_folder(cfg: FitFolderConfig, say: Callable[[str], None] = print) -> FitFolderResult:
     """Build the captions, train, and evaluate when anomalous test images exist (see the module docstring)."""
     from detector.recipes import build_train_config
-    from detector.train import train
+    from detector.run.train import train
 
     out = Path(cfg.out)
     name, shots, fields, evaluate = plan(cfg, say)
@@ -120,7 +120,7 @@ def run_fit_folder(cfg: FitFolderConfig, say: Callable[[str], None] = print) -> 
         say(f"fit-folder: no anomalous test image in {cfg.folder}, so no evaluation and no thresholds (add some "
             "under anomaly/ to get them); predict with --threshold none or a number")
         return FitFolderResult(captions, checkpoint, None, None, None, None)
-    from detector.evaluate import EvalConfig, run_eval
+    from detector.run.evaluate import EvalConfig, run_eval
 
     say(f"fit-folder: evaluating on the test split into {out / EVALUATION}")
     res = run_eval(EvalConfig(checkpoint=checkpoint, data=Path(cfg.folder), out=out / EVALUATION,

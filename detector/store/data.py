@@ -6,7 +6,7 @@ evaluation, the benchmark and prediction read images, masks and shots the same w
 - ``class_samples(data, class_name)``: every Sample of one class, any layout ``fsad_data`` reads;
 - ``select_class_shots(samples, class_name, k, seed, shots_file)``: the shots (normal train images, chosen
   by sorted file name, or listed in a PromptAD/WinCLIP seed file) and ``load_images`` for their pixels
-  (``detector.train``);
+  (``detector.run.train``);
 - ``class_test_samples`` / ``test_split``: the test split in id order (``detector eval``, ``benchmark``);
 - ``iter_batches(samples, batch_size)``: ``TestBatch(samples, images, masks)`` in the order given; images are
   RGB uint8 (H, W, 3), masks bool (H, W) at the image's size (all False for normal images);

@@ -40,14 +40,14 @@ from typing import Any
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.metrics import components
-from detector.scoring import DEFAULT_BRANCH
+from detector.eval.metrics import components
+from detector.method.scoring import DEFAULT_BRANCH
 from fsad_data.grid import location_word
 
 OBJECT = "object"  # what a region on the "image" group is called: no component won
 BACKGROUND = "background"
 UNKNOWN = "unknown"
-IMAGE_GROUP = "image"  # the region group names of detector.prompts (IMAGE, BACKGROUND)
+IMAGE_GROUP = "image"  # the region group names of detector.method.prompts (IMAGE, BACKGROUND)
 BACKGROUND_GROUP = "background"
 DEFAULT_MIN_AREA = 0.001  # regions below 0.1 % of the image are dropped
 DEFAULT_MIN_MARGIN = 0.1  # state probability this far above the second best, else "unknown"

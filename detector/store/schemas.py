@@ -91,7 +91,7 @@ class BackboneMeta(_Open):
 
 
 class CheckpointMeta(_Open):
-    """What ``load_detector`` reads from a checkpoint's meta (``detector.model``)."""
+    """What ``load_detector`` reads from a checkpoint's meta (``detector.method.model``)."""
 
     backbone: BackboneMeta
     object_name: str

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.errors import DetectorError
-from detector.text_encoder import Tokenizer
-from detector.weights_check import PICKLE_SUFFIXES
+from detector.method.text_encoder import Tokenizer
+from detector.method.weights import PICKLE_SUFFIXES
 
 DEFAULT_NAME = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
@@ -467,7 +467,7 @@ def load_backbone(
     a cache) or a local weight file/folder (safetensors; a torch pickle only through ``weights_only`` loading).
     ``precision``: fp32, bf16 or fp16 (fp16 needs CUDA).  ``taps``: see ``resolve_taps``.
     ``vv_blocks``: final blocks with a V-V branch: a number, "half", or None/"all" (every block, public).
-    A tag's file is found and verified by ``detector.weights_check.fetch_weights`` (the right file for
+    A tag's file is found and verified by ``detector.method.weights.fetch_weights`` (the right file for
     ``laion400m_e32``, its release checksum); the SHA-256 of the loaded file is ``Backbone.weights_sha256``
     (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.
     """
@@ -484,7 +484,7 @@ def load_backbone(
     if precision == "fp16" and dev.type == "cpu":
         raise DetectorError("fp16 is not supported on CPU; use --precision bf16 or fp32 there")
     model_name = _resolve_name(str(name))
-    from detector.weights_check import RANDOM_WEIGHTS, is_random_weights
+    from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
 
     random = is_random_weights(pretrained)
     tag = RANDOM_WEIGHTS if random else str(pretrained)
@@ -509,12 +509,12 @@ def load_backbone(
         if random or local is not None:
             model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
             if local is not None:
-                from detector.weights_check import file_sha256
+                from detector.method.weights import file_sha256
 
                 _load_local_weights(model, local)
                 sha256 = file_sha256(local)
         else:
-            from detector.weights_check import fetch_weights
+            from detector.method.weights import fetch_weights
 
             file, sha256 = fetch_weights(model_name, tag)
             cfg = open_clip.get_pretrained_cfg(model_name, tag)

@@ -1,6 +1,6 @@
 """Fitting FineGrainedAD on k normal shots: shot images + caption record + frozen backbone in, the detector out.
 
-The method's training, with no paths and no console (``detector.train`` reads the files, loads the backbone,
+The method's training, with no paths and no console (``detector.run.train`` reads the files, loads the backbone,
 prints and writes the checkpoint). In order:
 1. the frozen backbone encodes the shots ONCE: CLS, V-V patch tokens and taps at the model grid, and V-V patch
    tokens of the 4x4-tiled 4S-pixel shot for the region aggregation; every epoch reuses them;
@@ -12,7 +12,7 @@ prints and writes the checkpoint). In order:
    (lr, momentum, weight decay) and cosine schedule to ``lr_min``. The number of epochs is fixed: nothing is
    ever selected on test data.
 
-Resumable through a ``ResumableState`` (``detector.train_state``): the shot features and region weights are
+Resumable through a ``ResumableState`` (``detector.store.train_state``): the shot features and region weights are
 stored once before the first epoch (recomputing them costs several pixel epochs of ViT-B-16-plus-240 on a
 2-core CPU, bench/bench_train.py: about 65 s against 22 s per pixel epoch, the 4x4-tiled pass dominates, and
 a GPU's encoder need not be bit-reproducible), the prompts and SGD state after every epoch (about 15 ms, 0.2%
@@ -20,7 +20,7 @@ of a pixel epoch).
 
 Deterministic for a seed on CPU (seeded prompt initialisation, deterministic algorithms, no data shuffling).
 The method's options (``tau``, loss forms, region settings, ...) are read from the TrainConfig by
-``detector.method``; this module only sequences them.
+``detector.method.options``; this module only sequences them.
 """
 from __future__ import annotations
 
@@ -37,20 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detector import losses, method
-from detector.backbone import Backbone
 from detector.errors import DetectorError
-from detector.method import LossFn
-from detector.model import FineGrainedAD, build_prompt_sets
-from detector.outputs import EpochReport
-from detector.prompts import MultiLevelPrompts
-from detector.regions import region_weights, uniform_weights
-from detector.train_state import ResumableState, load_optim
+from detector.method import losses, options
+from detector.method.backbone import Backbone
+from detector.method.model import FineGrainedAD, build_prompt_sets
+from detector.method.options import LossFn
+from detector.method.prompts import MultiLevelPrompts
+from detector.method.regions import region_weights, uniform_weights
+from detector.run.outputs import EpochReport
+from detector.store.train_state import ResumableState, load_optim
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from detector.train import TrainConfig
+    from detector.run.train import TrainConfig
 
 TEXT_CHECKPOINT_AUTO_BYTES = 1 << 30  # "auto" checkpoints a prompt set whose kept text activations exceed this
 
@@ -201,12 +201,12 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
 
         _release_freed_memory()
         t1 = time.perf_counter()
-        pixel_hist = fit_prompt_set(pixel, method.pixel_loss(config, tokens, flat_w, tau), config.epochs, config,
+        pixel_hist = fit_prompt_set(pixel, options.pixel_loss(config, tokens, flat_w, tau), config.epochs, config,
                                     "pixel prompts", history["pixel_loss"],
                                     state.optim_for("pixel") if state else None, saver("pixel"), report)
         _release_freed_memory()
         t2 = time.perf_counter()
-        image_hist = fit_prompt_set(image, method.image_loss(config, cls, tau), config.image_epochs, config,
+        image_hist = fit_prompt_set(image, options.image_loss(config, cls, tau), config.image_epochs, config,
                                     "image prompts", history["image_loss"],
                                     state.optim_for("image") if state else None, saver("image"), report)
         t3 = time.perf_counter()
@@ -224,7 +224,7 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
             "prompt_groups": pixel.describe()["groups"],
             "region_groups": names,
             "regions": "dpc-knn" if use_regions else "uniform",
-            "method": method.method_settings(config),
+            "method": options.method_settings(config),
             "history": {"pixel_loss": pixel_hist, "image_loss": image_hist},
             "timing_s": {"encode_and_regions": t_encode - t0, "pixel": t2 - t1, "image": t3 - t2},
         }
@@ -254,7 +254,7 @@ def _region_weights(config: TrainConfig, feats: ShotFeatures, pixel: MultiLevelP
         with torch.no_grad():
             protos = pixel().normal.float()
         weights, _assign = region_weights(feats.hr_patches, feats.hr_grid, protos, names,
-                                          method.region_config(config))
+                                          options.region_config(config))
     else:
         weights = uniform_weights(feats.patches.shape[0], len(names), feats.grid)
     return weights.to(feats.patches.device)
