@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from detector.store.saved_detector import save_detector
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -39,9 +41,10 @@ def main() -> None:
 
     import torch
 
+    from detector.config import TrainConfig
     from detector.deploy.export import export_checkpoint
     from detector.run.runtime import load_exported
-    from detector.run.train import TrainConfig, train_model
+    from detector.run.train import train_model
     from fsad_data import load_rgb, make_demo_data
 
     if args.threads:
@@ -56,7 +59,7 @@ def main() -> None:
         t_build = time.perf_counter() - t0
         paths = sorted((root / "pill_box" / "test").glob("*/*.png"))
         images = [load_rgb(p) for p in (paths * args.images)[: args.images]]
-        ckpt = model.save(Path(tmp) / "ckpt")
+        ckpt = save_detector(model, Path(tmp) / "ckpt")
         t0 = time.perf_counter()
         out = export_checkpoint(ckpt, "onnx", Path(tmp) / "onnx", resolution=args.resolution)
         t_export = time.perf_counter() - t0

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from detector.store.saved_detector import save_detector
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -47,7 +49,8 @@ def main() -> None:
 
     import torch
 
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
     from fsad_data import load_rgb, make_demo_data
 
     if args.threads:
@@ -63,7 +66,7 @@ def main() -> None:
         paths = sorted((root / "pill_box" / "test").glob("*/*.png"))
         images = [load_rgb(p) for p in (paths * args.batch)[: args.batch]]
         files = _write_files(paths, Path(tmp) / "files", args.files, args.size)
-        ckpt = model.save(Path(tmp) / "ckpt") if args.loads else None
+        ckpt = save_detector(model, Path(tmp) / "ckpt") if args.loads else None
         _bench(args, model, images, files, ckpt, t_build)
 
 

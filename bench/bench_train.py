@@ -98,7 +98,7 @@ def _shots(args: argparse.Namespace, tmp: Path) -> tuple[list, list[str]]:
 
 
 def _config(args: argparse.Namespace, mode: str):
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
     return TrainConfig(class_name="pill_box", backbone=args.model, pretrained="none", shots=args.shots,
                        epochs=args.epochs, image_epochs=args.image_epochs, device=args.device,
@@ -117,7 +117,8 @@ def _best(args: argparse.Namespace, fn) -> float:
 def _floor(args: argparse.Namespace, images: list, record: dict) -> dict:
     """Seconds of the necessary compute: image passes over the shots, one text fwd+bwd per prompt set."""
     from detector.method.fit import encode_shots
-    from detector.method.model import build_prompt_sets, load_backbone_for
+    from detector.method.model import build_prompt_sets
+    from detector.store.saved_detector import load_backbone_for
 
     cfg = _config(args, "off")
     t0 = time.perf_counter()
@@ -144,7 +145,8 @@ def _train(args: argparse.Namespace, mode: str, images: list, names: list[str], 
     import torch
 
     import detector.method.fit as fit_mod
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
     from detector.store.train_state import ResumableState
 
     phases: dict[str, dict] = {}

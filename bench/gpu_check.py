@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from detector.store.saved_detector import save_detector
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -144,8 +146,9 @@ def main() -> int:
               "machine with a CUDA GPU and a CUDA build of torch (or --device cpu --tiny for a dry run)",
               file=sys.stderr)
         return 2
-    from detector.method.model import load_detector
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
+    from detector.store.saved_detector import load_detector
 
     dev = args.device
     card = torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "cpu"
@@ -202,7 +205,7 @@ def main() -> int:
                   f"peak {peak_predict:7.0f} MB")
 
         # ---- bf16 against fp32: the same checkpoint in both precisions
-        ckpt = model.save(tmp / "ckpt")
+        ckpt = save_detector(model, tmp / "ckpt")
         images = tests[: max(batches)]
         ref = load_detector(ckpt, device=dev, precision="fp32").predict(images, resolution=args.resolution)
         low = load_detector(ckpt, device=dev, precision="bf16").predict(images, resolution=args.resolution)

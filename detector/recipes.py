@@ -63,7 +63,7 @@ def train_config_fields(recipe: str | Path | None, config_file: Path | None) -> 
 def _check_values(fields: dict[str, Any], source: str) -> None:
     """Every value of a config file has its field's type even where a flag replaces it (``epochs: "abc"`` with
     ``--epochs 1`` is still a broken file); combinations of options are judged on the final settings."""
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
     from fsad_data.config import ConfigError, to_config
 
     try:
@@ -76,7 +76,7 @@ def _check_values(fields: dict[str, Any], source: str) -> None:
 
 def build_train_config(recipe: str | Path | None, config_file: Path | None, **overrides: Any) -> Any:
     """TrainConfig from a recipe, a config file and flag overrides (non-None flags win)."""
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
     source = str(config_file) if config_file is not None else (f"recipe {recipe}" if recipe else "flags")
     return TrainConfig.from_dict(train_config_fields(recipe, config_file), source=source, **overrides)
@@ -92,7 +92,7 @@ def _value(text: str) -> Any:
 def _known_fields() -> set[str]:
     from dataclasses import fields
 
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
     return {f.name for f in fields(TrainConfig)}
 

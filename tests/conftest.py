@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from detector.store.saved_detector import save_detector
+
 ASSETS = Path(__file__).parent / "assets"
 TINY_CLIP_CONFIG = ASSETS / "fgad-tiny-test.json"
 TINY_CLIP_NAME = "fgad-tiny-test"  # registered with open_clip under its file stem
@@ -86,10 +88,11 @@ def widget_checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A 1-epoch class-name checkpoint (tiny CLIP, 2 drawn shots) of a class named 'widget'; do not modify it."""
     from detector_fixtures import make_image
 
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=2, baseline="promptad")
     model = train_model(cfg, progress=False, shot_images=[make_image(), make_image((5, 40, 6))],
                         shot_names=["good/000.png", "good/001.png"], record=None)
-    return model.save(tmp_path_factory.mktemp("widget-ckpt") / "widget")
+    return save_detector(model, tmp_path_factory.mktemp("widget-ckpt") / "widget")

@@ -17,7 +17,7 @@ def ckpt(widget_checkpoint):
 
 
 def _reference(ckpt, arrays, resolution=256):
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     return load_detector(ckpt).predict(arrays, resolution=resolution)
 
@@ -117,7 +117,7 @@ def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
 def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
     from detector import Detector
     from detector.eval.defects import NamingConfig, detect
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     a = make_image((10, 10, 20))
     det = Detector.load(ckpt)

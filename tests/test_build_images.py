@@ -115,7 +115,8 @@ def test_the_card_and_parquet_of_a_reference_build_carry_no_pixels(embedded, dem
 def test_the_detector_trains_from_a_reference_build_reading_images_from_data(embedded, demo_root, tmp_path):
     import shutil
 
-    from detector.run.train import TrainConfig, train
+    from detector.config import TrainConfig
+    from detector.run.train import train
 
     out = tmp_path / "build"
     shutil.copytree(embedded, out)

@@ -189,7 +189,8 @@ RECORD = {
 
 @pytest.fixture(scope="module")
 def trained(tiny_clip_name):
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=2, image_epochs=1,
                       shots=1)

@@ -13,6 +13,7 @@ from detector.errors import DetectorError
 from detector.eval.overlay_caption import MIN_WIDTH
 from detector.method.model import Prediction
 from detector.run import predict as P
+from detector.store.saved_detector import save_detector
 from fsad_data import load_rgb
 
 runner = CliRunner()
@@ -300,7 +301,7 @@ def test_every_option_has_a_one_line_help_with_its_default():
 
     import typer
 
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
     defaults = asdict(TrainConfig())
     for name, cmd in typer.main.get_command(app).commands.items():
@@ -333,13 +334,14 @@ def test_training_flags_are_written_once_for_train_and_benchmark():
 @pytest.fixture(scope="module")
 def widget_ckpt(tmp_path_factory, tiny_clip_name):
     """A 1-epoch class-name checkpoint of a class named 'widget' (in no data set here)."""
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=1, baseline="promptad")
     model = train_model(cfg, progress=False, shot_images=[np.full((64, 64, 3), 200, np.uint8)],
                         shot_names=["good/000.png"], record=None)
-    return model.save(tmp_path_factory.mktemp("ckpt") / "widget")
+    return save_detector(model, tmp_path_factory.mktemp("ckpt") / "widget")
 
 
 @pytest.mark.parametrize("case, words", [

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from detector.config import TrainConfig
 from detector.run.evaluate import EvalConfig, run_eval
-from detector.run.train import TrainConfig, train
+from detector.run.train import train
 from detector.store.captions import load_class_record
 from fsad_data import read_dataset, select_shots, to_folder, to_visa_raw
 from mfsc_builder.build import BuildConfig, run_build

@@ -47,7 +47,7 @@ def onnx_dir(ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_model(ckpt):
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     return load_detector(ckpt)
 

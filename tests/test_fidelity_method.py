@@ -337,7 +337,7 @@ def test_image_loss_equals_the_public_cls_loss(clip, prompts):
 
 
 def test_paper_recipe_is_the_default_and_ours_changes_every_listed_choice():
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
     paper = TrainConfig()
     assert (paper.tau, paper.vv_blocks, paper.gate_mode, paper.gate_init, paper.prototype) == (

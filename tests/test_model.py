@@ -12,6 +12,7 @@ from detector.method.model import (
     gaussian_smooth,
     harmonic_mean,
 )
+from detector.store.saved_detector import save_detector
 
 
 def _bare_model(normal: torch.Tensor, abnormal: torch.Tensor, memory: list[torch.Tensor], tau: float = 10.0):
@@ -80,7 +81,8 @@ def test_visual_map_and_image_score_by_hand():
 
 @pytest.fixture(scope="module")
 def trained(tiny_clip_name):
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=3, image_epochs=2,
                       shots=2)
@@ -123,12 +125,12 @@ def test_predict_branches_batching_and_errors(trained):
 
 
 def test_save_reload_bit_exact(trained, tmp_path):
-    from detector.method.model import load_detector
     from detector.store.checkpoint import load_checkpoint
+    from detector.store.saved_detector import load_detector
 
     images = [make_image(), make_image((40, 8, 16))]
     before = trained.predict(images, resolution=64)
-    ckpt = trained.save(tmp_path / "ckpt")
+    ckpt = save_detector(trained, tmp_path / "ckpt")
     tensors, meta = load_checkpoint(ckpt)
     # everything trained and every piece inference needs is in the checkpoint
     for key in ("pixel_prompts.ctx", "pixel_prompts.abnormal_tokens", "pixel_prompts.gates", "image_prompts.ctx",

@@ -125,7 +125,7 @@ def test_push_command_and_predict_by_hub_id(widget_checkpoint, tmp_path, monkeyp
     res = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--checkpoint", "org/widget", "--out",
                               str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output + res.stderr
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     ref = load_detector(widget_checkpoint).predict([make_image((10, 10, 20))])
     got = json.loads((tmp_path / "pred" / "scores.json").read_text())

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from detector.run.outputs import json_safe, write_csv
+from detector.run.outputs import write_csv
+from detector.store.files import json_safe
 
 
 def test_json_safe_turns_nan_and_numpy_into_strict_json():

@@ -152,7 +152,7 @@ def test_each_overlay_has_a_caption_band_and_the_csv_names_every_file(tmp_path):
 
 
 def test_overlays_show_the_decision_and_the_named_defects_in_region_order(widget_checkpoint, tmp_path, monkeypatch):
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     model = load_detector(widget_checkpoint)
     folder = tmp_path / "in"

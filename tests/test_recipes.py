@@ -5,9 +5,9 @@ from dataclasses import asdict
 import pytest
 
 from detector import recipes as R
+from detector.config import TrainConfig
 from detector.errors import DetectorError
 from detector.method.options import METHOD_FIELDS
-from detector.run.train import TrainConfig
 
 
 def test_paper_recipe_is_exactly_the_defaults_and_ours_differs_in_every_listed_choice():

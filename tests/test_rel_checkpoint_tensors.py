@@ -13,10 +13,11 @@ import pytest
 import torch
 from detector_fixtures import RECORD, make_image
 
+from detector.config import TrainConfig
 from detector.errors import DetectorError
-from detector.method.model import load_detector
-from detector.run.train import TrainConfig, train_model
+from detector.run.train import train_model
 from detector.store.checkpoint import load_checkpoint, save_checkpoint
+from detector.store.saved_detector import load_detector, save_detector
 
 IMAGES = [make_image(), make_image((40, 8, 16))]
 
@@ -27,7 +28,7 @@ def ckpt(tiny_clip_name, tmp_path_factory) -> Path:
                       shots=2)
     model = train_model(cfg, progress=False, shot_images=[make_image(), make_image()],
                         shot_names=["good/000.png", "good/001.png"], record=RECORD)
-    return model.save(tmp_path_factory.mktemp("tensors") / "ckpt")
+    return save_detector(model, tmp_path_factory.mktemp("tensors") / "ckpt")
 
 
 def _rewritten(src: Path, dst: Path, change) -> Path:

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from detector.cli import app
+from detector.store.saved_detector import save_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A tiny 1-epoch class-name (PromptAD) checkpoint: no caption dataset needed."""
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     img = np.full((64, 64, 3), 200, np.uint8)
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=1, baseline="promptad")
     model = train_model(cfg, progress=False, shot_images=[img], shot_names=["good/000.png"], record=None)
-    return model.save(tmp_path_factory.mktemp("ckpt") / "widget")
+    return save_detector(model, tmp_path_factory.mktemp("ckpt") / "widget")
 
 
 def _invoke(args: list[str]):

@@ -382,7 +382,7 @@ def test_benchmark_rerun_with_other_settings_is_refused_naming_them(demo_root, t
 
 def test_two_trainings_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_clip_name):
     """While one `detector train` holds --out, a second is refused naming the folder and the process."""
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     out = tmp_path / "ckpt"
     with output_lock(out):
@@ -397,7 +397,7 @@ def test_two_trainings_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_
 def test_two_benchmarks_into_one_folder_are_locked_out(demo_root, tmp_path, tiny_clip_name):
     """While one `detector benchmark` holds --out, a second is refused at once naming the folder; it writes nothing
     (no manifest, no cell, no error.txt in a cell the other run is computing)."""
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     out = tmp_path / "bench"
     with output_lock(out, "detector benchmark"):
@@ -411,7 +411,7 @@ def test_two_benchmarks_into_one_folder_are_locked_out(demo_root, tmp_path, tiny
 def test_a_benchmark_never_computes_a_cell_another_run_holds(demo_root, tmp_path, tiny_clip_name):
     """Shards share a folder (each its own lock); a cell held by another run (an overlapping shard split) stops
     this run at that cell, before training it, and leaves no error.txt in it."""
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     out = tmp_path / "bench"
     cell = out / "cells" / "promptad" / "pill_box" / "k1_s0"
@@ -446,7 +446,8 @@ def _copy_class(demo_root: Path, dst: Path) -> Path:
 def test_an_edited_shot_is_not_served_from_cached_features(demo_root, tmp_path, tiny_clip_name):
     """Kill after the shot features were cached, edit the shot image, rerun: the state of the old image is not
     used (the rerun says the shot changed), and --restart trains on the new image."""
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     data = _copy_class(demo_root, tmp_path / "data")
     out = tmp_path / "ckpt"

@@ -184,7 +184,7 @@ def test_a_huge_n_memory_fails_before_allocating(trained, tmp_path):
         import resource
         resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30))
         from detector.errors import DetectorError
-        from detector.method.model import load_detector
+        from detector.store.saved_detector import load_detector
         try:
             load_detector({str(ckpt)!r})
         except DetectorError as e:

@@ -303,7 +303,7 @@ def test_export_on_a_full_disk_names_the_output_folder(widget_checkpoint, tmp_pa
 
 # --------------------------------------------------------------------------- 5. one run per --out
 def test_predict_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, tmp_path):
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     Image.fromarray(_scene()).save(tmp_path / "x.png")
     out = tmp_path / "out"
@@ -318,7 +318,7 @@ def test_predict_into_a_folder_another_run_holds_is_refused_at_once(widget_check
 
 def test_export_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     out = tmp_path / "exp"
     with output_lock(out, "detector export"):
@@ -328,7 +328,7 @@ def test_export_into_a_folder_another_run_holds_is_refused_at_once(widget_checkp
 
 
 def test_eval_into_a_folder_another_run_holds_is_refused_at_once(widget_checkpoint, demo_root, tmp_path):
-    from detector.run.outputs import output_lock
+    from detector.store.files import output_lock
 
     out = tmp_path / "ev"
     args = ["eval", "--checkpoint", widget_checkpoint, "--data", demo_root, "--class", "hex_nut", "--out", out,

@@ -106,7 +106,8 @@ def test_the_old_state_moved_aside_is_put_back_not_lost(demo_root, tmp_path):
     _kill(demo_root, out, "state", 2, "old-aside")
     assert not (tmp_path / "ckpt.partial" / "state").exists()
     import detector.store.train_state as ts
-    from detector.run.train import TrainConfig, load_shots
+    from detector.config import TrainConfig
+    from detector.run.train import load_shots
 
     cfg = TrainConfig(data=str(demo_root), class_name="pill_box", shots=1, out=str(out), backbone=TINY,
                       pretrained="none", epochs=2, image_epochs=1, baseline="promptad")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from detector.errors import DetectorError
+from detector.store.saved_detector import save_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("detector", "mfsc_builder", "fsad_data", "bench", "scripts")
@@ -81,7 +82,8 @@ def checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     """A real (tiny, 1-epoch) FineGrainedAD checkpoint."""
     import numpy as np
 
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
 
     record = {"class_name": "widget", "object_name": "widget", "texts": [
         {"level": "image", "group": "image", "normal": ["a photo of a widget"], "abnormal": ["a broken widget"]},
@@ -92,7 +94,7 @@ def checkpoint(tmp_path_factory, tiny_clip_name) -> Path:
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
                       shots=1)
     model = train_model(cfg, progress=False, shot_images=[img], shot_names=["good/000.png"], record=record)
-    return model.save(tmp_path_factory.mktemp("ckpt") / "widget")
+    return save_detector(model, tmp_path_factory.mktemp("ckpt") / "widget")
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -116,7 +118,7 @@ def _sha(path: Path) -> str:
 
 
 def test_checkpoint_with_pickle_weights_is_refused(checkpoint, tmp_path):
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     marker = tmp_path / "pwned"
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
@@ -129,7 +131,7 @@ def test_checkpoint_with_pickle_weights_is_refused(checkpoint, tmp_path):
 
 def test_pickle_disguised_as_checkpoint_weights_with_a_matching_checksum(checkpoint, tmp_path):
     """The attacker also fixes the checksum: the safetensors reader still refuses, nothing runs."""
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     marker = tmp_path / "pwned"
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
@@ -191,7 +193,7 @@ def test_checkpoint_tensor_list_of_the_wrong_type_is_a_clear_error(checkpoint, t
 def test_checkpoint_meta_with_wrong_fields_is_a_detector_error(checkpoint, tmp_path, edit):
     """The checksum only covers the weights: a hand-edited meta must still give a DetectorError naming the
     checkpoint, not a KeyError/TypeError traceback."""
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     ckpt = _copy(checkpoint, tmp_path / "ckpt")
     _edit_config(ckpt, lambda c: edit(c["meta"]))
@@ -202,7 +204,7 @@ def test_checkpoint_meta_with_wrong_fields_is_a_detector_error(checkpoint, tmp_p
 
 def test_checkpoint_from_another_backbone_is_a_clear_error(checkpoint, tmp_path):
     """Reloading with a backbone of another width (a config swapped in meta) fails with a message."""
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     other = json.loads((ROOT / "tests" / "assets" / "fgad-tiny-test.json").read_text())
     other["embed_dim"] = 48

@@ -6,8 +6,9 @@ import pytest
 import torch
 from detector_fixtures import RECORD, make_image
 
+from detector.config import TrainConfig
 from detector.errors import DetectorError
-from detector.run.train import TrainConfig, train, train_model
+from detector.run.train import train, train_model
 
 SHOTS = [make_image(), make_image()]
 NAMES = ["good/000.png", "good/001.png"]
@@ -37,7 +38,8 @@ def test_gradients_reach_exactly_the_prompts(tiny_clip_name):
     import torch.nn.functional as F
 
     from detector.method.losses import mlsa_loss
-    from detector.method.model import build_prompt_sets, load_backbone_for
+    from detector.method.model import build_prompt_sets
+    from detector.store.saved_detector import load_backbone_for
 
     cfg = _cfg(tiny_clip_name)
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
@@ -144,7 +146,7 @@ def test_train_end_to_end_on_demo_and_visual_wiring(demo_root, tiny_clip_name, t
     from sklearn.metrics import roc_auc_score
 
     import fsad_data
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
     cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=4,
@@ -171,7 +173,7 @@ def test_tau_is_the_stored_logit_scale_by_default(tiny_clip_name):
     import math
 
     from detector.method.fit import resolve_tau
-    from detector.method.model import load_backbone_for
+    from detector.store.saved_detector import load_backbone_for
 
     bb = load_backbone_for({"name": tiny_clip_name, "pretrained": "none"}, "cpu", "fp32")
     # open_clip's init stores log(1 / 0.07); the public code multiplies by that value as it is
@@ -230,8 +232,8 @@ def test_interrupted_training_resumes_bit_identically(tiny_clip_name, tmp_path, 
     """Ctrl-C in the pixel phase, then in the image phase; each rerun continues where the last saved epoch
     left off, and the final checkpoint equals an uninterrupted run's tensor for tensor."""
     import detector.method.fit
-    from detector.method.model import load_detector
     from detector.store.checkpoint import load_checkpoint
+    from detector.store.saved_detector import load_detector
 
     ref = train(_resumable(monkeypatch, tiny_clip_name, tmp_path / "ref"), progress=False)
     cfg = _resumable(monkeypatch, tiny_clip_name, tmp_path / "run")
@@ -293,7 +295,7 @@ def test_full_size_backbone_trains_and_predicts(demo_root, tmp_path):
     import datasets
 
     import fsad_data
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
     datasets.Dataset.from_list([_pill_box_record()]).save_to_disk(str(tmp_path / "caps" / "classes"))
     cfg = TrainConfig(captions=str(tmp_path / "caps"), data=str(demo_root), class_name="pill_box", shots=1,
@@ -378,7 +380,7 @@ def test_fit_is_pure_and_is_what_train_model_runs(tiny_clip_name, tmp_path, monk
     """detector.method.fit.fit: tensors + record in, the detector out; no file written, nothing printed, and the
     same prompts as train_model (which only adds the files, the backbone and the console around it)."""
     from detector.method.fit import fit
-    from detector.method.model import load_backbone_for
+    from detector.store.saved_detector import load_backbone_for
 
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(tiny_clip_name, epochs=2, image_epochs=1, out=str(tmp_path / "never"))

@@ -9,6 +9,7 @@ import torch
 
 from detector.errors import DetectorError
 from detector.method.weights import cached_file, main, weights_problem, weights_route
+from detector.store.saved_detector import save_detector
 
 
 def test_none_and_local_paths_need_nothing(tmp_path):
@@ -129,14 +130,15 @@ def test_a_verified_file_is_loaded_and_its_sha256_recorded(caches, tiny_clip_nam
     assert "\n" not in str(e.value)
     assert load_backbone(tiny_clip_name, "none").weights_sha256 is None
     # a checkpoint records the file's SHA-256 and reloads only on the same file
-    from detector.method.model import load_detector
-    from detector.run.train import TrainConfig, train_model
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
+    from detector.store.saved_detector import load_detector
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="laion400m_e32", epochs=1,
                       image_epochs=1, shots=1, baseline="promptad")
     trained = train_model(cfg, progress=False, shot_images=[np.full((64, 64, 3), 200, np.uint8)],
                           shot_names=["good/000.png"], record=None)
-    ckpt = trained.save(tmp_path / "ckpt")
+    ckpt = save_detector(trained, tmp_path / "ckpt")
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta.get("meta", meta)["backbone"]["weights_sha256"] == sha
     assert load_detector(ckpt).backbone.weights_sha256 == sha

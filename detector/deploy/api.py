@@ -121,8 +121,8 @@ class Detector:
         if engine not in (None, "torch"):
             raise DetectorError(f"{folder} is a PyTorch checkpoint; engine {engine!r} needs an export: run "
                                 f"`detector export --checkpoint {folder} --format {engine} --out DIR`")
-        from detector.method.model import load_detector
         from detector.store.checkpoint import checkpoint_meta
+        from detector.store.saved_detector import load_detector
 
         meta = checkpoint_meta(folder)
         model = load_detector(folder, device=device, precision=precision)

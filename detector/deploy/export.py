@@ -36,7 +36,6 @@ from torch import nn
 
 from detector.errors import DetectorError
 from detector.run.runtime import (
-    EXPORT_FORMAT,
     EXPORT_JSON,
     EXPORT_VERSION,
     FORMATS,
@@ -47,6 +46,7 @@ from detector.run.runtime import (
     OUTPUT_NAMES,
 )
 from detector.store.checkpoint import CONFIG_FILE
+from detector.store.files import EXPORT_FORMAT, OwnOutput, check_replaceable
 
 PRECISIONS = ("fp32", "fp16")
 OPSET = 18
@@ -115,16 +115,20 @@ def _to_openvino(onnx_path: Path, xml_path: Path, precision: str) -> None:
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=(precision == "fp16"))
 
 
+EXPORT_OUTPUT = OwnOutput("an earlier export of `detector export`", EXPORT_JSON,
+                          lambda path: (path / EXPORT_JSON).is_file())
+
+
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precision: str = "fp32",
                       resolution: int | None = None) -> Path:
     """Write ``out`` (replaced whole, only when it is empty or an earlier export): the graph + export.json.
 
     ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else 256,
     as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
-    ``out`` is locked for the run (``detector.run.outputs.output_lock``: a second export into it is refused at once),
+    ``out`` is locked for the run (``detector.store.files.output_lock``: a second export into it is refused at once),
     and a write error that names no file (a full disk) names it.
     """
-    from detector.run.outputs import naming_folder, output_lock
+    from detector.store.files import naming_folder, output_lock
 
     out = Path(out)
     lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
@@ -134,9 +138,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
 def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
     from detector.deploy.api import DEFAULT_RESOLUTION, read_thresholds
-    from detector.method.model import SMOOTH_SIGMA, load_detector
+    from detector.method.model import SMOOTH_SIGMA
     from detector.store.checkpoint import checkpoint_info, checkpoint_meta
     from detector.store.hub import resolve_checkpoint
+    from detector.store.saved_detector import load_detector
     from fsad_data.atomic import staged_folder, write_json_atomic
 
     if fmt not in FORMATS:
@@ -151,9 +156,7 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
             import openvino  # noqa: F401
         except ImportError as exc:
             raise DetectorError(OPENVINO_MISSING) from exc
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_JSON).is_file())):
-        raise DetectorError(f"{out} exists and is not an earlier export (no {EXPORT_JSON}); choose a new or empty "
-                            "folder for --out")
+    check_replaceable(out, EXPORT_OUTPUT)
     ckpt = resolve_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
     thresholds = read_thresholds(ckpt)

@@ -12,7 +12,7 @@ prints and writes the checkpoint). In order:
    (lr, momentum, weight decay) and cosine schedule to ``lr_min``. The number of epochs is fixed: nothing is
    ever selected on test data.
 
-Resumable through a ``ResumableState`` (``detector.store.train_state``): the shot features and region weights are
+Resumable through a ``Resumable`` state (kept on disk by ``detector.store.train_state``): the shot features and region weights are
 stored once before the first epoch (recomputing them costs several pixel epochs of ViT-B-16-plus-240 on a
 2-core CPU, bench/bench_train.py: about 65 s against 22 s per pixel epoch, the 4x4-tiled pass dominates, and
 a GPU's encoder need not be bit-reproducible), the prompts and SGD state after every epoch (about 15 ms, 0.2%
@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from detector.errors import DetectorError
 from detector.method import losses, options
@@ -44,15 +44,40 @@ from detector.method.model import FineGrainedAD, build_prompt_sets
 from detector.method.options import LossFn
 from detector.method.prompts import MultiLevelPrompts
 from detector.method.regions import region_weights, uniform_weights
-from detector.run.outputs import EpochReport
-from detector.store.train_state import ResumableState, load_optim
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
 TEXT_CHECKPOINT_AUTO_BYTES = 1 << 30  # "auto" checkpoints a prompt set whose kept text activations exceed this
+
+EpochReport = Callable[[str, int, int, float], None]
+"""``report(label, epochs done, epochs in all, latest loss)``: when a prompt set starts and after each epoch."""
+
+
+class Resumable(Protocol):
+    """What ``fit`` needs of a resumable run (``detector.store.train_state.ResumableState`` keeps it on disk):
+    the stored shot features, the prompts, SGD state and loss history of the epochs done, and a save after each."""
+
+    features: dict[str, Tensor] | None
+    history: dict[str, list[float]]
+
+    def save_features(self, tensors: dict[str, Tensor]) -> None: ...
+    def load_prompts(self, pixel: nn.Module, image: nn.Module) -> None: ...
+    def optim_for(self, phase: str) -> dict[str, Any] | None: ...
+    def save(self, phase: str, pixel: nn.Module, image: nn.Module, opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LRScheduler) -> None: ...
+
+
+def load_optim(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+    """Put a saved ``optim_state`` (with its momentum buffers under "buffers") back into SGD and its schedule."""
+    buffers = state["buffers"]
+    opt.load_state_dict({"state": {int(i): {"momentum_buffer": t} for i, t in buffers.items()},
+                         "param_groups": state["param_groups"]})
+    sched.load_state_dict(state["scheduler"])
+
+
 
 OnEpoch = Callable[[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler], None]
 
@@ -157,7 +182,7 @@ def deterministic_on_cpu(device: str) -> Iterator[None]:
 
 
 def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], record: dict | None,
-        object_name: str, state: ResumableState | None = None, report: EpochReport | None = None) -> FineGrainedAD:
+        object_name: str, state: Resumable | None = None, report: EpochReport | None = None) -> FineGrainedAD:
     """Train both prompt sets on the shots; returns the detector (eval mode, text features cached).
 
     ``record`` is the class's MFSC caption record (None for the PromptAD baseline). With ``state`` the run is

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from detector.errors import DetectorError
-
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from detector.config import TrainConfig
     from detector.method.prompts import TextFeatures
     from detector.method.regions import RegionConfig
-    from detector.run.train import TrainConfig
 
 LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 
@@ -26,49 +24,6 @@ METHOD_FIELDS = (
     "triplet_distance", "composition", "lambda_comp", "image_groups", "image_score_group", "region_assign",
     "region_scale_distance", "region_match", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
 )
-CHOICES: dict[str, tuple[str, ...]] = {
-    "gate_mode": ("tokens", "features"),
-    "prototype": ("raw_mean", "unit_mean"),
-    "region_weighting": ("features", "loss"),
-    "triplet_distance": ("squared", "euclidean"),
-    "composition": ("public", "cosine"),
-    "image_groups": ("all", "image"),
-    "image_score_group": ("matched", "image"),
-    "image_visual_max": ("upsampled", "grid"),
-    "region_assign": ("nearest", "parent"),
-    "region_match": ("token_mean", "feature_mean"),
-}
-
-
-def check_method_options(config: TrainConfig) -> None:
-    """One clear line for a method option with a value outside its choices (TrainConfig.__post_init__)."""
-    for name, choices in CHOICES.items():
-        value = getattr(config, name)
-        if value not in choices:
-            raise DetectorError(f"{name}={value!r} is not one of {', '.join(choices)}")
-    tau = config.tau
-    if isinstance(tau, str) and tau not in ("stored", "exp"):
-        try:
-            config.tau = float(tau)
-        except ValueError:
-            raise DetectorError(f"tau={tau!r}: use 'stored' (CLIP's log-space value), 'exp' or a number") from None
-    if not isinstance(config.tau, str) and (isinstance(config.tau, bool) or float(config.tau) <= 0):
-        raise DetectorError(f"tau={config.tau!r} must be 'stored', 'exp' or a positive number")
-    if isinstance(config.gate_init, str) and config.gate_init != "randn":
-        try:
-            config.gate_init = float(config.gate_init)
-        except ValueError:
-            raise DetectorError(f"gate_init={config.gate_init!r}: use 'randn' or a number") from None
-    vv = config.vv_blocks
-    if vv is not None and vv not in ("all", "half"):
-        try:
-            config.vv_blocks = int(vv)
-        except (TypeError, ValueError):
-            raise DetectorError(f"vv_blocks={vv!r}: a number of blocks, 'all' or 'half'") from None
-        if isinstance(vv, bool) or config.vv_blocks < 1:
-            raise DetectorError(f"vv_blocks={vv!r}: at least 1 block ('all' or unset: every block)")
-
-
 def method_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The computation-choosing settings of a TrainConfig (or its asdict) as plain JSON."""
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detector.config import TrainConfig
 from detector.errors import DetectorError
 from detector.eval import report
 from detector.eval.metrics import METRIC, METRIC_KEYS, METRICS
@@ -37,11 +38,12 @@ from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.method.weights import is_random_weights
 from detector.recipes import train_config_fields
 from detector.run.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
-from detector.run.outputs import output_lock, write_csv
-from detector.run.train import TrainConfig, train_and_save
+from detector.run.outputs import write_csv
+from detector.run.train import train_and_save
 from detector.store.captions import load_class_record
 from detector.store.checkpoint import CONFIG_FILE, checkpoint_info
 from detector.store.data import class_test_samples, readable, select_class_shots
+from detector.store.files import BENCHMARK_FORMAT, OwnOutput, check_replaceable, output_lock
 from detector.store.schemas import read_cell_metrics, read_json
 from detector.store.thresholds import checkpoint_sha256
 from fsad_data import Sample, read_dataset
@@ -202,7 +204,6 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
 
 
 MANIFEST = "benchmark.json"  # the settings every finished cell of OUT was computed with
-BENCH_FORMAT = "finegrained-ad-benchmark"
 CELL_NAME = re.compile(r"^k(\d+)_s(\d+)$")
 # what may differ between the cells of one benchmark (the grid, where things are written, how memory is spent,
 # where the inputs live) and so is left out of the settings a rerun must share
@@ -233,7 +234,7 @@ def check_settings(config: BenchmarkConfig, classes: list[str]) -> None:
     stored: dict[str, Any] = {}
     if path.is_file():
         data = read_json(path, f"delete it only together with {out / 'cells'}, or use another --out")
-        if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT or not isinstance(
+        if not isinstance(data, dict) or data.get("format") != BENCHMARK_FORMAT or not isinstance(
                 data.get("methods"), dict):
             raise DetectorError(f"{path} is not a benchmark manifest of `detector benchmark`; use another --out")
         stored = data["methods"]
@@ -248,7 +249,7 @@ def check_settings(config: BenchmarkConfig, classes: list[str]) -> None:
                             f"{out / 'cells'} and {path} to recompute")
     merged = {**stored, **current}
     if merged != stored or not path.is_file():
-        write_text_atomic(path, json.dumps({"format": BENCH_FORMAT, "methods": merged}, indent=2, sort_keys=True)
+        write_text_atomic(path, json.dumps({"format": BENCHMARK_FORMAT, "methods": merged}, indent=2, sort_keys=True)
                           + "\n")
 
 
@@ -290,15 +291,9 @@ def discover_classes(config: BenchmarkConfig) -> list[str]:
     return found
 
 
-def check_benchmark_out(out: Path) -> None:
-    """Refuse, before any work, an --out that is a file or a non-empty folder that is not a benchmark (neither its
-    manifest nor cells/): summary.md, report.html and tables/ would overwrite a user's files of those names."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DetectorError(f"--out {out} is a file; give a folder for the benchmark")
-    if out.is_dir() and any(out.iterdir()) and not ((out / MANIFEST).is_file() or (out / "cells").is_dir()):
-        raise DetectorError(f"--out {out} is not empty and is not a benchmark of `detector benchmark` (no {MANIFEST} "
-                            "or cells/); its files are never overwritten: choose another --out or empty it")
+# summary.md, report.html and tables/ would overwrite a user's files of those names: only a benchmark is replaced
+BENCHMARK_OUTPUT = OwnOutput("a benchmark of `detector benchmark`", f"{MANIFEST} or cells/",
+                             lambda path: (path / MANIFEST).is_file() or (path / "cells").is_dir())
 
 
 def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Predictor] = default_trainer,
@@ -306,10 +301,10 @@ def run_benchmark(config: BenchmarkConfig, trainer: Callable[[TrainConfig], Pred
     """Run this shard's unfinished cells, then (single shard, or --merge) write the tables.
 
     One run per OUT (per shard of OUT when sharded: shards may share a folder), and one per cell, locked
-    with ``detector.run.outputs.output_lock``: a second benchmark into the same folder is refused at once, never
+    with ``detector.store.files.output_lock``: a second benchmark into the same folder is refused at once, never
     trains or evaluates a cell that another run is computing."""
     out = Path(config.out)
-    check_benchmark_out(out)
+    check_replaceable(out, BENCHMARK_OUTPUT)
     sharded = config.num_shards > 1 and not config.merge
     shard = f"{out.name}.shard-{config.shard_index}-of-{config.num_shards}" if sharded else None
     with output_lock(out, "detector benchmark", name=shard):

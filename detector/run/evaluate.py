@@ -48,7 +48,7 @@ from detector.eval import report
 from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
 from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.run import outputs
-from detector.run.outputs import json_safe, write_csv
+from detector.run.outputs import write_csv
 from detector.store.checkpoint import checkpoint_info, checkpoint_meta, meta_class_name
 from detector.store.data import (
     class_test_samples,
@@ -57,6 +57,14 @@ from detector.store.data import (
     load_images,
     load_sample_mask,
     readable,
+)
+from detector.store.files import (
+    EVALUATION_FORMAT,
+    OwnOutput,
+    check_replaceable,
+    has_format,
+    json_safe,
+    output_lock,
 )
 from detector.store.thresholds import THRESHOLD_FILE, checkpoint_sha256, threshold_record
 from fsad_data import Sample
@@ -225,27 +233,8 @@ def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int],
     return out
 
 
-EVAL_FORMAT = "finegrained-ad-evaluation"  # metrics.json's tag: an --out this command may replace
-
-
-def is_evaluation_folder(path: Path) -> bool:
-    """Whether ``path`` holds an evaluation written by this tool (its metrics.json, tagged or of the older form)."""
-    from detector.store.schemas import read_json
-
-    try:
-        data = read_json(Path(path) / "metrics.json", "")
-    except DetectorError:
-        return False
-    return isinstance(data, dict) and (data.get("format") == EVAL_FORMAT
-                                       or {"class_name", "metrics", "n_images"} <= set(data))
-
-
-def check_eval_out(out: Path) -> None:
-    """Refuse, before any work, an --out that is a file or a non-empty folder that is not an evaluation."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_evaluation_folder(out))):
-        raise DetectorError(f"{out} is not empty and is not an evaluation of `detector eval` (no metrics.json); "
-                            "it is never replaced: choose another --out or empty it")
+EVALUATION_OUTPUT = OwnOutput("an evaluation of `detector eval`", "metrics.json", lambda path: has_format(
+    path / "metrics.json", EVALUATION_FORMAT, frozenset({"class_name", "metrics", "n_images"})))
 
 
 def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, class_name: str,
@@ -286,7 +275,7 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         naming, naming_record = _name_defects(model, samples, col, values, naming_config, captions, class_name)
         values.update({k: naming.summary[k] for k in ("naming_accuracy", "state_accuracy")})
     record = {
-        "format": EVAL_FORMAT,
+        "format": EVALUATION_FORMAT,
         "class_name": class_name,
         "branch": branch,
         "resolution": resolution,
@@ -551,16 +540,16 @@ def run_eval(config: EvalConfig) -> EvalResult:
     class_name = config.class_name or meta_class_name(meta, ckpt)
     samples = class_test_samples(config.data, class_name, config.layout)
     out = Path(config.out)
-    with outputs.output_lock(out, "detector eval"):  # one run per --out, as every command that writes a folder
+    with output_lock(out, "detector eval"):  # one run per --out, as every command that writes a folder
         return _run_eval(config, ckpt, from_hub, meta, class_name, samples, out)
 
 
 def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, Any], class_name: str,
               samples: list[Sample], out: Path) -> EvalResult:
     """``run_eval`` under the lock of ``out``."""
-    from detector.method.model import load_detector
+    from detector.store.saved_detector import load_detector
 
-    check_eval_out(out)
+    check_replaceable(out, EVALUATION_OUTPUT)
     samples, skipped = readable(samples, config.on_error)
     if not samples:
         raise DetectorError(f"no test image of class {class_name!r} could be read (all {len(skipped)} skipped); "

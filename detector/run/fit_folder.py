@@ -57,8 +57,8 @@ def plan(cfg: FitFolderConfig, say: Callable[[str], None]) -> tuple[str, int, di
     Everything that can refuse the folder does so here, before any caption or training work."""
     from dataclasses import fields as dataclass_fields
 
+    from detector.config import TrainConfig
     from detector.recipes import train_config_fields
-    from detector.run.train import TrainConfig
     from detector.store.data import image_level_only
     from fsad_data import DataError, read_dataset
 

@@ -9,39 +9,22 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from detector.errors import DetectorError
+from detector.store.files import json_safe
 from fsad_data.atomic import write_text_atomic
-from fsad_data.folder_lock import FolderInUse, lock_beside
 from fsad_data.progress import ProgressLines, heartbeat
+
+if TYPE_CHECKING:
+    from detector.method.fit import EpochReport  # torch: imported for the annotation only
 
 Step = Callable[..., None]
 """``step(k, done=False)``: k more items finished; ``done=True`` closes the bar."""
-EpochReport = Callable[[str, int, int, float], None]
-"""``report(label, epochs done, epochs in all, latest loss)``: when a prompt set starts and after each epoch."""
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively, so metrics.json is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -53,37 +36,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
         writer.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
     write_text_atomic(path, buf.getvalue())
     return path
-
-
-@contextmanager
-def output_lock(out: str | Path, command: str = "detector train", name: str | None = None) -> Iterator[None]:
-    """Hold ``out`` for one run (``fsad_data.folder_lock`` on ``.NAME.lock`` beside it, released by the OS even
-    on kill -9): a second run into the same folder is refused at once, naming ``command`` and the lock, instead
-    of both claiming to have written it. ``name``: another lock beside ``out`` (one shard of a benchmark)."""
-    out = Path(out)
-    lock = lock_beside(out, name)
-    try:
-        lock.acquire()
-    except FolderInUse as exc:
-        raise DetectorError(f"{out} is in use by another `{command}` (lock {exc.lock_file}); wait for it "
-                            "to finish or use another --out") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextmanager
-def naming_folder(out: str | Path) -> Iterator[None]:
-    """An ``OSError`` that names no file (a library's own write on a full disk; ``fsad_data.atomic`` names its
-    files itself) raised inside is raised again naming ``out``, the folder being written, so the CLI's line says
-    where: "No space left on device: OUT; check that path ..."."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-        raise
 
 
 def progress(enabled: bool, total: int, what: str) -> Step:

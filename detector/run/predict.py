@@ -25,9 +25,9 @@ scaled while decoding, other formats box-averaged), the model sees that copy (it
 either way) and its map, mask, regions, overlay and defect boxes are at that size. scores.csv/json record the
 file's own ``width`` and ``height`` and the ``scale`` of its files (1.0, or e.g. 0.333 for a third of each side).
 
-OUT is locked for the run (``detector.run.outputs.output_lock``: a second run into it is refused at once). OUT is ours
+OUT is locked for the run (``detector.store.files.output_lock``: a second run into it is refused at once). OUT is ours
 only when it is empty, new, or an earlier ``detector predict`` output (``scores.json`` with the
-``PREDICT_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
+``PREDICTIONS_FORMAT`` tag); anything else is refused before any work, naming it. The whole run is written to a
 temporary folder beside OUT and swapped in at the end, so a rerun never leaves an earlier run's maps beside this
 one's and a kill or Ctrl-C leaves the previous OUT whole. Files under OUT (and its temporary siblings) are never
 read as inputs (``predict DIR --out DIR/sub``), and an input inside OUT is refused: OUT is replaced.
@@ -50,8 +50,17 @@ from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCo
 from detector.method.scoring import DEFAULT_BRANCH
 from detector.run import outputs
 from detector.run.evaluate import Predictor
-from detector.run.outputs import json_safe, write_csv
+from detector.run.outputs import write_csv
 from detector.store.checkpoint import checkpoint_info, checkpoint_meta
+from detector.store.files import (
+    PREDICTIONS_FORMAT,
+    OwnOutput,
+    check_replaceable,
+    has_format,
+    json_safe,
+    naming_folder,
+    output_lock,
+)
 from detector.store.thresholds import Thresholds
 from fsad_data.atomic import (
     clean_orphans,
@@ -62,7 +71,6 @@ from fsad_data.atomic import (
 )
 from fsad_data.images import image_size, is_image_file, load_rgb
 
-PREDICT_FORMAT = "finegrained-ad-predictions"  # scores.json's tag: an --out this command may replace
 SCORES_JSON = "scores.json"
 MAX_IMAGE_PIXELS = 25_000_000  # an image of more pixels (above a 20 MP camera frame) is decoded reduced to this
 MAX_NAME_BYTES = 200  # an output file's stem, in UTF-8 bytes: with "_jpeg", "-k", ".npy" and the atomic write's
@@ -101,27 +109,15 @@ class ScoredRows(list):
         self.skipped = skipped
 
 
-def is_prediction_folder(path: Path) -> bool:
-    """Whether ``path`` holds an output of ``detector predict`` (its scores.json, tagged or of the older form)."""
-    from detector.store.schemas import read_json
-
-    try:
-        data = read_json(Path(path) / SCORES_JSON, "")
-    except DetectorError:
-        return False
-    return isinstance(data, dict) and (data.get("format") == PREDICT_FORMAT
-                                       or {"branch", "resolution", "threshold", "images"} <= set(data))
+PREDICTIONS_OUTPUT = OwnOutput("an earlier output of `detector predict`", SCORES_JSON, lambda path: has_format(
+    path / SCORES_JSON, PREDICTIONS_FORMAT, frozenset({"branch", "resolution", "threshold", "images"})))
 
 
 def check_predict_out(out: Path, inputs: list[Path]) -> None:
-    """Refuse, before any work, an --out that is a file, a non-empty folder that is not an earlier prediction, or
-    one that holds an input (it is replaced whole at the end)."""
+    """Refuse, before any work, an --out this command may not replace (``detector.store.files``), or one that
+    holds an input (it is replaced whole at the end)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DetectorError(f"--out {out} is a file; give a folder for the maps and scores")
-    if out.is_dir() and any(out.iterdir()) and not is_prediction_folder(out):
-        raise DetectorError(f"--out {out} is not empty and is not an earlier output of `detector predict` (no "
-                            f"{SCORES_JSON}); it is never replaced: choose another --out or empty it")
+    check_replaceable(out, PREDICTIONS_OUTPUT)
     where = out.resolve()
     for p in map(Path, inputs):
         if p.exists() and p.resolve().is_relative_to(where):
@@ -360,7 +356,7 @@ def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *,
             **(info or {}), "threshold": threshold, "min_area": naming.min_area, "min_margin": naming.min_margin,
             "images": named}))
     write_json_atomic(out / SCORES_JSON, json_safe({
-        "format": PREDICT_FORMAT,
+        "format": PREDICTIONS_FORMAT,
         **(info or {}),
         "branch": branch,
         "resolution": resolution,
@@ -455,7 +451,7 @@ def run_predict(config: PredictConfig) -> ScoredRows:
     out = Path(config.out)
     if out.is_symlink() and out.is_dir():
         out = out.resolve()  # the folder the link names is the output (staged_folder replaces it there)
-    with outputs.output_lock(out, "detector predict"), outputs.naming_folder(out):
+    with output_lock(out, "detector predict"), naming_folder(out):
         return _run_predict(config, out)
 
 
@@ -484,7 +480,7 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
         model: Any = exported
         info = {"checkpoint": str(config.checkpoint), **meta, "engine": config.engine}
     else:
-        from detector.method.model import load_detector
+        from detector.store.saved_detector import load_detector
 
         model = load_detector(ckpt, device=config.device, precision=config.precision)
         info = {"checkpoint": str(config.checkpoint), "class_name": meta.get("class_name"),

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from detector.errors import DetectorError
+from detector.store.files import EXPORT_FORMAT
 
 EXPORT_JSON = "export.json"
-EXPORT_FORMAT = "finegrained-ad-export"
 EXPORT_VERSION = 1
 FORMATS = ("onnx", "openvino")
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}

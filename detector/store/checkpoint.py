@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
 from detector.method.weights import PICKLE_SUFFIXES, is_random_weights
-from detector.run.outputs import json_safe
+from detector.store.files import CHECKPOINT_FORMAT, OwnOutput, check_replaceable, has_format, json_safe
 from fsad_data.atomic import staged_folder
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read o
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"  # run-to-run timings, kept out of config.json (byte-identical checkpoints)
-FORMAT_NAME = "finegrained-ad-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the folder container's version; the meta inside has its own (saved_detector.META_FORMAT_VERSION)
 
 
 def _sha256(path: Path) -> str:
@@ -65,27 +64,13 @@ def _check_json(obj: Any, where: str = "meta") -> None:
 
 
 def is_checkpoint_folder(path: Path) -> bool:
-    """Whether ``path`` holds a checkpoint this tool wrote: a config.json with the checkpoint's format tag."""
-    try:
-        from detector.store.schemas import read_json
-
-        data = read_json(Path(path) / CONFIG_FILE, "")
-    except DetectorError:
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+    """Whether ``path`` holds a checkpoint this tool wrote: a config.json with the checkpoint's format tag (a
+    Hugging Face model folder has a config.json too: the tag decides)."""
+    return has_format(Path(path) / CONFIG_FILE, CHECKPOINT_FORMAT)
 
 
-def check_replaceable(out: str | Path) -> None:
-    """Refuse, before any work, an ``--out`` that this tool may not replace: a file, or a non-empty folder that is
-    not one of its checkpoints (a Hugging Face model folder has a config.json too: the format tag decides)."""
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DetectorError(f"checkpoint path {out} is a file; choose a folder name for --out")
-    if any(out.iterdir()) and not is_checkpoint_folder(out):
-        raise DetectorError(f"{out} is not empty and is not a checkpoint folder of `detector train` (no {CONFIG_FILE} with "
-                            f"format {FORMAT_NAME!r}); it is never replaced: choose another --out or empty it")
+CHECKPOINT_OUTPUT = OwnOutput("a checkpoint folder of `detector train`", f"{CONFIG_FILE} with format "
+                              f"{CHECKPOINT_FORMAT!r}", is_checkpoint_folder)
 
 
 def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
@@ -109,10 +94,10 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
     Tensors are saved from CPU, contiguous, with their dtype.  ``meta`` must be plain JSON (tuples come back as
     lists).  The same tensors and meta give byte-identical files. ``extra_files``: more JSON files of the folder
     (``timings.json``: what changes from run to run stays out of config.json). An existing folder that is not a
-    checkpoint of this tool (``check_replaceable``) is never overwritten.
+    checkpoint of this tool (``CHECKPOINT_OUTPUT``) is never overwritten.
     """
     out = Path(directory)
-    check_replaceable(out)
+    check_replaceable(out, CHECKPOINT_OUTPUT)
     if not isinstance(meta, dict):
         raise DetectorError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
     _check_json(meta)
@@ -128,10 +113,10 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
     try:
         with staged_folder(out) as tmp:  # complete beside `out`, then swapped in; the old one is kept until then
             plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-            blob = safetensors_bytes(plain, {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+            blob = safetensors_bytes(plain, {"format": CHECKPOINT_FORMAT, "format_version": str(FORMAT_VERSION)})
             write_bytes_atomic(tmp / WEIGHTS_FILE, blob)
             config = {
-                "format": FORMAT_NAME,
+                "format": CHECKPOINT_FORMAT,
                 "format_version": FORMAT_VERSION,
                 "weights": WEIGHTS_FILE,
                 "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -168,8 +153,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     from detector.store.schemas import read_json
 
     config = read_json(cfg_path, "the checkpoint is damaged: retrain or restore it")
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise DetectorError(f"{cfg_path} is not a FineGrainedAD checkpoint config (format != {FORMAT_NAME!r})")
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise DetectorError(f"{cfg_path} is not a FineGrainedAD checkpoint config (format != {CHECKPOINT_FORMAT!r})")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise DetectorError(

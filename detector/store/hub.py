@@ -15,6 +15,7 @@ from typing import Any
 
 from detector.errors import DetectorError
 from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from detector.store.files import OwnOutput, check_replaceable
 from detector.store.model_card import EVALUATION_FILE
 from detector.store.thresholds import THRESHOLD_FILE
 
@@ -58,13 +59,17 @@ PUSH_FILES = (WEIGHTS_FILE, CONFIG_FILE, THRESHOLD_FILE, EVALUATION_FILE)
 DRY_RUN_MARKER = ".detector-dry-run"  # written by --dry-run only (never uploaded): a folder it may replace
 
 
+DRY_RUN_OUTPUT = OwnOutput("an earlier dry run of `detector push`", DRY_RUN_MARKER,
+                           lambda path: (path / DRY_RUN_MARKER).is_file())
+
+
 def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME", marker: bool = False) -> Path:
     """Write exactly what ``push_checkpoint`` uploads into ``out`` (replaced whole): the checkpoint's safetensors
     and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied. ``out`` is
     replaced only when it is new, empty or an earlier dry run (``DRY_RUN_MARKER``, which ``marker`` writes): a
     README.md alone proves nothing (a thesis, a project). ``out`` is locked while it is written."""
-    from detector.run.outputs import output_lock
     from detector.store.checkpoint import load_checkpoint
+    from detector.store.files import output_lock
 
     ckpt = Path(ckpt_dir)
     load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
@@ -80,9 +85,7 @@ def _stage(ckpt: Path, out: Path, repo_id: str, marker: bool) -> Path:
     from detector.store.model_card import CARD_FILE, render_card
     from fsad_data.atomic import staged_folder
 
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DRY_RUN_MARKER).is_file())):
-        raise DetectorError(f"{out} exists and is not an earlier dry run of `detector push` (no {DRY_RUN_MARKER}); "
-                            "it is never replaced: choose a new or empty folder for --dry-run")
+    check_replaceable(out, DRY_RUN_OUTPUT, flag="--dry-run")
     with staged_folder(out) as tmp:
         for name in PUSH_FILES:
             if (ckpt / name).is_file():

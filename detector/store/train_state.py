@@ -7,7 +7,7 @@ removes the folder once the checkpoint is written (renamed aside first, so a kil
 A state written by another config, other shots or another caption record is refused (its fingerprint differs),
 never silently mixed in; the shots count by their pixels, so an image edited between a kill and the rerun is
 not served from cached features. The fingerprint is also recorded in the checkpoint: a rerun of a finished run
-finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``detector.run.outputs.output_lock``
+finds its checkpoint and does nothing (whatever a killed clean-up left is removed). ``detector.store.files.output_lock``
 keeps two runs out of one ``--out``.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from detector.store.checkpoint import (
 from fsad_data.atomic import clean_orphans, discard_folder, leftovers, restore_set_aside
 
 if TYPE_CHECKING:
-    from detector.run.train import TrainConfig
+    from detector.config import TrainConfig
 
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
 RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing", "on_error")  # on_error: its effect is in the shots
@@ -113,14 +113,6 @@ def optim_state(opt: Optimizer, sched: LRScheduler) -> tuple[dict[str, Tensor], 
     tensors = {f"optim.{i}.momentum_buffer": s["momentum_buffer"] for i, s in sd["state"].items()
                if s.get("momentum_buffer") is not None}
     return tensors, {"param_groups": sd["param_groups"], "scheduler": sched.state_dict()}
-
-
-def load_optim(opt: Optimizer, sched: LRScheduler, state: dict[str, Any]) -> None:
-    """Put a saved ``optim_state`` (with its momentum buffers under "buffers") back into SGD and its schedule."""
-    buffers = state["buffers"]
-    opt.load_state_dict({"state": {int(i): {"momentum_buffer": t} for i, t in buffers.items()},
-                         "param_groups": state["param_groups"]})
-    sched.load_state_dict(state["scheduler"])
 
 
 class ResumableState:
