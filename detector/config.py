@@ -2,19 +2,19 @@
 
 Every other module trusts a ``TrainConfig``: the method (``detector.method``) reads its fields, the run layer
 fills it (``detector.recipes``: a recipe < a config file < flags) and the checkpoint records it in full. The
-choices of the method's options (``CHOICES``) and their check live here, beside the fields they check; each
-choice's default is the public code's behaviour (docs/FIDELITY.md).
+check of the method's options lives here, beside the fields it checks; their choices are
+``detector.method.choices`` (the public code's first), which the method dispatches on.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
 from detector.errors import DetectorError
+from detector.method.choices import BASELINES, CHOICES, TAU_MODES, VV_BLOCK_WORDS
 from fsad_data.config import (
     ConfigError,
     NonNegativeFloat,
@@ -22,52 +22,22 @@ from fsad_data.config import (
     PositiveFloat,
     PositiveInt,
     Seed,
-    read_config_file,
     to_config,
 )
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "gate_mode": ("tokens", "features"),
-    "prototype": ("raw_mean", "unit_mean"),
-    "region_weighting": ("features", "loss"),
-    "triplet_distance": ("squared", "euclidean"),
-    "composition": ("public", "cosine"),
-    "image_groups": ("all", "image"),
-    "image_score_group": ("matched", "image"),
-    "image_visual_max": ("upsampled", "grid"),
-    "region_assign": ("nearest", "parent"),
-    "region_match": ("token_mean", "feature_mean"),
-}
-
 
 def check_method_options(config: TrainConfig) -> None:
-    """One clear line for a method option with a value outside its choices (TrainConfig.__post_init__)."""
+    """One clear line for a method option with a value outside its choices (``TrainConfig.__post_init__``: a
+    config built in Python, not through ``from_dict``, is checked by the same rules as a file or a flag)."""
     for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
             raise DetectorError(f"{name}={value!r} is not one of {', '.join(choices)}")
-    tau = config.tau
-    if isinstance(tau, str) and tau not in ("stored", "exp"):
+    for name, rule in (("tau", _tau), ("gate_init", _gate_init), ("vv_blocks", _vv_blocks)):
         try:
-            config.tau = float(tau)
-        except ValueError:
-            raise DetectorError(f"tau={tau!r}: use 'stored' (CLIP's log-space value), 'exp' or a number") from None
-    if not isinstance(config.tau, str) and (isinstance(config.tau, bool) or float(config.tau) <= 0):
-        raise DetectorError(f"tau={config.tau!r} must be 'stored', 'exp' or a positive number")
-    if isinstance(config.gate_init, str) and config.gate_init != "randn":
-        try:
-            config.gate_init = float(config.gate_init)
-        except ValueError:
-            raise DetectorError(f"gate_init={config.gate_init!r}: use 'randn' or a number") from None
-    vv = config.vv_blocks
-    if vv is not None and vv not in ("all", "half"):
-        try:
-            config.vv_blocks = int(vv)
-        except (TypeError, ValueError):
-            raise DetectorError(f"vv_blocks={vv!r}: a number of blocks, 'all' or 'half'") from None
-        if isinstance(vv, bool) or config.vv_blocks < 1:
-            raise DetectorError(f"vv_blocks={vv!r}: at least 1 block ('all' or unset: every block)")
-
+            setattr(config, name, rule(getattr(config, name)))
+        except ValueError as e:
+            raise DetectorError(f"{name}={getattr(config, name)!r}: {e}") from None
 
 
 PROMPT_FIELDS = ("n_ctx", "n_ctx_ab", "n_pro_ab", "init_std", "gate_mode", "gate_init", "prototype", "truncate",
@@ -84,7 +54,7 @@ TAU_MAX = 1000.0  # a logit scale; CLIP stores log(100)
 
 def _tau(value: Any) -> Any:
     """'stored', 'exp' or a positive finite number (text numbers accepted, as `--set tau=50` gives them)."""
-    if value in ("stored", "exp"):
+    if value in TAU_MODES:
         return value
     expected = f"'stored', 'exp' or a finite number more than 0 and at most {TAU_MAX:g}"
     if isinstance(value, bool):
@@ -95,6 +65,32 @@ def _tau(value: Any) -> Any:
         raise ValueError(expected) from None
     if not (math.isfinite(number) and 0 < number <= TAU_MAX):
         raise ValueError(expected)
+    return number
+
+
+def _gate_init(value: Any) -> Any:
+    """'randn' (N(0, 1) draws, public) or a finite constant for the gate logits."""
+    if value == "randn":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("use 'randn' or a number") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError("use 'randn' or a finite number")
+    return number
+
+
+def _vv_blocks(value: Any) -> Any:
+    """None, 'all' (every block, public), 'half' or a number of final blocks (at least 1)."""
+    if value is None or value in VV_BLOCK_WORDS:
+        return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number of blocks, 'all' or 'half'") from None
+    if isinstance(value, bool) or number < 1 or number != float(value):
+        raise ValueError("at least 1 whole block ('all' or unset: every block)")
     return number
 
 
@@ -163,8 +159,8 @@ class TrainConfig:
     on_error: Literal["raise", "skip"] = "raise"  # a normal train image that does not decode: stop, or leave it out
 
     def __post_init__(self) -> None:
-        if self.baseline not in (None, "promptad"):
-            raise DetectorError(f"baseline {self.baseline!r} is unknown: use 'promptad' or leave it unset")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise DetectorError(f"baseline {self.baseline!r} is unknown: use {' or '.join(BASELINES)} or leave it unset")
         if int(self.shots) < 1:
             raise DetectorError(f"shots={self.shots}: need at least one normal shot")
         if int(self.epochs) < 0 or int(self.image_epochs) < 0:
@@ -176,16 +172,6 @@ class TrainConfig:
         self.drop_levels = list(self.drop_levels or [])
         if self.taps is not None:
             self.taps = list(self.taps)
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Load a YAML or JSON config (``fsad_data.config``); keyword overrides that are not None win (the CLI's
-        flags)."""
-        try:
-            raw = read_config_file(path)
-        except ConfigError as e:
-            raise DetectorError(str(e)) from None
-        return cls.from_dict(raw, source=str(path), **overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config", **overrides: Any) -> TrainConfig:

@@ -124,7 +124,7 @@ def to_config(cls: type[T], data: Mapping[str, Any], origin: str = "settings") -
     """
     norm = {str(k).replace("-", "_"): v for k, v in data.items()}
     try:
-        return _adapter(cls).validate_python(norm)
+        return type_adapter(cls).validate_python(norm)
     except ValidationError as exc:
         raise ConfigError(f"{origin}: {describe_error(exc, cls)}") from None
 
@@ -198,11 +198,14 @@ def _fields(cls: type) -> list[str]:
     return list(getattr(cls, "__dataclass_fields__", {}) or getattr(cls, "model_fields", {}))
 
 
-_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
 
-def _adapter(cls: type[T]) -> TypeAdapter[T]:
-    if cls not in _ADAPTERS:
-        cls.__pydantic_config__ = _PYDANTIC  # type: ignore[attr-defined]  # how pydantic configures a dataclass
-        _ADAPTERS[cls] = TypeAdapter(cls)
-    return _ADAPTERS[cls]
+def type_adapter(model: Any) -> TypeAdapter[Any]:
+    """The cached pydantic ``TypeAdapter`` of ``model`` (a settings dataclass gets this module's strict config
+    first; a pydantic model or an annotated type is adapted as it is): built once per type, both halves share it."""
+    if model not in _ADAPTERS:
+        if dataclasses.is_dataclass(model):
+            model.__pydantic_config__ = _PYDANTIC  # type: ignore[attr-defined]  # how pydantic configures a dataclass
+        _ADAPTERS[model] = TypeAdapter(model)
+    return _ADAPTERS[model]

@@ -10,7 +10,8 @@ from PIL import Image
 from detector.errors import DetectorError
 from detector.store.data import (
     class_samples,
-    iter_test_batches,
+    image_level_only,
+    iter_batches,
     load_images,
     load_sample_mask,
     select_class_shots,
@@ -55,7 +56,7 @@ def test_images_are_rgb_as_stored(hex_nut) -> None:
 def test_test_batches_cover_the_split_with_matching_masks(hex_nut) -> None:
     tests = test_split(hex_nut)
     seen = []
-    for samples, images, masks in iter_test_batches(hex_nut, batch_size=5):
+    for samples, images, masks in iter_batches(tests, 5, image_level_only(tests)):
         assert len(samples) == len(images) == len(masks) <= 5
         for s, img, m in zip(samples, images, masks):
             assert m.dtype == bool and m.shape == img.shape[:2]
@@ -74,6 +75,6 @@ def test_anomaly_without_mask_is_an_error(hex_nut) -> None:
     with pytest.raises(DetectorError, match="without a mask"):
         load_sample_mask(bad, (10, 10))
     with pytest.raises(DetectorError):
-        list(iter_test_batches(hex_nut, batch_size=0))
+        list(iter_batches(test_split(hex_nut), 0, False))
     with pytest.raises(DetectorError, match="no test images"):
         test_split([s for s in hex_nut if s.split == "train"])

@@ -1,8 +1,9 @@
 """The house's import rules, read from the source (every import counts: module level, inside functions and under
 ``TYPE_CHECKING``): no cycle among the project's modules, and the detector's layers import downward only.
 
-Layers of ``detector``, lowest first (docs/ARCHITECTURE.md): the settings (``errors``, ``config``, ``recipes``),
-``method`` (the paper), ``eval``, ``store``, ``run``, ``deploy``, and the CLI on top. ``fsad_data`` is below both
+Layers of ``detector``, lowest first (docs/ARCHITECTURE.md): the base (``errors`` and ``method.choices``, the
+method's vocabulary, torch-free), the settings (``config``, ``recipes``), ``method`` (the paper), ``eval``,
+``store``, ``run``, ``deploy``, and on top the CLI and the package's public face. ``fsad_data`` is below both
 halves; ``detector`` and ``mfsc_builder`` never import each other (the dataset schema is their contract).
 """
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("detector", "mfsc_builder", "fsad_data")
-DETECTOR_LAYERS = ("settings", "method", "eval", "store", "run", "deploy", "cli")
-SETTINGS = {"detector.errors", "detector.config", "detector.recipes"}
+DETECTOR_LAYERS = ("base", "settings", "method", "eval", "store", "run", "deploy", "top")
+BASE = {"detector.errors", "detector.method.choices"}
+SETTINGS = {"detector.config", "detector.recipes"}
 TOP = {"detector", "detector.cli"}  # the public face: `from detector import Detector` and the commands
 
 
@@ -104,12 +106,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def detector_layer(name: str) -> int:
+    if name in BASE:
+        return DETECTOR_LAYERS.index("base")
     if name in SETTINGS:
         return DETECTOR_LAYERS.index("settings")
     if name in TOP:
-        return DETECTOR_LAYERS.index("cli")
+        return DETECTOR_LAYERS.index("top")
     sub = name.split(".")[1]
-    assert sub in DETECTOR_LAYERS, f"{name} is in no layer: put it in one of {DETECTOR_LAYERS[1:-1]} or the settings"
+    assert sub in DETECTOR_LAYERS, f"{name} is in no layer: put it in one of {DETECTOR_LAYERS[2:-1]} or the settings"
     return DETECTOR_LAYERS.index(sub)
 
 
@@ -142,3 +146,4 @@ def test_halves_apart():
 def test_layer_check_catches_an_upward_import():
     assert detector_layer("detector.method.fit") < detector_layer("detector.run.outputs")
     assert detector_layer("detector.config") < detector_layer("detector.method.model")
+    assert detector_layer("detector.method.choices") < detector_layer("detector.config")

@@ -24,23 +24,23 @@ def _blobs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_dpc_knn_separates_two_blobs():
     x, truth = _blobs()
-    labels = dpc_knn(x, 2, knn=5)
+    labels = dpc_knn(x, 2, knn=5, assign="parent", scale_distance=False)
     # a perfect split up to label names; the bigger (denser) blob gets cluster 0 here
     assert torch.equal(labels, truth) or torch.equal(labels, 1 - truth)
 
 
 def test_dpc_knn_small_cases():
-    assert dpc_knn(torch.zeros(0, 2), 2).numel() == 0
-    assert dpc_knn(torch.randn(5, 2), 1).tolist() == [0] * 5
+    assert dpc_knn(torch.zeros(0, 2), 2, 5, "parent", False).numel() == 0
+    assert dpc_knn(torch.randn(5, 2), 1, 5, "parent", False).tolist() == [0] * 5
     # more clusters than points: every point its own cluster
-    labels = dpc_knn(torch.tensor([[0.0], [1.0], [5.0]]), 10)
+    labels = dpc_knn(torch.tensor([[0.0], [1.0], [5.0]]), 10, 5, "parent", False)
     assert sorted(labels.tolist()) == [0, 1, 2]
 
 
 def test_dpc_knn_hand_example():
     # 1-D: a tight triple at 0 and a pair at 10. Densest point is the middle of the triple (index 1).
     x = torch.tensor([[-0.1], [0.0], [0.1], [10.0], [10.2]])
-    labels = dpc_knn(x, 2, knn=1)
+    labels = dpc_knn(x, 2, knn=1, assign="parent", scale_distance=False)
     assert labels.tolist() == [0, 0, 0, 1, 1]
 
 

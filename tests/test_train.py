@@ -80,23 +80,25 @@ def test_promptad_baseline_trains(tiny_clip_name):
 
 
 def test_config_file_and_overrides(tmp_path):
+    from detector.recipes import build_train_config
+
     p = tmp_path / "train.yaml"
     p.write_text("class_name: bottle\nshots: 2\nepochs: 7\ndrop_levels: [component]\n")
-    cfg = TrainConfig.from_file(p, epochs=3, seed=None)
+    cfg = build_train_config(None, p, epochs=3, seed=None)
     assert (cfg.class_name, cfg.shots, cfg.epochs, cfg.seed, cfg.drop_levels) == ("bottle", 2, 3, 0, ["component"])
     j = tmp_path / "train.json"
     j.write_text(json.dumps({"class_name": "x", "baseline": "promptad", "lr": 0.01}))
-    assert TrainConfig.from_file(j).lr == 0.01
+    assert build_train_config(None, j).lr == 0.01
     bad = tmp_path / "bad.yaml"
     bad.write_text("class_name: x\nepoch: 3\n")
     with pytest.raises(DetectorError, match="epoch"):
-        TrainConfig.from_file(bad)
+        build_train_config(None, bad)
     with pytest.raises(DetectorError):
         TrainConfig(baseline="winclip")
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(DetectorError, match="mapping"):
-        TrainConfig.from_file(listy)
+        build_train_config(None, listy)
 
 
 def test_interrupt_leaves_no_checkpoint(tiny_clip_name, tmp_path, monkeypatch):

@@ -41,30 +41,15 @@ from detector.method.prompts import BACKGROUND, COMPONENT, IMAGE, TextFeatures
 
 LAMBDA1 = 0.001  # paper's weight of the handcrafted/learned abnormal matching term
 LAMBDA_COMP = 1.0  # public: loss_reg enters the patch loss with weight 1
-LAMBDA_COMP_OURS = 0.1  # our choice for the cosine form
 MARGIN = 1.0
-TAU_MODES = ("stored", "exp")
-WEIGHTINGS = ("features", "loss")
-TRIPLET_DISTANCES = ("squared", "euclidean")
-COMPOSITIONS = ("public", "cosine")
-IMAGE_GROUPS = ("all", "image")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """One clear line for a method option outside its choices."""
-    if value not in choices:
-        raise DetectorError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
 def logit_scale_of(clip_model: torch.nn.Module, tau: str | float | None = "stored") -> float:
     """tau for the losses and the textual maps: "stored" (log-space value, public), "exp" (capped at 100) or a number."""
     if tau is None:
         tau = "stored"
-    if not isinstance(tau, str):
-        if isinstance(tau, bool) or not math.isfinite(float(tau)) or float(tau) <= 0:
-            raise DetectorError(f"tau={tau!r} must be 'stored', 'exp' or a positive number")
+    if not isinstance(tau, str):  # a number, checked by TrainConfig (detector.config)
         return float(tau)
-    check_choice("tau", tau, TAU_MODES)
     scale = getattr(clip_model, "logit_scale", None)
     stored = math.log(100.0) if scale is None else float(torch.as_tensor(scale).detach().float().reshape(-1)[0])
     return stored if tau == "stored" else float(min(math.exp(stored), 100.0))
@@ -84,7 +69,6 @@ def _flatten(tokens: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.
 def _weighted(tokens: torch.Tensor, weights: torch.Tensor | None, weighting: str
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(features, weights of the mean): "features" scales each token by its weight, "loss" keeps it."""
-    check_choice("weighting", weighting, WEIGHTINGS)
     f, w = _flatten(tokens, weights)
     if w is not None and weighting == "features":
         return f * w[:, None], None
@@ -123,7 +107,6 @@ def triplet(
     distance: str = "squared",
 ) -> torch.Tensor:
     """MLSA triplet: max(0, d(f, t_n) - d(f, t_a) + margin) per token, d over the feature axis; mean."""
-    check_choice("triplet_distance", distance, TRIPLET_DISTANCES)
     f, w = _weighted(tokens, weights, weighting)
     d_pos = (f - normal.reshape(1, -1).to(f)).pow(2).sum(dim=-1)
     d_neg = (f - abnormal_mean.reshape(1, -1).to(f)).pow(2).sum(dim=-1)
@@ -174,7 +157,6 @@ def _learned_prototype(text: TextFeatures, g: int) -> torch.Tensor:
 
 def composition_term(text: TextFeatures, form: str = "public") -> torch.Tensor | None:
     """The composition regulariser on the learned abnormal features; None without background or components."""
-    check_choice("composition", form, COMPOSITIONS)
     comps = [i for i, lv in enumerate(text.levels) if lv == COMPONENT]
     if BACKGROUND not in text.names or not comps:
         return None
@@ -278,7 +260,6 @@ def image_loss(
     and every component either way. The composition regulariser is off by default (the public image-level
     script has none; set lambda_comp to add it).
     """
-    check_choice("image_groups", groups, IMAGE_GROUPS)
     total = cls.new_zeros(())
     parts: dict[str, float] = {}
     image = text.index(IMAGE)

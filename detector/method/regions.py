@@ -30,15 +30,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ASSIGN_RULES = ("nearest", "parent")
-MATCH_RULES = ("token_mean", "feature_mean")
 IMAGE_GROUP = "image"
 BACKGROUND_GROUP = "background"
 
 
 @dataclass
 class RegionConfig:
-    """Knobs of the region aggregation (paper values as defaults)."""
+    """Knobs of the region aggregation (paper values as defaults; the choices of ``assign`` and ``match`` are
+    ``detector.method.choices.REGION_ASSIGN`` / ``REGION_MATCH``, checked once by ``TrainConfig``)."""
 
     knn: int = 5  # neighbours of the KNN density
     boost: float = 1.5  # added to the weight of tokens in a group's cluster
@@ -46,12 +45,6 @@ class RegionConfig:
     assign: str = "nearest"  # "nearest" centre (public) or "parent" chain (ours)
     scale_distance: bool = True  # distances / sqrt(n features), as the public clustering
     match: str = "token_mean"  # component -> cluster: cos(text, mean token) (public) | "feature_mean" (ours)
-
-    def __post_init__(self) -> None:
-        if self.assign not in ASSIGN_RULES:
-            raise ValueError(f"region assign={self.assign!r} is not one of {', '.join(ASSIGN_RULES)}")
-        if self.match not in MATCH_RULES:
-            raise ValueError(f"region match={self.match!r} is not one of {', '.join(MATCH_RULES)}")
 
 
 def pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +57,7 @@ def pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5, assign: str = "parent",
-            scale_distance: bool = False) -> torch.Tensor:
+def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int, assign: str, scale_distance: bool) -> torch.Tensor:
     """Density-peaks clustering with a KNN density; returns a label in [0, n_clusters) per row of x (N, F).
 
     rho_i = exp(-mean squared distance to the k nearest neighbours); points are ranked by density
@@ -73,7 +65,8 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, knn: int = 5, assign: str = "paren
     the largest distance); the n_clusters points of highest rho * delta are the centres (the densest
     point always is one); every other point joins the cluster of its nearest higher-ranked point
     (``assign="parent"``) or its nearest centre (``"nearest"``, ties to the densest). ``scale_distance``
-    divides the features by sqrt(F) first (distances / sqrt(F), as the public code).
+    divides the features by sqrt(F) first (distances / sqrt(F), as the public code). No defaults: the
+    public ones are ``RegionConfig``'s, which every caller passes.
     Labels are numbered by the centres' density rank, so the densest cluster is 0.
     """
     n = x.shape[0]

@@ -34,6 +34,7 @@ from detector.config import TrainConfig
 from detector.errors import DetectorError
 from detector.eval import report
 from detector.eval.metrics import METRIC, METRIC_KEYS, METRICS
+from detector.method.choices import BASELINES
 from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.method.weights import is_random_weights
 from detector.recipes import train_config_fields
@@ -50,16 +51,20 @@ from fsad_data import Sample, read_dataset
 from fsad_data.atomic import write_text_atomic
 
 METHOD = "finegrainedad"
-BASELINES = ("promptad",)
-SUMMARY_METRICS = ("image_auroc", "pixel_auroc")  # the paper reports these for every shot count (PAPER), and
-# the side-by-side tables of --variants compare them
-# METHOD.md, "Numbers to reach": (image AUROC, pixel AUROC) in %, from the paper's project page
-PAPER = {
-    ("finegrainedad", "mvtec"): {1: (91.04, 95.49), 2: (93.66, 96.08), 4: (94.51, 96.71)},
-    ("finegrainedad", "visa"): {1: (84.16, 96.42), 2: (86.16, 96.97), 4: (86.95, 97.54)},
-    ("promptad", "mvtec"): {4: (94.17, 95.73)},
-    ("promptad", "visa"): {4: (86.02, 96.96)},
-}
+PAPER_FILE = Path(__file__).resolve().parents[1] / "configs" / "paper_results.json"  # beside the recipes
+
+
+def _paper_results() -> tuple[tuple[str, ...], dict[tuple[str, str], dict[int, tuple[float, ...]]]]:
+    """The paper's figures the summary sets beside ours (``configs/paper_results.json``): its metric keys and
+    ``{(method, data set): {k: figures in %}}``."""
+    data = json.loads(PAPER_FILE.read_text(encoding="utf-8"))
+    results = {(method, dataset): {int(k): tuple(v) for k, v in by_k.items()}
+               for method, by_set in data["results"].items() for dataset, by_k in by_set.items()}
+    return tuple(data["metrics"]), results
+
+
+# the paper reports these for every shot count (PAPER), and the side-by-side tables of --variants compare them
+SUMMARY_METRICS, PAPER = _paper_results()
 
 
 @dataclass(frozen=True, order=True)

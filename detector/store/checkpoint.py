@@ -195,27 +195,48 @@ def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def shot_files(meta: dict[str, Any]) -> list[str] | None:
+    """The shot images' file names a checkpoint records (``meta.shots``; None when it has no list)."""
+    shots = meta.get("shots")
+    return [str(s) for s in shots] if isinstance(shots, list) else None
+
+
+def shot_count(meta: dict[str, Any]) -> int | None:
+    """k, the number of normal shots: the training config's ``shots``, else the length of the shot list."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    k = cfg.get("shots")
+    if k is None:
+        files = shot_files(meta)
+        k = len(files) if files is not None else meta.get("shots")
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
+
+
+def backbone_name(meta: dict[str, Any]) -> str | None:
+    """The backbone's open_clip name: the registered ``model_name`` (when ``name`` is a JSON config's path), else
+    ``name``, else the training config's ``backbone``."""
+    backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    name = backbone.get("model_name") or backbone.get("name") or cfg.get("backbone")
+    return str(name) if name else None
+
+
 def checkpoint_info(meta: dict[str, Any]) -> dict[str, Any]:
     """What metrics.json and scores.json record about the model: shots k, seed, method, backbone, shot files,
     and whether its weights make the figures meaningful."""
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
     pretrained = backbone.get("pretrained", cfg.get("pretrained"))
-    shots = cfg.get("shots", meta.get("shots"))
-    shot_files = meta.get("shots") if isinstance(meta.get("shots"), list) else None
-    if isinstance(shots, list):
-        shots = len(shots)
     record = meta.get("record") if isinstance(meta.get("record"), dict) else {}
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     captions = "class name (PromptAD templates)" if meta.get("baseline") else (
         f"{prov.get('backend')} ({prov['model']})" if prov.get("model") else prov.get("backend"))
     return json_safe({
-        "shots": shots,
+        "shots": shot_count(meta),
         "seed": cfg.get("seed", meta.get("seed")),
         "method": meta.get("baseline") or "finegrainedad",
-        "backbone": backbone.get("name", cfg.get("backbone")),
+        "backbone": backbone_name(meta),
         "pretrained": pretrained,
-        "shot_files": shot_files,
+        "shot_files": shot_files(meta),
         "meaningful": not is_random_weights(pretrained),
         "recipe": cfg.get("recipe"),
         "method_options": meta.get("method") if isinstance(meta.get("method"), dict) else None,

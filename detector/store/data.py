@@ -135,13 +135,3 @@ def iter_batches(samples: Sequence[Sample], batch_size: int = 8, image_level: bo
         images = load_images(chunk)
         masks = [load_sample_mask(s, img.shape[:2], image_level) for s, img in zip(chunk, images)]
         yield TestBatch(chunk, images, masks)
-
-
-def iter_test_batches(
-    samples: Sequence[Sample], batch_size: int = 8, class_name: str | None = None
-) -> Iterator[TestBatch]:
-    """Batches of the test split in id order."""
-    if batch_size < 1:
-        raise DetectorError(f"batch size {batch_size} must be at least 1")
-    tests = test_split(samples, class_name)
-    yield from iter_batches(tests, batch_size, image_level_only(tests))

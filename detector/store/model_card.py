@@ -17,7 +17,7 @@ from typing import Any
 
 from detector.errors import DetectorError
 from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
-from detector.store.checkpoint import CONFIG_FILE
+from detector.store.checkpoint import CONFIG_FILE, backbone_name, shot_files
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"
@@ -93,10 +93,10 @@ def card_data(ckpt_dir: Path, repo_id: str | None = None) -> dict[str, Any]:
             "class_name": meta.get("class_name"),
             "object_name": meta.get("object_name"),
             "method": "promptad" if meta.get("baseline") == "promptad" else "finegrained-ad",
-            "shots": list(meta.get("shots") or []),
+            "shots": shot_files(meta) or [],
             "seed": cfg.get("seed"),
             "captions": captions,
-            "backbone": {"name": bb.get("model_name") or bb.get("name"), "pretrained": pretrained,
+            "backbone": {"name": backbone_name(meta), "pretrained": pretrained,
                          "weights_sha256": bb.get("weights_sha256"), "tap_layers": bb.get("tap_layers"),
                          "random_weights": random},
             "recipe": {k: cfg[k] for k in sorted(cfg) if k not in ("out", "data", "device", "restart", "captions")},

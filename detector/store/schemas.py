@@ -9,20 +9,17 @@ typed checks are pydantic models (the same library and wording as ``fsad_data.co
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from detector.errors import DetectorError
-from fsad_data.config import describe_error
+from fsad_data.config import Seed, StrictInt, describe_error, type_adapter
 
 MAX_JSON_BYTES = 256 << 20  # a checkpoint config with its caption record is kilobytes; this only stops absurd files
 T = TypeVar("T")
 
-StrictInt = Annotated[int, Field(strict=True)]
-Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]  # torch.manual_seed's range (int64)
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # the tools write numbers: "0.5" or true is damage
 
 
@@ -56,7 +53,7 @@ def _no_constant(name: str) -> Any:
 
 def check(model: type[T] | Any, data: Any, where: str, fix: str, prefix: str = "") -> T:
     """``data`` validated against a pydantic model or type; the first problem as one line naming ``where``."""
-    adapter = model if isinstance(model, TypeAdapter) else _adapter(model)
+    adapter = model if isinstance(model, TypeAdapter) else type_adapter(model)
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
@@ -65,15 +62,6 @@ def check(model: type[T] | Any, data: Any, where: str, fix: str, prefix: str = "
             detail = detail.replace("key '", f"key '{prefix}", 1).replace(f"key '{prefix}(top level)'",
                                                                          f"key '{prefix.rstrip('.')}'")
         raise DetectorError(f"{where}: {detail}; {fix}") from None
-
-
-_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
-
-
-def _adapter(model: Any) -> TypeAdapter[Any]:
-    if model not in _ADAPTERS:
-        _ADAPTERS[model] = TypeAdapter(model)
-    return _ADAPTERS[model]
 
 
 class _Open(BaseModel):
@@ -165,8 +153,3 @@ def read_cell_metrics(path: Path) -> CellMetrics:
     fix = "delete that cell's metrics.json to rerun the cell, or remove the cell folder"
     data = read_json(path, fix)
     return check(CellMetrics, data, str(path), fix)
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A float for the tables, None for a missing or non-finite value."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)
