@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_type_hints
 from pydantic import Field
 
 from fsad_data.config import ConfigError, PositiveFloat, Seed, StrictInt, read_config_file, to_config
+from fsad_data.digest import file_sha256
 from fsad_data.samples import Sample
 from mfsc_builder.captioners.base import Captioner
 from mfsc_builder.captioners.settings import CaptionerSettings
@@ -199,7 +200,7 @@ def build_manifest(cfg: BuildConfig, samples: Sequence[Sample], captioner: Capti
 
 
 def _file_sha(path: str | None) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    return file_sha256(path) if path else None
 
 
 def _listing_digest(samples: Sequence[Sample]) -> str:

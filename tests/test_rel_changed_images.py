@@ -95,8 +95,8 @@ def _row(data: bytes, mask: bytes | None = None, name: str = "") -> dict:
 
 def test_size_first_then_the_hash_only_when_sizes_match(tmp_path, monkeypatch):
     hashed = []
-    real = C._sha256
-    monkeypatch.setattr(C, "_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    real = C.file_sha256
+    monkeypatch.setattr(C, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     for name, body in (("same.png", b"abcd"), ("longer.png", b"abcdef"), ("flipped.png", b"abcz"),
                        ("m.png", b"img"), ("mask.png", b"MASK")):
         (tmp_path / name).write_bytes(body)

@@ -20,7 +20,6 @@ retry a failed download for about a minute.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from detector.errors import DetectorError
+from fsad_data.digest import file_sha256
 
 HUB_HOST = "huggingface.co"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")  # files torch.load would unpickle
@@ -111,15 +111,6 @@ def cached_file(route: WeightsRoute) -> Path | None:
         if isinstance(hit, str) and os.path.isfile(hit):
             return Path(hit)
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 8 MiB blocks (flat memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: Path, route: WeightsRoute, name: str, tag: str) -> str:

@@ -25,7 +25,6 @@ the sizes match (the dataset records no mtime), and only for the files actually 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
+from fsad_data.digest import file_sha256
 
 if TYPE_CHECKING:  # datasets (heavy) is imported where a caption dataset is opened
     from datasets import Dataset, DatasetDict
@@ -180,14 +180,6 @@ FILE_COLUMNS = ("image_file", "image_file_size", "image_sha256", "mask_file", "m
 _NAMED = 3  # a changed-files line names this many, then counts the rest
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _differs(path: str | Path | None, size: Any, sha256: Any) -> bool:
     """Whether the file at ``path`` is not the recorded one: the size first, the SHA-256 only when the sizes match.
     A recorded file that is gone from the sample (a mask removed) differs; an unreadable file does not: the
@@ -197,7 +189,7 @@ def _differs(path: str | Path | None, size: Any, sha256: Any) -> bool:
     try:
         if os.stat(path).st_size != int(size):
             return True
-        return _sha256(path) != sha256
+        return file_sha256(path) != sha256
     except (OSError, TypeError, ValueError):  # unreadable, or no size recorded
         return False
 

@@ -21,6 +21,7 @@ from detector.errors import DetectorError
 from detector.method.weights import PICKLE_SUFFIXES, is_random_weights
 from detector.store.files import CHECKPOINT_FORMAT, OwnOutput, check_replaceable, has_format, json_safe
 from fsad_data.atomic import staged_folder
+from fsad_data.digest import file_sha256
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
     import torch  # meta (checkpoint_meta, eval/predict start-up, the benchmark's bookkeeping) needs neither
@@ -30,14 +31,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"  # run-to-run timings, kept out of config.json (byte-identical checkpoints)
 FORMAT_VERSION = 1  # the folder container's version; the meta inside has its own (saved_detector.META_FORMAT_VERSION)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_json(obj: Any, where: str = "meta") -> None:
@@ -165,7 +158,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if not isinstance(meta, dict):
         raise DetectorError(f"{cfg_path} has no 'meta' object; the checkpoint is damaged, retrain it")
     digest = config.get("weights_sha256")
-    if digest != _sha256(weights):
+    if digest != file_sha256(weights):
         raise DetectorError(f"{weights} does not match the checksum in {cfg_path}; the checkpoint is damaged or mixed")
     from safetensors.torch import load_file
 
