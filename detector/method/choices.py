@@ -18,7 +18,15 @@ REGION_ASSIGN = ("nearest", "parent")  # DPC-KNN: a token joins its nearest cent
 REGION_MATCH = ("token_mean", "feature_mean")  # component -> cluster by its mean token (public) | mean feature
 TAU_MODES = ("stored", "exp")  # CLIP's stored log-space logit scale (public) | its exp capped at 100; or a number
 VV_BLOCK_WORDS = ("all", "half")  # blocks with a V-V branch: every block (public) | the second half; or a count
-BASELINES = ("promptad",)  # class-name prompts, no regions (TrainConfig.baseline None = FineGrainedAD)
+BASELINES = ("promptad",)
+
+# the caption levels a prompt group belongs to (MFSC's views); the region groups MLSA aligns with token regions are
+# the image, the background and each component (prompts.py builds the groups, regions.py and defects.py read them)
+IMAGE = "image"
+BACKGROUND = "background"
+COMPONENT = "component"
+ATTRIBUTE_LEVELS = ("relation", "colour", "texture", "shape")
+LEVELS = (IMAGE, BACKGROUND, COMPONENT, *ATTRIBUTE_LEVELS)  # class-name prompts, no regions (TrainConfig.baseline None = FineGrainedAD)
 
 CHOICES: dict[str, tuple[str, ...]] = {  # TrainConfig field -> its allowed values
     "gate_mode": GATE_MODES,

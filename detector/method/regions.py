@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IMAGE_GROUP = "image"
-BACKGROUND_GROUP = "background"
+from detector.method.choices import BACKGROUND, IMAGE
 
 
 @dataclass
@@ -182,16 +181,16 @@ def group_weights_hr(assignment: RegionAssignment, group_names: list[str], boost
     1 + boost on its matched cluster (on the whole foreground when it has none).
     """
     h, w = assignment.background.shape
-    comps = [g for g in group_names if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
+    comps = [g for g in group_names if g not in (IMAGE, BACKGROUND)]
     if len(comps) != len(assignment.component_cluster):
         raise ValueError(f"{len(comps)} component groups but {len(assignment.component_cluster)} matches")
     out = torch.ones(len(group_names), h, w)
     foreground = ~assignment.background
     ci = 0
     for gi, name in enumerate(group_names):
-        if name == IMAGE_GROUP:
+        if name == IMAGE:
             continue
-        if name == BACKGROUND_GROUP:
+        if name == BACKGROUND:
             region = assignment.background
         else:
             c = assignment.component_cluster[ci]
@@ -219,12 +218,12 @@ def region_weights(hr_tokens: torch.Tensor, hr_grid: tuple[int, int], normal_pro
     background and component rows give the language-guided features. Also returns the assignments.
     """
     config = config or RegionConfig()
-    if BACKGROUND_GROUP not in group_names:
-        raise ValueError(f"region groups {group_names} lack '{BACKGROUND_GROUP}'")
-    comp_idx = [i for i, g in enumerate(group_names) if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
+    if BACKGROUND not in group_names:
+        raise ValueError(f"region groups {group_names} lack '{BACKGROUND}'")
+    comp_idx = [i for i, g in enumerate(group_names) if g not in (IMAGE, BACKGROUND)]
     # clustering runs on the CPU in float64 whatever the training device: cheap, and the same result everywhere
     hr_tokens = hr_tokens.detach().float().cpu()
-    guide = normal_prototypes.detach().float().cpu()[[group_names.index(BACKGROUND_GROUP), *comp_idx]]
+    guide = normal_prototypes.detach().float().cpu()[[group_names.index(BACKGROUND), *comp_idx]]
     hh, ww = hr_grid
     out, assignments = [], []
     for tokens in hr_tokens:
