@@ -501,9 +501,7 @@ def benchmark(
         from detector.recipes import parse_variants
         from detector.run.benchmark import BenchmarkConfig, check_cells, parse_int_list, run_benchmark
 
-
         _not_a_file(out, "--out", "a folder for the benchmark")
-
         cfg = BenchmarkConfig(
             data=data, out=out, captions=captions, shots=parse_int_list(shots, "--shots"),
             seeds=parse_int_list(seeds, "--seeds"),

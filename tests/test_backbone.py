@@ -192,6 +192,32 @@ def test_bad_inputs_raise(bb: Backbone, tiny_clip_name) -> None:
         bb.encode(torch.zeros(1, 3, 32, 32))
 
 
+def test_open_clip_logs_are_quieted_only_while_loading(tiny_clip_name, caplog) -> None:
+    """open_clip's INFO/WARNING lines (it logs through the root logger) are dropped while the model is built;
+    the root logger's level and filters and every other record are left alone."""
+    import logging
+
+    import open_clip
+
+    from detector.method.backbone import quiet_open_clip_logs
+
+    caplog.set_level(logging.DEBUG)
+    root, named = logging.getLogger(), logging.getLogger("open_clip")
+    before = (root.level, list(root.filters), named.level)
+    open_clip.create_model(tiny_clip_name, pretrained=None)
+    assert any(r.levelno == logging.WARNING and "open_clip" in r.pathname for r in caplog.records)  # random init
+    caplog.clear()
+    load_backbone(tiny_clip_name, pretrained="none")
+    assert not [r for r in caplog.records if r.funcName == "create_model"]
+    caplog.clear()
+    with quiet_open_clip_logs(open_clip):
+        open_clip.create_model(tiny_clip_name, pretrained=None)
+        root.warning("ours on the root logger")
+        logging.getLogger("elsewhere").info("another library")
+    assert [r.getMessage() for r in caplog.records] == ["ours on the root logger", "another library"]
+    assert (root.level, list(root.filters), named.level) == before
+
+
 def test_offline_tag_download_fails_with_one_clear_line(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DetectorError) as err:

@@ -79,6 +79,17 @@ def test_visual_map_and_image_score_by_hand():
         m.visual_map(taps[:1])
 
 
+def test_visual_map_whole_batch_is_the_per_image_map():
+    """The export's form (one product over the batch) computes what the per-image loop computes."""
+    g = torch.Generator().manual_seed(0)
+    memory = [torch.randn(12, 6, generator=g), torch.randn(7, 6, generator=g)]
+    m = _bare_model(torch.eye(2), torch.eye(2), memory)
+    taps = [torch.randn(3, 5, 6, generator=g) for _ in memory]
+    per_image = m.visual_map(taps)
+    assert per_image.shape == (3, 5)
+    assert torch.allclose(m.visual_map(taps, per_image=False), per_image, atol=1e-6, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_clip_name):
     from detector.config import TrainConfig

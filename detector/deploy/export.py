@@ -10,10 +10,11 @@ features of both prompt sets and the shots' visual memory. So the whole inferenc
          upsampling, Gaussian smoothing: the same code the PyTorch path runs)
     scores  float32 (B,)        maps  float32 (B, R, R)
 
-Text features and memory are constants of the graph; the text tower is not in it. The one change against
-the PyTorch path: ``FineGrainedAD.visual_map`` loops over the images of a batch (to bound memory), which a
-tracer would unroll to a fixed batch size, so the export uses ``batched_visual_map``, the same formula over
-the whole batch (tests hold both paths equal to 1e-4 for several batch sizes). The graph is made by
+Text features and memory are constants of the graph; the text tower is not in it. The one setting that
+differs from the PyTorch path: ``FineGrainedAD.visual_map`` compares one image at a time with the memory (to
+bound memory), a loop a tracer would unroll to a fixed batch size, so the graph asks it for the whole batch at
+once (``per_image=False``: the same formula, ``model.memory_distance``, in one product; tests hold both paths
+equal to 1e-4 for several batch sizes). The graph is made by
 ``torch.onnx.export`` with the dynamo exporter (torch.export + onnxscript, opset 18); OpenVINO IR is
 converted from that ONNX file by ``openvino.convert_model`` (optional extra). ``export.json`` beside the
 graph says what a caller needs (input size and resize rule, normalisation, output names, thresholds, class,
@@ -22,7 +23,6 @@ the source checkpoint and the SHA-256 of its files). ``detector.run.runtime`` ru
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detector.errors import DetectorError
@@ -52,24 +51,12 @@ PRECISIONS = ("fp32", "fp16")
 OPSET = 18
 
 
-def batched_visual_map(memory: list[torch.Tensor], taps: list[torch.Tensor]) -> torch.Tensor:
-    """VAD as ``FineGrainedAD.visual_map`` (mean over blocks of min over memory of (1 - cos) / 2), whole batch."""
-    out = []
-    for tok, mem in zip(taps, memory):
-        q = F.normalize(tok.float(), dim=-1)
-        best = (q @ mem.to(q.device).T).max(-1).values
-        out.append((1.0 - best).clamp(0.0, 2.0) / 2.0)
-    return torch.stack(out).mean(0)
-
-
 class ExportGraph(nn.Module):
     """uint8 RGB images (B, S, S, 3) -> (scores (B,), fused maps (B, R, R)) of a trained detector."""
 
     def __init__(self, model: Any, resolution: int) -> None:
         super().__init__()
-        view = copy.copy(model)  # shares every tensor with ``model``; only the VAD call is swapped
-        view.visual_map = lambda taps: batched_visual_map(view.memory, taps)
-        self.model = view
+        self.model = model
         self.resolution = int(resolution)
         bb = model.backbone
         self.register_buffer("mean", torch.tensor(bb.mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -78,7 +65,8 @@ class ExportGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # as Backbone.preprocess: /255, then mean/std
         x = (x - self.mean) / self.std
-        scores, maps = self.model.score_features(self.model.backbone.encode(x), self.resolution, "fused")
+        scores, maps = self.model.score_features(self.model.backbone.encode(x), self.resolution, "fused",
+                                                 per_image=False)  # one product over the dynamic batch axis
         return scores.float(), maps.float()
 
 
@@ -137,13 +125,25 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
 
 def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
-    from detector.deploy.api import DEFAULT_RESOLUTION, read_thresholds
-    from detector.method.model import SMOOTH_SIGMA
-    from detector.store.checkpoint import checkpoint_info, checkpoint_meta
+    """Check the request, load the checkpoint on the CPU in fp32, build the graph and write it with its spec."""
+    from detector.store.checkpoint import checkpoint_meta
     from detector.store.hub import resolve_checkpoint
     from detector.store.saved_detector import load_detector
-    from fsad_data.atomic import staged_folder, write_json_atomic
 
+    _check_request(fmt, precision)
+    check_replaceable(out, EXPORT_OUTPUT)
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = checkpoint_meta(ckpt)
+    res, thresholds = _resolution_and_thresholds(ckpt, resolution)
+    model = load_detector(ckpt, device="cpu", precision="fp32")
+    graph = ExportGraph(model, res).eval()
+    spec = _export_spec(checkpoint, ckpt, meta, model.backbone, fmt, precision, res, thresholds)
+    _write_export(out, graph, model.backbone.image_size, fmt, precision, thresholds, spec)
+    return out
+
+
+def _check_request(fmt: str, precision: str) -> None:
+    """Refuse a format or precision the export cannot write before anything is loaded."""
     if fmt not in FORMATS:
         raise DetectorError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
@@ -156,20 +156,30 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
             import openvino  # noqa: F401
         except ImportError as exc:
             raise DetectorError(OPENVINO_MISSING) from exc
-    check_replaceable(out, EXPORT_OUTPUT)
-    ckpt = resolve_checkpoint(checkpoint)
-    meta = checkpoint_meta(ckpt)
+
+
+def _resolution_and_thresholds(ckpt: Path, resolution: int | None) -> tuple[int, dict[str, Any] | None]:
+    """The map size R (given, else the stored threshold's, else the default) and the stored thresholds where
+    they were picked at R (maps of another size would make them meaningless)."""
+    from detector.deploy.api import DEFAULT_RESOLUTION, read_thresholds
+
     thresholds = read_thresholds(ckpt)
     res = int(resolution or (thresholds or {}).get("resolution") or DEFAULT_RESOLUTION)
     if not 8 <= res <= MAX_RESOLUTION:  # the runtime refuses an export.json outside these (detector.run.runtime)
         raise DetectorError(f"--resolution {res}: use from 8 to {MAX_RESOLUTION} pixels")
     if thresholds and thresholds.get("resolution") not in (None, res):
         thresholds = None  # picked at another resolution: not valid for these maps
-    model = load_detector(ckpt, device="cpu", precision="fp32")
-    bb = model.backbone
-    graph = ExportGraph(model, res).eval()
+    return res, thresholds
+
+
+def _export_spec(checkpoint: str | Path, ckpt: Path, meta: dict[str, Any], bb: Any, fmt: str, precision: str,
+                 res: int, thresholds: dict[str, Any] | None) -> dict[str, Any]:
+    """``export.json``: what a caller needs to feed the graph and read its outputs, and where it came from."""
+    from detector.method.model import SMOOTH_SIGMA
+    from detector.store.checkpoint import checkpoint_info
+
     cfg = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
-    spec = {
+    return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "engine": fmt,
@@ -195,13 +205,20 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
         "checkpoint_meta": {"class_name": meta.get("class_name"), **checkpoint_info(meta)},
         "torch_version": torch.__version__,
     }
+
+
+def _write_export(out: Path, graph: ExportGraph, size: int, fmt: str, precision: str,
+                  thresholds: dict[str, Any] | None, spec: dict[str, Any]) -> None:
+    """The graph (ONNX, converted to OpenVINO IR if asked), the thresholds and ``export.json``, staged so that
+    ``out`` is replaced whole or not at all."""
+    from fsad_data.atomic import staged_folder, write_json_atomic
+
     with staged_folder(out) as tmp:
         onnx_path = tmp / GRAPH_FILES["onnx"]
-        _to_onnx(graph, bb.image_size, onnx_path)
+        _to_onnx(graph, size, onnx_path)
         if fmt == "openvino":
             _to_openvino(onnx_path, tmp / GRAPH_FILES["openvino"], precision)
             onnx_path.unlink()
         if thresholds:  # `detector predict --threshold auto` and Detector.load read it as from a checkpoint
             write_json_atomic(tmp / "threshold.json", {"fused": thresholds})
         write_json_atomic(tmp / EXPORT_JSON, spec)
-    return out

@@ -494,6 +494,49 @@ def _finite(value: object) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _embedded_thumbs(thumbs: list[Thumb], budget_bytes: int) -> tuple[list[dict[str, object]], int, int]:
+    """(overlays as the page's script reads them, bytes embedded, overlays left out): added in order until
+    ``budget_bytes`` of embedded data is reached, so a large evaluation still gives a page a browser opens."""
+    items, used, left_out = [], 0, 0
+    for t in thumbs:
+        pic = base64.b64encode(jpeg_bytes(t.image)).decode("ascii")
+        amap = base64.b64encode(np.ascontiguousarray(t.map_q, np.uint8).tobytes()).decode("ascii")
+        cost = len(pic) + len(amap) + sum(len(d) for d in t.defects) + 200
+        if used + cost > budget_bytes:
+            left_out += 1
+            continue
+        used += cost
+        items.append({"id": t.id, "caption": t.caption, "w": int(t.image.shape[1]), "h": int(t.image.shape[0]),
+                      "mw": int(t.map_q.shape[1]), "mh": int(t.map_q.shape[0]), "pic": pic, "map": amap,
+                      "defects": list(t.defects)})
+    return items, used, left_out
+
+
+def _slider_span(values: list[float | None], ref: float, extra: tuple[float, ...] = ()) -> tuple[float, float]:
+    """A slider's range: every value and the reference, with 5 % room to flag all or none."""
+    finite = [v for v in values if v is not None]
+    lo, hi = min([*finite, ref, *extra]), max([*finite, ref, *extra])
+    room = 0.05 * ((hi - lo) or abs(ref) or 1.0)
+    return lo - room, hi + room
+
+
+def _image_slider(scores: list[float | None], img_ref: float | None, no_image: str) -> str:
+    """The image-threshold slider with its counts and the images that flip, or the note saying why there is
+    none (then no image is flagged and the pixel slider works alone)."""
+    if img_ref is None:
+        return (f'<p class="note" id="no-image-threshold">No image threshold: {html.escape(no_image)}. No '
+                "image is flagged here and the command carries the pixel threshold only.</p>")
+    lo, hi = _slider_span(scores, img_ref)
+    return f"""<p>Image threshold: <input type="range" id="img-thr" min="{lo!r}" max="{hi!r}" step="any"
+ value="{img_ref!r}"> <b id="img-value"></b>
+ <button id="img-reset" type="button">back to {js_number(img_ref)}</button></p>
+<p class="counts">An image is anomalous when its image score is at or above the image threshold (the
+ <code>anomalous</code> column of <code>detector predict</code>): false alarms <span id="false-alarms"></span>,
+ misses <span id="misses"></span>; <span id="flips-count"></span> images decide differently from the image
+ F1-max threshold (shown as {js_number(img_ref)}, which decides every image as it does).</p>
+<details><summary>images that flip</summary><ul id="flip-list"></ul></details>"""
+
+
 def threshold_explorer(rows: list[dict[str, object]], image_reference: float | None, pixel_reference: float,
                        vmin: float, vmax: float, thumbs: list[Thumb], *,
                        command: str = "detector predict --checkpoint CKPT IMAGES --out predictions",
@@ -516,18 +559,7 @@ def threshold_explorer(rows: list[dict[str, object]], image_reference: float | N
     px_ref = page_threshold(pixel_reference, [r for r in regions if r is not None])
     img_ref = None if image_reference is None or not math.isfinite(float(image_reference)) else \
         page_threshold(float(image_reference), [s for s in scores if s is not None])
-    items, used, left_out = [], 0, 0
-    for t in thumbs:
-        pic = base64.b64encode(jpeg_bytes(t.image)).decode("ascii")
-        amap = base64.b64encode(np.ascontiguousarray(t.map_q, np.uint8).tobytes()).decode("ascii")
-        cost = len(pic) + len(amap) + sum(len(d) for d in t.defects) + 200
-        if used + cost > budget_bytes:
-            left_out += 1
-            continue
-        used += cost
-        items.append({"id": t.id, "caption": t.caption, "w": int(t.image.shape[1]), "h": int(t.image.shape[0]),
-                      "mw": int(t.map_q.shape[1]), "mh": int(t.map_q.shape[0]), "pic": pic, "map": amap,
-                      "defects": list(t.defects)})
+    items, used, left_out = _embedded_thumbs(thumbs, budget_bytes)
     data = {"images": [{"id": str(r["id"]), "label": int(r["label"]), "type": str(r.get("defect_type", "")),
                         "score": s, "region": g} for r, s, g in zip(rows, scores, regions)],
             "image": {"reference": img_ref}, "pixel": {"reference": px_ref},
@@ -536,28 +568,8 @@ def threshold_explorer(rows: list[dict[str, object]], image_reference: float | N
     capped = (f"{len(items)} of {len(thumbs)} overlays embedded ({left_out} left out to keep the page under "
               f"{budget_bytes / 1e6:.1f} MB; all images are counted above and listed in scores.csv)."
               if left_out else f"{len(items)} overlays embedded ({used / 1e6:.2f} MB).")
-
-    def span(values: list[float | None], ref: float, extra: tuple[float, ...] = ()) -> tuple[float, float]:
-        """A slider's range: every value and the reference, with 5 % room to flag all or none."""
-        finite = [v for v in values if v is not None]
-        lo, hi = min([*finite, ref, *extra]), max([*finite, ref, *extra])
-        room = 0.05 * ((hi - lo) or abs(ref) or 1.0)
-        return lo - room, hi + room
-
-    px_lo, px_hi = span(regions, px_ref, (vmin, vmax))
-    if img_ref is not None:
-        lo, hi = span(scores, img_ref)
-        image_part = f"""<p>Image threshold: <input type="range" id="img-thr" min="{lo!r}" max="{hi!r}" step="any"
- value="{img_ref!r}"> <b id="img-value"></b>
- <button id="img-reset" type="button">back to {js_number(img_ref)}</button></p>
-<p class="counts">An image is anomalous when its image score is at or above the image threshold (the
- <code>anomalous</code> column of <code>detector predict</code>): false alarms <span id="false-alarms"></span>,
- misses <span id="misses"></span>; <span id="flips-count"></span> images decide differently from the image
- F1-max threshold (shown as {js_number(img_ref)}, which decides every image as it does).</p>
-<details><summary>images that flip</summary><ul id="flip-list"></ul></details>"""
-    else:
-        image_part = (f'<p class="note" id="no-image-threshold">No image threshold: {html.escape(no_image)}. No '
-                      "image is flagged here and the command carries the pixel threshold only.</p>")
+    px_lo, px_hi = _slider_span(regions, px_ref, (vmin, vmax))
+    image_part = _image_slider(scores, img_ref, no_image)
     return f"""<h2>Threshold explorer</h2>
 <div class="explorer" id="explorer">
 {image_part}

@@ -35,7 +35,8 @@ frozen blocks themselves, so ``cls`` and ``taps`` are bit-identical to open_clip
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,62 +473,11 @@ def load_backbone(
     (None for random weights). ``expected_sha256`` (a checkpoint's record): a different file is an error.
     """
     open_clip = import_open_clip()
-
-    if precision not in PRECISIONS:
-        raise DetectorError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DetectorError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DetectorError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    if precision == "fp16" and dev.type == "cpu":
-        raise DetectorError("fp16 is not supported on CPU; use --precision bf16 or fp32 there")
+    dev = _check_device(device, precision)
     model_name = _resolve_name(str(name))
-    from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
-
-    random = is_random_weights(pretrained)
-    tag = RANDOM_WEIGHTS if random else str(pretrained)
-    local: Path | None = None
-    if not random:
-        p = Path(tag).expanduser()
-        if p.exists():
-            local = _weight_file(p)
-        elif os.sep in tag or tag.endswith((".safetensors",) + PICKLE_SUFFIXES):
-            raise DetectorError(f"weights {p} not found; give an existing file/folder, an open_clip tag or 'none'")
-        elif not open_clip.get_pretrained_cfg(model_name, tag):
-            known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none known"
-            raise DetectorError(f"'{tag}' is not a weights tag of {model_name} (tags: {known}) nor a local path")
-
-    import logging
-
-    oc_log = logging.getLogger()
-    level = oc_log.level
-    oc_log.setLevel(max(level, logging.ERROR))  # open_clip logs a warning for random init; we say it ourselves
-    sha256: str | None = None
-    try:
-        if random or local is not None:
-            model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
-            if local is not None:
-                from detector.method.weights import file_sha256
-
-                _load_local_weights(model, local)
-                sha256 = file_sha256(local)
-        else:
-            from detector.method.weights import fetch_weights
-
-            file, sha256 = fetch_weights(model_name, tag)
-            cfg = open_clip.get_pretrained_cfg(model_name, tag)
-            pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-            try:
-                model = open_clip.create_model(model_name, pretrained=str(file), precision=precision, device="cpu",
-                                               force_preprocess_cfg=pp)
-            except Exception as e:
-                first = (str(e).splitlines() or [type(e).__name__])[0]
-                raise DetectorError(f"cannot load the weights {file} of {model_name}/{tag} ({type(e).__name__}: "
-                                    f"{first}); delete the file and download it again") from e
-    finally:
-        oc_log.setLevel(level)
+    tag, local = _locate_weights(open_clip, model_name, pretrained)
+    with quiet_open_clip_logs(open_clip):  # open_clip logs a warning for random init; we say it ourselves
+        model, sha256 = _create_model(open_clip, model_name, tag, local, precision)
     if expected_sha256 and sha256 != expected_sha256:
         got = f"SHA-256 {sha256[:12]}..." if sha256 else "random weights"
         raise DetectorError(f"the checkpoint was trained on CLIP weights {name}/{tag} with SHA-256 "
@@ -538,3 +488,91 @@ def load_backbone(
     backbone = Backbone(model, tokenizer, model_name, tag, taps=taps, vv_blocks=vv_blocks)
     backbone.weights_sha256 = sha256
     return backbone
+
+
+def _check_device(device: str, precision: str) -> torch.device:
+    """The torch device, refused before any weights are read where it or the precision cannot run here."""
+    if precision not in PRECISIONS:
+        raise DetectorError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DetectorError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DetectorError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    if precision == "fp16" and dev.type == "cpu":
+        raise DetectorError("fp16 is not supported on CPU; use --precision bf16 or fp32 there")
+    return dev
+
+
+def _locate_weights(open_clip: Any, model_name: str, pretrained: str | Path | None) -> tuple[str, Path | None]:
+    """(tag, local weight file or None): "none" (random), an existing file/folder, or a tag open_clip knows for
+    this model; anything else is refused here, before a download is tried."""
+    from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
+
+    if is_random_weights(pretrained):
+        return RANDOM_WEIGHTS, None
+    tag = str(pretrained)
+    p = Path(tag).expanduser()
+    if p.exists():
+        return tag, _weight_file(p)
+    if os.sep in tag or tag.endswith((".safetensors",) + PICKLE_SUFFIXES):
+        raise DetectorError(f"weights {p} not found; give an existing file/folder, an open_clip tag or 'none'")
+    if not open_clip.get_pretrained_cfg(model_name, tag):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none known"
+        raise DetectorError(f"'{tag}' is not a weights tag of {model_name} (tags: {known}) nor a local path")
+    return tag, None
+
+
+def _create_model(open_clip: Any, model_name: str, tag: str, local: Path | None, precision: str
+                  ) -> tuple[nn.Module, str | None]:
+    """(CLIP on the CPU, SHA-256 of its weights file or None for random weights). A tag's file comes verified
+    from ``fetch_weights`` and keeps the tag's preprocessing (mean, std, interpolation)."""
+    from detector.method.weights import RANDOM_WEIGHTS, fetch_weights, file_sha256
+
+    if tag == RANDOM_WEIGHTS or local is not None:
+        model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
+        if local is None:
+            return model, None
+        _load_local_weights(model, local)
+        return model, file_sha256(local)
+    file, sha256 = fetch_weights(model_name, tag)
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    pp = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    try:
+        model = open_clip.create_model(model_name, pretrained=str(file), precision=precision, device="cpu",
+                                       force_preprocess_cfg=pp)
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DetectorError(f"cannot load the weights {file} of {model_name}/{tag} ({type(e).__name__}: "
+                            f"{first}); delete the file and download it again") from e
+    return model, sha256
+
+
+@contextmanager
+def quiet_open_clip_logs(open_clip: Any) -> Iterator[None]:
+    """Drop open_clip's log records below ERROR while the block runs; every other logger is left as it is.
+
+    Why: open_clip warns about random initialisation (``load_backbone`` says it itself) and logs INFO lines while
+    it builds a model. It logs through the ROOT logger (``logging.warning(...)`` in open_clip/factory.py), so
+    raising the root level would silence every library in the process for that time; instead a filter on the
+    root logger drops only records made in open_clip's own files (a filter on a logger sees only the records
+    logged on it, not those its children propagate), and the "open_clip" logger's level covers a version that
+    logs through ``getLogger(__name__)``. Both are undone on exit, also on an error.
+    """
+    import logging
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(open_clip.__file__)), "")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not os.path.abspath(record.pathname).startswith(folder)
+
+    root, named = logging.getLogger(), logging.getLogger("open_clip")
+    level = named.level
+    root.addFilter(keep)
+    named.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        named.setLevel(level)
+        root.removeFilter(keep)

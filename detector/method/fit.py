@@ -194,68 +194,92 @@ def fit(config: TrainConfig, backbone: Backbone, shot_images: list[np.ndarray], 
         t0 = time.perf_counter()
         use_regions = config.baseline is None and "background" not in config.drop_levels
         saved = state.features if state is not None else None
-        feats = _shot_features(backbone, shot_images, saved, use_regions)
+        feats = _shot_features(backbone, shot_images, saved, use_regions)  # 1. the shots, encoded once
         tau = resolve_tau(config, backbone)
-        torch.manual_seed(config.seed)
-        pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
-                                         config.prompt_config(config.n_pro_pixel),
-                                         config.prompt_config(config.n_pro_image), extra_texts=config.extra_texts)
-        pixel.to(backbone.device)
-        image.to(backbone.device)
-        pixel.checkpoint_text = text_checkpoint(config, pixel)
-        image.checkpoint_text = text_checkpoint(config, image)
+        pixel, image = _prompt_sets(config, backbone, record, object_name)
         names = pixel.region_names()
-        b, n, _ = feats.patches.shape
-        weights = _region_weights(config, feats, pixel, names, saved, use_regions)
+        weights = _region_weights(config, feats, pixel, names, saved, use_regions)  # 2. MLSA region weights
         if state is not None and saved is None:
             state.save_features({"cls": feats.cls, "patches": feats.patches, "region_weights": weights,
                                  **{f"taps.{i}": t for i, t in enumerate(feats.taps)}})
-        tokens = F.normalize(feats.patches, dim=-1).reshape(b * n, -1)
-        flat_w = weights.permute(1, 0, 2, 3).reshape(len(names), b * n)  # (G, B*N), same token order
-        cls = F.normalize(feats.cls, dim=-1)
         history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
         if state is not None:  # after the region weights: they come from the INITIAL prototypes
             state.load_prompts(pixel, image)
             history = state.history
         t_encode = time.perf_counter()
-
-        def saver(phase: str) -> OnEpoch | None:
-            if state is None:
-                return None
-            return lambda opt, sched: state.save(phase, pixel, image, opt, sched)
-
-        _release_freed_memory()
-        t1 = time.perf_counter()
-        pixel_hist = fit_prompt_set(pixel, options.pixel_loss(config, tokens, flat_w, tau), config.epochs, config,
-                                    "pixel prompts", history["pixel_loss"],
-                                    state.optim_for("pixel") if state else None, saver("pixel"), report)
-        _release_freed_memory()
-        t2 = time.perf_counter()
-        image_hist = fit_prompt_set(image, options.image_loss(config, cls, tau), config.image_epochs, config,
-                                    "image prompts", history["image_loss"],
-                                    state.optim_for("image") if state else None, saver("image"), report)
-        t3 = time.perf_counter()
+        timing = _train_prompt_sets(config, pixel, image, feats, weights, tau, history, state, report)  # 3.
         for p in list(pixel.parameters()) + list(image.parameters()):
             p.requires_grad_(False)
         memory = [t.reshape(-1, t.shape[-1]) for t in feats.taps]
-        meta = {
-            "config": asdict(config),
-            "record": record,
-            "object_name": object_name,
-            "baseline": config.baseline,
-            "drop_levels": list(config.drop_levels),
-            "prompt_config_pixel": config.prompt_config(config.n_pro_pixel),
-            "prompt_config_image": config.prompt_config(config.n_pro_image),
-            "prompt_groups": pixel.describe()["groups"],
-            "region_groups": names,
-            "regions": "dpc-knn" if use_regions else "uniform",
-            "method": options.method_settings(config),
-            "history": {"pixel_loss": pixel_hist, "image_loss": image_hist},
-            "timing_s": {"encode_and_regions": t_encode - t0, "pixel": t2 - t1, "image": t3 - t2},
-        }
+        meta = _fit_meta(config, record, object_name, pixel, names, use_regions, history)
+        meta["timing_s"] = {"encode_and_regions": t_encode - t0, **timing}
         model = FineGrainedAD(backbone, pixel, image, weights.cpu(), memory, tau, meta)
         model.refresh_text_features()
         return model.eval()
+
+
+def _prompt_sets(config: TrainConfig, backbone: Backbone, record: dict | None, object_name: str
+                 ) -> tuple[MultiLevelPrompts, MultiLevelPrompts]:
+    """The pixel (n_pro_pixel) and image (n_pro_image) prompt sets, initialised from ``config.seed`` (so a seed
+    gives the same prompts whether or not the shot features were resumed), on the backbone's device."""
+    torch.manual_seed(config.seed)
+    pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
+                                     config.prompt_config(config.n_pro_pixel),
+                                     config.prompt_config(config.n_pro_image), extra_texts=config.extra_texts)
+    pixel.to(backbone.device)
+    image.to(backbone.device)
+    pixel.checkpoint_text = text_checkpoint(config, pixel)
+    image.checkpoint_text = text_checkpoint(config, image)
+    return pixel, image
+
+
+def _train_prompt_sets(config: TrainConfig, pixel: MultiLevelPrompts, image: MultiLevelPrompts,
+                       feats: ShotFeatures, weights: Tensor, tau: float, history: dict[str, list[float]],
+                       state: Resumable | None, report: EpochReport | None) -> dict[str, float]:
+    """The paper's two phases, one after the other: the pixel set on the region-weighted unit patch tokens of
+    all shots, then the image set on the shots' unit CLS features. Extends ``history``; returns the seconds
+    of each phase."""
+    b, n, _ = feats.patches.shape
+    tokens = F.normalize(feats.patches, dim=-1).reshape(b * n, -1)
+    flat_w = weights.permute(1, 0, 2, 3).reshape(pixel.n_region, b * n)  # (G, B*N), same token order
+    cls = F.normalize(feats.cls, dim=-1)
+
+    def saver(phase: str) -> OnEpoch | None:
+        if state is None:
+            return None
+        return lambda opt, sched: state.save(phase, pixel, image, opt, sched)
+
+    _release_freed_memory()
+    t1 = time.perf_counter()
+    fit_prompt_set(pixel, options.pixel_loss(config, tokens, flat_w, tau), config.epochs, config,
+                   "pixel prompts", history["pixel_loss"],
+                   state.optim_for("pixel") if state else None, saver("pixel"), report)
+    _release_freed_memory()
+    t2 = time.perf_counter()
+    fit_prompt_set(image, options.image_loss(config, cls, tau), config.image_epochs, config,
+                   "image prompts", history["image_loss"],
+                   state.optim_for("image") if state else None, saver("image"), report)
+    t3 = time.perf_counter()
+    return {"pixel": t2 - t1, "image": t3 - t2}
+
+
+def _fit_meta(config: TrainConfig, record: dict | None, object_name: str, pixel: MultiLevelPrompts,
+              names: list[str], use_regions: bool, history: dict[str, list[float]]) -> dict[str, Any]:
+    """What the method did, for the checkpoint (the caller adds the inputs' origin; ``fit`` the timings)."""
+    return {
+        "config": asdict(config),
+        "record": record,
+        "object_name": object_name,
+        "baseline": config.baseline,
+        "drop_levels": list(config.drop_levels),
+        "prompt_config_pixel": config.prompt_config(config.n_pro_pixel),
+        "prompt_config_image": config.prompt_config(config.n_pro_image),
+        "prompt_groups": pixel.describe()["groups"],
+        "region_groups": names,
+        "regions": "dpc-knn" if use_regions else "uniform",
+        "method": options.method_settings(config),
+        "history": {"pixel_loss": history["pixel_loss"], "image_loss": history["image_loss"]},
+    }
 
 
 def _shot_features(backbone: Backbone, shot_images: list[np.ndarray], saved: dict[str, Tensor] | None,

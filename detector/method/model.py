@@ -99,6 +99,12 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Te
     return x[:, 0]
 
 
+def memory_distance(tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """VAD of unit tokens (..., N, C) against a unit memory (M, C): min over the memory of (1 - cos) / 2."""
+    best = (tokens @ memory.T).max(-1).values
+    return (1.0 - best).clamp(0.0, 2.0) / 2.0  # rounding can push cos past 1
+
+
 def two_way_abnormal_prob(sim_normal: torch.Tensor, sim_abnormal: torch.Tensor, tau: float) -> torch.Tensor:
     """softmax(tau * [s_n, s_a])[1], written as the equivalent sigmoid(tau * (s_a - s_n))."""
     return torch.sigmoid(tau * (sim_abnormal - sim_normal))
@@ -165,15 +171,21 @@ class FineGrainedAD(nn.Module):
         g = sim_n.argmax(-1, keepdim=True)
         return two_way_abnormal_prob(sim_n.gather(-1, g)[..., 0], sim_a.gather(-1, g)[..., 0], self.tau)
 
-    def visual_map(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        """VAD: mean over tapped blocks of min over the shots' memory of (1 - cos) / 2, shape (B, N)."""
+    def visual_map(self, taps: list[torch.Tensor], per_image: bool = True) -> torch.Tensor:
+        """VAD: mean over tapped blocks of min over the shots' memory of (1 - cos) / 2, shape (B, N).
+
+        ``per_image`` (default) compares one image at a time with the memory, to bound the (N, M) similarity
+        held at once; False does the whole batch in one product, the form a graph with a dynamic batch axis
+        needs (``detector.deploy.export``: a tracer would unroll the loop to the example's batch size). The
+        formula is the same either way (``memory_distance``)."""
         if len(taps) != len(self.memory):
             raise DetectorError(f"{len(taps)} tapped blocks but a memory of {len(self.memory)}")
         out = []
         for tok, mem in zip(taps, self.memory):
             q = F.normalize(tok.float(), dim=-1)
-            best = torch.stack([(qi @ mem.to(q.device).T).max(-1).values for qi in q])  # one image at a time
-            out.append((1.0 - best).clamp(0.0, 2.0) / 2.0)  # rounding can push cos past 1
+            mem = mem.to(q.device)
+            out.append(torch.stack([memory_distance(qi, mem) for qi in q]) if per_image
+                       else memory_distance(q, mem))
         return torch.stack(out).mean(0)
 
     def image_text_score(self, cls: torch.Tensor) -> torch.Tensor:
@@ -191,15 +203,16 @@ class FineGrainedAD(nn.Module):
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
-    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = DEFAULT_BRANCH
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch)."""
+    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = DEFAULT_BRANCH,
+                       per_image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch); ``per_image``:
+        see ``visual_map``."""
         if branch not in BRANCHES:
             raise DetectorError(f"unknown branch {branch!r}: use one of {', '.join(BRANCHES)}")
         h, w = out.grid
         b = out.patches.shape[0]
         text_grid = self.textual_map(out.patches).reshape(b, h, w) if branch != "visual" else None
-        vis_grid = self.visual_map(out.taps).reshape(b, h, w) if branch != "text" else None
+        vis_grid = self.visual_map(out.taps, per_image).reshape(b, h, w) if branch != "text" else None
         cls_score = self.image_text_score(out.cls) if branch != "visual" else None
         vis_max = None
         if vis_grid is not None:

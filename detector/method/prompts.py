@@ -245,6 +245,74 @@ def groups_from_class_name(object_name: str) -> list[PromptGroup]:
     ]
 
 
+def _ordered_groups(groups: list[PromptGroup], config: PromptConfig
+                    ) -> tuple[list[PromptGroup], list[PromptGroup]]:
+    """The kept groups checked and ordered: region groups (image, background, components in the given order),
+    then at most one group per attribute level in ATTRIBUTE_LEVELS order (the gates are indexed by it)."""
+    groups = [g for g in groups if g.level not in config.drop_levels]
+    if sum(g.level == IMAGE for g in groups) != 1:
+        raise DetectorError("prompt groups need exactly one 'image' group (use groups_from_record)")
+    for g in groups:
+        if g.level not in LEVELS:
+            raise DetectorError(f"prompt group {g.name!r} has unknown level {g.level!r}")
+        if not g.normal:
+            raise DetectorError(f"prompt group {g.name!r} has no normal text")
+    region = [g for g in groups if g.level not in ATTRIBUTE_LEVELS]
+    region = (
+        [g for g in region if g.level == IMAGE]
+        + [g for g in region if g.level == BACKGROUND]
+        + [g for g in region if g.level == COMPONENT]
+    )
+    attrs = [g for lv in ATTRIBUTE_LEVELS for g in groups if g.level == lv]
+    if any(sum(g.level == lv for g in attrs) > 1 for lv in ATTRIBUTE_LEVELS):
+        raise DetectorError(
+            "at most one prompt group per attribute level (relation/colour/texture/shape)"
+        )
+    return region, attrs
+
+
+@dataclass
+class _PromptRows:
+    """One row per prompt, rows of one (group, family) contiguous: ``slices[g][family]`` is its (start, end)."""
+
+    texts: list[str] = field(default_factory=list)
+    n_placeholders: list[int] = field(default_factory=list)  # learned vectors spliced in after the prefix
+    ctx_index: list[int] = field(default_factory=list)  # context copy
+    ab_index: list[int] = field(default_factory=list)  # abnormal-token variant, -1 for none
+    meta: list[tuple[int, int, int]] = field(default_factory=list)  # (context copy, variant or -1, text index)
+    slices: list[list[tuple[int, int]]] = field(default_factory=list)
+
+    def add(self, text: str, n_ph: int, copy: int, variant: int, text_index: int) -> None:
+        """Append one prompt row."""
+        self.texts.append(text)
+        self.n_placeholders.append(n_ph)
+        self.ctx_index.append(copy)
+        self.ab_index.append(variant)
+        self.meta.append((copy, variant, text_index))
+
+
+def _prompt_rows(groups: list[PromptGroup], config: PromptConfig) -> _PromptRows:
+    """The three families of every group, as the public learner builds them: normal ``[ctx] D.`` and
+    handcrafted ``[ctx] D~.`` per context copy, learned ``[ctx][abnormal token] D.`` per copy and variant."""
+    c = config
+    rows = _PromptRows()
+    for g in groups:
+        spans = []
+        for family in (NORMAL, HANDCRAFTED, LEARNED):
+            start = len(rows.texts)
+            for p in range(c.n_pro):
+                if family == LEARNED:
+                    for v in range(c.n_pro_ab):
+                        for ti, t in enumerate(g.normal):
+                            rows.add(t + "." if c.period else t, c.n_ctx + c.n_ctx_ab, p, v, ti)
+                else:
+                    for ti, t in enumerate(g.normal if family == NORMAL else g.abnormal):
+                        rows.add(t + "." if c.period else t, c.n_ctx, p, -1, ti)
+            spans.append((start, len(rows.texts)))
+        rows.slices.append(spans)
+    return rows
+
+
 class MultiLevelPrompts(torch.nn.Module):
     """The learnable prompts of all groups of one class, encoded through a frozen open_clip text tower."""
 
@@ -253,34 +321,30 @@ class MultiLevelPrompts(torch.nn.Module):
     ):
         super().__init__()
         self.config = config
-        groups = [g for g in groups if g.level not in config.drop_levels]
-        if sum(g.level == IMAGE for g in groups) != 1:
-            raise DetectorError("prompt groups need exactly one 'image' group (use groups_from_record)")
-        for g in groups:
-            if g.level not in LEVELS:
-                raise DetectorError(f"prompt group {g.name!r} has unknown level {g.level!r}")
-            if not g.normal:
-                raise DetectorError(f"prompt group {g.name!r} has no normal text")
-        # region groups first (image, background, components in the given order), attributes after
-        region = [g for g in groups if g.level not in ATTRIBUTE_LEVELS]
-        region = (
-            [g for g in region if g.level == IMAGE]
-            + [g for g in region if g.level == BACKGROUND]
-            + [g for g in region if g.level == COMPONENT]
-        )
-        attrs = [g for lv in ATTRIBUTE_LEVELS for g in groups if g.level == lv]
-        if any(sum(g.level == lv for g in attrs) > 1 for lv in ATTRIBUTE_LEVELS):
-            raise DetectorError(
-                "at most one prompt group per attribute level (relation/colour/texture/shape)"
-            )
+        region, attrs = _ordered_groups(groups, config)
         self.groups: list[PromptGroup] = region + attrs
         self.n_region = len(region)
-
         tower = TextTower.from_clip(clip_model)
         tower.freeze()
         self._tower = (tower,)  # a tuple keeps the frozen CLIP out of this module's state_dict and .to()
-        width = tower.width
-        c = config
+        self._init_learned(tower.width)
+        rows = _prompt_rows(self.groups, config)
+        self.slices: list[list[tuple[int, int]]] = rows.slices
+        self.row_meta = rows.meta
+        self.texts = rows.texts
+        self._tokenize(tokenizer, rows)
+        self.checkpoint_text = False  # recompute the text blocks in backward (training memory; train.py sets it)
+        self.attr_pos = {g.level: i for i, g in enumerate(self.groups) if g.level in ATTRIBUTE_LEVELS}
+        self.used_attributes = [lv for lv in ATTRIBUTE_LEVELS if lv in self.attr_pos]
+        if config.gate_mode == "tokens":
+            self._token_pairs = self._token_pair_plan()
+
+    # -- construction helpers -------------------------------------------------
+    def _init_learned(self, width: int) -> None:
+        """The trained tensors, drawn in this order (a seed gives the same prompts): the normal context
+        (n_pro copies of n_ctx vectors), the abnormal tokens (n_pro_ab variants of n_ctx_ab vectors), both
+        N(0, init_std), then the 8 attribute gates (N(0, 1) draws as the public learner, or a constant)."""
+        c = self.config
         self.ctx = torch.nn.Parameter(torch.randn(c.n_pro, c.n_ctx, width) * c.init_std)
         self.abnormal_tokens = torch.nn.Parameter(torch.randn(c.n_pro_ab, c.n_ctx_ab, width) * c.init_std)
         if c.gate_init == "randn":  # public: each of the 8 gates an independent N(0, 1) draw
@@ -289,61 +353,26 @@ class MultiLevelPrompts(torch.nn.Module):
             gates = torch.full((2, len(ATTRIBUTE_LEVELS)), float(c.gate_init))
         self.gates = torch.nn.Parameter(gates)
 
-        # one row per prompt; rows of one (group, family) are contiguous
-        texts: list[str] = []
-        n_ph: list[int] = []
-        ctx_idx: list[int] = []
-        ab_idx: list[int] = []
-        self.slices: list[list[tuple[int, int]]] = []
-        row_meta: list[tuple[int, int, int]] = []  # per row: (context copy, abnormal variant or -1, text index)
-        for g in self.groups:
-            spans = []
-            for family in (NORMAL, HANDCRAFTED, LEARNED):
-                start = len(texts)
-                for p in range(c.n_pro):
-                    if family == LEARNED:
-                        for v in range(c.n_pro_ab):
-                            for ti, t in enumerate(g.normal):
-                                texts.append(t + "." if c.period else t)
-                                n_ph.append(c.n_ctx + c.n_ctx_ab)
-                                ctx_idx.append(p)
-                                ab_idx.append(v)
-                                row_meta.append((p, v, ti))
-                    else:
-                        for ti, t in enumerate(g.normal if family == NORMAL else g.abnormal):
-                            texts.append(t + "." if c.period else t)
-                            n_ph.append(c.n_ctx)
-                            ctx_idx.append(p)
-                            ab_idx.append(-1)
-                            row_meta.append((p, -1, ti))
-                spans.append((start, len(texts)))
-            self.slices.append(spans)
-
-        ids, self.offset = tokenize_with_placeholders(tokenizer, tower, texts, n_ph)
+    def _tokenize(self, tokenizer: Tokenizer, rows: _PromptRows) -> None:
+        """Tokenize every row ONCE with placeholders where the learned vectors go; the buffers tell the forward
+        where to splice them (context copy, abnormal variant) and where each row's feature is pooled."""
+        tower = self.tower
+        ids, self.offset = tokenize_with_placeholders(tokenizer, tower, rows.texts, rows.n_placeholders)
         pool = tower.pool_positions(ids)
         length = ids.shape[1]
-        if c.truncate and tower.can_truncate():
+        if self.config.truncate and tower.can_truncate():
             # keep the spliced positions even where pooling comes earlier ("first")
-            length = max(int(pool.max()) + 1, self.offset + max(n_ph))
+            length = max(int(pool.max()) + 1, self.offset + max(rows.n_placeholders))
             ids = ids[:, :length]
         self.seq_len = length
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("pool_index", pool, persistent=False)
-        self.register_buffer("ctx_index", torch.tensor(ctx_idx, dtype=torch.long), persistent=False)
-        ab = torch.tensor(ab_idx, dtype=torch.long)
+        self.register_buffer("ctx_index", torch.tensor(rows.ctx_index, dtype=torch.long), persistent=False)
+        ab = torch.tensor(rows.ab_index, dtype=torch.long)
         self.register_buffer("ab_index", ab.clamp(min=0), persistent=False)
         self.register_buffer("is_learned", ab >= 0, persistent=False)
         self.has_learned_rows = bool((ab >= 0).any())
-        self.texts = texts
-        self.checkpoint_text = False  # recompute the text blocks in backward (training memory; train.py sets it)
 
-        self.attr_pos = {g.level: i for i, g in enumerate(self.groups) if g.level in ATTRIBUTE_LEVELS}
-        self.used_attributes = [lv for lv in ATTRIBUTE_LEVELS if lv in self.attr_pos]
-        self.row_meta = row_meta
-        if c.gate_mode == "tokens":
-            self._token_pairs = self._token_pair_plan()
-
-    # -- construction helpers -------------------------------------------------
     def _token_pair_plan(self) -> list[tuple[int, int, torch.Tensor, torch.Tensor, bool]]:
         """Token mode: per (gate row, attribute, family) the image rows and the attribute rows they get.
 
