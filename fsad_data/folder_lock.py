@@ -37,7 +37,7 @@ class FolderLock:
         self._lock = None
 
     def acquire(self) -> None:
-        from filelock import FileLock, Timeout
+        from filelock import FileLock, Timeout  # about 50 ms of imports: only once a lock is taken
 
         self.lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.lock_file, timeout=self.timeout)

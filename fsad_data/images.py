@@ -58,7 +58,7 @@ def _open(path: Path, what: str, max_pixels: int | None = None):
     """Open and fully decode with Pillow, turning every decoder failure into a DataError naming the file.
     ``max_pixels``: a JPEG of more pixels is scaled while decoding (``draft``), to no fewer than the reduced size
     ``reduction`` gives; ``im.info["original_size"]`` keeps the file's (W, H)."""
-    from PIL import Image
+    from PIL import Image  # on first use: `import fsad_data.images` (numpy only) stays light
 
     _check_file(path, what)
     try:
@@ -157,7 +157,7 @@ def _reduced_rgb(im, k: int) -> np.ndarray:
     """``to_rgb_array(im)`` box-reduced by ``k`` (Pillow's ``reduce``: the mean of each k x k block, partial
     blocks at the right and bottom edges included), converted band by band of whole k-row blocks, so no
     full-size copy is made beside ``im``: equal to reducing the full conversion."""
-    from PIL import Image
+    from PIL import Image  # on first use: `import fsad_data.images` (numpy only) stays light
 
     width, height = im.size
     rows = k * max(1, BAND_PIXELS // (width * k))
@@ -207,7 +207,7 @@ def load_mask(
 def image_size(path: str | Path, min_side: int = 1) -> tuple[int, int]:
     """(W, H) of an image from its header only (cheap; used by validate_samples). DataError if unreadable or,
     with ``min_side``, smaller than that (masks have no minimum: ``load_mask`` checks them against their image)."""
-    from PIL import Image
+    from PIL import Image  # on first use: `import fsad_data.images` (numpy only) stays light
 
     path = Path(path)
     _check_file(path, "image")

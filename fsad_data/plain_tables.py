@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.panel import Panel
+from rich.text import Text
+
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.panel import Panel
     from rich.table import Table
 
 
@@ -25,8 +27,6 @@ def print_table(console: Console, renderable: Table | Panel) -> None:
 
 def plain_text(renderable: Table | Panel) -> str:
     """The plain form of a Table or of a Panel holding a Table (the title first)."""
-    from rich.panel import Panel
-
     title = None
     if isinstance(renderable, Panel):
         title, renderable = renderable.title, renderable.renderable
@@ -45,7 +45,5 @@ def plain_text(renderable: Table | Panel) -> str:
 
 
 def _cell(value: object) -> str:
-    from rich.text import Text
-
     text = value.plain if isinstance(value, Text) else str(value)
     return " / ".join(line.strip() for line in text.splitlines() if line.strip())

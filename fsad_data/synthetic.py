@@ -28,6 +28,7 @@ import numpy as np
 
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic, write_png_atomic, write_text_atomic
 from fsad_data.errors import DataError
+from fsad_data.folder_lock import FolderInUse, lock_beside
 from fsad_data.grid import LOCATION_WORDS, grid_cell
 from fsad_data.grid import location_word as grid_location_word
 
@@ -240,8 +241,6 @@ should find on the normal images (colour names, components, 3x3 location words).
 
 def make_demo_data(out: str | Path, seed: int = 0) -> Path:
     """Write the synthetic data set to ``out`` (MVTec-AD layout) and return ``out``. Deterministic for ``seed``."""
-    from fsad_data.folder_lock import FolderInUse, lock_beside
-
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise DataError(f"cannot write the demo data set to {root}: it is a file. Choose a folder path.")
@@ -297,7 +296,7 @@ def to_visa_raw(mvtec_root: str | Path, out: str | Path) -> Path:
     per-class ``image_anno.csv`` (image,label,mask) naming each defect type in words. Masks are written with
     small label values (1 or 38, alternating), as VisA's are not 0/255, so readers must binarise.
     """
-    from PIL import Image
+    from PIL import Image  # Pillow's plugins load on first use; only the VisA raw copy needs it here
 
     src, dst = Path(mvtec_root), Path(out)
     if not src.is_dir():

@@ -7,8 +7,8 @@ produce identical bytes. ``--num-shards N --shard-index I`` gives each machine t
 hash falls into its shard; every part also processes the (few) reference normal images of every class,
 so each part can write complete ``classes`` records and ``merge_builds`` only joins the ``images`` rows.
 
-Where things are: the settings and the manifest in ``build_config``, the per-image steps and the class
-records in ``stages``, the datasets' writing in ``write``; this module runs them in order.
+Where things are: the settings and the manifest in ``build_config``, the per-image steps in ``steps``, their
+loop and the class records in ``stages``, the datasets' writing in ``write``; this module runs them in order.
 """
 from __future__ import annotations
 

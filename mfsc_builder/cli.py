@@ -11,13 +11,17 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from fsad_data.cli_guard import run_guarded
+from fsad_data.progress import ProgressLines
 from mfsc_builder.errors import BuildError, BuildInterrupted
+
+if TYPE_CHECKING:  # annotations only: the command modules load when their command runs
+    from mfsc_builder.build import BuildSummary
 
 app = typer.Typer(
     name="mfsc",
@@ -70,105 +74,127 @@ def _parse_crop(items: list[str] | None) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- build
+def _setting(kind: Any, text: str, shown: str, *names: str) -> Any:
+    """The type of an optional `mfsc build` flag: None when not given, so that the settings file's value, or
+    the default (``shown`` in --help), stands (``BuildConfig.override``)."""
+    return Annotated[kind | None, typer.Option(*names, help=text, show_default=shown)]
+
+
+# The options of `mfsc build`, one alias each, so that the command's signature stays one line an option.
+_Source = Annotated[Path | None, typer.Argument(help="Data set root (MVTec-AD, VisA, Real-IAD or folder layout).")]
+_Out = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (images/, classes/, work/).")]
+_Config = Annotated[Path | None, typer.Option(help="YAML/JSON file of build settings; flags override it.")]
+_Layout = _setting(str, "auto, mvtec, visa, visa_raw, realiad, folder.", "auto")
+_Classes = _setting(str, "Comma-separated class names.", "all")
+_Captioner = _setting(str, "attributes | hf:<model id or dir> | openai:<model>.", "attributes")
+_ApiBase = _setting(str, "Base URL of an OpenAI-compatible server.", "$OPENAI_BASE_URL, else OpenAI's")
+_Device = _setting(str, "Device of an hf: model: cpu, cuda, cuda:1, mps.", "cpu")
+_Dtype = _setting(str, "dtype of an hf: model: auto, float32, bfloat16, float16.", "auto")
+_BatchSize = _setting(int, "Images per captioner call.", "4")
+_Concurrency = _setting(int, "Parallel requests of the openai backend.", "4")
+_Timeout = _setting(float, "Seconds per openai request.", "60")
+_MaxRetries = _setting(int, "Retries of a failed openai request.", "3")
+_TrustRemoteCode = _setting(bool, "Allow an hf: model's own code.", "no")
+_Prompt = _setting(str, "Prompt of an hf:/openai: model: a built-in name or your own FILE (see mfsc_builder/prompts/).",
+                   "mfsc_v1")
+_ResponseFormat = _setting(str, "How a model is asked: json_schema (the record schema), json_object, prompt.",
+                           "json_schema")
+_Shots = _setting(int, "Reference normal images per class.", "1", "--shots", "-k")
+_Seed = _setting(int, "Seed of the reference selection.", "0")
+_ShotsFile = _setting(str, "PromptAD/WinCLIP-style seed file of shots.", "none: by --seed")
+_DefectVocab = _setting(str, "generic | dataset (leaks test info) | model | FILE.", "generic")
+_NumShards = _setting(int, "Split the work over N machines.", "1")
+_ShardIndex = _setting(int, "Which of the N parts this run builds, 0-based.", "0")
+_OnError = _setting(str, "raise (stop) or skip (record and go on).", "raise")
+_Crop = _setting(list[str], "Cropping setting KEY=VALUE, repeatable.", "none")
+_Images = _setting(str, "embed: keep the image files in the dataset (unchanged when they are 8-bit RGB PNG or JPEG); "
+                   "reference: keep only their relative names, sizes and SHA-256 (for licences that forbid "
+                   "redistribution; users read the images from their copy).", "embed")
+_Workers = _setting(int, "Processes that crop and run the attribute captioner (1: none).", "every core, <= 8")
+_WorkerTimeout = _setting(float, "Seconds the worker processes may take to start, or to finish one job, before the "
+                          "build stops with an error (a hung worker never makes a build wait for ever).", "120")
+_Force = Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")]
+_Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")]
+
+
 @app.command()
 def build(
-    source: Annotated[Path | None, typer.Argument(help="Data set root (MVTec-AD, VisA, Real-IAD or folder layout).")]
-    = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (images/, classes/, work/).")]
-    = None,
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON file of build settings; flags override it.")]
-    = None,
-    layout: Annotated[str | None, typer.Option(
-        help="auto, mvtec, visa, visa_raw, realiad, folder.", show_default="auto")] = None,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.", show_default="all")] = None,
-    captioner: Annotated[str | None, typer.Option(
-        help="attributes | hf:<model id or dir> | openai:<model>.", show_default="attributes")] = None,
-    api_base: Annotated[str | None, typer.Option(
-        help="Base URL of an OpenAI-compatible server.", show_default="$OPENAI_BASE_URL, else OpenAI's")] = None,
-    device: Annotated[str | None, typer.Option(
-        help="Device of an hf: model: cpu, cuda, cuda:1, mps.", show_default="cpu")] = None,
-    dtype: Annotated[str | None, typer.Option(
-        help="dtype of an hf: model: auto, float32, bfloat16, float16.", show_default="auto")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per captioner call.", show_default="4")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        help="Parallel requests of the openai backend.", show_default="4")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per openai request.", show_default="60")] = None,
-    max_retries: Annotated[int | None, typer.Option(
-        help="Retries of a failed openai request.", show_default="3")] = None,
-    trust_remote_code: Annotated[bool | None, typer.Option(
-        help="Allow an hf: model's own code.", show_default="no")] = None,
-    prompt: Annotated[str | None, typer.Option(
-        help="Prompt of an hf:/openai: model: a built-in name or your own FILE (see mfsc_builder/prompts/).",
-        show_default="mfsc_v1")] = None,
-    response_format: Annotated[str | None, typer.Option(
-        help="How a model is asked: json_schema (the record schema), json_object, prompt.",
-        show_default="json_schema")] = None,
-    shots: Annotated[int | None, typer.Option(
-        "--shots", "-k", help="Reference normal images per class.", show_default="1")]
-    = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the reference selection.", show_default="0")] = None,
-    shots_file: Annotated[str | None, typer.Option(
-        help="PromptAD/WinCLIP-style seed file of shots.", show_default="none: by --seed")] = None,
-    defect_vocab: Annotated[str | None, typer.Option(
-        help="generic | dataset (leaks test info) | model | FILE.", show_default="generic")] = None,
-    num_shards: Annotated[int | None, typer.Option(help="Split the work over N machines.", show_default="1")] = None,
-    shard_index: Annotated[int | None, typer.Option(
-        help="Which of the N parts this run builds, 0-based.", show_default="0")]
-    = None,
-    on_error: Annotated[str | None, typer.Option(
-        help="raise (stop) or skip (record and go on).", show_default="raise")] = None,
-    crop: Annotated[list[str] | None, typer.Option(
-        help="Cropping setting KEY=VALUE, repeatable.", show_default="none")] = None,
-    images: Annotated[str | None, typer.Option(
-        help="embed: keep the image files in the dataset (unchanged when they are 8-bit RGB PNG or JPEG); "
-             "reference: keep only their relative names, sizes and SHA-256 (for licences that forbid "
-             "redistribution; users read the images from their copy).", show_default="embed")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="Processes that crop and run the attribute captioner (1: none).", show_default="every core, <= 8")]
-    = None,
-    worker_timeout: Annotated[float | None, typer.Option(
-        help="Seconds the worker processes may take to start, or to finish one job, before the build stops "
-             "with an error (a hung worker never makes a build wait for ever).", show_default="120")] = None,
-    force: Annotated[bool, typer.Option(help="Discard earlier results in --out and start over.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")] = False,
+    source: _Source = None,
+    out_dir: _Out = None,
+    config: _Config = None,
+    layout: _Layout = None,
+    classes: _Classes = None,
+    captioner: _Captioner = None,
+    api_base: _ApiBase = None,
+    device: _Device = None,
+    dtype: _Dtype = None,
+    batch_size: _BatchSize = None,
+    concurrency: _Concurrency = None,
+    timeout: _Timeout = None,
+    max_retries: _MaxRetries = None,
+    trust_remote_code: _TrustRemoteCode = None,
+    prompt: _Prompt = None,
+    response_format: _ResponseFormat = None,
+    shots: _Shots = None,
+    seed: _Seed = None,
+    shots_file: _ShotsFile = None,
+    defect_vocab: _DefectVocab = None,
+    num_shards: _NumShards = None,
+    shard_index: _ShardIndex = None,
+    on_error: _OnError = None,
+    crop: _Crop = None,
+    images: _Images = None,
+    workers: _Workers = None,
+    worker_timeout: _WorkerTimeout = None,
+    force: _Force = False,
+    quiet: _Quiet = False,
 ) -> None:
     """Build the `images` and `classes` datasets of a data set (resumes an interrupted build)."""
+    flags = {
+        "source": str(source) if source else None, "out": str(out_dir) if out_dir else None, "layout": layout,
+        "classes": [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        "captioner": {"name": captioner, "api_base": api_base, "device": device, "dtype": dtype,
+                      "batch_size": batch_size, "concurrency": concurrency, "timeout": timeout,
+                      "max_retries": max_retries, "trust_remote_code": trust_remote_code, "prompt": prompt,
+                      "response_format": response_format},
+        "shots": shots, "seed": seed, "shots_file": shots_file, "defect_vocab": defect_vocab,
+        "num_shards": num_shards, "shard_index": shard_index, "on_error": on_error, "crop": crop, "images": images,
+        "workers": workers, "worker_timeout": worker_timeout,
+    }
+    _guard(lambda: _run_build(config, flags, force=force, quiet=quiet))
 
-    def body() -> None:
-        from mfsc_builder.build import run_build
-        from mfsc_builder.build_config import BuildConfig
 
-        _setup_logging(quiet)
-        cfg = BuildConfig.from_file(config) if config else BuildConfig()
-        cfg = cfg.override(
-            source=str(source) if source else None, out=str(out_dir) if out_dir else None, layout=layout,
-            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-            captioner={"name": captioner, "api_base": api_base, "device": device, "dtype": dtype,
-                       "batch_size": batch_size, "concurrency": concurrency, "timeout": timeout,
-                       "max_retries": max_retries, "trust_remote_code": trust_remote_code, "prompt": prompt,
-                       "response_format": response_format},
-            shots=shots, seed=seed, shots_file=shots_file, defect_vocab=defect_vocab, num_shards=num_shards,
-            shard_index=shard_index, on_error=on_error, crop=_parse_crop(crop), images=images, workers=workers,
-            worker_timeout=worker_timeout,
-        )
-        _not_a_file(cfg.out, "an output folder to --out")
-        summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
-        counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
-        out.print(f"[green]wrote[/green] {summary.out}/images ({counts}) and {summary.out}/classes "
-                  f"({len(summary.classes)} classes)" + (" [dim](resumed)[/dim]" if summary.resumed else ""),
+def _run_build(config: Path | None, flags: dict[str, Any], *, force: bool, quiet: bool) -> None:
+    """The body of `mfsc build`: the settings (the file, then the flags over it; ``--crop`` items parsed here,
+    under the guard, so a bad one is one line), the build under a progress display, and what it wrote."""
+    from mfsc_builder.build import run_build
+    from mfsc_builder.build_config import BuildConfig
+
+    _setup_logging(quiet)
+    cfg = BuildConfig.from_file(config) if config else BuildConfig()
+    cfg = cfg.override(**{**flags, "crop": _parse_crop(flags["crop"])})
+    _not_a_file(cfg.out, "an output folder to --out")
+    summary = _with_progress(quiet, lambda cb: run_build(cfg, force=force, progress=cb))
+    _report_build(summary)
+
+
+def _report_build(summary: BuildSummary) -> None:
+    """What a build wrote, and the two things its user must not miss: skipped images and records that hold the
+    attribute captioner's fields because the model failed."""
+    counts = ", ".join(f"{k}: {v}" for k, v in summary.images.items())
+    out.print(f"[green]wrote[/green] {summary.out}/images ({counts}) and {summary.out}/classes "
+              f"({len(summary.classes)} classes)" + (" [dim](resumed)[/dim]" if summary.resumed else ""),
+              soft_wrap=True)
+    if summary.skipped:
+        err.print(f"[yellow]{len(summary.skipped)} image(s) skipped; listed in {summary.out}/build_info.json"
+                  "[/yellow]")
+    fallback, total = _fallback_count(summary.out)
+    if fallback:
+        err.print(f"{fallback} of {total} image records hold the attribute captioner's fields, not the "
+                  "model's (provenance.status = fallback): its answers were invalid or it could not be "
+                  "reached; fix the backend and rebuild with --force", style="yellow", markup=False,
                   soft_wrap=True)
-        if summary.skipped:
-            err.print(f"[yellow]{len(summary.skipped)} image(s) skipped; listed in {summary.out}/build_info.json"
-                      "[/yellow]")
-        fallback, total = _fallback_count(summary.out)
-        if fallback:
-            err.print(f"{fallback} of {total} image records hold the attribute captioner's fields, not the "
-                      "model's (provenance.status = fallback): its answers were invalid or it could not be "
-                      "reached; fix the backend and rebuild with --force", style="yellow", markup=False,
-                      soft_wrap=True)
-
-    _guard(body)
 
 
 def _fallback_count(build_out: Path) -> tuple[int, int]:
@@ -186,8 +212,6 @@ def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] |
     if quiet:
         return run(None)
     if not err.is_terminal:  # a log or a pipe: a plain line at most every 15 s (a bar would print nothing)
-        from fsad_data.progress import ProgressLines
-
         lines = ProgressLines("mfsc build", lambda line: err.print(line, markup=False, highlight=False,
                                                                     soft_wrap=True))
         return run(lambda what, done, total: lines(what, done, total))

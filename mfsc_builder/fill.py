@@ -17,6 +17,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,15 @@ def _join(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+@dataclass(frozen=True)
+class _Unseen:
+    """The colour, texture and shape that abnormal texts put in: values no component of the class has."""
+
+    colour: str | None
+    texture: str | None
+    shape: str | None
+
+
 def detector_texts(object_name: str, image_view: ImageView, foreground_view: ForegroundView,
                    components: Sequence[ComponentView], caption: str, defect_states: Sequence[str]
                    ) -> list[PromptText]:
@@ -296,16 +306,19 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
     shapes = list(dict.fromkeys(c.shape for c in components if c.shape))
     bg = image_view.background
     bg_words = [w for w in bg.split() if w not in ("plain",)]
-    new_colour = _unseen(COLOURS, [*colours, *bg_words])
-    new_texture = _unseen(TEXTURES, textures)
-    new_shape = _unseen(SHAPES, shapes)
-    out: list[PromptText] = []
+    new = _Unseen(_unseen(COLOURS, [*colours, *bg_words]), _unseen(TEXTURES, textures), _unseen(SHAPES, shapes))
+    entries = [_image_entry(obj, caption, states, colours, new.colour),
+               _background_entry(obj, bg, bg_words, colours, states)]
+    entries += [_component_entry(c, states, new) for c in components]
+    entries += [_relation_entry(obj, foreground_view.relation, components, states),
+                *_attribute_entries(obj, colours, textures, shapes, states)]
+    return [e for e in entries if e is not None]
 
-    def add(entry: PromptText | None) -> None:
-        if entry is not None:
-            out.append(entry)
 
-    # image level: the caption and a plain photo sentence
+def _image_entry(obj: str, caption: str, states: list[str], colours: list[str], new_colour: str | None
+                 ) -> PromptText:
+    """The image level: the caption and a plain photo sentence; abnormal: a state on the object (or its
+    surface), locations swapped, an unseen colour. It always has abnormal texts (there are states)."""
     cap = fit_tokens(caption or f"a photo of {a(obj)}")
     normal = [cap, f"a photo of {a('flawless ' + obj)}"]
     noun = f"{obj} surface" if re.search(rf"\b{re.escape(obj)} surface\b", cap) else obj
@@ -318,9 +331,12 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
     image_entry = _entry("image", "image", normal, abnormal)
     if image_entry is None:  # cannot happen with states present; keep the contract explicit
         raise BuildError(f"no image-level abnormal text could be made for {obj!r}; check the defect states")
-    add(image_entry)
+    return image_entry
 
-    # background
+
+def _background_entry(obj: str, bg: str, bg_words: list[str], colours: list[str], states: list[str]
+                      ) -> PromptText | None:
+    """The background with a state, or recoloured; a surface class (no background) says so in both."""
     if bg and bg != "none":
         bnorm = a(f"{bg} background")
         babn = [f"{bnorm} with {state_phrase(s)}" for s in states]
@@ -331,41 +347,53 @@ def detector_texts(object_name: str, image_view: ImageView, foreground_view: For
     else:
         bnorm = f"no background, the {obj} fills the whole image"
         babn = [f"no background, the {obj} with {state_phrase(s)} fills the whole image" for s in states]
-    add(_entry("background", "background", [bnorm], babn))
+    return _entry("background", "background", [bnorm], babn)
 
-    # one entry per component
-    for c in components:
-        sent = fit_tokens(c.sentence or a(f"{c.colour} {c.name}".strip()))
-        abn = [with_state(sent, c.name.split()[-1] if c.name not in sent else c.name, s) for s in states]
-        if swap_locations(sent) != sent:
-            abn.append(swap_locations(sent))
-        if new_colour and c.colour and c.colour in sent:
-            abn.append(replace_word(sent, c.colour, new_colour))
-        if new_texture and c.texture and c.texture in sent:
-            abn.append(replace_word(sent, c.texture, new_texture))
-        if new_shape and c.shape and c.shape in sent:
-            abn.append(replace_word(sent, c.shape, new_shape))
-        add(_entry("component", c.name, [sent], abn))
 
-    # attribute levels
-    if foreground_view.relation:
-        rel = fit_tokens(foreground_view.relation)
-        rabn = [swap_relations(rel), swap_locations(rel)]
-        rabn += [with_state(rel, components[0].name if components else obj, s) for s in states[:3]]
-        add(_entry("relation", "relation", [rel], rabn))
+def _component_entry(c: ComponentView, states: list[str], new: _Unseen) -> PromptText | None:
+    """One component's sentence; abnormal: a state on it, locations swapped, an unseen colour, texture or
+    shape put in for its own."""
+    sent = fit_tokens(c.sentence or a(f"{c.colour} {c.name}".strip()))
+    abn = [with_state(sent, c.name.split()[-1] if c.name not in sent else c.name, s) for s in states]
+    if swap_locations(sent) != sent:
+        abn.append(swap_locations(sent))
+    if new.colour and c.colour and c.colour in sent:
+        abn.append(replace_word(sent, c.colour, new.colour))
+    if new.texture and c.texture and c.texture in sent:
+        abn.append(replace_word(sent, c.texture, new.texture))
+    if new.shape and c.shape and c.shape in sent:
+        abn.append(replace_word(sent, c.shape, new.shape))
+    return _entry("component", c.name, [sent], abn)
+
+
+def _relation_entry(obj: str, relation: str, components: Sequence[ComponentView], states: list[str]
+                    ) -> PromptText | None:
+    """The relation sentence with its relations and locations swapped, or a state on the first component."""
+    if not relation:
+        return None
+    rel = fit_tokens(relation)
+    rabn = [swap_relations(rel), swap_locations(rel)]
+    rabn += [with_state(rel, components[0].name if components else obj, s) for s in states[:3]]
+    return _entry("relation", "relation", [rel], rabn)
+
+
+def _attribute_entries(obj: str, colours: list[str], textures: list[str], shapes: list[str], states: list[str]
+                       ) -> list[PromptText | None]:
+    """The colour, texture and shape levels (those the class has): another value added, or a state."""
+    out: list[PromptText | None] = []
     if colours:
         cn = f"{a(obj)} in {_join(colours)}"
         cabn = [f"{a(obj)} in {_join([*colours, c])}" for c in COLOURS if c not in colours
                 and not set(c.split()) & set(" ".join(colours).split())][:3]
-        add(_entry("colour", "colour", [cn], cabn))
+        out.append(_entry("colour", "colour", [cn], cabn))
     if textures:
         tn = f"{a(obj)} with {_join(textures)} surfaces"
         tabn = [f"{a(obj)} with {t} surfaces" for t in TEXTURES if t not in textures]
         tabn += [f"{tn} and {state_phrase(s)}" for s in states[:2]]
-        add(_entry("texture", "texture", [tn], tabn))
+        out.append(_entry("texture", "texture", [tn], tabn))
     if shapes:
         sn = f"{a(obj)} with {_join(shapes)} parts"
         sabn = [f"{a(obj)} with {_join([*shapes, s])} parts" for s in SHAPES if s not in shapes]
         sabn += [f"{sn} and {state_phrase(s)}" for s in states[:2]]
-        add(_entry("shape", "shape", [sn], sabn))
+        out.append(_entry("shape", "shape", [sn], sabn))
     return out

@@ -56,7 +56,7 @@ def _read(path: Path, what: str) -> bytes:
 def keeps_own_bytes(data: bytes) -> bool:
     """True when these file bytes decode (as ``datasets.Image`` decodes them) to ``load_rgb``'s RGB pixels: an
     8-bit RGB PNG or JPEG, one frame, no EXIF rotation."""
-    from PIL import Image
+    from PIL import Image  # Pillow's plugins load on first use; only writers of image bytes pay for them
 
     try:
         with warnings.catch_warnings():
@@ -77,7 +77,7 @@ def keeps_own_bytes(data: bytes) -> bool:
 
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG of an RGB (H, W, 3) or gray (H, W) uint8 array; a bool mask becomes 8-bit 0/255 (deterministic)."""
-    from PIL import Image
+    from PIL import Image  # Pillow's plugins load on first use; only writers of image bytes pay for them
 
     buf = io.BytesIO()
     Image.fromarray(array.astype(np.uint8) * 255 if array.dtype == bool else array).save(buf, format="PNG")

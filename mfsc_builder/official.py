@@ -51,9 +51,18 @@ from pathlib import Path
 from typing import Any
 
 from fsad_data.folder_lock import FolderInUse, FolderLock
+from fsad_data.names import MVTEC_AD, VISA, readable_name
 from mfsc_builder.errors import BuildError
 from mfsc_builder.ownership import check_apart
-from mfsc_builder.records import ClassRecord, ComponentView, ForegroundView, ImageView, PromptText, Provenance
+from mfsc_builder.records import (
+    SCHEMA_VERSION,
+    ClassRecord,
+    ComponentView,
+    ForegroundView,
+    ImageView,
+    PromptText,
+    Provenance,
+)
 from mfsc_builder.store import LOCK_NAME
 
 PROMPTS = "fine_grained_normal_prompts_v3"
@@ -239,6 +248,7 @@ def _fit(text: str) -> str:
     """`text` cut at word boundaries to fit CLIP's context with the learned tokens (as `mfsc build` texts): the
     most words that fit (at least one), found by bisection (a word adds at least one token, so the count only
     grows with the words), then cut to ``LONGEST`` characters (a single hostile word)."""
+    # here, not at the top: fill imports crop (OpenCV, numpy), which only the making of texts needs
     from mfsc_builder.fill import MAX_TOKENS, token_length
 
     words = text.split()[:MAX_TOKENS]  # every word is at least one token: later ones never fit
@@ -332,12 +342,25 @@ def _planned_output(data: dict[str, Any], class_name: str, sizes: dict[int, int]
     return (1 + n) * sizes.get(index, 0) + _chars(states) + TEXT_COST * (t * (3 + 2 * n) + vocab + 3)
 
 
-def official_class_record(data: dict[str, Any], class_name: str, source: str, sha256: str,
-                          notes: list[str] | None = None) -> ClassRecord:
-    """The MFSC class record and detector texts of one class of the parsed public file."""
-    from fsad_data.names import MVTEC_AD, VISA, readable_name
+@dataclass
+class _Fields:
+    """The checked values of one class's record of the public file (``_fields``), ``where`` it was read."""
 
-    notes = notes if notes is not None else []
+    where: str
+    caption: str
+    fg: str
+    bg: str
+    relation: str
+    entities: list[str]
+    counts: list[int]
+    locations: list[str]
+    captions: list[str]
+    attrs: dict[str, list[str]]  # direction, color, texture, shape: one value per entity or class-wide
+
+
+def _class_entry(data: dict[str, Any], class_name: str, source: str) -> tuple[dict, str]:
+    """The class's record in ``PROMPTS`` (by its ``CLASS_IDS`` index) with its known top fields, and the words
+    that name it in errors."""
     ids = data[CLASS_IDS]
     if class_name not in ids:
         raise BuildError(f"class {class_name!r} is not in {CLASS_IDS} of {source} (classes: "
@@ -356,6 +379,11 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
         raise BuildError(f"{where} lacks {', '.join(missing)}")
     if unknown:
         raise BuildError(f"{where} has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_FIELDS))})")
+    return rec, where
+
+
+def _fields(rec: dict, where: str) -> _Fields:
+    """The record's level values, each checked for its type, and one entry per entity in every per-entity list."""
     l1, l2, l3 = (_level(rec, lv, where) for lv in ("Level_1", "Level_2", "Level_3"))
     caption = _text(rec["caption"], f"{where} caption")
     fg = _text(l1["foreground"], f"{where} Level_1.foreground")
@@ -373,6 +401,11 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
     bad = {k: v for k, v in lengths.items() if v != n}
     if bad:
         raise BuildError(f"{where}: {n} entities but " + ", ".join(f"{v} in {k}" for k, v in bad.items()))
+    return _Fields(where, caption, fg, bg, relation, entities, counts, locations, captions, attrs)
+
+
+def _templates(data: dict[str, Any], class_name: str, source: str) -> list[str]:
+    """The class's defect templates (``"{} with large breakage"``), each with exactly one ``{}`` slot."""
     if class_name not in data[STATES]:
         raise BuildError(f"class {class_name!r} has no defect states in {STATES} of {source}")
     templates = _strings(data[STATES][class_name], f"{source}: class {class_name!r} {STATES}")
@@ -380,59 +413,83 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
     if no_slot or not templates:
         raise BuildError(f"{source}: class {class_name!r} {STATES} needs templates with one '{{}}' each "
                          f"(got {no_slot or templates!r:.80})")
-    suffixes = [t.replace("{}", "") for t in templates]  # " with large breakage": what the public code appends
-    object_name = str(data[NAMES].get(class_name) or readable_name(class_name))
-    vocab = {k: list(data[v]) for k, v in VOCABULARIES.items()}
-    joined = {k: " and ".join(dict.fromkeys(v)) for k, v in attrs.items()}
+    return templates
 
-    names = _unique_names(entities, locations)
-    components = [ComponentView(name=names[i], count=counts[i], location=locations[i],
-                                colour=_attribute(attrs["color"], joined["color"], i, n),
-                                texture=_attribute(attrs["texture"], joined["texture"], i, n),
-                                shape=_attribute(attrs["shape"], joined["shape"], i, n),
-                                direction=_attribute(attrs["direction"], joined["direction"], i, n),
-                                sentence=captions[i])
-                  for i in range(n)]
 
-    texts: list[PromptText | None] = []
-    image_abnormal = (_swap(caption, fg, t.replace("{}", fg)) for t in templates)
-    image = _entry("image", "image", [caption], image_abnormal, where, notes)
+def _components(f: _Fields, names: list[str]) -> list[ComponentView]:
+    """One component per entity; a class-wide attribute list (not one value per entity) gives each all of it."""
+    n = len(f.entities)
+    joined = {k: " and ".join(dict.fromkeys(v)) for k, v in f.attrs.items()}
+
+    def attribute(key: str, i: int) -> str:
+        return _attribute(f.attrs[key], joined[key], i, n)
+
+    return [ComponentView(name=names[i], count=f.counts[i], location=f.locations[i], colour=attribute("color", i),
+                          texture=attribute("texture", i), shape=attribute("shape", i),
+                          direction=attribute("direction", i), sentence=f.captions[i])
+            for i in range(n)]
+
+
+def _relation_abnormal(relation: str, entities: list[str], templates: list[str]) -> Iterable[str]:
+    """The public relation rule: per template, every entity name in the relation replaced by the template."""
+    for t in templates:
+        r = relation
+        for e in entities:
+            r = _swap(r, e, t.replace("{}", e))
+        yield r
+
+
+def _official_texts(f: _Fields, names: list[str], templates: list[str], suffixes: list[str],
+                    vocab: dict[str, list[str]], notes: list[str]) -> list[PromptText]:
+    """The detector texts of the public rules (module docstring), per level; a group left without an abnormal
+    text is noted, and dropped, except the image level, which must have one."""
+    where = f.where
+    image_abnormal = (_swap(f.caption, f.fg, t.replace("{}", f.fg)) for t in templates)
+    image = _entry("image", "image", [f.caption], image_abnormal, where, notes)
     if image is None:
-        raise BuildError(f"{where}: the caption does not contain the foreground {fg!r}, so no image-level abnormal "
+        raise BuildError(f"{where}: the caption does not contain the foreground {f.fg!r}, so no image-level abnormal "
                          "text can be made the public way; fix Level_1.foreground or the caption")
-    texts.append(image)
-    background = f"{bg} background"
+    texts: list[PromptText | None] = [image]
+    background = f"{f.bg} background"
     texts.append(_entry("background", "background", [background], (background + s for s in suffixes), where,
                         notes))
-    for i in range(n):
-        others = [loc for loc in vocab["location"] if loc != locations[i]] or [locations[i]]
-        abnormal = (_component_abnormal(captions[i], entities[i], locations[i], s, others[k % len(others)])
+    for i, (entity, location, sentence) in enumerate(zip(f.entities, f.locations, f.captions)):
+        others = [loc for loc in vocab["location"] if loc != location] or [location]
+        abnormal = (_component_abnormal(sentence, entity, location, s, others[k % len(others)])
                     for k, s in enumerate(suffixes))
-        texts.append(_entry("component", names[i], [captions[i]], abnormal, where, notes))
-
-    def relation_abnormal() -> Iterable[str]:
-        for t in templates:
-            r = relation
-            for e in entities:
-                r = _swap(r, e, t.replace("{}", e))
-            yield r
-
-    texts.append(_entry("relation", "relation", [relation], relation_abnormal(), where, notes))
+        texts.append(_entry("component", names[i], [sentence], abnormal, where, notes))
+    texts.append(_entry("relation", "relation", [f.relation], _relation_abnormal(f.relation, f.entities, templates),
+                        where, notes))
     for level, key in (("colour", "color"), ("texture", "texture"), ("shape", "shape")):
-        values = attrs[key]
+        values = f.attrs[key]
         if values:
             have = set(values)
             texts.append(_entry(level, level, [".".join(values)], (v for v in vocab[level] if v not in have),
                                 where, notes))
+    return [t for t in texts if t is not None]
 
+
+def official_class_record(data: dict[str, Any], class_name: str, source: str, sha256: str,
+                          notes: list[str] | None = None) -> ClassRecord:
+    """The MFSC class record and detector texts of one class of the parsed public file."""
+    notes = notes if notes is not None else []
+    rec, where = _class_entry(data, class_name, source)
+    f = _fields(rec, where)
+    templates = _templates(data, class_name, source)
+    suffixes = [t.replace("{}", "") for t in templates]  # " with large breakage": what the public code appends
+    object_name = str(data[NAMES].get(class_name) or readable_name(class_name))
+    vocab = {k: list(data[v]) for k, v in VOCABULARIES.items()}
+    names = _unique_names(f.entities, f.locations)
+    components = _components(f, names)
+    texts = _official_texts(f, names, templates, suffixes, vocab, notes)
     return ClassRecord(
         class_name=class_name, object_name=object_name,
         source_layout="mvtec" if class_name in MVTEC_AD else "visa" if class_name in VISA else "folder",
         reference_images=[], reference_selection="official: the paper's record (its reference image is not published)",
-        image_view=ImageView(fg, bg), foreground_view=ForegroundView(sum(c.count for c in components), relation),
-        components=components, caption=caption,
+        image_view=ImageView(f.fg, f.bg), foreground_view=ForegroundView(sum(c.count for c in components), f.relation),
+        components=components, caption=f.caption,
         defect_states=[s.strip().removeprefix("with ").strip() for s in suffixes],
-        defect_vocab=f"file:{Path(source).name}", texts=[t for t in texts if t is not None],
+        defect_vocab=f"file:{Path(source).name}", texts=texts,
         provenance=Provenance(backend=BACKEND, model=Path(source).name, revision=f"sha256:{sha256}",
                               prompt_version=PROMPTS, status="ok"),
     )
@@ -469,8 +526,8 @@ def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | 
     written: a second run into it is refused at once."""
     import datasets
 
-    from fsad_data.atomic import staged_folder, write_json_atomic
-    from mfsc_builder.records import CLASSES_FEATURES, SCHEMA_VERSION
+    from fsad_data.atomic import staged_folder, write_json_atomic  # it imports numpy
+    from mfsc_builder.records import CLASSES_FEATURES  # made on first use, with datasets
 
     path, out = Path(path), Path(out)
     _check_out(out, path)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fsad_data.folder_lock import FolderInUse, lock_beside
 from mfsc_builder.errors import BuildError
 from mfsc_builder.image_files import IMAGE_MODES
 from mfsc_builder.store import LOCK_NAME, MANIFEST_NAME
@@ -63,8 +64,6 @@ def check_build_output(out: Path, command: str = "mfsc build") -> None:
 def holding(out: Path, command: str) -> Iterator[None]:
     """Hold the lock beside ``out`` (``fsad_data.folder_lock.lock_beside``) while a command that replaces it whole
     (``mfsc merge``, ``mfsc publish --dry-run``) writes: a second run into it is refused at once."""
-    from fsad_data.folder_lock import FolderInUse, lock_beside
-
     lock = lock_beside(out)
     try:
         lock.acquire()

@@ -1,10 +1,11 @@
-"""The per-image stages of a build, as small steps: prepare (decode + crop), caption, fill, then the class records.
+"""The stages of a build, in order: the per-image steps (``steps.py``: prepare = decode + crop, caption, fill)
+over every sample, part by part, then the class records.
 
 Why separate steps: each one is stored per sample id (``store.StageStore``) as soon as it is done, so a killed
 build resumes where it stopped; the loop (``run_image_stages``) only orders them. Around the steps, and not
 inside them: ``_Prefetch`` runs ``prepare`` ahead of the loop, in one helper thread or in ``workers`` processes
 (``workers.py``), up to about one part ahead, so a model captioner never waits for the CPU and the offline
-attribute captioner (which runs inside ``prepare`` there) uses every core; ``_SkipPolicy`` decides whether a
+attribute captioner (which runs inside ``prepare`` there) uses every core; ``steps.SkipPolicy`` decides whether a
 failing sample stops the build (``on_error=raise``) or is listed and left out (``skip``); ``_Timer`` adds the
 time of each step.
 """
@@ -17,43 +18,37 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import Self
 
-import numpy as np
-
-from fsad_data import DataError, load_mask, load_rgb, readable_name, shots_selection
+from fsad_data import load_rgb, readable_name, shots_selection
 from fsad_data.samples import Sample
 from mfsc_builder.build_config import BuildConfig
-from mfsc_builder.captioners import Captioner, CaptionRequest, CaptionResult
-from mfsc_builder.crop import (
-    SURFACE_VOTERS,
-    ImageRegions,
-    class_is_textured,
-    crop_regions,
-    is_textured_class,
-    working_image,
-)
+from mfsc_builder.captioners import Captioner
+from mfsc_builder.crop import SURFACE_VOTERS
 from mfsc_builder.errors import BuildError, BuildInterrupted
-from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary, image_record
+from mfsc_builder.fill import class_record, defect_vocab_label, defect_vocabulary
 from mfsc_builder.records import ImageRecord
+from mfsc_builder.steps import (
+    Item,
+    Job,
+    Loaded,
+    Prepared,
+    SkipPolicy,
+    StopRequest,
+    caption,
+    class_surface,
+    fill,
+    prepare,
+    runs_beside_crop,
+)
 from mfsc_builder.store import WorkStore, as_stored
-
-if TYPE_CHECKING:
-    from mfsc_builder.workers import WorkerPool
+from mfsc_builder.workers import WorkerPool, prepare_in_worker, surface_in_worker
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Stored = Callable[[list[str], list[dict]], None]  # (settled sample ids, their image records)
-Item = tuple[str, dict]  # (sample id, stored value)
-Loaded = dict[str, tuple[np.ndarray | None, ImageRegions]]  # id -> (working image or None, regions)
 SECONDS = ("crop", "crop_wait", "caption", "fill", "store")
-
-
-class StopRequest(Protocol):
-    """Set by the first Ctrl-C (``build._StopFlag``): finish the part in flight, store it, stop."""
-
-    requested: bool
 
 
 @dataclass
@@ -74,12 +69,6 @@ class Context:
         return runs_beside_crop(self.captioner)
 
 
-def runs_beside_crop(captioner: Captioner) -> bool:
-    """A captioner that is pure CPU work on the pixels (the attribute captioner) runs inside ``prepare``,
-    beside the crop, instead of in the loop."""
-    return bool(getattr(captioner, "runs_beside_crop", False))
-
-
 @dataclass
 class StageResults:
     """The stored fill results of all samples, and what this run computed, skipped and spent."""
@@ -91,25 +80,6 @@ class StageResults:
 
 
 # --------------------------------------------------------------------------- around the steps
-class _SkipPolicy:
-    """``on_error=raise``: the first failing sample stops the build; ``skip``: it is listed and left out."""
-
-    def __init__(self, on_error: str, skipped: list[tuple[str, str]],
-                 deferred: list[tuple[Sample, Exception]] | None = None) -> None:
-        self.skips = on_error == "skip"
-        self.skipped = skipped
-        self.deferred = deferred  # inside prepare: failures go back to the loop, which lists and logs them
-
-    def fail(self, sample: Sample, exc: Exception) -> None:
-        if not self.skips:
-            raise exc
-        if self.deferred is not None:
-            self.deferred.append((sample, exc))
-            return
-        self.skipped.append((sample.id, str(exc)))
-        log.warning("skipped %s: %s", sample.id, exc)
-
-
 class _Timer:
     """Wall seconds per step, added up over the build (``BuildSummary.seconds``)."""
 
@@ -135,18 +105,16 @@ class _Prefetch:
         self._workers = ctx.pool
         self._pool: WorkerPool | ThreadPoolExecutor
         if ctx.pool is not None:
-            from mfsc_builder.workers import prepare_in_worker  # it imports this module
-
             self._pool, self._fn = ctx.pool, prepare_in_worker
         else:
             cap = ctx.captioner if ctx.caption_in_workers else None
             self._pool = self._own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfsc-crop")
             self._fn = lambda job: prepare(ctx.cfg, job, cap)
-        self._queue: deque[tuple[Job, Future[_Prepared]]] = deque((j, self._pool.submit(self._fn, j))
-                                                                  for j in jobs[:lookahead])
+        self._queue: deque[tuple[Job, Future[Prepared]]] = deque((j, self._pool.submit(self._fn, j))
+                                                                 for j in jobs[:lookahead])
         self._submitted = len(self._queue)
 
-    def next(self) -> _Prepared:
+    def next(self) -> Prepared:
         job, future = self._queue.popleft()
         if self._workers is None:
             got = future.result()
@@ -173,115 +141,91 @@ def _chunks(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
         yield list(items[i: i + size])
 
 
-# --------------------------------------------------------------------------- the steps
-@dataclass
-class _Prepared:
-    loaded: Loaded
-    crops: list[Item]  # newly computed crop results
-    failures: list[tuple[Sample, Exception]]
-    seconds: float
-    caps: list[Item] = field(default_factory=list)  # captions made inside ``prepare`` (in-worker captioner)
-    caption_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Job:
-    """One captioner batch to prepare, with the stored results of its samples: small and picklable, so a
-    worker process needs nothing else."""
-
-    batch: list[Sample]
-    crops: dict[str, dict]  # stored crop results of the batch's samples
-    captioned: frozenset[str]  # the batch's samples whose caption is stored
-    textured: dict[str, bool]  # the class decisions of the batch's classes
-
-
-def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGB image, defect mask or None) of a sample, with the size check of load_mask."""
-    image = load_rgb(sample.image_path)
-    mask = None
-    if sample.mask_path is not None:
-        h, w = image.shape[:2]
-        mask = load_mask(sample.mask_path, size=(w, h), image_path=sample.image_path)
-    return image, mask
-
-
-def prepare(cfg: BuildConfig, job: Job, captioner: Captioner | None = None) -> _Prepared:
-    """Decode and crop a few samples (in a helper thread or a worker process). The captioner gets the working
-    copy the masks belong to; a sample whose crop and caption are both stored needs no pixels. With
-    ``captioner`` (one that runs where the pixels are), the samples are captioned here too and no pixels
-    are returned."""
-    t0 = time.perf_counter()
-    out = _Prepared({}, [], [], 0.0)
-    for s in job.batch:
-        try:
-            if s.id in job.crops and s.id in job.captioned:  # only the fill is missing
-                out.loaded[s.id] = (None, ImageRegions.from_dict(job.crops[s.id]))
-                continue
-            image, mask = load_sample(s)
-            crop_cfg = cfg.crop_config(job.textured[s.class_name])
-            if s.id in job.crops:
-                regions = ImageRegions.from_dict(job.crops[s.id])
-            else:
-                regions = crop_regions(image, mask, crop_cfg)
-                out.crops.append((s.id, regions.to_dict()))
-        except (DataError, BuildError) as exc:
-            out.failures.append((s, exc))
-            continue
-        out.loaded[s.id] = (working_image(image, crop_cfg.work_size), regions)
-    out.seconds = time.perf_counter() - t0
-    if captioner is not None:
-        need = [s for s in job.batch if s.id in out.loaded and s.id not in job.captioned]
-        t1 = time.perf_counter()
-        policy = _SkipPolicy(cfg.on_error, [], deferred=out.failures)
-        out.caps = caption(captioner, need, out.loaded, policy) if need else []
-        out.caption_seconds = time.perf_counter() - t1
-        out.loaded = {k: (None, regions) for k, (_, regions) in out.loaded.items()}
-    return out
-
-
-def caption_request(sample: Sample, image: np.ndarray | None, regions: ImageRegions) -> CaptionRequest:
-    return CaptionRequest(
-        sample_id=sample.id, object_name=readable_name(sample.class_name), image=image, regions=regions,
-        is_anomalous=bool(sample.label), defect_type=sample.defect_type.replace("_", " ") if sample.label else "",
-    )
-
-
-def caption(captioner: Captioner, need: list[Sample], loaded: Loaded, policy: _SkipPolicy) -> list[Item]:
-    """Caption a batch in one call; when it fails and failures are skipped, find the failing sample one by one
-    and keep the others."""
-    reqs = [caption_request(s, *loaded[s.id]) for s in need]
-    results: list[CaptionResult | None]
-    try:
-        results = list(captioner.caption(reqs))
-        if len(results) != len(reqs):
-            raise BuildError(f"captioner {captioner.name} returned {len(results)} results for "
-                             f"{len(reqs)} images; this is a backend bug, please report it")
-    except BuildError:
-        if not policy.skips:
-            raise
-        results = []
-        for s, r in zip(need, reqs):
-            try:
-                results.append(captioner.caption([r])[0])
-            except BuildError as one:
-                policy.fail(s, one)
-                results.append(None)
-    return [(s.id, r.to_dict()) for s, r in zip(need, results) if r is not None]
-
-
-def fill(chunk: list[Sample], loaded: Loaded, caps: Mapping[str, dict], ref_ids: set[str]) -> list[Item]:
-    """The image records of the samples of ``chunk`` whose crop and caption are there."""
-    out = []
-    for s in chunk:
-        if s.id not in loaded or s.id not in caps:
-            continue
-        rec = image_record(s, loaded[s.id][1], CaptionResult.from_dict(caps[s.id]),
-                           object_name=readable_name(s.class_name), is_reference=s.id in ref_ids)
-        out.append((s.id, rec.to_dict()))
-    return out
-
-
 # --------------------------------------------------------------------------- the loop
+@dataclass
+class _Part:
+    """What one part gathers before it is stored: the loaded regions, the new crops and the new fills."""
+
+    loaded: Loaded = field(default_factory=dict)
+    crops: list[Item] = field(default_factory=list)
+    fills: list[Item] = field(default_factory=list)
+
+
+class _ImageLoop:
+    """The state the parts of one ``run_image_stages`` share: the three stage stores and what they hold, the
+    results so far, and the timer and skip policy around the steps."""
+
+    def __init__(self, ctx: Context, work: WorkStore, stop: StopRequest, stored: Stored | None) -> None:
+        self.ctx, self.stop, self.stored = ctx, stop, stored
+        self.crop_st, self.cap_st, self.fill_st = work.stage("crop"), work.stage("caption"), work.stage("fill")
+        self.crops, self.caps = self.crop_st.load(), self.cap_st.load()
+        self.res = StageResults(self.fill_st.load())
+        self.timer, self.policy = _Timer(self.res.seconds), SkipPolicy(ctx.cfg.on_error, self.res.skipped)
+        self.ref_ids = {s.id for refs in ctx.refs.values() for s in refs}
+
+    def jobs(self, chunks: list[list[Sample]]) -> list[Job]:
+        """The captioner batches of every part, each with the stored results ``prepare`` needs."""
+        crops, caps, size = self.crops, self.caps, self.ctx.cfg.captioner.batch_size
+        return [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps),
+                    {s.class_name: self.ctx.textured[s.class_name] for s in b})
+                for c in chunks for b in _chunks(c, size)]
+
+    def run_part(self, chunk: list[Sample], ahead: _Prefetch) -> None:
+        """One part, batch by batch: take what ``prepare`` made, caption and fill; then store its crops and
+        fills (the captions are stored per batch, as soon as they are made)."""
+        part = _Part()
+        for batch in _chunks(chunk, self.ctx.cfg.captioner.batch_size):
+            with self.timer("crop_wait"):
+                got = ahead.next()
+            self._take(got, part)
+            if self.stop.requested:
+                continue
+            self._caption_and_fill(batch, got, part)
+        self._store_part(part)
+
+    def _take(self, got: Prepared, part: _Part) -> None:
+        """Add a prepared batch to the part: its seconds, its failures (to the skip policy), its regions and
+        crops, and the captions made beside the crop (stored at once)."""
+        self.res.seconds["crop"] += got.seconds
+        self.res.seconds["caption"] += got.caption_seconds
+        for s, exc in got.failures:
+            self.policy.fail(s, exc)
+        part.loaded.update(got.loaded)
+        part.crops += got.crops
+        if got.caps:
+            self._store_captions(got.caps)
+
+    def _caption_and_fill(self, batch: list[Sample], got: Prepared, part: _Part) -> None:
+        """Caption what the batch still lacks, fill its records, and tell ``stored`` which samples settled."""
+        need = [s for s in batch if s.id in got.loaded and s.id not in self.caps]
+        if need:
+            with self.timer("caption"):
+                new_caps = caption(self.ctx.captioner, need, part.loaded, self.policy)
+            self._store_captions(new_caps)
+        with self.timer("fill"):
+            batch_fills = fill(batch, part.loaded, self.caps, self.ref_ids)
+        part.fills += batch_fills
+        if self.stored:
+            self.stored([s.id for s in batch], [as_stored(d) for _, d in batch_fills])
+
+    def _store_captions(self, new: list[Item]) -> None:
+        with self.timer("store"):
+            self.cap_st.append(new)
+        self.caps.update(new)
+        self.res.computed["caption"] += len(new)
+
+    def _store_part(self, part: _Part) -> None:
+        """The part's crops, then its fills: a fill is never stored before the crop it was made from."""
+        with self.timer("store"):
+            self.crop_st.append(part.crops)
+        self.crops.update(part.crops)
+        self.res.computed["crop"] += len(part.crops)
+        with self.timer("store"):
+            self.fill_st.append(part.fills)
+        self.res.fills.update(part.fills)
+        self.res.computed["fill"] += len(part.fills)
+
+
 def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: StopRequest,
                      progress: Progress | None, stored: Stored | None = None) -> StageResults:
     """Crop, caption and fill every sample of ``todo`` not stored yet, one part (``part_size`` samples) at a
@@ -291,65 +235,19 @@ def run_image_stages(ctx: Context, work: WorkStore, todo: list[Sample], stop: St
     its part is stored, which is safe for a reader that publishes nothing before the build has finished
     (``write.ImagesWriter``)."""
     cfg = ctx.cfg
-    crop_st, cap_st, fill_st = work.stage("crop"), work.stage("caption"), work.stage("fill")
-    crops, caps = crop_st.load(), cap_st.load()
-    res = StageResults(fill_st.load())
+    loop = _ImageLoop(ctx, work, stop, stored)
+    res = loop.res
     if stored:
         stored(list(res.fills), list(res.fills.values()))
-    timer, policy = _Timer(res.seconds), _SkipPolicy(cfg.on_error, res.skipped)
-    ref_ids = {s.id for refs in ctx.refs.values() for s in refs}
     pending = [s for s in todo if s.id not in res.fills]
     total, done = len(todo), len(todo) - len(pending)
     if progress:
         progress("images", done, total)
-    size = cfg.captioner.batch_size
     chunks = list(_chunks(pending, cfg.part_size))
-    jobs = [Job(b, {s.id: crops[s.id] for s in b if s.id in crops}, frozenset(s.id for s in b if s.id in caps),
-                {s.class_name: ctx.textured[s.class_name] for s in b})
-            for c in chunks for b in _chunks(c, size)]
-    lookahead = max(2 * ctx.workers, -(-cfg.part_size // size))
-    with _Prefetch(ctx, jobs, lookahead, stop) as ahead:
+    lookahead = max(2 * ctx.workers, -(-cfg.part_size // cfg.captioner.batch_size))
+    with _Prefetch(ctx, loop.jobs(chunks), lookahead, stop) as ahead:
         for chunk in chunks:
-            loaded: Loaded = {}
-            new_crops: list[Item] = []
-            new_fills: list[Item] = []
-            for batch in _chunks(chunk, size):
-                with timer("crop_wait"):
-                    got = ahead.next()
-                res.seconds["crop"] += got.seconds
-                res.seconds["caption"] += got.caption_seconds
-                for s, exc in got.failures:
-                    policy.fail(s, exc)
-                loaded.update(got.loaded)
-                new_crops += got.crops
-                if got.caps:
-                    with timer("store"):
-                        cap_st.append(got.caps)
-                    caps.update(got.caps)
-                    res.computed["caption"] += len(got.caps)
-                if stop.requested:
-                    continue
-                need = [s for s in batch if s.id in got.loaded and s.id not in caps]
-                if need:
-                    with timer("caption"):
-                        new_caps = caption(ctx.captioner, need, loaded, policy)
-                    with timer("store"):
-                        cap_st.append(new_caps)
-                    caps.update(new_caps)
-                    res.computed["caption"] += len(new_caps)
-                with timer("fill"):
-                    batch_fills = fill(batch, loaded, caps, ref_ids)
-                new_fills += batch_fills
-                if stored:
-                    stored([s.id for s in batch], [as_stored(d) for _, d in batch_fills])
-            with timer("store"):
-                crop_st.append(new_crops)
-            crops.update(new_crops)
-            res.computed["crop"] += len(new_crops)
-            with timer("store"):
-                fill_st.append(new_fills)
-            res.fills.update(new_fills)
-            res.computed["fill"] += len(new_fills)
+            loop.run_part(chunk, ahead)
             done += len(chunk)
             if progress:
                 progress("images", done, total)
@@ -380,25 +278,8 @@ def textured_classes(cfg: BuildConfig, refs: dict[str, list[Sample]], all_sample
     voters = {cls: _surface_voters(refs_of, all_samples, cls) for cls, refs_of in sorted(refs.items())}
     if pool is None:
         return {cls: class_surface(cfg, cls, v) for cls, v in voters.items()}
-    from mfsc_builder.workers import surface_in_worker  # it imports this module
-
     futures = {cls: pool.submit(surface_in_worker, cls, v) for cls, v in voters.items()}
     return {cls: pool.result(f, f"the surface decision of class {cls!r}") for cls, f in futures.items()}
-
-
-def class_surface(cfg: BuildConfig, class_name: str, voters: list[Sample]) -> bool:
-    """``crop.class_is_textured`` of one class on its voting images (read here, in a worker when there are)."""
-    config = cfg.crop_config()
-    if is_textured_class(class_name):  # decided by its name: no image to read
-        return True
-    images = []
-    for s in voters:
-        try:
-            images.append(working_image(load_rgb(s.image_path), config.work_size))
-        except DataError:
-            if cfg.on_error == "raise":
-                raise
-    return class_is_textured(class_name, images, config)
 
 
 def class_records(ctx: Context, work: WorkStore, fills: Mapping[str, dict]) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 
 Why processes: cropping and the attribute captioner are numpy/OpenCV code that holds the GIL for much of its
 time, so threads do not scale; each worker gets the settings once (``_init``) and then only small jobs
-(``stages.Job``), and sends back the stored-result dicts (pixels only when the captioner runs in the main
+(``steps.Job``), and sends back the stored-result dicts (pixels only when the captioner runs in the main
 process).
 
 Why ``spawn``: a worker is a fresh interpreter that imports what it needs itself, so it never inherits another
@@ -34,15 +34,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+import cv2
+
+from fsad_data.samples import Sample
+from mfsc_builder.build_config import BuildConfig
+from mfsc_builder.captioners import Captioner
 from mfsc_builder.errors import BuildError, BuildInterrupted
-
-if TYPE_CHECKING:  # imported where they are used: ``import mfsc_builder.workers`` stays light
-    from fsad_data.samples import Sample
-    from mfsc_builder.build_config import BuildConfig
-    from mfsc_builder.captioners import Captioner
-    from mfsc_builder.stages import Job, StopRequest, _Prepared
+from mfsc_builder.steps import Job, Prepared, StopRequest, class_surface, prepare, runs_beside_crop
 
 START_METHOD = "spawn"  # see the module docstring: never a fork of a process that may run threads
 STOP_GRACE_SECONDS = 5.0  # after Ctrl-C, how long a wait for a busy worker may still last
@@ -153,8 +153,6 @@ _HANG_HINT = ("the build stopped, finished parts are stored; rerun the same comm
 def build_workers(workers: int, cfg: BuildConfig, captioner: Captioner) -> Iterator[WorkerPool | None]:
     """The build's worker processes while the image stages run (None for ``workers == 1``); a captioner that
     runs beside the crop (``runs_beside_crop``) is sent to them."""
-    from mfsc_builder.stages import runs_beside_crop
-
     if workers <= 1:
         yield None
         return
@@ -174,17 +172,13 @@ def worker_died(exc: BaseException) -> BuildError:
                       "use --workers 1; rerun to resume")
 
 
-def prepare_in_worker(job: Job) -> _Prepared:
-    """``stages.prepare`` with the settings this worker was started with."""
-    from mfsc_builder.stages import prepare
-
+def prepare_in_worker(job: Job) -> Prepared:
+    """``steps.prepare`` with the settings this worker was started with."""
     return prepare(_STATE["cfg"], job, _STATE["captioner"])  # type: ignore[arg-type]
 
 
 def surface_in_worker(class_name: str, voters: list[Sample]) -> bool:
-    """``stages.class_surface`` with the settings this worker was started with."""
-    from mfsc_builder.stages import class_surface
-
+    """``steps.class_surface`` with the settings this worker was started with."""
     return class_surface(_STATE["cfg"], class_name, voters)  # type: ignore[arg-type]
 
 
@@ -207,8 +201,6 @@ def _sigint_ignored() -> Iterator[None]:
 def _init(cfg: BuildConfig, captioner: Captioner | None, main_pid: int, started: Any) -> None:
     _die_with(main_pid)  # first: whatever hangs after this, the worker goes with the build
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import cv2
-
     cv2.setNumThreads(1)  # one process per core already
     _STATE.update(cfg=cfg, captioner=captioner)
     with started.get_lock():

@@ -89,6 +89,32 @@ def relative_name(path: Path, class_root: Path) -> str:
         return path.name
 
 
+def _file_problem(image_path: Path, label: int, mask_path: Path | None, mask_required: bool, mask_hint: str
+                  ) -> tuple[Path, str] | None:
+    """(the file, what is wrong with it and what to do) for an image or mask a sample cannot use: unreadable,
+    empty, or a required mask missing; None for usable files. Cheap checks only (no file is decoded)."""
+    try:
+        size = image_path.stat().st_size
+    except OSError as exc:
+        why = (f"cannot read image {image_path}: {exc.strerror or exc}. Check that the file (or the link) exists "
+               f"and is readable, or skip it with {SKIP_HINT}.")
+        return image_path, why
+    if size == 0:
+        why = (f"image is empty (0 bytes): {image_path}. Re-download or re-export it, or delete it (or skip it "
+               f"with {SKIP_HINT}).")
+        return image_path, why
+    if label == 1 and mask_path is None and mask_required:
+        where = f" (looked for {mask_hint})" if mask_hint else ""
+        why = (f"no mask for anomalous image {image_path}{where}. Add the ground-truth mask, or remove the image "
+               f"(or skip it with {SKIP_HINT}).")
+        return image_path, why
+    if mask_path is not None and mask_path.stat().st_size == 0:
+        why = (f"mask is empty (0 bytes): {mask_path} (for {image_path}). Re-export the mask, or skip it with "
+               f"{SKIP_HINT}.")
+        return mask_path, why
+    return None
+
+
 class Builder:
     """Builds Samples for one read, checking what is cheap to check eagerly (empty files, duplicates)."""
 
@@ -110,36 +136,9 @@ class Builder:
         mask_hint: str = "",
     ) -> Sample | None:
         """Add one sample, or report why it cannot be used (then return None)."""
-        try:
-            size = image_path.stat().st_size
-        except OSError as exc:
-            self.issues.problem(
-                image_path,
-                f"cannot read image {image_path}: {exc.strerror or exc}. Check that the file (or the link) "
-                f"exists and is readable, or skip it with {SKIP_HINT}.",
-            )
-            return None
-        if size == 0:
-            self.issues.problem(
-                image_path,
-                f"image is empty (0 bytes): {image_path}. Re-download or re-export it, or delete it "
-                f"(or skip it with {SKIP_HINT}).",
-            )
-            return None
-        if label == 1 and mask_path is None and mask_required:
-            where = f" (looked for {mask_hint})" if mask_hint else ""
-            self.issues.problem(
-                image_path,
-                f"no mask for anomalous image {image_path}{where}. Add the ground-truth mask, or remove the "
-                f"image (or skip it with {SKIP_HINT}).",
-            )
-            return None
-        if mask_path is not None and mask_path.stat().st_size == 0:
-            self.issues.problem(
-                mask_path,
-                f"mask is empty (0 bytes): {mask_path} (for {image_path}). Re-export the mask, or skip it with "
-                f"{SKIP_HINT}.",
-            )
+        problem = _file_problem(image_path, label, mask_path, mask_required, mask_hint)
+        if problem is not None:
+            self.issues.problem(*problem)
             return None
         file_name = relative_name(image_path, class_root)
         sid = make_id(class_name, split, defect_type, Path(file_name).stem)

@@ -303,6 +303,46 @@ class _Part:
     shape: str
 
 
+def _group_name(obj: str, first: _Part, main: bool, one_group: bool, one_part: bool, textured: bool) -> str:
+    """A group's name before de-duplication: the surface of a textured class, the object itself (its only
+    part), the object's body (the main group of one part), else "<colour> <shape noun>"."""
+    if textured:
+        return f"{obj} surface"
+    if main and one_group and one_part:
+        return obj
+    if main and one_part:
+        return f"{obj} body"
+    return f"{first.colour} {SHAPE_NOUNS[first.shape]}"
+
+
+def _component(name: str, group: list[_Part], img: ImageMeasures, textured: bool) -> ComponentView:
+    """The component of a group of parts of one colour and shape: its count, where the parts lie (up to three
+    grid words), their direction (one, else "mixed"), texture, area, and a sentence that names none of it
+    twice (an adjective already in the name is left out)."""
+    first, n = group[0], len(group)
+    union = np.any([p.region.mask for p in group], axis=0)
+    locations = list(dict.fromkeys(p.region.location for p in group))
+    location = join_words(locations[:3])
+    directions = list(dict.fromkeys(p.region.orientation for p in group))
+    direction = directions[0] if len(directions) == 1 else "mixed"
+    texture = first.texture if n == 1 else img.texture(union)
+    area = float(sum(p.region.area for p in group))
+    noun = plural(name, n)
+    name_words = set(name.split())
+    adjs = [texture]
+    if first.colour not in name:
+        adjs.append(first.colour)
+    if not (name_words & set(SHAPE_NOUNS[first.shape].split())) or first.shape == "irregular":
+        adjs.append(first.shape)
+    phrase = " ".join([*adjs, noun])
+    article = number_word(n) if n > 1 else indefinite(phrase)
+    where = "filling the image" if textured else f"at the {location}"
+    sentence = f"{article} {phrase} {where}"
+    if direction not in ("none", "mixed") and not textured:
+        sentence += f", {direction}"
+    return ComponentView(name, n, location, first.colour, texture, first.shape, direction, round(area, 6), sentence)
+
+
 class AttributeCaptioner:
     """Offline captioner from image measurements (see the module docstring for every rule)."""
 
@@ -335,44 +375,14 @@ class AttributeCaptioner:
         region_names = [""] * len(parts)
         used: set[str] = set()
         for key, idx in groups.items():
-            first = parts[idx[0]]
-            if regs.textured:
-                name = f"{obj} surface"
-            elif key == main_key and len(groups) == 1 and len(idx) == 1:
-                name = obj
-            elif key == main_key and len(idx) == 1:
-                name = f"{obj} body"
-            else:
-                name = f"{first.colour} {SHAPE_NOUNS[first.shape]}"
+            name = _group_name(obj, parts[idx[0]], key == main_key, len(groups) == 1, len(idx) == 1, regs.textured)
             base, k = name, 2
             while name in used:
                 name, k = f"{base} {k}", k + 1
             used.add(name)
             for i in idx:
                 region_names[i] = name
-            n = len(idx)
-            union = np.any([parts[i].region.mask for i in idx], axis=0)
-            locations = list(dict.fromkeys(parts[i].region.location for i in idx))
-            location = join_words(locations[:3])
-            directions = list(dict.fromkeys(parts[i].region.orientation for i in idx))
-            direction = directions[0] if len(directions) == 1 else "mixed"
-            texture = first.texture if n == 1 else img.texture(union)
-            area = float(sum(parts[i].region.area for i in idx))
-            noun = plural(name, n)
-            name_words = set(name.split())
-            adjs = [texture]
-            if first.colour not in name:
-                adjs.append(first.colour)
-            if not (name_words & set(SHAPE_NOUNS[first.shape].split())) or first.shape == "irregular":
-                adjs.append(first.shape)
-            phrase = " ".join([*adjs, noun])
-            article = number_word(n) if n > 1 else indefinite(phrase)
-            where = "filling the image" if regs.textured else f"at the {location}"
-            sentence = f"{article} {phrase} {where}"
-            if direction not in ("none", "mixed") and not regs.textured:
-                sentence += f", {direction}"
-            components.append(ComponentView(name, n, location, first.colour, texture, first.shape, direction,
-                                            round(area, 6), sentence))
+            components.append(_component(name, [parts[i] for i in idx], img, regs.textured))
         relation = self._relation(obj, components, parts, region_names, regs)
         fg = ForegroundView(count=sum(c.count for c in components), relation=relation)
         listing = join_words([c.sentence.split(" at the ")[0].split(" filling")[0] for c in components])

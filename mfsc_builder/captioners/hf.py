@@ -12,6 +12,7 @@ engine vLLM's guided decoding uses, so local and served answers follow one gramm
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,6 @@ class HFCaptioner:
 
     def _grammar(self, kind: str) -> Any:
         """The compiled xgrammar grammar of an answer kind under the current mode and bounds (cached)."""
-        import json
-
         import xgrammar as xgr
 
         key = (self.response_format, kind, self.max_string, self.max_items)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -64,8 +66,6 @@ def _secrets() -> list[str]:
 def redact(text: Any, limit: int, extra: tuple[str, ...] = ()) -> str:
     """A server string made safe to show or store: known secrets and key-like tokens replaced by ***, the
     length capped at `limit` characters."""
-    import re
-
     s = "" if text is None else str(text)
     for secret in sorted({*_secrets(), *(e for e in extra if len(e) >= 4)}, key=len, reverse=True):
         s = s.replace(secret, "***")
@@ -243,8 +243,6 @@ class OpenAICaptioner:
 def _quiet_http_logs() -> None:
     """The HTTP libraries log every request's full URL at INFO/DEBUG; with a key in the address's query they
     must not, so their loggers keep to warnings and errors."""
-    import logging
-
     for name in ("httpx2", "httpcore2", "openai"):
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.WARNING:

@@ -9,6 +9,7 @@ the model what to fix.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mfsc_builder.captioners.attributes import AttributeCaptioner
 from mfsc_builder.captioners.base import CaptionRequest, CaptionResult, LevelFields
 from mfsc_builder.crop import LOCATION_WORDS, ORIENTATIONS
 from mfsc_builder.english import bare
@@ -65,8 +67,6 @@ def load_prompt(name: str = DEFAULT_PROMPT) -> Prompt:
     the path of a user's own file (`--prompt FILE`). Format: a '# version: NAME' line, '#' comments, then
     '### section' blocks: caption (required), defects (for --defect-vocab model), retry (optional), with
     $placeholders filled by `caption_prompt`."""
-    import hashlib
-
     builtin = re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None and not name.endswith(".txt")
     path = PROMPT_DIR / f"{name}.txt" if builtin else Path(name).expanduser()
     if not path.is_file():
@@ -372,8 +372,6 @@ def run_with_validation(requests: list[CaptionRequest], generate: Generate, prom
     """Ask for every request, validate, retry the invalid ones once with their errors, fall back to the
     attribute captioner for what is still invalid; provenance (status, response format): status ok / retried /
     fallback, and the format the last answer was asked with."""
-    from mfsc_builder.captioners.attributes import AttributeCaptioner
-
     attrs = AttributeCaptioner()
     kinds = ["anomalous" if r.is_anomalous else "normal" for r in requests]
     convs = [[("user", caption_prompt(prompt, r))] for r in requests]
