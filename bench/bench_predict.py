@@ -151,8 +151,8 @@ def _file_pass(args: argparse.Namespace, model, files: list[Path], bare: float) 
             for i, (name, (overlays, maps, png)) in enumerate(settings.items()):
                 P.OVERLAY_PNG_LEVEL = png
                 t = time.perf_counter()
-                P.predict_paths(model, items, Path(tmp) / f"{r}-{i}", thresholds=thresholds,
-                                resolution=args.resolution, batch_size=args.batch, overlays=overlays, maps=maps)
+                P.predict_paths(model, items, Path(tmp) / f"{r}-{i}", P.PredictSettings(
+                    thresholds, resolution=args.resolution, batch_size=args.batch, overlays=overlays, maps=maps))
                 if r:
                     times[name].append((time.perf_counter() - t) / len(items))
     P.OVERLAY_PNG_LEVEL = level

@@ -12,7 +12,7 @@ __all__ = ["Detector", "DetectorResult"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from detector.deploy import api
+        from detector.deploy import api  # lazy: `import detector` and `--help` load no numpy or torch
 
         return getattr(api, name)
     raise AttributeError(f"module 'detector' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detector.errors import DetectorError
-from detector.method.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.method.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION, MAP_RESOLUTION
 from detector.recipes import parse_settings
 from fsad_data.cli_guard import run_guarded
 
@@ -363,7 +363,7 @@ def predict(
     = None,
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution before resizing to each image.",
-        show_default="the threshold's, else 256")] = None,
+        show_default=f"the threshold's, else {MAP_RESOLUTION}")] = None,
     branch: BranchOpt = DEFAULT_BRANCH,
     device: RunDeviceOpt = "cpu",
     precision: RunPrecisionOpt = "fp32",
@@ -385,7 +385,7 @@ def predict(
 
     def body() -> None:
         _quiet_libraries()
-        from detector.run.predict import PredictConfig, run_predict, summary_line
+        from detector.run.predict import SCORES_JSON, PredictConfig, run_predict, summary_line
 
         _not_a_file(checkpoint, "--checkpoint", CKPT_FOLDER)
         _not_a_file(out, "--out", "a folder for the maps and scores")
@@ -397,7 +397,7 @@ def predict(
                                          on_error=on_error or "raise", overlays=overlays, maps=maps,
                                          **_naming_settings(min_area, min_margin)))
         _console().print(summary_line(rows, Path(out)), soft_wrap=True)
-        _say_skipped(getattr(rows, "skipped", []), Path(out) / "scores.json", "image")
+        _say_skipped(getattr(rows, "skipped", []), Path(out) / SCORES_JSON, "image")
 
     _run(body, interrupted="interrupted; --out was left as it was (nothing of this run written): rerun the same "
          "command")
@@ -417,7 +417,7 @@ def export(
         "--precision", help="fp32, or fp16 (OpenVINO's fp16 weight compression).")] = "fp32",
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution of the graph's output.",
-        show_default="the checkpoint's threshold resolution, else 256")] = None,
+        show_default=f"the checkpoint's threshold resolution, else {MAP_RESOLUTION}")] = None,
 ) -> None:
     """One static graph (uint8 RGB images in; scores and fused maps out) for ONNX Runtime or OpenVINO."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ def recipe_names() -> list[str]:
 
 def read_mapping(path: Path) -> dict[str, Any]:
     """A YAML or JSON file holding one mapping, through the one settings reader (``fsad_data.config``)."""
-    from fsad_data.config import ConfigError, read_config_file
+    from fsad_data.config import (  # pydantic + yaml: the CLI imports recipes at start, `--help` stays fast
+        ConfigError,
+        read_config_file,
+    )
 
     try:
         return dict(read_config_file(path))
@@ -63,7 +67,7 @@ def train_config_fields(recipe: str | Path | None, config_file: Path | None) -> 
 def _check_values(fields: dict[str, Any], source: str) -> None:
     """Every value of a config file has its field's type even where a flag replaces it (``epochs: "abc"`` with
     ``--epochs 1`` is still a broken file); combinations of options are judged on the final settings."""
-    from detector.config import TrainConfig
+    from detector.config import TrainConfig  # pydantic: see read_mapping
     from fsad_data.config import ConfigError, to_config
 
     try:
@@ -76,7 +80,7 @@ def _check_values(fields: dict[str, Any], source: str) -> None:
 
 def build_train_config(recipe: str | Path | None, config_file: Path | None, **overrides: Any) -> Any:
     """TrainConfig from a recipe, a config file and flag overrides (non-None flags win)."""
-    from detector.config import TrainConfig
+    from detector.config import TrainConfig  # pydantic: see read_mapping
 
     source = str(config_file) if config_file is not None else (f"recipe {recipe}" if recipe else "flags")
     return TrainConfig.from_dict(train_config_fields(recipe, config_file), source=source, **overrides)
@@ -90,9 +94,8 @@ def _value(text: str) -> Any:
 
 
 def _known_fields() -> set[str]:
-    from dataclasses import fields
 
-    from detector.config import TrainConfig
+    from detector.config import TrainConfig  # pydantic: see read_mapping
 
     return {f.name for f in fields(TrainConfig)}
 

@@ -44,7 +44,7 @@ def test_predict_paths_pil_and_arrays_like_the_model(ckpt, tmp_path):
         assert r.score == pytest.approx(float(score), abs=1e-6)
         assert r.mask is None and r.anomalous is None and r.defects is None
         assert r.map.dtype == np.float32
-    from detector.run.predict import map_to_image_size
+    from detector.eval.postprocess import map_to_image_size
 
     np.testing.assert_allclose(results[1].map, map_to_image_size(ref.maps[1], 96, 96), atol=1e-6)
     np.testing.assert_allclose(results[0].map, ref.maps[0][::4, ::4], atol=0.05)  # 256 -> 64 bilinear
@@ -116,7 +116,7 @@ def test_load_from_a_hub_snapshot_offline(ckpt, tmp_path, monkeypatch):
 
 def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
     from detector import Detector
-    from detector.eval.defects import NamingConfig, detect
+    from detector.eval import defects as D
     from detector.store.saved_detector import load_detector
 
     a = make_image((10, 10, 20))
@@ -124,10 +124,15 @@ def test_named_defects_with_a_threshold_are_those_of_detector_defects(ckpt):
     r = det.predict([a])[0]
     t = float(np.quantile(r.map, 0.8))
     got = det.predict([a], threshold=t)[0]
-    _, ref = detect(load_detector(ckpt), [a], NamingConfig(threshold=t))
-    # the API names regions on the map at the image's own size (boxes in its pixels), detect() at the model's
-    # resolution: the same regions, named the same, with areas equal up to the resampling
-    want = [d.to_dict() for d in ref[0]]
+    model = load_detector(ckpt)
+    pred = model.predict([a], tokens=True)
+    bank = D.model_state_bank(model)
+    ref, _ = D.name_regions(pred.maps[0], D.token_evidence(pred.tokens[0], pred.token_groups[0], bank), bank,
+                            D.NamingConfig(threshold=t), image_size=a.shape[:2],
+                            object_name=str(model.meta.get("object_name") or ""), tau=float(model.tau))
+    # the API names regions on the map at the image's own size (boxes in its pixels), this reference at the
+    # model's resolution: the same regions, named the same, with areas equal up to the resampling
+    want = [d.to_dict() for d in ref]
     assert got.defects and len(got.defects) == len(want)  # the top fifth is one region at least
     for g, w in zip(got.defects, want):
         assert (g["component"], g["group"], g["location"], g["state"]) == (w["component"], w["group"],

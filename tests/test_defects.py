@@ -218,18 +218,21 @@ def test_model_exposes_groups_tokens_and_abnormal_texts(trained):
     assert np.array_equal(again, pred.token_groups)
 
 
-def test_detect_names_what_the_evidence_says(trained):
-    from detector.eval.defects import detect, model_state_bank, pixel_tokens
+def test_postprocess_names_what_the_evidence_says(trained):
+    from detector.eval.defects import model_state_bank, pixel_tokens
+    from detector.eval.postprocess import Decisions, namer_for, postprocess, run_model
 
     bank = model_state_bank(trained)
     assert bank.states == [["scratch", "hole"], ["hole"], ["scratch", "hole"]]
     img = make_image((40, 8, 16))
-    pred, named = detect(trained, [img], NamingConfig(threshold=0.0, min_area=0.0), resolution=32)
-    (d,) = named[0]  # threshold 0: the whole map is one region
-    assert d.box == [0, 0, 64, 64] and d.area == 1.0
+    post = Decisions(pixel=0.0, namer=namer_for(trained, 0.0, min_area=0.0))
+    pred = run_model(trained, [img], post, resolution=32, branch="fused", batch_size=8)
+    (result,) = postprocess(pred, [img], post)
+    (d,) = result.defects  # threshold 0: the whole map (resized to the image's 64 x 64) is one region
+    assert d.box == [0, 0, 64, 64] and d.area == 1.0 and result.labels.shape == (64, 64)
     # the component is the score-weighted vote of the model's own token groups
-    tok = pixel_tokens((32, 32), pred.token_groups.shape[1:]).ravel()
-    w = np.bincount(tok, weights=pred.maps[0].ravel().astype(np.float64), minlength=tok.max() + 1)
+    tok = pixel_tokens((64, 64), pred.token_groups.shape[1:]).ravel()
+    w = np.bincount(tok, weights=result.map.ravel().astype(np.float64), minlength=tok.max() + 1)
     votes = np.bincount(pred.token_groups[0].ravel(), weights=w, minlength=3)
     assert d.group == trained.pixel_names[int(votes.argmax())]
     assert d.vote_share == pytest.approx(votes.max() / votes.sum())

@@ -61,7 +61,7 @@ def test_predict_loader_feeds_rgb_and_writes_outputs(demo_root, tmp_path):
     assert items[0][0] == "pill_box/test/color_spot/000.png" and items[-1][0] == "hex_nut/test/good/000.png"
     model = RecordingModel()
     thr = P.Thresholds(0.5, 1.0, None, "value")
-    rows = P.predict_paths(model, items[:3] + items[-1:], tmp_path, thresholds=thr, resolution=32, batch_size=3)
+    rows = P.predict_paths(model, items[:3] + items[-1:], tmp_path, P.PredictSettings(thresholds=thr, resolution=32, batch_size=3))
     for (_, path), seen in zip(items[:3] + items[-1:], model.seen):
         np.testing.assert_array_equal(seen, load_rgb(path))  # the exact RGB decode of fsad_data
     assert model.seen[0][64, 64, 0] > 150 and model.seen[0][64, 64, 2] < 100  # red part stays red

@@ -75,8 +75,8 @@ def captions(samples, tmp_path_factory):
 
 
 def _eval(model, samples, out, captions):
-    return E.evaluate_model(model, samples, out, class_name="pill_box", resolution=64, batch_size=5,
-                            captions=captions, min_area=0.0)
+    return E.evaluate_model(model, samples, out, E.EvalSettings(class_name="pill_box", resolution=64, batch_size=5,
+                            captions=captions, min_area=0.0))
 
 
 def test_naming_accuracy_is_one_when_the_constructed_matching_is_right(tmp_path, samples, captions):
@@ -139,7 +139,7 @@ def test_per_type_table_equals_metrics_by_hand(tmp_path, samples):
     from fsad_data import load_rgb
 
     model = Noisy(samples)
-    res = E.evaluate_model(model, samples, tmp_path / "t", class_name="pill_box", resolution=32, html=False)
+    res = E.evaluate_model(model, samples, tmp_path / "t", E.EvalSettings(class_name="pill_box", resolution=32, html=False))
     rows = json.loads(res.metrics_path.read_text())["per_type"]
     assert [r["defect_type"] for r in rows] == ["color_spot", "missing_part"] and [r["count"] for r in rows] == [3, 3]
     pred = model.predict([load_rgb(s.image_path) for s in samples], resolution=32)

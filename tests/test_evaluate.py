@@ -66,9 +66,9 @@ def samples(demo_root):
 
 def test_oracle_gets_perfect_metrics_and_all_outputs(tmp_path, samples):
     model = OracleModel(samples)
-    res = E.evaluate_model(model, samples, tmp_path / "out", class_name="pill_box", resolution=64,
+    res = E.evaluate_model(model, samples, tmp_path / "out", E.EvalSettings(class_name="pill_box", resolution=64,
                            batch_size=5, info={"shots": 1, "seed": 0, "meaningful": False},
-                           checkpoint_sha256="ab" * 32)
+                           checkpoint_sha256="ab" * 32))
     m = res.metrics
     for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
         assert m[k] == pytest.approx(1.0), k
@@ -95,10 +95,10 @@ def test_oracle_gets_perfect_metrics_and_all_outputs(tmp_path, samples):
 
 
 def test_transposed_maps_are_caught(tmp_path, samples):
-    good = E.evaluate_model(OracleModel(samples), samples, tmp_path / "a", class_name="pill_box",
-                            resolution=64, html=False).metrics
+    good = E.evaluate_model(OracleModel(samples), samples, tmp_path / "a", E.EvalSettings(class_name="pill_box",
+                            resolution=64, html=False)).metrics
     bad = E.evaluate_model(OracleModel(samples, transpose=True), samples, tmp_path / "b",
-                           class_name="pill_box", resolution=64, html=False).metrics
+                           E.EvalSettings(class_name="pill_box", resolution=64, html=False)).metrics
     assert bad["aupro"] < good["aupro"] - 0.2
     assert bad["pixel_ap"] < good["pixel_ap"] - 0.2
 
@@ -136,7 +136,7 @@ def test_bad_model_output_and_empty_split_raise(tmp_path, samples):
     with pytest.raises(DetectorError, match="maps of shape"):
         E.collect(Wrong(), samples[:2], resolution=16)
     with pytest.raises(DetectorError, match="no test images"):
-        E.evaluate_model(Wrong(), [], tmp_path, class_name="x")
+        E.evaluate_model(Wrong(), [], tmp_path, E.EvalSettings(class_name="x"))
 
 
 class NoisyOracle(OracleModel):
@@ -153,8 +153,8 @@ class NoisyOracle(OracleModel):
 def test_streaming_metrics_by_default_exact_on_request(tmp_path, samples):
     runs = {}
     for exact in (False, True):
-        res = E.evaluate_model(NoisyOracle(samples), samples, tmp_path / str(exact), class_name="pill_box",
-                               resolution=64, batch_size=5, exact_metrics=exact)
+        res = E.evaluate_model(NoisyOracle(samples), samples, tmp_path / str(exact), E.EvalSettings(class_name="pill_box",
+                               resolution=64, batch_size=5, exact_metrics=exact))
         runs[exact] = (res.metrics, json.loads(res.metrics_path.read_text()))
     (hist, hist_json), (exact, exact_json) = runs[False], runs[True]
     assert hist_json["pixel_metrics"]["method"] == "histogram" and exact_json["pixel_metrics"] == {"method": "exact"}

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from detector.method.backbone import load_backbone
+from detector.method.choices import ATTRIBUTE_LEVELS
 from detector.method.losses import image_loss, logit_scale_of, mlsa_loss
 from detector.method.prompts import (
-    ATTRIBUTE_LEVELS,
     HANDCRAFTED,
     LEARNED,
     NORMAL,

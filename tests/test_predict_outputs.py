@@ -48,7 +48,7 @@ def test_x_png_and_x_jpg_never_overwrite_each_other(tmp_path):
     for name in ("x.png", "x.jpg"):
         Image.fromarray(src).save(tmp_path / name, quality=95)
     items = P.list_inputs([tmp_path / "x.png", tmp_path / "x.jpg"])
-    rows = P.predict_paths(FakeModel(), items, tmp_path / "out", thresholds=_thr(0.5, 0.5), resolution=16)
+    rows = P.predict_paths(FakeModel(), items, tmp_path / "out", P.PredictSettings(thresholds=_thr(0.5, 0.5), resolution=16))
     for kind in ("map", "overlay", "mask"):
         paths = [r[kind] for r in rows]
         assert len(set(paths)) == 2 and all((tmp_path / "out" / p).is_file() for p in paths), paths
@@ -135,7 +135,7 @@ def _folder(tmp_path: Path, n: int = 3, size: int = 48) -> Path:
 def test_each_overlay_has_a_caption_band_and_the_csv_names_every_file(tmp_path):
     items = P.list_inputs([_folder(tmp_path, size=400)])
     out = tmp_path / "out"
-    rows = P.predict_paths(FakeModel(), items, out, thresholds=_thr(0.7, 0.5), resolution=16, batch_size=2)
+    rows = P.predict_paths(FakeModel(), items, out, P.PredictSettings(thresholds=_thr(0.7, 0.5), resolution=16, batch_size=2))
     table = list(csv.DictReader((out / "scores.csv").open()))
     assert [r["overlay"] for r in table] == ["overlays/good/000.png", "overlays/good/001.png", "overlays/good/002.png"]
     for r in table:
@@ -165,8 +165,8 @@ def test_overlays_show_the_decision_and_the_named_defects_in_region_order(widget
     seen = []
     real = C.caption_lines
     monkeypatch.setattr(C, "caption_lines", lambda *a: seen.append(a) or real(*a))
-    rows = P.predict_paths(model, items, tmp_path / "out", thresholds=_thr(pixel, 0.0), resolution=64,
-                           min_area=0.0)
+    rows = P.predict_paths(model, items, tmp_path / "out", P.PredictSettings(thresholds=_thr(pixel, 0.0), resolution=64,
+                           min_area=0.0))
     named = json.loads((tmp_path / "out" / "defects.json").read_text())["images"]
     assert [n["regions"] for n in named] == [r["regions"] for r in rows] == ["regions/0.png", "regions/1.png",
                                                                              "regions/2.png"]
@@ -179,8 +179,8 @@ def test_overlays_show_the_decision_and_the_named_defects_in_region_order(widget
 def test_no_overlays_and_no_maps_write_nothing_of_them_and_the_summary_says_what_was_written(tmp_path):
     items = P.list_inputs([_folder(tmp_path)])
     out = tmp_path / "out"
-    rows = P.predict_paths(FakeModel(), items, out, thresholds=_thr(0.7, None), resolution=16,
-                           overlays=False, maps=False)
+    rows = P.predict_paths(FakeModel(), items, out, P.PredictSettings(thresholds=_thr(0.7, None), resolution=16,
+                           overlays=False, maps=False))
     assert sorted(p.name for p in out.iterdir()) == ["masks", "scores.csv", "scores.json"]
     assert all("overlay" not in r and "map" not in r and r["mask"].startswith("masks/") for r in rows)
     line = P.summary_line(rows, out)

@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
+from detector.method.choices import ATTRIBUTE_LEVELS
 from detector.method.prompts import (
-    ATTRIBUTE_LEVELS,
     HANDCRAFTED,
     LEARNED,
     NORMAL,
     MultiLevelPrompts,
     PromptConfig,
     PromptGroup,
-    count_prompts,
     groups_from_class_name,
     groups_from_record,
 )
@@ -154,7 +153,9 @@ def test_shapes_state_dict_and_prototypes(clip):
         assert torch.allclose(tf.normal[g], F.normalize(tf.normal_each[g].mean(0), dim=0), atol=1e-6)
         both = torch.cat([tf.handcrafted[g], tf.learned[g]])
         assert torch.allclose(tf.abnormal[g], F.normalize(both.mean(0), dim=0), atol=1e-6)
-    assert len(p.texts) == count_prompts(p.groups, p.config)
+    c = p.config  # per group: n_pro copies of (normal + n_pro_ab learned abnormal per normal) + handcrafted abnormal
+    assert len(p.texts) == sum(c.n_pro * (len(g.normal) * (1 + c.n_pro_ab) + len(g.abnormal)) for g in p.groups
+                               if g.level not in c.drop_levels)
 
 
 def test_truncation_matches_full_context(clip):

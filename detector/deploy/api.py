@@ -20,12 +20,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.method.scoring import DEFAULT_BRANCH
+from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
+from detector.eval.postprocess import Decisions, namer_for, names_defects, postprocess, run_model
+from detector.method.scoring import DEFAULT_BRANCH, MAP_RESOLUTION
+from detector.run.runtime import EXPORT_JSON, load_exported
+from detector.store.checkpoint import backbone_name, checkpoint_meta, shot_count
+from detector.store.hub import resolve_checkpoint
+from detector.store.thresholds import image_threshold_in_force, resolve_threshold, stored_thresholds
+from fsad_data import load_rgb
 
 if TYPE_CHECKING:
     from detector.store.thresholds import Thresholds
 
-DEFAULT_RESOLUTION = 256  # as `detector predict` without a stored threshold
 
 ImageLike = str | Path | np.ndarray | Any  # Any: a PIL.Image.Image (PIL is imported only when given one)
 Threshold = float | Literal["auto"] | str | Path | None  # str / Path: an evaluation folder or its threshold.json
@@ -34,7 +40,7 @@ Threshold = float | Literal["auto"] | str | Path | None  # str / Path: an evalua
 class Engine(Protocol):
     """What runs the model: ``FineGrainedAD`` (PyTorch) or ``runtime.ExportedModel`` (ONNX Runtime/OpenVINO)."""
 
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+    def predict(self, images: list[np.ndarray], resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8) -> Any: ...
 
 
@@ -53,7 +59,6 @@ class DetectorResult:
 def as_rgb(image: ImageLike, where: str = "image") -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a path, a PIL image or an array (gray and RGBA are converted)."""
     if isinstance(image, (str, Path)):
-        from fsad_data import load_rgb
 
         return load_rgb(Path(image))
     if type(image).__module__.startswith("PIL."):
@@ -95,7 +100,6 @@ class Detector:
         self.source = source
         self.folder = folder  # the checkpoint or export folder (a Hub id's snapshot); None: built in memory
         self._fixed_resolution = resolution  # an export's map size; None: any
-        from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
 
         self.min_area, self.min_margin = DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN  # named defects (settable)
         self._bank: Any = None
@@ -108,12 +112,9 @@ class Detector:
         ``engine``: None (PyTorch for a checkpoint, the export's own runtime for an export), or "onnx" /
         "openvino" to pick the runtime of an export (OpenVINO also runs ONNX exports).
         """
-        from detector.run.runtime import EXPORT_JSON
-        from detector.store.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(path_or_hub_id, revision=revision)
         if (folder / EXPORT_JSON).is_file():
-            from detector.run.runtime import load_exported
 
             model = load_exported(folder, engine=engine, device=device)
             return cls(model, model.spec.get("checkpoint_meta") or {}, read_thresholds(folder),
@@ -121,7 +122,7 @@ class Detector:
         if engine not in (None, "torch"):
             raise DetectorError(f"{folder} is a PyTorch checkpoint; engine {engine!r} needs an export: run "
                                 f"`detector export --checkpoint {folder} --format {engine} --out DIR`")
-        from detector.store.checkpoint import checkpoint_meta
+        # torch: only a checkpoint needs it, an export runs without
         from detector.store.saved_detector import load_detector
 
         meta = checkpoint_meta(folder)
@@ -136,12 +137,8 @@ class Detector:
         found = any(self.thresholds.get(k) is not None for k in ("pixel_threshold", "image_threshold"))
         thresholds = f"pixel {num('pixel_threshold')}, image {num('image_threshold')}" if found else \
             "none (run detector eval)"
-        backbone = self.meta.get("backbone")
-        name = (backbone.get("model_name") or backbone.get("name")) if isinstance(backbone, dict) else backbone
-        shots = self.meta.get("shots")
-        return (f"Detector({self.source!r}: class {self.class_name!r}, backbone {name}, shots "
-                f"{len(shots) if isinstance(shots, list) else shots}, resolution {self.resolution}, "
-                f"thresholds {thresholds})")
+        return (f"Detector({self.source!r}: class {self.class_name!r}, backbone {backbone_name(self.meta)}, "
+                f"shots {shot_count(self.meta)}, resolution {self.resolution}, thresholds {thresholds})")
 
     @property
     def class_name(self) -> str | None:
@@ -152,12 +149,13 @@ class Detector:
     def names_defects(self) -> bool:
         """Whether ``predict`` names defects (``detector.eval.defects``): the PyTorch engine does, with a pixel
         threshold; an export gives scores and maps only (its graph has no token outputs)."""
-        return hasattr(self.engine, "abnormal_text_features")
+
+        return names_defects(self.engine)
 
     @property
     def resolution(self) -> int:
-        """Map resolution used by default: an export's fixed size, else the threshold's, else 256."""
-        return int(self._fixed_resolution or self.thresholds.get("resolution") or DEFAULT_RESOLUTION)
+        """Map resolution used by default: an export's fixed size, else the threshold's, else ``MAP_RESOLUTION``."""
+        return int(self._fixed_resolution or self.thresholds.get("resolution") or MAP_RESOLUTION)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, threshold: Threshold = "auto",
                 image_threshold: float | None = None, resolution: int | None = None,
@@ -171,8 +169,6 @@ class Detector:
         with threshold None or a number, the only one). The map is computed at ``resolution`` (default
         ``self.resolution``) and resized to each image's size.
         """
-        from detector.run.predict import map_to_image_size
-        from detector.store.thresholds import image_threshold_in_force
 
         picked = self._picked(threshold)
         res = int(resolution or (picked.resolution if picked else None) or self.resolution)
@@ -191,17 +187,24 @@ class Detector:
         results: list[DetectorResult] = []
         for start in range(0, len(items), max(1, batch_size)):
             batch = [as_rgb(im, f"image {start + i}") for i, im in enumerate(items[start : start + batch_size])]
-            naming = pixel_t is not None and self.names_defects
-            extra = {"tokens": True} if naming else {}
-            pred = self.engine.predict(batch, resolution=res, branch=DEFAULT_BRANCH, batch_size=batch_size, **extra)
-            for j, (img, score, amap) in enumerate(zip(batch, pred.scores, pred.maps)):
-                full = map_to_image_size(amap, img.shape[0], img.shape[1])
-                results.append(DetectorResult(
-                    score=float(score), map=full,
-                    mask=None if pixel_t is None else full >= pixel_t,
-                    anomalous=None if image_t is None else bool(score >= image_t),
-                    defects=self._name_defects(full, pred, j, pixel_t) if naming else None))
+            decisions = self._decisions(pixel_t, image_t)
+            pred = run_model(self.engine, batch, decisions, resolution=res, branch=DEFAULT_BRANCH,
+                             batch_size=batch_size)
+            results += [DetectorResult(score=r.score, map=r.map, mask=r.mask, anomalous=r.anomalous,
+                                       defects=None if r.defects is None else [d.to_dict() for d in r.defects])
+                        for r in postprocess(pred, batch, decisions)]
         return results
+
+    def _decisions(self, pixel: float | None, image: float | None) -> Decisions:
+        """The thresholds to apply and the namer (``detector.eval.postprocess``): defects are named with a pixel
+        threshold by an engine that exposes its token matching, at the current ``min_area`` / ``min_margin``;
+        the state bank is built once per detector."""
+
+        namer = namer_for(self.engine, pixel, self.min_area, self.min_margin,
+                          object_name=str(self.meta.get("object_name") or ""), bank=getattr(self, "_bank", None))
+        if namer is not None:
+            self._bank = namer.bank
+        return Decisions(pixel, image, namer)
 
     def _thresholds(self, threshold: Threshold, resolution: int) -> tuple[float | None, float | None]:
         """(pixel, image) thresholds for ``threshold``; auto ones only at the resolution they were picked at."""
@@ -220,7 +223,6 @@ class Detector:
         ``detector.store.thresholds``, as ``detector predict --threshold PATH``); None for auto, a number or None."""
         if not isinstance(threshold, (str, Path)) or str(threshold) == "auto":
             return None
-        from detector.store.thresholds import resolve_threshold
 
         try:
             float(str(threshold))
@@ -228,22 +230,8 @@ class Detector:
             return resolve_threshold(Path(threshold), self.folder or Path("."))
         raise DetectorError(f"threshold={threshold!r}: give a number as a number, 'auto', an evaluation folder or None")
 
-    def _name_defects(self, amap: np.ndarray, pred: Any, j: int, threshold: float) -> list[dict[str, Any]]:
-        """Named defects of image j (``detector.eval.defects``) at the pixel threshold, on its full-size map: boxes
-        in the image's pixels, as ``detector predict`` writes them (the region masks are ``mask`` regions)."""
-        from detector.eval import defects as D
-
-        if getattr(self, "_bank", None) is None:
-            self._bank = D.model_state_bank(self.engine)
-        config = D.NamingConfig(threshold, self.min_area, self.min_margin)
-        ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], self._bank)
-        found, _ = D.name_regions(amap, ev, self._bank, config, object_name=str(self.meta.get("object_name") or ""),
-                                  tau=float(self.engine.tau))
-        return [d.to_dict() for d in found]
-
 
 def read_thresholds(folder: Path, branch: str = DEFAULT_BRANCH) -> dict[str, Any] | None:
     """The ``branch`` entry of FOLDER/threshold.json (`detector eval`'s, checked by ``detector.store.thresholds``), or None."""
-    from detector.store.thresholds import stored_thresholds
 
     return stored_thresholds(Path(folder), branch)

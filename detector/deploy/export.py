@@ -23,7 +23,6 @@ the source checkpoint and the SHA-256 of its files). ``detector.run.runtime`` ru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import warnings
@@ -33,7 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from detector.deploy.api import read_thresholds
 from detector.errors import DetectorError
+from detector.method.model import SMOOTH_SIGMA
+from detector.method.scoring import MAP_RESOLUTION
 from detector.run.runtime import (
     EXPORT_JSON,
     EXPORT_VERSION,
@@ -44,8 +46,13 @@ from detector.run.runtime import (
     OPENVINO_MISSING,
     OUTPUT_NAMES,
 )
-from detector.store.checkpoint import CONFIG_FILE
-from detector.store.files import EXPORT_FORMAT, OwnOutput, check_replaceable
+from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_info, checkpoint_meta
+from detector.store.files import EXPORT_FORMAT, OwnOutput, check_replaceable, naming_folder, output_lock
+from detector.store.hub import resolve_checkpoint
+from detector.store.saved_detector import load_detector
+from detector.store.thresholds import THRESHOLD_FILE
+from fsad_data.atomic import staged_folder, write_json_atomic
+from fsad_data.digest import file_sha256
 
 PRECISIONS = ("fp32", "fp16")
 OPSET = 18
@@ -70,14 +77,6 @@ class ExportGraph(nn.Module):
         return scores.float(), maps.float()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _to_onnx(graph: ExportGraph, size: int, path: Path) -> None:
     """torch.onnx's dynamo exporter with a dynamic batch axis; its progress lines are kept off stdout."""
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)  # batch 2: a batch of 1 may specialise
@@ -96,7 +95,7 @@ def _to_onnx(graph: ExportGraph, size: int, path: Path) -> None:
 
 def _to_openvino(onnx_path: Path, xml_path: Path, precision: str) -> None:
     try:
-        import openvino as ov
+        import openvino as ov  # optional extra
     except ImportError as exc:
         raise DetectorError(OPENVINO_MISSING) from exc
     ov_model = ov.convert_model(str(onnx_path))
@@ -111,12 +110,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
                       resolution: int | None = None) -> Path:
     """Write ``out`` (replaced whole, only when it is empty or an earlier export): the graph + export.json.
 
-    ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else 256,
+    ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else ``MAP_RESOLUTION``,
     as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
     ``out`` is locked for the run (``detector.store.files.output_lock``: a second export into it is refused at once),
     and a write error that names no file (a full disk) names it.
     """
-    from detector.store.files import naming_folder, output_lock
 
     out = Path(out)
     lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
@@ -126,9 +124,6 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
 def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
     """Check the request, load the checkpoint on the CPU in fp32, build the graph and write it with its spec."""
-    from detector.store.checkpoint import checkpoint_meta
-    from detector.store.hub import resolve_checkpoint
-    from detector.store.saved_detector import load_detector
 
     _check_request(fmt, precision)
     check_replaceable(out, EXPORT_OUTPUT)
@@ -161,10 +156,9 @@ def _check_request(fmt: str, precision: str) -> None:
 def _resolution_and_thresholds(ckpt: Path, resolution: int | None) -> tuple[int, dict[str, Any] | None]:
     """The map size R (given, else the stored threshold's, else the default) and the stored thresholds where
     they were picked at R (maps of another size would make them meaningless)."""
-    from detector.deploy.api import DEFAULT_RESOLUTION, read_thresholds
 
     thresholds = read_thresholds(ckpt)
-    res = int(resolution or (thresholds or {}).get("resolution") or DEFAULT_RESOLUTION)
+    res = int(resolution or (thresholds or {}).get("resolution") or MAP_RESOLUTION)
     if not 8 <= res <= MAX_RESOLUTION:  # the runtime refuses an export.json outside these (detector.run.runtime)
         raise DetectorError(f"--resolution {res}: use from 8 to {MAX_RESOLUTION} pixels")
     if thresholds and thresholds.get("resolution") not in (None, res):
@@ -175,8 +169,6 @@ def _resolution_and_thresholds(ckpt: Path, resolution: int | None) -> tuple[int,
 def _export_spec(checkpoint: str | Path, ckpt: Path, meta: dict[str, Any], bb: Any, fmt: str, precision: str,
                  res: int, thresholds: dict[str, Any] | None) -> dict[str, Any]:
     """``export.json``: what a caller needs to feed the graph and read its outputs, and where it came from."""
-    from detector.method.model import SMOOTH_SIGMA
-    from detector.store.checkpoint import checkpoint_info
 
     cfg = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
     return {
@@ -200,8 +192,8 @@ def _export_spec(checkpoint: str | Path, ckpt: Path, meta: dict[str, Any], bb: A
         "thresholds": thresholds,
         "class_name": meta.get("class_name"),
         "object_name": meta.get("object_name"),
-        "checkpoint": {"source": str(checkpoint), "weights_sha256": _sha256(ckpt / "model.safetensors"),
-                       "config_sha256": _sha256(ckpt / CONFIG_FILE), "format_version": cfg.get("format_version")},
+        "checkpoint": {"source": str(checkpoint), "weights_sha256": file_sha256(ckpt / WEIGHTS_FILE),
+                       "config_sha256": file_sha256(ckpt / CONFIG_FILE), "format_version": cfg.get("format_version")},
         "checkpoint_meta": {"class_name": meta.get("class_name"), **checkpoint_info(meta)},
         "torch_version": torch.__version__,
     }
@@ -211,7 +203,6 @@ def _write_export(out: Path, graph: ExportGraph, size: int, fmt: str, precision:
                   thresholds: dict[str, Any] | None, spec: dict[str, Any]) -> None:
     """The graph (ONNX, converted to OpenVINO IR if asked), the thresholds and ``export.json``, staged so that
     ``out`` is replaced whole or not at all."""
-    from fsad_data.atomic import staged_folder, write_json_atomic
 
     with staged_folder(out) as tmp:
         onnx_path = tmp / GRAPH_FILES["onnx"]
@@ -220,5 +211,5 @@ def _write_export(out: Path, graph: ExportGraph, size: int, fmt: str, precision:
             _to_openvino(onnx_path, tmp / GRAPH_FILES["openvino"], precision)
             onnx_path.unlink()
         if thresholds:  # `detector predict --threshold auto` and Detector.load read it as from a checkpoint
-            write_json_atomic(tmp / "threshold.json", {"fused": thresholds})
+            write_json_atomic(tmp / THRESHOLD_FILE, {"fused": thresholds})
         write_json_atomic(tmp / EXPORT_JSON, spec)

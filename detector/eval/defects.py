@@ -27,7 +27,8 @@ covers most of its pixels (ties: the smaller component; none: "object" inside th
 missed region counts as wrong. The state is right when it equals the defect folder's name (only meaningful
 where the record's states come from the data set, ``defect_vocab == "dataset"``).
 
-Pure functions over arrays and records: the model is only reached through ``detect`` (predict and the API).
+Pure functions over arrays and records; ``detector.eval.postprocess`` applies them to a model's predictions
+(``detector predict`` and the API), ``NamingCollector`` to an evaluation's.
 """
 from __future__ import annotations
 
@@ -37,18 +38,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from detector.errors import DetectorError
 from detector.eval.metrics import components
-from detector.method.scoring import DEFAULT_BRANCH
+from detector.method.choices import BACKGROUND, IMAGE
 from fsad_data.grid import location_word
 
 OBJECT = "object"  # what a region on the "image" group is called: no component won
-BACKGROUND = "background"
 UNKNOWN = "unknown"
-IMAGE_GROUP = "image"  # the region group names of detector.method.prompts (IMAGE, BACKGROUND)
-BACKGROUND_GROUP = "background"
 DEFAULT_MIN_AREA = 0.001  # regions below 0.1 % of the image are dropped
 DEFAULT_MIN_MARGIN = 0.1  # state probability this far above the second best, else "unknown"
 
@@ -196,10 +195,9 @@ class Defect:
 
 
 def component_of(group: str) -> str:
-    """The name a region gets for its winning group: components by name, "object", "background"."""
-    if group == IMAGE_GROUP:
-        return OBJECT
-    return BACKGROUND if group == BACKGROUND_GROUP else group
+    """The name a region gets for its winning group: the group's own (a component, "background"), or "object"
+    for the image group (no component won)."""
+    return OBJECT if group == IMAGE else group
 
 
 def sentence(state: str, component: str, location: str, area: float, peak: float, object_name: str) -> str:
@@ -311,22 +309,6 @@ def model_state_bank(model: Any) -> StateBank:
     return state_bank(list(texts), texts, states)
 
 
-def detect(model: Any, images: list[np.ndarray], config: NamingConfig, *, resolution: int = 256,
-           branch: str = DEFAULT_BRANCH, batch_size: int = 8, bank: StateBank | None = None
-           ) -> tuple[Any, list[list[Defect]]]:
-    """Score RGB images and name their defects: (the model's Prediction, per image its named defects with
-    boxes in the image's own pixels). The map is named at the evaluation resolution."""
-    bank = bank or model_state_bank(model)
-    pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size, tokens=True)
-    object_name = str((getattr(model, "meta", None) or {}).get("object_name") or "")
-    named = []
-    for i, img in enumerate(images):
-        ev = token_evidence(pred.tokens[i], pred.token_groups[i], bank)
-        named.append(name_regions(pred.maps[i], ev, bank, config, image_size=img.shape[:2],
-                                  object_name=object_name, tau=float(model.tau))[0])
-    return pred, named
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 NAMING_SIZE = 128  # evaluation names regions on maps of at most this size (memory per image ~100 KB)
 
@@ -353,7 +335,6 @@ class NamingCollector:
         self.items: dict[int, tuple[np.ndarray, np.ndarray, TokenEvidence, tuple[int, int]]] = {}
 
     def _small(self, a: np.ndarray) -> np.ndarray:
-        import cv2
 
         a = np.asarray(a, np.float32)
         if max(a.shape) <= self.size:
@@ -390,7 +371,7 @@ class NamingCollector:
         n = max(self.items, default=-1) + 1
         named: list[list[Defect]] = [[] for _ in range(n)]
         rows: list[dict[str, Any]] = []
-        known = [g for g in self.bank.names if g not in (IMAGE_GROUP, BACKGROUND_GROUP)]
+        known = [g for g in self.bank.names if g not in (IMAGE, BACKGROUND)]
         for i, (amap, gt, ev, size) in sorted(self.items.items()):
             named[i], labels = name_regions(amap, ev, self.bank, config, image_size=size, object_name=object_name,
                                             tau=tau)

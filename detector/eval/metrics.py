@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from detector.errors import DetectorError
@@ -44,12 +45,14 @@ AUPRO_LIMIT = 0.3
 @dataclass(frozen=True)
 class Metric:
     """One reported metric: its key (metrics.json, CSV columns), title (reports, tables), short name (the
-    terminal table) and direction."""
+    terminal table), direction, and whether it scores detection (the model card's table) or the naming of
+    defects."""
 
     key: str
     title: str
     short: str
     higher_is_better: bool = True
+    detection: bool = True
 
 
 METRICS = (
@@ -60,8 +63,8 @@ METRICS = (
     Metric("pixel_f1_max", "pixel F1-max", "px F1"),
     Metric("image_ap", "image AP", "img AP"),
     Metric("pixel_ap", "pixel AP", "px AP"),
-    Metric("naming_accuracy", "naming accuracy", "naming"),  # detector.eval.defects: named component right
-    Metric("state_accuracy", "state accuracy", "state"),  # named state = defect folder (dataset states only)
+    Metric("naming_accuracy", "naming accuracy", "naming", detection=False),  # eval.defects: component right
+    Metric("state_accuracy", "state accuracy", "state", detection=False),  # state = defect folder (dataset states)
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
 METRIC = {m.key: m for m in METRICS}
@@ -252,7 +255,6 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns the label image (0 = normal pixel, regions 1..n) and the size of each label (index 0: the
     normal pixels)."""
-    import cv2
 
     _, lab, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
     return lab, stats[:, cv2.CC_STAT_AREA].astype(np.int64)

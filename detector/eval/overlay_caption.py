@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 MIN_WIDTH = 384  # px: the narrowest band (a 64 px picture gets readable text beside empty band colour)
@@ -67,7 +68,6 @@ def caption_lines(score: float, image_threshold: float | None, anomalous: bool |
 def add_caption(picture: np.ndarray, lines: list[Line], max_lines: int = MAX_LINES) -> np.ndarray:
     """The picture (RGB uint8, kept at the top left) above a band with ``lines`` wrapped to its width and capped
     at ``max_lines`` (RGB uint8, as wide as the picture or ``MIN_WIDTH``)."""
-    import cv2
 
     h, w = picture.shape[:2]
     width = max(w, MIN_WIDTH)
@@ -88,7 +88,6 @@ def add_caption(picture: np.ndarray, lines: list[Line], max_lines: int = MAX_LIN
 def _fit(lines: list[Line], width: int, scale: float, thick: int, max_lines: int) -> list[tuple[int, Line]]:
     """(x offset, line) per drawn row: each line wrapped to ``width``, whole items only, the verdict always, and
     a "+N more" row for the items that do not fit under ``max_lines``."""
-    import cv2
 
     def px(text: str) -> int:
         return cv2.getTextSize(text, _FONT, scale, thick)[0][0]

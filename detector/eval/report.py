@@ -20,15 +20,20 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
+
+from fsad_data.atomic import write_text_atomic
 
 # heat map colours are drawn by OpenCV (BGR) and flipped once here; everything leaving this module is RGB
 CONTOUR_RGB = (0, 255, 0)
-MASK_RGB = (255, 0, 0)
 REGION_RGB = (255, 0, 255)  # predicted defect regions (named defects), as the explorer's outlines
 
 
@@ -81,7 +86,6 @@ def normalise_map(amap: np.ndarray, vmin: float | None = None, vmax: float | Non
 
 def heat_map(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """JET colour map of a score map as an RGB uint8 image."""
-    import cv2
 
     bgr = cv2.applyColorMap(normalise_map(amap, vmin, vmax), cv2.COLORMAP_JET)
     return np.ascontiguousarray(bgr[..., ::-1])
@@ -99,7 +103,6 @@ def overlay(
 
     The map is resized to the image (bilinear) when their sizes differ; the mask likewise (nearest).
     """
-    import cv2
 
     h, w = image.shape[:2]
     amap = np.asarray(amap, dtype=np.float32)
@@ -120,7 +123,6 @@ def colour_bar(height: int, vmin: float, vmax: float, ticks: int = 5) -> np.ndar
     """The heat map's scale as a vertical bar (vmax red at the top, vmin blue at the bottom) with ``ticks``
     values written beside it at a size readable at normal zoom (about 11 px high whatever the figure's
     height), so a figure says which scores its colours mean (RGB uint8, height x width)."""
-    import cv2
 
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.42, 1
     values = np.linspace(vmax, vmin, max(2, ticks))
@@ -142,7 +144,6 @@ def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
           vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Side by side: the image with the ground-truth contour, the heat-map overlay, and its colour scale
     (RGB uint8); vmin/vmax default to the map's own range."""
-    import cv2
 
     left = image.astype(np.uint8).copy()
     if mask is not None:
@@ -161,7 +162,6 @@ def panel(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
 def draw_regions(image: np.ndarray, labels: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
     """Named defect regions on a picture: each region's outline (magenta) and its number (1-based, its
     value in ``labels``) at the box's top-left corner; ``labels`` at the picture's size (RGB uint8 copy)."""
-    import cv2
 
     out = np.ascontiguousarray(image.astype(np.uint8)).copy()
     h, w = out.shape[:2]
@@ -178,7 +178,6 @@ def draw_regions(image: np.ndarray, labels: np.ndarray, boxes: list[list[int]]) 
 
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode an RGB (H, W, 3) or gray (H, W) uint8 array as PNG bytes (Pillow: no channel swap)."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))).save(buf, format="PNG")
@@ -263,7 +262,6 @@ def render_html(report: Report) -> str:
 
 def write_report(path: Path, report: Report) -> Path:
     """Render and write the page atomically; returns the path."""
-    from fsad_data.atomic import write_text_atomic
 
     path = Path(path)
     write_text_atomic(path, render_html(report))
@@ -279,7 +277,7 @@ def _png(fig: object) -> bytes:
 
 
 def _figure(width: float, height: float) -> object:
-    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.figure import Figure as MplFigure  # matplotlib (~0.5 s): only the HTML report plots
 
     return MplFigure(figsize=(width, height), layout="constrained")
 
@@ -376,7 +374,7 @@ def bars_plot(title: str, groups: list[str], series: dict[str, tuple[list[float]
 
 def colour_scale_plot(vmin: float, vmax: float) -> bytes:
     """The overlays' colour scale as a horizontal matplotlib colour bar with readable tick labels."""
-    from matplotlib import cm, colors
+    from matplotlib import cm, colors  # matplotlib: only the HTML report plots
 
     fig = _figure(6.0, 0.9)
     ax = fig.subplots()
@@ -401,7 +399,6 @@ class Thumb:
 
 def quantise_map(amap: np.ndarray, vmin: float, vmax: float, size: int) -> np.ndarray:
     """uint8 levels of a map over [vmin, vmax], resized (area) to at most ``size`` px on the longer side."""
-    import cv2
 
     amap = np.asarray(amap, np.float32)
     h, w = amap.shape
@@ -413,7 +410,6 @@ def quantise_map(amap: np.ndarray, vmin: float, vmax: float, size: int) -> np.nd
 
 def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
     """An RGB uint8 picture as JPEG (the gallery's photos: a fraction of PNG's size)."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))).save(buf, format="JPEG", quality=quality)
@@ -444,7 +440,6 @@ def page_threshold(exact: float, values: np.ndarray) -> float:
     little below the exact value (an F1-max threshold is one of the scores), at most half way down to the next
     lower of ``values`` (the image scores, or the region thresholds) and within 1 %: it decides every image as
     the exact one does, and a rerun whose scores differ in the last bits decides alike."""
-    from decimal import ROUND_FLOOR, Decimal
 
     exact = float(exact)
     v = np.asarray(values, np.float64)
@@ -463,7 +458,6 @@ def page_threshold(exact: float, values: np.ndarray) -> float:
 def js_number(value: float) -> str:
     """A number as the page's script writes it (JavaScript's ``String(x)``: shortest round-trip digits, plain
     from 1e-6 to below 1e21, else ``1.5e-7`` / ``1e+21``), so the command Python restates is the page's text."""
-    from decimal import Decimal
 
     value = float(value)
     if value == 0:
@@ -552,7 +546,6 @@ def threshold_explorer(rows: list[dict[str, object]], image_reference: float | N
     ``no_image`` says why) leaves the pixel slider alone. ``command`` (the predict command without thresholds)
     is completed with both and shown as copied. Overlays are added in order until ``budget_bytes`` of embedded
     data is reached; the page says how many were left out."""
-    import json
 
     scores = [_finite(r["score"]) for r in rows]
     regions = [_finite(r["region"]) for r in rows]

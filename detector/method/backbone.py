@@ -34,7 +34,9 @@ frozen blocks themselves, so ``cls`` and ``taps`` are bit-identical to open_clip
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,11 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from detector.errors import DetectorError
+from detector.method.choices import VV_BLOCK_WORDS
 from detector.method.text_encoder import Tokenizer
-from detector.method.weights import PICKLE_SUFFIXES
+from detector.method.weights import PICKLE_SUFFIXES, RANDOM_WEIGHTS, fetch_weights, is_random_weights
+from fsad_data.digest import file_sha256
 
 DEFAULT_NAME = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e32"
@@ -100,9 +105,9 @@ def resolve_taps(taps: Sequence[float | int] | None, depth: int) -> tuple[int, .
 
 def resolve_vv_blocks(vv_blocks: int | str | None, depth: int) -> int:
     """Number of final blocks with a V-V branch: None or "all" = every block (public), "half" = depth // 2."""
-    if vv_blocks is None or vv_blocks == "all":
+    if vv_blocks is None or vv_blocks == VV_BLOCK_WORDS[0]:
         return depth
-    if vv_blocks == "half":
+    if vv_blocks == VV_BLOCK_WORDS[1]:
         return max(1, depth // 2)
     try:
         return int(vv_blocks)
@@ -167,7 +172,7 @@ class Backbone(nn.Module):
             raise DetectorError(f"vv_blocks={vv_blocks} must be in 1..{depth} for {name}")
         self.vv_blocks = n_vv
         self.vv_start = depth - n_vv  # 0-based index of the first block with a V-V branch
-        from open_clip import get_model_preprocess_cfg
+        from open_clip import get_model_preprocess_cfg  # open_clip: see import_open_clip
 
         cfg = dict(get_model_preprocess_cfg(model))
         self.mean: tuple[float, ...] = tuple(float(m) for m in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
@@ -199,7 +204,6 @@ class Backbone(nn.Module):
         model's interpolation, then mean/std of the model's preprocess config; for square images this is
         exactly open_clip's own transform.  ``size`` (default S) lets MLSA ask for a tiles*S image.
         """
-        from PIL import Image
 
         s = self.image_size if size is None else int(size)
         resample = Image.BILINEAR if self.interpolation == "bilinear" else Image.BICUBIC
@@ -309,6 +313,7 @@ class Backbone(nn.Module):
 
 def _check_supported(visual: nn.Module | None, name: str) -> None:
     """Clear errors for CLIPs whose image tower is not a plain open_clip ViT with nn.MultiheadAttention."""
+    # open_clip: imported once, by import_open_clip (lean)
     from open_clip.transformer import VisionTransformer
 
     if visual is None or not isinstance(visual, VisionTransformer):
@@ -348,17 +353,16 @@ def import_open_clip() -> Any:
     ``text_encoder.TextTower``). Only the ``detector`` commands ask for it: in a library user's process open_clip
     keeps every tower. Both stay importable afterwards; a failed lean import falls back to the plain one.
     """
-    import sys
 
     if "open_clip" in sys.modules or os.environ.get(LEAN_OPEN_CLIP_ENV) != "1":
-        import open_clip
+        import open_clip  # open_clip (seconds): imported here only, lean when asked
 
         return open_clip
     blocked = [m for m in ("transformers", "timm") if m not in sys.modules]
     try:
         for m in blocked:
             sys.modules[m] = None  # type: ignore[assignment]  # `import m` raises ImportError, open_clip catches it
-        import open_clip
+        import open_clip  # open_clip (seconds): imported here only, lean when asked
     except ImportError:  # a newer open_clip that needs them: drop its half-imported modules, import it plainly
         for m in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
             del sys.modules[m]
@@ -366,7 +370,7 @@ def import_open_clip() -> Any:
         for m in blocked:
             if m in sys.modules and sys.modules[m] is None:
                 del sys.modules[m]
-    import open_clip
+    import open_clip  # open_clip (seconds): imported here only, lean when asked
 
     return open_clip
 
@@ -416,7 +420,7 @@ def _weight_file(path: Path) -> Path:
 def _load_local_weights(model: nn.Module, file: Path) -> None:
     """Load a local state dict: safetensors directly, a torch pickle only with weights_only=True (no code)."""
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # only for a local weights file
 
         try:
             state = load_file(str(file), device="cpu")
@@ -438,7 +442,10 @@ def _load_local_weights(model: nn.Module, file: Path) -> None:
         raise DetectorError(f"{file} holds no state dict of tensors; point --pretrained at CLIP weights")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
+    from open_clip.model import (  # open_clip: see import_open_clip
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+    )
 
     if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
         state = convert_to_custom_text_state_dict(state)
@@ -508,7 +515,6 @@ def _check_device(device: str, precision: str) -> torch.device:
 def _locate_weights(open_clip: Any, model_name: str, pretrained: str | Path | None) -> tuple[str, Path | None]:
     """(tag, local weight file or None): "none" (random), an existing file/folder, or a tag open_clip knows for
     this model; anything else is refused here, before a download is tried."""
-    from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
 
     if is_random_weights(pretrained):
         return RANDOM_WEIGHTS, None
@@ -528,7 +534,6 @@ def _create_model(open_clip: Any, model_name: str, tag: str, local: Path | None,
                   ) -> tuple[nn.Module, str | None]:
     """(CLIP on the CPU, SHA-256 of its weights file or None for random weights). A tag's file comes verified
     from ``fetch_weights`` and keeps the tag's preprocessing (mean, std, interpolation)."""
-    from detector.method.weights import RANDOM_WEIGHTS, fetch_weights, file_sha256
 
     if tag == RANDOM_WEIGHTS or local is not None:
         model = open_clip.create_model(model_name, pretrained=None, precision=precision, device="cpu")
@@ -560,7 +565,6 @@ def quiet_open_clip_logs(open_clip: Any) -> Iterator[None]:
     logged on it, not those its children propagate), and the "open_clip" logger's level covers a version that
     logs through ``getLogger(__name__)``. Both are undone on exit, also on an error.
     """
-    import logging
 
     folder = os.path.join(os.path.dirname(os.path.abspath(open_clip.__file__)), "")
 

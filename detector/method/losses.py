@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
-from detector.method.prompts import BACKGROUND, COMPONENT, IMAGE, TextFeatures
+from detector.method.choices import BACKGROUND, COMPONENT, IMAGE
+from detector.method.prompts import TextFeatures
 
 LAMBDA1 = 0.001  # paper's weight of the handcrafted/learned abnormal matching term
 LAMBDA_COMP = 1.0  # public: loss_reg enters the patch loss with weight 1

@@ -39,16 +39,15 @@ from torch import nn
 
 from detector.errors import DetectorError
 from detector.method.backbone import Backbone, BackboneOutput
+from detector.method.choices import IMAGE, IMAGE_SCORE_GROUPS, IMAGE_VISUAL_MAX
 from detector.method.prompts import (
     MultiLevelPrompts,
     PromptConfig,
     groups_from_class_name,
     groups_from_record,
 )
-from detector.method.scoring import BRANCHES, DEFAULT_BRANCH
+from detector.method.scoring import BRANCHES, DEFAULT_BRANCH, MAP_RESOLUTION
 
-IMAGE_SCORE_GROUPS = ("matched", "image")
-IMAGE_VISUAL_MAX = ("upsampled", "grid")
 SMOOTH_SIGMA = 4.0
 EPS = 1e-8
 
@@ -197,13 +196,13 @@ class FineGrainedAD(nn.Module):
         if self.image_score_group == "matched":
             g = sim_n.argmax(-1, keepdim=True)
         else:
-            i = self.image_names.index("image") if "image" in self.image_names else 0
+            i = self.image_names.index(IMAGE) if IMAGE in self.image_names else 0
             g = torch.full((f.shape[0], 1), i, dtype=torch.long, device=f.device)
         return two_way_abnormal_prob(sim_n.gather(-1, g)[:, 0], sim_a.gather(-1, g)[:, 0], self.tau)
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()
-    def score_features(self, out: BackboneOutput, resolution: int = 256, branch: str = DEFAULT_BRANCH,
+    def score_features(self, out: BackboneOutput, resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
                        per_image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B,) and maps (B, R, R) from a BackboneOutput (fused, text or visual branch); ``per_image``:
         see ``visual_map``."""
@@ -248,7 +247,7 @@ class FineGrainedAD(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+    def predict(self, images: list[np.ndarray], resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8, tokens: bool = False) -> Prediction:
         """Score RGB uint8 images (H, W, 3): image scores (B,) and maps (B, R, R) float32, batched.
         ``tokens``: also each patch token's matched group and unit feature (for named defects)."""

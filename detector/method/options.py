@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from detector.config import TrainConfig
     from detector.method.prompts import TextFeatures
-    from detector.method.regions import RegionConfig
+    from detector.method.regions import RegionConfig  # torch: options is read torch-free (METHOD_FIELDS)
 
 LossFn = Callable[["TextFeatures"], "tuple[Tensor, dict[str, float]]"]
 
@@ -34,7 +34,7 @@ def method_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
 
 def region_config(config: TrainConfig) -> RegionConfig:
     """RegionConfig of a TrainConfig."""
-    from detector.method.regions import RegionConfig
+    from detector.method.regions import RegionConfig  # torch: options is read torch-free (METHOD_FIELDS)
 
     return RegionConfig(knn=config.region_knn, boost=config.region_boost, assign=config.region_assign,
                         scale_distance=bool(config.region_scale_distance), match=config.region_match)
@@ -42,7 +42,7 @@ def region_config(config: TrainConfig) -> RegionConfig:
 
 def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float) -> LossFn:
     """The pixel-level (patch token) MLSA loss of a TrainConfig, as a function of the text features."""
-    from detector.method import losses
+    from detector.method import losses  # torch: options is read torch-free (METHOD_FIELDS)
 
     def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.mlsa_loss(tokens, weights, text, tau, config.lambda1, config.lambda_comp,
@@ -53,7 +53,7 @@ def pixel_loss(config: TrainConfig, tokens: Tensor, weights: Tensor, tau: float)
 
 def image_loss(config: TrainConfig, cls: Tensor, tau: float) -> LossFn:
     """The image-level (CLS) MLSA loss of a TrainConfig (composition weight ``image_lambda_comp``, public 0)."""
-    from detector.method import losses
+    from detector.method import losses  # torch: options is read torch-free (METHOD_FIELDS)
 
     def fn(text: TextFeatures) -> tuple[Tensor, dict[str, float]]:
         return losses.image_loss(cls, text, tau, config.lambda1, config.image_lambda_comp,

@@ -48,7 +48,6 @@ the trained tensors: ``ctx``, ``abnormal_tokens`` and ``gates``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,15 +55,16 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
+from detector.method.choices import (
+    ATTRIBUTE_LEVELS,
+    BACKGROUND,
+    COMPONENT,
+    GATE_MODES,
+    IMAGE,
+    LEVELS,
+    PROTOTYPES,
+)
 from detector.method.text_encoder import TextTower, Tokenizer, tokenize_with_placeholders
-
-IMAGE = "image"
-BACKGROUND = "background"
-COMPONENT = "component"
-ATTRIBUTE_LEVELS = ("relation", "colour", "texture", "shape")
-LEVELS = (IMAGE, BACKGROUND, COMPONENT, *ATTRIBUTE_LEVELS)
-GATE_MODES = ("tokens", "features")
-PROTOTYPES = ("raw_mean", "unit_mean")
 
 NORMAL, HANDCRAFTED, LEARNED = 0, 1, 2  # prompt families
 
@@ -507,14 +507,3 @@ class MultiLevelPrompts(torch.nn.Module):
 def _prototype(features: torch.Tensor) -> torch.Tensor:
     """Normalised mean of features (N, D) -> (D,)."""
     return F.normalize(features.mean(dim=0), dim=-1)
-
-
-def count_prompts(groups: list[PromptGroup], config: PromptConfig) -> int:
-    """Number of prompt rows MultiLevelPrompts encodes per forward (for benchmarks and logs)."""
-    c = config
-    per = [
-        c.n_pro * (len(g.normal) * (1 + c.n_pro_ab) + len(g.abnormal))
-        for g in groups
-        if g.level not in c.drop_levels
-    ]
-    return int(math.fsum(per))

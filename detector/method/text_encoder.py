@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from detector.errors import DetectorError
 
@@ -191,8 +192,6 @@ class TextTower:
 def _checkpointed_blocks(transformer: torch.nn.Module, blocks: Any, x: torch.Tensor,
                          mask: torch.Tensor | None) -> torch.Tensor:
     """open_clip's ``Transformer.forward`` with every residual block under activation checkpointing."""
-    from torch.utils.checkpoint import checkpoint
-
     batch_first = getattr(transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1).contiguous()

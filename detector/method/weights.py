@@ -78,7 +78,7 @@ def _hub_names_other_tag(repo_id: str, tag: str) -> bool:
 
 def weights_route(name: str, tag: str) -> WeightsRoute | None:
     """The route this project loads ``tag`` of ``name`` from; None for an unknown tag."""
-    import open_clip
+    import open_clip  # open_clip / huggingface_hub: the checkpoint readers import weights.py without them
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     cfg = open_clip.get_pretrained_cfg(name, tag)
@@ -104,7 +104,7 @@ def cached_file(route: WeightsRoute) -> Path | None:
     if route.kind == "url":
         p = Path(os.path.expanduser(URL_CACHE)) / route.filenames[0]
         return p if p.is_file() else None
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache  # only to look into the Hub cache
 
     for filename in route.filenames:
         hit = try_to_load_from_cache(route.repo_id, filename, cache_dir=constants.HF_HUB_CACHE)
@@ -138,7 +138,10 @@ def fetch_weights(name: str, tag: str) -> tuple[Path, str]:
         if _offline():
             raise DetectorError(f"pretrained weights {name}/{tag} ({route.where}) are not cached and this run is "
                                 "offline (HF_HUB_OFFLINE=1); use --pretrained none or a local file")
-        from open_clip.pretrained import download_pretrained_from_hf, download_pretrained_from_url
+        from open_clip.pretrained import (  # only to download
+            download_pretrained_from_hf,
+            download_pretrained_from_url,
+        )
 
         try:
             if route.kind == "url":

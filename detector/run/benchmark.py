@@ -38,7 +38,7 @@ from detector.method.choices import BASELINES
 from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
 from detector.method.weights import is_random_weights
 from detector.recipes import train_config_fields
-from detector.run.evaluate import RANDOM_WEIGHTS_NOTE, Predictor, evaluate_model
+from detector.run.evaluate import METRICS_JSON, RANDOM_WEIGHTS_NOTE, EvalSettings, Predictor, evaluate_model
 from detector.run.outputs import write_csv
 from detector.run.train import train_and_save
 from detector.store.captions import load_class_record
@@ -161,7 +161,7 @@ def shard_cells(cells: list[Cell], num_shards: int, shard_index: int) -> list[Ce
 
 
 def is_finished(cell: Cell, out: Path) -> bool:
-    return (cell.folder(out) / "metrics.json").is_file()
+    return (cell.folder(out) / METRICS_JSON).is_file()
 
 
 def train_config_for(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
@@ -201,10 +201,10 @@ def run_cell(cell: Cell, config: BenchmarkConfig, samples: list[Sample],
         info["skipped"] = skipped
     ckpt = Path(tc.out)
     sha = checkpoint_sha256(ckpt) if (ckpt / CONFIG_FILE).is_file() else None
-    res = evaluate_model(model, samples, cell.folder(config.out), class_name=cell.class_name,
+    res = evaluate_model(model, samples, cell.folder(config.out), EvalSettings(class_name=cell.class_name,
                          resolution=config.resolution, branch=DEFAULT_BRANCH, batch_size=config.batch_size,
                          info=info, checkpoint_sha256=sha, card_dir=ckpt if sha else None,
-                         exact_metrics=config.exact_metrics, captions=tc.captions)
+                         exact_metrics=config.exact_metrics, captions=tc.captions))
     return res.metrics
 
 
@@ -376,7 +376,7 @@ def _pct(v: Any) -> str:
 def collect_cells(out: Path) -> list[dict[str, Any]]:
     """Every finished cell's metrics.json under OUT/cells, as flat rows."""
     rows = []
-    for path in sorted((Path(out) / "cells").glob("*/*/*/metrics.json")):
+    for path in sorted((Path(out) / "cells").glob(f"*/*/*/{METRICS_JSON}")):
         method, class_name, ks = path.parts[-4], path.parts[-3], path.parts[-2]
         name = CELL_NAME.match(ks)
         if name is None:
@@ -396,7 +396,7 @@ def run_settings(out: Path) -> tuple[list[str], list[list[str]]]:
     """What the cells actually ran, per method (distinct values joined): recipe, caption source, defect
     vocabulary, evaluation resolution, weights (tag and SHA-256), so the paper's numbers are read beside them."""
     seen: dict[str, dict[str, list[str]]] = {}
-    for path in sorted((Path(out) / "cells").glob("*/*/k*_s*/metrics.json")):
+    for path in sorted((Path(out) / "cells").glob(f"*/*/k*_s*/{METRICS_JSON}")):
         d = json.loads(path.read_text())
         sha = d.get("weights_sha256")
         weights = (f"{d.get('backbone')} / {d.get('pretrained')}" + (f" (sha256 {sha[:12]}…)" if sha else "")

@@ -34,21 +34,30 @@ scores are kept. ``exact_metrics`` (``--exact-metrics``) keeps every float32 map
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import cv2
 import numpy as np
 
 from detector.errors import DetectorError
 from detector.eval import metrics as M
 from detector.eval import report
-from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingCollector, NamingConfig
-from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION
+from detector.eval.defects import (
+    DEFAULT_MIN_AREA,
+    DEFAULT_MIN_MARGIN,
+    NamingCollector,
+    NamingConfig,
+    model_state_bank,
+)
+from detector.method.scoring import DEFAULT_BRANCH, EVAL_RESOLUTION, MAP_RESOLUTION
 from detector.run import outputs
 from detector.run.outputs import write_csv
+from detector.store.captions import drop_changed, load_image_regions
 from detector.store.checkpoint import checkpoint_info, checkpoint_meta, meta_class_name
 from detector.store.data import (
     class_test_samples,
@@ -59,16 +68,21 @@ from detector.store.data import (
     readable,
 )
 from detector.store.files import (
+    DEFECTS_JSON,
     EVALUATION_FORMAT,
+    SCORES_CSV,
     OwnOutput,
     check_replaceable,
     has_format,
     json_safe,
     output_lock,
 )
+from detector.store.hub import resolve_checkpoint
+from detector.store.model_card import record_evaluation
 from detector.store.thresholds import THRESHOLD_FILE, checkpoint_sha256, threshold_record
 from fsad_data import Sample
 from fsad_data.atomic import staged_folder, write_json_atomic, write_png_atomic
+from fsad_data.folder_lock import FolderInUse
 
 if TYPE_CHECKING:
     from detector.method.model import Prediction
@@ -80,7 +94,7 @@ RANDOM_WEIGHTS_NOTE = "random (untrained) backbone weights: these figures test t
 class Predictor(Protocol):
     """What evaluation needs from a model: FineGrainedAD.predict's signature."""
 
-    def predict(self, images: list[np.ndarray], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+    def predict(self, images: list[np.ndarray], resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
                 batch_size: int = 8) -> Prediction: ...
 
 
@@ -126,7 +140,6 @@ class EvalResult:
 
 def mask_at(mask: np.ndarray, resolution: int) -> np.ndarray:
     """A ground truth at R x R: bilinear resize of the 0/1 mask (the images' squash), then binarised at 0.5."""
-    import cv2
 
     m = cv2.resize(np.asarray(mask, np.float32), (resolution, resolution), interpolation=cv2.INTER_LINEAR)
     return m > 0.5
@@ -170,7 +183,7 @@ class Collected:
     namer: NamingCollector | None = None  # small maps + token evidence for named defects
 
 
-def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, branch: str = DEFAULT_BRANCH,
+def collect(model: Predictor, samples: Sequence[Sample], resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
             batch_size: int = 8, show_progress: bool = False, exact: bool = False,
             keep: Sequence[int] = (), namer: NamingCollector | None = None) -> Collected:
     """Run the model over the samples in batches (``detector.store.data.iter_batches``); one batch of images and maps
@@ -217,7 +230,6 @@ def collect(model: Predictor, samples: Sequence[Sample], resolution: int = 256, 
 def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int], resolution: int
                   ) -> list[tuple[str, str, np.ndarray]]:
     """(file stem, caption, panel RGB) per picked image, heat maps on one colour scale for the class."""
-    import cv2
 
     vmin, vmax = col.map_range
     out = []
@@ -233,52 +245,92 @@ def figure_images(samples: Sequence[Sample], col: Collected, indices: list[int],
     return out
 
 
-EVALUATION_OUTPUT = OwnOutput("an evaluation of `detector eval`", "metrics.json", lambda path: has_format(
-    path / "metrics.json", EVALUATION_FORMAT, frozenset({"class_name", "metrics", "n_images"})))
+PER_TYPE_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # per defect type: against the good images
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
+EVALUATION_OUTPUT = OwnOutput("an evaluation of `detector eval`", METRICS_JSON, lambda path: has_format(
+    path / METRICS_JSON, EVALUATION_FORMAT, frozenset({"class_name", "metrics", "n_images"})))
 
 
-def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, class_name: str,
-                   resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
-                   info: dict[str, Any] | None = None, checkpoint_sha256: str | None = None,
-                   write_threshold: bool = True, card_dir: Path | None = None,
-                   n_anomalous_figures: int = 8, n_normal_figures: int = 4, progress: bool = False,
-                   html: bool = True, exact_metrics: bool = False, captions: str | None = None,
-                   min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
-                   report_bytes: int = 4_000_000) -> EvalResult:
-    """Score the samples with the model and write metrics.json, metrics.csv, defects.json, overlays, threshold.json
-    (naming the checkpoint by ``checkpoint_sha256``) and the report into ``out``; metrics.json last. Named defects need a model that exposes its token matching (``FineGrainedAD``)."""
+@dataclass(frozen=True)
+class EvalSettings:
+    """How ``evaluate_model`` evaluates and what it writes, shared by its steps (collect -> record -> write)."""
+
+    class_name: str
+    resolution: int = MAP_RESOLUTION
+    branch: str = DEFAULT_BRANCH
+    batch_size: int = 8
+    info: dict[str, Any] | None = None
+    checkpoint_sha256: str | None = None  # names the checkpoint in threshold.json
+    write_threshold: bool = True
+    card_dir: Path | None = None  # the checkpoint folder whose model card records the evaluation
+    n_anomalous_figures: int = 8
+    n_normal_figures: int = 4
+    progress: bool = False
+    html: bool = True
+    exact_metrics: bool = False
+    captions: str | None = None
+    min_area: float = DEFAULT_MIN_AREA
+    min_margin: float = DEFAULT_MIN_MARGIN
+    report_bytes: int = 4_000_000
+
+
+def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, s: EvalSettings) -> EvalResult:
+    """Score the samples and write the evaluation into ``out``: collect (the model over the split), record (metrics,
+    named defects), write (tables, overlays, report, thresholds, the model card; metrics.json last, so that its
+    presence marks a finished evaluation)."""
     if not samples:
-        raise DetectorError(f"no test images for class {class_name!r}; check --data and the class name")
-    if resolution < 8:
-        raise DetectorError(f"--resolution {resolution} is too small; use 256 (default) or 400 (the paper)")
-    naming_config = NamingConfig(0.0, min_area, min_margin)  # the threshold comes after collection
+        raise DetectorError(f"no test images for class {s.class_name!r}; check --data and the class name")
+    if s.resolution < 8:
+        raise DetectorError(f"--resolution {s.resolution} is too small; use 256 (default) or 400 (the paper)")
+    naming_config = NamingConfig(0.0, s.min_area, s.min_margin)  # the threshold comes after collection
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    picks = pick_figures(samples, n_anomalous_figures, n_normal_figures)
-    namer = None
-    if hasattr(model, "abnormal_text_features"):
-        from detector.eval.defects import model_state_bank
+    picks = pick_figures(samples, s.n_anomalous_figures, s.n_normal_figures)
+    col = collect(model, samples, s.resolution, s.branch, s.batch_size, s.progress, s.exact_metrics, picks,
+                  _naming_collector(model))
+    record, naming = evaluation_record(model, samples, col, s, naming_config)
+    csv_path = _write_tables(out, samples, col, record, naming)
+    overlays, figures = _write_overlays(out, samples, col, picks, s.resolution)
+    report_path = _write_report(out, samples, col, record, naming, figures, s) if s.html else None
+    thresholds = threshold_record(s.branch, record["metrics"], s.resolution, s.class_name, s.checkpoint_sha256)
+    if s.write_threshold:
+        write_json_atomic(out / THRESHOLD_FILE, thresholds)
+    card_note = _record_in_card(s.card_dir, record, thresholds[s.branch])
+    metrics_path = out / METRICS_JSON
+    write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
+    return EvalResult(record["metrics"], out, metrics_path, csv_path, report_path, overlays, card_note=card_note)
 
-        namer = NamingCollector(model_state_bank(model))
-    col = collect(model, samples, resolution, branch, batch_size, progress, exact_metrics, picks, namer)
+
+def _naming_collector(model: Predictor) -> NamingCollector | None:
+    """What keeps every image's evidence for named defects: only a model that exposes its token matching."""
+    if not hasattr(model, "abnormal_text_features"):
+        return None
+
+    return NamingCollector(model_state_bank(model))
+
+
+def evaluation_record(model: Predictor, samples: Sequence[Sample], col: Collected, s: EvalSettings,
+                      naming_config: NamingConfig) -> tuple[dict[str, Any], Any]:
+    """metrics.json's content (the metrics under "metrics") and the named defects (None without token
+    matching): computed once, then every file is written from them."""
     values = M.image_metrics(col.scores, col.labels)
     if col.has_masks:
         values.update(col.pixels.metrics(M.AUPRO_LIMIT))
     pixel_record = col.pixels.record() if col.has_masks else {  # no anomalous pixel: no pixel metric
         "method": "none", "why": IMAGE_LEVEL_NOTE if image_level_only(samples) else "no anomalous pixel in the "
         "ground truth"}
-    info = dict(info or {})
+    info = dict(s.info or {})
     meaningful = bool(info.get("meaningful", True))
     naming, naming_record = None, None
     values.update(naming_accuracy=float("nan"), state_accuracy=float("nan"))  # named defects need token matching
-    if namer is not None:
-        naming, naming_record = _name_defects(model, samples, col, values, naming_config, captions, class_name)
+    if col.namer is not None:
+        naming, naming_record = _name_defects(model, samples, col, values, naming_config, s.captions, s.class_name)
         values.update({k: naming.summary[k] for k in ("naming_accuracy", "state_accuracy")})
-    record = {
+    return {
         "format": EVALUATION_FORMAT,
-        "class_name": class_name,
-        "branch": branch,
-        "resolution": resolution,
+        "class_name": s.class_name,
+        "branch": s.branch,
+        "resolution": s.resolution,
         "aupro_limit": M.AUPRO_LIMIT,
         "n_images": len(samples),
         "n_anomalous": int(col.labels.sum()),
@@ -290,12 +342,17 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         "per_type": per_type_metrics(samples, col),
         "naming": naming_record,
         **{k: v for k, v in info.items() if k != "meaningful"},
-    }
-    metrics_path = out / "metrics.json"
-    csv_path = write_csv(out / "metrics.csv", [{"class_name": class_name, "branch": branch,
-                                                 "resolution": resolution, "n_images": len(samples),
+    }, naming
+
+
+def _write_tables(out: Path, samples: Sequence[Sample], col: Collected, record: dict[str, Any], naming: Any
+                  ) -> Path:
+    """metrics.csv (returned), scores.csv and, with named defects, defects.json."""
+    values = record["metrics"]
+    csv_path = write_csv(out / METRICS_CSV, [{"class_name": record["class_name"], "branch": record["branch"],
+                                                 "resolution": record["resolution"], "n_images": len(samples),
                                                  **{k: values.get(k) for k in M.METRIC_KEYS}}])
-    write_csv(out / "scores.csv", [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
+    write_csv(out / SCORES_CSV, [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
                                     "score": float(col.scores[i]), "map_max": float(col.map_max[i]),
                                     **({} if naming is None else {
                                         "flag_threshold": float(naming.flags[i]),
@@ -303,13 +360,19 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
                                         "defects": "; ".join(d.sentence for d in naming.defects[i])})}
                                    for i, s in enumerate(samples)])
     if naming is not None:
-        write_json_atomic(out / "defects.json", json_safe({
-            **naming_record,
+        write_json_atomic(out / DEFECTS_JSON, json_safe({
+            **record["naming"],
             "images": [{"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
                         "flag_threshold": float(naming.flags[i]),
                         "defects": [d.to_dict() for d in naming.defects[i]]} for i, s in enumerate(samples)],
             "regions": [{**{k: v for k, v in r.items() if k != "image"}, "id": samples[r["image"]].id}
                         for r in naming.rows]}))
+    return csv_path
+
+
+def _write_overlays(out: Path, samples: Sequence[Sample], col: Collected, picks: list[int], resolution: int
+                    ) -> tuple[list[Path], list[report.Figure]]:
+    """overlays/*.png of the picked images, and the same panels as the report's figures."""
     overlays: list[Path] = []
     figures = []
     for stem, caption, pic in figure_images(samples, col, picks, resolution):
@@ -317,33 +380,38 @@ def evaluate_model(model: Predictor, samples: Sequence[Sample], out: Path, *, cl
         write_png_atomic(path, pic)
         overlays.append(path)
         figures.append(report.Figure(caption, pic))
-    report_path = None
-    if html:
-        notes = [] if meaningful else [RANDOM_WEIGHTS_NOTE]
-        details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
-                   f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
-                   f"{values.get('pixel_f1_threshold', float('nan')):.4g}"), pixel_method_note(pixel_record)]
-        if naming_record is not None:
-            details.append(naming_record["note"])
-        page = eval_report(samples, col, values, record, naming, class_name=class_name, resolution=resolution,
-                           branch=branch, notes=notes + details, figures=figures, ckpt_dir=card_dir,
-                           budget_bytes=report_bytes)
-        report_path = report.write_report(out / "report.html", page)
-    thresholds = threshold_record(branch, values, resolution, class_name, checkpoint_sha256)
-    if write_threshold:
-        write_json_atomic(out / THRESHOLD_FILE, thresholds)
-    card_note = ""
-    if card_dir is not None:  # the checkpoint's model card states this evaluation, where the folder is writable
-        from detector.store.model_card import record_evaluation
-        from fsad_data.folder_lock import FolderInUse
+    return overlays, figures
 
-        try:  # with its thresholds, which --threshold auto then finds (detector.store.thresholds)
-            record_evaluation(card_dir, json_safe({**record, "thresholds": thresholds[branch]}))
-        except (OSError, FolderInUse) as exc:  # a read-only, shared or busy checkpoint: the evaluation is whole
-            card_note = (f"the model card of {card_dir} was not updated with this evaluation ({exc}); rerun "
-                         "detector eval when the checkpoint is writable and free, to record it there")
-    write_json_atomic(metrics_path, json_safe(record))  # last: its presence marks a finished evaluation
-    return EvalResult(values, out, metrics_path, csv_path, report_path, overlays, card_note=card_note)
+
+def _write_report(out: Path, samples: Sequence[Sample], col: Collected, record: dict[str, Any], naming: Any,
+                  figures: list[report.Figure], s: EvalSettings) -> Path:
+    """report.html: the notes (weights, counts and thresholds, how the pixel metrics were computed, naming)
+    above ``eval_report``'s page."""
+    values, pixel_record, naming_record = record["metrics"], record["pixel_metrics"], record["naming"]
+    notes = [] if record["meaningful"] else [RANDOM_WEIGHTS_NOTE]
+    details = [(f"{len(samples)} test images ({record['n_anomalous']} anomalous); F1-max thresholds: "
+               f"image {values.get('image_f1_threshold', float('nan')):.4g}, pixel "
+               f"{values.get('pixel_f1_threshold', float('nan')):.4g}"), pixel_method_note(pixel_record)]
+    if naming_record is not None:
+        details.append(naming_record["note"])
+    page = eval_report(samples, col, values, record, naming, class_name=s.class_name, resolution=s.resolution,
+                       branch=s.branch, notes=notes + details, figures=figures, ckpt_dir=s.card_dir,
+                       budget_bytes=s.report_bytes)
+    return report.write_report(out / "report.html", page)
+
+
+def _record_in_card(card_dir: Path | None, record: dict[str, Any], thresholds: dict[str, Any]) -> str:
+    """The checkpoint's model card states this evaluation with its thresholds (which --threshold auto then finds,
+    ``detector.store.thresholds``), where the folder is writable; else why not (a line for the user)."""
+    if card_dir is None:
+        return ""
+
+    try:
+        record_evaluation(card_dir, json_safe({**record, "thresholds": thresholds}))
+    except (OSError, FolderInUse) as exc:  # a read-only, shared or busy checkpoint: the evaluation is whole
+        return (f"the model card of {card_dir} was not updated with this evaluation ({exc}); rerun "
+                "detector eval when the checkpoint is writable and free, to record it there")
+    return ""
 
 
 def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str, Any]]:
@@ -354,8 +422,8 @@ def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str
     rows = []
     for t in types:
         sel = np.array([s.defect_type == t for s in samples])
-        row: dict[str, Any] = {"defect_type": t, "count": int(sel.sum()), "image_auroc": float("nan"),
-                               "pixel_auroc": float("nan"), "aupro": float("nan")}
+        row: dict[str, Any] = {"defect_type": t, "count": int(sel.sum()),
+                               **dict.fromkeys(PER_TYPE_METRICS, float("nan"))}
         if good.any():
             row["image_auroc"] = M.auroc(col.scores[sel | good], col.labels[sel | good])
         hists = [h for k, h in col.by_type.items() if k == t or k == "good"]
@@ -370,7 +438,6 @@ def per_type_metrics(samples: Sequence[Sample], col: Collected) -> list[dict[str
 def caption_regions(captions: str | None, class_name: str, samples: Sequence[Sample]
                     ) -> tuple[dict[int, list[dict[str, Any]]] | None, str]:
     """The test images' caption regions by sample index (None when there are none) and a line saying so."""
-    from detector.store.captions import drop_changed, load_image_regions
 
     if not captions:
         return None, "naming accuracy: no caption dataset for the test images (pass --captions)"
@@ -429,15 +496,26 @@ def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, flo
                 naming: Any, *, class_name: str, resolution: int, branch: str, notes: list[str],
                 figures: list[Any], ckpt_dir: Path | None, budget_bytes: int) -> report.Report:
     """The evaluation page: metrics and per-type tables, curves and histograms, the threshold explorer."""
-    import cv2
-
     table = report.Table(f"{class_name}: metrics (%) at {resolution} px, branch {branch}",
                          ["class", *(m.title for m in M.METRICS)],
                          [[class_name, *(values.get(m.key) for m in M.METRICS)]])
     per_type = report.Table("Per defect type (%; image AUROC of that type against the good images)",
-                            ["defect type", "count", "image AUROC", "pixel AUROC", "AUPRO@0.3"],
-                            [[r["defect_type"], str(r["count"]), r["image_auroc"], r["pixel_auroc"], r["aupro"]]
+                            ["defect type", "count", *(M.METRIC[k].title for k in PER_TYPE_METRICS)],
+                            [[r["defect_type"], str(r["count"]), *(r[k] for k in PER_TYPE_METRICS)]
                              for r in record["per_type"]])
+    plots = _report_plots(col, values, record, naming)
+    sections, page_figures = [], figures
+    if naming is not None and col.namer is not None:
+        sections.append(_explorer(samples, col, values, record, naming, ckpt_dir, budget_bytes))
+        page_figures = []  # the full-size panels stay in overlays/ (the page stays bounded)
+        notes = [*notes, "Full-size panels (image | overlay | colour bar) are in the overlays/ folder."]
+    return report.Report(f"FineGrainedAD evaluation: {class_name}", notes, [table, per_type], page_figures,
+                         plots, sections)
+
+
+def _report_plots(col: Collected, values: dict[str, float], record: dict[str, Any], naming: Any
+                  ) -> list[report.Plot]:
+    """The page's plots: ROC/PR curves, the score histograms with their thresholds, the overlays' colour scale."""
     curves: dict[str, Any] = {"image": M.binary_curve(col.scores, col.labels)}
     hist = M.PixelHistogram.merged(list(col.by_type.values())) if col.by_type else None
     if col.has_masks and hist is not None:
@@ -447,52 +525,53 @@ def eval_report(samples: Sequence[Sample], col: Collected, values: dict[str, flo
                                      "anomalous": col.scores[col.labels],
                                      "threshold": values.get("image_f1_threshold"),
                                      "threshold_label": "image F1-max threshold"}]
-    reference = None if naming is None else record["naming"]["threshold"]
     if naming is not None:
         panels.append({"title": "highest pixel threshold with a region, per image",
                        "normal": naming.flags[~col.labels], "anomalous": naming.flags[col.labels],
-                       "threshold": reference, "threshold_label": "reference pixel threshold"})
+                       "threshold": record["naming"]["threshold"], "threshold_label": "reference pixel threshold"})
     if col.has_masks and hist is not None:
         panels.append(_pixel_panel(hist, values.get("pixel_f1_threshold")))
     plots.append(report.Plot("Score histograms of normal and anomalous images (and pixels) with the thresholds",
                              report.histograms_plot(panels)))
+    plots.append(report.Plot("Colour scale of every overlay", report.colour_scale_plot(*col.map_range)))
+    return plots
+
+
+def _explorer(samples: Sequence[Sample], col: Collected, values: dict[str, float], record: dict[str, Any],
+              naming: Any, ckpt_dir: Path | None, budget_bytes: int) -> Any:
+    """The threshold explorer over every test image (anomalous first, by id): its row, thumbnail, quantised map
+    and named defects."""
+
+    assert col.namer is not None
     vmin, vmax = col.map_range
-    plots.append(report.Plot("Colour scale of every overlay", report.colour_scale_plot(vmin, vmax)))
-    sections, page_figures = [], figures
-    if naming is not None and col.namer is not None:
-        maps = col.namer.maps()
-        rows, thumbs = [], []
-        order = sorted(range(len(samples)), key=lambda i: (-int(samples[i].label), samples[i].id))
-        for i in order:
-            s = samples[i]
-            rows.append({"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
-                         "score": float(col.scores[i]), "region": float(naming.flags[i])})
-            img = cv2.resize(load_images([s])[0], (160, 160), interpolation=cv2.INTER_AREA)
-            gt = col.namer.ground_truth(i)
-            pic = report.overlay(img, maps[i], gt if gt.any() else None, vmin, vmax)
-            caption = (f"{s.id} ({'anomalous, ' + s.defect_type if s.label else 'normal'}) "
-                       f"score {float(col.scores[i]):.4f}")
-            thumbs.append(report.Thumb(s.id, caption, pic, report.quantise_map(maps[i], vmin, vmax, 80),
-                                       [d.sentence for d in naming.defects[i]]))
-        image_t = values.get("image_f1_threshold")
-        image_t = float(image_t) if image_t is not None and math.isfinite(image_t) else None
-        sections.append(report.threshold_explorer(
-            rows, image_t, float(reference), vmin, vmax, thumbs, command=explorer_command(record, ckpt_dir),
-            budget_bytes=budget_bytes, note=f"Image threshold reference: the image F1-max of this evaluation; "
-            f"pixel threshold reference: the {record['naming']['threshold_source']}.",
-            no_image="F1-max needs anomalous images and this test split has none" if not record["n_anomalous"]
-            else "F1-max found none"))
-        page_figures = []  # the full-size panels stay in overlays/ (the page stays bounded)
-        notes = [*notes, "Full-size panels (image | overlay | colour bar) are in the overlays/ folder."]
-    return report.Report(f"FineGrainedAD evaluation: {class_name}", notes, [table, per_type], page_figures,
-                         plots, sections)
+    maps = col.namer.maps()
+    rows, thumbs = [], []
+    for i in sorted(range(len(samples)), key=lambda i: (-int(samples[i].label), samples[i].id)):
+        s = samples[i]
+        rows.append({"id": s.id, "label": int(s.label), "defect_type": s.defect_type,
+                     "score": float(col.scores[i]), "region": float(naming.flags[i])})
+        img = cv2.resize(load_images([s])[0], (160, 160), interpolation=cv2.INTER_AREA)
+        gt = col.namer.ground_truth(i)
+        pic = report.overlay(img, maps[i], gt if gt.any() else None, vmin, vmax)
+        caption = (f"{s.id} ({'anomalous, ' + s.defect_type if s.label else 'normal'}) "
+                   f"score {float(col.scores[i]):.4f}")
+        thumbs.append(report.Thumb(s.id, caption, pic, report.quantise_map(maps[i], vmin, vmax, 80),
+                                   [d.sentence for d in naming.defects[i]]))
+    image_t = values.get("image_f1_threshold")
+    image_t = float(image_t) if image_t is not None and math.isfinite(image_t) else None
+    return report.threshold_explorer(
+        rows, image_t, float(record["naming"]["threshold"]), vmin, vmax, thumbs,
+        command=explorer_command(record, ckpt_dir), budget_bytes=budget_bytes,
+        note=f"Image threshold reference: the image F1-max of this evaluation; "
+        f"pixel threshold reference: the {record['naming']['threshold_source']}.",
+        no_image="F1-max needs anomalous images and this test split has none" if not record["n_anomalous"]
+        else "F1-max found none")
 
 
 def explorer_command(record: dict[str, Any], ckpt_dir: Path | None) -> str:
     """The ``detector predict`` command the report's explorer completes with its two thresholds: this checkpoint
     (its absolute folder, or the Hub id evaluated), a placeholder IMAGES, ``--out predictions``, the evaluation's
     resolution, branch and naming settings, so that it scores and names as this evaluation did."""
-    import shlex
 
     ckpt = str(Path(ckpt_dir).resolve()) if ckpt_dir is not None else str(record.get("checkpoint") or "CKPT")
     naming = record["naming"]
@@ -532,7 +611,6 @@ def pixel_method_note(record: dict[str, Any]) -> str:
 def run_eval(config: EvalConfig) -> EvalResult:
     """``detector eval``: load the checkpoint (a folder, or a Hub id ``ORG/NAME``: its snapshot), evaluate its
     class's test split, write everything."""
-    from detector.store.hub import resolve_checkpoint
 
     ckpt = resolve_checkpoint(config.checkpoint)
     from_hub = not Path(config.checkpoint).expanduser().exists()  # a snapshot in the Hub cache is not ours
@@ -547,6 +625,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
 def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, Any], class_name: str,
               samples: list[Sample], out: Path) -> EvalResult:
     """``run_eval`` under the lock of ``out``."""
+    # torch: only a checkpoint needs it, an export runs without
     from detector.store.saved_detector import load_detector
 
     check_replaceable(out, EVALUATION_OUTPUT)
@@ -560,18 +639,15 @@ def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, An
         k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
     if skipped:
         info["skipped"] = skipped  # not in the metrics: listed so that nobody compares them as the full split
-    with staged_folder(out) as tmp:  # the whole evaluation, then swapped in: never one run's metrics beside
-        res = evaluate_model(model, samples, tmp, class_name=class_name,  # another's CSVs
-                             resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
-                             info=info, checkpoint_sha256=checkpoint_sha256(ckpt),
-                             card_dir=None if from_hub else ckpt,
-                             write_threshold=config.write_threshold,
-                             n_anomalous_figures=config.n_anomalous_figures,
-                             n_normal_figures=config.n_normal_figures, progress=config.progress,
-                             exact_metrics=config.exact_metrics,
-                             captions=config.captions or (meta.get("config") or {}).get("captions"),
-                             min_area=config.min_area, min_margin=config.min_margin,
-                             report_bytes=config.report_bytes)
+    # the whole evaluation, then swapped in: never one run's metrics beside another's CSVs
+    with staged_folder(out) as tmp:
+        res = evaluate_model(model, samples, tmp, EvalSettings(
+            class_name, resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
+            info=info, checkpoint_sha256=checkpoint_sha256(ckpt), card_dir=None if from_hub else ckpt,
+            write_threshold=config.write_threshold, n_anomalous_figures=config.n_anomalous_figures,
+            n_normal_figures=config.n_normal_figures, progress=config.progress, exact_metrics=config.exact_metrics,
+            captions=config.captions or (meta.get("config") or {}).get("captions"), min_area=config.min_area,
+            min_margin=config.min_margin, report_bytes=config.report_bytes))
 
     def moved(p: Path | None) -> Path | None:
         return None if p is None else out / Path(p).relative_to(tmp)

@@ -17,10 +17,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
+from detector.config import TrainConfig
 from detector.errors import DetectorError
+from detector.recipes import build_train_config, train_config_fields
+from detector.run.evaluate import EvalConfig, run_eval
+from detector.store.data import image_level_only
+from fsad_data import DataError, read_dataset
 
 CPU_EPOCHS = {"epochs": 4, "image_epochs": 2}  # the paper's 100 + 50 take hours on a CPU; the demo uses these too
 CAPTIONS, CHECKPOINT, EVALUATION = "captions", "checkpoint", "eval"  # the sub-folders of OUT
@@ -55,12 +61,7 @@ class FitFolderResult:
 def plan(cfg: FitFolderConfig, say: Callable[[str], None]) -> tuple[str, int, dict[str, Any], bool]:
     """(class, shots, train fields, evaluate?) for the folder and this machine; each decision said in one line.
     Everything that can refuse the folder does so here, before any caption or training work."""
-    from dataclasses import fields as dataclass_fields
 
-    from detector.config import TrainConfig
-    from detector.recipes import train_config_fields
-    from detector.store.data import image_level_only
-    from fsad_data import DataError, read_dataset
 
     try:
         samples = read_dataset(cfg.folder, layout=cfg.layout, classes=[cfg.class_name] if cfg.class_name else None)
@@ -104,8 +105,7 @@ def plan(cfg: FitFolderConfig, say: Callable[[str], None]) -> tuple[str, int, di
 
 def run_fit_folder(cfg: FitFolderConfig, say: Callable[[str], None] = print) -> FitFolderResult:
     """Build the captions, train, and evaluate when anomalous test images exist (see the module docstring)."""
-    from detector.recipes import build_train_config
-    from detector.run.train import train
+    from detector.run.train import train  # torch: the plan (and --dry-run) runs without it
 
     out = Path(cfg.out)
     name, shots, fields, evaluate = plan(cfg, say)
@@ -120,7 +120,6 @@ def run_fit_folder(cfg: FitFolderConfig, say: Callable[[str], None] = print) -> 
         say(f"fit-folder: no anomalous test image in {cfg.folder}, so no evaluation and no thresholds (add some "
             "under anomaly/ to get them); predict with --threshold none or a number")
         return FitFolderResult(captions, checkpoint, None, None, None, None)
-    from detector.run.evaluate import EvalConfig, run_eval
 
     say(f"fit-folder: evaluating on the test split into {out / EVALUATION}")
     res = run_eval(EvalConfig(checkpoint=checkpoint, data=Path(cfg.folder), out=out / EVALUATION,
@@ -146,6 +145,6 @@ def build_captions(cfg: FitFolderConfig, class_name: str, shots: int, captions: 
 
 
 def _auto_device() -> str:
-    import torch
+    import torch  # torch: the plan runs without it
 
     return "cuda" if torch.cuda.is_available() else "cpu"

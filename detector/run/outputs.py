@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detector.store.files import json_safe
@@ -43,7 +46,6 @@ def progress(enabled: bool, total: int, what: str) -> Step:
     pipe (``fsad_data.progress``: a short run prints nothing there); a no-op when disabled (the Python API)."""
     if not enabled:
         return lambda k, done=False: None
-    from rich.console import Console
 
     if not Console().is_terminal:
         lines = ProgressLines(what)
@@ -76,7 +78,6 @@ class EpochLines:
 
     def __init__(self, write: Callable[[str], None] = print, every: float | None = None,
                  clock: Callable[[], float] | None = None) -> None:
-        import time
 
         self.lines = ProgressLines("train", write, every, clock or time.monotonic, unit="epoch", announce=True)
 
@@ -91,10 +92,8 @@ def epoch_bars(enabled: bool) -> Iterator[EpochReport | None]:
     if not enabled:
         yield None
         return
-    from rich.console import Console
 
     if not Console().is_terminal:
-        import sys
 
         report = EpochLines(lambda line: print(line, file=sys.stdout, flush=True))
         with heartbeat(report.lines, before_first="encoding the shots (backbone and region weights)"):

@@ -38,22 +38,29 @@ import hashlib
 import io
 import math
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from detector.errors import DetectorError
 from detector.eval import report
-from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN, NamingConfig
-from detector.method.scoring import DEFAULT_BRANCH
+from detector.eval.defects import DEFAULT_MIN_AREA, DEFAULT_MIN_MARGIN
+from detector.eval.overlay_caption import add_caption, caption_lines
+from detector.eval.postprocess import Decisions, ImageResult, namer_for, postprocess, run_model
+from detector.method.scoring import DEFAULT_BRANCH, MAP_RESOLUTION
 from detector.run import outputs
 from detector.run.evaluate import Predictor
 from detector.run.outputs import write_csv
+from detector.run.runtime import load_exported
 from detector.store.checkpoint import checkpoint_info, checkpoint_meta
 from detector.store.files import (
+    DEFECTS_JSON,
     PREDICTIONS_FORMAT,
+    SCORES_CSV,
     OwnOutput,
     check_replaceable,
     has_format,
@@ -61,7 +68,10 @@ from detector.store.files import (
     naming_folder,
     output_lock,
 )
+from detector.store.hub import resolve_checkpoint
 from detector.store.thresholds import Thresholds
+from detector.store.thresholds import resolve_threshold as resolve
+from fsad_data import DataError
 from fsad_data.atomic import (
     clean_orphans,
     staged_folder,
@@ -87,7 +97,7 @@ class PredictConfig:
     batch_size: int = 8
     threshold: str = "none"  # "auto" (detector.store.thresholds), an evaluation folder or file, "none", a number
     image_threshold: float | None = None  # decides `anomalous` over the threshold's own (detector.store.thresholds)
-    resolution: int | None = None  # None: the threshold's evaluation resolution, else 256
+    resolution: int | None = None  # None: the threshold's evaluation resolution, else MAP_RESOLUTION
     branch: str = DEFAULT_BRANCH
     device: str = "cpu"
     precision: str = "fp32"
@@ -245,127 +255,162 @@ def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DE
                       image: float | None = None) -> Thresholds:
     """``--threshold``: none, a number, auto, or an evaluation folder / threshold.json, and ``--image-threshold``
     (``detector.store.thresholds``)."""
-    from detector.store.thresholds import resolve_threshold as resolve
 
     return resolve(spec, ckpt_dir, branch, image)
 
 
-def map_to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an (R, R) map to (H, W) float32 (the map covers the whole image)."""
-    import cv2
+@dataclass(frozen=True)
+class PredictSettings:
+    """How ``predict_paths`` scores and what it writes, shared by its steps (score the batches -> overlays -> tables)."""
 
-    amap = np.asarray(amap, dtype=np.float32)
-    if amap.shape == (height, width):
-        return amap.copy()
-    return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+    thresholds: Thresholds
+    resolution: int = MAP_RESOLUTION
+    branch: str = DEFAULT_BRANCH
+    batch_size: int = 8
+    info: dict[str, Any] | None = None
+    progress: bool = False
+    min_area: float = DEFAULT_MIN_AREA
+    min_margin: float = DEFAULT_MIN_MARGIN
+    on_error: str = "raise"
+    overlays: bool = True
+    maps: bool = True
 
 
-def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, *, thresholds: Thresholds,
-                  resolution: int = 256, branch: str = DEFAULT_BRANCH, batch_size: int = 8,
-                  info: dict[str, Any] | None = None, progress: bool = False,
-                  min_area: float = DEFAULT_MIN_AREA, min_margin: float = DEFAULT_MIN_MARGIN,
-                  on_error: str = "raise", overlays: bool = True, maps: bool = True) -> ScoredRows:
-    """Score the images in batches and write maps, overlays, masks, named defects, scores.csv and scores.json.
-    ``on_error="skip"``: an image that does not decode is left out and listed (scores.json "skipped").
-    ``overlays`` / ``maps`` False: those files are not written (nor listed in the rows), and cost nothing."""
-    import tempfile
+@dataclass
+class _Scored:
+    """What the batch pass gathers: a row per scored image, its named defects (with a namer), the images left
+    out, and the range of the model's maps (the overlays' one colour scale for the run)."""
 
-    from detector.eval import defects as D
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    named: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    lo: float = math.inf
+    hi: float = -math.inf
 
-    if on_error not in ("raise", "skip"):
-        raise DetectorError(f"--on-error {on_error!r}: use raise or skip")
+
+def predict_paths(model: Predictor, items: list[tuple[str, Path]], out: Path, s: PredictSettings) -> ScoredRows:
+    """Score the images and write maps, overlays, masks, named defects, scores.csv and scores.json into ``out``
+    (``on_error="skip"``: an image that does not decode is left out and listed; ``overlays`` / ``maps`` False:
+    those files are not written and cost nothing): score every batch (maps, masks, regions), then the
+    overlays (they wait for the run's colour scale), then the tables."""
+
+    if s.on_error not in ("raise", "skip"):
+        raise DetectorError(f"--on-error {s.on_error!r}: use raise or skip")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = dict(zip((n for n, _ in items), output_stems([n for n, _ in items])))
-    skipped: list[dict[str, str]] = []
-    rows: list[dict[str, Any]] = []
-    named: list[dict[str, Any]] = []
-    lo, hi = math.inf, -math.inf
-    naming = None  # named defects need a threshold and a model that exposes its token matching
-    if thresholds.pixel is not None and hasattr(model, "abnormal_text_features"):
-        naming = NamingConfig(thresholds.pixel, min_area, min_margin)
-        bank = D.model_state_bank(model)
-        object_name = str((getattr(model, "meta", None) or {}).get("object_name") or "")
-    kinds = [k for k, wanted in (("map", maps), ("overlay", overlays), ("mask", thresholds.pixel is not None),
-                                 ("regions", naming is not None)) if wanted]
+    decisions = Decisions(s.thresholds.pixel, s.thresholds.image,
+                          namer_for(model, s.thresholds.pixel, s.min_area, s.min_margin))
     # the overlays wait for the run's colour scale: each image's map at the model's resolution is kept here
-    scratch = tempfile.TemporaryDirectory(prefix=".overlay-maps-", dir=out) if overlays else None
+    scratch = tempfile.TemporaryDirectory(prefix=".overlay-maps-", dir=out) if s.overlays else None
     try:
-        bar = outputs.progress(progress, len(items), "predicting")
-        for start in range(0, len(items), max(1, batch_size)):
-            batch = items[start : start + batch_size]
-            if on_error == "skip":
-                batch, images, sizes = _readable(batch, skipped)
-                if not batch:
-                    bar(len(items[start : start + batch_size]))
-                    continue
-            else:
-                images, sizes = _load_images([p for _, p in batch])
-            if naming is not None:
-                pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size,
-                                     tokens=True)
-            else:
-                pred = model.predict(images, resolution=resolution, branch=branch, batch_size=batch_size)
-            for j, ((name, path), img, (width, height), score, amap) in enumerate(
-                    zip(batch, images, sizes, pred.scores, pred.maps)):
-                full = map_to_image_size(amap, img.shape[0], img.shape[1])  # the decoded size: bounded
-                lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
-                row: dict[str, Any] = {"name": name, "path": str(path), "width": width, "height": height,
-                                       "scale": round(img.shape[1] / width, 6), "score": float(score),
-                                       "map_max": float(amap.max())}
-                if thresholds.image is not None:
-                    row["anomalous"] = bool(score >= thresholds.image)
-                if thresholds.pixel is not None:
-                    mask = full >= thresholds.pixel
-                    row["mask_fraction"] = float(mask.mean())
-                if naming is not None:  # named at the image's own size: boxes and masks in its pixels
-                    ev = D.token_evidence(pred.tokens[j], pred.token_groups[j], bank)
-                    found, labels = D.name_regions(full, ev, bank, naming, object_name=object_name,
-                                                   tau=float(model.tau))
-                    row["n_defects"] = len(found)
-                    row["defects"] = "; ".join(d.sentence for d in found)
-                row.update((kind, output_file(kind, stems[name])) for kind in kinds)
-                if maps:
-                    write_bytes_atomic(out / row["map"], _npy_bytes(full))
-                if scratch is not None:
-                    np.save(Path(scratch.name) / f"{len(rows)}.npy", np.asarray(amap, dtype=np.float32))
-                if thresholds.pixel is not None:
-                    write_png_atomic(out / row["mask"], mask.astype(np.uint8) * 255)
-                if naming is not None:
-                    write_png_atomic(out / row["regions"], _label_png(labels))
-                    named.append({"name": name, "path": str(path), "regions": row["regions"],
-                                  "defects": [d.to_dict() for d in found]})
-                rows.append(row)
-            bar(len(items[start : start + batch_size]))
-        bar(0, done=True)
-        if not rows:
-            raise DetectorError(f"none of the {len(items)} image(s) could be read (all skipped); first: "
-                                f"{skipped[0]['path']}: {skipped[0]['error']}")
-        if scratch is not None:  # second pass: overlays on one colour scale for the run, one image at a time
-            for k, row in enumerate(rows):
-                amap = np.load(Path(scratch.name) / f"{k}.npy")
-                _write_overlay(out / row["overlay"], _load_images([row["path"]])[0][0], amap, (lo, hi), row,
-                               thresholds.image, named[k] if naming is not None else None, out)
+        scored = _score_items(model, items, out, s, decisions, stems, scratch)
+        if scratch is not None:
+            _overlay_pass(out, scored, Path(scratch.name), decisions)
     finally:
         if scratch is not None:
             scratch.cleanup()
-    write_csv(out / "scores.csv", rows)
-    threshold = {"pixel": thresholds.pixel, "image": thresholds.image, "source": thresholds.source}
-    if naming is not None:
-        write_json_atomic(out / "defects.json", json_safe({
-            **(info or {}), "threshold": threshold, "min_area": naming.min_area, "min_margin": naming.min_margin,
-            "images": named}))
+    _write_tables(out, scored, s, decisions)
+    return ScoredRows(scored.rows, scored.skipped)
+
+
+def _score_items(model: Predictor, items: list[tuple[str, Path]], out: Path, s: PredictSettings,
+                 decisions: Decisions, stems: dict[str, str], scratch: Any) -> _Scored:
+    """The batch pass: read each batch (skipping what does not decode, with ``on_error="skip"``), score it,
+    post-process it (``detector.eval.postprocess``) and write each image's files."""
+    scored = _Scored()
+    kinds = [k for k, wanted in (("map", s.maps), ("overlay", s.overlays), ("mask", decisions.pixel is not None),
+                                 ("regions", decisions.namer is not None)) if wanted]
+    bar = outputs.progress(s.progress, len(items), "predicting")
+    for start in range(0, len(items), max(1, s.batch_size)):
+        batch = items[start : start + s.batch_size]
+        if s.on_error == "skip":
+            batch, images, sizes = _readable(batch, scored.skipped)
+            if not batch:
+                bar(len(items[start : start + s.batch_size]))
+                continue
+        else:
+            images, sizes = _load_images([p for _, p in batch])
+        pred = run_model(model, images, decisions, resolution=s.resolution, branch=s.branch,
+                         batch_size=s.batch_size)
+        for (name, path), (width, height), result in zip(batch, sizes, postprocess(pred, images, decisions)):
+            row = _image_row(name, path, width, height, result)
+            row.update((kind, output_file(kind, stems[name])) for kind in kinds)
+            _write_image_files(out, row, result, scored, scratch)
+            scored.rows.append(row)
+        bar(len(items[start : start + s.batch_size]))
+    bar(0, done=True)
+    if not scored.rows:
+        raise DetectorError(f"none of the {len(items)} image(s) could be read (all skipped); first: "
+                            f"{scored.skipped[0]['path']}: {scored.skipped[0]['error']}")
+    return scored
+
+
+def _image_row(name: str, path: Path, width: int, height: int, result: ImageResult) -> dict[str, Any]:
+    """An image's row of scores.csv/json (without its files): size and scale, score, map maximum, and what the
+    thresholds decide."""
+    amap = result.model_map
+    row: dict[str, Any] = {"name": name, "path": str(path), "width": width, "height": height,
+                           "scale": round(result.map.shape[1] / width, 6), "score": result.score,
+                           "map_max": float(amap.max())}
+    if result.anomalous is not None:
+        row["anomalous"] = result.anomalous
+    if result.mask is not None:
+        row["mask_fraction"] = float(result.mask.mean())
+    if result.defects is not None:  # named at the image's own size: boxes and masks in its pixels
+        row["n_defects"] = len(result.defects)
+        row["defects"] = "; ".join(d.sentence for d in result.defects)
+    return row
+
+
+def _write_image_files(out: Path, row: dict[str, Any], result: ImageResult, scored: _Scored, scratch: Any
+                       ) -> None:
+    """An image's map, mask and regions into OUT, its model map kept for the overlay pass, its defects noted."""
+    amap = result.model_map
+    scored.lo, scored.hi = min(scored.lo, float(amap.min())), max(scored.hi, float(amap.max()))
+    if "map" in row:
+        write_bytes_atomic(out / row["map"], _npy_bytes(result.map))
+    if scratch is not None:
+        np.save(Path(scratch.name) / f"{len(scored.rows)}.npy", np.asarray(amap, dtype=np.float32))
+    if result.mask is not None:
+        write_png_atomic(out / row["mask"], result.mask.astype(np.uint8) * 255)
+    if result.defects is not None and result.labels is not None:
+        write_png_atomic(out / row["regions"], _label_png(result.labels))
+        scored.named.append({"name": row["name"], "path": row["path"], "regions": row["regions"],
+                             "defects": [d.to_dict() for d in result.defects]})
+
+
+def _overlay_pass(out: Path, scored: _Scored, scratch: Path, decisions: Decisions) -> None:
+    """The second pass: overlays on one colour scale for the run, one image at a time."""
+    for k, row in enumerate(scored.rows):
+        amap = np.load(scratch / f"{k}.npy")
+        _write_overlay(out / row["overlay"], _load_images([row["path"]])[0][0], amap, (scored.lo, scored.hi), row,
+                       decisions.image, scored.named[k] if decisions.namer is not None else None, out)
+
+
+def _write_tables(out: Path, scored: _Scored, s: PredictSettings, decisions: Decisions) -> None:
+    """scores.csv, defects.json (with a namer) and scores.json, last."""
+    write_csv(out / SCORES_CSV, scored.rows)
+    threshold = {"pixel": s.thresholds.pixel, "image": s.thresholds.image, "source": s.thresholds.source}
+    info = s.info or {}
+    if decisions.namer is not None:
+        config = decisions.namer.config
+        write_json_atomic(out / DEFECTS_JSON, json_safe({
+            **info, "threshold": threshold, "min_area": config.min_area, "min_margin": config.min_margin,
+            "images": scored.named}))
+    images = scored.rows
+    if decisions.namer is not None:
+        images = [dict(r, defects=n["defects"]) for r, n in zip(scored.rows, scored.named)]
     write_json_atomic(out / SCORES_JSON, json_safe({
         "format": PREDICTIONS_FORMAT,
-        **(info or {}),
-        "branch": branch,
-        "resolution": resolution,
+        **info,
+        "branch": s.branch,
+        "resolution": s.resolution,
         "threshold": threshold,
-        "colour_scale": [lo, hi],
-        "images": [dict(r, defects=n["defects"]) for r, n in zip(rows, named)] if naming is not None else rows,
-        **({"skipped": skipped} if skipped else {}),
+        "colour_scale": [scored.lo, scored.hi],
+        "images": images,
+        **({"skipped": scored.skipped} if scored.skipped else {}),
     }))
-    return ScoredRows(rows, skipped)
 
 
 OVERLAY_PNG_LEVEL = 1  # zlib level of the overlays: ~6x faster than the default 6 on large pictures, ~15% larger
@@ -376,12 +421,10 @@ def _write_overlay(path: Path, image: np.ndarray, amap: np.ndarray, scale: tuple
                    out: Path) -> None:
     """One overlay: the heat map on the run's colour scale, the named regions outlined and numbered, and the
     caption band (verdict, score against the image threshold, the defects' sentences in region order)."""
-    from detector.eval.overlay_caption import add_caption, caption_lines
 
     pic = report.overlay(image, amap, None, *scale)  # the map resized to the image as maps/ holds it
     sentences = None
     if named is not None:
-        from PIL import Image
 
         labels = np.asarray(Image.open(out / named["regions"]))
         pic = report.draw_regions(pic, labels, [d["box"] for d in named["defects"]])
@@ -399,7 +442,7 @@ def summary_line(rows: list[dict[str, Any]], out: Path) -> str:
     named = any("n_defects" in r for r in rows)
     if named:
         parts.append(f"{sum(int(r.get('n_defects') or 0) for r in rows)} region(s) named")
-    files = ["scores.csv", "scores.json"] + (["defects.json"] if named else []) + \
+    files = [SCORES_CSV, SCORES_JSON] + ([DEFECTS_JSON] if named else []) + \
         [f"{OUTPUT_FILES[kind][0]}/" for kind in ("mask", "regions", "overlay", "map") if any(kind in r for r in rows)]
     return f"{', '.join(parts)}; in {out}: {', '.join(files)}"
 
@@ -418,7 +461,6 @@ def _readable(batch: list[tuple[str, Path]], skipped: list[dict[str, str]]) -> t
         list[tuple[str, Path]], list[np.ndarray], list[tuple[int, int]]]:
     """The items of ``batch`` whose image decodes, with their pixels and own sizes; the others appended to
     ``skipped``."""
-    from fsad_data import DataError
 
     kept, images, sizes = [], [], []
     for name, path in batch:
@@ -456,7 +498,6 @@ def run_predict(config: PredictConfig) -> ScoredRows:
 
 
 def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
-    from detector.store.hub import resolve_checkpoint
 
     check_predict_out(out, list(config.inputs))
     clean_orphans(out)  # what a killed run left beside OUT (never read as inputs either way)
@@ -465,13 +506,12 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
     if config.engine == "torch":
         meta = checkpoint_meta(ckpt)
     else:
-        from detector.run.runtime import load_exported
 
         exported = load_exported(ckpt, engine=config.engine, device=config.device)
         meta = exported.spec.get("checkpoint_meta") or {}
     items = list_inputs(list(config.inputs), exclude=out)
     thresholds = resolve_threshold(config.threshold, ckpt, config.branch, config.image_threshold)
-    resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else 256)
+    resolution = config.resolution or thresholds.resolution or (exported.resolution if exported else MAP_RESOLUTION)
     if thresholds.resolution and resolution != thresholds.resolution:
         raise DetectorError(f"--resolution {resolution} differs from the resolution {thresholds.resolution} "
                             f"the threshold was picked at ({thresholds.source}); drop --resolution or "
@@ -480,13 +520,14 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
         model: Any = exported
         info = {"checkpoint": str(config.checkpoint), **meta, "engine": config.engine}
     else:
+        # torch: only a checkpoint needs it, an export runs without
         from detector.store.saved_detector import load_detector
 
         model = load_detector(ckpt, device=config.device, precision=config.precision)
         info = {"checkpoint": str(config.checkpoint), "class_name": meta.get("class_name"),
                 **checkpoint_info(meta), "engine": "torch"}
     with staged_folder(out) as tmp:  # the whole run, then swapped in: never one run's maps beside another's
-        return predict_paths(model, items, tmp, thresholds=thresholds, resolution=resolution,
-                             branch=config.branch, batch_size=config.batch_size, info=info,
-                             progress=config.progress, min_area=config.min_area, min_margin=config.min_margin,
-                             on_error=config.on_error, overlays=config.overlays, maps=config.maps)
+        return predict_paths(model, items, tmp, PredictSettings(
+            thresholds, resolution=resolution, branch=config.branch, batch_size=config.batch_size, info=info,
+            progress=config.progress, min_area=config.min_area, min_margin=config.min_margin,
+            on_error=config.on_error, overlays=config.overlays, maps=config.maps))

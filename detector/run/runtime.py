@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from detector.errors import DetectorError
 from detector.store.files import EXPORT_FORMAT
@@ -122,7 +123,6 @@ class ExportedModel:
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """RGB uint8 (H, W, 3) arrays -> (B, S, S, 3) uint8, resized as ``Backbone.preprocess`` resizes."""
-        from PIL import Image
 
         s = self.image_size
         resample = Image.BILINEAR if self.interpolation == "bilinear" else Image.BICUBIC
@@ -158,7 +158,7 @@ class ExportedModel:
 
 def _onnx_runner(graph: Path, threads: int | None) -> Any:
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional extra
     except ImportError as exc:
         raise DetectorError("onnxruntime is not installed: pip install onnxruntime") from exc
     opts = ort.SessionOptions()
@@ -180,7 +180,7 @@ def _onnx_runner(graph: Path, threads: int | None) -> Any:
 
 def _openvino_runner(graph: Path, device: str, threads: int | None, precision: str) -> Any:
     try:
-        import openvino as ov
+        import openvino as ov  # optional extra
     except ImportError as exc:
         raise DetectorError(OPENVINO_MISSING) from exc
     core = ov.Core()

@@ -29,9 +29,21 @@ from rich.console import Console
 
 from detector.config import TrainConfig
 from detector.errors import DetectorError
+from detector.method.fit import fit
 from detector.run.outputs import epoch_bars
 from detector.store import captions, data
-from detector.store.saved_detector import save_detector
+from detector.store.checkpoint import CHECKPOINT_OUTPUT
+from detector.store.files import check_replaceable, output_lock
+from detector.store.model_card import CARD_FILE, write_card
+from detector.store.saved_detector import load_backbone_for, load_detector, save_detector
+from detector.store.train_state import (
+    ResumableState,
+    describe_partial,
+    discard_state,
+    finished_checkpoint,
+    image_digests,
+    run_fingerprint,
+)
 from fsad_data import readable_name
 
 if TYPE_CHECKING:
@@ -83,9 +95,6 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
     ``resume``: save the resumable state after every epoch in ``<out>.partial/`` and continue from it
     when it is there (``train`` does; the caller removes the folder once the checkpoint is written).
     """
-    from detector.method.fit import fit
-    from detector.store.saved_detector import load_backbone_for
-    from detector.store.train_state import ResumableState, image_digests, run_fingerprint
 
     t0 = time.perf_counter()
     if shot_images is None:
@@ -123,7 +132,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     Resumable: a rerun after an interruption continues from ``<out>.partial/`` (removed once the checkpoint
     is written); a Ctrl-C prints one line saying so.
     """
-    from detector.store.train_state import describe_partial
 
     try:
         train_and_save(config, progress=progress, log=print if progress else None)
@@ -141,14 +149,6 @@ def train_and_save(config: TrainConfig, progress: bool = True,
     against a second run. A checkpoint of exactly this run already in place (a rerun, or a run killed while
     removing its state) wins: it is loaded, the leftover state removed, nothing trained (``--restart`` retrains).
     """
-    from detector.store.checkpoint import CHECKPOINT_OUTPUT
-    from detector.store.files import check_replaceable, output_lock
-    from detector.store.train_state import (
-        discard_state,
-        finished_checkpoint,
-        image_digests,
-        run_fingerprint,
-    )
 
     out = Path(config.out)
     check_replaceable(out, CHECKPOINT_OUTPUT)
@@ -158,7 +158,6 @@ def train_and_save(config: TrainConfig, progress: bool = True,
         record = caption_record(config)
         if not config.restart and finished_checkpoint(
                 config, run_fingerprint(config, shot_names, record, image_digests(shot_images))):
-            from detector.store.saved_detector import load_detector
 
             discard_state(config)
             _complete_card(out)
@@ -176,7 +175,6 @@ def train_and_save(config: TrainConfig, progress: bool = True,
 def _complete_card(out: Path) -> None:
     """A run killed between writing its checkpoint and the checkpoint's README.md: the rerun writes the card (and
     drops the temporary file a kill inside that write left), so it ends as an uninterrupted run."""
-    from detector.store.model_card import CARD_FILE, write_card
 
     for tmp in out.glob(f".{CARD_FILE}.*.tmp"):
         tmp.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import DetectorError
+from detector.store.schemas import check_record_texts
 from fsad_data.digest import file_sha256
 
 if TYPE_CHECKING:  # datasets (heavy) is imported where a caption dataset is opened
@@ -49,7 +50,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def _single_split(ds: Dataset | DatasetDict, where: str) -> Dataset:
     """A Dataset from a Dataset or a one-split DatasetDict (the ``classes`` config has one ``train`` split)."""
-    import datasets
+    import datasets  # datasets (~1 s): only when captions are read
 
     if isinstance(ds, datasets.DatasetDict):
         if "train" in ds:
@@ -62,7 +63,7 @@ def _single_split(ds: Dataset | DatasetDict, where: str) -> Dataset:
 
 def _open_classes(captions: str | Path) -> tuple[Dataset, str]:
     """(classes Dataset, a description of where it came from) for a folder or a Hub id."""
-    import datasets
+    import datasets  # datasets (~1 s): only when captions are read
 
     p = Path(captions).expanduser()
     if p.is_dir():
@@ -132,7 +133,6 @@ def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:
         )
     if not row.get("texts"):
         raise DetectorError(f"{where}: class '{class_name}' has no texts; rebuild the captions with `mfsc build`")
-    from detector.store.schemas import check_record_texts
 
     check_record_texts(row["texts"], where, class_name)
     return row
@@ -140,7 +140,7 @@ def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:
 
 def _open_images(captions: str | Path) -> tuple[Any, str]:
     """(images DatasetDict, where) for a `mfsc build` folder (DIR/images), a publish folder or a Hub id."""
-    import datasets
+    import datasets  # datasets (~1 s): only when captions are read
 
     p = Path(captions).expanduser()
     if p.is_dir():

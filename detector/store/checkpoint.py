@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import DetectorError
 from detector.method.weights import PICKLE_SUFFIXES, is_random_weights
 from detector.store.files import CHECKPOINT_FORMAT, OwnOutput, check_replaceable, has_format, json_safe
-from fsad_data.atomic import staged_folder
+from detector.store.schemas import read_json
+from fsad_data.atomic import staged_folder, write_bytes_atomic, write_text_atomic
 from fsad_data.digest import file_sha256
 
 if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: reading a checkpoint's
@@ -69,7 +70,7 @@ CHECKPOINT_OUTPUT = OwnOutput("a checkpoint folder of `detector train`", f"{CONF
 def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
     """The safetensors file of ``tensors`` with its JSON header's keys sorted: safetensors writes the metadata in
     hash-map order, which changes from one process to the next; sorted, the same tensors give the same bytes."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # torch: reading a checkpoint's meta stays torch-free
 
     data = save(tensors, metadata=metadata)
     n = int.from_bytes(data[:8], "little")
@@ -101,7 +102,6 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, Tensor], meta: dic
     for k, v in tensors.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):
             raise DetectorError(f"checkpoint tensor {k!r} is not a (str, Tensor) pair; store other values in meta")
-    from fsad_data.atomic import write_bytes_atomic, write_text_atomic
 
     try:
         with staged_folder(out) as tmp:  # complete beside `out`, then swapped in; the old one is kept until then
@@ -143,7 +143,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     cfg_path = d / CONFIG_FILE
     if not cfg_path.is_file():
         raise DetectorError(f"{cfg_path} not found; {d} is not a complete checkpoint, retrain with `detector train`")
-    from detector.store.schemas import read_json
 
     config = read_json(cfg_path, "the checkpoint is damaged: retrain or restore it")
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
@@ -160,7 +159,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     digest = config.get("weights_sha256")
     if digest != file_sha256(weights):
         raise DetectorError(f"{weights} does not match the checksum in {cfg_path}; the checkpoint is damaged or mixed")
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: see safetensors_bytes
 
     try:
         tensors = load_file(str(weights), device=str(device))
@@ -179,7 +178,6 @@ def checkpoint_meta(ckpt_dir: Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise DetectorError(f"{path} not found: --checkpoint must be a folder written by `detector train`")
-    from detector.store.schemas import read_json
 
     data = read_json(path, "retrain or restore the checkpoint")
     meta = data.get("meta", data) if isinstance(data, dict) else None
@@ -207,6 +205,8 @@ def shot_count(meta: dict[str, Any]) -> int | None:
 def backbone_name(meta: dict[str, Any]) -> str | None:
     """The backbone's open_clip name: the registered ``model_name`` (when ``name`` is a JSON config's path), else
     ``name``, else the training config's ``backbone``."""
+    if isinstance(meta.get("backbone"), str):  # an export's meta names it plainly
+        return meta["backbone"]
     backbone = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     name = backbone.get("model_name") or backbone.get("name") or cfg.get("backbone")

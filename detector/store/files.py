@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import DetectorError
+from detector.store.schemas import read_json
 from fsad_data.folder_lock import FolderInUse, lock_beside
 
 CHECKPOINT_FORMAT = "finegrained-ad-checkpoint"
@@ -25,6 +26,8 @@ EVALUATION_FORMAT = "finegrained-ad-evaluation"
 PREDICTIONS_FORMAT = "finegrained-ad-predictions"
 BENCHMARK_FORMAT = "finegrained-ad-benchmark"
 EXPORT_FORMAT = "finegrained-ad-export"
+SCORES_CSV = "scores.csv"  # per image scores: written by eval (test split) and predict (new images)
+DEFECTS_JSON = "defects.json"  # per image named defects: eval and predict
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,6 @@ def check_replaceable(out: str | Path, kind: OwnOutput, flag: str = "--out") -> 
 def has_format(path: Path, tag: str, older_keys: frozenset[str] = frozenset()) -> bool:
     """Whether the JSON file ``path`` carries ``"format": tag`` (or, for files written before the tag existed,
     every key of ``older_keys``)."""
-    from detector.store.schemas import read_json
 
     try:
         data = read_json(path, "")

@@ -10,14 +10,17 @@ repo id), nothing else: what goes up is exactly the ``--dry-run`` folder.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from detector.errors import DetectorError
-from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from detector.store.files import OwnOutput, check_replaceable
-from detector.store.model_card import EVALUATION_FILE
+from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from detector.store.files import OwnOutput, check_replaceable, output_lock
+from detector.store.model_card import CARD_FILE, EVALUATION_FILE, render_card
 from detector.store.thresholds import THRESHOLD_FILE
+from fsad_data.atomic import staged_folder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.onnx", "*.onnx.data", "*.xml", "*.bin"]
@@ -43,7 +46,7 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Path:
     if not is_hub_id(name):
         raise DetectorError(f"{name} not found: pass a checkpoint folder (`detector train --out`), an export "
                             "folder (`detector export --out`) or a Hub model id ORG/NAME")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # huggingface_hub: only for a Hub id
 
     try:
         folder = snapshot_download(name, repo_type="model", revision=revision, allow_patterns=ALLOW_PATTERNS)
@@ -68,8 +71,6 @@ def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME
     and JSON files and a card rendered for ``repo_id``. Nothing else (never a pickle) is copied. ``out`` is
     replaced only when it is new, empty or an earlier dry run (``DRY_RUN_MARKER``, which ``marker`` writes): a
     README.md alone proves nothing (a thesis, a project). ``out`` is locked while it is written."""
-    from detector.store.checkpoint import load_checkpoint
-    from detector.store.files import output_lock
 
     ckpt = Path(ckpt_dir)
     load_checkpoint(ckpt)  # a complete, checksum-verified checkpoint, or one clear error
@@ -80,10 +81,7 @@ def stage_upload(ckpt_dir: str | Path, out: str | Path, repo_id: str = "ORG/NAME
 
 def _stage(ckpt: Path, out: Path, repo_id: str, marker: bool) -> Path:
     """``stage_upload`` under the lock of ``out``."""
-    import shutil
 
-    from detector.store.model_card import CARD_FILE, render_card
-    from fsad_data.atomic import staged_folder
 
     check_replaceable(out, DRY_RUN_OUTPUT, flag="--dry-run")
     with staged_folder(out) as tmp:
@@ -103,14 +101,13 @@ def push_checkpoint(ckpt_dir: str | Path, repo_id: str, private: bool = False, d
     ``dry_run`` (a folder): only write what would be uploaded there and return that folder. The token comes
     from the environment or the Hub login, never from the command line, and is never printed.
     """
-    import tempfile
 
     if not is_hub_id(repo_id):
         raise DetectorError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     if dry_run is not None:
         return stage_upload(ckpt_dir, dry_run, repo_id, marker=True)
     if api is None:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # huggingface_hub: only to push
 
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="detector-push-") as tmp:

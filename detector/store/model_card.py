@@ -15,18 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from detector.errors import DetectorError
+from detector.eval.metrics import METRICS
 from detector.method.weights import RANDOM_WEIGHTS, is_random_weights
 from detector.store.checkpoint import CONFIG_FILE, backbone_name, shot_files
+from fsad_data.atomic import write_json_atomic, write_text_atomic
+from fsad_data.folder_lock import FolderLock
 
 CARD_FILE = "README.md"
 EVALUATION_FILE = "evaluation.json"
 EVALUATION_LOCK, EVALUATION_LOCK_SECONDS = ".evaluation.lock", 60.0  # while evaluation.json and the card change
 RANDOM_NOTE = ("**Random backbone weights** (`--pretrained none`): this checkpoint proves that the pipeline runs; "
                "its scores and maps are not meaningful.")
-METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
-                "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max", "image_ap": "image AP",
-                "pixel_ap": "pixel AP"}
+METRIC_NAMES = {m.key: m.title for m in METRICS if m.detection}  # the card's table: the detection metrics
 
 
 def _meta(ckpt_dir: Path) -> dict[str, Any]:
@@ -56,8 +59,6 @@ def record_evaluation(ckpt_dir: Path, record: dict[str, Any]) -> None:
     """Keep the summary of ``detector eval``'s metrics.json record in the checkpoint, then refresh the card.
     Two evaluations of one checkpoint (other branches, at once) take turns, so neither loses the other's;
     ``FolderInUse`` when the other one holds it longer than ``EVALUATION_LOCK_SECONDS``."""
-    from fsad_data.atomic import write_json_atomic
-    from fsad_data.folder_lock import FolderLock
 
     keep = ("class_name", "branch", "resolution", "n_images", "n_anomalous", "n_normal", "meaningful",
             "metrics", "data", "pixel_metrics", "thresholds")  # thresholds: what --threshold auto takes
@@ -126,7 +127,6 @@ def _table(rows: list[list[str]]) -> str:
 
 def render_card(ckpt_dir: Path, repo_id: str | None = None) -> str:
     """The card: YAML metadata (``card_data``) and a short body saying the same in words."""
-    import yaml
 
     data = card_data(ckpt_dir, repo_id)
     f = data["finegrained_ad"]
@@ -169,7 +169,6 @@ def render_card(ckpt_dir: Path, repo_id: str | None = None) -> str:
 
 def write_card(ckpt_dir: Path, repo_id: str | None = None) -> Path:
     """Write (replace) CKPT/README.md atomically."""
-    from fsad_data.atomic import write_text_atomic
 
     path = Path(ckpt_dir) / CARD_FILE
     write_text_atomic(path, render_card(ckpt_dir, repo_id))

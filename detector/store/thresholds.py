@@ -26,6 +26,7 @@ from typing import Any
 from detector.errors import DetectorError
 from detector.method.scoring import DEFAULT_BRANCH
 from detector.store.checkpoint import CONFIG_FILE
+from detector.store.model_card import EVALUATION_FILE, read_evaluations
 from detector.store.schemas import THRESHOLD_FILE as THRESHOLD_ENTRIES
 from detector.store.schemas import ThresholdEntry, check, read_json, read_threshold_file
 
@@ -159,7 +160,6 @@ def find_thresholds(ckpt_dir: Path, branch: str = DEFAULT_BRANCH) -> tuple[Thres
     """What ``auto`` takes for the checkpoint folder (the order is in the module docstring), and the file it came
     from; None when no evaluation of this checkpoint is found. An entry picked for another checkpoint inside the
     folder is refused; beside it, only an evaluation of this very checkpoint counts."""
-    from detector.store.model_card import EVALUATION_FILE, read_evaluations
 
     ckpt_dir = Path(ckpt_dir)
     sha = checkpoint_sha256(ckpt_dir) if (ckpt_dir / CONFIG_FILE).is_file() else None

@@ -1,6 +1,6 @@
 """The resumable state of one training run, kept in ``<out>.partial/`` beside the checkpoint folder.
 
-After every epoch the state is saved atomically (``checkpoint_io``'s format); rerunning the same command
+After every epoch the state is saved atomically (``detector.store.checkpoint``'s format); rerunning the same command
 continues from there and writes a checkpoint bit-identical to an uninterrupted run, whatever instant the kill hit
 (what a kill inside a save leaves is recognised as ours and undone, an old state moved aside put back); ``detector.run.train``
 removes the folder once the checkpoint is written (renamed aside first, so a kill never leaves half of it).
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # where and how a run is written, and how its memory is spent: left out of the resume fingerprint
 RUN_ONLY_FIELDS = ("out", "restart", "text_checkpointing", "on_error")  # on_error: its effect is in the shots
 PHASES = ("pixel", "image")
-STATE, FEATURES = "state", "features"  # the two checkpoint_io folders inside <out>.partial/
+STATE, FEATURES = "state", "features"  # the two checkpoint folders inside <out>.partial/
 
 
 def partial_dir(config: TrainConfig) -> Path:
@@ -116,7 +116,7 @@ def optim_state(opt: Optimizer, sched: LRScheduler) -> tuple[dict[str, Tensor], 
 
 
 class ResumableState:
-    """The resumable state of one training run, kept in ``<out>.partial/`` (checkpoint_io's atomic format).
+    """The resumable state of one training run, kept in ``<out>.partial/`` (``detector.store.checkpoint``'s atomic format).
 
     ``features/``, written once before the first epoch: the shots' frozen features and region weights.
     ``state/``, replaced after every epoch (under 100 kB, milliseconds): both prompt sets' parameters,
