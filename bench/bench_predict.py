@@ -152,7 +152,7 @@ def _file_pass(args: argparse.Namespace, model, files: list[Path], bare: float) 
                 P.OVERLAY_PNG_LEVEL = png
                 t = time.perf_counter()
                 P.predict_paths(model, items, Path(tmp) / f"{r}-{i}", P.PredictSettings(
-                    thresholds, resolution=args.resolution, batch_size=args.batch, overlays=overlays, maps=maps))
+                    thresholds=thresholds, resolution=args.resolution, batch_size=args.batch, overlays=overlays, maps=maps))
                 if r:
                     times[name].append((time.perf_counter() - t) / len(items))
     P.OVERLAY_PNG_LEVEL = level

@@ -71,24 +71,41 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+class TextFileProblem(Exception):
+    """Why ``read_utf8`` could not give a file's text, worded to follow the file's name: ": 9 bytes is too big
+    (limit 8)", " is a folder", ": cannot be read (reason)", " is not UTF-8 text (byte 0xff at offset 10)"
+    (``binary``: which byte, for a file that is not text at all, such as a pickle where JSON belongs)."""
+
+    def __init__(self, words: str, binary: str | None = None) -> None:
+        super().__init__(words)
+        self.binary = binary
+
+
+def read_utf8(path: Path, limit: int) -> str:
+    """The text of a UTF-8 file of at most ``limit`` bytes (the size is checked before anything is read)."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise TextFileProblem(f": {size} bytes is too big (limit {limit})")
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise TextFileProblem(" is a folder") from None
+    except OSError as exc:
+        raise TextFileProblem(f": cannot be read ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        raise TextFileProblem(f" is not UTF-8 text ({where})", binary=where) from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML or JSON file (``.json`` is read as JSON, anything else as YAML; empty = ``{}``)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"{path}: {size} bytes is too big for a settings file (limit {MAX_BYTES}); "
-                              "check the --config path")
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder; give a YAML or JSON settings file to --config") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; check the --config path") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                          "save it as UTF-8") from None
+        text = read_utf8(path, MAX_BYTES)
+    except TextFileProblem as p:
+        raise ConfigError(f"{path}{p}; give a YAML or JSON settings file (UTF-8) to --config") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text) if text.strip() else None

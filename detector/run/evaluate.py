@@ -251,26 +251,33 @@ EVALUATION_OUTPUT = OwnOutput("an evaluation of `detector eval`", METRICS_JSON, 
     path / METRICS_JSON, EVALUATION_FORMAT, frozenset({"class_name", "metrics", "n_images"})))
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """How ``evaluate_model`` evaluates and what it writes, shared by its steps (collect -> record -> write)."""
+@dataclass(frozen=True, kw_only=True)
+class ScoringSettings:
+    """How a model is run over images, for eval and predict alike: the map size, the branch, the batch, what the
+    model is (``checkpoint_info``), a progress bar, and the region settings of the named defects."""
 
-    class_name: str
     resolution: int = MAP_RESOLUTION
     branch: str = DEFAULT_BRANCH
     batch_size: int = 8
     info: dict[str, Any] | None = None
+    progress: bool = False
+    min_area: float = DEFAULT_MIN_AREA
+    min_margin: float = DEFAULT_MIN_MARGIN
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSettings(ScoringSettings):
+    """How ``evaluate_model`` evaluates and what it writes, shared by its steps (collect -> record -> write)."""
+
+    class_name: str
     checkpoint_sha256: str | None = None  # names the checkpoint in threshold.json
     write_threshold: bool = True
     card_dir: Path | None = None  # the checkpoint folder whose model card records the evaluation
     n_anomalous_figures: int = 8
     n_normal_figures: int = 4
-    progress: bool = False
     html: bool = True
     exact_metrics: bool = False
     captions: str | None = None
-    min_area: float = DEFAULT_MIN_AREA
-    min_margin: float = DEFAULT_MIN_MARGIN
     report_bytes: int = 4_000_000
 
 
@@ -642,7 +649,7 @@ def _run_eval(config: EvalConfig, ckpt: Path, from_hub: bool, meta: dict[str, An
     # the whole evaluation, then swapped in: never one run's metrics beside another's CSVs
     with staged_folder(out) as tmp:
         res = evaluate_model(model, samples, tmp, EvalSettings(
-            class_name, resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
+            class_name=class_name, resolution=config.resolution, branch=config.branch, batch_size=config.batch_size,
             info=info, checkpoint_sha256=checkpoint_sha256(ckpt), card_dir=None if from_hub else ckpt,
             write_threshold=config.write_threshold, n_anomalous_figures=config.n_anomalous_figures,
             n_normal_figures=config.n_normal_figures, progress=config.progress, exact_metrics=config.exact_metrics,

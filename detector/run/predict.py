@@ -53,7 +53,7 @@ from detector.eval.overlay_caption import add_caption, caption_lines
 from detector.eval.postprocess import Decisions, ImageResult, namer_for, postprocess, run_model
 from detector.method.scoring import DEFAULT_BRANCH, MAP_RESOLUTION
 from detector.run import outputs
-from detector.run.evaluate import Predictor
+from detector.run.evaluate import Predictor, ScoringSettings
 from detector.run.outputs import write_csv
 from detector.run.runtime import load_exported
 from detector.store.checkpoint import checkpoint_info, checkpoint_meta
@@ -259,18 +259,11 @@ def resolve_threshold(spec: str | float | None, ckpt_dir: Path, branch: str = DE
     return resolve(spec, ckpt_dir, branch, image)
 
 
-@dataclass(frozen=True)
-class PredictSettings:
+@dataclass(frozen=True, kw_only=True)
+class PredictSettings(ScoringSettings):
     """How ``predict_paths`` scores and what it writes, shared by its steps (score the batches -> overlays -> tables)."""
 
     thresholds: Thresholds
-    resolution: int = MAP_RESOLUTION
-    branch: str = DEFAULT_BRANCH
-    batch_size: int = 8
-    info: dict[str, Any] | None = None
-    progress: bool = False
-    min_area: float = DEFAULT_MIN_AREA
-    min_margin: float = DEFAULT_MIN_MARGIN
     on_error: str = "raise"
     overlays: bool = True
     maps: bool = True
@@ -528,6 +521,6 @@ def _run_predict(config: PredictConfig, out: Path) -> ScoredRows:
                 **checkpoint_info(meta), "engine": "torch"}
     with staged_folder(out) as tmp:  # the whole run, then swapped in: never one run's maps beside another's
         return predict_paths(model, items, tmp, PredictSettings(
-            thresholds, resolution=resolution, branch=config.branch, batch_size=config.batch_size, info=info,
+            thresholds=thresholds, resolution=resolution, branch=config.branch, batch_size=config.batch_size, info=info,
             progress=config.progress, min_area=config.min_area, min_margin=config.min_margin,
             on_error=config.on_error, overlays=config.overlays, maps=config.maps))

@@ -104,7 +104,8 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
     elif record is None:
         record = caption_record(config)
     digests = image_digests(shot_images)
-    state = ResumableState(config, shot_names, record, digests) if resume else None
+    fingerprint = run_fingerprint(config, shot_names, record, digests)  # once: the state and the meta carry it
+    state = ResumableState(config, shot_names, record, digests, fingerprint) if resume else None
     object_name = str((record or {}).get("object_name") or readable_name(config.class_name))
     bb_meta = {"name": config.backbone, "pretrained": config.pretrained, "tap_layers": config.taps,
                "vv_blocks": config.vv_blocks, "init_seed": 0}
@@ -121,7 +122,7 @@ def train_model(config: TrainConfig, progress: bool = True, shot_images: list[np
         console.print(loss_line("pixel prompts", history["pixel_loss"]))
         console.print(loss_line("image prompts", history["image_loss"]))
     model.meta.update(class_name=config.class_name, shots=list(shot_names or []), backbone=bb_meta,
-                      run_fingerprint=run_fingerprint(config, shot_names, record, digests))
+                      run_fingerprint=fingerprint)
     model.meta["timing_s"] = {"load": t_load, **model.meta["timing_s"]}
     return model
 

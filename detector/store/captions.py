@@ -83,14 +83,8 @@ def _open_classes(captions: str | Path) -> tuple[Dataset, str]:
                     f"cannot read the caption dataset {saved} ({type(e).__name__}: {e}); rebuild it with `mfsc build`"
                 ) from e
         if (p / "README.md").is_file() or (p / "data").is_dir():
-            try:
-                return _single_split(datasets.load_dataset(str(p), "classes"), str(p)), str(p)
-            except Exception as e:
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise DetectorError(
-                    f"cannot load the 'classes' configuration from {p} ({first}); pass a `mfsc build` output folder "
-                    "or a `mfsc publish --dry-run` folder"
-                ) from e
+            return _load_classes_config(str(p), f"the 'classes' configuration from {p}",
+                                        "pass a `mfsc build` output folder or a `mfsc publish --dry-run` folder"), str(p)
         raise DetectorError(
             f"{p} is neither a `mfsc build` output folder (with classes/) nor a `mfsc publish --dry-run` folder; "
             "run `mfsc build` first"
@@ -98,14 +92,20 @@ def _open_classes(captions: str | Path) -> tuple[Dataset, str]:
     text = str(captions)
     if p.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
         raise DetectorError(f"caption dataset {text} not found; pass a `mfsc build` output folder or a Hub dataset id")
+    return _load_classes_config(text, f"caption dataset '{text}' from the Hugging Face Hub", "check the id and the "
+                                "network (HF_HUB_OFFLINE), or pass a local `mfsc build` folder"), f"hub:{text}"
+
+
+def _load_classes_config(source: str, what: str, fix: str) -> Dataset:
+    """The ``classes`` configuration of a published dataset (a folder with its card, or a Hub id); a failure is
+    one line naming ``what`` with the library's first line of error and ``fix``."""
+    import datasets  # datasets (~1 s): only when captions are read
+
     try:
-        return _single_split(datasets.load_dataset(text, "classes"), text), f"hub:{text}"
+        return _single_split(datasets.load_dataset(source, "classes"), source)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DetectorError(
-            f"cannot load caption dataset '{text}' from the Hugging Face Hub ({type(e).__name__}: {first}); check the "
-            "id and the network (HF_HUB_OFFLINE), or pass a local `mfsc build` folder"
-        ) from e
+        raise DetectorError(f"cannot load {what} ({type(e).__name__}: {first}); {fix}") from e
 
 
 def load_class_record(captions: str | Path, class_name: str) -> dict[str, Any]:

@@ -53,9 +53,8 @@ def class_samples(data: str | Path, class_name: str, layout: str = "auto", on_er
 def select_class_shots(
     samples: Sequence[Sample], class_name: str, k: int, seed: int, shots_file: str | Path | None = None
 ) -> list[Sample]:
-    """The k shot samples of the class (``fsad_data.select_shots``: by sorted file name, or from a seed file)."""
-    if k < 1:
-        raise DetectorError(f"--shots {k}: the number of shots must be at least 1")
+    """The k shot samples of the class (``fsad_data.select_shots``, which owns the rule and checks k: by sorted file name, or
+    from a seed file)."""
     return list(fsad_data.select_shots(list(samples), class_name, int(k), int(seed), shots_file=shots_file))
 
 

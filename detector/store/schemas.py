@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from detector.errors import DetectorError
-from fsad_data.config import Seed, StrictInt, describe_error, type_adapter
+from fsad_data.config import Seed, StrictInt, TextFileProblem, describe_error, read_utf8, type_adapter
 
 MAX_JSON_BYTES = 256 << 20  # a checkpoint config with its caption record is kilobytes; this only stops absurd files
 T = TypeVar("T")
@@ -28,17 +28,10 @@ def read_json(path: str | Path, fix: str) -> Any:
     ``DetectorError`` line naming the file and ending with ``fix`` (what the user should do)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise DetectorError(f"{path}: {size} bytes is too big (limit {MAX_JSON_BYTES}); {fix}")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DetectorError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DetectorError(f"{path} is not valid JSON (not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
-                            f"{exc.start}); {fix}") from None
+        text = read_utf8(path, MAX_JSON_BYTES)
+    except TextFileProblem as p:
+        words = f" is not valid JSON (not UTF-8 text: {p.binary})" if p.binary else str(p)
+        raise DetectorError(f"{path}{words}; {fix}") from None
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:

@@ -127,10 +127,11 @@ class ResumableState:
     """
 
     def __init__(self, config: TrainConfig, shot_names: list[str] | None, record: dict | None,
-                 shot_digests: list[str] | None = None) -> None:
+                 shot_digests: list[str] | None = None, fingerprint: str | None = None) -> None:
+        """``fingerprint``: the run's ``run_fingerprint`` when the caller has it already (else computed here)."""
         self.dir = partial_dir(config)
         self.shots = dict(zip(shot_names or [], shot_digests or [], strict=False))
-        self.fingerprint = run_fingerprint(config, shot_names, record, shot_digests)
+        self.fingerprint = fingerprint or run_fingerprint(config, shot_names, record, shot_digests)
         self.history: dict[str, list[float]] = {"pixel_loss": [], "image_loss": []}
         self.phase = PHASES[0]
         self.features: dict[str, Tensor] | None = None
