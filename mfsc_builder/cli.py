@@ -7,11 +7,12 @@ must go), becomes one red line on stderr and exit code 1 (usage errors: 2, from 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,12 +34,23 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body under the shared guard (``fsad_data.cli_guard``); Ctrl-C gives a resume hint."""
     return run_guarded(fn, (BuildError,), stopped=(BuildInterrupted,),
                        interrupted="interrupted; finished work is kept: run the same command again to resume")
+
+
+def _guarded(command: Callable[P, None]) -> Callable[P, None]:
+    """A command whose whole body runs under `_guard` (typer reads its signature and help through `wraps`)."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        _guard(lambda: command(*args, **kwargs))
+
+    return run
 
 
 def _not_a_file(path: Path | str | None, what: str) -> None:
@@ -119,6 +131,7 @@ _Quiet = Annotated[bool, typer.Option(
 
 
 @app.command()
+@_guarded
 def build(
     source: _Source = None,
     out_dir: _Out = None,
@@ -162,7 +175,7 @@ def build(
         "num_shards": num_shards, "shard_index": shard_index, "on_error": on_error, "crop": crop, "images": images,
         "workers": workers, "worker_timeout": worker_timeout,
     }
-    _guard(lambda: _run_build(config, flags, force=force, quiet=quiet))
+    _run_build(config, flags, force=force, quiet=quiet)
 
 
 def _run_build(config: Path | None, flags: dict[str, Any], *, force: bool, quiet: bool) -> None:
@@ -231,27 +244,25 @@ def _with_progress(quiet: bool, run: Callable[[Callable[[str, int, int], None] |
 
 # --------------------------------------------------------------------------- merge
 @app.command()
+@_guarded
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="Output folders of `mfsc build --num-shards N --shard-index I`.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder of the joined build.")],
 ) -> None:
     """Join the parts of a sharded build into one build (equal to a single-machine build)."""
+    from mfsc_builder.build import merge_builds
 
-    def body() -> None:
-        from mfsc_builder.build import merge_builds
-
-        _setup_logging(False)
-        _not_a_file(out_dir, "an output folder to --out")
-        s = merge_builds(list(parts), out_dir)
-        counts = ", ".join(f"{k}: {v}" for k, v in s.images.items())
-        out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)",
-                  soft_wrap=True)
-
-    _guard(body)
+    _setup_logging(False)
+    _not_a_file(out_dir, "an output folder to --out")
+    s = merge_builds(list(parts), out_dir)
+    counts = ", ".join(f"{k}: {v}" for k, v in s.images.items())
+    out.print(f"[green]merged[/green] {len(parts)} parts into {s.out} ({counts}; {len(s.classes)} classes)",
+              soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- publish
 @app.command()
+@_guarded
 def publish(
     build_dir: Annotated[Path, typer.Argument(help="Output folder of `mfsc build`.")],
     repo_id: Annotated[str, typer.Option(help="Hub dataset repository, ORG/NAME.")] = "ORG/NAME",
@@ -262,27 +273,24 @@ def publish(
         help="Hub license id.", show_default="the source data set's")] = None,
 ) -> None:
     """Push both configs and the card to the Hub, or write them locally with --dry-run OUT."""
+    from mfsc_builder import publish as pub
 
-    def body() -> None:
-        from mfsc_builder import publish as pub
-
-        _setup_logging(False)
-        _not_a_file(build_dir, "the output folder of `mfsc build`")
-        _not_a_file(dry_run, "a folder to --dry-run")
-        if dry_run is not None:
-            folder = pub.dry_run(build_dir, dry_run, repo_id=repo_id, license=license)
-            out.print(f"[green]dry run[/green] written to {folder} (README.md + data/<config>/<split>-*.parquet)")
-            return
-        if repo_id == "ORG/NAME":
-            raise BuildError("give --repo-id ORG/NAME (or --dry-run OUT to only write the files)")
-        url = pub.push(build_dir, repo_id, private=private, license=license)
-        out.print(f"[green]published[/green] {url}")
-
-    _guard(body)
+    _setup_logging(False)
+    _not_a_file(build_dir, "the output folder of `mfsc build`")
+    _not_a_file(dry_run, "a folder to --dry-run")
+    if dry_run is not None:
+        folder = pub.dry_run(build_dir, dry_run, repo_id=repo_id, license=license)
+        out.print(f"[green]dry run[/green] written to {folder} (README.md + data/<config>/<split>-*.parquet)")
+        return
+    if repo_id == "ORG/NAME":
+        raise BuildError("give --repo-id ORG/NAME (or --dry-run OUT to only write the files)")
+    url = pub.push(build_dir, repo_id, private=private, license=license)
+    out.print(f"[green]published[/green] {url}")
 
 
 # --------------------------------------------------------------------------- import-official
 @app.command("import-official")
+@_guarded
 def import_official(
     file: Annotated[Path, typer.Argument(help="The public PromptAD/fine_grained_prompts.py (read, never run).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the classes dataset.")],
@@ -290,24 +298,21 @@ def import_official(
         help="Comma-separated class names.", show_default="all in total_classes2id")] = None,
 ) -> None:
     """Write the paper's own captions and defect states as a `classes` dataset (provenance official)."""
+    from mfsc_builder.official import import_official as run
 
-    def body() -> None:
-        from mfsc_builder.official import import_official as run
-
-        _setup_logging(False)
-        _not_a_file(out_dir, "an output folder to --out")
-        names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-        s = run(file, out_dir, names)
-        out.print(f"[green]imported[/green] {len(s.classes)} classes from {file} into {s.out}/classes "
-                  f"(sha256 {s.sha256[:12]}; train with --captions {s.out})", soft_wrap=True)
-        for note in s.notes:
-            err.print(note, style="yellow", markup=False, soft_wrap=True)
-
-    _guard(body)
+    _setup_logging(False)
+    _not_a_file(out_dir, "an output folder to --out")
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    s = run(file, out_dir, names)
+    out.print(f"[green]imported[/green] {len(s.classes)} classes from {file} into {s.out}/classes "
+              f"(sha256 {s.sha256[:12]}; train with --captions {s.out})", soft_wrap=True)
+    for note in s.notes:
+        err.print(note, style="yellow", markup=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- show
 @app.command()
+@_guarded
 def show(
     build_dir: Annotated[Path, typer.Argument(help="Output folder of `mfsc build` (or of `mfsc merge`).")],
     class_name: Annotated[str | None, typer.Option("--class", help="Class to show.", show_default="the first")] = None,
@@ -316,34 +321,27 @@ def show(
     = None,
 ) -> None:
     """Print a class record and one image record of a build, readably."""
+    from mfsc_builder.show import show_build
 
-    def body() -> None:
-        from mfsc_builder.show import show_build
-
-        show_build(build_dir, class_name=class_name, image_id=image_id, console=out)
-
-    _guard(body)
+    show_build(build_dir, class_name=class_name, image_id=image_id, console=out)
 
 
 # --------------------------------------------------------------------------- demo data
 @app.command("demo-data")
+@_guarded
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the synthetic data set (MVTec-AD layout).")],
     seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes.")] = 0,
     visa_raw: Annotated[Path | None, typer.Option(help="Also convert it to the VisA raw layout here.")] = None,
 ) -> None:
     """Write the project's small synthetic data set (3 classes, about 0.5 MB, in about a second)."""
+    from fsad_data import make_demo_data, to_visa_raw
 
-    def body() -> None:
-        from fsad_data import make_demo_data, to_visa_raw
-
-        _not_a_file(visa_raw, "a folder to --visa-raw")
-        root = make_demo_data(out_dir, seed=seed)
-        out.print(f"[green]demo data[/green] written to {root}")
-        if visa_raw is not None:
-            out.print(f"[green]VisA raw layout[/green] written to {to_visa_raw(root, visa_raw)}")
-
-    _guard(body)
+    _not_a_file(visa_raw, "a folder to --visa-raw")
+    root = make_demo_data(out_dir, seed=seed)
+    out.print(f"[green]demo data[/green] written to {root}")
+    if visa_raw is not None:
+        out.print(f"[green]VisA raw layout[/green] written to {to_visa_raw(root, visa_raw)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -7,7 +7,7 @@ dataset contract with the detector (docs/CONTRACTS.md, schema_version 1); keep t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 SCHEMA_VERSION = 1
 
@@ -23,23 +23,28 @@ def _from(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class _Record:
+    """The dict form of a nested record (a dataclass): its fields as they are (`asdict`), and back (unknown keys
+    ignored). A record whose numbers or lists must be normalised (a cast, float32 rounding) extends one or both."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return _from(cls, data)
+
+
 @dataclass
-class ImageView:
+class ImageView(_Record):
     """Level 1: the foreground object and the background."""
 
     foreground: str = ""
     background: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageView:
-        return _from(cls, data)
-
 
 @dataclass
-class ForegroundView:
+class ForegroundView(_Record):
     """Level 2: how many components the foreground holds and one sentence on how they relate."""
 
     count: int = 0
@@ -48,13 +53,9 @@ class ForegroundView:
     def to_dict(self) -> dict[str, Any]:
         return {"count": int(self.count), "relation": self.relation}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ForegroundView:
-        return _from(cls, data)
-
 
 @dataclass
-class ComponentView:
+class ComponentView(_Record):
     """Level 3: one visual component with its attributes and a sentence describing it."""
 
     name: str = ""
@@ -68,20 +69,20 @@ class ComponentView:
     sentence: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = super().to_dict()
         d["count"] = int(self.count)
         d["area"] = float(self.area)
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComponentView:
-        c = _from(cls, data)
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        c = super().from_dict(data)
         c.area = round(float(c.area), 6)  # float32 storage noise must not change a record
         return c
 
 
 @dataclass
-class DefectView:
+class DefectView(_Record):
     """The defect of an anomalous image; all fields are empty strings for normal images."""
 
     type: str = ""
@@ -90,16 +91,9 @@ class DefectView:
     colour: str = ""
     sentence: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DefectView:
-        return _from(cls, data)
-
 
 @dataclass
-class RegionView:
+class RegionView(_Record):
     """A cropped region as stored in the dataset (the mask itself is not stored, only its box and area)."""
 
     kind: str = "component"
@@ -120,15 +114,15 @@ class RegionView:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RegionView:
-        r = _from(cls, data)
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        r = super().from_dict(data)
         r.box = [int(v) for v in r.box]
         r.area = round(float(r.area), 6)
         return r
 
 
 @dataclass
-class Provenance:
+class Provenance(_Record):
     """Who wrote the level fields: backend, model id and revision, prompt version, ok/retried/fallback, and how
     a model was asked for its answer (`schema.RESPONSE_FORMATS`: json_schema, json_object, prompt; "" for the
     attribute captioner)."""
@@ -140,16 +134,9 @@ class Provenance:
     status: str = "ok"
     response_format: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Provenance:
-        return _from(cls, data)
-
 
 @dataclass
-class PromptText:
+class PromptText(_Record):
     """One text group for the detector: normal descriptions and their handcrafted abnormal variants."""
 
     level: str
@@ -162,8 +149,8 @@ class PromptText:
                 "abnormal": list(self.abnormal)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PromptText:
-        t = _from(cls, data)
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        t = super().from_dict(data)
         t.normal, t.abnormal = list(t.normal), list(t.abnormal)
         return t
 
@@ -224,10 +211,7 @@ class ImageRecord:
             "width": int(self.width),
             "height": int(self.height),
             "is_reference": bool(self.is_reference),
-            "image_view": self.image_view.to_dict(),
-            "foreground_view": self.foreground_view.to_dict(),
-            "components": [c.to_dict() for c in self.components],
-            "caption": self.caption,
+            **_levels_dict(self),
             "regions": [r.to_dict() for r in self.regions],
             "defect": self.defect.to_dict(),
             "provenance": self.provenance.to_dict(),
@@ -235,13 +219,9 @@ class ImageRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
-        d = dict(data)
-        d["image_view"] = ImageView.from_dict(d.get("image_view") or {})
-        d["foreground_view"] = ForegroundView.from_dict(d.get("foreground_view") or {})
-        d["components"] = [ComponentView.from_dict(c) for c in d.get("components") or []]
+        d = _with_levels(data)
         d["regions"] = [RegionView.from_dict(r) for r in d.get("regions") or []]
         d["defect"] = DefectView.from_dict(d.get("defect") or {})
-        d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
         return _from(cls, d)
 
     def to_row(self, image: StoredFileLike | None = None, mask: StoredFileLike | None = None) -> dict[str, Any]:
@@ -285,10 +265,7 @@ class ClassRecord:
             "source_layout": self.source_layout,
             "reference_images": list(self.reference_images),
             "reference_selection": self.reference_selection,
-            "image_view": self.image_view.to_dict(),
-            "foreground_view": self.foreground_view.to_dict(),
-            "components": [c.to_dict() for c in self.components],
-            "caption": self.caption,
+            **_levels_dict(self),
             "defect_states": list(self.defect_states),
             "defect_vocab": self.defect_vocab,
             "texts": [t.to_dict() for t in self.texts],
@@ -297,12 +274,8 @@ class ClassRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassRecord:
-        d = dict(data)
-        d["image_view"] = ImageView.from_dict(d.get("image_view") or {})
-        d["foreground_view"] = ForegroundView.from_dict(d.get("foreground_view") or {})
-        d["components"] = [ComponentView.from_dict(c) for c in d.get("components") or []]
+        d = _with_levels(data)
         d["texts"] = [PromptText.from_dict(t) for t in d.get("texts") or []]
-        d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
         d["reference_images"] = list(d.get("reference_images") or [])
         d["defect_states"] = list(d.get("defect_states") or [])
         return _from(cls, d)
@@ -311,6 +284,28 @@ class ClassRecord:
         """The `classes` dataset row (same keys as `CLASSES_FEATURES`)."""
         d = self.to_dict()
         return {name: d[name] for name in _get("CLASSES_FEATURES")}
+
+
+def _levels_dict(record: ImageRecord | ClassRecord) -> dict[str, Any]:
+    """The dict form of what an image record and a class record both describe: the three MFSC levels and the
+    whole-image caption (in this key order)."""
+    return {
+        "image_view": record.image_view.to_dict(),
+        "foreground_view": record.foreground_view.to_dict(),
+        "components": [c.to_dict() for c in record.components],
+        "caption": record.caption,
+    }
+
+
+def _with_levels(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an image or class record's dict with the nested records both hold read back: the three MFSC
+    levels and the provenance."""
+    d = dict(data)
+    d["image_view"] = ImageView.from_dict(d.get("image_view") or {})
+    d["foreground_view"] = ForegroundView.from_dict(d.get("foreground_view") or {})
+    d["components"] = [ComponentView.from_dict(c) for c in d.get("components") or []]
+    d["provenance"] = Provenance.from_dict(d.get("provenance") or {})
+    return d
 
 
 def _features() -> tuple[Any, Any]:

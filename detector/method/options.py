@@ -1,8 +1,9 @@
 """The method's options, read from a TrainConfig in one place: loss functions, region settings, tau.
 
 Each option's default is the public code's behaviour (docs/FIDELITY.md has the table); the ``ours`` recipe
-(detector/configs/recipes/ours.json) sets the project's own choices. Training (detector.run.train) calls only
-these helpers, so a new option is wired here and nowhere else.
+(detector/configs/recipes/ours.json) sets the project's own choices. Fitting (``detector.method.fit``) reads the
+options only through these helpers; an option's values are ``detector.method.choices`` and its check is
+``detector.config`` (docs/ARCHITECTURE.md, "what a change touches").
 """
 from __future__ import annotations
 

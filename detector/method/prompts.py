@@ -333,7 +333,7 @@ class MultiLevelPrompts(torch.nn.Module):
         self.row_meta = rows.meta
         self.texts = rows.texts
         self._tokenize(tokenizer, rows)
-        self.checkpoint_text = False  # recompute the text blocks in backward (training memory; train.py sets it)
+        self.checkpoint_text = False  # recompute the text blocks in backward (training memory; fit.text_checkpoint sets it)
         self.attr_pos = {g.level: i for i, g in enumerate(self.groups) if g.level in ATTRIBUTE_LEVELS}
         self.used_attributes = [lv for lv in ATTRIBUTE_LEVELS if lv in self.attr_pos]
         if config.gate_mode == "tokens":

@@ -7,7 +7,7 @@ checkpoint under the target name; ``config.json`` also records the SHA-256 of th
 caught on load.  Loading refuses pickles outright (a ``*.pt``/``*.bin``/``*.pkl`` where the safetensors should
 be is an error, never unpickled).
 
-``detector.checkpoint`` builds the FineGrainedAD save/load on top of these two functions.
+``detector.store.saved_detector`` builds the FineGrainedAD save/load on top of these two functions.
 """
 from __future__ import annotations
 
