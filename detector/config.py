@@ -124,6 +124,7 @@ class TrainConfig:
     vv_blocks: int | str | None = None  # final blocks with a V-V branch: None/"all" = every block (public), "half"
     prototype: str = "raw_mean"  # group prototypes: raw_mean (public) | unit_mean
     extra_texts: bool = False  # the image group's extra sentences of the caption record (ours: True)
+    component_texts: str = "one"  # a component's abnormal texts: one drawn with the seed (public) | all (ours)
     region_weighting: str = "features"  # features (region weights scale the tokens, public) | loss (weighted mean)
     triplet_distance: str = "squared"  # squared (public) | euclidean
     composition: str = "public"  # public | cosine

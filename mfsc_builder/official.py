@@ -25,7 +25,8 @@ code also appends a "." to each D when it builds its prompt strings):
     state put after the entity (or its plural) and its location word swapped for another location. The
     public code draws ONE state and ONE other location at random per run (unseeded); here every state
     gives one text, the k-th state with the k-th other location of ``fine_grained_location_list``
-    (deterministic, and it covers the states the random draw picks from);
+    (deterministic, and it covers the states the random draw picks from), and the detector's ``paper``
+    recipe keeps one of them per component, drawn with the run's seed (``component_texts``, FIDELITY.md #41);
   - relation: the relation sentence; abnormal: every entity name replaced by the template, per template;
   - colour / texture / shape: the class's values joined by "."; abnormal: each value of the file's list
     that the class does not have.

@@ -11,7 +11,11 @@ from detector.run.train import train_model
 SHOTS = [make_image(), make_image((20, 20, 12))]
 IMAGE_TEXTS = {"level": "image", "group": "image", "normal": ["a photo of a grey widget", "a flawless widget"],
                "abnormal": ["a photo of a grey widget with a crack", "a cracked widget"]}
-WIDGET = {**RECORD, "defect_states": ["crack"], "texts": [IMAGE_TEXTS, *RECORD["texts"][1:]]}
+CAP_TEXTS = {"level": "component", "group": "cap", "normal": ["a round cap on the top"],  # one text per state
+             "abnormal": ["a round cap with a crack on the bottom", "a round cap with a dent on the left",
+                          "a round cap with a scratch on the right"]}
+WIDGET = {**RECORD, "defect_states": ["crack"],
+          "texts": [IMAGE_TEXTS, *(CAP_TEXTS if e["group"] == "cap" else e for e in RECORD["texts"][1:])]}
 NAMES = ["good/000.png", "good/001.png"]
 
 
@@ -58,6 +62,9 @@ def test_recipe_options_reach_losses_regions_prompts_backbone_and_model(tiny_cli
     image_group = m.pixel_prompts.groups[0]  # extra_texts: the caption only (paper) or every sentence (ours)
     n = 2 if cfg.extra_texts else 1
     assert (len(image_group.normal), len(image_group.abnormal)) == (n, n)
+    for prompts in (m.pixel_prompts, m.image_prompts):  # component_texts: one seeded draw (paper) or all (ours)
+        cap = next(g for g in prompts.groups if g.name == "cap")
+        assert len(cap.abnormal) == (1 if recipe == "paper" else 3) and set(cap.abnormal) <= set(CAP_TEXTS["abnormal"])
     depth = m.backbone.depth
     assert m.backbone.vv_blocks == (depth if recipe == "paper" else depth // 2)
     stored = math.log(1 / 0.07)  # open_clip's init of logit_scale (random weights)

@@ -205,3 +205,34 @@ def test_fusion_rule_and_the_tokens_each_branch_reads():
     _, text_maps = m.score_features(out, resolution=16, branch="text")
     up_text = F.interpolate(text_grid[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
     assert torch.allclose(text_maps, gaussian_smooth(up_text, 4.0), atol=1e-6)
+
+
+def test_component_texts_drawn_at_training_are_drawn_again_at_load_and_old_checkpoints_keep_all(tiny_clip_name,
+                                                                                                   tmp_path):
+    """A checkpoint rebuilds its prompts from the caption record: the seeded draw of one component text (the
+    paper recipe) must give the same text on load, and a checkpoint written before the option existed (its
+    config has no ``component_texts``) reads back with every text, as it was trained."""
+    import json
+
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
+    from detector.store.saved_detector import load_detector
+
+    texts = [{**e, "abnormal": [f"a round cap with a {s} on the {w}" for s, w in
+                                (("crack", "bottom"), ("dent", "left"), ("scratch", "right"))]}
+             if e["level"] == "component" else e for e in RECORD["texts"]]
+    record = {**RECORD, "texts": texts}
+    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=1, image_epochs=1,
+                      shots=1, seed=3)
+    model = train_model(cfg, progress=False, shot_images=[make_image()], shot_names=["a.png"], record=record)
+
+    def cap(m):
+        return next(g.abnormal for g in m.pixel_prompts.groups if g.name == "cap")
+
+    assert len(cap(model)) == 1
+    ckpt = save_detector(model, tmp_path / "ckpt")
+    assert cap(load_detector(ckpt)) == cap(model)
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["meta"]["config"]["component_texts"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert len(cap(load_detector(ckpt))) == 3

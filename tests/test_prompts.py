@@ -354,3 +354,29 @@ def test_custom_text_tower_is_found_and_unsupported_ones_refused(clip):
     bad.text.cls_emb = torch.nn.Parameter(torch.zeros(32))
     with pytest.raises(DetectorError, match="CLS"):
         MultiLevelPrompts(bad, tok, groups_from_class_name("screw"), PromptConfig())
+
+
+def test_component_texts_one_is_a_seeded_draw_per_component_and_all_keeps_every_text():
+    """The public prompt learner builds ONE abnormal text per component (a random state and location); "one"
+    draws one of the record's texts per component with the run's seed: the same for the same seed, different
+    draws across seeds, each from the component's own texts; "all" keeps them, and the other groups are untouched."""
+    texts = [{"level": "image", "group": "image", "normal": ["a photo of a widget"], "abnormal": ["a cracked widget"]},
+             {"level": "background", "group": "background", "normal": ["white background"],
+              "abnormal": ["white background with a crack", "white background with a dent"]}]
+    for name in ("cap", "screw"):
+        texts.append({"level": "component", "group": name, "normal": [f"a {name} on the top"],
+                      "abnormal": [f"a {name} with a {s} on the {w}" for s, w in
+                                   (("crack", "left"), ("dent", "right"), ("scratch", "bottom"), ("hole", "top"))]})
+    record = {"class_name": "widget", "texts": texts, "defect_states": ["crack", "dent"]}
+    every = {g.name: g for g in groups_from_record(record, component_texts="all")}
+    assert [len(every[n].abnormal) for n in ("cap", "screw")] == [4, 4]
+    draws = set()
+    for seed in range(12):
+        one = {g.name: g for g in groups_from_record(record, component_texts="one", seed=seed)}
+        assert one == {g.name: g for g in groups_from_record(record, component_texts="one", seed=seed)}
+        assert one["background"] == every["background"] and one["image"] == every["image"]
+        for n in ("cap", "screw"):
+            assert len(one[n].abnormal) == 1 and one[n].abnormal[0] in every[n].abnormal
+            assert one[n].normal == every[n].normal
+        draws.add((one["cap"].abnormal[0], one["screw"].abnormal[0]))
+    assert len(draws) > 3  # the seed decides the draw (12 seeds over 16 pairs)

@@ -17,6 +17,7 @@ IMAGE_VISUAL_MAX = ("upsampled", "grid")  # the image score's visual max over th
 REGION_ASSIGN = ("nearest", "parent")  # DPC-KNN: a token joins its nearest centre (public) | its parent's cluster
 REGION_MATCH = ("token_mean", "feature_mean")  # component -> cluster by its mean token (public) | mean feature
 TAU_MODES = ("stored", "exp")  # CLIP's stored log-space logit scale (public) | its exp capped at 100; or a number
+COMPONENT_TEXTS = ("one", "all")  # a component's handcrafted abnormal texts: one seeded draw (public) | every one
 VV_BLOCK_WORDS = ("all", "half")  # blocks with a V-V branch: every block (public) | the second half; or a count
 BASELINES = ("promptad",)
 
@@ -39,4 +40,5 @@ CHOICES: dict[str, tuple[str, ...]] = {  # TrainConfig field -> its allowed valu
     "image_visual_max": IMAGE_VISUAL_MAX,
     "region_assign": REGION_ASSIGN,
     "region_match": REGION_MATCH,
+    "component_texts": COMPONENT_TEXTS,
 }

@@ -225,7 +225,8 @@ def _prompt_sets(config: TrainConfig, backbone: Backbone, record: dict | None, o
     torch.manual_seed(config.seed)
     pixel, image = build_prompt_sets(backbone, record, object_name, config.baseline, config.drop_levels,
                                      config.prompt_config(config.n_pro_pixel),
-                                     config.prompt_config(config.n_pro_image), extra_texts=config.extra_texts)
+                                     config.prompt_config(config.n_pro_image), extra_texts=config.extra_texts,
+                                     component_texts=config.component_texts, seed=config.seed)
     pixel.to(backbone.device)
     image.to(backbone.device)
     pixel.checkpoint_text = text_checkpoint(config, pixel)

@@ -293,14 +293,17 @@ class FineGrainedAD(nn.Module):
 
 def build_prompt_sets(backbone: Backbone, record: dict | None, object_name: str, baseline: str | None,
                       drop_levels: list[str], pixel_config: dict, image_config: dict,
-                      extra_texts: bool = False) -> tuple[MultiLevelPrompts, MultiLevelPrompts]:
-    """The two MLLP prompt sets for a class: from the MFSC record, or from the class name (PromptAD)."""
+                      extra_texts: bool = False, component_texts: str = "all",
+                      seed: int = 0) -> tuple[MultiLevelPrompts, MultiLevelPrompts]:
+    """The two MLLP prompt sets for a class: from the MFSC record, or from the class name (PromptAD); both sets
+    share the groups (and so the component texts drawn with ``seed``, ``prompts.draw_component_texts``)."""
     if baseline == "promptad":
         groups = groups_from_class_name(object_name)
     elif baseline is None:
         if record is None:
             raise DetectorError("no caption record: pass --captions, or --baseline promptad for class-name prompts")
-        groups = groups_from_record(record, list(drop_levels), extra_texts=extra_texts)
+        groups = groups_from_record(record, list(drop_levels), extra_texts=extra_texts,
+                                    component_texts=component_texts, seed=seed)
     else:
         raise DetectorError(f"unknown baseline {baseline!r}: use 'promptad' or none")
     sets = []

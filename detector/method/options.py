@@ -24,7 +24,10 @@ METHOD_FIELDS = (
     "vv_blocks", "tau", "gate_mode", "gate_init", "prototype", "period", "extra_texts", "region_weighting",
     "triplet_distance", "composition", "lambda_comp", "image_groups", "image_score_group", "region_assign",
     "region_scale_distance", "region_match", "region_knn", "region_boost", "lambda1", "image_lambda_comp", "image_visual_max",
+    "component_texts",
 )
+
+
 def method_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The computation-choosing settings of a TrainConfig (or its asdict) as plain JSON."""
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))

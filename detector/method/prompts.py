@@ -48,6 +48,7 @@ the trained tensors: ``ctx``, ``abnormal_tokens`` and ``gates``.
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -158,13 +159,16 @@ def _entries(texts: Any) -> list[dict[str, Any]]:
 
 
 def groups_from_record(
-    record: dict[str, Any], drop_levels: tuple[str, ...] | list[str] = (), extra_texts: bool = False
+    record: dict[str, Any], drop_levels: tuple[str, ...] | list[str] = (), extra_texts: bool = False,
+    component_texts: str = "all", seed: int = 0,
 ) -> list[PromptGroup]:
     """Prompt groups of a caption record (a ``classes`` row): image, background, components, then attributes.
 
     Levels in ``drop_levels`` are left out (ablations). Texts are stripped; empty ones are skipped.
     ``extra_texts`` False (public): the image group keeps only the caption and the caption-with-state texts
-    (see the module docstring).
+    (see the module docstring). ``component_texts`` "one" (public): each component keeps ONE of its handcrafted
+    abnormal texts, drawn with ``seed`` (``draw_component_texts``); "all": every one (the default here, so that a
+    checkpoint written before the option existed reads back as it was trained).
     """
     drop = tuple(drop_levels)
     _check_drop_levels(drop)
@@ -200,6 +204,8 @@ def groups_from_record(
         n_states = len(record.get("defect_states") or [])
         abnormal = img.abnormal[:n_states] if 0 < n_states < len(img.abnormal) else img.abnormal
         by_level[IMAGE][0] = PromptGroup(level=IMAGE, name=img.name, normal=img.normal[:1], abnormal=abnormal)
+    if component_texts == "one":
+        by_level[COMPONENT] = draw_component_texts(by_level[COMPONENT], seed)
     groups = [g for lv in LEVELS if lv not in drop for g in by_level[lv]]
     names = [g.name for g in groups]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -208,6 +214,23 @@ def groups_from_record(
             f"caption record of class {cls!r}: duplicate prompt groups {dupes}; rebuild the captions"
         )
     return groups
+
+
+def draw_component_texts(components: list[PromptGroup], seed: int) -> list[PromptGroup]:
+    """Each component group with ONE of its handcrafted abnormal texts, as the public prompt learner builds them.
+
+    The public ``FineGrainedPatchPromptLearner`` makes one abnormal text per component from a ``random.choice`` of
+    the class's defect states and one of the other locations. Here the record already holds one text per state
+    (the k-th state with the k-th other location, ``mfsc_builder.official``), and one of them is drawn per
+    component, in the record's order, by a ``random.Random(seed)`` of its own: the same draw on every machine and
+    for both prompt sets, reproduced when a checkpoint is loaded (its config records the seed).
+    """
+    rng = random.Random(int(seed))
+    drawn = []
+    for g in components:
+        keep = [g.abnormal[rng.randrange(len(g.abnormal))]] if g.abnormal else []
+        drawn.append(PromptGroup(level=g.level, name=g.name, normal=g.normal, abnormal=keep))
+    return drawn
 
 
 _NORMAL_TEMPLATES = (

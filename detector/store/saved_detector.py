@@ -139,7 +139,10 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
         cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
                                          meta.get("drop_levels") or [], meta["prompt_config_pixel"],
-                                         meta["prompt_config_image"], extra_texts=bool(cfg.get("extra_texts")))
+                                         meta["prompt_config_image"], extra_texts=bool(cfg.get("extra_texts")),
+                                         # a checkpoint from before the option kept every component text
+                                         component_texts=str(cfg.get("component_texts", "all")),
+                                         seed=int(cfg.get("seed", 0)))
     except (TypeError, ValueError) as e:  # hand-edited prompt config: unknown key or a value of the wrong type
         raise DetectorError(f"{ckpt_dir}/config.json: prompt config does not fit this detector ({e}); "
                             "retrain or restore the checkpoint") from e
