@@ -9,6 +9,9 @@ with our module in its default (``paper``) settings to 1e-5:
 - the textual map and the CLS score with CLIP's stored logit scale and group matching;
 - every term of the pixel loss (feature-scaled region logits, squared triplet, lambda1 matching, the
   composition regulariser) and of the image loss (CLS against every group).
+The prompt learner and both losses are compared for a two-component class with n_pro = 2 and for a
+three-component class (the public ``cable`` shape) with the image set's n_pro = 3 and n_pro_ab = 4, where the
+gates' row pairing and the learned rows' (r % n_pro, r % n_pro_ab) pairing cover every combination.
 """
 from __future__ import annotations
 
@@ -64,11 +67,28 @@ def clip(tiny_clip_name):
     return model, open_clip.get_tokenizer(tiny_clip_name)
 
 
+# a class with three components, as the public file's ``cable`` (three wires): the image prompt set's n_pro = 3
+CABLE = {**RECORD, "class_name": "cable", "object_name": "cable", "texts": [
+    *RECORD["texts"][:2],
+    *({"level": "component", "group": f"{c} wire", "normal": [f"a {c} wire at the {w}"],
+       "abnormal": [f"a {c} wire with a cut at the {o}"]}
+      for c, w, o in (("green", "top", "bottom"), ("blue", "left", "right"), ("grey", "right", "top"))),
+    *RECORD["texts"][4:]]}
+
+
 @pytest.fixture(scope="module")
 def prompts(clip):
     model, tok = clip
     torch.manual_seed(3)
     return MultiLevelPrompts(model, tok, groups_from_record(RECORD), PromptConfig(n_pro=2, n_pro_ab=3))
+
+
+@pytest.fixture(scope="module")
+def image_prompts(clip):
+    """The image-level set of a three-component class: n_pro = 3 (train_cls), n_pro_ab = 4."""
+    model, tok = clip
+    torch.manual_seed(5)
+    return MultiLevelPrompts(model, tok, groups_from_record(CABLE), PromptConfig(n_pro=3, n_pro_ab=4))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -184,9 +204,10 @@ def _public_image_rows(model, tok, p: MultiLevelPrompts) -> dict[int, torch.Tens
     return out
 
 
-def test_token_mode_prompt_learner_and_raw_prototypes_equal_the_public_learner(clip, prompts):
+@pytest.mark.parametrize("which", ["prompts", "image_prompts"])
+def test_token_mode_prompt_learner_and_raw_prototypes_equal_the_public_learner(clip, which, request):
     model, tok = clip
-    p = prompts
+    p = request.getfixturevalue(which)
     assert p.config.gate_mode == "tokens" and p.config.prototype == "raw_mean"
     assert p.gates.abs().max() > 0.05 and p.gates.std() > 0.2  # N(0, 1) draws, as the public gates
     with torch.no_grad():
@@ -294,10 +315,12 @@ def _public_match(t: dict) -> torch.Tensor:
     return (F.normalize(t["h"], dim=-1).mean(0) - F.normalize(t["l"], dim=-1).mean(0)).norm() ** 2
 
 
-def test_pixel_loss_equals_the_public_seg_loss(clip, prompts):
-    p = prompts
+@pytest.mark.parametrize("which", ["prompts", "image_prompts"])
+def test_pixel_loss_equals_the_public_seg_loss(clip, which, request):
+    p = request.getfixturevalue(which)
     names = p.region_names()
-    assert names == ["image", "background", "cap", "label"]
+    n_comp = len(names) - 2
+    assert names[:2] == ["image", "background"] and n_comp == {"prompts": 2, "image_prompts": 3}[which]
     k, n, d = 2, 16, 32
     feat = F.normalize(torch.randn(k, n, d, generator=torch.Generator().manual_seed(2)), dim=-1)
     weights = 1 + 1.5 * torch.rand(len(names), k, n, generator=torch.Generator().manual_seed(3))
@@ -307,14 +330,14 @@ def test_pixel_loss_equals_the_public_seg_loss(clip, prompts):
         raw = p.encode_prompts(normalize=False)
         text = {g: _public_text(raw, p, g) for g in range(len(names))}
         img, bg = text[0], text[1]
-        comps = [text[2], text[3]]
+        comps = [text[2 + c] for c in range(n_comp)]
         ref = _public_ce(feat, img, scale) + _public_triplet(feat, img) + 0.001 * _public_match(img)
-        for g in (2, 3, 1):  # entities, then the background appended last
+        for g in (*range(2, 2 + n_comp), 1):  # entities, then the background appended last
             fw = feat * weights[g].unsqueeze(-1)  # region weights scale the token features
             ref = ref + _public_ce(fw, text[g], scale) + _public_triplet(fw, text[g])
         ref = ref + 0.001 * sum(_public_match(t) for t in comps)
         reg = (F.normalize(img["l"], dim=-1).mean(0)
-               - F.normalize(comps[0]["l"] + comps[1]["l"], dim=-1).mean(0)
+               - F.normalize(sum(c["l"] for c in comps), dim=-1).mean(0)
                - F.normalize(bg["n"], dim=-1).mean(0)).norm()
         ref = ref + reg  # weight 1
         loss, parts = mlsa_loss(feat, weights, p(), scale)
@@ -322,15 +345,16 @@ def test_pixel_loss_equals_the_public_seg_loss(clip, prompts):
     assert float(loss) == pytest.approx(float(ref), abs=ATOL)
 
 
-def test_image_loss_equals_the_public_cls_loss(clip, prompts):
-    p = prompts
+@pytest.mark.parametrize("which", ["prompts", "image_prompts"])
+def test_image_loss_equals_the_public_cls_loss(clip, which, request):
+    p = request.getfixturevalue(which)
     cls = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(4)), dim=-1)
     scale = 2.3
     with torch.no_grad():
         raw = p.encode_prompts(normalize=False)
         text = {g: _public_text(raw, p, g) for g in range(p.n_region)}
         ref = sum(_public_ce(cls, t, scale) + _public_triplet(cls, t) for t in text.values())
-        ref = ref + 0.001 * (_public_match(text[0]) + _public_match(text[2]) + _public_match(text[3]))
+        ref = ref + 0.001 * sum(_public_match(text[g]) for g in range(p.n_region) if g != 1)  # not the background
         loss, parts = image_loss(cls, p(), scale)
     assert "composition" not in parts  # the public image-level script has no regulariser
     assert float(loss) == pytest.approx(float(ref), abs=ATOL)
