@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from detector.store.saved_detector import save_detector
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -45,6 +43,7 @@ def main() -> None:
     from detector.deploy.export import export_checkpoint
     from detector.run.runtime import load_exported
     from detector.run.train import train_model
+    from detector.store.saved_detector import save_detector
     from fsad_data import load_rgb, make_demo_data
 
     if args.threads:

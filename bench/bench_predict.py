@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from detector.store.saved_detector import save_detector
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -66,6 +64,8 @@ def main() -> None:
         paths = sorted((root / "pill_box" / "test").glob("*/*.png"))
         images = [load_rgb(p) for p in (paths * args.batch)[: args.batch]]
         files = _write_files(paths, Path(tmp) / "files", args.files, args.size)
+        from detector.store.saved_detector import save_detector
+
         ckpt = save_detector(model, Path(tmp) / "ckpt") if args.loads else None
         _bench(args, model, images, files, ckpt, t_build)
 

@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from detector.store.saved_detector import save_detector
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -205,6 +203,8 @@ def main() -> int:
                   f"peak {peak_predict:7.0f} MB")
 
         # ---- bf16 against fp32: the same checkpoint in both precisions
+        from detector.store.saved_detector import save_detector
+
         ckpt = save_detector(model, tmp / "ckpt")
         images = tests[: max(batches)]
         ref = load_detector(ckpt, device=dev, precision="fp32").predict(images, resolution=args.resolution)

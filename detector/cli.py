@@ -413,20 +413,39 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder for the graph and export.json.")],
     fmt: Annotated[Literal["onnx", "openvino"], typer.Option("--format", help="onnx, or openvino (optional "
                                                              "extra).")] = "onnx",
-    precision: Annotated[Literal["fp32", "fp16"], typer.Option(
-        "--precision", help="fp32, or fp16 (OpenVINO's fp16 weight compression).")] = "fp32",
+    precision: Annotated[Literal["fp32", "fp16", "int8"], typer.Option(
+        "--precision", help="fp32; fp16 (OpenVINO's fp16 weight compression); int8 (OpenVINO, NNCF's quantisation "
+        "calibrated on --data's normal images of the class, refused past --max-drift).")] = "fp32",
     resolution: Annotated[int | None, typer.Option(
         "--resolution", min=8, help="Map resolution of the graph's output.",
         show_default=f"the checkpoint's threshold resolution, else {MAP_RESOLUTION}")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="int8: the data set root; its normal training images of the class calibrate and check the "
+        "graph, its test images (if any) measure the metrics' change.")] = None,
+    layout: LayoutOpt = None,
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="int8: the class in --data.", show_default="the checkpoint's class")] = None,
+    max_drift: Annotated[list[str] | None, typer.Option(
+        "--max-drift", help="int8: KEY=VALUE, a drift limit (map_mean, score_spearman, auroc_points); repeat.",
+        show_default="map_mean=0.02, score_spearman=0.9, auroc_points=1")] = None,
 ) -> None:
     """One static graph (uint8 RGB images in; scores and fused maps out) for ONNX Runtime or OpenVINO."""
 
     def body() -> None:
         _quiet_libraries()
         from detector.deploy.export import export_checkpoint
+        from detector.deploy.quantise import Calibration, DriftLimits, drift_line
 
         _not_a_file(out, "--out", "a folder for the export")
-        path = export_checkpoint(checkpoint, fmt, out, precision=precision, resolution=resolution)
+        if precision == "int8":
+            _console().print("int8: quantising on the class's normal images and checking the drift from fp32 "
+                             "(minutes for ViT-B on a CPU)")
+        calibration = None if data is None else Calibration(str(data), class_name or "", layout or "auto",
+                                                            DriftLimits.parse(max_drift))
+        path = export_checkpoint(checkpoint, fmt, out, precision=precision, resolution=resolution,
+                                 calibration=calibration)
+        if precision == "int8":
+            _console().print(drift_line(json.loads((Path(path) / "export.json").read_text())["int8"]["drift"]))
         _console().print(f"{fmt} export written to {path} (run it: detector predict IMAGES --checkpoint {path} "
                          f"--engine {fmt} --out DIR)")
 

@@ -292,12 +292,12 @@ def test_eval_refuses_a_folder_that_is_not_an_evaluation(trained, demo_root, tmp
 def test_eval_of_a_read_only_checkpoint_completes(trained, demo_root, tmp_path, monkeypatch):
     """The model card of a checkpoint that cannot be written (read-only, shared) is skipped; the evaluation,
     its threshold.json included, is whole."""
-    import detector.store.model_card as card
+    from detector.run import evaluate
 
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied", str(trained))
 
-    monkeypatch.setattr(card, "record_evaluation", read_only)
+    monkeypatch.setattr(evaluate, "record_evaluation", read_only)  # the card's writer, as eval calls it
     ev = tmp_path / "eval"
     res, text = _invoke(_eval_args(trained, demo_root, ev))
     assert res.exit_code == 0, text

@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from detector.deploy.api import read_thresholds
+from detector.deploy.quantise import Calibration, check_drift, class_images, drift, quantise
 from detector.errors import DetectorError
 from detector.method.model import SMOOTH_SIGMA
 from detector.method.scoring import MAP_RESOLUTION
@@ -47,14 +49,21 @@ from detector.run.runtime import (
     OUTPUT_NAMES,
 )
 from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_info, checkpoint_meta
-from detector.store.files import EXPORT_FORMAT, OwnOutput, check_replaceable, naming_folder, output_lock
+from detector.store.files import (
+    EXPORT_FORMAT,
+    OwnOutput,
+    check_replaceable,
+    json_safe,
+    naming_folder,
+    output_lock,
+)
 from detector.store.hub import resolve_checkpoint
 from detector.store.saved_detector import load_detector
 from detector.store.thresholds import THRESHOLD_FILE
 from fsad_data.atomic import staged_folder, write_json_atomic
 from fsad_data.digest import file_sha256
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 18
 
 
@@ -93,13 +102,44 @@ def _to_onnx(graph: ExportGraph, size: int, path: Path) -> None:
                             "(or the project's extra: pip install 'finegrained-ad[export]')") from exc
 
 
-def _to_openvino(onnx_path: Path, xml_path: Path, precision: str) -> None:
+def _to_openvino(onnx_path: Path, xml_path: Path, precision: str, int8: Int8Step | None) -> dict[str, Any] | None:
+    """The ONNX graph as OpenVINO IR (fp16: weights compressed; int8: NNCF-quantised on the class's images and
+    refused past its drift limits, ``detector.deploy.quantise``); returns the int8 record for export.json."""
     try:
         import openvino as ov  # optional extra
     except ImportError as exc:
         raise DetectorError(OPENVINO_MISSING) from exc
     ov_model = ov.convert_model(str(onnx_path))
-    ov.save_model(ov_model, str(xml_path), compress_to_fp16=(precision == "fp16"))
+    if int8 is None:
+        ov.save_model(ov_model, str(xml_path), compress_to_fp16=(precision == "fp16"))
+        return None
+    images = class_images(int8.calibration, int8.size, int8.interpolation)
+    quantised = quantise(ov_model, images.calibration)
+    core, hint = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    figures = drift(core.compile_model(ov_model, "CPU", hint), core.compile_model(quantised, "CPU", hint), images,
+                    int8.resolution)
+    check_drift(figures, int8.calibration.limits)
+    ov.save_model(quantised, str(xml_path), compress_to_fp16=False)
+    cal = int8.calibration
+    return {"tool": "nncf", "nncf_version": _nncf_version(), "drift": figures, "limits": asdict(cal.limits),
+            "calibration": {"data": str(cal.data), "class_name": cal.class_name, "layout": cal.layout,
+                            "augmentation": "flips and quarter turns up to the count"}}
+
+
+def _nncf_version() -> str | None:
+    import nncf  # optional extra (quantise has imported it)
+
+    return str(getattr(nncf, "__version__", None))
+
+
+@dataclass(frozen=True)
+class Int8Step:
+    """What the int8 conversion needs beside the graph: the class's images and the graph's input and output."""
+
+    calibration: Calibration
+    size: int
+    interpolation: str
+    resolution: int
 
 
 EXPORT_OUTPUT = OwnOutput("an earlier export of `detector export`", EXPORT_JSON,
@@ -107,11 +147,13 @@ EXPORT_OUTPUT = OwnOutput("an earlier export of `detector export`", EXPORT_JSON,
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precision: str = "fp32",
-                      resolution: int | None = None) -> Path:
+                      resolution: int | None = None, calibration: Calibration | None = None) -> Path:
     """Write ``out`` (replaced whole, only when it is empty or an earlier export): the graph + export.json.
 
     ``resolution``: the map size R (default: the resolution of the checkpoint's stored threshold, else ``MAP_RESOLUTION``,
-    as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; ONNX exports are fp32.
+    as ``detector predict``). ``precision`` fp16 is OpenVINO's fp16 weight compression; int8 is NNCF's
+    quantisation, calibrated and checked on the class's images of ``calibration`` (``detector.deploy.quantise``);
+    ONNX exports are fp32.
     ``out`` is locked for the run (``detector.store.files.output_lock``: a second export into it is refused at once),
     and a write error that names no file (a full disk) names it.
     """
@@ -119,13 +161,14 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
     out = Path(out)
     lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
     with output_lock(lock_at, "detector export"), naming_folder(out):
-        return _export(checkpoint, fmt, out, precision, resolution)
+        return _export(checkpoint, fmt, out, precision, resolution, calibration)
 
 
-def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None) -> Path:
+def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None,
+            calibration: Calibration | None) -> Path:
     """Check the request, load the checkpoint on the CPU in fp32, build the graph and write it with its spec."""
 
-    _check_request(fmt, precision)
+    _check_request(fmt, precision, calibration)
     check_replaceable(out, EXPORT_OUTPUT)
     ckpt = resolve_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
@@ -133,11 +176,16 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
     model = load_detector(ckpt, device="cpu", precision="fp32")
     graph = ExportGraph(model, res).eval()
     spec = _export_spec(checkpoint, ckpt, meta, model.backbone, fmt, precision, res, thresholds)
-    _write_export(out, graph, model.backbone.image_size, fmt, precision, thresholds, spec)
+    int8 = None
+    if precision == "int8" and calibration is not None:
+        calibration = calibration if calibration.class_name else Calibration(
+            calibration.data, str(meta.get("class_name") or ""), calibration.layout, calibration.limits)
+        int8 = Int8Step(calibration, model.backbone.image_size, model.backbone.interpolation, res)
+    _write_export(out, graph, model.backbone.image_size, fmt, precision, thresholds, spec, int8)
     return out
 
 
-def _check_request(fmt: str, precision: str) -> None:
+def _check_request(fmt: str, precision: str, calibration: Calibration | None) -> None:
     """Refuse a format or precision the export cannot write before anything is loaded."""
     if fmt not in FORMATS:
         raise DetectorError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -146,6 +194,9 @@ def _check_request(fmt: str, precision: str) -> None:
     if precision == "fp16" and fmt == "onnx":
         raise DetectorError("--precision fp16 is OpenVINO's fp16 weight compression: use --format openvino, or "
                             "--precision fp32 for ONNX")
+    if precision == "int8" and (fmt != "openvino" or calibration is None):
+        raise DetectorError("--precision int8 is OpenVINO's post-training quantisation, calibrated on the class's "
+                            "normal images: use --format openvino with --data ROOT (the data set it was trained on)")
     if fmt == "openvino":
         try:
             import openvino  # noqa: F401
@@ -200,7 +251,7 @@ def _export_spec(checkpoint: str | Path, ckpt: Path, meta: dict[str, Any], bb: A
 
 
 def _write_export(out: Path, graph: ExportGraph, size: int, fmt: str, precision: str,
-                  thresholds: dict[str, Any] | None, spec: dict[str, Any]) -> None:
+                  thresholds: dict[str, Any] | None, spec: dict[str, Any], int8: Int8Step | None = None) -> None:
     """The graph (ONNX, converted to OpenVINO IR if asked), the thresholds and ``export.json``, staged so that
     ``out`` is replaced whole or not at all."""
 
@@ -208,7 +259,9 @@ def _write_export(out: Path, graph: ExportGraph, size: int, fmt: str, precision:
         onnx_path = tmp / GRAPH_FILES["onnx"]
         _to_onnx(graph, size, onnx_path)
         if fmt == "openvino":
-            _to_openvino(onnx_path, tmp / GRAPH_FILES["openvino"], precision)
+            record = _to_openvino(onnx_path, tmp / GRAPH_FILES["openvino"], precision, int8)
+            if record is not None:
+                spec["int8"] = json_safe(record)  # the drift figures, the limits they passed, how it was calibrated
             onnx_path.unlink()
         if thresholds:  # `detector predict --threshold auto` and Detector.load read it as from a checkpoint
             write_json_atomic(tmp / THRESHOLD_FILE, {"fused": thresholds})

@@ -109,6 +109,21 @@ def _check_values(spec: dict[str, Any], path: Path) -> None:
             raise bad(key, spec[key], "a mapping" if kinds is dict else "text")
 
 
+def graph_input(images: list[np.ndarray], size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """RGB uint8 (H, W, 3) arrays -> the graph's input (B, S, S, 3) uint8, resized with Pillow as
+    ``Backbone.preprocess`` resizes (the export and its int8 calibration feed the graph the same way)."""
+    resample = Image.BILINEAR if interpolation == "bilinear" else Image.BICUBIC
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise DetectorError(f"image {i} has shape {arr.shape} and dtype {arr.dtype}; expected RGB uint8 "
+                                "(H, W, 3): load images with fsad_data.load_rgb")
+        pil = Image.fromarray(np.ascontiguousarray(arr))
+        out[i] = np.asarray(pil if pil.size == (size, size) else pil.resize((size, size), resample=resample))
+    return out
+
+
 class ExportedModel:
     """An export folder loaded into ONNX Runtime or OpenVINO; ``predict`` has ``FineGrainedAD.predict``'s shape."""
 
@@ -123,18 +138,7 @@ class ExportedModel:
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """RGB uint8 (H, W, 3) arrays -> (B, S, S, 3) uint8, resized as ``Backbone.preprocess`` resizes."""
-
-        s = self.image_size
-        resample = Image.BILINEAR if self.interpolation == "bilinear" else Image.BICUBIC
-        out = np.empty((len(images), s, s, 3), dtype=np.uint8)
-        for i, img in enumerate(images):
-            arr = np.asarray(img)
-            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-                raise DetectorError(f"image {i} has shape {arr.shape} and dtype {arr.dtype}; expected RGB uint8 "
-                                    "(H, W, 3): load images with fsad_data.load_rgb")
-            pil = Image.fromarray(np.ascontiguousarray(arr))
-            out[i] = np.asarray(pil if pil.size == (s, s) else pil.resize((s, s), resample=resample))
-        return out
+        return graph_input(images, self.image_size, self.interpolation)
 
     def predict(self, images: list[np.ndarray], resolution: int | None = None, branch: str = "fused",
                 batch_size: int = 8) -> RuntimePrediction:
@@ -185,7 +189,7 @@ def _openvino_runner(graph: Path, device: str, threads: int | None, precision: s
         raise DetectorError(OPENVINO_MISSING) from exc
     core = ov.Core()
     config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-    if precision == "fp32":  # else the CPU plugin may compute in bf16 where the CPU has it (1e-3 off)
+    if precision in ("fp32", "int8"):  # else the CPU plugin may compute in bf16 where the CPU has it (1e-3 off)
         config["INFERENCE_PRECISION_HINT"] = "f32"
     try:
         compiled = core.compile_model(str(graph), device.upper() if device else "CPU", config)
