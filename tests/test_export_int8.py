@@ -49,6 +49,8 @@ def test_int8_export_records_its_drift_and_how_it_was_calibrated(int8_dir, demo_
     assert rec["limits"] == {"map_mean": 1.0, "score_spearman": -1.0, "auroc_points": 100.0}
     assert rec["calibration"]["class_name"] == "pill_box" and rec["calibration"]["data"] == str(demo_root)
     assert rec["tool"] == "nncf" and rec["nncf_version"]
+    assert rec["auroc_limits_applied"] is False  # the tiny checkpoint has random weights
+    assert d["image_auroc_step_points"] > 0
     xml = (int8_dir / "model.xml").read_text()
     assert "FakeQuantize" in xml or "fake_quantize" in xml.lower()  # the graph really holds int8 ranges
 
@@ -96,8 +98,10 @@ def test_limits_calibration_views_and_rank_correlation():
     figures = {"map_mean": 0.03, "score_spearman": 0.95, "image_auroc": {"change_points": -1.5},
                "pixel_auroc": {"change_points": 0.2}}
     assert exceeded(figures, DriftLimits()) == ["mean map change 0.0300 > map_mean=0.02",
-                                                "image auroc -1.50 points < -auroc_points=1"]
+                                                "image auroc -1.50 points < -1"]
     assert exceeded(figures, DriftLimits.parse(["map_mean=0.05", "auroc_points=2"])) == []
+    assert exceeded(figures, DriftLimits.parse(["map_mean=0.05"]), meaningful=False) == []  # random weights
+    assert exceeded({**figures, "image_auroc_step_points": 2.0}, DriftLimits.parse(["map_mean=0.05"])) == []
     imgs = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     views = augmented(imgs, 7)
     assert views.shape == (7, 4, 4, 3) and np.array_equal(views[0], imgs[0]) and np.array_equal(views[1], imgs[1])

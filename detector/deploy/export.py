@@ -118,10 +118,11 @@ def _to_openvino(onnx_path: Path, xml_path: Path, precision: str, int8: Int8Step
     core, hint = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
     figures = drift(core.compile_model(ov_model, "CPU", hint), core.compile_model(quantised, "CPU", hint), images,
                     int8.resolution)
-    check_drift(figures, int8.calibration.limits)
+    check_drift(figures, int8.calibration.limits, int8.meaningful)
     ov.save_model(quantised, str(xml_path), compress_to_fp16=False)
     cal = int8.calibration
     return {"tool": "nncf", "nncf_version": _nncf_version(), "drift": figures, "limits": asdict(cal.limits),
+            "auroc_limits_applied": int8.meaningful,
             "calibration": {"data": str(cal.data), "class_name": cal.class_name, "layout": cal.layout,
                             "augmentation": "flips and quarter turns up to the count"}}
 
@@ -140,6 +141,7 @@ class Int8Step:
     size: int
     interpolation: str
     resolution: int
+    meaningful: bool  # real backbone weights: the AUROC limits apply (random weights score by chance)
 
 
 EXPORT_OUTPUT = OwnOutput("an earlier export of `detector export`", EXPORT_JSON,
@@ -180,7 +182,8 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
     if precision == "int8" and calibration is not None:
         calibration = calibration if calibration.class_name else Calibration(
             calibration.data, str(meta.get("class_name") or ""), calibration.layout, calibration.limits)
-        int8 = Int8Step(calibration, model.backbone.image_size, model.backbone.interpolation, res)
+        int8 = Int8Step(calibration, model.backbone.image_size, model.backbone.interpolation, res,
+                        bool(checkpoint_info(meta).get("meaningful")))
     _write_export(out, graph, model.backbone.image_size, fmt, precision, thresholds, spec, int8)
     return out
 
