@@ -193,8 +193,31 @@ def trained(tiny_clip_name):
     from detector.run.train import train_model
 
     cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=2, image_epochs=1,
-                      shots=1)
+                      shots=1, component_texts="all")  # the naming machinery on the trained rows themselves
     return train_model(cfg, progress=False, shot_images=[make_image()], shot_names=["good/000.png"], record=RECORD)
+
+
+def test_naming_keeps_every_state_when_training_drew_one_component_text(tiny_clip_name):
+    """The paper recipe trains ONE drawn abnormal text per component (the public count); naming still compares a
+    region with every state of the record, through the same trained vectors: the drawn text's feature is the
+    trained prompt's own row, the others are encoded with the same context."""
+    import torch
+
+    from detector.config import TrainConfig
+    from detector.run.train import train_model
+
+    cfg = TrainConfig(class_name="widget", backbone=tiny_clip_name, pretrained="none", epochs=2, image_epochs=1,
+                      shots=1, seed=1)
+    model = train_model(cfg, progress=False, shot_images=[make_image()], shot_names=["good/000.png"], record=RECORD)
+    cap = model.pixel_prompts.groups[2]
+    assert cap.name == "cap" and len(cap.abnormal) == 1  # trained on one drawn text
+    before = torch.random.get_rng_state()
+    _normal, abnormal, feats = model.abnormal_text_features()["cap"]
+    assert torch.equal(torch.random.get_rng_state(), before)  # naming draws nothing from the caller's RNG
+    assert abnormal == RECORD["texts"][2]["abnormal"] and feats.shape[0] == len(abnormal) == 3
+    drawn = abnormal.index(cap.abnormal[0])
+    trained_row = torch.nn.functional.normalize(model.pixel_prompts().handcrafted[2][0], dim=-1).numpy()
+    assert np.allclose(feats[drawn], trained_row, atol=1e-5)
 
 
 def test_model_exposes_groups_tokens_and_abnormal_texts(trained):

@@ -237,14 +237,30 @@ class FineGrainedAD(nn.Module):
         """Per region group (model order): its normal texts, its handcrafted abnormal texts and their unit
         features (A, D) with the trained context (copies averaged). Runs the text encoder once; named
         defects (``detector.eval.defects``) compare a region's tokens with them."""
-        feats = self.pixel_prompts()
+        prompts = self._naming_prompts()
+        feats = prompts()
         out = {}
         for g, name in enumerate(feats.names):
-            group = self.pixel_prompts.groups[g]
+            group = prompts.groups[g]
             rows = feats.handcrafted[g].float()
             rows = rows.reshape(-1, len(group.abnormal), rows.shape[-1]).mean(0) if group.abnormal else rows
             out[name] = (list(group.normal), list(group.abnormal), F.normalize(rows, dim=-1).cpu().numpy())
         return out
+
+    def _naming_prompts(self) -> MultiLevelPrompts:
+        """The prompt set whose handcrafted texts name defect states: the trained pixel set, or, when training kept
+        one drawn text per component (``component_texts="one"``, the public count), the same trained vectors over
+        every text of the caption record, so that naming can still tell the states apart."""
+        cfg = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        record = self.meta.get("record")
+        if cfg.get("component_texts", "all") != "one" or not isinstance(record, dict):
+            return self.pixel_prompts
+        groups = groups_from_record(record, list(self.meta.get("drop_levels") or []),
+                                    extra_texts=bool(cfg.get("extra_texts")), component_texts="all")
+        with torch.random.fork_rng(devices=[]):  # the new set's initial draw must not move the caller's RNG
+            full = MultiLevelPrompts(self.backbone.model, self.backbone.tokenizer, groups, self.pixel_prompts.config)
+        full.load_state_dict(self.pixel_prompts.state_dict())
+        return full.to(next(self.pixel_prompts.parameters()).device).requires_grad_(False)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], resolution: int = MAP_RESOLUTION, branch: str = DEFAULT_BRANCH,
