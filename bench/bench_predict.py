@@ -174,7 +174,7 @@ def _loads(args: argparse.Namespace, ckpt: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     code = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
-            f"from detector.method.model import load_detector\nload_detector({str(ckpt)!r}, device={args.device!r})")
+            f"from detector.store.saved_detector import load_detector\nload_detector({str(ckpt)!r}, device={args.device!r})")
     modes = {"as the detector commands import open_clip (lean)": "1", "plain open_clip import": "0"}
     best = {k: float("inf") for k in modes}
     for _ in range(args.loads):

@@ -440,8 +440,9 @@ def export(
         if precision == "int8":
             _console().print("int8: quantising on the class's normal images and checking the drift from fp32 "
                              "(minutes for ViT-B on a CPU)")
-        calibration = None if data is None else Calibration(str(data), class_name or "", layout or "auto",
-                                                            DriftLimits.parse(max_drift))
+        asked = data is not None or class_name is not None or bool(max_drift) or layout is not None
+        calibration = None if not asked else Calibration(str(data or ""), class_name or "", layout or "auto",
+                                                         DriftLimits.parse(max_drift))
         path = export_checkpoint(checkpoint, fmt, out, precision=precision, resolution=resolution,
                                  calibration=calibration)
         if precision == "int8":

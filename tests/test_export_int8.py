@@ -12,7 +12,7 @@ from detector_fixtures import make_image
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.deploy.quantise import DriftLimits, _spearman, augmented, exceeded
+from detector.deploy.quantise import DriftLimits, _spearman, augmented, evenly, exceeded
 from detector.errors import DetectorError
 
 pytest.importorskip("openvino")
@@ -88,10 +88,15 @@ def test_int8_requests_that_cannot_work_are_one_clear_line(widget_checkpoint, de
     res = runner.invoke(app, ["export", "--checkpoint", str(widget_checkpoint), "--format", "onnx", "--precision",
                               "int8", "--data", str(demo_root), "--out", str(tmp_path / "b")])
     assert res.exit_code == 1 and "use --format openvino" in res.stderr
+    res = runner.invoke(app, ["export", "--checkpoint", str(widget_checkpoint), "--format", "openvino",
+                              "--data", str(demo_root), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "calibrate an int8 export: add --precision int8" in res.stderr
+    res = _export(widget_checkpoint, demo_root, tmp_path / "d", "--class", "no_such_class")
+    assert res.exit_code == 1 and "no_such_class" in res.stderr  # before the checkpoint is loaded and traced
     for bad in ("map=1", "map_mean", "map_mean=x", "map_mean=-1", "map_mean=nan"):
         with pytest.raises(DetectorError, match="--max-drift"):
             DriftLimits.parse([bad])
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / n).exists() for n in "abcd")
 
 
 def test_limits_calibration_views_and_rank_correlation():
@@ -111,4 +116,47 @@ def test_limits_calibration_views_and_rank_correlation():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=20), rng.normal(size=20)
     assert _spearman(a, a + 0.3 * b) == pytest.approx(stats.spearmanr(a, a + 0.3 * b).statistic, abs=1e-12)
-    assert _spearman(a[:1], b[:1]) == 1.0
+    assert _spearman(a[:1], b[:1]) is None  # one image: no order to keep, and no limit can hold
+    ties = np.array([1.0, 2.0, 2.0, 3.0])
+    assert _spearman(ties, ties[::-1]) == pytest.approx(stats.spearmanr(ties, ties[::-1]).statistic, abs=1e-12)
+    assert _spearman(np.array([1.0, 2.0, 3.0]), np.array([5.0, 5.0, 5.0])) == 0.0  # collapsed scores keep no order
+    assert _spearman(np.array([3.0, 2.0, 1.0]), np.array([5.0, 5.0, 5.0])) == 0.0  # whatever the images' order
+    assert evenly(list(range(10)), 4) == [0, 2, 5, 7] and evenly([1, 2], 4) == [1, 2]
+
+
+class _Graph:
+    """A compiled graph's call shape (``output(name)``, ``graph({input: x})``) over fixed per-image scores."""
+
+    def __init__(self, scores, nan=False):
+        self.scores = np.asarray(scores, np.float32)
+        self.nan = nan
+
+    def output(self, name):
+        return name
+
+    def __call__(self, inputs):
+        x = next(iter(inputs.values()))
+        idx = x[:, 0, 0, 0].astype(int)  # each image carries its index in its first pixel
+        maps = np.repeat(self.scores[idx][:, None, None], 4, 1).repeat(4, 2)
+        return {"scores": self.scores[idx], "maps": maps * (np.nan if self.nan else 1.0)}
+
+
+def _images_with_index(n):
+    x = np.zeros((n, 4, 4, 3), np.uint8)
+    x[:, 0, 0, 0] = np.arange(n)
+    return x
+
+
+def test_drift_of_a_data_set_without_masks_is_image_level_and_a_nan_graph_is_refused():
+    """A folder of anomalies without masks (as `detector eval` allows): image metrics only, no mask needed; a
+    quantised graph that gives NaN is refused whatever the limits."""
+    from detector.deploy.quantise import ClassImages, drift
+
+    images = ClassImages(calibration=_images_with_index(4), check=_images_with_index(3),
+                         test=_images_with_index(4), test_labels=np.array([0, 0, 1, 1]),
+                         test_samples=[object()] * 4, image_level=True)
+    figures = drift(_Graph([0.1, 0.2, 0.8, 0.9]), _Graph([0.1, 0.25, 0.7, 0.95]), images, 4)
+    assert figures["image_auroc"]["fp32"] == 1.0 and figures["image_auroc"]["change_points"] == 0.0
+    assert figures["pixel_auroc"]["change_points"] is None and figures["score_spearman"] == 1.0
+    with pytest.raises(DetectorError, match="NaN or infinite"):
+        drift(_Graph([0.1, 0.2, 0.8, 0.9]), _Graph([0.1, 0.2, 0.8, 0.9], nan=True), images, 4)

@@ -34,7 +34,15 @@ import torch
 from torch import nn
 
 from detector.deploy.api import read_thresholds
-from detector.deploy.quantise import Calibration, check_drift, class_images, drift, quantise
+from detector.deploy.quantise import (
+    Calibration,
+    check_drift,
+    class_images,
+    class_normals,
+    drift,
+    quantise,
+    require_nncf,
+)
 from detector.errors import DetectorError
 from detector.method.model import SMOOTH_SIGMA
 from detector.method.scoring import MAP_RESOLUTION
@@ -48,11 +56,18 @@ from detector.run.runtime import (
     OPENVINO_MISSING,
     OUTPUT_NAMES,
 )
-from detector.store.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_info, checkpoint_meta
+from detector.store.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    checkpoint_info,
+    checkpoint_meta,
+    meta_class_name,
+)
 from detector.store.files import (
     EXPORT_FORMAT,
     OwnOutput,
     check_replaceable,
+    has_format,
     json_safe,
     naming_folder,
     output_lock,
@@ -145,7 +160,7 @@ class Int8Step:
 
 
 EXPORT_OUTPUT = OwnOutput("an earlier export of `detector export`", EXPORT_JSON,
-                          lambda path: (path / EXPORT_JSON).is_file())
+                          lambda path: has_format(path / EXPORT_JSON, EXPORT_FORMAT))
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precision: str = "fp32",
@@ -175,13 +190,15 @@ def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolut
     ckpt = resolve_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
     res, thresholds = _resolution_and_thresholds(ckpt, resolution)
+    if calibration is not None:  # the class and its images are checked before minutes of loading and tracing
+        calibration = calibration if calibration.class_name else Calibration(
+            calibration.data, meta_class_name(meta, ckpt), calibration.layout, calibration.limits)
+        class_normals(calibration)
     model = load_detector(ckpt, device="cpu", precision="fp32")
     graph = ExportGraph(model, res).eval()
     spec = _export_spec(checkpoint, ckpt, meta, model.backbone, fmt, precision, res, thresholds)
     int8 = None
-    if precision == "int8" and calibration is not None:
-        calibration = calibration if calibration.class_name else Calibration(
-            calibration.data, str(meta.get("class_name") or ""), calibration.layout, calibration.limits)
+    if calibration is not None:
         int8 = Int8Step(calibration, model.backbone.image_size, model.backbone.interpolation, res,
                         bool(checkpoint_info(meta).get("meaningful")))
     _write_export(out, graph, model.backbone.image_size, fmt, precision, thresholds, spec, int8)
@@ -200,6 +217,11 @@ def _check_request(fmt: str, precision: str, calibration: Calibration | None) ->
     if precision == "int8" and (fmt != "openvino" or calibration is None):
         raise DetectorError("--precision int8 is OpenVINO's post-training quantisation, calibrated on the class's "
                             "normal images: use --format openvino with --data ROOT (the data set it was trained on)")
+    if precision != "int8" and calibration is not None:
+        raise DetectorError("--data, --class and --max-drift calibrate an int8 export: add --precision int8, or "
+                            "leave them out")
+    if precision == "int8":
+        require_nncf()
     if fmt == "openvino":
         try:
             import openvino  # noqa: F401

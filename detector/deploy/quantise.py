@@ -28,7 +28,7 @@ from detector.errors import DetectorError
 from detector.eval import metrics as M
 from detector.run.evaluate import eval_mask
 from detector.run.runtime import INPUT_NAME, OUTPUT_NAMES, graph_input
-from detector.store.data import class_samples, load_images, test_split
+from detector.store.data import class_samples, image_level_only, load_images, test_split
 
 CALIBRATION_IMAGES = 32  # NNCF's statistics saturate well before its default 300 on one class's images
 CHECK_SHARE = 0.25  # of the normal training images, kept out of calibration to measure the drift on
@@ -39,7 +39,7 @@ NNCF_MISSING = ("INT8 export needs NNCF: pip install nncf (or the project's extr
 @dataclass(frozen=True)
 class DriftLimits:
     """How far the int8 graph may move from the fp32 one before the export is refused (defaults: measured,
-    docs/ARCHITECTURE.md and bench/bench_export.py; ``--max-drift KEY=VALUE`` overrides one)."""
+    docs/ARCHITECTURE.md and bench/bench_int8.py; ``--max-drift KEY=VALUE`` overrides one)."""
 
     map_mean: float = 0.02  # mean |int8 - fp32| over every pixel of the held-out normal images' maps ([0, 1])
     score_spearman: float = 0.9  # at least this rank correlation of the held-out images' scores (1 = same order)
@@ -84,6 +84,7 @@ class ClassImages:
     test: np.ndarray | None  # (T, S, S, 3) uint8
     test_labels: np.ndarray | None  # (T,) 0/1
     test_samples: list[Any]
+    image_level: bool = False  # the test split has no masks: image metrics only (as `detector eval`)
 
 
 def augmented(images: np.ndarray, n: int) -> np.ndarray:
@@ -95,30 +96,58 @@ def augmented(images: np.ndarray, n: int) -> np.ndarray:
     return np.stack(out[: max(n, len(images))])
 
 
-def class_images(cal: Calibration, size: int, interpolation: str) -> ClassImages:
-    """The class's normal training images split into calibration and check, and its test split, as graph
-    inputs (the same Pillow resize as the runtime)."""
+def evenly(items: list[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spaced over the list (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def _inputs(samples: list[Any], size: int, interpolation: str, batch: int = 16) -> np.ndarray:
+    """Graph inputs (N, S, S, 3) of the samples, decoded a batch at a time (a test split of full-size images is
+    never held in memory whole)."""
+    parts = [graph_input(load_images(samples[i : i + batch]), size, interpolation)
+             for i in range(0, len(samples), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8)
+
+
+def class_normals(cal: Calibration) -> tuple[list[Any], list[Any]]:
+    """(the class's samples, its normal training images by id), checked before any work: the class must be in
+    ``--data`` with at least two normal training images (one to calibrate, one to check the drift)."""
     samples = class_samples(cal.data, cal.class_name, cal.layout)
     normals = sorted((s for s in samples if s.split == "train" and s.label == 0), key=lambda s: s.id)
     if len(normals) < 2:
         raise DetectorError(f"{cal.data}: class {cal.class_name!r} has {len(normals)} normal training image(s); "
                             "int8 calibration needs at least 2 (one to calibrate, one to check the drift)")
+    return samples, normals
+
+
+def class_images(cal: Calibration, size: int, interpolation: str) -> ClassImages:
+    """The class's normal training images split into calibration (at most ``CALIBRATION_IMAGES``, evenly spaced,
+    augmented up to it) and check, and its test split, as graph inputs (the same Pillow resize as the runtime)."""
+    samples, normals = class_normals(cal)
     n_check = max(1, round(len(normals) * CHECK_SHARE))
-    check, calib = normals[:n_check], normals[n_check:]
-    calib_x = graph_input(load_images(calib), size, interpolation)
-    tests = [s for s in test_split(samples)] if any(s.split == "test" for s in samples) else []
-    test_x = graph_input(load_images(tests), size, interpolation) if tests else None
-    return ClassImages(calibration=augmented(calib_x, CALIBRATION_IMAGES),
-                       check=graph_input(load_images(check), size, interpolation), test=test_x,
-                       test_labels=np.array([s.label for s in tests]) if tests else None, test_samples=tests)
+    check, calib = normals[:n_check], evenly(normals[n_check:], CALIBRATION_IMAGES)
+    tests = test_split(samples) if any(s.split == "test" for s in samples) else []
+    return ClassImages(calibration=augmented(_inputs(calib, size, interpolation), CALIBRATION_IMAGES),
+                       check=_inputs(check, size, interpolation),
+                       test=_inputs(tests, size, interpolation) if tests else None,
+                       test_labels=np.array([s.label for s in tests]) if tests else None, test_samples=tests,
+                       image_level=bool(tests) and image_level_only(tests))
 
 
-def quantise(ov_model: Any, calibration: np.ndarray) -> Any:
-    """NNCF's post-training INT8 quantisation of an OpenVINO model on these (N, S, S, 3) uint8 images."""
+def require_nncf() -> Any:
+    """NNCF, or one line saying how to install it (asked before any work, and again where it is used)."""
     try:
         import nncf  # optional extra
     except ImportError as exc:
         raise DetectorError(NNCF_MISSING) from exc
+    return nncf
+
+
+def quantise(ov_model: Any, calibration: np.ndarray) -> Any:
+    """NNCF's post-training INT8 quantisation of an OpenVINO model on these (N, S, S, 3) uint8 images."""
+    nncf = require_nncf()
     dataset = nncf.Dataset(list(calibration), lambda img: {INPUT_NAME: img[None]})
     nncf.set_log_level(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's own progress bars: the export prints its own line
@@ -136,14 +165,21 @@ def _run(compiled: Any, images: np.ndarray, batch: int = 8) -> tuple[np.ndarray,
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (average ranks for ties); 1.0 for fewer than two images or constant scores."""
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 0, tied values sharing their average rank."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None for fewer than two images (no order to keep);
+    1.0 when both are constant, 0.0 when only one is (a graph whose scores collapsed keeps no order)."""
     if len(a) < 2:
-        return 1.0
-    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
-    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+        return None
+    ra, rb = _ranks(a), _ranks(b)
     if ra.std() == 0 or rb.std() == 0:
-        return 1.0
+        return 1.0 if ra.std() == rb.std() == 0 else 0.0
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -152,6 +188,9 @@ def drift(fp32: Any, int8: Any, images: ClassImages, resolution: int) -> dict[st
     map difference and the score ranks; on the test images, if any, each metric of both and its change."""
     s32, m32 = _run(fp32, images.check)
     s8, m8 = _run(int8, images.check)
+    if not (np.isfinite(s8).all() and np.isfinite(m8).all()):
+        raise DetectorError("int8 export refused: the quantised graph gives NaN or infinite scores or maps on the "
+                            "class's normal images; use --precision fp16")
     diff = np.abs(m8.astype(np.float64) - m32)
     out: dict[str, Any] = {
         "check_images": len(images.check), "calibration_images": len(images.calibration),
@@ -159,10 +198,14 @@ def drift(fp32: Any, int8: Any, images: ClassImages, resolution: int) -> dict[st
         "score_mean": float(np.abs(s8 - s32).mean()), "score_spearman": _spearman(s32, s8),
     }
     if images.test is not None and images.test_labels is not None:
-        masks = np.stack([eval_mask(s, resolution) for s in images.test_samples])
         t32, tm32 = _run(fp32, images.test)
         t8, tm8 = _run(int8, images.test)
-        fp, q = M.evaluate(t32, images.test_labels, tm32, masks), M.evaluate(t8, images.test_labels, tm8, masks)
+        if images.image_level:  # no masks in this data set: image metrics only, as `detector eval` does
+            fp, q = M.evaluate(t32, images.test_labels, None, None), M.evaluate(t8, images.test_labels, None, None)
+        else:
+            masks = np.stack([eval_mask(s, resolution) for s in images.test_samples])
+            fp = M.evaluate(t32, images.test_labels, tm32, masks)
+            q = M.evaluate(t8, images.test_labels, tm8, masks)
         out["test_images"] = len(images.test)
         n_bad = int(images.test_labels.sum())
         n_good = len(images.test_labels) - n_bad
@@ -182,7 +225,7 @@ def exceeded(figures: dict[str, Any], limits: DriftLimits, meaningful: bool = Tr
     broken = []
     if figures["map_mean"] > limits.map_mean:
         broken.append(f"mean map change {figures['map_mean']:.4f} > map_mean={limits.map_mean:g}")
-    if figures["score_spearman"] < limits.score_spearman:
+    if figures["score_spearman"] is not None and figures["score_spearman"] < limits.score_spearman:
         broken.append(f"score rank correlation {figures['score_spearman']:.3f} < score_spearman="
                       f"{limits.score_spearman:g}")
     for key in ("image_auroc", "pixel_auroc") if meaningful else ():
@@ -209,10 +252,14 @@ def check_drift(figures: dict[str, Any], limits: DriftLimits, meaningful: bool =
 def drift_line(figures: dict[str, Any]) -> str:
     """The drift figures in one line, as the export prints them."""
     parts = [f"mean map change {figures['map_mean']:.4f} (max {figures['map_max']:.4f})",
-             (f"score rank correlation {figures['score_spearman']:.3f} on {figures['check_images']} held-out normal "
-             "image(s)")]
+             (f"score rank correlation {_number(figures['score_spearman'], '.3f')} on {figures['check_images']} "
+              "held-out normal image(s)")]
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         change = (figures.get(key) or {}).get("change_points")
         if change is not None:
             parts.append(f"{key.replace('_', ' ')} {change:+.2f} points")
     return "int8 drift from fp32: " + ", ".join(parts)
+
+
+def _number(value: float | None, form: str) -> str:
+    return "n/a (one image)" if value is None else format(value, form)

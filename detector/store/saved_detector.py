@@ -17,6 +17,7 @@ import torch
 
 from detector.errors import DetectorError
 from detector.method.backbone import Backbone, load_backbone
+from detector.method.choices import COMPONENT_TEXTS
 from detector.method.model import FineGrainedAD, build_prompt_sets
 from detector.store.checkpoint import TIMINGS_FILE, load_checkpoint, save_checkpoint
 from detector.store.model_card import write_card
@@ -135,14 +136,17 @@ def load_detector(ckpt_dir: str | Path, device: str = "cpu", precision: str = "f
                             "retrain with this version")
     _check_meta(meta, tensors, ckpt_dir)
     backbone = load_backbone_for(meta["backbone"], device, precision)
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    component_texts = cfg.get("component_texts", "all")  # a checkpoint from before the option kept every text
+    if component_texts not in COMPONENT_TEXTS:
+        raise DetectorError(f"{ckpt_dir}/config.json: component_texts={component_texts!r} is not one of "
+                            f"{', '.join(COMPONENT_TEXTS)}; retrain or restore the checkpoint")
     try:
-        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-        pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
-                                         meta.get("drop_levels") or [], meta["prompt_config_pixel"],
-                                         meta["prompt_config_image"], extra_texts=bool(cfg.get("extra_texts")),
-                                         # a checkpoint from before the option kept every component text
-                                         component_texts=str(cfg.get("component_texts", "all")),
-                                         seed=int(cfg.get("seed", 0)))
+        with torch.random.fork_rng(devices=[]):  # building the prompts draws initial vectors: not the caller's RNG
+            pixel, image = build_prompt_sets(backbone, meta.get("record"), meta["object_name"], meta.get("baseline"),
+                                             meta.get("drop_levels") or [], meta["prompt_config_pixel"],
+                                             meta["prompt_config_image"], extra_texts=bool(cfg.get("extra_texts")),
+                                             component_texts=component_texts, seed=int(cfg.get("seed", 0)))
     except (TypeError, ValueError) as e:  # hand-edited prompt config: unknown key or a value of the wrong type
         raise DetectorError(f"{ckpt_dir}/config.json: prompt config does not fit this detector ({e}); "
                             "retrain or restore the checkpoint") from e
