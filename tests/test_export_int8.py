@@ -84,7 +84,8 @@ def test_int8_requests_that_cannot_work_are_one_clear_line(widget_checkpoint, de
     from detector.deploy.export import export_checkpoint
 
     with pytest.raises(DetectorError, match="use --format openvino with --data ROOT"):
-        export_checkpoint(widget_checkpoint, "openvino", tmp_path / "a", precision="int8")
+        export_checkpoint(widget_checkpoint, "openvino", tmp_path / "new" / "a", precision="int8")
+    assert not (tmp_path / "new").exists()  # refused before the lock beside OUT made its parent
     res = runner.invoke(app, ["export", "--checkpoint", str(widget_checkpoint), "--format", "onnx", "--precision",
                               "int8", "--data", str(demo_root), "--out", str(tmp_path / "b")])
     assert res.exit_code == 1 and "use --format openvino" in res.stderr
@@ -96,7 +97,7 @@ def test_int8_requests_that_cannot_work_are_one_clear_line(widget_checkpoint, de
     for bad in ("map=1", "map_mean", "map_mean=x", "map_mean=-1", "map_mean=nan"):
         with pytest.raises(DetectorError, match="--max-drift"):
             DriftLimits.parse([bad])
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not any((tmp_path / n).exists() for n in "bcd")
 
 
 def test_limits_calibration_views_and_rank_correlation():

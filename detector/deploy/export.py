@@ -177,15 +177,15 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, precisi
 
     out = Path(out)
     lock_at = out.resolve() if out.is_symlink() and out.is_dir() else out  # as staged_folder and predict
+    _check_request(fmt, precision, calibration)  # before the lock: a refused request leaves no folder behind
     with output_lock(lock_at, "detector export"), naming_folder(out):
         return _export(checkpoint, fmt, out, precision, resolution, calibration)
 
 
 def _export(checkpoint: str | Path, fmt: str, out: Path, precision: str, resolution: int | None,
             calibration: Calibration | None) -> Path:
-    """Check the request, load the checkpoint on the CPU in fp32, build the graph and write it with its spec."""
+    """Under the lock: check ``out``, load the checkpoint on the CPU in fp32, build the graph and write it."""
 
-    _check_request(fmt, precision, calibration)
     check_replaceable(out, EXPORT_OUTPUT)
     ckpt = resolve_checkpoint(checkpoint)
     meta = checkpoint_meta(ckpt)
