@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_full import fill_disk_on_fdopen
 from PIL import Image
 
 from fsad_data.errors import DataError
@@ -346,48 +347,13 @@ def test_image_above_pillows_pixel_limit_says_it_is_too_large(tmp_path, monkeypa
 
 
 # -------------------------------------------------------------------------------------------- disk full
-class _DiskFull:
-    """A file wrapper whose write stores half of the bytes and then fails with ENOSPC."""
-
-    def __init__(self, fh) -> None:
-        self._fh = fh
-
-    def write(self, data) -> int:
-        self._fh.write(data[: len(data) // 2])
-        self._fh.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-
-
-def _fill_disk_on_fdopen(monkeypatch, after: int = 0) -> list[int]:
-    """os.fdopen(...) returns a disk-full file from the (after+1)-th call on (mkstemp-based atomic writers)."""
-    real = os.fdopen
-    calls = [0]
-
-    def fdopen(fd, *args, **kwargs):
-        calls[0] += 1
-        fh = real(fd, *args, **kwargs)
-        return _DiskFull(fh) if calls[0] > after else fh
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
-    return calls
-
-
 def test_disk_full_in_fsad_atomic_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
     from fsad_data.atomic import write_json_atomic
 
     target = tmp_path / "scores.json"
     write_json_atomic(target, {"v": 1})
     before = target.read_bytes()
-    _fill_disk_on_fdopen(monkeypatch)
+    fill_disk_on_fdopen(monkeypatch)
     with pytest.raises(OSError) as e:
         write_json_atomic(target, {"v": 2, "pad": "x" * 10000})
     assert e.value.errno == errno.ENOSPC
@@ -403,7 +369,7 @@ def test_disk_full_during_the_build_keeps_stored_parts_and_resumes_to_the_same_d
     ref = tmp_path / "ref"
     run_build(_cfg(src, ref, part_size=2))
     out = tmp_path / "out"
-    calls = _fill_disk_on_fdopen(monkeypatch, after=3)  # manifest + a few parts succeed, then the disk is full
+    calls = fill_disk_on_fdopen(monkeypatch, after=3)  # manifest + a few parts succeed, then the disk is full
     with pytest.raises(BuildError, match="free some disk space") as e:
         run_build(_cfg(src, out, part_size=2))
     assert calls[0] > 3 and str(out) in str(e.value)

@@ -3,12 +3,11 @@ class for train, a full disk while writing outputs. Each: exit 1, one line namin
 traceback, and no half-written output."""
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_full import fill_disk_on_fdopen
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -126,27 +125,9 @@ def test_train_on_an_empty_class_is_one_line_and_writes_no_checkpoint(tmp_path):
     assert not out.exists()
 
 
-class _DiskFull:
-    def __init__(self, fh) -> None:
-        self._fh = fh
-
-    def write(self, data) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-
-
 def test_predict_with_a_full_disk_is_one_line_saying_so(checkpoint, tmp_path, monkeypatch):
     Image.fromarray(_scene()).save(tmp_path / "x.png")
-    real = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _DiskFull(real(fd, *a, **k)))
+    fill_disk_on_fdopen(monkeypatch)
     res, _ = _invoke(["predict", "--checkpoint", checkpoint, tmp_path / "x.png", "--out", tmp_path / "out", "--resolution", "32"])
     monkeypatch.undo()
     text = _one_error_line(res)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_full import fill_disk_on_fdopen
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -259,28 +260,10 @@ def test_predict_scores_an_image_with_a_244_byte_name(widget_checkpoint, tmp_pat
 
 
 # --------------------------------------------------------------------------- 4. full disk
-class _DiskFull:
-    def __init__(self, fh) -> None:
-        self._fh = fh
-
-    def write(self, data) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-
-
 def test_predict_on_a_full_disk_names_the_output_folder(widget_checkpoint, tmp_path, monkeypatch):
     Image.fromarray(_scene()).save(tmp_path / "x.png")
     out = tmp_path / "out"
-    real = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _DiskFull(real(fd, *a, **k)))
+    fill_disk_on_fdopen(monkeypatch)
     res, _ = _invoke(["predict", tmp_path / "x.png", "--checkpoint", widget_checkpoint, "--out", out,
                       "--resolution", "32"])
     monkeypatch.undo()
@@ -292,8 +275,7 @@ def test_predict_on_a_full_disk_names_the_output_folder(widget_checkpoint, tmp_p
 def test_export_on_a_full_disk_names_the_output_folder(widget_checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "exp"
-    real = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _DiskFull(real(fd, *a, **k)))
+    fill_disk_on_fdopen(monkeypatch)
     res, _ = _invoke(["export", "--checkpoint", widget_checkpoint, "--out", out, "--resolution", "32"])
     monkeypatch.undo()
     line = _one_error_line(res)
