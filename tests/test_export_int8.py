@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,8 +155,8 @@ def test_drift_of_a_data_set_without_masks_is_image_level_and_a_nan_graph_is_ref
     from detector.deploy.quantise import ClassImages, drift
 
     images = ClassImages(calibration=_images_with_index(4), check=_images_with_index(3),
-                         test=_images_with_index(4), test_labels=np.array([0, 0, 1, 1]),
-                         test_samples=[object()] * 4, image_level=True)
+                         test=_images_with_index(4),
+                         test_samples=[SimpleNamespace(label=v) for v in (0, 0, 1, 1)], image_level=True)
     figures = drift(_Graph([0.1, 0.2, 0.8, 0.9]), _Graph([0.1, 0.25, 0.7, 0.95]), images, 4)
     assert figures["image_auroc"]["fp32"] == 1.0 and figures["image_auroc"]["change_points"] == 0.0
     assert figures["pixel_auroc"]["change_points"] is None and figures["score_spearman"] == 1.0

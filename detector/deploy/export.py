@@ -136,16 +136,10 @@ def _to_openvino(onnx_path: Path, xml_path: Path, precision: str, int8: Int8Step
     check_drift(figures, int8.calibration.limits, int8.meaningful)
     ov.save_model(quantised, str(xml_path), compress_to_fp16=False)
     cal = int8.calibration
-    return {"tool": "nncf", "nncf_version": _nncf_version(), "drift": figures, "limits": asdict(cal.limits),
+    return {"tool": "nncf", "nncf_version": str(getattr(require_nncf(), "__version__", None)), "drift": figures, "limits": asdict(cal.limits),
             "auroc_limits_applied": int8.meaningful,
             "calibration": {"data": str(cal.data), "class_name": cal.class_name, "layout": cal.layout,
                             "augmentation": "flips and quarter turns up to the count"}}
-
-
-def _nncf_version() -> str | None:
-    import nncf  # optional extra (quantise has imported it)
-
-    return str(getattr(nncf, "__version__", None))
 
 
 @dataclass(frozen=True)

@@ -82,9 +82,13 @@ class ClassImages:
     calibration: np.ndarray  # (N, S, S, 3) uint8, augmented up to CALIBRATION_IMAGES
     check: np.ndarray  # (M, S, S, 3) uint8, normal training images calibration never saw
     test: np.ndarray | None  # (T, S, S, 3) uint8
-    test_labels: np.ndarray | None  # (T,) 0/1
     test_samples: list[Any]
     image_level: bool = False  # the test split has no masks: image metrics only (as `detector eval`)
+
+    @property
+    def test_labels(self) -> np.ndarray | None:
+        """(T,) 0/1 of the test samples (None without a test split)."""
+        return np.array([s.label for s in self.test_samples]) if self.test_samples else None
 
 
 def augmented(images: np.ndarray, n: int) -> np.ndarray:
@@ -132,7 +136,7 @@ def class_images(cal: Calibration, size: int, interpolation: str) -> ClassImages
     return ClassImages(calibration=augmented(_inputs(calib, size, interpolation), CALIBRATION_IMAGES),
                        check=_inputs(check, size, interpolation),
                        test=_inputs(tests, size, interpolation) if tests else None,
-                       test_labels=np.array([s.label for s in tests]) if tests else None, test_samples=tests,
+                       test_samples=tests,
                        image_level=bool(tests) and image_level_only(tests))
 
 
