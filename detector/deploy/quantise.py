@@ -142,6 +142,7 @@ def class_images(cal: Calibration, size: int, interpolation: str) -> ClassImages
 
 def require_nncf() -> Any:
     """NNCF, or one line saying how to install it (asked before any work, and again where it is used)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF's import: "No CUDA runtime"
     try:
         import nncf  # optional extra
     except ImportError as exc:
