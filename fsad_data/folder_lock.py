@@ -35,10 +35,12 @@ class FolderLock:
     def __init__(self, lock_file: str | Path, timeout: float = 0) -> None:
         self.lock_file, self.timeout = Path(lock_file), timeout
         self._lock = None
+        self._made: list[Path] = []
 
     def acquire(self) -> None:
         from filelock import FileLock, Timeout  # about 50 ms of imports: only once a lock is taken
 
+        self._made = _missing_folders(self.lock_file.parent)
         self.lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.lock_file, timeout=self.timeout)
         try:
@@ -54,6 +56,14 @@ class FolderLock:
             self.lock_file.unlink()
         self._lock.release()
         self._lock = None
+        # a run refused after taking the lock leaves no folder behind that only the lock needed; a folder the
+        # run (or anyone) wrote into is not empty, and rmdir leaves it and everything above it
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []
 
     def __enter__(self) -> Self:
         self.acquire()
@@ -62,6 +72,16 @@ class FolderLock:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first (those ``mkdir`` will create)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing
 
 
 def lock_beside(folder: str | Path, name: str | None = None) -> FolderLock:

@@ -2,8 +2,10 @@
 once with one line, before any work (here: the folder's lock is held by the test, as a running command would)."""
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from detector.cli import app as detector_app
 from fsad_data.folder_lock import lock_beside
 
 
@@ -58,3 +60,26 @@ def test_demo_data_never_writes_beside_a_users_files_and_rewrites_its_own(tmp_pa
         res = CliRunner().invoke(app, ["demo-data", str(held)])
     assert res.exit_code == 1 and "in use by another run" in " ".join(res.output.split()), res.output
     assert not held.exists()
+
+
+def test_a_lock_leaves_no_folder_that_only_it_needed(tmp_path):
+    """A run refused after taking its lock (a bad checkpoint, a bad image) must not leave the empty parents of a
+    new --out behind; a folder the run wrote into stays, and so does everything that existed before."""
+    out = tmp_path / "a" / "b" / "out"
+    with lock_beside(out):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert list(tmp_path.iterdir()) == []
+    with lock_beside(out):
+        out.mkdir()
+    assert out.is_dir() and list((tmp_path / "a" / "b").iterdir()) == [out]
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_refused_detector_command_leaves_no_parent_folders(tmp_path, command):
+    (tmp_path / "images").mkdir()
+    out = tmp_path / "new" / "deep" / command
+    args = {"eval": ["--data", str(tmp_path / "images")], "predict": [str(tmp_path / "images")], "export": []}
+    result = CliRunner().invoke(detector_app, [command, "--checkpoint", str(tmp_path / "no_such_checkpoint"),
+                                               *args[command], "--out", str(out)])
+    assert result.exit_code == 1 and "no_such_checkpoint not found" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
