@@ -35,6 +35,7 @@ from PIL import Image
 
 from fsad_data.grid import LOCATION_WORDS, location_word  # noqa: F401  (the one grid convention, re-exported)
 from mfsc_builder.errors import BuildError
+from mfsc_builder.shading import merge_shading
 
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "none")
 # MVTec-AD / VisA classes that are a surface filling the whole frame (no background to separate).
@@ -66,7 +67,10 @@ class CropConfig:
     grabcut: bool = False           # refine the Otsu mask with a few GrabCut iterations (slower)
     n_colours: int = 4              # k of the k-means colour clustering inside the foreground
     merge_delta: float = 18.0       # colour cluster centres closer than this (Lab) are one colour
-    min_component: float = 0.004    # component regions smaller than this are dropped
+    min_component: float = 0.004    # component regions smaller than this are dropped, unless salient:
+    min_salient: float = 0.0003     # down to this, a compact part that stands out of what surrounds it by
+    salient_delta: float = 36.0     # at least this (Lab) is kept: an LED, a screw head (see component_masks)
+    edge_strength: float = 3.0      # Lab units per px across the outline of a faint part (see _faint_parts)
     max_components: int = 6         # keep the largest ones
     sam_model: str | None = None    # local path of a transformers SAM model (optional component masks)
     sam_device: str = "cpu"
@@ -351,6 +355,10 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     m8 = np.zeros((h, w), np.uint8)
     m8[box] = cv2.morphologyEx(cv2.morphologyEx(_u8(mask[box]), cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
     mask = _fill_holes(m8 > 0)
+    if thr > config.min_delta:
+        faint = _faint_parts(mask, dist, config)
+        if faint is not None:
+            mask = _fill_holes(mask | faint)
     if ignore is not None and ignore.any():
         touch_ignored = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
         if mask.any() and touch_ignored <= config.border_touch:
@@ -364,6 +372,39 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     if touch > config.border_touch and not _enters_from_border(mask, touch, config):
         return full, True
     return mask, False
+
+
+def _faint_parts(mask: np.ndarray, dist: np.ndarray, config: CropConfig) -> np.ndarray | None:
+    """Parts that Otsu's threshold and the opening lost, or None: a thin silver shaft on white, the plain
+    metal of a polished bar between its bands. Otsu splits the distances where the strong parts are; a part
+    only `min_delta` from the background falls below it, and the opening (a kernel of 2% of the side)
+    erases anything thinner than that. Candidates are the connected parts above `min_delta`, outside the
+    mask, opened by 3 x 3 only (a 1-2 px anti-aliased rim goes, a 4 px shaft stays), of at least
+    `min_component` of the image. A candidate is kept when its outline is an edge: the median Lab distance
+    gradient on it is at least `edge_strength` per px. Light falling off across a plain background makes no
+    edge, so uneven light stays background."""
+    h, w = mask.shape
+    min_px = max(1, int(np.ceil(config.min_component * h * w)))
+    cand = (dist > config.min_delta) & ~mask
+    if int(np.count_nonzero(cand)) < min_px:
+        return None
+    cand = cv2.morphologyEx(_u8(cand), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _n, cc, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+    big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_px) + 1
+    if len(big) == 0:
+        return None
+    keep = np.zeros(h * w, bool)
+    for i in big:
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        rows, cols = slice(max(0, y - 2), min(h, y + bh + 2)), slice(max(0, x - 2), min(w, x + bw + 2))
+        part = cc[rows, cols] == i
+        p8 = part.view(np.uint8)
+        ring = (cv2.dilate(p8, np.ones((3, 3), np.uint8)) > 0) & ~(cv2.erode(p8, np.ones((3, 3), np.uint8)) > 0)
+        d = dist[rows, cols]
+        gx, gy = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        if float(np.median(np.hypot(gx[ring], gy[ring]))) >= config.edge_strength:
+            keep.reshape(h, w)[rows, cols] |= part
+    return keep.reshape(h, w) if keep.any() else None
 
 
 def _enters_from_border(mask: np.ndarray, touch: float, config: CropConfig) -> bool:
@@ -472,34 +513,84 @@ def _merge_centres(sample: np.ndarray, centres: np.ndarray, delta: float) -> np.
 
 def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfig,
                     bridge: np.ndarray | None = None, lab: np.ndarray | None = None) -> list[np.ndarray]:
-    """Component masks: connected parts of each foreground colour, largest first, small ones dropped.
-    Pixels of `bridge` (a known defect, left out of the components) still connect the parts of one colour
-    they touch, so a defect across a thin part does not cut it in two."""
+    """Component masks: connected parts of each foreground colour, largest first, small ones dropped, the
+    parts of one lit surface merged (`shading.merge_shading`: a highlight band or a reflection is not a
+    part). Pixels of `bridge` (a known defect, left out of the components) still connect the parts of one
+    colour they touch, so a defect across a thin part does not cut it in two.
+
+    Size: a part below `min_component` (0.4% of the image: noise, a speck of another colour) is dropped
+    unless it is salient, which a labeller would name (an LED, a screw head): at least `min_salient`, compact
+    (its area at least 0.7 of its convex hull's), inside the image, and its median colour at least
+    `salient_delta` (twice `merge_delta`) from the median colour of the ring around it."""
+    lab = to_lab(image) if lab is None else lab
     labels, _ = colour_clusters(image, foreground, config, lab)
     h, w = foreground.shape
     min_px = max(1, int(np.ceil(config.min_component * h * w)))
+    min_small = max(9, int(np.ceil(config.min_salient * h * w)))
     k = max(1, round(min(h, w) / 150))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
     # all the work inside the box of the foreground and the bridge (a bridge part must stay whole)
     rows, cols = grown_box(foreground if bridge is None else foreground | bridge, 2 * k + 2)
     labels, bridge = labels[rows, cols], None if bridge is None else bridge[rows, cols]
-    parts: list[tuple[int, int, np.ndarray]] = []  # (pixels, first pixel in row-major order, mask in the box)
+    box_lab = lab[rows, cols]
+    parts: list[np.ndarray] = []
     for c in range(int(labels.max()) + 1):
-        m = cv2.morphologyEx((labels == c).view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+        raw = labels == c
+        m = cv2.morphologyEx(raw.view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+        parts.extend(_thin_parts(raw & ~m, min_px))
         joined = m if bridge is None else m | _touching(bridge, m)
         n, cc = cv2.connectedComponents(joined.view(np.uint8), connectivity=8)
         sizes = np.bincount(cc[m], minlength=n)  # a part's own pixels (bridge pixels only join)
-        for i in np.flatnonzero(sizes[1:] >= min_px) + 1:
+        parts.extend((cc == i) & m for i in np.flatnonzero(sizes[1:] >= min_px) + 1)
+        small = np.flatnonzero((sizes[1:] >= min_small) & (sizes[1:] < min_px)) + 1
+        for i in small[np.argsort(-sizes[small], kind="stable")][:8]:
             part = (cc == i) & m
-            y, x = divmod(int(np.argmax(part)), part.shape[1])
-            parts.append((int(sizes[i]), (y + rows.start) * w + x + cols.start, part))
-    parts.sort(key=lambda p: (-p[0], p[1]))
+            if _salient(part, box_lab, config, (rows.start, cols.start), (h, w)):
+                # what the opening took from so small a part (a glint's hole grown into a notch) comes back
+                grown = (cv2.dilate(part.view(np.uint8), kernel) > 0) & (labels == c)
+                parts.append(part | (_fill_holes(grown) & (cv2.dilate(part.view(np.uint8), kernel) > 0)))
+    if len(parts) > 1:
+        parts = merge_shading(parts, box_lab, foreground[rows, cols], reach=3 * k + 1)
+    ranked = []
+    for part in parts:
+        y, x = divmod(int(np.argmax(part)), part.shape[1])
+        ranked.append((int(np.count_nonzero(part)), (y + rows.start) * w + x + cols.start, part))
+    ranked.sort(key=lambda p: (p[0], -p[1]), reverse=True)
     out = []
-    for _size, _first, part in parts[: config.max_components]:
+    for _size, _first, part in ranked[: config.max_components]:
         full = np.zeros((h, w), bool)
         full[rows, cols] = part
         out.append(full)
     return out
+
+
+def _thin_parts(removed: np.ndarray, min_px: int) -> list[np.ndarray]:
+    """Thin parts that a colour's opening removed (a shaft, a wire narrower than the kernel), each at least
+    `min_px`: what is left of `removed` after a 3 x 3 opening, which takes the 1-2 px mixed-colour rims at
+    the edges of other parts and the noise."""
+    if int(np.count_nonzero(removed)) < min_px:
+        return []
+    thin = cv2.morphologyEx(removed.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _n, cc, stats, _ = cv2.connectedComponentsWithStats(thin, connectivity=8)
+    return [cc == i for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_px) + 1]
+
+
+def _salient(part: np.ndarray, lab: np.ndarray, config: CropConfig, origin: tuple[int, int],
+             shape: tuple[int, int]) -> bool:
+    """A small part a labeller would name: compact, not cut by the image's edge, and far in colour from
+    the ring (3 px) around it. Read inside the part's box grown by 4 px."""
+    x, y, bw, bh = cv2.boundingRect(part.view(np.uint8))
+    if y + origin[0] == 0 or x + origin[1] == 0 or y + bh + origin[0] >= shape[0] or x + bw + origin[1] >= shape[1]:
+        return False
+    r = slice(max(0, y - 4), y + bh + 4), slice(max(0, x - 4), x + bw + 4)
+    p = part[r]
+    contours, _ = cv2.findContours(p.view(np.uint8).copy(), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.contourArea(cv2.convexHull(np.concatenate(contours))) if contours else 0.0
+    if hull <= 0 or np.count_nonzero(p) < 0.7 * hull:
+        return False
+    ring = (cv2.dilate(p.view(np.uint8), np.ones((7, 7), np.uint8)) > 0) & ~p
+    sub = lab[r]
+    return float(np.linalg.norm(np.median(sub[p], axis=0) - np.median(sub[ring], axis=0))) >= config.salient_delta
 
 
 def _touching(bridge: np.ndarray, mask: np.ndarray) -> np.ndarray:

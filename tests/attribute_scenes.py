@@ -144,3 +144,154 @@ def accuracy(items: list[Scene] | None = None) -> tuple[float, dict[str, dict[st
     total = sum(len(v) for v in per.values())
     right = sum(sum(v.values()) for v in per.values())
     return right / max(total, 1), per
+
+
+# ------------------------------------------------------------------------------------------ issue 27: harder
+# Scenes nobody tuned on: polished metal with highlight bands and dark reflections, thin tools on a light
+# background (a handle split by its highlight, a thin shaft), wood grain and brushed metal behind an object,
+# a tiny LED on a board, and two adjacent parts of one grey family that must stay two. 512-1024 px, seeded
+# noise; the truth (colour, shape, location of each part) is what was drawn: locations are the grid word of
+# the drawn part's centroid.
+
+
+def _noise(img: np.ndarray, seed: int, sigma: float = 2.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(img.astype(np.float32) + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
+
+
+def _frame(size: int, centre: tuple[float, float], angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v): every pixel's coordinates along and across an axis through `centre` at `angle` degrees."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    dx, dy = xx - centre[0], yy - centre[1]
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _where(mask: np.ndarray) -> str:
+    from fsad_data.grid import location_word
+
+    ys, xs = np.nonzero(mask)
+    return location_word(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, mask.shape[1], mask.shape[0])
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, value: np.ndarray) -> None:
+    """Paint `value` (an (h, w, 3) or (h, w) array, or a colour) into `img` where `mask`, with a 1 px soft edge."""
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.7)[..., None]
+    v = np.broadcast_to(np.asarray(value, np.float32).reshape(*(np.shape(value) if np.ndim(value) == 3 else
+                        (*np.shape(value), 1) if np.ndim(value) == 2 else (1, 1, 3))), img.shape)
+    img[:] = np.clip(img * (1 - soft) + v * soft, 0, 255).astype(np.uint8)
+
+
+def _polished(v: np.ndarray, width: float, hard: bool) -> np.ndarray:
+    """Grey level across a polished bar (v: distance across the axis): silver with a highlight band and a dark
+    reflection band, soft (a cylinder's falloff) or hard-edged (a faceted bar)."""
+    t = v / width
+    if hard:
+        return np.where(np.abs(t + 0.25) < 0.1, 250, np.where(np.abs(t - 0.3) < 0.12, 115, 188)).astype(np.float32)
+    return 188 + 64 * np.exp(-(((t + 0.25) / 0.1) ** 2)) - 80 * np.exp(-(((t - 0.3) / 0.12) ** 2)) - 30 * t**2
+
+
+def _wood(size: int, seed: int, vertical: bool) -> np.ndarray:
+    """Wood grain: wavy lines of a few px (period ~11 px) along one direction, a slow tone change, brown."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    a, b = (xx, yy) if vertical else (yy, xx)
+    warp = 9 * np.sin(2 * np.pi * b / 310 + seed) + 4 * np.sin(2 * np.pi * b / 97 + 2 * seed)
+    grain = np.sin(2 * np.pi * (a + warp) / 11.0) ** 3
+    tone = 1 + 0.12 * grain + 0.05 * np.sin(2 * np.pi * a / 160) + rng.normal(0, 0.02, (size, size))
+    return np.clip(np.array([150, 98, 55], np.float32)[None, None] * tone[..., None], 0, 255).astype(np.uint8)
+
+
+def _brushed(size: int, seed: int, vertical: bool) -> np.ndarray:
+    """Brushed metal: fine streaks along one direction (noise smeared over ~40 px one way, <1 px the other)."""
+    rng = np.random.default_rng(seed)
+    n = rng.normal(0, 1, (size, size)).astype(np.float32)
+    streaks = cv2.GaussianBlur(n, (0, 0), sigmaX=0.6, sigmaY=40) if vertical else \
+        cv2.GaussianBlur(n, (0, 0), sigmaX=40, sigmaY=0.6)
+    v = 186 + 6 * streaks / streaks.std() + rng.normal(0, 1.0, (size, size))
+    return np.clip(v, 0, 255).astype(np.uint8)[..., None].repeat(3, 2)
+
+
+def hard_scenes() -> list[Scene]:
+    out: list[Scene] = []
+    backs = [(30, 40, 95), (20, 85, 35), (246, 246, 246)]
+    for i in range(3):  # a polished silver bar: one silver part, whatever its bands
+        size = (512, 768, 640)[i]
+        u, v = _frame(size, (size * 0.5, size * 0.52), (0, 0, 28)[i])
+        half_len, half_w = size * 0.34, size * 0.07
+        bar = (np.abs(u) < half_len) & (np.abs(v) < half_w)
+        img = np.full((size, size, 3), backs[i], np.uint8)
+        _paint(img, bar, np.clip(_polished(v, half_w, hard=i == 1), 0, 255)[..., None].repeat(3, 2))
+        out.append(Scene(f"polished-bar-{i}", _noise(img, 100 + i), False, "plain", None,
+                         [("silver", "elongated", _where(bar))], tags=["glare"]))
+    for i in range(3):  # a screwdriver on white: a red handle with a highlight stripe, a thin silver shaft
+        size = (640, 1024, 800)[i]
+        centre = (size * 0.5, size * (0.5, 0.45, 0.55)[i])
+        u, v = _frame(size, centre, (0, 0, -20)[i])
+        hw = size * 0.045
+        handle = (u > -size * 0.38) & (u < -size * 0.05) & (np.abs(v) < hw)
+        shaft = (u >= -size * 0.05) & (u < size * 0.36) & (np.abs(v) < size * (0.007, 0.006, 0.008)[i])
+        img = np.full((size, size, 3), 250, np.uint8)
+        t = v / hw
+        red = np.array([212, 30, 32], np.float32)
+        light = np.exp(-(((t + 0.2) / 0.16) ** 2))[..., None]            # the highlight runs the handle's length
+        shade = (1 - 0.35 * np.clip(t, 0, 1))[..., None]                  # the far side darker
+        _paint(img, handle, red * shade * (1 - light) + np.array([252, 238, 238], np.float32) * light)
+        ts = v / (size * 0.008)
+        _paint(img, shaft, (185 - 25 * ts) [..., None].repeat(3, 2))
+        out.append(Scene(f"screwdriver-{i}", _noise(img, 110 + i), False, "plain", "white",
+                         [("red", "elongated", _where(handle)), ("silver", "elongated", _where(shaft))],
+                         tags=["thin tool"]))
+    for i in range(2):  # a part on wood grain
+        size = (640, 900)[i]
+        img = _wood(size, 120 + i, vertical=i == 1)
+        part = np.zeros((size, size), np.uint8)
+        if i == 0:
+            cv2.rectangle(part, (int(size * 0.33), int(size * 0.35)), (int(size * 0.62), int(size * 0.6)), 1, -1)
+        else:
+            cv2.circle(part, (size // 2, size // 2), int(size * 0.14), 1, -1)
+        _paint(img, part > 0, (40, 90, 200) if i == 0 else (240, 215, 30))
+        out.append(Scene(f"wood-{i}", _noise(img, 130 + i, 1.0), False, "textured", "brown",
+                         [("blue" if i == 0 else "yellow", "rectangular" if i == 0 else "circular",
+                           _where(part > 0))], tags=["wood"]))
+    for i in range(2):  # a part on brushed metal
+        size = (512, 768)[i]
+        img = _brushed(size, 140 + i, vertical=i == 1)
+        part = np.zeros((size, size), np.uint8)
+        if i == 0:
+            cv2.circle(part, (int(size * 0.45), int(size * 0.5)), int(size * 0.15), 1, -1)
+        else:
+            cv2.rectangle(part, (int(size * 0.3), int(size * 0.4)), (int(size * 0.7), int(size * 0.58)), 1, -1)
+        _paint(img, part > 0, (210, 30, 30) if i == 0 else (20, 30, 100))
+        out.append(Scene(f"brushed-metal-{i}", _noise(img, 150 + i, 1.0), False, "textured", "silver",
+                         [("red" if i == 0 else "navy", "circular" if i == 0 else "rectangular",
+                           _where(part > 0))], tags=["brushed metal"]))
+    for i in range(2):  # a board with a chip and a 23 px red LED (0.08 % of a 720 px frame), lit from one side
+        size = 720
+        img = np.full((size, size, 3), 238, np.uint8)
+        board, chip, led = (np.zeros((size, size), np.uint8) for _ in range(3))
+        cv2.rectangle(board, (150, 180), (570, 520), 1, -1)
+        cv2.rectangle(chip, (220 + 20 * i, 250), (330 + 20 * i, 330), 1, -1)
+        cv2.circle(led, (470 - 30 * i, 430), 11, 1, -1)
+        _paint(img, board > 0, (20, 85, 35))
+        _paint(img, chip > 0, (15, 15, 15))
+        _paint(img, led > 0, (215, 25, 25))
+        cv2.circle(img, (466 - 30 * i, 426), 2, (255, 235, 235), -1, cv2.LINE_AA)  # the LED's glint
+        shade = np.linspace(-10, 10, size, dtype=np.float32)[None, :, None]
+        img = np.clip(img + shade, 0, 255).astype(np.uint8)
+        out.append(Scene(f"led-board-{i}", _noise(img, 160 + i), False, "plain", None,
+                         [("dark green", "rectangular", _where(board > 0)), ("black", "rectangular", _where(chip > 0)),
+                          ("red", "circular", _where(led > 0))], tags=["tiny part"]))
+    for i in range(2):  # a knife: a black handle and a silver blade with a highlight, adjacent: two parts
+        size = (600, 800)[i]
+        u, v = _frame(size, (size * 0.5, size * 0.5), (0, 35)[i])
+        handle = (u > -size * 0.36) & (u < -size * 0.06) & (np.abs(v) < size * 0.04)
+        blade = (u >= -size * 0.06) & (u < size * 0.34) & (v > -size * 0.035) & (v < size * 0.035 - (u + size * 0.06) * 0.1)
+        img = np.full((size, size, 3), (60, 95, 150), np.uint8)
+        _paint(img, handle, (22, 22, 24))
+        tb = v / (size * 0.035)
+        _paint(img, blade, (190 + 55 * np.exp(-(((tb + 0.3) / 0.2) ** 2)) - 20 * tb)[..., None].repeat(3, 2))
+        out.append(Scene(f"knife-{i}", _noise(img, 170 + i), False, "plain", None,
+                         [("black", "elongated", _where(handle)), ("silver", "elongated", _where(blade))],
+                         tags=["adjacent parts"]))
+    return out

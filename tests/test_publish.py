@@ -9,6 +9,7 @@ import yaml
 from PIL import Image
 
 from mfsc_builder.build import BUILD_INFO_NAME
+from mfsc_builder.captioners.attributes import ATTRIBUTES_VERSION
 from mfsc_builder.errors import BuildError
 from mfsc_builder.ownership import DRY_RUN_MARKER
 from mfsc_builder.publish import card_info, dry_run, license_for, push, render_card, size_category
@@ -103,7 +104,7 @@ def test_card_of_a_synthetic_build_is_true(demo_root, tmp_path):
     text = render_card(card_info(out, "org/mfsc-demo"))
     meta, body = yaml.safe_load(text.split("---\n")[1]), text.split("---\n", 2)[2]
     assert meta["license"] == "cc0-1.0" and "synthetic images drawn by this project" in body
-    assert "Backend `attributes`" in body and "`attributes-v2`" in body and "ok: 20" in body
+    assert "Backend `attributes`" in body and f"`{ATTRIBUTES_VERSION}`" in body and "ok: 20" in body
     assert "- `fabric` (generic): crack, scratch, hole" in body and "test information leak" not in body
     assert "no background is described): `fabric`." in body
     assert "| `images` | train (8), test (12) | 20 |" in body

@@ -11,6 +11,11 @@
             the variance (axis-aligned stripes crossing each other: plaid);
   granular  fine-scale: a sigma-1 Gaussian blur keeps less than `GRANULAR_KEEP` of the L variance;
   textured  anything else (coarse, multi-directional pattern).
+  A background that the rules above call smooth is "striped" when it has a grain (`ImageMeasures.grain`):
+  wood grain and brushed metal are low-amplitude streaks of one direction that neither the gradient nor the
+  detail threshold sees, but their fine-scale structure tensor has an oriented energy (sqrt of the difference
+  of its eigenvalues per pixel, blind to isotropic camera noise) of at least `GRAIN_ENERGY` and a coherence of
+  at least `GRAIN_COHERENCE`, read `GRAIN_MARGIN` px inside the region so the object's outline is not a grain.
 - Shape, from the outer contour, first rule that holds: elongated (min-area-rectangle aspect >= 2.5),
   rectangular (area / min-area-rectangle area >= 0.85), circular (circularity 4*pi*A/P^2 >= 0.75 and
   aspect < 1.35; a square has 0.785 but is caught by the rule before), irregular.
@@ -37,7 +42,7 @@ from mfsc_builder.crop import ImageRegions, Region, to_lab
 from mfsc_builder.english import a, indefinite
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
-ATTRIBUTES_VERSION = "attributes-v2"  # v2: fine detail breaks "smooth"
+ATTRIBUTES_VERSION = "attributes-v3"  # v2: fine detail breaks "smooth"; v3: glare is shading, thin and small salient parts kept, grained backgrounds
 
 # Named colours (sRGB). Gray levels are spread so that lightness decides among the achromatic names.
 COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
@@ -66,6 +71,9 @@ SMOOTH_DETAIL = 2.5
 STRIPE_COHERENCE = 0.6
 STRIPE_SEPARABLE = 0.6
 GRANULAR_KEEP = 0.35
+GRAIN_ENERGY = 0.7      # L units per pixel of oriented fine-scale gradient: wood ~1.5, camera noise ~0.05
+GRAIN_COHERENCE = 0.25
+GRAIN_MARGIN = 9        # px: three times the fine scale's sigma, where an outline still shows in it
 SHAPE_NOUNS = {"circular": "round part", "rectangular": "rectangular part", "elongated": "strip",
                "irregular": "part"}
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
@@ -167,6 +175,28 @@ class ImageMeasures:
         L = self.planes["L"][y0:y1, x0:x1]
         separable = _separable(L, inner) if pick is inner else _separable_sampled(L, inner, p["L"], ys, xs)
         return {"gradient": grad, "coherence": coherence, "keep": keep, "separable": separable, "detail": detail}
+
+    def grain(self, mask: np.ndarray) -> tuple[float, float]:
+        """(oriented energy, coherence) of the fine scale's gradients `GRAIN_MARGIN` px inside the region: a
+        grain (wood, brushed metal) has one dominant direction at a low amplitude; noise has none, and a slow
+        shading is not in the fine scale."""
+        y0, y1, x0, x1 = self._box(mask, 1)
+        k = 2 * GRAIN_MARGIN + 1
+        inner = cv2.erode(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8), np.ones((k, k), np.uint8),
+                          borderType=cv2.BORDER_REPLICATE) > 0
+        n = int(np.count_nonzero(inner))
+        if n < 64:
+            return 0.0, 0.0
+        fine = self.planes["fine"][y0:y1, x0:x1]
+        gx, gy = cv2.Sobel(fine, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(fine, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        pick = _sample(inner, self.shape, (y0, y1, x0, x1))
+        gx, gy = gx[pick].astype(np.float64), gy[pick].astype(np.float64)
+        jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+        tr = jxx + jyy
+        if tr <= 1e-9:
+            return 0.0, 0.0
+        aniso = float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2))
+        return float(np.sqrt(aniso / len(gx))), aniso / float(tr)
 
     def texture(self, mask: np.ndarray) -> str:
         m = self.texture_measures(mask)
@@ -398,6 +428,10 @@ class AttributeCaptioner:
             return "none"
         colour = img.colour(regs.background.mask)
         tex = img.texture(regs.background.mask)
+        if tex == "smooth":
+            energy, coherence = img.grain(regs.background.mask)
+            if energy >= GRAIN_ENERGY and coherence >= GRAIN_COHERENCE:
+                tex = "striped"
         return f"plain {colour}" if tex == "smooth" else f"{tex} {colour}"
 
     def _relation(self, obj: str, comps: list[ComponentView], parts: list[_Part], names: list[str],
