@@ -139,15 +139,16 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
     todo = sorted({s.id: s for s in mine + [s for s in samples if s.id in ref_ids]}.values(), key=lambda s: s.id)
 
     threading.Thread(target=_load_aside, args=(clip_tokens.counter,), daemon=True).start()  # class records' tokenizer
-    work.check_free()  # a second build is refused before it starts workers
     with contextlib.ExitStack() as done:  # unwinds in reverse: the writer stops, then the lock goes
+        # OUT's one lock (any second mfsc run into it is refused before workers start), then OUT checked again:
+        # what another command wrote before this one took the lock counts
+        done.enter_context(holding(out, "mfsc build"))
+        check_build_output(out)
         with build_workers(workers, cfg, captioner) as pool:  # the worker processes live while images are read
             # the class decisions read images: a bad one stops the build before anything is written
             ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
                           textured_classes(cfg, refs, samples, pool), pool, workers)
-            work.lock()  # before --force wipes anything: never pull the floor from under a running build
-            done.callback(work.unlock)
-            _clear(out, work, force)
+            _clear(out, work, force)  # with the lock held: never pull the floor from under a running build
             resumed = work.open(manifest)
             writer = done.enter_context(ImagesWriter(out, _row_order(mine), source=cfg.source, images=cfg.images,
                                                      workers=workers))

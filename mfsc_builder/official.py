@@ -51,10 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsad_data.folder_lock import FolderInUse, FolderLock
 from fsad_data.names import MVTEC_AD, VISA, readable_name
 from mfsc_builder.errors import BuildError
-from mfsc_builder.ownership import check_apart
+from mfsc_builder.ownership import check_apart, holding
 from mfsc_builder.records import (
     SCHEMA_VERSION,
     ClassRecord,
@@ -64,7 +63,6 @@ from mfsc_builder.records import (
     PromptText,
     Provenance,
 )
-from mfsc_builder.store import LOCK_NAME
 
 PROMPTS = "fine_grained_normal_prompts_v3"
 STATES = "class_state_abnormal_refined"
@@ -499,41 +497,35 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
 # ----------------------------------------------------------------------------------------------- writing
 def _check_out(out: Path, source: Path) -> None:
     """Refuse an ``out`` this command may not write: a file, one holding the input, or a non-empty folder that is
-    not its earlier output (no ``INFO_NAME``; a lone lock file is what a run killed at its start leaves)."""
+    not its earlier output (no ``INFO_NAME``)."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out} is a file; give a folder")
     check_apart(out, [source])
-    if out.is_dir() and not (out / INFO_NAME).is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
+    if out.is_dir() and not (out / INFO_NAME).is_file() and any(out.iterdir()):
         raise BuildError(f"--out {out} is not empty and holds files not written by `mfsc import-official` (no "
                          f"{INFO_NAME}); it never writes beside or replaces files it did not write: choose an empty "
                          "or new folder")
 
 
-def _lock(out: Path) -> FolderLock:
-    """``out``'s lock, taken (it creates ``out``); another run holding it is one line."""
-    lock = FolderLock(out / LOCK_NAME)
-    try:
-        lock.acquire()
-    except FolderInUse as exc:
-        raise BuildError(f"--out {out} is in use by another run (its lock: {exc.lock_file}); wait for it to "
-                         "finish or use another --out") from None
-    return lock
-
-
 def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | None = None) -> ImportSummary:
     """Parse the public prompts file and write ``out/classes`` (schema v1) plus ``out/import_info.json``.
 
-    ``out`` is held by the OS lock `mfsc build` takes (``fsad_data.folder_lock``, ``out/.lock``) while it is
-    written: a second run into it is refused at once."""
+    ``out`` is held by the one lock of an mfsc output folder (``ownership.holding``) while it is written: a second
+    run into it, of this command or another (`mfsc build`, `merge`), is refused at once."""
+    path, out = Path(path), Path(out)
+    _check_out(out, path)
+    with holding(out, "mfsc import-official"):
+        return _import_held(path, out, classes)
+
+
+def _import_held(path: Path, out: Path, classes: Sequence[str] | None) -> ImportSummary:
+    """``import_official`` with the lock of ``out`` held."""
     import datasets
 
     from fsad_data.atomic import staged_folder, write_json_atomic  # it imports numpy
     from mfsc_builder.records import CLASSES_FEATURES  # made on first use, with datasets
 
-    path, out = Path(path), Path(out)
-    _check_out(out, path)
-    if (out / LOCK_NAME).exists():  # a live run's lock: refused before any work (a killed run's: free, removed)
-        _lock(out).release()
+    _check_out(out, path)  # again, holding the lock: what another run wrote before it took it counts
     data, sha256 = _read(path)
     ids = data[CLASS_IDS]
     names = list(dict.fromkeys(classes)) if classes else sorted(ids, key=lambda c: ids[c])
@@ -549,21 +541,16 @@ def import_official(path: str | Path, out: str | Path, classes: Sequence[str] | 
     notes: list[str] = []
     rows = [official_class_record(data, c, str(path), sha256, notes).to_row() for c in names]
 
-    lock = _lock(out)
+    write_json_atomic(out / INFO_NAME, {  # the marker first: a folder holding it is this command's to replace
+        "command": "mfsc import-official", "schema_version": SCHEMA_VERSION, "source": path.name,
+        "sha256": sha256, "classes": names, "notes": notes,
+    })
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
-        _check_out(out, path)  # again, holding the lock: what another run wrote before it took it counts
-        write_json_atomic(out / INFO_NAME, {  # the marker first: a folder holding it is this command's to replace
-            "command": "mfsc import-official", "schema_version": SCHEMA_VERSION, "source": path.name,
-            "sha256": sha256, "classes": names, "notes": notes,
-        })
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            with staged_folder(out / "classes") as tmp:  # complete beside the old one, then swapped in
-                datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp))
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
+        with staged_folder(out / "classes") as tmp:  # complete beside the old one, then swapped in
+            datasets.Dataset.from_list(rows, features=CLASSES_FEATURES).save_to_disk(str(tmp))
     finally:
-        lock.release()
+        if bars:
+            datasets.enable_progress_bars()
     return ImportSummary(out, names, sha256, notes)

@@ -18,7 +18,7 @@ from typing import Any
 from fsad_data.folder_lock import FolderInUse, lock_beside
 from mfsc_builder.errors import BuildError
 from mfsc_builder.image_files import IMAGE_MODES
-from mfsc_builder.store import LOCK_NAME, MANIFEST_NAME
+from mfsc_builder.store import MANIFEST_NAME
 
 BUILD_INFO_NAME = "build_info.json"
 WORK_DIR = "work"
@@ -46,7 +46,8 @@ def is_build_output(folder: Path) -> bool:
     """True for a folder an ``mfsc build`` or ``mfsc merge`` wrote (its markers), also one killed mid-run."""
     folder = Path(folder)
     work = folder / WORK_DIR
-    return (folder / BUILD_INFO_NAME).is_file() or (work / MANIFEST_NAME).is_file() or (work / LOCK_NAME).is_file()
+    killed_at_start = work.is_dir() and not any(work.iterdir())  # between its work folder and its manifest
+    return (folder / BUILD_INFO_NAME).is_file() or (work / MANIFEST_NAME).is_file() or killed_at_start
 
 
 def check_build_output(out: Path, command: str = "mfsc build") -> None:
@@ -62,8 +63,9 @@ def check_build_output(out: Path, command: str = "mfsc build") -> None:
 
 @contextmanager
 def holding(out: Path, command: str) -> Iterator[None]:
-    """Hold the lock beside ``out`` (``fsad_data.folder_lock.lock_beside``) while a command that replaces it whole
-    (``mfsc merge``, ``mfsc publish --dry-run``) writes: a second run into it is refused at once."""
+    """Hold the lock beside ``out`` (``fsad_data.folder_lock.lock_beside``) while an mfsc command writes it: the one
+    lock of an mfsc output folder (``mfsc build``, ``merge``, ``import-official``, ``publish --dry-run``, ``demo-data``
+    via the same file), so any second run into it, of the same command or another, is refused at once."""
     lock = lock_beside(out)
     try:
         lock.acquire()

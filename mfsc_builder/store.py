@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from fsad_data.atomic import write_bytes_atomic, write_json_atomic
-from fsad_data.folder_lock import FolderInUse, FolderLock
 from mfsc_builder.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lock"
 FOOTER_KEY = "__footer__"
 _PART_RE = re.compile(r"^part-(\d{5,})\.jsonl(\.corrupt)?$")
 
@@ -204,12 +202,12 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 class WorkStore:
-    """``DIR/work``: the manifest, a lock, and one :class:`StageStore` per stage."""
+    """``DIR/work``: the manifest and one :class:`StageStore` per stage (the build holds the lock beside DIR:
+    ``mfsc_builder.ownership.holding``)."""
 
     def __init__(self, work_dir: Path) -> None:
         self.dir = Path(work_dir)
         self.manifest_path = self.dir / MANIFEST_NAME
-        self._lock = FolderLock(self.dir / LOCK_NAME)
 
     def read_manifest(self) -> dict | None:
         """The stored manifest, or None when there is none yet."""
@@ -246,25 +244,4 @@ class WorkStore:
         st = StageStore(self.dir / name)
         st.clean_temporaries()
         return st
-
-    # -- two builds never write into the same folder
-    def lock(self) -> None:
-        """Take the folder's lock (``fsad_data.folder_lock``): a second build into it is refused; a lock left
-        by a killed build is free again."""
-        try:
-            self._lock.acquire()
-        except FolderInUse as exc:
-            raise BuildError(f"{self.dir} is in use by another build (its lock: {exc.lock_file}); wait for it to "
-                             "finish or use another --out") from None
-
-    def unlock(self) -> None:
-        """Release the lock taken by :meth:`lock`."""
-        self._lock.release()
-
-    def check_free(self) -> None:
-        """Refuse at once when another build holds the folder, creating nothing: the lock file of a live build
-        exists (a free folder has none), so only an existing file is tried, and let go of at once."""
-        if (self.dir / LOCK_NAME).exists():
-            self.lock()
-            self.unlock()
 

@@ -5,7 +5,6 @@ Every hostile file is generated here, in tmp_path; the well-formed one is the ma
 ``test_import_official``.
 """
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import pytest
 from test_import_official import write_source
 from typer.testing import CliRunner
 
-from fsad_data.folder_lock import FolderLock
+from fsad_data.folder_lock import lock_beside
 from mfsc_builder import official
 from mfsc_builder.cli import app as mfsc_app
-from mfsc_builder.store import LOCK_NAME
 
 runner = CliRunner()
 
@@ -172,16 +170,12 @@ def test_its_own_earlier_output_is_replaced_also_after_a_kill(tmp_path):
     src = write_source(tmp_path)
     out = tmp_path / "official"
     assert run_import(src, out)[0].exit_code == 0
-    (out / LOCK_NAME).write_text("")  # what a run killed while it held the lock leaves behind
+    lock_beside(out).lock_file.write_text("")  # what a run killed while it held the lock leaves behind
     res, _ = run_import(src, out, "--classes", "hex_nut")
     assert res.exit_code == 0, res.output
     assert json.loads((out / "import_info.json").read_text())["classes"] == ["hex_nut"]
-    assert sorted(p.name for p in out.iterdir()) == ["classes", "import_info.json"]  # no lock file stays
-
-    killed_early = tmp_path / "early"  # killed after taking the lock, before writing anything else
-    killed_early.mkdir()
-    (killed_early / LOCK_NAME).write_text("")
-    assert run_import(src, killed_early)[0].exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["classes", "import_info.json"]
+    assert not lock_beside(out).lock_file.exists()  # no lock file stays
 
 
 # --------------------------------------------------------------------------------------------- 4. the lock
@@ -190,16 +184,16 @@ def test_a_second_run_into_the_same_folder_is_refused_at_once(tmp_path):
     out = tmp_path / "official"
     assert run_import(src, out)[0].exit_code == 0
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    with FolderLock(out / LOCK_NAME):  # the lock `mfsc build` takes, held as a live run holds it
+    with lock_beside(out):  # the one lock of an mfsc output folder, held as a live run holds it
         t0 = time.perf_counter()
         res, _ = run_import(src, out, "--classes", "hex_nut")
         assert time.perf_counter() - t0 < 10
-    one_line_error(res, out, "in use by another run", "wait for it to finish or use another --out")
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME} == before
+    one_line_error(res, out, "in use by another `mfsc import-official`", "wait for it to finish or use another")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert json.loads((out / "import_info.json").read_text())["classes"] == ["pill_box", "hex_nut"]
 
     fresh = tmp_path / "fresh"  # a first run into a new folder takes the same lock
-    with FolderLock(fresh / LOCK_NAME):
+    with lock_beside(fresh):
         res, _ = run_import(src, fresh)
-    one_line_error(res, fresh, "in use by another run")
-    assert os.listdir(fresh) == []
+    one_line_error(res, fresh, "in use by another `mfsc import-official`")
+    assert not fresh.exists()

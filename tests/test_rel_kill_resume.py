@@ -149,7 +149,7 @@ def test_build_ctrl_c_stops_with_a_one_line_resume_hint_then_resumes(demo_root, 
     assert rc == 130, err[-3000:]
     assert len(lines) == 1 and "run the same command again to resume" in lines[0], err
     assert "Traceback" not in err and not (out / "images").exists()
-    assert not (out / "work" / ".lock").exists()  # the lock is released: the rerun is not refused
+    assert not (out.parent / f".{out.name}.lock").exists()  # the lock is released: the rerun is not refused
     rc, _, err = _run("mfsc_builder.cli", _build_args(demo_root, out, cfg_file))
     assert rc == 0, err[-3000:]
     assert _tables(out) == ref_tables and _info(out) == ref_info
@@ -244,7 +244,7 @@ def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(dem
     out = tmp_path / "out"
     proc = _start("mfsc_builder.cli", _build_args(demo_root, out, cfg_file))
     _signal_when(proc, lambda: _parts(out, "crop") >= 1, 0, "first crop part")  # signal 0: only checks the pid
-    with pytest.raises(BuildError, match="in use by another build"):
+    with pytest.raises(BuildError, match="in use by another `mfsc build`"):
         run_build(BuildConfig(source=str(demo_root), out=str(out), **BUILD_CONFIG))
     rc, _, err = _finish(proc)
     assert rc == 0, err[-3000:]

@@ -1,5 +1,8 @@
 """Every command that writes an output folder holds its lock: a second run into the same folder is refused at
 once with one line, before any work (here: the folder's lock is held by the test, as a running command would)."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,8 @@ from typer.testing import CliRunner
 
 from detector.cli import app as detector_app
 from fsad_data.folder_lock import lock_beside
+from mfsc_builder.errors import BuildError
+from mfsc_builder.ownership import holding
 
 
 def _refused(app, args: list[str], out: Path, command: str) -> None:
@@ -83,3 +88,41 @@ def test_a_refused_detector_command_leaves_no_parent_folders(tmp_path, command):
                                                *args[command], "--out", str(out)])
     assert result.exit_code == 1 and "no_such_checkpoint not found" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_the_lock_refuses_a_live_holder_and_is_free_after_a_kill(tmp_path):
+    """A holder in another process is refused; a lock file left by a killed run blocks nothing, even when it
+    names a pid that now belongs to another live process (a pid-file lock refused that one)."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from fsad_data.folder_lock import lock_beside; held = lock_beside(sys.argv[1]); "
+        "held.acquire(); print('held', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BuildError, match="in use by another `mfsc build`"), holding(out, "mfsc build"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_beside(out).lock_file.write_text(str(os.getppid()))  # what a killed run left, its pid reused
+    with holding(out, "mfsc build"), pytest.raises(BuildError, match="in use by another `mfsc merge`"), \
+            holding(out, "mfsc merge"):
+        pass  # a second run in this very process, of another command, is refused too
+    assert not lock_beside(out).lock_file.exists()
+
+
+def test_every_mfsc_command_that_writes_a_folder_takes_the_same_lock(tmp_path, demo_root):
+    """`mfsc build` and `mfsc import-official` into a folder another mfsc command holds are refused at once,
+    writing nothing: one lock per output folder for every command (merge, publish --dry-run and demo-data
+    are above)."""
+    from mfsc_builder.cli import app
+
+    out = tmp_path / "held"
+    for args in (["build", str(demo_root), "--out", str(out), "--classes", "pill_box"],
+                 ["import-official", str(tmp_path / "fine_grained_prompts.py"), "--out", str(out)]):
+        with lock_beside(out):
+            res = CliRunner().invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert "in use by another" in text and str(out) in text, text
+        assert not out.exists()
