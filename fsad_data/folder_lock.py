@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+_RETRIES = 5  # attempts when the lock's folder vanishes under us (see acquire)
+
 
 class FolderInUse(Exception):
     """Another live run holds the lock (or did not let go of it within the timeout)."""
@@ -40,13 +42,20 @@ class FolderLock:
     def acquire(self) -> None:
         from filelock import FileLock, Timeout  # about 50 ms of imports: only once a lock is taken
 
-        self._made = _missing_folders(self.lock_file.parent)
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.lock_file, timeout=self.timeout)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise FolderInUse(self.lock_file) from None
+        self._made = []
+        for attempt in range(_RETRIES):
+            missing = _missing_folders(self.lock_file.parent)  # one path's chain: the longest is every one we made
+            self._made = missing if len(missing) > len(self._made) else self._made
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire()
+                break
+            except Timeout:
+                raise FolderInUse(self.lock_file) from None
+            except FileNotFoundError:  # another run let go of its lock and removed the folders both needed
+                if attempt == _RETRIES - 1:
+                    raise
         self._lock = lock
 
     def release(self) -> None:
@@ -88,5 +97,5 @@ def lock_beside(folder: str | Path, name: str | None = None) -> FolderLock:
     """The lock of a run that replaces ``folder`` whole (``.NAME.lock`` in its parent, so the swap never moves
     it): one owner of where that lock lives, for both halves. ``name``: another lock beside it (a benchmark
     shard). Not taken yet: ``acquire`` it, or use it as a context manager."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # `--out .` has no name, and two spellings of one folder share its lock
     return FolderLock(folder.parent / f".{name or folder.name}.lock")

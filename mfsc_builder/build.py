@@ -50,8 +50,6 @@ from mfsc_builder.write import ImagesWriter, group_by_split, split_key, staged_d
 
 log = logging.getLogger(__name__)
 
-STAGES = ("crop", "caption", "fill", "classes")
-
 __all__ = ["BUILD_INFO_NAME", "BuildConfig", "BuildSummary", "merge_builds", "run_build", "shard_of",
            "write_datasets"]
 
@@ -191,12 +189,10 @@ def _clear(out: Path, work: WorkStore, force: bool) -> None:
     every earlier result."""
     for stale in out.glob(".write-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for sub in ("images", "classes"):
+    for sub in ("images", "classes", WORK_DIR):
         clean_orphans(out / sub)
     if force:  # only what a build writes there: a user's own files in the folder stay
-        for name in STAGES:
-            shutil.rmtree(work.dir / name, ignore_errors=True)
-        work.manifest_path.unlink(missing_ok=True)
+        shutil.rmtree(work.dir, ignore_errors=True)  # the stages and the manifest (made again whole by open)
         for sub in ("images", "classes"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / BUILD_INFO_NAME).unlink(missing_ok=True)

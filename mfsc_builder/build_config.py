@@ -27,7 +27,9 @@ from mfsc_builder.image_files import IMAGE_MODES
 from mfsc_builder.records import SCHEMA_VERSION
 from mfsc_builder.store import fingerprint
 
-PIPELINE_VERSION = 3  # bump when a stage's output changes meaning: old work folders are then refused
+# bump when a stage's output changes meaning: old work folders are then refused (4: stage 1 merges shading and keeps
+# thin and salient parts, issue 27)
+PIPELINE_VERSION = 4
 # fields that change what is built (others, such as device, concurrency or workers, only change how fast; and
 # `images` only changes how the datasets are written from the stored work, which every run does again)
 OUTPUT_FIELDS = ("layout", "classes", "shots", "seed", "defect_vocab", "num_shards", "shard_index", "crop")

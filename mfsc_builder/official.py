@@ -53,7 +53,7 @@ from typing import Any
 
 from fsad_data.names import MVTEC_AD, VISA, readable_name
 from mfsc_builder.errors import BuildError
-from mfsc_builder.ownership import check_apart, holding
+from mfsc_builder.ownership import LEGACY_LOCK_NAME, check_apart, holding
 from mfsc_builder.records import (
     SCHEMA_VERSION,
     ClassRecord,
@@ -497,11 +497,12 @@ def official_class_record(data: dict[str, Any], class_name: str, source: str, sh
 # ----------------------------------------------------------------------------------------------- writing
 def _check_out(out: Path, source: Path) -> None:
     """Refuse an ``out`` this command may not write: a file, one holding the input, or a non-empty folder that is
-    not its earlier output (no ``INFO_NAME``)."""
+    not its earlier output (no ``INFO_NAME``; a lone lock file is what a run killed at its start by an earlier
+    version left)."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out} is a file; give a folder")
     check_apart(out, [source])
-    if out.is_dir() and not (out / INFO_NAME).is_file() and any(out.iterdir()):
+    if out.is_dir() and not (out / INFO_NAME).is_file() and any(p.name != LEGACY_LOCK_NAME for p in out.iterdir()):
         raise BuildError(f"--out {out} is not empty and holds files not written by `mfsc import-official` (no "
                          f"{INFO_NAME}); it never writes beside or replaces files it did not write: choose an empty "
                          "or new folder")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fsad_data.atomic import leftovers
 from fsad_data.folder_lock import FolderInUse, lock_beside
 from mfsc_builder.errors import BuildError
 from mfsc_builder.image_files import IMAGE_MODES
@@ -23,6 +24,7 @@ from mfsc_builder.store import MANIFEST_NAME
 BUILD_INFO_NAME = "build_info.json"
 WORK_DIR = "work"
 DRY_RUN_MARKER = ".mfsc-dry-run"
+LEGACY_LOCK_NAME = ".lock"  # the lock build (in work/) and import-official kept inside OUT before `holding`
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -46,7 +48,9 @@ def is_build_output(folder: Path) -> bool:
     """True for a folder an ``mfsc build`` or ``mfsc merge`` wrote (its markers), also one killed mid-run."""
     folder = Path(folder)
     work = folder / WORK_DIR
-    killed_at_start = work.is_dir() and not any(work.iterdir())  # between its work folder and its manifest
+    # a build killed while it made its work folder leaves that folder's temporary (``WorkStore.open``); one killed
+    # at its start by an earlier version of this project, the lock file it kept inside
+    killed_at_start = bool(leftovers(work)) or (work / LEGACY_LOCK_NAME).is_file()
     return (folder / BUILD_INFO_NAME).is_file() or (work / MANIFEST_NAME).is_file() or killed_at_start
 
 
@@ -70,8 +74,8 @@ def holding(out: Path, command: str) -> Iterator[None]:
     try:
         lock.acquire()
     except FolderInUse as exc:
-        raise BuildError(f"{out} is in use by another `{command}` (lock {exc.lock_file}); wait for it to finish or "
-                         "use another folder") from None
+        raise BuildError(f"{out} is in use by another run (lock {exc.lock_file}); wait for it to finish, or give "
+                         f"`{command}` another folder") from None
     try:
         yield
     finally:

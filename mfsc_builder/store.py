@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsad_data.atomic import write_bytes_atomic, write_json_atomic
+from fsad_data.atomic import temp_folder_beside, write_bytes_atomic, write_json_atomic
 from mfsc_builder.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -224,10 +224,15 @@ class WorkStore:
         ``manifest["fingerprint"]`` decides whether stored results may be reused; everything else in
         the manifest is informational.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
         old = self.read_manifest()
         if old is None:
-            write_json(self.manifest_path, dict(manifest))
+            if self.dir.is_dir() and any(self.dir.iterdir()):
+                raise BuildError(f"{self.dir} holds results but no {MANIFEST_NAME}, so nothing says how they were "
+                                 "made; they are not mixed with new ones: use --force to discard them, or a new --out")
+            # made whole with its manifest (a work folder without one is never taken for ours: ownership.py)
+            tmp = temp_folder_beside(self.dir)
+            write_json(tmp / MANIFEST_NAME, dict(manifest))
+            os.replace(tmp, self.dir)
             return False
         if old.get("fingerprint") != manifest.get("fingerprint"):
             keys = _diff_keys(old.get("config"), manifest.get("config"))

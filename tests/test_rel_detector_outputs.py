@@ -404,7 +404,7 @@ def test_two_benchmarks_into_one_folder_are_locked_out(demo_root, tmp_path, tiny
         for extra in ([], ["--merge"]):
             res, _ = _invoke(_bench_args(demo_root, out, tiny_clip_name, *extra))
             line = _one_error(res)
-            assert str(out) in line and "in use by another `detector benchmark`" in line, line
+            assert str(out) in line and "in use by another run" in line and "`detector benchmark`" in line, line
     assert not out.exists()
 
 

@@ -188,12 +188,12 @@ def test_a_second_run_into_the_same_folder_is_refused_at_once(tmp_path):
         t0 = time.perf_counter()
         res, _ = run_import(src, out, "--classes", "hex_nut")
         assert time.perf_counter() - t0 < 10
-    one_line_error(res, out, "in use by another `mfsc import-official`", "wait for it to finish or use another")
+    one_line_error(res, out, "in use by another run", "wait for it to finish, or give `mfsc import-official` another")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert json.loads((out / "import_info.json").read_text())["classes"] == ["pill_box", "hex_nut"]
 
     fresh = tmp_path / "fresh"  # a first run into a new folder takes the same lock
     with lock_beside(fresh):
         res, _ = run_import(src, fresh)
-    one_line_error(res, fresh, "in use by another `mfsc import-official`")
+    one_line_error(res, fresh, "in use by another run")
     assert not fresh.exists()

@@ -244,7 +244,7 @@ def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(dem
     out = tmp_path / "out"
     proc = _start("mfsc_builder.cli", _build_args(demo_root, out, cfg_file))
     _signal_when(proc, lambda: _parts(out, "crop") >= 1, 0, "first crop part")  # signal 0: only checks the pid
-    with pytest.raises(BuildError, match="in use by another `mfsc build`"):
+    with pytest.raises(BuildError, match="in use by another run.*`mfsc build`"):
         run_build(BuildConfig(source=str(demo_root), out=str(out), **BUILD_CONFIG))
     rc, _, err = _finish(proc)
     assert rc == 0, err[-3000:]

@@ -19,7 +19,7 @@ def _refused(app, args: list[str], out: Path, command: str) -> None:
         res = CliRunner().invoke(app, args)
     text = " ".join(res.output.split())
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    assert f"in use by another `{command}`" in text and str(out) in text, text
+    assert "in use by another run" in text and f"`{command}`" in text and str(out) in text, text
     assert not out.exists()
 
 
@@ -99,13 +99,13 @@ def test_the_lock_refuses_a_live_holder_and_is_free_after_a_kill(tmp_path):
         "held.acquire(); print('held', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(BuildError, match="in use by another `mfsc build`"), holding(out, "mfsc build"):
+        with pytest.raises(BuildError, match="in use by another run.*`mfsc build`"), holding(out, "mfsc build"):
             pass
     finally:
         holder.kill()
         holder.wait()
     lock_beside(out).lock_file.write_text(str(os.getppid()))  # what a killed run left, its pid reused
-    with holding(out, "mfsc build"), pytest.raises(BuildError, match="in use by another `mfsc merge`"), \
+    with holding(out, "mfsc build"), pytest.raises(BuildError, match="in use by another run.*`mfsc merge`"), \
             holding(out, "mfsc merge"):
         pass  # a second run in this very process, of another command, is refused too
     assert not lock_beside(out).lock_file.exists()
@@ -126,3 +126,33 @@ def test_every_mfsc_command_that_writes_a_folder_takes_the_same_lock(tmp_path, d
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output
         assert "in use by another" in text and str(out) in text, text
         assert not out.exists()
+
+
+def test_the_lock_of_a_folder_is_the_same_however_it_is_written(tmp_path, monkeypatch):
+    """`--out .`, `--out ./x/..` and the absolute path name one folder and take one lock, beside it (a `.` has no
+    name: its lock used to land inside the folder, which then was no longer empty)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    files = {lock_beside(p).lock_file for p in (Path("."), Path("x") / "..", here)}
+    assert files == {tmp_path / ".here.lock"}
+
+
+def test_a_lock_whose_folder_vanishes_while_it_is_taken_is_taken_again(tmp_path, monkeypatch):
+    """Another run that lets go of its lock removes the folders it created; one taking a lock in the same new
+    folder at that moment makes them again instead of failing."""
+    import filelock
+
+    real = filelock.FileLock.acquire
+    calls = []
+
+    def vanishing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(self.lock_file))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", vanishing)
+    with lock_beside(tmp_path / "new" / "out") as held:
+        assert held.lock_file.exists() and len(calls) == 2
+    assert list(tmp_path.iterdir()) == []

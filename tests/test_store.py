@@ -1,4 +1,4 @@
-"""The stage store: atomic parts, damaged parts never read back, manifest refusal, lock."""
+"""The stage store: atomic parts, damaged parts never read back, manifest refusal, the work folder made whole."""
 import json
 import os
 
@@ -79,3 +79,36 @@ def test_manifest_refuses_a_changed_configuration(tmp_path):
 def test_fingerprint_is_order_independent():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_the_work_folder_is_made_whole_and_only_a_build_s_is_taken_for_one(tmp_path):
+    """`WorkStore.open` makes the work folder with its manifest in one rename, so an empty `work/` (a user's) is
+    never taken for a build's: a build into such a folder is refused. A build killed inside that rename leaves
+    only the temporary, which is recognised (and cleaned by the next build); so is the lock file that earlier
+    versions kept in `work/`."""
+    from fsad_data.atomic import temp_folder_beside
+    from mfsc_builder.ownership import check_build_output, is_build_output
+
+    users = tmp_path / "users"
+    (users / "work").mkdir(parents=True)
+    (users / "images").mkdir()
+    assert not is_build_output(users)
+    with pytest.raises(BuildError, match="not an earlier mfsc build"):
+        check_build_output(users)
+
+    killed = tmp_path / "killed"
+    temp_folder_beside(killed / "work")  # what a kill between its creation and the rename leaves
+    assert is_build_output(killed)
+    legacy = tmp_path / "legacy"
+    (legacy / "work").mkdir(parents=True)
+    (legacy / "work" / ".lock").write_text("")
+    assert is_build_output(legacy)
+
+    ws = WorkStore(tmp_path / "fresh" / "work")
+    assert ws.open({"fingerprint": "a"}) is False and json.loads(ws.manifest_path.read_text()) == {"fingerprint": "a"}
+    assert sorted(p.name for p in ws.dir.parent.iterdir()) == ["work"]  # no temporary left beside it
+
+    orphan = WorkStore(tmp_path / "orphan" / "work")
+    (orphan.dir / "crop").mkdir(parents=True)  # results whose manifest is gone: never mixed with new ones
+    with pytest.raises(BuildError, match="holds results but no manifest.json.*--force"):
+        orphan.open({"fingerprint": "a"})

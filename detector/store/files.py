@@ -89,8 +89,8 @@ def output_lock(out: str | Path, command: str = "detector train", name: str | No
     try:
         lock.acquire()
     except FolderInUse as exc:
-        raise DetectorError(f"{out} is in use by another `{command}` (lock {exc.lock_file}); wait for it "
-                            "to finish or use another --out") from None
+        raise DetectorError(f"{out} is in use by another run (lock {exc.lock_file}); wait for it to finish, or "
+                            f"give `{command}` another --out") from None
     try:
         yield
     finally:
