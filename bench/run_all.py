@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export,workers]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export,workers,anomalib]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ BENCHES = {
     "analysis": ["bench_analysis.py"],
     "export": ["bench_export.py"],
     "workers": ["bench_workers.py"],
+    "anomalib": ["bench_anomalib.py"],
 }
 QUICK = {
     "metrics": ["--repeats", "1"],

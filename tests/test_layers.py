@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("detector", "mfsc_builder", "fsad_data")
-DETECTOR_LAYERS = ("base", "settings", "method", "eval", "store", "run", "deploy", "top")
+DETECTOR_LAYERS = ("base", "settings", "method", "eval", "store", "run", "deploy", "integrations", "top")
 BASE = {"detector.errors", "detector.method.choices"}
 SETTINGS = {"detector.config", "detector.recipes"}
 TOP = {"detector", "detector.cli"}  # the public face: `from detector import Detector` and the commands

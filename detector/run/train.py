@@ -142,21 +142,27 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     return Path(config.out)
 
 
-def train_and_save(config: TrainConfig, progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> FineGrainedAD:
+def train_and_save(config: TrainConfig, progress: bool = True, log: Callable[[str], None] | None = None, *,
+                   shots: tuple[list[np.ndarray], list[str]] | None = None, record: dict | None = None
+                   ) -> FineGrainedAD:
     """Resumable training, then the checkpoint, then the resumable state removed; returns the in-memory model.
 
     Before any work: an ``--out`` that is not this tool's checkpoint is refused, and the folder is locked
     against a second run. A checkpoint of exactly this run already in place (a rerun, or a run killed while
     removing its state) wins: it is loaded, the leftover state removed, nothing trained (``--restart`` retrains).
+    ``shots`` (images, file names): read already by the caller (the anomalib model draws them from its
+    datamodule), with ``record`` its caption record (None: none); else both are read as ``config`` names them.
     """
 
     out = Path(config.out)
     check_replaceable(out, CHECKPOINT_OUTPUT)
-    with output_lock(out):
+    with output_lock(out, "detector train"):
         check_replaceable(out, CHECKPOINT_OUTPUT)  # again under the lock: another run may have written it meanwhile
-        shot_images, shot_names = load_shots(config)
-        record = caption_record(config)
+        if shots is None:
+            shot_images, shot_names = load_shots(config)
+            record = caption_record(config)
+        else:
+            shot_images, shot_names = shots
         if not config.restart and finished_checkpoint(
                 config, run_fingerprint(config, shot_names, record, image_digests(shot_images))):
 
