@@ -4,10 +4,13 @@ alternating order; and the start-up cost of the CLIP token counter against open_
 
 The images are the synthetic demo set at its own 256 x 256 and upscaled to 1024 x 1024 (bicubic; masks
 nearest), each flat (as drawn), noisy (Gaussian noise, sigma 8, seeded) and woven (a fine sine weave added),
-so a speed-up is not one for flat images only. For each set the bench also says on how many images the two codes' crop results and caption
-fields differ (they should not, see tests/test_analysis_reference.py). Prints figures; asserts nothing.
+so a speed-up is not one for flat images only; and a shaded stripy metal plate at 1024 x 1024 that the
+colours cut into some 50 pieces, for the shading merge's cost with many parts (`stripy_plate`). For each set
+the bench also says on how many images the two codes' crop results and caption fields differ (for a speed
+change they should not, see tests/test_analysis_reference.py; against a base before a rule change, such as
+81706e7 before issue 27's rules, they may). Prints figures; asserts nothing.
 
-    PYTHONPATH=. python bench/bench_analysis.py [--base 1f0c3f6] [--limit 60] [--sizes 256,1024]
+    PYTHONPATH=. python bench/bench_analysis.py [--base 1f0c3f6] [--limit 60] [--sizes 256,1024] [--plates 3]
 """
 from __future__ import annotations
 
@@ -35,25 +38,43 @@ TOKEN_TEXT = "a photo of a red pill box with a crack, made of a smooth white rec
 
 
 def load_base(rev: str, folder: Path) -> tuple[types.ModuleType, types.ModuleType] | None:
-    """crop.py and captioners/attributes.py of commit `rev`, written to `folder` and imported as the modules
-    `_base_crop` and `_base_attributes` (the base captioner reads the base crop module); None without git or
-    without that commit."""
+    """crop.py and captioners/attributes.py of commit `rev` (and its shading.py, where it has one), written to
+    `folder` and imported as the modules `_base_crop` and `_base_attributes` (the base captioner reads the base
+    crop module, which reads `_base_shading`); None without git or without that commit."""
     mods = []
-    for rel, name in (("mfsc_builder/crop.py", "_base_crop"),
+    for rel, name in (("mfsc_builder/shading.py", "_base_shading"), ("mfsc_builder/crop.py", "_base_crop"),
                       ("mfsc_builder/captioners/attributes.py", "_base_attributes")):
         try:
             src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True,
                                  text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
+            if name == "_base_shading":
+                continue  # before issue 27
             return None
         path = folder / f"{name}.py"
-        path.write_text(src.replace("from mfsc_builder.crop import", "from _base_crop import"))
+        path.write_text(src.replace("from mfsc_builder.crop import", "from _base_crop import")
+                        .replace("from mfsc_builder.shading import", "from _base_shading import"))
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod  # dataclasses and the captioner look their module up
         spec.loader.exec_module(mod)
         mods.append(mod)
-    return mods[0], mods[1]
+    return mods[-2], mods[-1]
+
+
+def stripy_plate(size: int, seed: int) -> np.ndarray:
+    """A shaded, stripy metal plate on a dark background: bright and dark stripes (period 110 px at 1024)
+    under light that varies across and down the plate, so the colour clustering cuts it into some 50 pieces
+    that the shading merge weighs pair by pair (its worst case in pieces)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) * (1024.0 / size)
+    img = np.full((size, size, 3), (35, 40, 60), np.float32)
+    plate = (np.abs(xx - 512) < 430) & (np.abs(yy - 512) < 430)
+    v = 165 + 45 * np.sign(np.sin(2 * np.pi * (yy + 7 * seed) / 110)) + 40 * np.sin(2 * np.pi * xx / 1024 * 1.3) \
+        - 30 * (yy / 1024)
+    img[plate] = v[plate][:, None]
+    img += rng.normal(0, 2, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def image_sets(demo: Path, size: int, variant: str) -> list[tuple[str, np.ndarray, np.ndarray | None, str]]:
@@ -154,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=60, help="images per set (default all 60)")
     ap.add_argument("--sizes", default="256,1024")
     ap.add_argument("--variants", default="flat,noisy,woven", help="image variants (default %(default)s)")
+    ap.add_argument("--plates", type=int, default=3, help="images of the many-piece stripy plate (default 3)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     from fsad_data import make_demo_data
@@ -175,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
                 every = image_sets(demo, size, variant)
                 items = every[:: max(1, len(every) // args.limit)][: args.limit]  # all classes
                 compare(codes, items, f"{size}² {variant} ({len(items)})")
+        if args.plates:
+            plates = [("plate", stripy_plate(1024, seed), None, "") for seed in range(args.plates)]
+            compare(codes, plates, f"1024² plate ({len(plates)})")
     print("CLIP token counter")
     token_counter_start()
 

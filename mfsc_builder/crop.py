@@ -333,15 +333,27 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     Pixels in `ignore` (a known defect) do not take part in the decision and are foreground afterwards
     unless the image is textured, so a defect cannot turn a surface into an "object" or cut a notch.
     `lab` is `to_lab(image)` when the caller has it already."""
+    mask, textured, _ref = _foreground(image, config, ignore, lab)
+    return mask, textured
+
+
+def background_colour(lab: np.ndarray, config: CropConfig) -> np.ndarray:
+    """The background's reference colour: the median Lab colour of the border strip."""
+    return np.median(_border_pixels(lab, config.border), axis=0)
+
+
+def _foreground(image: np.ndarray, config: CropConfig, ignore: np.ndarray | None,
+                lab: np.ndarray | None) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """`foreground_mask`, and the background's reference colour (None when textured before it is read)."""
     h, w = image.shape[:2]
     full = np.ones((h, w), bool)
     if config.textured:
-        return full, True
+        return full, True, None
     lab = to_lab(image) if lab is None else lab
     border = _border_pixels(lab, config.border)
     ref = np.median(border, axis=0)
     if float(np.median(lab_distance(border, ref))) > config.border_spread:
-        return full, True
+        return full, True, ref
     dist = lab_distance(lab, ref)
     if ignore is not None and ignore.any():
         dist[ignore] = 0.0
@@ -356,7 +368,7 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     m8[box] = cv2.morphologyEx(cv2.morphologyEx(_u8(mask[box]), cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
     mask = _fill_holes(m8 > 0)
     if thr > config.min_delta:
-        faint = _faint_parts(mask, dist, config)
+        faint = _faint_parts(mask, dist, config, ignore if ignore is not None and ignore.any() else None)
         if faint is not None:
             mask = _fill_holes(mask | faint)
     if ignore is not None and ignore.any():
@@ -368,13 +380,14 @@ def foreground_mask(image: np.ndarray, config: CropConfig, ignore: np.ndarray | 
     frac = float(mask.mean())
     touch = float(_border_pixels(mask[..., None].astype(np.float32), config.border).mean())
     if frac < config.min_foreground or frac > config.max_foreground:
-        return full, True
+        return full, True, ref
     if touch > config.border_touch and not _enters_from_border(mask, touch, config):
-        return full, True
-    return mask, False
+        return full, True, ref
+    return mask, False, ref
 
 
-def _faint_parts(mask: np.ndarray, dist: np.ndarray, config: CropConfig) -> np.ndarray | None:
+def _faint_parts(mask: np.ndarray, dist: np.ndarray, config: CropConfig, ignore: np.ndarray | None = None
+                 ) -> np.ndarray | None:
     """Parts that Otsu's threshold and the opening lost, or None: a thin silver shaft on white, the plain
     metal of a polished bar between its bands. Otsu splits the distances where the strong parts are; a part
     only `min_delta` from the background falls below it, and the opening (a kernel of 2% of the side)
@@ -382,29 +395,40 @@ def _faint_parts(mask: np.ndarray, dist: np.ndarray, config: CropConfig) -> np.n
     mask, opened by 3 x 3 only (a 1-2 px anti-aliased rim goes, a 4 px shaft stays), of at least
     `min_component` of the image. A candidate is kept when its outline is an edge: the median Lab distance
     gradient on it is at least `edge_strength` per px. Light falling off across a plain background makes no
-    edge, so uneven light stays background."""
+    edge, so uneven light stays background.
+
+    Pixels of `ignore` (a known defect, whose distances the caller zeroed) join the candidate pieces they
+    touch, as `component_masks` joins parts through a defect: a defect across a thin shaft does not cut it
+    into pieces too small to keep. Only a piece's own pixels count towards its size and are returned, and
+    its outline is read away from the defect (whose zeroed distances would make an edge of anything)."""
     h, w = mask.shape
     min_px = max(1, int(np.ceil(config.min_component * h * w)))
     cand = (dist > config.min_delta) & ~mask
     if int(np.count_nonzero(cand)) < min_px:
         return None
-    cand = cv2.morphologyEx(_u8(cand), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    _n, cc, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
-    big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_px) + 1
+    cand = cv2.morphologyEx(_u8(cand), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    joined = cand if ignore is None else cand | _touching(ignore, cand)
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(_u8(joined), connectivity=8)
+    big = np.flatnonzero(np.bincount(cc[cand], minlength=n)[1:] >= min_px) + 1
     if len(big) == 0:
         return None
-    keep = np.zeros(h * w, bool)
+    near_defect = None if ignore is None else cv2.dilate(_u8(ignore), np.ones((3, 3), np.uint8)) > 0
+    keep = np.zeros((h, w), bool)
     for i in big:
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         rows, cols = slice(max(0, y - 2), min(h, y + bh + 2)), slice(max(0, x - 2), min(w, x + bw + 2))
-        part = cc[rows, cols] == i
+        part = (cc[rows, cols] == i) & cand[rows, cols]
         p8 = part.view(np.uint8)
         ring = (cv2.dilate(p8, np.ones((3, 3), np.uint8)) > 0) & ~(cv2.erode(p8, np.ones((3, 3), np.uint8)) > 0)
+        if near_defect is not None:
+            ring &= ~near_defect[rows, cols]
+        if not ring.any():
+            continue
         d = dist[rows, cols]
         gx, gy = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3) / 8.0
         if float(np.median(np.hypot(gx[ring], gy[ring]))) >= config.edge_strength:
-            keep.reshape(h, w)[rows, cols] |= part
-    return keep.reshape(h, w) if keep.any() else None
+            keep[rows, cols] |= part
+    return keep if keep.any() else None
 
 
 def _enters_from_border(mask: np.ndarray, touch: float, config: CropConfig) -> bool:
@@ -512,7 +536,8 @@ def _merge_centres(sample: np.ndarray, centres: np.ndarray, delta: float) -> np.
 
 
 def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfig,
-                    bridge: np.ndarray | None = None, lab: np.ndarray | None = None) -> list[np.ndarray]:
+                    bridge: np.ndarray | None = None, lab: np.ndarray | None = None,
+                    background: np.ndarray | None = None) -> list[np.ndarray]:
     """Component masks: connected parts of each foreground colour, largest first, small ones dropped, the
     parts of one lit surface merged (`shading.merge_shading`: a highlight band or a reflection is not a
     part). Pixels of `bridge` (a known defect, left out of the components) still connect the parts of one
@@ -521,36 +546,36 @@ def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfi
     Size: a part below `min_component` (0.4% of the image: noise, a speck of another colour) is dropped
     unless it is salient, which a labeller would name (an LED, a screw head): at least `min_salient`, compact
     (its area at least 0.7 of its convex hull's), inside the image, and its median colour at least
-    `salient_delta` (twice `merge_delta`) from the median colour of the ring around it."""
+    `salient_delta` (default 36 Lab) from the median colour of the ring around it.
+
+    Background taken in: the foreground's closing fills a narrow gap between two parts (up to about 2% of
+    the side) and the notches of a part's outline with background. Foreground pixels within `min_delta` of
+    the background's colour (`background`, the Lab reference colour; read from the border when not given)
+    and connected to the pixels outside the object are background (`_pockets`): a part made mostly of them
+    is dropped, they join no parts when shading is merged, and a piece of the background's colour touching
+    them or the outside is no highlight (see `merge_shading`). An enclosed hole (a nut's) is not touched."""
     lab = to_lab(image) if lab is None else lab
     labels, _ = colour_clusters(image, foreground, config, lab)
     h, w = foreground.shape
-    min_px = max(1, int(np.ceil(config.min_component * h * w)))
-    min_small = max(9, int(np.ceil(config.min_salient * h * w)))
     k = max(1, round(min(h, w) / 150))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
     # all the work inside the box of the foreground and the bridge (a bridge part must stay whole)
     rows, cols = grown_box(foreground if bridge is None else foreground | bridge, 2 * k + 2)
     labels, bridge = labels[rows, cols], None if bridge is None else bridge[rows, cols]
     box_lab = lab[rows, cols]
     parts: list[np.ndarray] = []
     for c in range(int(labels.max()) + 1):
-        raw = labels == c
-        m = cv2.morphologyEx(raw.view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
-        parts.extend(_thin_parts(raw & ~m, min_px))
-        joined = m if bridge is None else m | _touching(bridge, m)
-        n, cc = cv2.connectedComponents(joined.view(np.uint8), connectivity=8)
-        sizes = np.bincount(cc[m], minlength=n)  # a part's own pixels (bridge pixels only join)
-        parts.extend((cc == i) & m for i in np.flatnonzero(sizes[1:] >= min_px) + 1)
-        small = np.flatnonzero((sizes[1:] >= min_small) & (sizes[1:] < min_px)) + 1
-        for i in small[np.argsort(-sizes[small], kind="stable")][:8]:
-            part = (cc == i) & m
-            if _salient(part, box_lab, config, (rows.start, cols.start), (h, w)):
-                # what the opening took from so small a part (a glint's hole grown into a notch) comes back
-                grown = (cv2.dilate(part.view(np.uint8), kernel) > 0) & (labels == c)
-                parts.append(part | (_fill_holes(grown) & (cv2.dilate(part.view(np.uint8), kernel) > 0)))
+        parts.extend(_colour_parts(labels, c, bridge, box_lab, config, (rows.start, cols.start), (h, w)))
     if len(parts) > 1:
-        parts = merge_shading(parts, box_lab, foreground[rows, cols], reach=3 * k + 1)
+        fg = foreground[rows, cols]
+        outside = ~fg if bridge is None else ~(fg | bridge)
+        ref = background_colour(lab, config) if background is None else background
+        pocket = _pockets(fg, outside, box_lab, ref, config.min_delta)
+        if pocket is not None:
+            at = np.flatnonzero(pocket)
+            parts = [p for p in parts if 2 * int(np.count_nonzero(p.ravel()[at])) <= int(np.count_nonzero(p))]
+            fg, outside = fg & ~pocket, outside | pocket
+        if len(parts) > 1:
+            parts = merge_shading(parts, box_lab, fg, reach=3 * k + 1, background=(ref, outside))
     ranked = []
     for part in parts:
         y, x = divmod(int(np.argmax(part)), part.shape[1])
@@ -564,15 +589,58 @@ def component_masks(image: np.ndarray, foreground: np.ndarray, config: CropConfi
     return out
 
 
-def _thin_parts(removed: np.ndarray, min_px: int) -> list[np.ndarray]:
+def _colour_parts(labels: np.ndarray, c: int, bridge: np.ndarray | None, lab: np.ndarray, config: CropConfig,
+                  origin: tuple[int, int], shape: tuple[int, int]) -> list[np.ndarray]:
+    """The parts of colour `c` of `labels` (the foreground's box, at `origin` in an image of `shape`): its
+    connected parts after an opening (a kernel of 1/150 of the side) of at least `min_component`, joined
+    through `bridge`; the thin parts the opening removed (`_thin_parts`); and the salient small ones."""
+    h, w = shape
+    min_px = max(1, int(np.ceil(config.min_component * h * w)))
+    min_small = max(9, int(np.ceil(config.min_salient * h * w)))
+    k = max(1, round(min(h, w) / 150))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    raw = labels == c
+    m = cv2.morphologyEx(raw.view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+    parts = _thin_parts(raw & ~m, min_px, bridge)
+    joined = m if bridge is None else m | _touching(bridge, m)
+    n, cc = cv2.connectedComponents(joined.view(np.uint8), connectivity=8)
+    sizes = np.bincount(cc[m], minlength=n)  # a part's own pixels (bridge pixels only join)
+    parts.extend((cc == i) & m for i in np.flatnonzero(sizes[1:] >= min_px) + 1)
+    small = np.flatnonzero((sizes[1:] >= min_small) & (sizes[1:] < min_px)) + 1
+    for i in small[np.argsort(-sizes[small], kind="stable")][:8]:
+        part = (cc == i) & m
+        if _salient(part, lab, config, origin, shape):
+            # what the opening took from so small a part (a glint's hole grown into a notch) comes back
+            grown = (cv2.dilate(part.view(np.uint8), kernel) > 0) & raw
+            parts.append(part | (_fill_holes(grown) & (cv2.dilate(part.view(np.uint8), kernel) > 0)))
+    return parts
+
+
+def _pockets(fg: np.ndarray, outside: np.ndarray, lab: np.ndarray, ref: np.ndarray, delta: float
+             ) -> np.ndarray | None:
+    """Foreground pixels within `delta` (Lab) of the background colour `ref`, in connected parts that touch
+    `outside` (8-neighbourhood): background that the foreground's closing took in. None when there are none."""
+    near = fg & (lab_distance(lab, ref) < delta)
+    if not near.any():
+        return None
+    _n, cc = cv2.connectedComponents(near.view(np.uint8), connectivity=8)
+    hit = np.unique(cc[(cv2.dilate(_u8(outside), np.ones((3, 3), np.uint8)) > 0) & near])
+    hit = hit[hit > 0]
+    return np.isin(cc, hit) if len(hit) else None
+
+
+def _thin_parts(removed: np.ndarray, min_px: int, bridge: np.ndarray | None = None) -> list[np.ndarray]:
     """Thin parts that a colour's opening removed (a shaft, a wire narrower than the kernel), each at least
     `min_px`: what is left of `removed` after a 3 x 3 opening, which takes the 1-2 px mixed-colour rims at
-    the edges of other parts and the noise."""
+    the edges of other parts and the noise. Pixels of `bridge` (a known defect) join the pieces they touch,
+    as in `component_masks`; only a part's own pixels count and are returned."""
     if int(np.count_nonzero(removed)) < min_px:
         return []
-    thin = cv2.morphologyEx(removed.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    _n, cc, stats, _ = cv2.connectedComponentsWithStats(thin, connectivity=8)
-    return [cc == i for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_px) + 1]
+    thin = cv2.morphologyEx(removed.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    joined = thin if bridge is None else thin | _touching(bridge, thin)
+    n, cc = cv2.connectedComponents(joined.view(np.uint8), connectivity=8)
+    sizes = np.bincount(cc[thin], minlength=n)
+    return [(cc == i) & thin for i in np.flatnonzero(sizes[1:] >= min_px) + 1]
 
 
 def _salient(part: np.ndarray, lab: np.ndarray, config: CropConfig, origin: tuple[int, int],
@@ -683,7 +751,7 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
     if defect_mask is not None:
         defect_mask = working_mask(defect_mask, image.shape[1::-1])
     lab = None if config.textured else to_lab(image)  # once per image: the foreground and the colours read it
-    fg, textured = foreground_mask(image, config, ignore=defect_mask, lab=lab)
+    fg, textured, ref = _foreground(image, config, defect_mask, lab)
     foreground = Region.from_mask("foreground", "foreground", fg, size)
     background = Region.from_mask("background", "background", ~fg, size)
     # components describe the normal parts: defect pixels are left out of them
@@ -696,7 +764,8 @@ def crop_regions(image: np.ndarray, defect_mask: np.ndarray | None = None,
         comps = [fg]
     else:
         comps = component_masks(image, normal_fg, config,
-                                bridge=defect_mask if defect_mask is not None and not textured else None, lab=lab)
+                                bridge=defect_mask if defect_mask is not None and not textured else None, lab=lab,
+                                background=ref)
     if not comps:
         comps = [normal_fg]
     components = [Region.from_mask("component", f"component {i + 1}", m, size) for i, m in enumerate(comps)]

@@ -212,3 +212,17 @@ def test_working_copy_size_mask_coverage_and_setting():
     assert working_mask(tiny, (100, 100)).sum() == 1           # a lone tiny defect does not vanish
     with pytest.raises(BuildError, match="work_size"):
         CropConfig(work_size=10)
+
+
+def test_a_thin_part_joins_through_a_defect():
+    # a 4 px strip the colour's opening removed, cut by a defect into halves below min_px, together above it
+    from mfsc_builder.crop import _thin_parts
+
+    removed = np.zeros((60, 240), bool)
+    removed[30:34, 20:220] = True
+    defect = np.zeros((60, 240), bool)
+    defect[24:40, 116:124] = True
+    removed &= ~defect
+    assert _thin_parts(removed, 500) == []
+    parts = _thin_parts(removed, 500, bridge=defect)
+    assert len(parts) == 1 and np.array_equal(parts[0], removed)

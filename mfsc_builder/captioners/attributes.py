@@ -42,7 +42,7 @@ from mfsc_builder.crop import ImageRegions, Region, to_lab
 from mfsc_builder.english import a, indefinite
 from mfsc_builder.records import ComponentView, DefectView, ForegroundView, ImageView, Provenance
 
-ATTRIBUTES_VERSION = "attributes-v3"  # v2: fine detail breaks "smooth"; v3: glare is shading, thin and small salient parts kept, grained backgrounds
+ATTRIBUTES_VERSION = "attributes-v4"  # v2: fine detail breaks "smooth"; v3: glare is shading, thin and small salient parts kept, grained backgrounds; v4: a gap between parts is no highlight, a defect no longer cuts a thin part away
 
 # Named colours (sRGB). Gray levels are spread so that lightness decides among the achromatic names.
 COLOUR_TABLE: dict[str, tuple[int, int, int]] = {
