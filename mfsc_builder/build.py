@@ -50,6 +50,8 @@ from mfsc_builder.write import ImagesWriter, group_by_split, split_key, staged_d
 
 log = logging.getLogger(__name__)
 
+STAGES = ("crop", "caption", "fill", "classes")  # the work folder's stage stores (--force removes them)
+
 __all__ = ["BUILD_INFO_NAME", "BuildConfig", "BuildSummary", "merge_builds", "run_build", "shard_of",
            "write_datasets"]
 
@@ -147,7 +149,7 @@ def run_build(cfg: BuildConfig, *, force: bool = False, progress: Progress | Non
             ctx = Context(cfg, samples, refs, _source_layout(cfg, samples), captioner,
                           textured_classes(cfg, refs, samples, pool), pool, workers)
             _clear(out, work, force)  # with the lock held: never pull the floor from under a running build
-            resumed = work.open(manifest)
+            resumed = work.open(manifest, replace=force)
             writer = done.enter_context(ImagesWriter(out, _row_order(mine), source=cfg.source, images=cfg.images,
                                                      workers=workers))
             with _StopFlag() as stop:
@@ -192,7 +194,8 @@ def _clear(out: Path, work: WorkStore, force: bool) -> None:
     for sub in ("images", "classes", WORK_DIR):
         clean_orphans(out / sub)
     if force:  # only what a build writes there: a user's own files in the folder stay
-        shutil.rmtree(work.dir, ignore_errors=True)  # the stages and the manifest (made again whole by open)
+        for name in STAGES:  # the manifest stays until open(replace=True) writes the new one over it
+            shutil.rmtree(work.dir / name, ignore_errors=True)
         for sub in ("images", "classes"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / BUILD_INFO_NAME).unlink(missing_ok=True)

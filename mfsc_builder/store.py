@@ -218,21 +218,24 @@ class WorkStore:
         except (OSError, ValueError) as exc:
             raise BuildError(f"{self.manifest_path} is unreadable ({exc}); use a new --out or --force") from exc
 
-    def open(self, manifest: Mapping[str, Any]) -> bool:
+    def open(self, manifest: Mapping[str, Any], replace: bool = False) -> bool:
         """Create the work folder or check it matches ``manifest``. Returns True when resuming.
 
         ``manifest["fingerprint"]`` decides whether stored results may be reused; everything else in
-        the manifest is informational.
+        the manifest is informational. ``replace`` (``--force``, its results already removed): the manifest is
+        written over the old one, so a manifest marks the folder as a build's at every instant.
         """
         old = self.read_manifest()
-        if old is None:
-            if self.dir.is_dir() and any(self.dir.iterdir()):
-                raise BuildError(f"{self.dir} holds results but no {MANIFEST_NAME}, so nothing says how they were "
-                                 "made; they are not mixed with new ones: use --force to discard them, or a new --out")
-            # made whole with its manifest (a work folder without one is never taken for ours: ownership.py)
+        if old is None and any(self.dir.glob("*/part-*")):
+            raise BuildError(f"{self.dir} holds results but no {MANIFEST_NAME}, so nothing says how they were "
+                             "made; they are not mixed with new ones: use --force to discard them, or a new --out")
+        if not self.dir.is_dir():  # made whole with its manifest: an empty work/ is never taken for ours
             tmp = temp_folder_beside(self.dir)
             write_json(tmp / MANIFEST_NAME, dict(manifest))
             os.replace(tmp, self.dir)
+            return False
+        if old is None or replace:
+            write_json(self.manifest_path, dict(manifest))
             return False
         if old.get("fingerprint") != manifest.get("fingerprint"):
             keys = _diff_keys(old.get("config"), manifest.get("config"))

@@ -110,5 +110,6 @@ def test_the_work_folder_is_made_whole_and_only_a_build_s_is_taken_for_one(tmp_p
 
     orphan = WorkStore(tmp_path / "orphan" / "work")
     (orphan.dir / "crop").mkdir(parents=True)  # results whose manifest is gone: never mixed with new ones
+    (orphan.dir / "crop" / "part-00000.jsonl").write_text("{}\n")
     with pytest.raises(BuildError, match="holds results but no manifest.json.*--force"):
         orphan.open({"fingerprint": "a"})
