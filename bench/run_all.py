@@ -3,7 +3,7 @@
 Each benchmark prints its own figures, always next to a baseline measured in the same run; nothing here
 asserts a time. `make bench` runs this; pass `--quick` for fewer repeats.
 
-    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export,workers,anomalib]
+    python bench/run_all.py [--quick] [--only metrics,build,backbone,predict,train,attributes,analysis,export,workers,anomalib,serve]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ BENCHES = {
     "export": ["bench_export.py"],
     "workers": ["bench_workers.py"],
     "anomalib": ["bench_anomalib.py"],
+    "serve": ["bench_serve.py"],
 }
 QUICK = {
     "metrics": ["--repeats", "1"],
@@ -34,6 +35,7 @@ QUICK = {
     "export": ["--repeats", "1"],
     "analysis": ["--limit", "12"],
     "workers": ["--repeat", "1"],
+    "serve": ["--model", "tiny", "--duration", "10"],
     "train": ["--epochs", "2", "--image-epochs", "1"],
 }
 

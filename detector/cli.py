@@ -544,5 +544,66 @@ def benchmark(
     _run(body, interrupted="interrupted; finished cells are kept: rerun the same command to resume")
 
 
+# ---- serve ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    sources: Annotated[list[str], typer.Argument(
+        help="Checkpoint folders, `detector export` folders or Hub ids ORG/NAME to serve; NAME=SOURCE names one "
+        "(the URL's /v1/detectors/NAME/predict; default: the folder's name).")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind: 127.0.0.1 (this machine only), 0.0.0.0 or "
+                                      "::.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1024, max=65535, help="TCP port.")] = 8000,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", help="Name of an environment variable holding the API key clients must send (X-API-Key "
+        "or Authorization: Bearer); the key itself never goes on the command line.", show_default="no key")] = None,
+    watch: Annotated[Path | None, typer.Option(
+        "--watch", help="A folder whose newest images the operator page lists (by name) to score.",
+        show_default="none")] = None,
+    allow_threshold_change: Annotated[bool, typer.Option(
+        "--allow-threshold-change", help="Let the API and the page change the served thresholds (default: the "
+        "page's threshold decides on the page only).")] = False,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest request body, MiB.")] = 32,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=64, help="Most pixels of one image (W x H), "
+                                            "read from its header before it is decoded.")] = 40_000_000,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="Most images in one request.")] = 16,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests scored together in one "
+                                           "forward pass (LitServe's max_batch_size).")] = 8,
+    batch_timeout: Annotated[float, typer.Option("--batch-timeout", min=0.0, help="Seconds a batch waits to "
+                                                 "fill.")] = 0.005,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Inference processes per detector and "
+                                         "device.")] = 1,
+    device: RunDeviceOpt = "cpu",
+    engine: Annotated[Literal["onnx", "openvino"] | None, typer.Option(
+        "--engine", help="Runtime of the export folders.", show_default="the one each was exported for")] = None,
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug"], typer.Option(
+        "--log-level", help="Server log level.")] = "warning",
+) -> None:
+    """Serve detectors over HTTP (LitServe): POST /v1/detectors/NAME/predict, GET /v1/detectors, /health,
+    /metrics, and the operator page at /. SIGTERM finishes the requests in flight, then exits."""
+
+    def body() -> None:
+        _quiet_libraries()
+        from detector.deploy.serve import Limits, ServeSettings, run
+
+        key = None
+        if api_key_env is not None:
+            key = os.environ.get(api_key_env, "")
+            if not key:
+                raise DetectorError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; "
+                                    f"export {api_key_env}=... (a long random key) before starting the server")
+        settings = ServeSettings(
+            list(sources), host=host, port=port, api_key=key, limits=Limits(max_upload_mb << 20, max_pixels,
+                                                                            max_images),
+            max_batch=max_batch, batch_timeout=batch_timeout, workers=workers, device=device, engine=engine,
+            watch=watch, allow_threshold_change=allow_threshold_change, log_level=log_level)
+        con = _console()
+        run(settings, say=lambda line: con.print(line, markup=False))
+        con.print("server stopped", markup=False)
+
+    _run(body, interrupted="server stopped")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
