@@ -225,6 +225,15 @@ def test_bad_inputs_are_4xx_naming_the_problem(client, what, kwargs, status, wor
     assert "Traceback" not in res.text
 
 
+def test_an_unknown_detector_is_a_404_naming_the_served_ones(client):
+    files = [("image", ("a.png", _png(make_image()), "image/png"))]
+    res = client.post("/v1/detectors/nope/predict", files=files)
+    assert res.status_code == 404, res.text
+    detail = res.json()["detail"]
+    assert "'nope'" in detail and "widget" in detail, detail
+    assert client.post("/v1/detectors/widget/predict", files=files).status_code == 200  # the real one is not shadowed
+
+
 def test_the_api_key_is_asked_and_compared(client):
     files = [("image", ("a.png", _png(make_image()), "image/png"))]
     del client.headers["X-API-Key"]  # the same client (its event loop receives the workers' answers), no key

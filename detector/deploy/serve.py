@@ -585,6 +585,10 @@ def _info_routes(app: Any, state: ServeState) -> None:
                            "max_images": state.limits.max_images},
                 "watch": state.watch is not None}
 
+    @app.post("/v1/detectors/{name}/predict")
+    async def unknown(name: str) -> Response:  # after LitServe's own routes: reached by an unknown name only
+        raise BadInput(404, f"no detector named {name!r} is served here; served: {', '.join(sorted(state.detectors))}")
+
 
 def _threshold_route(app: Any, state: ServeState) -> None:
     """``POST /v1/detectors/{name}/thresholds``: the served thresholds, with --allow-threshold-change only."""
