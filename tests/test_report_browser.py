@@ -9,51 +9,23 @@ Locally the test skips with one line when no browser is installed; with CI=true 
 (`.ci/run` installs it)."""
 import csv
 import json
-import os
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_browser import headless_chromium
 from typer.testing import CliRunner
 
 from detector.eval import report
 
-CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-DRIVER = ("/usr/bin/chromedriver",)
 CLASS = "pill_box"
-
-
-def _find(paths, name):
-    return next((p for p in paths if Path(p).is_file()), None) or shutil.which(name)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver = None
-    binary, driver = _find(CHROMIUM, "chromium"), _find(DRIVER, "chromedriver")
-    if webdriver is None or not binary or not driver:
-        why = ("no headless Chromium for the browser test (apt-get install chromium chromium-driver; "
-               "pip install selenium)")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {why}")
-        pytest.skip(why)
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver), options=opts)
-    yield drv
-    drv.quit()
+    yield from headless_chromium()
 
 
 BASE = "detector predict --checkpoint C IMAGES --out predictions --resolution 64 --min-area 0.001"

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import TINY_CLIP_CONFIG
 from detector_fixtures import make_image
+from headless_browser import headless_chromium
 from PIL import Image
 
 from fsad_data.atomic import write_png_atomic
@@ -440,28 +441,7 @@ def test_sigterm_drains_the_request_in_flight(served, tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    from test_report_browser import CHROMIUM, DRIVER, _find
-
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver = None
-    binary, driver = _find(CHROMIUM, "chromium"), _find(DRIVER, "chromedriver")
-    if webdriver is None or not binary or not driver:
-        why = "no headless Chromium for the page test (apt-get install chromium chromium-driver; pip install selenium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {why}")
-        pytest.skip(why)
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver), options=opts)
-    yield drv
-    drv.quit()
+    yield from headless_chromium()
 
 
 def test_the_page_uploads_shows_the_verdict_and_defects_and_moves_the_threshold(browser, real_server, served):
