@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from detector.deploy import serve_settings as serve_defaults  # stdlib only: `serve`'s flag defaults
 from detector.errors import DetectorError
 from detector.method.scoring import BRANCHES, DEFAULT_BRANCH, EVAL_RESOLUTION, MAP_RESOLUTION
 from detector.recipes import parse_settings
@@ -553,8 +554,8 @@ def serve(
         help="Checkpoint folders, `detector export` folders or Hub ids ORG/NAME to serve; NAME=SOURCE names one "
         "(the URL's /v1/detectors/NAME/predict; default: the folder's name).")],
     host: Annotated[str, typer.Option("--host", help="Address to bind: 127.0.0.1 (this machine only), 0.0.0.0 or "
-                                      "::.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1024, max=65535, help="TCP port.")] = 8000,
+                                      "::.")] = serve_defaults.DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", min=1024, max=65535, help="TCP port.")] = serve_defaults.DEFAULT_PORT,
     api_key_env: Annotated[str | None, typer.Option(
         "--api-key-env", help="Name of an environment variable holding the API key clients must send (X-API-Key "
         "or Authorization: Bearer); the key itself never goes on the command line.", show_default="no key")] = None,
@@ -564,14 +565,14 @@ def serve(
     allow_threshold_change: Annotated[bool, typer.Option(
         "--allow-threshold-change", help="Let the API and the page change the served thresholds (default: the "
         "page's threshold decides on the page only).")] = False,
-    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest request body, MiB.")] = 32,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest request body, MiB.")] = serve_defaults.MAX_UPLOAD_MB,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=64, help="Most pixels of one image (W x H), "
-                                            "read from its header before it is decoded.")] = 40_000_000,
-    max_images: Annotated[int, typer.Option("--max-images", min=1, help="Most images in one request.")] = 16,
+                                            "read from its header before it is decoded.")] = serve_defaults.MAX_PIXELS,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="Most images in one request.")] = serve_defaults.MAX_IMAGES,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests scored together in one "
-                                           "forward pass (LitServe's max_batch_size).")] = 8,
+                                           "forward pass (LitServe's max_batch_size).")] = serve_defaults.MAX_BATCH,
     batch_timeout: Annotated[float, typer.Option("--batch-timeout", min=0.0, help="Seconds a batch waits to "
-                                                 "fill.")] = 0.005,
+                                                 "fill.")] = serve_defaults.BATCH_TIMEOUT,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Inference processes per detector and "
                                          "device.")] = 1,
     device: RunDeviceOpt = "cpu",

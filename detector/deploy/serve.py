@@ -53,6 +53,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from detector.deploy.api import Detector, DetectorResult
+from detector.deploy.serve_settings import (
+    BATCH_TIMEOUT,
+    HOSTS,
+    MAX_BATCH,
+    Limits,
+    ServeSettings,
+)
 from detector.errors import DetectorError
 from detector.eval import report
 from detector.eval.overlay_caption import add_caption, caption_lines
@@ -63,13 +70,6 @@ from fsad_data.images import MIN_SIDE, is_image_file, to_rgb_array
 
 log = logging.getLogger("detector.serve")
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run binds (it refuses other addresses)
-MAX_UPLOAD_MB = 32  # one request's body
-MAX_PIXELS = 40_000_000  # one image's width x height, read from its header before decoding (RGB: 120 MB)
-MAX_IMAGES = 16  # images in one request
-MAX_BATCH = 8  # requests LitServe puts in one Detector.predict call
-BATCH_TIMEOUT = 0.005  # s LitServe waits for a batch to fill
 REQUEST_TIMEOUT = 60.0  # s a request may wait for its worker
 DRAIN_S = 30  # s the HTTP server may take to finish the requests in flight on SIGTERM
 WATCH_LIST = 24  # newest images listed from --watch DIR
@@ -84,34 +84,6 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 class BadInput(HTTPException):
     """A request the service refuses: its status and one line naming the problem."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may cost before it is refused."""
-
-    max_bytes: int = MAX_UPLOAD_MB << 20
-    max_pixels: int = MAX_PIXELS
-    max_images: int = MAX_IMAGES
-
-
-@dataclass
-class ServeSettings:
-    """``detector serve``'s flags."""
-
-    sources: list[str]
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_key: str | None = None  # the key itself (read from --api-key-env by the CLI), never printed
-    limits: Limits = field(default_factory=Limits)
-    max_batch: int = MAX_BATCH
-    batch_timeout: float = BATCH_TIMEOUT
-    workers: int = 1  # inference workers per detector and device
-    device: str = "cpu"
-    engine: str | None = None
-    watch: Path | None = None
-    allow_threshold_change: bool = False
-    log_level: str = "warning"
 
 
 # ---- the detectors as the HTTP process knows them ------------------------------------------------------------
